@@ -1,0 +1,187 @@
+//! An authenticated connection to a peer, and the protocol streams opened on it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::RemoteIdentity;
+use crate::error::ConnectError;
+use crate::p2p::Direction;
+use crate::wire::{self, Hello, StreamResponse};
+
+/// QUIC application error codes warren closes connections and streams with.
+pub mod codes {
+    use quinn::VarInt;
+
+    /// Closed normally (shutdown, or the application closed it).
+    pub const CLOSED: VarInt = VarInt::from_u32(0);
+    /// The dialler expected another identity.
+    pub const WRONG_IDENTITY: VarInt = VarInt::from_u32(1);
+    /// The peers speak different major wire versions.
+    pub const INCOMPATIBLE_VERSION: VarInt = VarInt::from_u32(2);
+    /// The hello was malformed or did not arrive in time.
+    pub const BAD_HELLO: VarInt = VarInt::from_u32(3);
+    /// A stream header was malformed.
+    pub const BAD_STREAM_HEADER: VarInt = VarInt::from_u32(16);
+    /// A stream header did not arrive in time.
+    pub const STREAM_HEADER_TIMEOUT: VarInt = VarInt::from_u32(17);
+    /// No handler for the stream's protocol.
+    pub const UNKNOWN_PROTOCOL: VarInt = VarInt::from_u32(18);
+}
+
+/// How long a new stream may take to send its header before it is reset: long enough for a slow
+/// link, short enough that a peer opening idle streams cannot hold slots for long.
+pub const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A live, mutually authenticated connection to a peer, after the hello. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub(crate) quic: quinn::Connection,
+    pub(crate) remote: RemoteIdentity,
+    pub(crate) direction: Direction,
+    pub(crate) hello: Arc<Hello>,
+}
+
+impl Connection {
+    /// The peer's verified identity.
+    pub fn remote(&self) -> RemoteIdentity {
+        self.remote
+    }
+
+    /// The peer's address on this connection.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.quic.remote_address()
+    }
+
+    /// Who dialled.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// The metadata the peer sent in its hello.
+    pub fn remote_metadata(&self) -> &BTreeMap<String, String> {
+        &self.hello.metadata
+    }
+
+    /// The protocols the peer had handlers for when it sent its hello.
+    pub fn remote_protocols(&self) -> &[String] {
+        &self.hello.protocols
+    }
+
+    /// The peer's wire version, as `(major, minor)`.
+    pub fn remote_wire_version(&self) -> (u16, u16) {
+        (self.hello.major, self.hello.minor)
+    }
+
+    /// The current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.quic.rtt()
+    }
+
+    /// Why the connection closed, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<String> {
+        self.quic.close_reason().map(|e| e.to_string())
+    }
+
+    /// Closes the connection; open streams fail.
+    pub fn close(&self) {
+        self.quic.close(codes::CLOSED, b"closed");
+    }
+
+    /// The QUIC connection underneath, for what warren does not wrap (datagrams, stats).
+    /// Streams opened on it directly bypass protocol routing: the peer will treat their first
+    /// bytes as a stream header.
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.quic
+    }
+
+    /// Opens a stream for `protocol` and waits for the peer to accept it (one round trip).
+    pub async fn open_stream(&self, protocol: &str) -> Result<Stream, ConnectError> {
+        let header = wire::encode_stream_header(protocol).map_err(ConnectError::InvalidProtocol)?;
+        let stream_err = |e: &dyn std::fmt::Display| ConnectError::Stream(e.to_string());
+        let (mut send, mut recv) = self.quic.open_bi().await.map_err(|e| stream_err(&e))?;
+        send.write_all(&header).await.map_err(|e| stream_err(&e))?;
+        let status = recv.read_u8().await.map_err(|e| stream_err(&e))?;
+        match StreamResponse::from_byte(status).map_err(|e| stream_err(&e))? {
+            StreamResponse::Accepted => Ok(Stream { remote: self.remote, protocol: protocol.into(), send, recv }),
+            StreamResponse::UnknownProtocol => Err(ConnectError::UnknownProtocol { protocol: protocol.to_owned() }),
+        }
+    }
+}
+
+/// A bi-directional stream of one protocol with a peer. Reads and writes go straight to QUIC;
+/// use [`Stream::into_split`] to read and write from different tasks.
+#[derive(Debug)]
+pub struct Stream {
+    remote: RemoteIdentity,
+    protocol: Arc<str>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl Stream {
+    pub(crate) fn new(
+        remote: RemoteIdentity,
+        protocol: Arc<str>,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Self {
+        Self { remote, protocol, send, recv }
+    }
+
+    /// The peer at the other end (verified).
+    pub fn remote(&self) -> RemoteIdentity {
+        self.remote
+    }
+
+    /// The protocol this stream speaks.
+    pub fn protocol(&self) -> &str {
+        &self.protocol
+    }
+
+    /// Signals that nothing more will be written. Data already written is still delivered.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.send.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
+    }
+
+    /// Splits into the QUIC send and receive halves.
+    pub fn into_split(self) -> (quinn::SendStream, quinn::RecvStream) {
+        (self.send, self.recv)
+    }
+
+    /// The QUIC send half, for zero-copy writes of `Bytes` chunks.
+    pub fn send_mut(&mut self) -> &mut quinn::SendStream {
+        &mut self.send
+    }
+
+    /// The QUIC receive half, for zero-copy chunk reads.
+    pub fn recv_mut(&mut self) -> &mut quinn::RecvStream {
+        &mut self.recv
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+    }
+}

@@ -1,0 +1,62 @@
+//! warren: reach another device by its public key alone, always encrypted and authenticated.
+//!
+//! A tour:
+//! - [`Identity`] is a node's Ed25519 secret key; [`RemoteIdentity`] is the public key that
+//!   names a node (52 characters of lowercase base32) and [`PeerId`] a hash of it.
+//! - [`P2P`] is the node: a peer table, an event bus ([`Event`]), hooks, protocol routing and
+//!   shutdown. It does no networking itself.
+//! - [`transport::quic::QuicTransport`] is a listener hook carrying QUIC connections, mutually
+//!   authenticated with TLS 1.3 raw public keys bound to the identities.
+//! - [`discovery::manual::ManualDiscovery`] dials addresses given by hand and keeps them
+//!   connected.
+//! - Every connection starts with a hello ([`wire::Hello`]: metadata, protocols, wire version);
+//!   every stream with a header naming its protocol, routed to the handler registered with
+//!   [`P2P::register_protocol`].
+//!
+//! ```
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! use warren::{Identity, P2P, transport::quic::QuicTransport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let alice = P2P::new("example", Identity::generate());
+//! let bob = P2P::new("example", Identity::generate());
+//! let bob_quic = QuicTransport::spawn(&bob, "127.0.0.1:0".parse()?).await?;
+//! QuicTransport::spawn(&alice, "127.0.0.1:0".parse()?).await?;
+//!
+//! // Bob echoes whatever arrives on "echo/1".
+//! bob.register_protocol("echo/1", |mut stream: warren::Stream| async move {
+//!     let mut buf = Vec::new();
+//!     if stream.read_to_end(&mut buf).await.is_ok() {
+//!         let _ = stream.write_all(&buf).await;
+//!         let _ = stream.finish();
+//!     }
+//! })?;
+//!
+//! // Alice knows Bob's identity and an address (from discovery, or given by hand).
+//! alice.discovered("manual", bob.remote_identity(), [bob_quic.local_addr()], Default::default());
+//! let mut stream = alice.connect(bob.remote_identity(), "echo/1").await?;
+//! stream.write_all(b"hello").await?;
+//! stream.finish()?;
+//! let mut echoed = Vec::new();
+//! stream.read_to_end(&mut echoed).await?;
+//! assert_eq!(echoed, b"hello");
+//!
+//! drop(stream);
+//! alice.shutdown().await;
+//! bob.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+pub mod connection;
+pub mod discovery;
+pub mod error;
+pub mod identity;
+pub mod p2p;
+pub mod transport;
+pub mod wire;
+
+pub use connection::{Connection, Stream};
+pub use error::{ConnectError, RegisterError};
+pub use identity::{Identity, IdentityError, PeerId, RemoteIdentity};
+pub use p2p::{ConnectionState, Direction, Event, P2P, PeerInfo, ProtocolHandler};

@@ -1,0 +1,597 @@
+//! The node: identity, peers, metadata, event bus, hooks, protocol routing and shutdown.
+//!
+//! [`P2P`] does no networking of its own: listener hooks (such as
+//! [`QuicTransport`](crate::transport::quic::QuicTransport)) carry connections, discovery hooks
+//! feed the peer table, and `P2P` checks identities, exchanges hellos, routes streams to
+//! protocol handlers and tells subscribers what happened.
+
+mod event;
+mod hook;
+mod metadata;
+mod peer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::event::{Direction, Event};
+pub use self::hook::{BoxFuture, Hook, HookId, Listener};
+pub use self::metadata::{DEVICE_MODEL, MetadataGuard, NAME, OS, VERSION};
+use self::peer::PeerTable;
+pub use self::peer::{ConnectionState, PeerInfo};
+use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
+use crate::error::{ConnectError, RegisterError};
+use crate::identity::{Identity, RemoteIdentity};
+use crate::transport::tls;
+use crate::wire::{self, Hello, StreamResponse, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR};
+
+/// Events kept for each subscriber. A subscriber that falls further behind loses the oldest
+/// events (its next `recv` reports how many, as `RecvError::Lagged`) and never slows the node.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// How long a transport handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the hello exchange may take after the handshake.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long [`P2P::shutdown`] waits for each hook, and then for the node's own tasks. A hook
+/// that takes longer is logged and left behind so that shutdown always returns.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handles the incoming streams of one protocol.
+///
+/// Any `Fn(Stream) -> impl Future<Output = ()>` is a handler. Each stream runs in its own task;
+/// the task is cancelled when the node shuts down.
+pub trait ProtocolHandler: Send + Sync + 'static {
+    /// Serves one stream.
+    fn handle(&self, stream: Stream) -> BoxFuture<'static, ()>;
+}
+
+impl<F, Fut> ProtocolHandler for F
+where
+    F: Fn(Stream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    fn handle(&self, stream: Stream) -> BoxFuture<'static, ()> {
+        Box::pin(self(stream))
+    }
+}
+
+/// A warren node. Cheap to clone: every clone is the same node.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use warren::{Identity, P2P, transport::quic::QuicTransport};
+/// let p2p = P2P::new("my-app", Identity::generate());
+/// QuicTransport::spawn(&p2p, "0.0.0.0:0".parse()?).await?;
+/// println!("I am {}", p2p.remote_identity());
+/// p2p.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct P2P {
+    inner: Arc<Inner>,
+}
+
+struct Registered {
+    id: HookId,
+    hook: Arc<dyn Hook>,
+    listener: Option<Arc<dyn Listener>>,
+}
+
+struct Inner {
+    app_name: String,
+    identity: Arc<Identity>,
+    remote_identity: RemoteIdentity,
+    metadata: RwLock<BTreeMap<String, String>>,
+    peers: Mutex<PeerTable>,
+    connections: Mutex<HashMap<RemoteIdentity, Vec<Connection>>>,
+    events: broadcast::Sender<Event>,
+    hooks: Mutex<Vec<Registered>>,
+    next_hook: Mutex<u64>,
+    protocols: RwLock<BTreeMap<String, Arc<dyn ProtocolHandler>>>,
+    dialing: tokio::sync::Mutex<HashMap<RemoteIdentity, Arc<tokio::sync::Mutex<()>>>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for P2P {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("P2P")
+            .field("app_name", &self.inner.app_name)
+            .field("identity", &self.inner.remote_identity)
+            .finish()
+    }
+}
+
+impl P2P {
+    /// Creates a node named `app_name` (used by discovery, e.g. `_warren._udp`) with `identity`.
+    /// Its metadata starts with the host name, operating system, device model and warren
+    /// version. It has no transport until a listener hook is spawned.
+    pub fn new(app_name: impl Into<String>, identity: Identity) -> Self {
+        let remote_identity = identity.to_remote_identity();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Self {
+            inner: Arc::new(Inner {
+                app_name: app_name.into(),
+                identity: Arc::new(identity),
+                remote_identity,
+                metadata: RwLock::new(metadata::defaults()),
+                peers: Mutex::default(),
+                connections: Mutex::default(),
+                events,
+                hooks: Mutex::default(),
+                next_hook: Mutex::new(0),
+                protocols: RwLock::default(),
+                dialing: tokio::sync::Mutex::default(),
+                tasks: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The application name given to [`P2P::new`].
+    pub fn app_name(&self) -> &str {
+        &self.inner.app_name
+    }
+
+    /// This node's secret identity (transports need it for their handshakes).
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.inner.identity
+    }
+
+    /// This node's public identity.
+    pub fn remote_identity(&self) -> RemoteIdentity {
+        self.inner.remote_identity
+    }
+
+    /// Subscribes to the node's events from now on. See [`EVENT_BUFFER`] for what a slow
+    /// subscriber loses.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, event: Event) {
+        tracing::debug!(?event, "event");
+        // An error only means nobody is subscribed.
+        let _ = self.inner.events.send(event);
+    }
+
+    /// A copy of this node's metadata.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        self.inner.metadata.read().expect("metadata lock poisoned").clone()
+    }
+
+    /// Write access to this node's metadata; see [`MetadataGuard`]. Do not hold it across an
+    /// `.await`. New values reach peers in the hellos of later connections.
+    pub fn metadata_mut(&self) -> MetadataGuard<'_> {
+        let map = self.inner.metadata.write().expect("metadata lock poisoned");
+        let before = map.clone();
+        MetadataGuard { map, before, events: &self.inner.events }
+    }
+
+    /// Everything known about every peer.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.inner.peers.lock().expect("peer lock poisoned").all()
+    }
+
+    /// Everything known about `remote`.
+    pub fn peer(&self, remote: &RemoteIdentity) -> Option<PeerInfo> {
+        self.inner.peers.lock().expect("peer lock poisoned").get(remote).cloned()
+    }
+
+    /// Called by discovery hooks: `source` vouches for `remote` at `addrs`, with `metadata` (an
+    /// empty map leaves known metadata alone). Sends `PeerDiscovered` if anything is new.
+    pub fn discovered(
+        &self,
+        source: &str,
+        remote: RemoteIdentity,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        metadata: BTreeMap<String, String>,
+    ) {
+        if remote == self.inner.remote_identity {
+            return;
+        }
+        let event = self.inner.peers.lock().expect("peer lock poisoned").discovered(source, remote, addrs, metadata);
+        if let Some(event) = event {
+            self.emit(event);
+        }
+    }
+
+    /// Called by discovery hooks: `source` no longer vouches for `remote`. Addresses that other
+    /// sources vouch for are kept. Sends `PeerExpired` if the source vouched before.
+    pub fn expired(&self, source: &str, remote: RemoteIdentity) {
+        let event = self.inner.peers.lock().expect("peer lock poisoned").expired(source, remote);
+        if let Some(event) = event {
+            self.emit(event);
+        }
+    }
+
+    fn next_hook_id(&self) -> HookId {
+        let mut next = self.inner.next_hook.lock().expect("hook lock poisoned");
+        *next += 1;
+        HookId(*next)
+    }
+
+    /// Registers a hook. It is shut down, in reverse order of registration, by
+    /// [`P2P::shutdown`].
+    pub fn register_hook(&self, hook: Arc<dyn Hook>) -> HookId {
+        let id = self.next_hook_id();
+        self.inner.hooks.lock().expect("hook lock poisoned").push(Registered { id, hook, listener: None });
+        id
+    }
+
+    /// Registers a listener hook: it is also used to dial. Sends `ListenerStarted`.
+    pub fn register_listener(&self, listener: Arc<dyn Listener>) -> HookId {
+        let id = self.next_hook_id();
+        let event = Event::ListenerStarted { hook: listener.name().to_owned(), addrs: listener.local_addrs() };
+        let hook: Arc<dyn Hook> = listener.clone();
+        self.inner.hooks.lock().expect("hook lock poisoned").push(Registered { id, hook, listener: Some(listener) });
+        self.emit(event);
+        id
+    }
+
+    /// Unregisters a hook and shuts it down. Returns false if there was no such hook.
+    pub async fn unregister_hook(&self, id: HookId) -> bool {
+        let registered = {
+            let mut hooks = self.inner.hooks.lock().expect("hook lock poisoned");
+            let Some(index) = hooks.iter().position(|r| r.id == id) else { return false };
+            hooks.remove(index)
+        };
+        self.stop_hook(registered).await;
+        true
+    }
+
+    async fn stop_hook(&self, registered: Registered) {
+        let name = registered.hook.name().to_owned();
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, registered.hook.shutdown()).await.is_err() {
+            tracing::warn!(hook = %name, "hook did not shut down within {SHUTDOWN_TIMEOUT:?}");
+        }
+        if registered.listener.is_some() {
+            self.emit(Event::ListenerStopped { hook: name });
+        }
+    }
+
+    fn listeners(&self) -> Vec<Arc<dyn Listener>> {
+        self.inner.hooks.lock().expect("hook lock poisoned").iter().filter_map(|r| r.listener.clone()).collect()
+    }
+
+    /// The addresses this node's listeners accept on.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners().iter().flat_map(|l| l.local_addrs()).collect()
+    }
+
+    /// Routes incoming streams that name `protocol` to `handler`.
+    pub fn register_protocol(&self, protocol: &str, handler: impl ProtocolHandler) -> Result<(), RegisterError> {
+        wire::check_protocol_name(protocol).map_err(RegisterError::InvalidName)?;
+        let mut protocols = self.inner.protocols.write().expect("protocol lock poisoned");
+        if protocols.contains_key(protocol) {
+            return Err(RegisterError::Duplicate(protocol.to_owned()));
+        }
+        protocols.insert(protocol.to_owned(), Arc::new(handler));
+        Ok(())
+    }
+
+    /// Stops routing `protocol`; streams already running go on. Returns false if it was not
+    /// registered.
+    pub fn unregister_protocol(&self, protocol: &str) -> bool {
+        self.inner.protocols.write().expect("protocol lock poisoned").remove(protocol).is_some()
+    }
+
+    /// The protocols with a handler.
+    pub fn protocols(&self) -> Vec<String> {
+        self.inner.protocols.read().expect("protocol lock poisoned").keys().cloned().collect()
+    }
+
+    /// Runs `future` as a task of this node: it is cancelled (dropped) when the node shuts
+    /// down, and [`P2P::shutdown`] waits for it.
+    pub fn spawn<F>(&self, future: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let cancel = self.inner.cancel.clone();
+        self.inner.tasks.spawn(async move {
+            cancel.run_until_cancelled(future).await;
+        });
+    }
+
+    /// The tracker of this node's tasks; transports run their drivers on it so that shutdown
+    /// waits for them.
+    pub fn task_tracker(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+
+    /// True once [`P2P::shutdown`] has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Completes when the node starts shutting down.
+    pub async fn shutting_down(&self) {
+        self.inner.cancel.cancelled().await
+    }
+
+    /// Opens a stream of `protocol` to `remote`, reusing an open connection or connecting with
+    /// the addresses discovery found. Returns once the peer's handler owns the stream.
+    pub async fn connect(&self, remote: RemoteIdentity, protocol: &str) -> Result<Stream, ConnectError> {
+        wire::check_protocol_name(protocol).map_err(ConnectError::InvalidProtocol)?;
+        self.connection(remote).await?.open_stream(protocol).await
+    }
+
+    /// An open connection to `remote`, dialling the known addresses in turn if there is none.
+    /// Concurrent callers share one dial.
+    pub async fn connection(&self, remote: RemoteIdentity) -> Result<Connection, ConnectError> {
+        if let Some(conn) = self.open_connection(&remote) {
+            return Ok(conn);
+        }
+        let lock = self.inner.dialing.lock().await.entry(remote).or_default().clone();
+        let result = async {
+            let _dialing = lock.lock().await;
+            if let Some(conn) = self.open_connection(&remote) {
+                return Ok(conn);
+            }
+            let addrs = self.peer(&remote).map(|p| p.addresses()).unwrap_or_default();
+            if addrs.is_empty() {
+                return Err(ConnectError::NoAddress { remote });
+            }
+            let mut attempts = Vec::new();
+            for addr in addrs {
+                match self.dial(addr, Some(remote)).await {
+                    Ok(conn) => return Ok(conn),
+                    Err(ConnectError::ShuttingDown) => return Err(ConnectError::ShuttingDown),
+                    Err(error) => attempts.push((addr, error)),
+                }
+            }
+            if attempts.len() == 1 {
+                return Err(attempts.pop().expect("one attempt").1);
+            }
+            Err(ConnectError::Unreachable {
+                remote,
+                attempts: attempts.into_iter().map(|(a, e)| (a, e.to_string())).collect(),
+            })
+        }
+        .await;
+        self.inner.dialing.lock().await.remove(&remote);
+        result
+    }
+
+    /// An open connection to `remote`, if there is one.
+    pub fn open_connection(&self, remote: &RemoteIdentity) -> Option<Connection> {
+        let connections = self.inner.connections.lock().expect("connection lock poisoned");
+        connections.get(remote)?.iter().rev().find(|c| c.quic.close_reason().is_none()).cloned()
+    }
+
+    /// Every open connection.
+    pub fn connections(&self) -> Vec<Connection> {
+        self.inner.connections.lock().expect("connection lock poisoned").values().flatten().cloned().collect()
+    }
+
+    /// Dials `addr` and, if `expected` is given, checks that it answers with that identity.
+    /// Returns a new connection after the hello (even if one is already open).
+    pub async fn dial(&self, addr: SocketAddr, expected: Option<RemoteIdentity>) -> Result<Connection, ConnectError> {
+        if self.is_shutting_down() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        let listener = self.listeners().into_iter().next().ok_or(ConnectError::NoTransport)?;
+        let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, listener.dial(addr))
+            .await
+            .map_err(|_| ConnectError::Transport { addr, reason: format!("no answer within {HANDSHAKE_TIMEOUT:?}") })?
+            .map_err(|reason| ConnectError::Transport { addr, reason })?;
+        self.establish(quic, Direction::Outbound, expected).await
+    }
+
+    /// Called by listener hooks for each incoming connection: completes the handshake, checks
+    /// the peer's identity and hello in a task of the node. Failures become `IncomingRejected`.
+    pub fn accept(&self, incoming: quinn::Incoming) {
+        let p2p = self.clone();
+        self.spawn(async move {
+            let addr = incoming.remote_address();
+            let result = async {
+                let connecting =
+                    incoming.accept().map_err(|e| ConnectError::Transport { addr, reason: e.to_string() })?;
+                let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+                    .await
+                    .map_err(|_| ConnectError::Transport { addr, reason: "handshake timed out".into() })?
+                    .map_err(|e| ConnectError::Transport { addr, reason: e.to_string() })?;
+                p2p.establish(quic, Direction::Inbound, None).await
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::debug!(%addr, %error, "incoming connection rejected");
+                p2p.emit(Event::IncomingRejected { addr, reason: error.to_string() });
+            }
+        });
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            major: WIRE_VERSION_MAJOR,
+            minor: WIRE_VERSION_MINOR,
+            metadata: self.metadata(),
+            protocols: self.protocols(),
+        }
+    }
+
+    /// Checks the identity, exchanges hellos and registers the connection.
+    async fn establish(
+        &self,
+        quic: quinn::Connection,
+        direction: Direction,
+        expected: Option<RemoteIdentity>,
+    ) -> Result<Connection, ConnectError> {
+        let remote = tls::peer_identity(&quic).ok_or_else(|| {
+            quic.close(codes::BAD_HELLO, b"no identity");
+            ConnectError::Hello("the peer presented no identity".into())
+        })?;
+        if let Some(expected) = expected.filter(|e| *e != remote) {
+            quic.close(codes::WRONG_IDENTITY, b"wrong identity");
+            return Err(ConnectError::WrongIdentity { expected, got: remote });
+        }
+        let ours = self.hello().encode().map_err(|e| ConnectError::Hello(format!("our own hello: {e}")))?;
+        let exchange = async {
+            let hello_err = |e: &dyn std::fmt::Display| ConnectError::Hello(e.to_string());
+            let (mut send, mut recv) = match direction {
+                Direction::Outbound => quic.open_bi().await.map_err(|e| hello_err(&e))?,
+                Direction::Inbound => quic.accept_bi().await.map_err(|e| hello_err(&e))?,
+            };
+            if direction == Direction::Outbound {
+                send.write_all(&ours).await.map_err(|e| hello_err(&e))?;
+                send.finish().map_err(|e| hello_err(&e))?;
+            }
+            let theirs = recv.read_to_end(wire::MAX_HELLO_LEN).await.map_err(|e| hello_err(&e))?;
+            let theirs = Hello::decode(&theirs).map_err(|e| hello_err(&e))?;
+            if direction == Direction::Inbound {
+                // Answer even a peer of another version, so that it can report the mismatch.
+                send.write_all(&ours).await.map_err(|e| hello_err(&e))?;
+                send.finish().map_err(|e| hello_err(&e))?;
+                if theirs.major != WIRE_VERSION_MAJOR {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
+                }
+            }
+            Ok(theirs)
+        };
+        let theirs = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+            Ok(Ok(theirs)) => theirs,
+            Ok(Err(error)) => {
+                quic.close(codes::BAD_HELLO, b"bad hello");
+                return Err(error);
+            }
+            Err(_) => {
+                quic.close(codes::BAD_HELLO, b"hello timed out");
+                return Err(ConnectError::Hello(format!("no hello within {HELLO_TIMEOUT:?}")));
+            }
+        };
+        if theirs.major != WIRE_VERSION_MAJOR {
+            quic.close(codes::INCOMPATIBLE_VERSION, b"incompatible wire version");
+            return Err(ConnectError::IncompatibleVersion { ours: WIRE_VERSION_MAJOR, theirs: theirs.major });
+        }
+        let conn = Connection { quic, remote, direction, hello: Arc::new(theirs) };
+        self.register_connection(conn.clone())?;
+        Ok(conn)
+    }
+
+    fn register_connection(&self, conn: Connection) -> Result<(), ConnectError> {
+        if self.is_shutting_down() {
+            conn.quic.close(codes::CLOSED, b"shutting down");
+            return Err(ConnectError::ShuttingDown);
+        }
+        let count = {
+            let mut connections = self.inner.connections.lock().expect("connection lock poisoned");
+            let list = connections.entry(conn.remote).or_default();
+            list.push(conn.clone());
+            list.len()
+        };
+        self.inner.peers.lock().expect("peer lock poisoned").set_connected(
+            conn.remote,
+            count,
+            Some((conn.remote_address(), conn.direction)),
+            Some(&conn.hello.metadata),
+        );
+        if count == 1 {
+            self.emit(Event::PeerConnected {
+                remote: conn.remote,
+                addr: conn.remote_address(),
+                direction: conn.direction,
+                metadata: conn.hello.metadata.clone(),
+            });
+        }
+        let p2p = self.clone();
+        self.spawn(async move {
+            let reason = loop {
+                match conn.quic.accept_bi().await {
+                    Ok((send, recv)) => {
+                        let (p2p2, remote) = (p2p.clone(), conn.remote);
+                        p2p.spawn(async move { p2p2.serve_stream(remote, send, recv).await });
+                    }
+                    Err(error) => break error,
+                }
+            };
+            p2p.unregister_connection(&conn, reason.to_string());
+        });
+        Ok(())
+    }
+
+    fn unregister_connection(&self, conn: &Connection, reason: String) {
+        let (count, newest) = {
+            let mut connections = self.inner.connections.lock().expect("connection lock poisoned");
+            let Some(list) = connections.get_mut(&conn.remote) else { return };
+            list.retain(|c| c.quic.stable_id() != conn.quic.stable_id());
+            let newest = list.last().map(|c| (c.remote_address(), c.direction));
+            let count = list.len();
+            if count == 0 {
+                connections.remove(&conn.remote);
+            }
+            (count, newest)
+        };
+        self.inner.peers.lock().expect("peer lock poisoned").set_connected(conn.remote, count, newest, None);
+        if count == 0 {
+            self.emit(Event::PeerDisconnected { remote: conn.remote, reason });
+        }
+    }
+
+    async fn serve_stream(&self, remote: RemoteIdentity, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let header = tokio::time::timeout(STREAM_HEADER_TIMEOUT, wire::read_stream_header(&mut recv)).await;
+        let protocol = match header {
+            Ok(Ok(protocol)) => protocol,
+            Ok(Err(error)) => {
+                tracing::debug!(%remote, %error, "bad stream header");
+                let _ = send.reset(codes::BAD_STREAM_HEADER);
+                let _ = recv.stop(codes::BAD_STREAM_HEADER);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, "stream header timed out");
+                let _ = send.reset(codes::STREAM_HEADER_TIMEOUT);
+                let _ = recv.stop(codes::STREAM_HEADER_TIMEOUT);
+                return;
+            }
+        };
+        let handler = self.inner.protocols.read().expect("protocol lock poisoned").get(&protocol).cloned();
+        let Some(handler) = handler else {
+            tracing::debug!(%remote, %protocol, "stream for an unknown protocol");
+            let _ = send.write_all(&[StreamResponse::UnknownProtocol as u8]).await;
+            let _ = send.finish();
+            let _ = recv.stop(codes::UNKNOWN_PROTOCOL);
+            return;
+        };
+        if send.write_all(&[StreamResponse::Accepted as u8]).await.is_err() {
+            return;
+        }
+        handler.handle(Stream::new(remote, protocol.into(), send, recv)).await;
+    }
+
+    /// Shuts the node down: refuses new work, closes every connection, shuts hooks down in
+    /// reverse order of registration (each bounded by [`SHUTDOWN_TIMEOUT`]), then waits (again
+    /// bounded) for every task of the node, transport drivers included. When it returns the
+    /// node's sockets are closed, provided the application dropped the streams it held.
+    /// Calling it again returns at once.
+    pub async fn shutdown(&self) {
+        if self.inner.cancel.is_cancelled() {
+            return;
+        }
+        self.inner.cancel.cancel();
+        let connections: Vec<_> =
+            self.inner.connections.lock().expect("connection lock poisoned").drain().flat_map(|(_, c)| c).collect();
+        for conn in &connections {
+            conn.quic.close(codes::CLOSED, b"shutting down");
+        }
+        drop(connections);
+        let hooks = std::mem::take(&mut *self.inner.hooks.lock().expect("hook lock poisoned"));
+        for registered in hooks.into_iter().rev() {
+            self.stop_hook(registered).await;
+        }
+        self.inner.protocols.write().expect("protocol lock poisoned").clear();
+        self.inner.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!(tasks = self.inner.tasks.len(), "node tasks still running after {SHUTDOWN_TIMEOUT:?}");
+        }
+        self.emit(Event::Shutdown);
+    }
+}

@@ -1,0 +1,91 @@
+//! What a [`P2P`](crate::P2P) tells its subscribers.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::RemoteIdentity;
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The remote dialled us.
+    Inbound,
+    /// We dialled the remote.
+    Outbound,
+}
+
+/// Something that happened on a node. Serialises to JSON with an `event` tag, one object per
+/// event (`warren node --json` prints them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event")]
+#[non_exhaustive]
+pub enum Event {
+    /// A listener hook is accepting connections on these addresses.
+    ListenerStarted {
+        /// The hook's name.
+        hook: String,
+        /// Addresses it listens on.
+        addrs: Vec<SocketAddr>,
+    },
+    /// A listener hook stopped.
+    ListenerStopped {
+        /// The hook's name.
+        hook: String,
+    },
+    /// A discovery source learned of a peer or of something new about it.
+    PeerDiscovered {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// The source (hook name) that reported it.
+        source: String,
+        /// Every address now known for the peer, from all sources.
+        addrs: Vec<SocketAddr>,
+        /// The metadata the source reported.
+        metadata: BTreeMap<String, String>,
+    },
+    /// A discovery source no longer vouches for a peer. Addresses other sources still vouch
+    /// for are kept.
+    PeerExpired {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// The source that dropped it.
+        source: String,
+        /// Addresses still known from other sources.
+        remaining_addrs: Vec<SocketAddr>,
+    },
+    /// The first connection to a peer was established (identity verified, hello exchanged).
+    PeerConnected {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// The peer's address on this connection.
+        addr: SocketAddr,
+        /// Who dialled.
+        direction: Direction,
+        /// The metadata the peer sent in its hello.
+        metadata: BTreeMap<String, String>,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// Why the connection closed.
+        reason: String,
+    },
+    /// An incoming connection was refused (failed handshake, bad hello, wrong version).
+    IncomingRejected {
+        /// Where it came from.
+        addr: SocketAddr,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// This node's own metadata changed.
+    MetadataModified {
+        /// The metadata as it is now.
+        metadata: BTreeMap<String, String>,
+    },
+    /// The node shut down; no event follows.
+    Shutdown,
+}

@@ -1,0 +1,37 @@
+//! Hooks: actors registered with a [`P2P`](crate::P2P) that feed it (discovery) or carry its
+//! connections (listeners).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+/// A boxed, sendable future, as hooks and handlers return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Identifies a registered hook; hooks are shut down in reverse order of registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HookId(pub(crate) u64);
+
+/// An actor registered with a node: discovery (mDNS, manual addresses, the bootstrap cache),
+/// a relay client, or a transport.
+///
+/// The node calls [`Hook::shutdown`] once, when it shuts down or the hook is unregistered; the
+/// returned future must finish only when every task of the hook has ended.
+pub trait Hook: Send + Sync + 'static {
+    /// A short name, used as the source of the peers the hook reports (`"manual"`, `"mdns"`).
+    fn name(&self) -> &str;
+
+    /// Stops the hook and waits for its tasks to end.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A hook that also carries connections: it accepts them (handing each to
+/// [`P2P::accept`](crate::P2P::accept)) and dials when asked.
+pub trait Listener: Hook {
+    /// The addresses it accepts on.
+    fn local_addrs(&self) -> Vec<SocketAddr>;
+
+    /// Dials `addr` and completes the transport's handshake. The node then checks the identity
+    /// and exchanges hellos.
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, String>>;
+}

@@ -1,0 +1,177 @@
+//! The peer table: what this node knows about other nodes, and who told it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use super::event::{Direction, Event};
+use crate::RemoteIdentity;
+
+/// Whether a peer is connected right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// No open connection.
+    Disconnected,
+    /// At least one open connection.
+    Connected {
+        /// The address of the newest connection.
+        addr: SocketAddr,
+        /// Who dialled the newest connection.
+        direction: Direction,
+        /// How many connections are open (two peers dialling each other at once get two).
+        connections: usize,
+    },
+}
+
+/// Everything known about one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerInfo {
+    /// The peer.
+    pub remote: RemoteIdentity,
+    /// Candidate addresses, each with the sources (hook names) that vouch for it. An address
+    /// is forgotten only when no source vouches for it any more.
+    pub addrs: BTreeMap<SocketAddr, BTreeSet<String>>,
+    /// The newest metadata seen, from a hello or from discovery.
+    pub metadata: BTreeMap<String, String>,
+    /// Connection state.
+    pub state: ConnectionState,
+}
+
+impl PeerInfo {
+    fn new(remote: RemoteIdentity) -> Self {
+        Self { remote, addrs: BTreeMap::new(), metadata: BTreeMap::new(), state: ConnectionState::Disconnected }
+    }
+
+    /// The candidate addresses, in a stable order.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.addrs.keys().copied().collect()
+    }
+
+    fn is_forgettable(&self) -> bool {
+        self.addrs.is_empty() && self.state == ConnectionState::Disconnected
+    }
+}
+
+/// The table itself. Every method returns the event to broadcast, if any, so the caller can send
+/// it after releasing the lock.
+#[derive(Debug, Default)]
+pub(crate) struct PeerTable {
+    peers: HashMap<RemoteIdentity, PeerInfo>,
+}
+
+impl PeerTable {
+    pub(crate) fn get(&self, remote: &RemoteIdentity) -> Option<&PeerInfo> {
+        self.peers.get(remote)
+    }
+
+    pub(crate) fn all(&self) -> Vec<PeerInfo> {
+        let mut peers: Vec<_> = self.peers.values().cloned().collect();
+        peers.sort_by_key(|p| p.remote);
+        peers
+    }
+
+    /// `source` vouches for `remote` at `addrs` with `metadata` (an empty map leaves the known
+    /// metadata alone). Returns `PeerDiscovered` if anything is new.
+    pub(crate) fn discovered(
+        &mut self,
+        source: &str,
+        remote: RemoteIdentity,
+        addrs: impl IntoIterator<Item = SocketAddr>,
+        metadata: BTreeMap<String, String>,
+    ) -> Option<Event> {
+        let peer = self.peers.entry(remote).or_insert_with(|| PeerInfo::new(remote));
+        let mut changed = false;
+        for addr in addrs {
+            changed |= peer.addrs.entry(addr).or_default().insert(source.to_owned());
+        }
+        if !metadata.is_empty() && peer.metadata != metadata {
+            peer.metadata = metadata.clone();
+            changed = true;
+        }
+        changed.then(|| Event::PeerDiscovered { remote, source: source.to_owned(), addrs: peer.addresses(), metadata })
+    }
+
+    /// `source` no longer vouches for `remote`. Returns `PeerExpired` if it did before.
+    pub(crate) fn expired(&mut self, source: &str, remote: RemoteIdentity) -> Option<Event> {
+        let peer = self.peers.get_mut(&remote)?;
+        let mut vouched = false;
+        peer.addrs.retain(|_, sources| {
+            vouched |= sources.remove(source);
+            !sources.is_empty()
+        });
+        let remaining_addrs = peer.addresses();
+        if peer.is_forgettable() {
+            self.peers.remove(&remote);
+        }
+        vouched.then(|| Event::PeerExpired { remote, source: source.to_owned(), remaining_addrs })
+    }
+
+    /// Records the connection count of `remote` after a change. `newest` is the newest open
+    /// connection's address and direction.
+    pub(crate) fn set_connected(
+        &mut self,
+        remote: RemoteIdentity,
+        connections: usize,
+        newest: Option<(SocketAddr, Direction)>,
+        metadata: Option<&BTreeMap<String, String>>,
+    ) {
+        let peer = self.peers.entry(remote).or_insert_with(|| PeerInfo::new(remote));
+        if let Some(metadata) = metadata {
+            peer.metadata = metadata.clone();
+        }
+        peer.state = match newest {
+            Some((addr, direction)) if connections > 0 => ConnectionState::Connected { addr, direction, connections },
+            _ => ConnectionState::Disconnected,
+        };
+        if peer.is_forgettable() {
+            self.peers.remove(&remote);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn one_peer_many_sources_keeps_what_others_still_vouch_for() {
+        let mut table = PeerTable::default();
+        let remote = Identity::generate().to_remote_identity();
+        let meta: BTreeMap<_, _> = [("name".to_string(), "bob".to_string())].into();
+        assert!(table.discovered("mdns", remote, [addr(1), addr(2)], meta.clone()).is_some());
+        assert!(table.discovered("manual", remote, [addr(2), addr(3)], BTreeMap::new()).is_some());
+        // Nothing new: no event.
+        assert_eq!(table.discovered("manual", remote, [addr(3)], BTreeMap::new()), None);
+
+        let event = table.expired("mdns", remote).unwrap();
+        assert_eq!(
+            event,
+            Event::PeerExpired { remote, source: "mdns".into(), remaining_addrs: vec![addr(2), addr(3)] }
+        );
+        let peer = table.get(&remote).unwrap();
+        assert_eq!(peer.metadata, meta);
+        assert_eq!(peer.addrs[&addr(2)], BTreeSet::from(["manual".to_string()]));
+        // Expiring a source that never vouched says nothing.
+        assert_eq!(table.expired("mdns", remote), None);
+        // The last source going forgets the disconnected peer.
+        assert!(table.expired("manual", remote).is_some());
+        assert!(table.get(&remote).is_none());
+    }
+
+    #[test]
+    fn connected_peer_is_kept_without_addresses() {
+        let mut table = PeerTable::default();
+        let remote = Identity::generate().to_remote_identity();
+        table.set_connected(remote, 1, Some((addr(9), Direction::Inbound)), None);
+        assert!(matches!(table.get(&remote).unwrap().state, ConnectionState::Connected { connections: 1, .. }));
+        table.set_connected(remote, 0, None, None);
+        assert!(table.get(&remote).is_none());
+    }
+}

@@ -1,0 +1,196 @@
+//! The QUIC transport (quinn + rustls), as a listener hook.
+//!
+//! One UDP socket both accepts and dials. Both sides authenticate with their Ed25519 identity
+//! (see [`tls`](super::tls)). quinn's endpoint and connection drivers run as tasks of the node,
+//! so [`P2P::shutdown`] waits for them and the port is free when it returns.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, TransportConfig, VarInt};
+use tokio_util::task::TaskTracker;
+
+use super::tls;
+use crate::connection::codes;
+use crate::p2p::{BoxFuture, Hook, Listener, P2P};
+
+/// Name of this hook, as shown in `ListenerStarted`.
+pub const HOOK_NAME: &str = "quic";
+
+/// Streams a peer may have open at once on one connection. Further `open` calls on the peer's
+/// side wait; a hostile peer cannot make this node run more stream tasks than this per
+/// connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
+
+/// Per-stream receive window: 8 MiB lets one stream fill about 1.3 Gbit/s at 50 ms RTT (and far
+/// more on a LAN) before flow control stalls it; quinn's default is 1.25 MB.
+pub const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Connection-wide receive window: several streams at full speed.
+pub const RECEIVE_WINDOW: u32 = 32 * 1024 * 1024;
+
+/// Send buffer per connection.
+pub const SEND_WINDOW: u64 = 32 * 1024 * 1024;
+
+/// Idle connections close after 30 s without any packet; keep-alives every 10 s keep a
+/// connection (and the NAT mappings along its path, which usually last 30 s or more) open.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// See [`IDLE_TIMEOUT`].
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The QUIC transport parameters warren uses; public so that benchmarks can give plain quinn
+/// exactly the same.
+pub fn transport_config() -> TransportConfig {
+    let mut config = TransportConfig::default();
+    config
+        .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s fits a VarInt of ms")))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
+        .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
+        .send_window(SEND_WINDOW);
+    config
+}
+
+/// quinn server configuration for `p2p`'s identity.
+pub fn server_config(p2p: &P2P) -> quinn::ServerConfig {
+    let crypto = QuicServerConfig::try_from(tls::server_config(p2p.identity()))
+        .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config()));
+    config
+}
+
+/// quinn client configuration for `p2p`'s identity.
+pub fn client_config(p2p: &P2P) -> quinn::ClientConfig {
+    let crypto = QuicClientConfig::try_from(tls::client_config(p2p.identity()))
+        .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport_config()));
+    config
+}
+
+/// Why the QUIC transport could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListenError {
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+}
+
+/// The QUIC listener hook. Cheap to clone.
+#[derive(Clone)]
+pub struct QuicTransport {
+    inner: Arc<QuicInner>,
+}
+
+struct QuicInner {
+    endpoint: Mutex<Option<quinn::Endpoint>>,
+    local_addr: SocketAddr,
+    accept_loop: TaskTracker,
+}
+
+impl QuicTransport {
+    /// Binds a UDP socket on `addr` (port 0 picks a free port), registers the transport with
+    /// `p2p` as a listener and starts accepting.
+    pub async fn spawn(p2p: &P2P, addr: SocketAddr) -> Result<Self, ListenError> {
+        let bind_err = |source| ListenError::Bind { addr, source };
+        let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+        let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
+        let mut endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config(p2p)), socket, runtime)
+                .map_err(bind_err)?;
+        endpoint.set_default_client_config(client_config(p2p));
+        let local_addr = endpoint.local_addr().map_err(bind_err)?;
+
+        let accept_loop = TaskTracker::new();
+        let (accepting, node) = (endpoint.clone(), p2p.clone());
+        p2p.spawn(accept_loop.track_future(async move {
+            while let Some(incoming) = accepting.accept().await {
+                node.accept(incoming);
+            }
+        }));
+        accept_loop.close();
+
+        let transport =
+            Self { inner: Arc::new(QuicInner { endpoint: Mutex::new(Some(endpoint)), local_addr, accept_loop }) };
+        p2p.register_listener(Arc::new(transport.clone()));
+        Ok(transport)
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    fn endpoint(&self) -> Option<quinn::Endpoint> {
+        self.inner.endpoint.lock().expect("endpoint lock poisoned").clone()
+    }
+}
+
+impl Hook for QuicTransport {
+    fn name(&self) -> &str {
+        HOOK_NAME
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(endpoint) = self.inner.endpoint.lock().expect("endpoint lock poisoned").take() else { return };
+            endpoint.close(codes::CLOSED, b"shutting down");
+            // Lets the peers learn of the close; bounded by the node's shutdown timeout.
+            endpoint.wait_idle().await;
+            drop(endpoint);
+            self.inner.accept_loop.wait().await;
+        })
+    }
+}
+
+impl Listener for QuicTransport {
+    fn local_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.inner.local_addr]
+    }
+
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, String>> {
+        Box::pin(async move {
+            let endpoint = self.endpoint().ok_or("the QUIC transport is shut down")?;
+            let connecting = endpoint.connect(addr, tls::SERVER_NAME).map_err(|e| e.to_string())?;
+            connecting.await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// quinn's Tokio runtime, but spawning on the node's task tracker so that shutdown can wait for
+/// the endpoint and connection drivers.
+#[derive(Debug)]
+struct NodeRuntime {
+    tasks: TaskTracker,
+}
+
+impl Runtime for NodeRuntime {
+    fn new_timer(&self, deadline: Instant) -> Pin<Box<dyn AsyncTimer>> {
+        TokioRuntime.new_timer(deadline)
+    }
+
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()> + Send>>) {
+        self.tasks.spawn(future);
+    }
+
+    fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+        TokioRuntime.wrap_udp_socket(socket)
+    }
+
+    fn now(&self) -> Instant {
+        TokioRuntime.now()
+    }
+}

@@ -1,0 +1,267 @@
+//! TLS 1.3 with raw public keys (RFC 7250) bound to warren identities.
+//!
+//! Each side presents its Ed25519 [`Identity`] as a raw public key (an X.509
+//! SubjectPublicKeyInfo, no certificate) and proves possession by signing the handshake. Both
+//! sides verify: the verifier accepts any well-formed Ed25519 key whose handshake signature is
+//! valid, and the caller then compares the key with the identity it expected. That split lets a
+//! dialler report `WrongIdentity { expected, got }` instead of an opaque handshake failure.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, SubjectPublicKeyInfoDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::{CertifiedKey, Signer, SigningKey};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureAlgorithm, SignatureScheme};
+
+use crate::identity::{Identity, RemoteIdentity};
+
+/// ALPN of warren connections. The wire version is negotiated in the hello, not here, so that
+/// a version mismatch gives a clear error on both sides instead of a TLS alert.
+pub const ALPN: &[u8] = b"warren";
+
+/// Server name sent in the ClientHello. It is the same for every node on purpose: the identity
+/// being dialled is checked after the handshake and is not revealed to on-path observers.
+pub const SERVER_NAME: &str = "warren.invalid";
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
+/// 1.3.101.112 }, BIT STRING (33 bytes, no unused bits) }. The 32 key bytes follow.
+const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// Encodes an identity as the SubjectPublicKeyInfo sent as a raw public key.
+pub fn identity_to_spki(remote: &RemoteIdentity) -> Vec<u8> {
+    let mut spki = Vec::with_capacity(44);
+    spki.extend_from_slice(&ED25519_SPKI_PREFIX);
+    spki.extend_from_slice(remote.as_bytes());
+    spki
+}
+
+/// Parses the raw public key a peer presented. Anything but an Ed25519 SPKI is refused.
+pub fn identity_from_spki(spki: &[u8]) -> Option<RemoteIdentity> {
+    let key = spki.strip_prefix(&ED25519_SPKI_PREFIX[..])?;
+    RemoteIdentity::from_bytes(key.try_into().ok()?).ok()
+}
+
+/// The identity the peer of a QUIC connection proved in the handshake.
+pub fn peer_identity(conn: &quinn::Connection) -> Option<RemoteIdentity> {
+    let keys = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    match keys.as_slice() {
+        [key] => identity_from_spki(key),
+        _ => None,
+    }
+}
+
+/// The crypto provider warren uses: ring, TLS 1.3 cipher suites only.
+fn provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.retain(|suite| suite.tls13().is_some());
+    Arc::new(provider)
+}
+
+/// Builds the rustls configuration for accepting connections as `identity`.
+pub fn server_config(identity: &Arc<Identity>) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .with_client_cert_verifier(Arc::new(IdentityVerifier))
+        .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(identity))));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config
+}
+
+/// Builds the rustls configuration for dialling as `identity`.
+pub fn client_config(identity: &Arc<Identity>) -> rustls::ClientConfig {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("ring supports TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(IdentityVerifier))
+        .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(
+            identity,
+        ))));
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    config
+}
+
+fn certified_key(identity: &Arc<Identity>) -> Arc<CertifiedKey> {
+    let spki = identity_to_spki(&identity.to_remote_identity());
+    let key = Arc::new(IdentitySigningKey(identity.clone()));
+    Arc::new(CertifiedKey::new(vec![CertificateDer::from(spki)], key))
+}
+
+/// Signs TLS handshakes with a warren identity.
+#[derive(Debug)]
+struct IdentitySigningKey(Arc<Identity>);
+
+impl SigningKey for IdentitySigningKey {
+    fn choose_scheme(&self, offered: &[SignatureScheme]) -> Option<Box<dyn Signer>> {
+        offered.contains(&SignatureScheme::ED25519).then(|| Box::new(IdentitySigner(self.0.clone())) as Box<dyn Signer>)
+    }
+
+    fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
+        Some(SubjectPublicKeyInfoDer::from(identity_to_spki(&self.0.to_remote_identity())))
+    }
+
+    fn algorithm(&self) -> SignatureAlgorithm {
+        SignatureAlgorithm::ED25519
+    }
+}
+
+#[derive(Debug)]
+struct IdentitySigner(Arc<Identity>);
+
+impl Signer for IdentitySigner {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, rustls::Error> {
+        Ok(self.0.sign(message).to_vec())
+    }
+
+    fn scheme(&self) -> SignatureScheme {
+        SignatureScheme::ED25519
+    }
+}
+
+/// Verifies the peer's raw public key is an Ed25519 identity and that it signed the handshake.
+#[derive(Debug)]
+struct IdentityVerifier;
+
+impl IdentityVerifier {
+    fn check_key(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
+        identity_from_spki(end_entity)
+            .map(|_| ())
+            .ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))
+    }
+
+    fn check_signature(
+        message: &[u8],
+        key: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let remote =
+            identity_from_spki(key).ok_or(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+        if dss.scheme != SignatureScheme::ED25519 {
+            return Err(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ));
+        }
+        let signature: &[u8; 64] = dss
+            .signature()
+            .try_into()
+            .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature))?;
+        if remote.verify(message, signature) {
+            Ok(HandshakeSignatureValid::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature))
+        }
+    }
+}
+
+impl ServerCertVerifier for IdentityVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if !intermediates.is_empty() {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding));
+        }
+        Self::check_key(end_entity).map(|()| ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Self::check_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+impl ClientCertVerifier for IdentityVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if !intermediates.is_empty() {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding));
+        }
+        Self::check_key(end_entity).map(|()| ClientCertVerified::assertion())
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Self::check_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spki_round_trips_and_refuses_other_keys() {
+        let id = Identity::generate().to_remote_identity();
+        let spki = identity_to_spki(&id);
+        assert_eq!(spki.len(), 44);
+        assert_eq!(identity_from_spki(&spki), Some(id));
+        assert_eq!(identity_from_spki(&spki[..43]), None);
+        let mut other_oid = spki.clone();
+        other_oid[8] = 0x71; // Ed448
+        assert_eq!(identity_from_spki(&other_oid), None);
+        let mut longer = spki;
+        longer.push(0);
+        assert_eq!(identity_from_spki(&longer), None);
+    }
+}
