@@ -53,6 +53,7 @@ pub mod discovery;
 pub mod error;
 pub mod identity;
 pub mod p2p;
+pub mod ping;
 pub mod transport;
 pub mod wire;
 

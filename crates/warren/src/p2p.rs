@@ -328,6 +328,9 @@ impl P2P {
     /// An open connection to `remote`, dialling the known addresses in turn if there is none.
     /// Concurrent callers share one dial.
     pub async fn connection(&self, remote: RemoteIdentity) -> Result<Connection, ConnectError> {
+        if self.is_shutting_down() {
+            return Err(ConnectError::ShuttingDown);
+        }
         if let Some(conn) = self.open_connection(&remote) {
             return Ok(conn);
         }

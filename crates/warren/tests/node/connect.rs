@@ -1,0 +1,161 @@
+//! Connecting by identity, pinging both ways, many streams on one connection, routing.
+
+use std::time::Duration;
+
+use warren::{ConnectError, ConnectionState, Direction, Event};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn connect_by_identity_over_loopback_and_ping_both_ways() {
+    let (alice, _) = node().await;
+    let (bob, bob_addr) = node().await;
+    alice.metadata_mut().insert("name", "alice").unwrap();
+    let mut alice_events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
+
+    introduce(&alice, &bob, bob_addr);
+    let rtts = warren::ping::ping(&alice, bob.remote_identity(), 3).await.unwrap();
+    assert_eq!(rtts.len(), 3);
+    assert!(rtts.iter().all(|rtt| *rtt < Duration::from_secs(5)), "{rtts:?}");
+
+    let (remote, direction) = wait_for(&mut alice_events, |e| match e {
+        Event::PeerConnected { remote, direction, .. } => Some((*remote, *direction)),
+        _ => None,
+    })
+    .await;
+    assert_eq!((remote, direction), (bob.remote_identity(), Direction::Outbound));
+    // Bob learned Alice's identity from the handshake and her metadata from the hello.
+    let (remote, direction, name) = wait_for(&mut bob_events, |e| match e {
+        Event::PeerConnected { remote, direction, metadata, .. } => {
+            Some((*remote, *direction, metadata.get("name").cloned()))
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!((remote, direction, name.as_deref()), (alice.remote_identity(), Direction::Inbound, Some("alice")));
+
+    // Bob knows no address of Alice, but reuses the connection she opened.
+    assert!(bob.peer(&alice.remote_identity()).unwrap().addrs.is_empty());
+    let rtts = warren::ping::ping(&bob, alice.remote_identity(), 3).await.unwrap();
+    assert_eq!(rtts.len(), 3);
+    assert_eq!(alice.connections().len(), 1);
+    assert_eq!(bob.connections().len(), 1);
+    let state = alice.peer(&bob.remote_identity()).unwrap().state;
+    assert_eq!(state, ConnectionState::Connected { addr: bob_addr, direction: Direction::Outbound, connections: 1 });
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test]
+async fn several_streams_at_once_share_one_connection() {
+    let (alice, _) = node().await;
+    let (bob, bob_addr) = node().await;
+    introduce(&alice, &bob, bob_addr);
+    let remote = bob.remote_identity();
+
+    let tasks: Vec<_> = (0..32u8)
+        .map(|i| {
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                let payload: Vec<u8> = (0..10_000u32).map(|j| (j as u8).wrapping_mul(i)).collect();
+                let back = echo_once(&alice, remote, &payload).await;
+                assert_eq!(back, payload, "stream {i}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(alice.connections().len(), 1, "all streams share one connection");
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_protocol_gets_a_clear_error_and_the_connection_keeps_working() {
+    let (alice, _) = node().await;
+    let (bob, bob_addr) = node().await;
+    introduce(&alice, &bob, bob_addr);
+
+    let err = alice.connect(bob.remote_identity(), "nope/1").await.unwrap_err();
+    assert!(matches!(&err, ConnectError::UnknownProtocol { protocol } if protocol == "nope/1"), "{err}");
+    assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
+    assert_eq!(echo_once(&alice, bob.remote_identity(), b"still here").await, b"still here");
+
+    let err = alice.connect(bob.remote_identity(), "has space").await.unwrap_err();
+    assert!(matches!(err, ConnectError::InvalidProtocol(_)), "{err}");
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_without_any_address_says_so() {
+    let (alice, _) = node().await;
+    let stranger = warren::Identity::generate().to_remote_identity();
+    let err = alice.connect(stranger, "ping/1").await.unwrap_err();
+    assert!(matches!(err, ConnectError::NoAddress { remote } if remote == stranger), "{err}");
+    alice.shutdown().await;
+}
+
+#[tokio::test]
+async fn hello_carries_metadata_and_protocols_and_the_guard_reports_only_changes() {
+    let (alice, _) = node().await;
+    let (bob, bob_addr) = node().await;
+    let mut events = bob.subscribe();
+
+    {
+        let mut metadata = bob.metadata_mut();
+        metadata.insert("name", "bob").unwrap();
+        metadata.insert("library", "none").unwrap();
+    }
+    // Setting the same values again changes nothing and says nothing.
+    bob.metadata_mut().insert("name", "bob").unwrap();
+    // Refused entries leave the map as it was.
+    assert!(bob.metadata_mut().insert("bad key", "x").is_err());
+    assert!(bob.metadata_mut().insert("long", "x".repeat(256)).is_err());
+    bob.metadata_mut().remove("library");
+
+    let mut modified = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let Event::MetadataModified { metadata } = event {
+            modified.push(metadata);
+        }
+    }
+    assert_eq!(modified.len(), 2, "one event per guard that changed something: {modified:?}");
+    assert_eq!(modified[0].get("library").map(String::as_str), Some("none"));
+    assert_eq!(modified[1].get("library"), None);
+
+    introduce(&alice, &bob, bob_addr);
+    let conn = alice.connection(bob.remote_identity()).await.unwrap();
+    let metadata = conn.remote_metadata();
+    assert_eq!(metadata.get("name").map(String::as_str), Some("bob"));
+    assert_eq!(metadata.get("os").map(String::as_str), Some(std::env::consts::OS));
+    assert_eq!(metadata.get("version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
+    assert!(metadata.contains_key("device_model"));
+    assert_eq!(conn.remote_protocols(), ["echo/1", "ping/1"]);
+    assert_eq!(conn.remote_wire_version(), (warren::wire::WIRE_VERSION_MAJOR, warren::wire::WIRE_VERSION_MINOR));
+    assert_eq!(alice.peer(&bob.remote_identity()).unwrap().metadata, *metadata);
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_does_not_stall_the_node() {
+    let (alice, _) = node().await;
+    let (bob, bob_addr) = node().await;
+    let mut stalled = alice.subscribe();
+    for i in 0..(warren::p2p::EVENT_BUFFER * 2) {
+        alice.metadata_mut().insert("counter", i.to_string()).unwrap();
+    }
+    introduce(&alice, &bob, bob_addr);
+    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap().len(), 1);
+    // The stalled subscriber lost the oldest events and is told how many.
+    match stalled.try_recv() {
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(lost)) => assert!(lost >= 1024, "{lost}"),
+        other => panic!("expected a lag report, got {other:?}"),
+    }
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

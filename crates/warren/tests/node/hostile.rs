@@ -1,0 +1,131 @@
+//! A peer that sends garbage gets an error on that stream or connection; other peers never
+//! notice.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use quinn::{ReadError, ReadToEndError};
+use warren::connection::codes;
+use warren::{Event, Identity, wire};
+
+use crate::support::raw::client;
+use crate::support::*;
+
+/// Writes `bytes` on a fresh raw stream and returns how the node answered.
+async fn raw_stream(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, ReadToEndError> {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open raw stream");
+    send.write_all(bytes).await.expect("write raw header");
+    let _ = send.finish();
+    recv.read_to_end(1024).await
+}
+
+fn reset_code(result: Result<Vec<u8>, ReadToEndError>) -> quinn::VarInt {
+    match result {
+        Err(ReadToEndError::Read(ReadError::Reset(code))) => code,
+        other => panic!("expected the stream to be reset, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_oversized_stream_headers_are_reset_and_others_keep_being_served() {
+    let (bob, bob_addr) = node().await;
+    let (alice, _) = node().await;
+    let (hostile, _) = node().await;
+    introduce(&alice, &bob, bob_addr);
+    introduce(&hostile, &bob, bob_addr);
+    let conn = hostile.connection(bob.remote_identity()).await.unwrap();
+    let raw = conn.quic();
+
+    let mut oversized = vec![200u8];
+    oversized.extend_from_slice(&[b'x'; 200]);
+    assert_eq!(reset_code(raw_stream(raw, &oversized).await), codes::BAD_STREAM_HEADER);
+    assert_eq!(reset_code(raw_stream(raw, b"\x00").await), codes::BAD_STREAM_HEADER);
+    assert_eq!(reset_code(raw_stream(raw, b"\x03\xff\xfe\xfd").await), codes::BAD_STREAM_HEADER);
+    assert_eq!(reset_code(raw_stream(raw, b"\x05ping").await), codes::BAD_STREAM_HEADER, "truncated header");
+    // A well-formed header for an unknown protocol is answered, not reset.
+    assert_eq!(raw_stream(raw, b"\x07nope/99").await.unwrap(), [wire::StreamResponse::UnknownProtocol as u8]);
+
+    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 3).await.unwrap().len(), 3);
+    // The hostile peer's connection itself is still open: a bad stream costs only that stream.
+    assert_eq!(warren::ping::ping(&hostile, bob.remote_identity(), 1).await.unwrap().len(), 1);
+    for node in [alice, bob, hostile] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_streams_at_once_do_not_stop_another_peer() {
+    const STREAMS: usize = 10_000;
+    let (bob, bob_addr) = node().await;
+    let (alice, _) = node().await;
+    let (hostile, _) = node().await;
+    introduce(&alice, &bob, bob_addr);
+    introduce(&hostile, &bob, bob_addr);
+    let conn = hostile.connection(bob.remote_identity()).await.unwrap();
+    // Alice is connected before the flood starts.
+    warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap();
+
+    let refused = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let (quic, refused) = (conn.quic().clone(), refused.clone());
+            tokio::spawn(async move {
+                let header: &[u8] = if i % 2 == 0 { b"\xffgarbage" } else { b"\x07nope/99" };
+                match raw_stream(&quic, header).await {
+                    Err(ReadToEndError::Read(ReadError::Reset(code))) if code == codes::BAD_STREAM_HEADER => {}
+                    Ok(answer) if answer == [wire::StreamResponse::UnknownProtocol as u8] => {}
+                    other => panic!("stream {i}: unexpected outcome {other:?}"),
+                }
+                refused.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+        .collect();
+
+    // While the flood runs, Alice's pings keep working.
+    for _ in 0..20 {
+        let rtts = warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap();
+        assert_eq!(rtts.len(), 1);
+    }
+    tokio::time::timeout(HANG * 4, async {
+        for task in flood {
+            task.await.unwrap();
+        }
+    })
+    .await
+    .expect("flood did not finish");
+    assert_eq!(refused.load(Ordering::Relaxed), STREAMS);
+    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap().len(), 1);
+    for node in [alice, bob, hostile] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_garbage_hello_closes_that_connection_only() {
+    let (bob, bob_addr) = node().await;
+    let (alice, _) = node().await;
+    introduce(&alice, &bob, bob_addr);
+    let mut events = bob.subscribe();
+
+    let identity = Arc::new(Identity::generate());
+    let (endpoint, config) = client(warren::transport::tls::client_config(&identity));
+    let conn = endpoint.connect_with(config, bob_addr, warren::transport::tls::SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"\x01\x00\x00\x00\xff not a hello").await.unwrap();
+    send.finish().unwrap();
+
+    match conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, codes::BAD_HELLO),
+        other => panic!("expected the node to close with BAD_HELLO, got {other}"),
+    }
+    let reason = wait_for(&mut events, |e| match e {
+        Event::IncomingRejected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "hello failed: metadata: length 255 exceeds max 64");
+    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 2).await.unwrap().len(), 2);
+    endpoint.close(0u32.into(), b"");
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

@@ -1,0 +1,133 @@
+//! Helpers shared by the node tests.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+use warren::transport::quic::QuicTransport;
+use warren::{Event, Identity, P2P, Stream};
+
+/// Bound on any wait in these tests: only catches hangs, never paces the test.
+pub const HANG: Duration = Duration::from_secs(30);
+
+pub const ECHO: &str = "echo/1";
+
+/// A node on 127.0.0.1 with the ping and echo protocols.
+pub async fn node() -> (P2P, SocketAddr) {
+    node_with(Identity::generate(), "127.0.0.1:0".parse().unwrap()).await
+}
+
+pub async fn node_with(identity: Identity, addr: SocketAddr) -> (P2P, SocketAddr) {
+    let p2p = P2P::new("warren-test", identity);
+    let quic = QuicTransport::spawn(&p2p, addr).await.expect("bind loopback");
+    warren::ping::register(&p2p).unwrap();
+    p2p.register_protocol(ECHO, echo).unwrap();
+    (p2p, quic.local_addr())
+}
+
+/// Echoes everything until the dialler finishes.
+pub async fn echo(mut stream: Stream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = stream.finish();
+}
+
+/// Tells `from` where `to` is, as manual discovery would.
+pub fn introduce(from: &P2P, to: &P2P, addr: SocketAddr) {
+    from.discovered("test", to.remote_identity(), [addr], Default::default());
+}
+
+/// Waits for the first event that `pick` accepts.
+pub async fn wait_for<T>(events: &mut broadcast::Receiver<Event>, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    tokio::time::timeout(HANG, async {
+        loop {
+            match events.recv().await {
+                Ok(event) => {
+                    if let Some(found) = pick(&event) {
+                        return found;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => panic!("event bus closed"),
+            }
+        }
+    })
+    .await
+    .expect("event did not arrive")
+}
+
+/// Echoes `payload` over a new echo stream and returns what came back.
+pub async fn echo_once(p2p: &P2P, remote: warren::RemoteIdentity, payload: &[u8]) -> Vec<u8> {
+    let mut stream = p2p.connect(remote, ECHO).await.expect("open echo stream");
+    stream.write_all(payload).await.unwrap();
+    stream.finish().unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    back
+}
+
+/// Rustls client and server configurations a test can bend, for peers that misbehave.
+pub mod raw {
+    use super::*;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    /// Accepts any server key without checking anything: the test is about the server's checks.
+    #[derive(Debug)]
+    pub struct AcceptAnyServer;
+
+    impl ServerCertVerifier for AcceptAnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            Ok(HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            vec![SignatureScheme::ED25519]
+        }
+        fn requires_raw_public_keys(&self) -> bool {
+            true
+        }
+    }
+
+    /// A plain quinn client endpoint on loopback using `crypto`.
+    pub fn client(crypto: rustls::ClientConfig) -> (quinn::Endpoint, quinn::ClientConfig) {
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
+        let mut config = quinn::ClientConfig::new(Arc::new(quic));
+        config.transport_config(Arc::new(warren::transport::quic::transport_config()));
+        (quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(), config)
+    }
+}
