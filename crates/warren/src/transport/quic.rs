@@ -15,6 +15,7 @@ use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, TransportConfig, 
 use tokio_util::task::TaskTracker;
 
 use super::tls;
+use crate::Identity;
 use crate::connection::codes;
 use crate::p2p::{BoxFuture, Hook, Listener, P2P};
 
@@ -57,18 +58,18 @@ pub fn transport_config() -> TransportConfig {
     config
 }
 
-/// quinn server configuration for `p2p`'s identity.
-pub fn server_config(p2p: &P2P) -> quinn::ServerConfig {
-    let crypto = QuicServerConfig::try_from(tls::server_config(p2p.identity()))
+/// quinn server configuration for `identity`, with warren's transport parameters.
+pub fn server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
+    let crypto = QuicServerConfig::try_from(tls::server_config(identity))
         .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
     config
 }
 
-/// quinn client configuration for `p2p`'s identity.
-pub fn client_config(p2p: &P2P) -> quinn::ClientConfig {
-    let crypto = QuicClientConfig::try_from(tls::client_config(p2p.identity()))
+/// quinn client configuration for `identity`, with warren's transport parameters.
+pub fn client_config(identity: &Arc<Identity>) -> quinn::ClientConfig {
+    let crypto = QuicClientConfig::try_from(tls::client_config(identity))
         .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config()));
@@ -109,9 +110,9 @@ impl QuicTransport {
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
         let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
         let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config(p2p)), socket, runtime)
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config(p2p.identity())), socket, runtime)
                 .map_err(bind_err)?;
-        endpoint.set_default_client_config(client_config(p2p));
+        endpoint.set_default_client_config(client_config(p2p.identity()));
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 
         let accept_loop = TaskTracker::new();

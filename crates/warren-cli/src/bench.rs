@@ -1,0 +1,302 @@
+//! `warren bench …`: benchmarks that print ratios against baselines measured in the same run.
+//!
+//! `throughput` moves the same bytes over one warren stream, over a plain quinn connection
+//! with the same TLS and transport configuration, over plain quinn with quinn's default
+//! transport configuration, and over a plain TCP socket; it also times connection setup (dial
+//! to first echoed byte) for warren and plain quinn. Rounds are interleaved so that a noisy
+//! neighbour hurts every contender alike, and medians are reported.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren::transport::quic::{self, QuicTransport};
+use warren::transport::tls;
+use warren::{Identity, P2P, Stream};
+
+use crate::output::json_line;
+
+/// Protocol of the byte sink: the dialler sends bytes and finishes; the sink answers with the
+/// count as a little-endian u64.
+pub const SINK: &str = "sink/1";
+/// Protocol of the one-byte echo used to time connection setup.
+const ECHO_BYTE: &str = "echo-byte/1";
+/// Write size: 1 MiB chunks handed to QUIC without copying.
+const CHUNK: usize = 1024 * 1024;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Bulk throughput and connection setup: warren vs plain quinn vs plain TCP on loopback.
+    Throughput(ThroughputArgs),
+}
+
+#[derive(Args)]
+pub struct ThroughputArgs {
+    /// Bytes to send per round and contender.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// Rounds per contender; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Connection setups timed per contender; the median is reported.
+    #[arg(long, default_value_t = 50)]
+    setups: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Throughput(args) => throughput(args).await,
+    }
+}
+
+/// Counts what arrives on a sink stream, then answers with the count.
+pub async fn sink(stream: Stream) {
+    let (mut send, mut recv) = stream.into_split();
+    if let Ok(count) = count_until_finished(&mut recv).await {
+        let _ = send.write_all(&count.to_le_bytes()).await;
+        let _ = send.finish();
+    }
+}
+
+async fn count_until_finished(recv: &mut quinn::RecvStream) -> anyhow::Result<u64> {
+    let mut count = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        count += chunk.bytes.len() as u64;
+    }
+    Ok(count)
+}
+
+/// Sends `bytes` bytes in 1 MiB chunks, finishes, and returns the count the sink reports.
+pub async fn send_to_sink(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, bytes: u64) -> anyhow::Result<u64> {
+    let chunk = Bytes::from(vec![0xa5; CHUNK]);
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        send.write_chunk(chunk.slice(..n)).await?;
+        left -= n as u64;
+    }
+    send.finish()?;
+    let mut count = [0u8; 8];
+    recv.read_exact(&mut count).await.context("reading the sink's count")?;
+    Ok(u64::from_le_bytes(count))
+}
+
+async fn echo_byte(stream: Stream) {
+    let (mut send, mut recv) = stream.into_split();
+    let mut byte = [0u8; 1];
+    if recv.read_exact(&mut byte).await.is_ok() {
+        let _ = send.write_all(&byte).await;
+        let _ = send.finish();
+    }
+}
+
+fn progress(line: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("{line}");
+    }
+}
+
+fn gbps(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+/// A plain quinn server: sink on every stream of the first kind, one-byte echo for setup.
+fn plain_quinn_server(config: quinn::ServerConfig) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+    let addr = endpoint.local_addr()?;
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    tokio::spawn(async move {
+                        // The first byte says what the stream is for: 0 = sink, 1 = echo.
+                        let Ok(kind) = recv.read_u8().await else { return };
+                        if kind == 1 {
+                            let _ = send.write_all(&[kind]).await;
+                        } else if let Ok(count) = count_until_finished(&mut recv).await {
+                            let _ = send.write_all(&count.to_le_bytes()).await;
+                        }
+                        let _ = send.finish();
+                    });
+                }
+            });
+        }
+    });
+    Ok((endpoint, addr))
+}
+
+async fn plain_quinn_round(client: &quinn::Endpoint, addr: SocketAddr, bytes: u64) -> anyhow::Result<Duration> {
+    let conn = client.connect(addr, tls::SERVER_NAME)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let started = Instant::now();
+    send.write_all(&[0]).await?;
+    let count = send_to_sink(&mut send, &mut recv, bytes).await?;
+    let elapsed = started.elapsed();
+    ensure!(count == bytes, "plain quinn sink counted {count}");
+    conn.close(0u32.into(), b"done");
+    Ok(elapsed)
+}
+
+async fn plain_quinn_setup(client: &quinn::Endpoint, addr: SocketAddr) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let conn = client.connect(addr, tls::SERVER_NAME)?.await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&[1]).await?;
+    recv.read_u8().await?;
+    let elapsed = started.elapsed();
+    conn.close(0u32.into(), b"done");
+    Ok(elapsed)
+}
+
+async fn warren_round(alice: &P2P, bob: &P2P, bytes: u64) -> anyhow::Result<Duration> {
+    let (mut send, mut recv) = alice.connect(bob.remote_identity(), SINK).await?.into_split();
+    let started = Instant::now();
+    let count = send_to_sink(&mut send, &mut recv, bytes).await?;
+    let elapsed = started.elapsed();
+    ensure!(count == bytes, "warren sink counted {count}");
+    Ok(elapsed)
+}
+
+async fn warren_setup(alice: &P2P, bob: &P2P, bob_addr: SocketAddr) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let conn = alice.dial(bob_addr, Some(bob.remote_identity())).await?;
+    let (mut send, mut recv) = conn.open_stream(ECHO_BYTE).await?.into_split();
+    send.write_all(&[1]).await?;
+    recv.read_u8().await?;
+    let elapsed = started.elapsed();
+    conn.close();
+    Ok(elapsed)
+}
+
+async fn tcp_round(bytes: u64) -> anyhow::Result<Duration> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut count = 0u64;
+        loop {
+            let n = socket.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            count += n as u64;
+        }
+        socket.write_all(&count.to_le_bytes()).await?;
+        anyhow::Ok(())
+    });
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    let chunk = vec![0xa5u8; CHUNK];
+    let started = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        socket.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    socket.shutdown().await?;
+    let count = socket.read_u64_le().await?;
+    let elapsed = started.elapsed();
+    server.await??;
+    ensure!(count == bytes, "tcp sink counted {count}");
+    Ok(elapsed)
+}
+
+async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
+    ensure!(args.rounds > 0 && args.bytes > 0 && args.setups > 0, "--bytes, --rounds and --setups must be positive");
+    let alice = P2P::new("warren-bench", Identity::generate());
+    let bob = P2P::new("warren-bench", Identity::generate());
+    QuicTransport::spawn(&alice, "127.0.0.1:0".parse()?).await?;
+    let bob_addr = QuicTransport::spawn(&bob, "127.0.0.1:0".parse()?).await?.local_addr();
+    bob.register_protocol(SINK, sink)?;
+    bob.register_protocol(ECHO_BYTE, echo_byte)?;
+    alice.discovered("bench", bob.remote_identity(), [bob_addr], Default::default());
+
+    let server_id = Arc::new(Identity::generate());
+    let client_id = Arc::new(Identity::generate());
+    let (server, server_addr) = plain_quinn_server(quic::server_config(&server_id))?;
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    client.set_default_client_config(quic::client_config(&client_id));
+
+    // quinn with its default transport parameters (same TLS), to show what warren's tuning buys.
+    let mut default_server_config = quic::server_config(&server_id);
+    default_server_config.transport_config(Arc::new(quinn::TransportConfig::default()));
+    let (default_server, default_addr) = plain_quinn_server(default_server_config)?;
+    let mut default_client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut default_client_config = quic::client_config(&client_id);
+    default_client_config.transport_config(Arc::new(quinn::TransportConfig::default()));
+    default_client.set_default_client_config(default_client_config);
+
+    let (mut warren_runs, mut quinn_runs, mut default_runs, mut tcp_runs) = (vec![], vec![], vec![], vec![]);
+    for round in 1..=args.rounds {
+        progress(&format!("round {round}/{}: warren, quinn, quinn (defaults), tcp", args.rounds));
+        warren_runs.push(gbps(args.bytes, warren_round(&alice, &bob, args.bytes).await?));
+        quinn_runs.push(gbps(args.bytes, plain_quinn_round(&client, server_addr, args.bytes).await?));
+        default_runs.push(gbps(args.bytes, plain_quinn_round(&default_client, default_addr, args.bytes).await?));
+        tcp_runs.push(gbps(args.bytes, tcp_round(args.bytes).await?));
+    }
+    progress(&format!("connection setup: {} dials each", args.setups));
+    let (mut warren_setups, mut quinn_setups) = (vec![], vec![]);
+    for _ in 0..args.setups {
+        warren_setups.push(warren_setup(&alice, &bob, bob_addr).await?.as_secs_f64() * 1e3);
+        quinn_setups.push(plain_quinn_setup(&client, server_addr).await?.as_secs_f64() * 1e3);
+    }
+
+    let warren_gbps = median(warren_runs);
+    let quinn_gbps = median(quinn_runs);
+    let quinn_default_gbps = median(default_runs);
+    let tcp_gbps = median(tcp_runs);
+    let setup_ms_warren = median(warren_setups);
+    let setup_ms_quinn = median(quinn_setups);
+    let report = serde_json::json!({
+        "bytes": args.bytes,
+        "rounds": args.rounds,
+        "warren_gbps": warren_gbps,
+        "quinn_gbps": quinn_gbps,
+        "quinn_default_gbps": quinn_default_gbps,
+        "tcp_gbps": tcp_gbps,
+        "ratio_vs_quinn": warren_gbps / quinn_gbps,
+        "ratio_vs_quinn_default": warren_gbps / quinn_default_gbps,
+        "ratio_vs_tcp": warren_gbps / tcp_gbps,
+        "setup_ms_warren": setup_ms_warren,
+        "setup_ms_quinn": setup_ms_quinn,
+        "setup_ratio": setup_ms_warren / setup_ms_quinn,
+    });
+    if args.json {
+        json_line(&report);
+    } else {
+        println!("throughput, one stream on loopback, {} MiB x {} rounds (median)", args.bytes >> 20, args.rounds);
+        println!("  warren                 {warren_gbps:6.2} Gbit/s");
+        println!("  quinn, same config     {quinn_gbps:6.2} Gbit/s   warren/quinn  = {:.3}", warren_gbps / quinn_gbps);
+        println!(
+            "  quinn, default config  {quinn_default_gbps:6.2} Gbit/s   warren/quinn-default = {:.3}",
+            warren_gbps / quinn_default_gbps
+        );
+        println!("  tcp                    {tcp_gbps:6.2} Gbit/s   warren/tcp    = {:.3}", warren_gbps / tcp_gbps);
+        println!("connection setup, dial to first echoed byte ({} dials, median)", args.setups);
+        println!("  warren  {setup_ms_warren:.3} ms");
+        println!("  quinn   {setup_ms_quinn:.3} ms   warren/quinn = {:.3}", setup_ms_warren / setup_ms_quinn);
+    }
+    alice.shutdown().await;
+    bob.shutdown().await;
+    for endpoint in [server, client, default_server, default_client] {
+        endpoint.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+    }
+    Ok(())
+}

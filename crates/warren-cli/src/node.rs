@@ -1,0 +1,102 @@
+//! `warren node`: a long-running node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use warren::discovery::manual::{ManualDiscovery, ManualPeer};
+use warren::transport::quic::QuicTransport;
+use warren::{Event, Identity, P2P};
+
+use crate::output::{self, describe, json_line, ms};
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// UDP address to listen on.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// Where the identity is kept [default: $WARREN_DATA_DIR, else ~/.local/share/warren].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The name other nodes see [default: the host name].
+    #[arg(long)]
+    name: Option<String>,
+    /// A peer to connect to and keep connected, as ID@HOST:PORT (repeatable).
+    #[arg(long = "peer", value_name = "ID@ADDR")]
+    peers: Vec<ManualPeer>,
+    /// Print one JSON object per event line.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    let dir = crate::data_dir(args.data_dir)?;
+    let identity = Identity::load_or_create(&dir)?;
+    let p2p = P2P::new("warren", identity);
+    if let Some(name) = &args.name {
+        p2p.metadata_mut().insert(warren::p2p::NAME, name.as_str()).context("--name")?;
+    }
+    warren::ping::register(&p2p)?;
+    let mut events = p2p.subscribe();
+    let quic = QuicTransport::spawn(&p2p, args.listen).await?;
+    let me = p2p.remote_identity();
+    if args.json {
+        json_line(&serde_json::json!({
+            "event": "NodeStarted",
+            "identity": me,
+            "addrs": [quic.local_addr()],
+            "metadata": p2p.metadata(),
+        }));
+    } else {
+        println!("warren node {me}");
+        println!("  listening on {} (reach it with: warren ping {me}@{})", quic.local_addr(), quic.local_addr());
+    }
+    ManualDiscovery::spawn(&p2p, args.peers);
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            event = events.recv() => match event {
+                Ok(event) => {
+                    if let Event::PeerConnected { remote, .. } = &event {
+                        spawn_greeting_ping(&p2p, *remote, args.json);
+                    }
+                    if args.json { json_line(&event) } else { println!("{}", describe(&event)) }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                    tracing::warn!("printing fell behind; {lost} events not shown");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        }
+    }
+    p2p.shutdown().await;
+    if args.json {
+        json_line(&Event::Shutdown);
+    } else {
+        println!("shut down");
+    }
+    Ok(())
+}
+
+/// Pings each newly connected peer once and prints the result, so that two nodes that find
+/// each other show a round trip in each direction.
+fn spawn_greeting_ping(p2p: &P2P, remote: warren::RemoteIdentity, json: bool) {
+    let node = p2p.clone();
+    p2p.spawn(async move {
+        let result = warren::ping::ping(&node, remote, 1).await;
+        match (result, json) {
+            (Ok(rtts), true) => {
+                json_line(&serde_json::json!({"event": "PingResult", "remote": remote, "rtt_ms": ms(rtts[0])}))
+            }
+            (Ok(rtts), false) => println!("ping {}…: {} ms", output::short(&remote), ms(rtts[0])),
+            (Err(e), true) => {
+                json_line(&serde_json::json!({"event": "PingFailed", "remote": remote, "error": e.to_string()}))
+            }
+            (Err(e), false) => println!("ping {}… failed: {e}", output::short(&remote)),
+        }
+    });
+}

@@ -1,0 +1,47 @@
+//! How the CLI prints: one JSON object per line for scripts, short sentences for people.
+
+use warren::{Event, RemoteIdentity};
+
+/// Prints `value` as one line of JSON on stdout.
+pub fn json_line(value: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string(value).expect("CLI output serialises"));
+}
+
+/// The first 10 characters of an identity: enough to tell peers apart on a screen.
+pub fn short(id: &RemoteIdentity) -> String {
+    id.to_string()[..10].to_owned()
+}
+
+/// Milliseconds with microsecond precision, for printing and JSON.
+pub fn ms(duration: std::time::Duration) -> f64 {
+    (duration.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// One line describing an event.
+pub fn describe(event: &Event) -> String {
+    match event {
+        Event::ListenerStarted { hook, addrs } => format!("listening ({hook}) on {}", list(addrs)),
+        Event::ListenerStopped { hook } => format!("stopped listening ({hook})"),
+        Event::PeerDiscovered { remote, source, addrs, .. } => {
+            format!("discovered {remote} via {source} at {}", list(addrs))
+        }
+        Event::PeerExpired { remote, source, .. } => format!("{source} no longer knows {remote}"),
+        Event::PeerConnected { remote, addr, direction, metadata } => format!(
+            "connected {remote} ({}) at {addr}, {}",
+            metadata.get(warren::p2p::NAME).map(String::as_str).unwrap_or("unnamed"),
+            match direction {
+                warren::Direction::Inbound => "they dialled",
+                warren::Direction::Outbound => "we dialled",
+            }
+        ),
+        Event::PeerDisconnected { remote, reason } => format!("disconnected {remote}: {reason}"),
+        Event::IncomingRejected { addr, reason } => format!("refused a connection from {addr}: {reason}"),
+        Event::MetadataModified { metadata } => format!("metadata is now {metadata:?}"),
+        Event::Shutdown => "shut down".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn list(addrs: &[std::net::SocketAddr]) -> String {
+    addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,106 @@
+//! `warren ping ID@ADDR`: connect, verify the identity, measure round trips.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use warren::discovery::manual::{ManualAddr, ManualPeer};
+use warren::transport::quic::QuicTransport;
+use warren::{Identity, P2P};
+
+use crate::output::{json_line, ms};
+
+#[derive(Args)]
+pub struct PingArgs {
+    /// The peer, as ID@HOST:PORT.
+    #[arg(value_name = "ID@ADDR")]
+    peer: ManualPeer,
+    /// How many pings.
+    #[arg(long, default_value_t = 4)]
+    count: usize,
+    /// Time between pings, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Use the identity in this data directory instead of a throwaway one.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Print one JSON object with the results.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: PingArgs) -> anyhow::Result<()> {
+    let Some(remote) = args.peer.identity else {
+        bail!("give the peer as ID@ADDR: warren only talks to a peer whose identity it checks");
+    };
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let identity = match &args.data_dir {
+        Some(dir) => Identity::load_or_create(dir)?,
+        None => Identity::generate(),
+    };
+    let p2p = P2P::new("warren", identity);
+    let unspecified = match &args.peer.addr {
+        ManualAddr::Socket(addr) if addr.is_ipv6() => "[::]:0",
+        _ => "0.0.0.0:0",
+    };
+    QuicTransport::spawn(&p2p, unspecified.parse()?).await?;
+    let result = ping(&p2p, &args, remote).await;
+    p2p.shutdown().await;
+    result
+}
+
+async fn ping(p2p: &P2P, args: &PingArgs, remote: warren::RemoteIdentity) -> anyhow::Result<()> {
+    let addrs = match &args.peer.addr {
+        ManualAddr::Socket(addr) => vec![*addr],
+        ManualAddr::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .collect(),
+    };
+    p2p.discovered("cli", remote, addrs, Default::default());
+    let started = Instant::now();
+    let conn = p2p.connection(remote).await?;
+    let connect_time = started.elapsed();
+    let name = conn.remote_metadata().get(warren::p2p::NAME).cloned().unwrap_or_default();
+    if !args.json {
+        println!(
+            "connected to {remote} ({name}) at {} in {} ms, identity verified, path: direct",
+            conn.remote_address(),
+            ms(connect_time)
+        );
+    }
+    let mut stream = conn.open_stream(warren::ping::PROTOCOL).await?;
+    let mut rtts = Vec::with_capacity(args.count);
+    for seq in 1..=args.count {
+        let rtt = warren::ping::ping_stream(&mut stream, 1).await?[0];
+        rtts.push(rtt);
+        if !args.json {
+            println!("seq={seq} rtt={} ms", ms(rtt));
+        }
+        if seq < args.count {
+            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+        }
+    }
+    let min = rtts.iter().min().copied().unwrap_or_default();
+    let max = rtts.iter().max().copied().unwrap_or_default();
+    let avg = rtts.iter().sum::<Duration>() / rtts.len() as u32;
+    if args.json {
+        json_line(&serde_json::json!({
+            "remote": remote,
+            "name": name,
+            "addr": conn.remote_address(),
+            "path": "direct",
+            "connect_ms": ms(connect_time),
+            "rtt_ms": rtts.iter().map(|r| ms(*r)).collect::<Vec<_>>(),
+            "min_ms": ms(min),
+            "avg_ms": ms(avg),
+            "max_ms": ms(max),
+        }));
+    } else {
+        println!("{} pings: min {} ms, avg {} ms, max {} ms", rtts.len(), ms(min), ms(avg), ms(max));
+    }
+    Ok(())
+}
