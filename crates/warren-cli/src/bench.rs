@@ -75,7 +75,11 @@ async fn count_until_finished(recv: &mut quinn::RecvStream) -> anyhow::Result<u6
 }
 
 /// Sends `bytes` bytes in 1 MiB chunks, finishes, and returns the count the sink reports.
-pub async fn send_to_sink(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, bytes: u64) -> anyhow::Result<u64> {
+pub async fn send_to_sink(
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    bytes: u64,
+) -> anyhow::Result<u64> {
     let chunk = Bytes::from(vec![0xa5; CHUNK]);
     let mut left = bytes;
     while left > 0 {

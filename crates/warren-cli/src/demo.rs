@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::transport::quic::QuicTransport;
 use warren::{ConnectError, Event, Identity, P2P};
 
@@ -94,12 +95,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     anyhow::ensure!(impostor_refused, "dialling the wrong identity was not refused");
 
     say("\n5. alice asks bob for a protocol he does not speak".into());
-    let unknown = alice.connect(bob_id, "chat/9").await;
-    let unknown_refused = matches!(unknown, Err(ConnectError::UnknownProtocol { .. }));
+    let mut chat = alice.connect(bob_id, "chat/9").await?;
+    chat.write_all(b"hi bob").await?;
+    let unknown = chat.read_u8().await;
+    let unknown_refused = unknown.as_ref().is_err_and(|e| e.kind() == std::io::ErrorKind::Unsupported);
     say(format!("   refused: {}", unknown.err().map(|e| e.to_string()).unwrap_or_else(|| "NOT REFUSED".into())));
     anyhow::ensure!(unknown_refused, "an unknown protocol was not refused");
 
-    drop((send, recv, conn));
+    drop((send, recv, chat, conn));
     let started = Instant::now();
     alice.shutdown().await;
     bob.shutdown().await;

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::RemoteIdentity;
 use crate::error::ConnectError;
 use crate::p2p::Direction;
-use crate::wire::{self, Hello, StreamResponse};
+use crate::wire::{self, Hello};
 
 /// QUIC application error codes warren closes connections and streams with.
 pub mod codes {
@@ -27,6 +27,8 @@ pub mod codes {
     pub const INCOMPATIBLE_VERSION: VarInt = VarInt::from_u32(2);
     /// The hello was malformed or did not arrive in time.
     pub const BAD_HELLO: VarInt = VarInt::from_u32(3);
+    /// The peer broke the protocol (e.g. a second unidirectional stream).
+    pub const PROTOCOL_VIOLATION: VarInt = VarInt::from_u32(4);
     /// A stream header was malformed.
     pub const BAD_STREAM_HEADER: VarInt = VarInt::from_u32(16);
     /// A stream header did not arrive in time.
@@ -101,22 +103,23 @@ impl Connection {
         &self.quic
     }
 
-    /// Opens a stream for `protocol` and waits for the peer to accept it (one round trip).
+    /// Opens a stream for `protocol`. No round trip: the header goes out with the first data.
+    /// If the peer has no handler for `protocol`, the stream's first read or write fails with an
+    /// [`io::Error`] wrapping [`ConnectError::UnknownProtocol`] (on the raw halves of
+    /// [`Stream::into_split`], with the code [`codes::UNKNOWN_PROTOCOL`]).
     pub async fn open_stream(&self, protocol: &str) -> Result<Stream, ConnectError> {
         let header = wire::encode_stream_header(protocol).map_err(ConnectError::InvalidProtocol)?;
         let stream_err = |e: &dyn std::fmt::Display| ConnectError::Stream(e.to_string());
-        let (mut send, mut recv) = self.quic.open_bi().await.map_err(|e| stream_err(&e))?;
+        let (mut send, recv) = self.quic.open_bi().await.map_err(|e| stream_err(&e))?;
         send.write_all(&header).await.map_err(|e| stream_err(&e))?;
-        let status = recv.read_u8().await.map_err(|e| stream_err(&e))?;
-        match StreamResponse::from_byte(status).map_err(|e| stream_err(&e))? {
-            StreamResponse::Accepted => Ok(Stream { remote: self.remote, protocol: protocol.into(), send, recv }),
-            StreamResponse::UnknownProtocol => Err(ConnectError::UnknownProtocol { protocol: protocol.to_owned() }),
-        }
+        Ok(Stream { remote: self.remote, protocol: protocol.into(), send, recv })
     }
 }
 
 /// A bi-directional stream of one protocol with a peer. Reads and writes go straight to QUIC;
-/// use [`Stream::into_split`] to read and write from different tasks.
+/// use [`Stream::into_split`] to read and write from different tasks. A peer that does not
+/// speak the protocol makes reads and writes fail with an [`io::Error`] of kind
+/// [`io::ErrorKind::Unsupported`] wrapping [`ConnectError::UnknownProtocol`].
 #[derive(Debug)]
 pub struct Stream {
     remote: RemoteIdentity,
@@ -166,22 +169,42 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Turns quinn's "reset/stopped with UNKNOWN_PROTOCOL" into an error that says so.
+    fn explain(&self, error: io::Error) -> io::Error {
+        let code = error.get_ref().and_then(|inner| {
+            if let Some(quinn::ReadError::Reset(code)) = inner.downcast_ref::<quinn::ReadError>() {
+                Some(*code)
+            } else if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref::<quinn::WriteError>() {
+                Some(*code)
+            } else {
+                None
+            }
+        });
+        if code == Some(codes::UNKNOWN_PROTOCOL) {
+            let refused = ConnectError::UnknownProtocol { protocol: self.protocol.to_string() };
+            return io::Error::new(io::ErrorKind::Unsupported, refused);
+        }
+        error
+    }
+}
+
 impl AsyncRead for Stream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf)
+        AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf).map_err(|e| self.explain(e))
     }
 }
 
 impl AsyncWrite for Stream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf).map_err(|e| self.explain(e))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx).map_err(|e| self.explain(e))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx).map_err(|e| self.explain(e))
     }
 }

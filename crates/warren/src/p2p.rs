@@ -29,7 +29,7 @@ use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
 use crate::error::{ConnectError, RegisterError};
 use crate::identity::{Identity, RemoteIdentity};
 use crate::transport::tls;
-use crate::wire::{self, Hello, StreamResponse, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR};
+use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR};
 
 /// Events kept for each subscriber. A subscriber that falls further behind loses the oldest
 /// events (its next `recv` reports how many, as `RecvError::Lagged`) and never slows the node.
@@ -319,7 +319,8 @@ impl P2P {
     }
 
     /// Opens a stream of `protocol` to `remote`, reusing an open connection or connecting with
-    /// the addresses discovery found. Returns once the peer's handler owns the stream.
+    /// the addresses discovery found. Opening the stream costs no round trip; see
+    /// [`Connection::open_stream`] for how a peer without the protocol refuses it.
     pub async fn connect(&self, remote: RemoteIdentity, protocol: &str) -> Result<Stream, ConnectError> {
         wire::check_protocol_name(protocol).map_err(ConnectError::InvalidProtocol)?;
         self.connection(remote).await?.open_stream(protocol).await
@@ -387,7 +388,7 @@ impl P2P {
             .await
             .map_err(|_| ConnectError::Transport { addr, reason: format!("no answer within {HANDSHAKE_TIMEOUT:?}") })?
             .map_err(|reason| ConnectError::Transport { addr, reason })?;
-        self.establish(quic, Direction::Outbound, expected).await
+        self.establish(quic, Direction::Outbound, expected, None).await
     }
 
     /// Called by listener hooks for each incoming connection: completes the handshake, checks
@@ -397,13 +398,42 @@ impl P2P {
         self.spawn(async move {
             let addr = incoming.remote_address();
             let result = async {
-                let connecting =
-                    incoming.accept().map_err(|e| ConnectError::Transport { addr, reason: e.to_string() })?;
-                let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
-                    .await
-                    .map_err(|_| ConnectError::Transport { addr, reason: "handshake timed out".into() })?
-                    .map_err(|e| ConnectError::Transport { addr, reason: e.to_string() })?;
-                p2p.establish(quic, Direction::Inbound, None).await
+                let transport_err = |reason: String| ConnectError::Transport { addr, reason };
+                let connecting = incoming.accept().map_err(|e| transport_err(e.to_string()))?;
+                // Our hello goes out as 0.5-RTT data, with our handshake reply, so the dialler
+                // has it as soon as its handshake completes. It is sent before the dialler's key
+                // is verified, so it must never hold anything reserved for authenticated peers
+                // (any client can make itself a key and get it anyway).
+                let (quic, handshake) = match connecting.into_0rtt() {
+                    Ok((quic, accepted)) => (quic, Some(accepted)),
+                    // Not expected for incoming connections; fall back to a full handshake.
+                    Err(connecting) => {
+                        let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+                            .await
+                            .map_err(|_| transport_err("handshake timed out".into()))?
+                            .map_err(|e| transport_err(e.to_string()))?;
+                        (quic, None)
+                    }
+                };
+                let hello_out = match p2p.send_hello(&quic).await {
+                    Ok(sent) => sent,
+                    Err(error) => {
+                        quic.close(codes::BAD_HELLO, b"hello failed");
+                        return Err(error);
+                    }
+                };
+                if let Some(accepted) = handshake {
+                    // Resolves when the handshake completes or fails. Its value says whether the
+                    // client's 0-RTT data was accepted (never, here), not whether the handshake
+                    // succeeded: the close reason tells that.
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted)
+                        .await
+                        .map_err(|_| transport_err("handshake timed out".into()))?;
+                    if let Some(reason) = quic.close_reason() {
+                        return Err(transport_err(reason.to_string()));
+                    }
+                }
+                p2p.establish(quic, Direction::Inbound, None, Some(hello_out)).await
             }
             .await;
             if let Err(error) = result {
@@ -422,12 +452,25 @@ impl P2P {
         }
     }
 
-    /// Checks the identity, exchanges hellos and registers the connection.
+    /// Opens a unidirectional stream and sends our hello on it.
+    async fn send_hello(&self, quic: &quinn::Connection) -> Result<quinn::SendStream, ConnectError> {
+        let hello_err = |e: &dyn std::fmt::Display| ConnectError::Hello(e.to_string());
+        let ours = self.hello().encode().map_err(|e| ConnectError::Hello(format!("our own hello: {e}")))?;
+        let mut send = quic.open_uni().await.map_err(|e| hello_err(&e))?;
+        send.write_all(&ours).await.map_err(|e| hello_err(&e))?;
+        send.finish().map_err(|e| hello_err(&e))?;
+        Ok(send)
+    }
+
+    /// Checks the identity, exchanges hellos (each side sends its own on a unidirectional
+    /// stream, without waiting for the other's) and registers the connection. `our_hello` is the
+    /// hello already sent, if any: the acceptor sends it as 0.5-RTT data.
     async fn establish(
         &self,
         quic: quinn::Connection,
         direction: Direction,
         expected: Option<RemoteIdentity>,
+        our_hello: Option<quinn::SendStream>,
     ) -> Result<Connection, ConnectError> {
         let remote = tls::peer_identity(&quic).ok_or_else(|| {
             quic.close(codes::BAD_HELLO, b"no identity");
@@ -437,31 +480,18 @@ impl P2P {
             quic.close(codes::WRONG_IDENTITY, b"wrong identity");
             return Err(ConnectError::WrongIdentity { expected, got: remote });
         }
-        let ours = self.hello().encode().map_err(|e| ConnectError::Hello(format!("our own hello: {e}")))?;
         let exchange = async {
             let hello_err = |e: &dyn std::fmt::Display| ConnectError::Hello(e.to_string());
-            let (mut send, mut recv) = match direction {
-                Direction::Outbound => quic.open_bi().await.map_err(|e| hello_err(&e))?,
-                Direction::Inbound => quic.accept_bi().await.map_err(|e| hello_err(&e))?,
+            let sent = match our_hello {
+                Some(sent) => sent,
+                None => self.send_hello(&quic).await?,
             };
-            if direction == Direction::Outbound {
-                send.write_all(&ours).await.map_err(|e| hello_err(&e))?;
-                send.finish().map_err(|e| hello_err(&e))?;
-            }
+            let mut recv = quic.accept_uni().await.map_err(|e| hello_err(&e))?;
             let theirs = recv.read_to_end(wire::MAX_HELLO_LEN).await.map_err(|e| hello_err(&e))?;
-            let theirs = Hello::decode(&theirs).map_err(|e| hello_err(&e))?;
-            if direction == Direction::Inbound {
-                // Answer even a peer of another version, so that it can report the mismatch.
-                send.write_all(&ours).await.map_err(|e| hello_err(&e))?;
-                send.finish().map_err(|e| hello_err(&e))?;
-                if theirs.major != WIRE_VERSION_MAJOR {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), send.stopped()).await;
-                }
-            }
-            Ok(theirs)
+            Ok::<_, ConnectError>((sent, Hello::decode(&theirs).map_err(|e| hello_err(&e))?))
         };
-        let theirs = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
-            Ok(Ok(theirs)) => theirs,
+        let (sent, theirs) = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+            Ok(Ok(exchanged)) => exchanged,
             Ok(Err(error)) => {
                 quic.close(codes::BAD_HELLO, b"bad hello");
                 return Err(error);
@@ -472,6 +502,8 @@ impl P2P {
             }
         };
         if theirs.major != WIRE_VERSION_MAJOR {
+            // Let our hello arrive first, so the peer can report the mismatch too.
+            let _ = tokio::time::timeout(Duration::from_secs(2), sent.stopped()).await;
             quic.close(codes::INCOMPATIBLE_VERSION, b"incompatible wire version");
             return Err(ConnectError::IncompatibleVersion { ours: WIRE_VERSION_MAJOR, theirs: theirs.major });
         }
@@ -508,15 +540,21 @@ impl P2P {
         let p2p = self.clone();
         self.spawn(async move {
             let reason = loop {
-                match conn.quic.accept_bi().await {
-                    Ok((send, recv)) => {
-                        let (p2p2, remote) = (p2p.clone(), conn.remote);
-                        p2p.spawn(async move { p2p2.serve_stream(remote, send, recv).await });
+                tokio::select! {
+                    stream = conn.quic.accept_bi() => match stream {
+                        Ok((send, recv)) => {
+                            let (p2p2, remote) = (p2p.clone(), conn.remote);
+                            p2p.spawn(async move { p2p2.serve_stream(remote, send, recv).await });
+                        }
+                        Err(error) => break error.to_string(),
+                    },
+                    // Unidirectional streams carry only the hello.
+                    Ok(_) = conn.quic.accept_uni() => {
+                        conn.quic.close(codes::PROTOCOL_VIOLATION, b"unexpected unidirectional stream");
                     }
-                    Err(error) => break error,
                 }
             };
-            p2p.unregister_connection(&conn, reason.to_string());
+            p2p.unregister_connection(&conn, reason);
         });
         Ok(())
     }
@@ -559,14 +597,10 @@ impl P2P {
         let handler = self.inner.protocols.read().expect("protocol lock poisoned").get(&protocol).cloned();
         let Some(handler) = handler else {
             tracing::debug!(%remote, %protocol, "stream for an unknown protocol");
-            let _ = send.write_all(&[StreamResponse::UnknownProtocol as u8]).await;
-            let _ = send.finish();
+            let _ = send.reset(codes::UNKNOWN_PROTOCOL);
             let _ = recv.stop(codes::UNKNOWN_PROTOCOL);
             return;
         };
-        if send.write_all(&[StreamResponse::Accepted as u8]).await.is_err() {
-            return;
-        }
         handler.handle(Stream::new(remote, protocol.into(), send, recv)).await;
     }
 

@@ -10,8 +10,12 @@
 //! protocols       = count:u8 (name:str8){count}
 //! str8            = len:u8 utf8-bytes{len}
 //! stream header   = len:u8 protocol-name-bytes{len}
-//! stream response = status:u8
 //! ```
+//!
+//! The acceptor does not answer a stream header: the dialler's data follows the header at once
+//! (no round trip). An acceptor without a handler for the protocol resets and stops the stream
+//! with the QUIC code [`UNKNOWN_PROTOCOL`](crate::connection::codes::UNKNOWN_PROTOCOL), which the
+//! dialler's [`Stream`](crate::Stream) reports as [`ConnectError::UnknownProtocol`](crate::ConnectError).
 //!
 //! A newer minor version may append fields after `protocols`; older peers ignore them. A new
 //! major version is incompatible and both sides refuse the connection with a clear error.
@@ -149,27 +153,6 @@ where
         .map_err(|_| WireError::Invalid { field: "protocol name", reason: "not UTF-8".into() })?;
     check_protocol_name(name)?;
     Ok(name.to_owned())
-}
-
-/// The acceptor's answer to a stream header: one byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum StreamResponse {
-    /// A handler for the protocol now owns the stream.
-    Accepted = 0,
-    /// The acceptor has no handler for the protocol.
-    UnknownProtocol = 1,
-}
-
-impl StreamResponse {
-    /// Parses the response byte.
-    pub fn from_byte(byte: u8) -> Result<Self, WireError> {
-        match byte {
-            0 => Ok(Self::Accepted),
-            1 => Ok(Self::UnknownProtocol),
-            other => Err(WireError::Invalid { field: "stream response", reason: format!("unknown status {other}") }),
-        }
-    }
 }
 
 /// Why bytes on the wire were refused.

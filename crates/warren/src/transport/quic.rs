@@ -27,6 +27,9 @@ pub const HOOK_NAME: &str = "quic";
 /// connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
+/// Unidirectional streams a peer may have open at once: one, for its hello.
+pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 1;
+
 /// Per-stream receive window: 8 MiB lets one stream fill about 1.3 Gbit/s at 50 ms RTT (and far
 /// more on a LAN) before flow control stalls it; quinn's default is 1.25 MB.
 pub const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
@@ -49,7 +52,7 @@ pub fn transport_config() -> TransportConfig {
     let mut config = TransportConfig::default();
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
-        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .max_concurrent_uni_streams(VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS))
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into().expect("30 s fits a VarInt of ms")))
         .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
@@ -109,9 +112,13 @@ impl QuicTransport {
         let bind_err = |source| ListenError::Bind { addr, source };
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
         let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
-        let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config(p2p.identity())), socket, runtime)
-                .map_err(bind_err)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config(p2p.identity())),
+            socket,
+            runtime,
+        )
+        .map_err(bind_err)?;
         endpoint.set_default_client_config(client_config(p2p.identity()));
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 

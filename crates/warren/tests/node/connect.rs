@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use warren::{ConnectError, ConnectionState, Direction, Event};
 
 use crate::support::*;
@@ -79,8 +81,16 @@ async fn unknown_protocol_gets_a_clear_error_and_the_connection_keeps_working() 
     let (bob, bob_addr) = node().await;
     introduce(&alice, &bob, bob_addr);
 
-    let err = alice.connect(bob.remote_identity(), "nope/1").await.unwrap_err();
-    assert!(matches!(&err, ConnectError::UnknownProtocol { protocol } if protocol == "nope/1"), "{err}");
+    // Opening costs no round trip; the refusal arrives on the first read.
+    let mut stream = alice.connect(bob.remote_identity(), "nope/1").await.unwrap();
+    stream.write_all(b"hello?").await.unwrap();
+    let err = stream.read_u8().await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
+    assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
+    let inner = err.into_inner().unwrap().downcast::<ConnectError>().unwrap();
+    assert!(matches!(*inner, ConnectError::UnknownProtocol { ref protocol } if protocol == "nope/1"));
+    // Writing on it fails the same way once the refusal has arrived.
+    let err = stream.write_all(b"more").await.unwrap_err();
     assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
     assert_eq!(echo_once(&alice, bob.remote_identity(), b"still here").await, b"still here");
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quinn::{ReadError, ReadToEndError};
 use warren::connection::codes;
-use warren::{Event, Identity, wire};
+use warren::{Event, Identity};
 
 use crate::support::raw::client;
 use crate::support::*;
@@ -42,8 +42,7 @@ async fn garbage_and_oversized_stream_headers_are_reset_and_others_keep_being_se
     assert_eq!(reset_code(raw_stream(raw, b"\x00").await), codes::BAD_STREAM_HEADER);
     assert_eq!(reset_code(raw_stream(raw, b"\x03\xff\xfe\xfd").await), codes::BAD_STREAM_HEADER);
     assert_eq!(reset_code(raw_stream(raw, b"\x05ping").await), codes::BAD_STREAM_HEADER, "truncated header");
-    // A well-formed header for an unknown protocol is answered, not reset.
-    assert_eq!(raw_stream(raw, b"\x07nope/99").await.unwrap(), [wire::StreamResponse::UnknownProtocol as u8]);
+    assert_eq!(reset_code(raw_stream(raw, b"\x07nope/99").await), codes::UNKNOWN_PROTOCOL);
 
     assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 3).await.unwrap().len(), 3);
     // The hostile peer's connection itself is still open: a bad stream costs only that stream.
@@ -72,8 +71,8 @@ async fn ten_thousand_streams_at_once_do_not_stop_another_peer() {
             tokio::spawn(async move {
                 let header: &[u8] = if i % 2 == 0 { b"\xffgarbage" } else { b"\x07nope/99" };
                 match raw_stream(&quic, header).await {
-                    Err(ReadToEndError::Read(ReadError::Reset(code))) if code == codes::BAD_STREAM_HEADER => {}
-                    Ok(answer) if answer == [wire::StreamResponse::UnknownProtocol as u8] => {}
+                    Err(ReadToEndError::Read(ReadError::Reset(code)))
+                        if code == codes::BAD_STREAM_HEADER || code == codes::UNKNOWN_PROTOCOL => {}
                     other => panic!("stream {i}: unexpected outcome {other:?}"),
                 }
                 refused.fetch_add(1, Ordering::Relaxed);
@@ -110,7 +109,7 @@ async fn a_garbage_hello_closes_that_connection_only() {
     let identity = Arc::new(Identity::generate());
     let (endpoint, config) = client(warren::transport::tls::client_config(&identity));
     let conn = endpoint.connect_with(config, bob_addr, warren::transport::tls::SERVER_NAME).unwrap().await.unwrap();
-    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut send = conn.open_uni().await.unwrap();
     send.write_all(b"\x01\x00\x00\x00\xff not a hello").await.unwrap();
     send.finish().unwrap();
 
@@ -127,5 +126,21 @@ async fn a_garbage_hello_closes_that_connection_only() {
     assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 2).await.unwrap().len(), 2);
     endpoint.close(0u32.into(), b"");
     alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_second_unidirectional_stream_after_the_hello_closes_the_connection() {
+    let (bob, bob_addr) = node().await;
+    let (hostile, _) = node().await;
+    introduce(&hostile, &bob, bob_addr);
+    let conn = hostile.connection(bob.remote_identity()).await.unwrap();
+    let mut send = conn.quic().open_uni().await.unwrap();
+    send.write_all(b"unasked for").await.unwrap();
+    match conn.quic().closed().await {
+        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, codes::PROTOCOL_VIOLATION),
+        other => panic!("expected PROTOCOL_VIOLATION, got {other}"),
+    }
+    hostile.shutdown().await;
     bob.shutdown().await;
 }
