@@ -117,9 +117,26 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-/// A plain quinn server: sink on every stream of the first kind, one-byte echo for setup.
-fn plain_quinn_server(config: quinn::ServerConfig) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
-    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse()?)?;
+/// A plain quinn endpoint on loopback with the given parameters.
+fn plain_quinn_endpoint(
+    tuned: bool,
+    endpoint: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+) -> anyhow::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    if tuned {
+        quic::enlarge_socket_buffers(&socket);
+    }
+    Ok(quinn::Endpoint::new(endpoint, server, socket, Arc::new(quinn::TokioRuntime))?)
+}
+
+/// A plain quinn server: sink on streams that start with 0, one-byte echo on those with 1.
+fn plain_quinn_server(
+    tuned: bool,
+    endpoint: quinn::EndpointConfig,
+    config: quinn::ServerConfig,
+) -> anyhow::Result<(quinn::Endpoint, SocketAddr)> {
+    let endpoint = plain_quinn_endpoint(tuned, endpoint, Some(config))?;
     let addr = endpoint.local_addr()?;
     let accepting = endpoint.clone();
     tokio::spawn(async move {
@@ -233,15 +250,16 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
 
     let server_id = Arc::new(Identity::generate());
     let client_id = Arc::new(Identity::generate());
-    let (server, server_addr) = plain_quinn_server(quic::server_config(&server_id))?;
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let (server, server_addr) = plain_quinn_server(true, quic::endpoint_config(), quic::server_config(&server_id))?;
+    let mut client = plain_quinn_endpoint(true, quic::endpoint_config(), None)?;
     client.set_default_client_config(quic::client_config(&client_id));
 
     // quinn with its default transport parameters (same TLS), to show what warren's tuning buys.
     let mut default_server_config = quic::server_config(&server_id);
     default_server_config.transport_config(Arc::new(quinn::TransportConfig::default()));
-    let (default_server, default_addr) = plain_quinn_server(default_server_config)?;
-    let mut default_client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let (default_server, default_addr) =
+        plain_quinn_server(false, quinn::EndpointConfig::default(), default_server_config)?;
+    let mut default_client = plain_quinn_endpoint(false, quinn::EndpointConfig::default(), None)?;
     let mut default_client_config = quic::client_config(&client_id);
     default_client_config.transport_config(Arc::new(quinn::TransportConfig::default()));
     default_client.set_default_client_config(default_client_config);
@@ -267,6 +285,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     let tcp_gbps = median(tcp_runs);
     let setup_ms_warren = median(warren_setups);
     let setup_ms_quinn = median(quinn_setups);
+    let warren_path_mtu = alice.open_connection(&bob.remote_identity()).map(|c| c.quic().stats().path.current_mtu);
     let report = serde_json::json!({
         "bytes": args.bytes,
         "rounds": args.rounds,
@@ -280,12 +299,13 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         "setup_ms_warren": setup_ms_warren,
         "setup_ms_quinn": setup_ms_quinn,
         "setup_ratio": setup_ms_warren / setup_ms_quinn,
+        "warren_path_mtu": warren_path_mtu,
     });
     if args.json {
         json_line(&report);
     } else {
         println!("throughput, one stream on loopback, {} MiB x {} rounds (median)", args.bytes >> 20, args.rounds);
-        println!("  warren                 {warren_gbps:6.2} Gbit/s");
+        println!("  warren                 {warren_gbps:6.2} Gbit/s   (path MTU {warren_path_mtu:?})");
         println!("  quinn, same config     {quinn_gbps:6.2} Gbit/s   warren/quinn  = {:.3}", warren_gbps / quinn_gbps);
         println!(
             "  quinn, default config  {quinn_default_gbps:6.2} Gbit/s   warren/quinn-default = {:.3}",

@@ -609,6 +609,10 @@ impl P2P {
     /// bounded) for every task of the node, transport drivers included. When it returns the
     /// node's sockets are closed, provided the application dropped the streams it held.
     /// Calling it again returns at once.
+    ///
+    /// It usually takes a few round trips (QUIC lets a closed connection drain for three probe
+    /// timeouts); a connection still in its handshake has no RTT estimate yet, so its drain can
+    /// take about 3 s.
     pub async fn shutdown(&self) {
         if self.inner.cancel.is_cancelled() {
             return;

@@ -61,6 +61,14 @@ pub fn transport_config() -> TransportConfig {
     config
 }
 
+/// The endpoint parameters warren uses: quinn's defaults. (Jumbo datagrams were tried, with
+/// path MTU discovery up to 8952 bytes; on a loaded loopback a few lost large packets made
+/// quinn's black-hole detection fall back to 1200 bytes, slower than the default 1452, so they
+/// are not enabled. See docs/benchmarks.md.)
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    quinn::EndpointConfig::default()
+}
+
 /// quinn server configuration for `identity`, with warren's transport parameters.
 pub fn server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
     let crypto = QuicServerConfig::try_from(tls::server_config(identity))
@@ -111,14 +119,11 @@ impl QuicTransport {
     pub async fn spawn(p2p: &P2P, addr: SocketAddr) -> Result<Self, ListenError> {
         let bind_err = |source| ListenError::Bind { addr, source };
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+        enlarge_socket_buffers(&socket);
         let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
-        let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server_config(p2p.identity())),
-            socket,
-            runtime,
-        )
-        .map_err(bind_err)?;
+        let mut endpoint =
+            quinn::Endpoint::new(endpoint_config(), Some(server_config(p2p.identity())), socket, runtime)
+                .map_err(bind_err)?;
         endpoint.set_default_client_config(client_config(p2p.identity()));
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 
@@ -155,6 +160,9 @@ impl Hook for QuicTransport {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let Some(endpoint) = self.inner.endpoint.lock().expect("endpoint lock poisoned").take() else { return };
+            // Refuse new handshakes first: a peer redialling during shutdown must not keep the
+            // endpoint busy.
+            endpoint.set_server_config(None);
             endpoint.close(codes::CLOSED, b"shutting down");
             // Lets the peers learn of the close; bounded by the node's shutdown timeout.
             endpoint.wait_idle().await;
@@ -177,6 +185,22 @@ impl Listener for QuicTransport {
         })
     }
 }
+
+/// Asks for [`SOCKET_BUFFER`]-byte socket buffers. The kernel caps the request at
+/// `net.core.rmem_max`/`wmem_max` (often 208 KiB, which drops packets at a few Gbit/s); a
+/// refusal is harmless, so errors are only logged.
+pub fn enlarge_socket_buffers(socket: &std::net::UdpSocket) {
+    let socket = socket2::SockRef::from(socket);
+    if let Err(error) = socket.set_recv_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%error, "could not enlarge the UDP receive buffer");
+    }
+    if let Err(error) = socket.set_send_buffer_size(SOCKET_BUFFER) {
+        tracing::debug!(%error, "could not enlarge the UDP send buffer");
+    }
+}
+
+/// UDP socket buffer size asked for: 4 MiB holds about 3 ms of a 10 Gbit/s stream.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
 /// quinn's Tokio runtime, but spawning on the node's task tracker so that shutdown can wait for
 /// the endpoint and connection drivers.

@@ -11,6 +11,7 @@ async fn a_manual_peer_is_connected_and_reconnected_after_it_restarts() {
     let (bob, bob_addr) = node_with(Identity::from_secret_bytes(&bob_secret), "127.0.0.1:0".parse().unwrap()).await;
     let (alice, _) = node().await;
     let mut events = alice.subscribe();
+    let mut bob_events = bob.subscribe();
     let peer: ManualPeer = format!("{}@{bob_addr}", bob.remote_identity()).parse().unwrap();
     let manual = ManualDiscovery::spawn(&alice, [peer.clone()]);
     let bob_id = bob.remote_identity();
@@ -19,6 +20,9 @@ async fn a_manual_peer_is_connected_and_reconnected_after_it_restarts() {
     wait_for(&mut events, connected).await;
     assert_eq!(alice.peer(&bob_id).unwrap().addrs[&bob_addr], [SOURCE.to_string()].into());
 
+    // Bob finishes his side of the handshake half a round trip after Alice; shutting down
+    // before that would leave a connection mid-handshake, whose close takes seconds to drain.
+    wait_for(&mut bob_events, |e| matches!(e, Event::PeerConnected { .. }).then_some(())).await;
     bob.shutdown().await;
     wait_for(&mut events, |e| matches!(e, Event::PeerDisconnected { remote, .. } if *remote == bob_id).then_some(()))
         .await;
