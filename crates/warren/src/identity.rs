@@ -57,7 +57,7 @@ impl Identity {
 
     /// The public half, which names this node to others.
     pub fn to_remote_identity(&self) -> RemoteIdentity {
-        RemoteIdentity(self.key.verifying_key())
+        RemoteIdentity(self.key.verifying_key().to_bytes())
     }
 
     /// Signs `message` with this identity.
@@ -204,18 +204,18 @@ pub enum IdentityError {
 ///
 /// Displayed and parsed as 52 characters of lowercase, unpadded base32, which fits in a DNS
 /// label. Parsing checks that the bytes are a valid curve point.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RemoteIdentity(VerifyingKey);
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RemoteIdentity([u8; 32]);
 
 impl RemoteIdentity {
     /// Builds an identity from the 32 bytes of an Ed25519 public key.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, ParseIdentityError> {
-        VerifyingKey::from_bytes(bytes).map(Self).map_err(|_| ParseIdentityError::NotAKey)
+        VerifyingKey::from_bytes(bytes).map(|_| Self(*bytes)).map_err(|_| ParseIdentityError::NotAKey)
     }
 
     /// The 32 bytes of the public key.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        self.0.as_bytes()
+        &self.0
     }
 
     /// The [`PeerId`] derived from this identity.
@@ -226,20 +226,9 @@ impl RemoteIdentity {
     /// Checks an Ed25519 signature made by this identity. Uses strict verification (no
     /// malleable or small-order signatures).
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        let key = VerifyingKey::from_bytes(&self.0).expect("checked to be a valid key when constructed");
         let signature = ed25519_dalek::Signature::from_bytes(signature);
-        self.0.verify_strict(message, &signature).is_ok()
-    }
-}
-
-impl PartialOrd for RemoteIdentity {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for RemoteIdentity {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_bytes().cmp(other.as_bytes())
+        key.verify_strict(message, &signature).is_ok()
     }
 }
 
