@@ -188,7 +188,9 @@ fn bench_throughput_smoke() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    for key in ["warren_gbps", "quinn_gbps", "tcp_gbps", "ratio_vs_quinn", "ratio_vs_tcp", "setup_ms_warren", "setup_ms_quinn"] {
+    for key in
+        ["warren_gbps", "quinn_gbps", "tcp_gbps", "ratio_vs_quinn", "ratio_vs_tcp", "setup_ms_warren", "setup_ms_quinn"]
+    {
         let value = report[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
         assert!(value.is_finite() && value > 0.0, "{key} = {value}");
     }

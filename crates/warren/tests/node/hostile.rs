@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quinn::{ReadError, ReadToEndError};
+use warren::Identity;
 use warren::connection::codes;
-use warren::{Event, Identity};
 
 use crate::support::raw::client;
 use crate::support::*;
@@ -113,15 +113,8 @@ async fn a_garbage_hello_closes_that_connection_only() {
     send.write_all(b"\x01\x00\x00\x00\xff not a hello").await.unwrap();
     send.finish().unwrap();
 
-    match conn.closed().await {
-        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, codes::BAD_HELLO),
-        other => panic!("expected the node to close with BAD_HELLO, got {other}"),
-    }
-    let reason = wait_for(&mut events, |e| match e {
-        Event::IncomingRejected { reason, .. } => Some(reason.clone()),
-        _ => None,
-    })
-    .await;
+    assert_eq!(close_code(conn.closed().await), codes::BAD_HELLO);
+    let reason = next_rejection(&mut events).await;
     assert_eq!(reason, "hello failed: metadata: length 255 exceeds max 64");
     assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 2).await.unwrap().len(), 2);
     endpoint.close(0u32.into(), b"");
@@ -137,10 +130,7 @@ async fn a_second_unidirectional_stream_after_the_hello_closes_the_connection() 
     let conn = hostile.connection(bob.remote_identity()).await.unwrap();
     let mut send = conn.quic().open_uni().await.unwrap();
     send.write_all(b"unasked for").await.unwrap();
-    match conn.quic().closed().await {
-        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, codes::PROTOCOL_VIOLATION),
-        other => panic!("expected PROTOCOL_VIOLATION, got {other}"),
-    }
+    assert_eq!(close_code(conn.quic().closed().await), codes::PROTOCOL_VIOLATION);
     hostile.shutdown().await;
     bob.shutdown().await;
 }

@@ -67,6 +67,23 @@ pub async fn wait_for<T>(events: &mut broadcast::Receiver<Event>, mut pick: impl
     .expect("event did not arrive")
 }
 
+/// The application error code a connection was closed with (panics on any other ending).
+pub fn close_code(ending: quinn::ConnectionError) -> quinn::VarInt {
+    match ending {
+        quinn::ConnectionError::ApplicationClosed(close) => close.error_code,
+        other => panic!("expected an application close, got {other}"),
+    }
+}
+
+/// Waits for the next `IncomingRejected` and returns its reason.
+pub async fn next_rejection(events: &mut broadcast::Receiver<Event>) -> String {
+    wait_for(events, |e| match e {
+        Event::IncomingRejected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await
+}
+
 /// Echoes `payload` over a new echo stream and returns what came back.
 pub async fn echo_once(p2p: &P2P, remote: warren::RemoteIdentity, payload: &[u8]) -> Vec<u8> {
     let mut stream = p2p.connect(remote, ECHO).await.expect("open echo stream");

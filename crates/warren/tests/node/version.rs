@@ -6,7 +6,7 @@ use std::sync::Arc;
 use warren::connection::codes;
 use warren::transport::tls;
 use warren::wire::{Hello, WIRE_VERSION_MAJOR};
-use warren::{ConnectError, Event, Identity};
+use warren::{ConnectError, Identity};
 
 use crate::support::raw::client;
 use crate::support::*;
@@ -33,17 +33,8 @@ async fn a_newer_major_dialling_us_is_refused_and_told_our_version() {
     let theirs = Hello::decode(&conn.accept_uni().await.unwrap().read_to_end(65536).await.unwrap()).unwrap();
     assert_eq!(theirs.major, WIRE_VERSION_MAJOR);
     // ...then closes the connection with the version code.
-    match conn.closed().await {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            assert_eq!(close.error_code, codes::INCOMPATIBLE_VERSION)
-        }
-        other => panic!("expected INCOMPATIBLE_VERSION, got {other}"),
-    }
-    let reason = wait_for(&mut events, |e| match e {
-        Event::IncomingRejected { reason, .. } => Some(reason.clone()),
-        _ => None,
-    })
-    .await;
+    assert_eq!(close_code(conn.closed().await), codes::INCOMPATIBLE_VERSION);
+    let reason = next_rejection(&mut events).await;
     assert_eq!(reason, "incompatible wire version: we speak 1.x, the peer speaks 2.x");
     assert!(bob.connections().is_empty());
     endpoint.close(0u32.into(), b"");
@@ -75,9 +66,6 @@ async fn dialling_a_newer_major_fails_with_incompatible_version() {
     assert_eq!(err.to_string(), "incompatible wire version: we speak 1.x, the peer speaks 2.x");
     let (our_hello, closed) = newer_peer.await.unwrap();
     assert_eq!(our_hello.major, WIRE_VERSION_MAJOR);
-    match closed {
-        quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(close.error_code, codes::INCOMPATIBLE_VERSION),
-        other => panic!("expected INCOMPATIBLE_VERSION, got {other}"),
-    }
+    assert_eq!(close_code(closed), codes::INCOMPATIBLE_VERSION);
     alice.shutdown().await;
 }
