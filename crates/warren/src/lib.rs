@@ -48,6 +48,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod connection;
 pub mod discovery;
 pub mod error;
@@ -61,3 +63,8 @@ pub use connection::{Connection, Stream};
 pub use error::{ConnectError, RegisterError};
 pub use identity::{Identity, IdentityError, PeerId, RemoteIdentity};
 pub use p2p::{ConnectionState, Direction, Event, P2P, PeerInfo, ProtocolHandler};
+
+/// The README's code, compiled as a doc test so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
