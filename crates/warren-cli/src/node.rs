@@ -49,8 +49,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             "metadata": p2p.metadata(),
         }));
     } else {
+        let addr = quic.local_addr();
         println!("warren node {me}");
-        println!("  listening on {} (reach it with: warren ping {me}@{})", quic.local_addr(), quic.local_addr());
+        if addr.ip().is_unspecified() {
+            println!(
+                "  listening on port {} of every interface (reach it with: warren ping {me}@<ADDRESS>:{})",
+                addr.port(),
+                addr.port()
+            );
+        } else {
+            println!("  listening on {addr} (reach it with: warren ping {me}@{addr})");
+        }
     }
     ManualDiscovery::spawn(&p2p, args.peers);
 
