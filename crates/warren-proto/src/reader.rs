@@ -42,11 +42,11 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
         Self::with_buffer(READ_BUFFER, inner)
     }
 
-    /// Wraps `inner` with a `capacity`-byte buffer (at least 16).
+    /// Wraps `inner` with a `capacity`-byte buffer (at least 1).
     pub fn with_buffer(capacity: usize, inner: R) -> Self {
         Self {
             inner,
-            buf: vec![0; capacity.max(16)].into_boxed_slice(),
+            buf: vec![0; capacity.max(1)].into_boxed_slice(),
             pos: 0,
             end: 0,
             eof: false,
@@ -54,6 +54,14 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
             budget: crate::DEFAULT_MAX_BYTES,
             max_len: crate::DEFAULT_MAX_LEN,
         }
+    }
+
+    /// Wraps `inner` without reading ahead: every read asks for exactly the bytes the decoder
+    /// needs, so after a message the stream is positioned right after it (for a header followed
+    /// by someone else's data). Slower for many small fields; only a `#[proto(default)]` field
+    /// at the end of a message peeks one byte ahead.
+    pub fn unbuffered(inner: R) -> Self {
+        Self::with_buffer(1, inner)
     }
 
     /// Decodes the next message. At the end of the stream (no byte of a new message) the error

@@ -29,7 +29,7 @@ use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
 use crate::error::{ConnectError, RegisterError};
 use crate::identity::{Identity, RemoteIdentity};
 use crate::transport::tls;
-use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR};
+use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError};
 
 /// Events kept for each subscriber. A subscriber that falls further behind loses the oldest
 /// events (its next `recv` reports how many, as `RecvError::Lagged`) and never slows the node.
@@ -455,7 +455,7 @@ impl P2P {
     /// Opens a unidirectional stream and sends our hello on it.
     async fn send_hello(&self, quic: &quinn::Connection) -> Result<quinn::SendStream, ConnectError> {
         let hello_err = |e: &dyn std::fmt::Display| ConnectError::Hello(e.to_string());
-        let ours = self.hello().encode().map_err(|e| ConnectError::Hello(format!("our own hello: {e}")))?;
+        let ours = self.hello().to_bytes().map_err(|e| ConnectError::Hello(format!("our own hello: {e}")))?;
         let mut send = quic.open_uni().await.map_err(|e| hello_err(&e))?;
         send.write_all(&ours).await.map_err(|e| hello_err(&e))?;
         send.finish().map_err(|e| hello_err(&e))?;
@@ -486,27 +486,36 @@ impl P2P {
                 Some(sent) => sent,
                 None => self.send_hello(&quic).await?,
             };
-            let mut recv = quic.accept_uni().await.map_err(|e| hello_err(&e))?;
-            let theirs = recv.read_to_end(wire::MAX_HELLO_LEN).await.map_err(|e| hello_err(&e))?;
-            Ok::<_, ConnectError>((sent, Hello::decode(&theirs).map_err(|e| hello_err(&e))?))
-        };
-        let (sent, theirs) = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
-            Ok(Ok(exchanged)) => exchanged,
-            Ok(Err(error)) => {
-                quic.close(codes::BAD_HELLO, b"bad hello");
-                return Err(error);
-            }
-            Err(_) => {
-                quic.close(codes::BAD_HELLO, b"hello timed out");
-                return Err(ConnectError::Hello(format!("no hello within {HELLO_TIMEOUT:?}")));
+            let recv = quic.accept_uni().await.map_err(|e| hello_err(&e))?;
+            // Decoded straight off the stream; fields of a newer minor version after the ones we
+            // know are left unread.
+            match wire::read_hello(&mut warren_proto::Reader::new(recv)).await {
+                Ok(theirs) => Ok((sent, Ok(theirs))),
+                Err(WireError::IncompatibleVersion { theirs }) => Ok((sent, Err(theirs.major))),
+                Err(error) => Err(hello_err(&error)),
             }
         };
-        if theirs.major != WIRE_VERSION_MAJOR {
-            // Let our hello arrive first, so the peer can report the mismatch too.
-            let _ = tokio::time::timeout(Duration::from_secs(2), sent.stopped()).await;
-            quic.close(codes::INCOMPATIBLE_VERSION, b"incompatible wire version");
-            return Err(ConnectError::IncompatibleVersion { ours: WIRE_VERSION_MAJOR, theirs: theirs.major });
-        }
+        let (sent, theirs): (quinn::SendStream, Result<Hello, u16>) =
+            match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
+                Ok(Ok(exchanged)) => exchanged,
+                Ok(Err(error)) => {
+                    quic.close(codes::BAD_HELLO, b"bad hello");
+                    return Err(error);
+                }
+                Err(_) => {
+                    quic.close(codes::BAD_HELLO, b"hello timed out");
+                    return Err(ConnectError::Hello(format!("no hello within {HELLO_TIMEOUT:?}")));
+                }
+            };
+        let theirs = match theirs {
+            Ok(theirs) => theirs,
+            Err(their_major) => {
+                // Let our hello arrive first, so the peer can report the mismatch too.
+                let _ = tokio::time::timeout(Duration::from_secs(2), sent.stopped()).await;
+                quic.close(codes::INCOMPATIBLE_VERSION, b"incompatible wire version");
+                return Err(ConnectError::IncompatibleVersion { ours: WIRE_VERSION_MAJOR, theirs: their_major });
+            }
+        };
         let conn = Connection { quic, remote, direction, hello: Arc::new(theirs) };
         self.register_connection(conn.clone())?;
         Ok(conn)

@@ -1,15 +1,16 @@
-//! The bytes warren itself puts on a connection: the hello and the stream header.
+//! The bytes warren itself puts on a connection: the hello and the stream header, encoded with
+//! [`warren_proto`] and decoded straight off the QUIC stream.
 //!
-//! Every parser here works on bounded input: the hello is read whole with a size limit before
-//! it is parsed, and every count and length inside is checked against a limit before anything
-//! is allocated. The format is documented in `docs/wire-format.md`.
+//! Every limit is enforced while decoding, before anything is allocated: the derive's length
+//! limits and byte budgets, then the semantic checks below (metadata keys, protocol names). The
+//! format is documented in `docs/wire-format.md`; summarised:
 //!
 //! ```text
-//! hello           = major:u16le minor:u16le metadata protocols [ignored trailing bytes]
-//! metadata        = count:u8 (key:str8 value:str8){count}
-//! protocols       = count:u8 (name:str8){count}
-//! str8            = len:u8 utf8-bytes{len}
-//! stream header   = len:u8 protocol-name-bytes{len}
+//! hello         = major:u16le minor:u16le metadata protocols [fields of later minors]
+//! metadata      = count:varint (key:str value:str){count}
+//! protocols     = count:varint name:str{count}
+//! str           = len:varint utf8-bytes{len}
+//! stream header = name:str
 //! ```
 //!
 //! The acceptor does not answer a stream header: the dialler's data follows the header at once
@@ -17,19 +18,24 @@
 //! with the QUIC code [`UNKNOWN_PROTOCOL`](crate::connection::codes::UNKNOWN_PROTOCOL), which the
 //! dialler's [`Stream`](crate::Stream) reports as [`ConnectError::UnknownProtocol`](crate::ConnectError).
 //!
-//! A newer minor version may append fields after `protocols`; older peers ignore them. A new
-//! major version is incompatible and both sides refuse the connection with a clear error.
+//! A newer minor version may append fields after `protocols`; older peers stop reading after the
+//! fields they know. A new major version is incompatible: `major` and `minor` come first in
+//! every version, so a node reads them alone ([`WireVersion`]) before the rest and both sides
+//! refuse the connection with a clear error.
 
 use std::collections::BTreeMap;
+
+use tokio::io::AsyncRead;
+use warren_proto::{Decode, DecodeError, Encode, EncodeError, Reader};
 
 /// The major wire version this build speaks. Peers with another major version are refused.
 pub const WIRE_VERSION_MAJOR: u16 = 1;
 /// The minor wire version this build speaks. Minor versions only append to the hello.
 pub const WIRE_VERSION_MINOR: u16 = 0;
 
-/// Largest hello accepted, in bytes. The largest hello this version can produce is about 38 KiB
-/// (64 metadata entries of 255-byte keys and values plus 64 protocol names); the limit leaves
-/// room for fields a later minor version appends.
+/// Largest hello accepted, in bytes (its byte budget). The largest hello this version can
+/// produce is about 38 KiB (64 metadata entries of 64-byte keys and 255-byte values plus 64
+/// protocol names); the budget leaves room for fields a later minor version appends.
 pub const MAX_HELLO_LEN: usize = 64 * 1024;
 /// Most metadata entries in a hello.
 pub const MAX_METADATA_ENTRIES: usize = 64;
@@ -42,8 +48,30 @@ pub const MAX_PROTOCOLS: usize = 64;
 /// Longest protocol name, in bytes.
 pub const MAX_PROTOCOL_NAME_LEN: usize = 64;
 
-/// What each side of a new connection tells the other before anything else.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The first four bytes of every hello, in every version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct WireVersion {
+    /// Major wire version; peers must agree on it.
+    pub major: u16,
+    /// Minor wire version; informational, newer minors only append fields.
+    pub minor: u16,
+}
+
+/// What follows [`WireVersion`] in a version 1 hello.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[proto(max_len = 255, max_bytes = 65532)]
+pub struct HelloBody {
+    /// The node's metadata.
+    pub metadata: BTreeMap<String, String>,
+    /// The protocols the node has handlers for.
+    #[proto(max_len = 64)]
+    pub protocols: Vec<String>,
+}
+
+/// What each side of a new connection tells the other before anything else. On the wire it is
+/// exactly a [`WireVersion`] followed by a [`HelloBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[proto(max_len = 255, max_bytes = 65536)]
 pub struct Hello {
     /// Major wire version; peers must agree on it.
     pub major: u16,
@@ -52,60 +80,56 @@ pub struct Hello {
     /// The node's metadata (`name`, `os`, `device_model`, `version`, …).
     pub metadata: BTreeMap<String, String>,
     /// The protocols the node has handlers for.
+    #[proto(max_len = 64)]
     pub protocols: Vec<String>,
 }
 
 impl Hello {
     /// Encodes the hello. Fails if a limit is exceeded, naming the offending field.
-    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(&self.major.to_le_bytes());
-        out.extend_from_slice(&self.minor.to_le_bytes());
-        check_count("metadata", self.metadata.len(), MAX_METADATA_ENTRIES)?;
-        out.push(self.metadata.len() as u8);
-        for (key, value) in &self.metadata {
-            check_metadata_entry(key, value)?;
-            put_str8(&mut out, key);
-            put_str8(&mut out, value);
-        }
-        check_count("protocols", self.protocols.len(), MAX_PROTOCOLS)?;
-        out.push(self.protocols.len() as u8);
-        for name in &self.protocols {
-            check_protocol_name(name)?;
-            put_str8(&mut out, name);
-        }
-        Ok(out)
+    pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
+        self.validate()?;
+        Ok(warren_proto::encode_to_vec(self)?)
     }
 
-    /// Decodes a hello. Trailing bytes (fields of a newer minor version) are ignored.
-    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        if bytes.len() > MAX_HELLO_LEN {
-            return Err(WireError::TooLong { field: "hello", len: bytes.len(), max: MAX_HELLO_LEN });
-        }
-        let mut cursor = Cursor { bytes, pos: 0 };
-        let major = cursor.u16("hello.major")?;
-        let minor = cursor.u16("hello.minor")?;
-        let count = cursor.u8("hello.metadata")? as usize;
-        check_count("metadata", count, MAX_METADATA_ENTRIES)?;
-        let mut metadata = BTreeMap::new();
-        for _ in 0..count {
-            let key = cursor.str8("hello.metadata key")?;
-            let value = cursor.str8("hello.metadata value")?;
-            check_metadata_entry(key, value)?;
-            if metadata.insert(key.to_owned(), value.to_owned()).is_some() {
-                return Err(WireError::Invalid { field: "hello.metadata", reason: format!("duplicate key {key:?}") });
-            }
-        }
-        let count = cursor.u8("hello.protocols")? as usize;
-        check_count("protocols", count, MAX_PROTOCOLS)?;
-        let mut protocols = Vec::with_capacity(count);
-        for _ in 0..count {
-            let name = cursor.str8("hello.protocols")?;
-            check_protocol_name(name)?;
-            protocols.push(name.to_owned());
-        }
-        Ok(Self { major, minor, metadata, protocols })
+    /// Decodes a hello from the start of `bytes`; bytes after it (fields of a newer minor
+    /// version) are ignored.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, WireError> {
+        futures_lite::future::block_on(read_hello(&mut Reader::new(bytes)))
     }
+
+    /// Checks what the derive's length limits cannot express: entry counts, key and protocol
+    /// name syntax.
+    pub fn validate(&self) -> Result<(), WireError> {
+        check_count("metadata", self.metadata.len(), MAX_METADATA_ENTRIES)?;
+        for (key, value) in &self.metadata {
+            check_metadata_entry(key, value)?;
+        }
+        check_count("protocols", self.protocols.len(), MAX_PROTOCOLS)?;
+        self.protocols.iter().try_for_each(|name| check_protocol_name(name))
+    }
+}
+
+/// Reads a hello straight off a stream: first the version, and only if the major version is
+/// ours, the rest. Another major version is [`WireError::IncompatibleVersion`] and nothing more
+/// is read, since its layout may differ.
+pub async fn read_hello<R: AsyncRead + Unpin + Send>(reader: &mut Reader<R>) -> Result<Hello, WireError> {
+    let version: WireVersion = reader.decode().await?;
+    if version.major != WIRE_VERSION_MAJOR {
+        return Err(WireError::IncompatibleVersion { theirs: version });
+    }
+    let body: HelloBody = reader.decode().await?;
+    let hello =
+        Hello { major: version.major, minor: version.minor, metadata: body.metadata, protocols: body.protocols };
+    hello.validate()?;
+    Ok(hello)
+}
+
+/// The header that starts every stream: the protocol's name.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+#[proto(max_len = 64, max_bytes = 65)]
+pub struct StreamHeader {
+    /// The protocol, such as `ping/1`.
+    pub protocol: String,
 }
 
 /// Checks a metadata entry against the wire limits.
@@ -131,71 +155,38 @@ pub fn check_protocol_name(name: &str) -> Result<(), WireError> {
     check_len("protocol name", name.len(), MAX_PROTOCOL_NAME_LEN)
 }
 
-/// Encodes the header that starts every stream: the protocol's name.
+/// Encodes the header that starts every stream.
 pub fn encode_stream_header(protocol: &str) -> Result<Vec<u8>, WireError> {
     check_protocol_name(protocol)?;
-    let mut out = Vec::with_capacity(1 + protocol.len());
-    put_str8(&mut out, protocol);
-    Ok(out)
+    Ok(warren_proto::encode_to_vec(&StreamHeader { protocol: protocol.to_owned() })?)
 }
 
-/// Reads a stream header from `reader`: at most 1 + [`MAX_PROTOCOL_NAME_LEN`] bytes are read.
+/// Reads a stream header from `reader`, never reading past it (the bytes after it belong to
+/// the protocol's handler): at most 1 + [`MAX_PROTOCOL_NAME_LEN`] bytes.
 pub async fn read_stream_header<R>(reader: &mut R) -> Result<String, WireError>
 where
-    R: tokio::io::AsyncRead + Unpin,
+    R: AsyncRead + Unpin + Send,
 {
-    use tokio::io::AsyncReadExt;
-    let len = reader.read_u8().await.map_err(|e| WireError::from_io("stream header", e))? as usize;
-    check_len("protocol name", len, MAX_PROTOCOL_NAME_LEN)?;
-    let mut name = [0u8; MAX_PROTOCOL_NAME_LEN];
-    reader.read_exact(&mut name[..len]).await.map_err(|e| WireError::from_io("stream header", e))?;
-    let name = std::str::from_utf8(&name[..len])
-        .map_err(|_| WireError::Invalid { field: "protocol name", reason: "not UTF-8".into() })?;
-    check_protocol_name(name)?;
-    Ok(name.to_owned())
-}
-
-/// The property the `hello_decode` fuzz target checks, also replayed over the saved corpus by
-/// the test suite: decoding arbitrary bytes never panics, and a decoded hello survives an
-/// encode/decode round trip unchanged.
-#[doc(hidden)]
-pub fn fuzz_hello(data: &[u8]) {
-    if let Ok(hello) = Hello::decode(data) {
-        let bytes = hello.encode().expect("a decoded hello is within the limits");
-        assert!(bytes.len() <= data.len(), "re-encoding grew the hello");
-        assert_eq!(Hello::decode(&bytes).expect("re-encoded hello decodes"), hello);
-    }
-}
-
-/// The property the `stream_header` fuzz target checks, also replayed over the saved corpus:
-/// reading never panics or reads past the header, and a header that reads encodes back to the
-/// bytes it was read from.
-#[doc(hidden)]
-pub fn fuzz_stream_header(data: &[u8]) {
-    let mut reader = data;
-    let result = futures_lite::future::block_on(read_stream_header(&mut reader));
-    let consumed = data.len() - reader.len();
-    assert!(consumed <= 1 + MAX_PROTOCOL_NAME_LEN);
-    if let Ok(name) = result {
-        assert_eq!(encode_stream_header(&name).expect("a read name is valid"), &data[..consumed]);
-    }
+    let header: StreamHeader = Reader::unbuffered(reader).decode().await?;
+    check_protocol_name(&header.protocol)?;
+    Ok(header.protocol)
 }
 
 /// Why bytes on the wire were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
-    /// The stream ended cleanly before the message started.
-    #[error("{field}: stream closed before the message")]
-    Closed {
-        /// What was being read.
-        field: &'static str,
-    },
-    /// The message ended in the middle.
-    #[error("{field}: message truncated")]
-    Truncated {
-        /// What was being read.
-        field: &'static str,
+    /// The bytes do not decode (the error names the field).
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The value does not encode within the limits.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The peer speaks another major version.
+    #[error("incompatible wire version: we speak {WIRE_VERSION_MAJOR}.x, the peer speaks {}.x", theirs.major)]
+    IncompatibleVersion {
+        /// The peer's version.
+        theirs: WireVersion,
     },
     /// A length or count exceeds its limit.
     #[error("{field}: length {len} exceeds max {max}")]
@@ -215,23 +206,31 @@ pub enum WireError {
         /// What is wrong.
         reason: String,
     },
-    /// The transport failed while reading.
-    #[error("{field}: {reason}")]
-    Io {
-        /// What was being read.
-        field: &'static str,
-        /// The transport's error.
-        reason: String,
-    },
 }
 
-impl WireError {
-    fn from_io(field: &'static str, error: std::io::Error) -> Self {
-        if error.kind() == std::io::ErrorKind::UnexpectedEof {
-            WireError::Truncated { field }
-        } else {
-            WireError::Io { field, reason: error.to_string() }
-        }
+/// The property the `hello_decode` fuzz target checks, also replayed over the saved corpus by
+/// the test suite: reading a hello from arbitrary bytes never panics, and a hello that reads
+/// survives an encode/decode round trip unchanged.
+#[doc(hidden)]
+pub fn fuzz_hello(data: &[u8]) {
+    if let Ok(hello) = Hello::from_bytes(data) {
+        let bytes = hello.to_bytes().expect("a hello that decoded is within the limits");
+        assert!(bytes.len() <= data.len(), "re-encoding grew the hello");
+        assert_eq!(Hello::from_bytes(&bytes).expect("re-encoded hello decodes"), hello);
+    }
+}
+
+/// The property the `stream_header` fuzz target checks, also replayed over the saved corpus:
+/// reading never panics or reads past the header, and a header that reads encodes back to the
+/// bytes it was read from.
+#[doc(hidden)]
+pub fn fuzz_stream_header(data: &[u8]) {
+    let mut reader = data;
+    let result = futures_lite::future::block_on(read_stream_header(&mut reader));
+    let consumed = data.len() - reader.len();
+    assert!(consumed <= 1 + MAX_PROTOCOL_NAME_LEN, "read {consumed} bytes");
+    if let Ok(name) = result {
+        assert_eq!(encode_stream_header(&name).expect("a read name is valid"), &data[..consumed]);
     }
 }
 
@@ -243,48 +242,10 @@ fn check_count(field: &'static str, count: usize, max: usize) -> Result<(), Wire
     check_len(field, count, max)
 }
 
-fn put_str8(out: &mut Vec<u8>, s: &str) {
-    debug_assert!(s.len() <= u8::MAX as usize, "checked by the caller");
-    out.push(s.len() as u8);
-    out.extend_from_slice(s.as_bytes());
-}
-
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], WireError> {
-        let end = self.pos.checked_add(n).filter(|end| *end <= self.bytes.len());
-        let end = end.ok_or(if self.pos == 0 && self.bytes.is_empty() {
-            WireError::Closed { field }
-        } else {
-            WireError::Truncated { field }
-        })?;
-        let out = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn u8(&mut self, field: &'static str) -> Result<u8, WireError> {
-        Ok(self.take(1, field)?[0])
-    }
-
-    fn u16(&mut self, field: &'static str) -> Result<u16, WireError> {
-        let b = self.take(2, field)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn str8(&mut self, field: &'static str) -> Result<&'a str, WireError> {
-        let len = self.u8(field)? as usize;
-        let bytes = self.take(len, field)?;
-        std::str::from_utf8(bytes).map_err(|_| WireError::Invalid { field, reason: "not UTF-8".into() })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use warren_proto::DecodeErrorKind;
+
     use super::*;
 
     fn sample() -> Hello {
@@ -300,54 +261,90 @@ mod tests {
 
     #[test]
     fn hello_golden_bytes() {
-        let bytes = sample().encode().unwrap();
+        let bytes = sample().to_bytes().unwrap();
         let expected: &[u8] = b"\x01\x00\x00\x00\x02\x04name\x05alice\x02os\x05linux\x02\x06ping/1\x06echo/1";
         assert_eq!(bytes, expected);
-        assert_eq!(Hello::decode(&bytes).unwrap(), sample());
+        assert_eq!(Hello::from_bytes(&bytes).unwrap(), sample());
+        // A hello is exactly a WireVersion followed by a HelloBody.
+        let version = warren_proto::encode_to_vec(&WireVersion { major: 1, minor: 0 }).unwrap();
+        let body = HelloBody { metadata: sample().metadata, protocols: sample().protocols };
+        assert_eq!([version, warren_proto::encode_to_vec(&body).unwrap()].concat(), bytes);
+    }
+
+    #[test]
+    fn long_values_take_two_length_bytes() {
+        let mut hello = sample();
+        hello.metadata.insert("k".into(), "v".repeat(200));
+        let bytes = hello.to_bytes().unwrap();
+        let at = bytes.windows(2).position(|w| w == b"\x01k").unwrap() + 2;
+        assert_eq!(&bytes[at..at + 2], [0xc8, 0x01], "200 as a varint");
+        assert_eq!(Hello::from_bytes(&bytes).unwrap(), hello);
     }
 
     #[test]
     fn hello_with_appended_fields_of_a_newer_minor_decodes() {
         let mut newer = sample();
         newer.minor = 7;
-        let mut bytes = newer.encode().unwrap();
+        let mut bytes = newer.to_bytes().unwrap();
         bytes.extend_from_slice(b"\x03new field from a later minor");
-        assert_eq!(Hello::decode(&bytes).unwrap(), newer);
+        assert_eq!(Hello::from_bytes(&bytes).unwrap(), newer);
+    }
+
+    #[test]
+    fn another_major_is_refused_before_reading_the_rest() {
+        // Version 2 with a body this version cannot parse.
+        let err = Hello::from_bytes(b"\x02\x00\x00\x00\xff\xff\xff").unwrap_err();
+        assert_eq!(err, WireError::IncompatibleVersion { theirs: WireVersion { major: 2, minor: 0 } });
+        assert_eq!(err.to_string(), "incompatible wire version: we speak 1.x, the peer speaks 2.x");
     }
 
     #[test]
     fn every_truncation_of_a_hello_is_an_error() {
-        let bytes = sample().encode().unwrap();
-        assert_eq!(Hello::decode(&[]), Err(WireError::Closed { field: "hello.major" }));
+        let bytes = sample().to_bytes().unwrap();
+        let closed = Hello::from_bytes(&[]).unwrap_err();
+        assert!(matches!(&closed, WireError::Decode(e) if e.is_closed()), "{closed}");
         for len in 1..bytes.len() {
-            let err = Hello::decode(&bytes[..len]).unwrap_err();
-            assert!(matches!(err, WireError::Truncated { .. }), "len {len}: {err}");
+            match Hello::from_bytes(&bytes[..len]).unwrap_err() {
+                WireError::Decode(e) => {
+                    assert!(*e.kind() == DecodeErrorKind::Truncated || (len == 4 && e.is_closed()), "len {len}: {e}")
+                }
+                other => panic!("len {len}: {other}"),
+            }
         }
     }
 
     #[test]
     fn hostile_hellos_are_refused_with_the_field_named() {
-        // 255 metadata entries claimed.
-        let err = Hello::decode(b"\x01\x00\x00\x00\xff").unwrap_err();
-        assert_eq!(err, WireError::TooLong { field: "metadata", len: 255, max: MAX_METADATA_ENTRIES });
-        assert_eq!(err.to_string(), "metadata: length 255 exceeds max 64");
-        // Key longer than allowed.
-        let mut bytes = b"\x01\x00\x00\x00\x01\x50".to_vec();
-        bytes.extend_from_slice(&[b'k'; 0x50]);
-        bytes.extend_from_slice(b"\x00\x00");
-        assert_eq!(
-            Hello::decode(&bytes).unwrap_err(),
-            WireError::TooLong { field: "metadata key", len: 0x50, max: MAX_METADATA_KEY_LEN }
-        );
+        // 255 metadata entries claimed: within the length limit, over the entry limit once read;
+        // the stream ends long before.
+        let err = Hello::from_bytes(b"\x01\x00\x00\x00\xff\x01").unwrap_err();
+        assert_eq!(err.to_string(), "HelloBody.metadata[0].key: message truncated");
+        // A key of 10,000,000 bytes.
+        let err = Hello::from_bytes(b"\x01\x00\x00\x00\x01\x80\xad\xe2\x04").unwrap_err();
+        assert_eq!(err.to_string(), "HelloBody.metadata[0].key: length 10000000 exceeds max 255");
+        // A protocol name of 100 bytes: over the field's limit of 64.
+        let mut bytes = b"\x01\x00\x00\x00\x00\x01\x64".to_vec();
+        bytes.extend_from_slice(&[b'p'; 100]);
+        let err = Hello::from_bytes(&bytes).unwrap_err();
+        assert_eq!(err.to_string(), "HelloBody.protocols[0]: length 100 exceeds max 64");
         // Invalid UTF-8 in a protocol name.
-        let err = Hello::decode(b"\x01\x00\x00\x00\x00\x01\x02\xff\xfe").unwrap_err();
-        assert!(matches!(err, WireError::Invalid { field: "hello.protocols", .. }), "{err}");
+        let err = Hello::from_bytes(b"\x01\x00\x00\x00\x00\x01\x02\xff\xfe").unwrap_err();
+        assert_eq!(err.to_string(), "HelloBody.protocols[0]: invalid UTF-8");
         // Duplicate metadata keys.
-        let err = Hello::decode(b"\x01\x00\x00\x00\x02\x01a\x01b\x01a\x01c\x00").unwrap_err();
-        assert!(err.to_string().contains("duplicate key"), "{err}");
-        // Oversized as a whole.
-        let err = Hello::decode(&vec![0u8; MAX_HELLO_LEN + 1]).unwrap_err();
-        assert!(matches!(err, WireError::TooLong { field: "hello", .. }));
+        let err = Hello::from_bytes(b"\x01\x00\x00\x00\x02\x01a\x01b\x01a\x01c\x00").unwrap_err();
+        assert_eq!(err.to_string(), "HelloBody.metadata[1]: duplicate key");
+        // 65 entries: decodes, then fails validation.
+        let mut many = b"\x01\x00\x00\x00\x41".to_vec();
+        for i in 0..65u8 {
+            many.extend_from_slice(&[2, b'k', b'a' + i % 26, 1, b'v']);
+            many[5 + i as usize * 5 + 1] = b'A' + i / 26;
+        }
+        many.push(0);
+        let err = Hello::from_bytes(&many).unwrap_err();
+        assert_eq!(err, WireError::TooLong { field: "metadata", len: 65, max: MAX_METADATA_ENTRIES });
+        // A key with '=' (it would break a DNS TXT record).
+        let err = Hello::from_bytes(b"\x01\x00\x00\x00\x01\x03a=b\x01v\x00").unwrap_err();
+        assert!(matches!(err, WireError::Invalid { field: "metadata key", .. }), "{err}");
     }
 
     #[test]
@@ -355,30 +352,32 @@ mod tests {
         let mut hello = sample();
         hello.metadata.insert("x".into(), "v".repeat(256));
         assert_eq!(
-            hello.encode().unwrap_err(),
+            hello.to_bytes().unwrap_err(),
             WireError::TooLong { field: "metadata value", len: 256, max: MAX_METADATA_VALUE_LEN }
         );
         let mut hello = sample();
         hello.protocols = (0..65).map(|i| format!("p/{i}")).collect();
-        assert!(matches!(hello.encode().unwrap_err(), WireError::TooLong { field: "protocols", .. }));
+        assert!(matches!(hello.to_bytes().unwrap_err(), WireError::TooLong { field: "protocols", .. }));
     }
 
     #[tokio::test]
-    async fn stream_header_round_trips_and_refuses_hostile_input() {
+    async fn stream_header_round_trips_reads_nothing_more_and_refuses_hostile_input() {
         let header = encode_stream_header("ping/1").unwrap();
         assert_eq!(header, b"\x06ping/1");
-        assert_eq!(read_stream_header(&mut &header[..]).await.unwrap(), "ping/1");
+        let stream = [&header[..], b"handler data"].concat();
+        let mut rest = &stream[..];
+        assert_eq!(read_stream_header(&mut rest).await.unwrap(), "ping/1");
+        assert_eq!(rest, b"handler data", "the handler's bytes are left in the stream");
 
-        let oversized = [200u8; 201];
+        let oversized = [200u8, 1, 0];
         assert_eq!(
-            read_stream_header(&mut &oversized[..]).await.unwrap_err(),
-            WireError::TooLong { field: "protocol name", len: 200, max: MAX_PROTOCOL_NAME_LEN }
+            read_stream_header(&mut &oversized[..]).await.unwrap_err().to_string(),
+            "StreamHeader.protocol: length 200 exceeds max 64"
         );
-        assert_eq!(
-            read_stream_header(&mut &b"\x06pin"[..]).await.unwrap_err(),
-            WireError::Truncated { field: "stream header" }
-        );
+        let err = read_stream_header(&mut &b"\x06pin"[..]).await.unwrap_err();
+        assert!(matches!(&err, WireError::Decode(e) if *e.kind() == DecodeErrorKind::Truncated), "{err}");
         assert!(read_stream_header(&mut &b"\x02\x00\x01"[..]).await.is_err());
+        assert!(read_stream_header(&mut &b"\x00"[..]).await.is_err());
         assert!(encode_stream_header("").is_err());
         assert!(encode_stream_header(&"p".repeat(65)).is_err());
         assert!(encode_stream_header("has space").is_err());

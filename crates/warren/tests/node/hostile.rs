@@ -115,7 +115,7 @@ async fn a_garbage_hello_closes_that_connection_only() {
 
     assert_eq!(close_code(conn.closed().await), codes::BAD_HELLO);
     let reason = next_rejection(&mut events).await;
-    assert_eq!(reason, "hello failed: metadata: length 255 exceeds max 64");
+    assert_eq!(reason, "hello failed: HelloBody.metadata: length 4223 exceeds max 255");
     assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 2).await.unwrap().len(), 2);
     endpoint.close(0u32.into(), b"");
     alice.shutdown().await;

@@ -13,7 +13,7 @@ use crate::support::*;
 
 fn future_hello() -> Vec<u8> {
     Hello { major: WIRE_VERSION_MAJOR + 1, minor: 0, metadata: BTreeMap::new(), protocols: vec!["ping/2".into()] }
-        .encode()
+        .to_bytes()
         .unwrap()
 }
 
@@ -30,7 +30,7 @@ async fn a_newer_major_dialling_us_is_refused_and_told_our_version() {
     send.finish().unwrap();
     // The node sends its hello whatever the peer's version, so the newer peer can say what
     // went wrong...
-    let theirs = Hello::decode(&conn.accept_uni().await.unwrap().read_to_end(65536).await.unwrap()).unwrap();
+    let theirs = Hello::from_bytes(&conn.accept_uni().await.unwrap().read_to_end(65536).await.unwrap()).unwrap();
     assert_eq!(theirs.major, WIRE_VERSION_MAJOR);
     // ...then closes the connection with the version code.
     assert_eq!(close_code(conn.closed().await), codes::INCOMPATIBLE_VERSION);
@@ -55,7 +55,7 @@ async fn dialling_a_newer_major_fails_with_incompatible_version() {
         let mut send = conn.open_uni().await.unwrap();
         send.write_all(&future_hello()).await.unwrap();
         send.finish().unwrap();
-        let theirs = Hello::decode(&conn.accept_uni().await.unwrap().read_to_end(65536).await.unwrap()).unwrap();
+        let theirs = Hello::from_bytes(&conn.accept_uni().await.unwrap().read_to_end(65536).await.unwrap()).unwrap();
         let closed = conn.closed().await;
         server.close(0u32.into(), b"");
         (theirs, closed)
