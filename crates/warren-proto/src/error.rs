@@ -37,6 +37,11 @@ pub enum DecodeErrorKind {
         /// The budget.
         budget: u64,
     },
+    /// Recursive values nest deeper than allowed.
+    TooDeep {
+        /// The nesting limit.
+        max: u32,
+    },
     /// An enum tag that names no variant.
     UnknownTag(u64),
     /// A value that is not valid for its type (bool not 0 or 1, bad UTF-8, overlong varint,
@@ -122,6 +127,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "message needs {needed} bytes, over its budget of {budget}")
             }
             DecodeErrorKind::UnknownTag(tag) => write!(f, "unknown tag {tag}"),
+            DecodeErrorKind::TooDeep { max } => write!(f, "nested deeper than {max} levels"),
             DecodeErrorKind::Invalid(reason) => f.write_str(reason),
             DecodeErrorKind::Io(_, reason) => write!(f, "read failed: {reason}"),
         }

@@ -189,9 +189,17 @@ impl<T: Encode + ?Sized> Encode for Box<T> {
     }
 }
 
+/// `Box<T>` is how a type contains itself (`enum Tree { Leaf, Node(Box<Option<Tree>>) }`): its
+/// decoder boxes the inner future, which breaks the recursion in the future's type, and counts
+/// nesting so that hostile input cannot nest deeper than [`MAX_DEPTH`](crate::MAX_DEPTH).
 impl<T: Decode + Send> Decode for Box<T> {
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
-        Ok(Box::new(T::decode(r).await?))
+        r.enter()?;
+        let inner: std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, DecodeError>> + Send + '_>> =
+            Box::pin(T::decode(r));
+        let value = inner.await;
+        r.leave();
+        Ok(Box::new(value?))
     }
 }
 
@@ -447,5 +455,104 @@ where
             }
         }
         Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Message, decode_from_slice, encode_to_vec};
+
+    /// A one-field message, to test standard types on their own.
+    #[derive(Debug, PartialEq, crate::Encode, crate::Decode)]
+    #[proto(max_len = 64)]
+    struct One<T> {
+        value: T,
+    }
+
+    fn bytes_of<T: Encode + Decode + Send>(value: T) -> Vec<u8>
+    where
+        One<T>: Message,
+    {
+        encode_to_vec(&One { value }).unwrap()
+    }
+
+    fn decode<T: Decode + Encode + Send>(bytes: &[u8]) -> Result<T, String>
+    where
+        One<T>: Message,
+    {
+        decode_from_slice::<One<T>>(bytes).map(|one| one.value).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn varints_are_leb128_with_one_encoding_per_value() {
+        #[derive(Debug, PartialEq, crate::Encode, crate::Decode)]
+        struct V {
+            #[proto(varint)]
+            u: u64,
+            #[proto(varint)]
+            i: i32,
+        }
+        assert_eq!(encode_to_vec(&V { u: 0, i: 0 }).unwrap(), [0, 0]);
+        assert_eq!(encode_to_vec(&V { u: 127, i: -1 }).unwrap(), [0x7f, 1]);
+        assert_eq!(encode_to_vec(&V { u: 128, i: 1 }).unwrap(), [0x80, 0x01, 2]);
+        let max = encode_to_vec(&V { u: u64::MAX, i: i32::MIN }).unwrap();
+        assert_eq!(&max[..10], [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert_eq!(decode_from_slice::<V>(&max).unwrap(), V { u: u64::MAX, i: i32::MIN });
+        // Overlong, overflowing and out-of-range varints are refused.
+        assert_eq!(decode_from_slice::<V>(&[0x80, 0x00, 0]).unwrap_err().to_string(), "V.u: overlong varint");
+        let overflow = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0];
+        assert_eq!(decode_from_slice::<V>(&overflow).unwrap_err().to_string(), "V.u: varint overflows u64");
+        let too_big_for_i32 = [0, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode_from_slice::<V>(&too_big_for_i32).unwrap_err().to_string().contains("out of range for i32"));
+    }
+
+    #[test]
+    fn fixed_integers_are_little_endian() {
+        assert_eq!(bytes_of(0x0102_0304u32), [4, 3, 2, 1]);
+        assert_eq!(bytes_of(-2i16), [0xfe, 0xff]);
+        assert_eq!(decode::<u64>(&[1, 0, 0, 0, 0, 0, 0, 0]), Ok(1));
+    }
+
+    #[test]
+    fn hostile_values_of_standard_types_are_refused() {
+        assert_eq!(decode::<bool>(&[2]), Err("One.value: bool must be 0 or 1, got 2".into()));
+        assert_eq!(decode::<Option<u8>>(&[7]), Err("One.value: option tag must be 0 or 1, got 7".into()));
+        assert_eq!(decode::<IpAddr>(&[5]), Err("One.value: unknown tag 5".into()));
+        assert_eq!(decode::<SocketAddr>(&[9]), Err("One.value: unknown tag 9".into()));
+        assert_eq!(
+            decode::<Duration>(&[1, 0x80, 0x94, 0xeb, 0xdc, 0x03]),
+            Err("One.value: 1000000000 nanoseconds is not under a second".into())
+        );
+        assert_eq!(decode::<String>(&[2, 0xc3, 0x28]), Err("One.value: invalid UTF-8".into()));
+        assert_eq!(decode::<Vec<u8>>(&[65]), Err("One.value: length 65 exceeds max 64".into()));
+        assert_eq!(decode::<BTreeMap<u8, u8>>(&[2, 1, 1, 1, 2]), Err("One.value[1]: duplicate key".into()));
+        assert_eq!(decode::<HashMap<u8, u8>>(&[2, 1, 1, 1, 2]), Err("One.value[1]: duplicate key".into()));
+        assert_eq!(decode::<u32>(&[1, 2, 3, 4, 5]), Err("One: trailing bytes after the message".into()));
+    }
+
+    #[test]
+    fn addresses_keep_port_and_scope() {
+        let v6: SocketAddr = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 4450, 0, 3));
+        let bytes = bytes_of(v6);
+        assert_eq!(bytes[0], 6);
+        assert_eq!(decode::<SocketAddr>(&bytes), Ok(v6));
+        let v4: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        assert_eq!(bytes_of(v4), [4, 10, 0, 0, 1, 80, 0]);
+    }
+
+    #[test]
+    fn byte_vectors_are_copied_in_bulk_and_bounded_by_the_budget() {
+        #[derive(Debug, PartialEq, crate::Encode, crate::Decode)]
+        #[proto(max_len = 100000, max_bytes = 1000)]
+        struct Blob {
+            data: Vec<u8>,
+        }
+        let blob = Blob { data: vec![7; 500] };
+        assert_eq!(decode_from_slice::<Blob>(&encode_to_vec(&blob).unwrap()).unwrap(), blob);
+        let big = encode_to_vec(&Blob { data: vec![7; 2000] }).unwrap_err();
+        assert_eq!(big.to_string(), "Blob: 2002 bytes exceed the message budget of 1000");
+        let err = decode_from_slice::<Blob>(&[0xd0, 0x0f]).unwrap_err();
+        assert_eq!(err.to_string(), "Blob.data: message needs 2002 bytes, over its budget of 1000");
     }
 }

@@ -47,6 +47,9 @@
 
 #![warn(missing_docs)]
 
+// Lets the derive's `::warren_proto::…` paths work inside this crate too (its own tests).
+extern crate self as warren_proto;
+
 mod error;
 mod impls;
 mod reader;
@@ -65,6 +68,10 @@ pub const DEFAULT_MAX_LEN: u64 = 1 << 20;
 
 /// Byte budget of a message whose type sets none: 16 MiB.
 pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+
+/// How deeply recursive values (through `Box<T>`) may nest: deep enough for any real message,
+/// shallow enough that the decoder's stack stays small.
+pub const MAX_DEPTH: u32 = 64;
 
 /// A value that can be written to the wire.
 pub trait Encode {

@@ -23,6 +23,7 @@ pub struct Reader<R> {
     consumed: u64,
     budget: u64,
     max_len: u64,
+    depth: u32,
 }
 
 impl<R> std::fmt::Debug for Reader<R> {
@@ -53,6 +54,7 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
             consumed: 0,
             budget: crate::DEFAULT_MAX_BYTES,
             max_len: crate::DEFAULT_MAX_LEN,
+            depth: 0,
         }
     }
 
@@ -68,6 +70,7 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
     /// is [`DecodeErrorKind::Closed`]; a message cut short is [`DecodeErrorKind::Truncated`].
     pub async fn decode<T: Message>(&mut self) -> Result<T, DecodeError> {
         self.consumed = 0;
+        self.depth = 0;
         self.budget = T::MAX_BYTES;
         self.max_len = T::MAX_LEN;
         T::decode(self).await.map_err(|e| e.within(PathSegment::Type(T::NAME)))
@@ -88,6 +91,21 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
     /// caller restores (the derive does this around fields with `#[proto(max_len = …)]`).
     pub fn set_max_len(&mut self, max_len: u64) -> u64 {
         std::mem::replace(&mut self.max_len, max_len)
+    }
+
+    /// Enters one level of recursive nesting (`Box<T>`), refusing to go past
+    /// [`MAX_DEPTH`](crate::MAX_DEPTH): each level costs stack while the decoder runs.
+    pub fn enter(&mut self) -> Result<(), DecodeError> {
+        if self.depth >= crate::MAX_DEPTH {
+            return Err(DecodeError::new(DecodeErrorKind::TooDeep { max: crate::MAX_DEPTH }));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    /// Leaves a level entered with [`Reader::enter`].
+    pub fn leave(&mut self) {
+        self.depth = self.depth.saturating_sub(1);
     }
 
     fn eof_error(&self) -> DecodeError {
