@@ -51,6 +51,12 @@ impl Decode for u8 {
     ) -> Result<Vec<Self>, DecodeError> {
         r.read_vec(count).await
     }
+
+    async fn decode_array<R: AsyncRead + Unpin + Send, const N: usize>(
+        r: &mut Reader<R>,
+    ) -> Result<[Self; N], DecodeError> {
+        r.read_array::<N>().await
+    }
 }
 
 /// Integers that can travel as LEB128 varints (`#[proto(varint)]`). Signed integers are
@@ -157,6 +163,9 @@ impl Encode for String {
 
 impl Decode for String {
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
+        if let Some(bytes) = r.buffered_len_prefixed() {
+            return std::str::from_utf8(bytes?).map(str::to_owned).map_err(|_| DecodeError::invalid("invalid UTF-8"));
+        }
         let len = r.read_len().await?;
         let bytes = r.read_vec(len).await?;
         String::from_utf8(bytes).map_err(|_| DecodeError::invalid("invalid UTF-8"))
@@ -234,8 +243,7 @@ impl<T: Encode, const N: usize> Encode for [T; N] {
 
 impl<T: Decode + Send, const N: usize> Decode for [T; N] {
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
-        let items = T::decode_seq(r, N).await?;
-        Ok(items.try_into().unwrap_or_else(|_| unreachable!("decode_seq returns exactly N items")))
+        T::decode_array::<R, N>(r).await
     }
 }
 

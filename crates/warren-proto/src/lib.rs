@@ -117,6 +117,21 @@ pub trait Decode: Sized {
             Ok(out)
         }
     }
+
+    /// Reads a fixed-size array of values. `u8` overrides this to copy `[u8; N]` at once,
+    /// without the intermediate vector the default uses.
+    #[doc(hidden)]
+    fn decode_array<R: tokio::io::AsyncRead + Unpin + Send, const N: usize>(
+        r: &mut Reader<R>,
+    ) -> impl Future<Output = Result<[Self; N], DecodeError>> + Send
+    where
+        Self: Send,
+    {
+        async move {
+            let items = Self::decode_seq(r, N).await?;
+            Ok(items.try_into().unwrap_or_else(|_| unreachable!("decode_seq returns exactly N items")))
+        }
+    }
 }
 
 /// A type sent as a whole message: it has a name for error paths, a length limit and a budget.

@@ -153,6 +153,13 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
     /// Fills `out` completely.
     pub async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), DecodeError> {
         self.charge(out.len() as u64)?;
+        // Fast path: all of it is buffered (the common case for small fields).
+        if self.end - self.pos >= out.len() {
+            out.copy_from_slice(&self.buf[self.pos..self.pos + out.len()]);
+            self.pos += out.len();
+            self.consumed += out.len() as u64;
+            return Ok(());
+        }
         let mut done = 0;
         while done < out.len() {
             if self.pos == self.end && out.len() - done >= self.buf.len() {
@@ -206,6 +213,61 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
     /// trailing zero byte) and values past `u64::MAX` are refused, so every value has exactly
     /// one encoding.
     pub async fn read_varint(&mut self) -> Result<u64, DecodeError> {
+        if let Some(result) = self.buffered_varint() {
+            return result;
+        }
+        self.read_varint_slow().await
+    }
+
+    /// Decodes a varint that lies wholly in the buffer, without any await; `None` if it does
+    /// not (the slow path then reads byte by byte).
+    fn buffered_varint(&mut self) -> Option<Result<u64, DecodeError>> {
+        let available = &self.buf[self.pos..self.end];
+        let len = available.iter().take(10).position(|b| b & 0x80 == 0)? + 1;
+        if self.consumed + len as u64 > self.budget {
+            return None;
+        }
+        let mut value = 0u64;
+        for (i, &byte) in available[..len].iter().enumerate() {
+            if i == 9 && byte > 1 {
+                return Some(Err(DecodeError::invalid("varint overflows u64")));
+            }
+            value |= u64::from(byte & 0x7f) << (7 * i);
+        }
+        if len > 1 && available[len - 1] == 0 {
+            return Some(Err(DecodeError::invalid("overlong varint")));
+        }
+        self.pos += len;
+        self.consumed += len as u64;
+        Some(Ok(value))
+    }
+
+    /// A length-prefixed byte string that lies wholly in the buffer, checked against the length
+    /// limit and the budget, taken without any await. `None` if it is not all buffered (the
+    /// caller then takes the async path, which re-reads the prefix from the same place).
+    pub fn buffered_len_prefixed(&mut self) -> Option<Result<&[u8], DecodeError>> {
+        let (pos, consumed) = (self.pos, self.consumed);
+        let len = match self.buffered_varint()? {
+            Ok(len) => len,
+            Err(e) => return Some(Err(e)),
+        };
+        if len > self.max_len {
+            return Some(Err(DecodeError::new(DecodeErrorKind::TooLong { len, max: self.max_len })));
+        }
+        let len = len as usize;
+        if self.end - self.pos < len || self.consumed + len as u64 > self.budget {
+            // Not all here (or over budget, which the slow path reports): rewind.
+            self.pos = pos;
+            self.consumed = consumed;
+            return None;
+        }
+        let start = self.pos;
+        self.pos += len;
+        self.consumed += len as u64;
+        Some(Ok(&self.buf[start..start + len]))
+    }
+
+    async fn read_varint_slow(&mut self) -> Result<u64, DecodeError> {
         let mut value = 0u64;
         for i in 0..10 {
             let byte = self.read_u8().await?;
@@ -238,6 +300,12 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
     /// huge length allocates nothing).
     pub async fn read_vec(&mut self, len: usize) -> Result<Vec<u8>, DecodeError> {
         self.charge(len as u64)?;
+        if self.end - self.pos >= len {
+            let out = self.buf[self.pos..self.pos + len].to_vec();
+            self.pos += len;
+            self.consumed += len as u64;
+            return Ok(out);
+        }
         let mut out = vec![0u8; len];
         self.read_exact(&mut out).await?;
         Ok(out)
