@@ -271,6 +271,23 @@ impl<'de> serde::Deserialize<'de> for RemoteIdentity {
     }
 }
 
+/// On the wire an identity is its 32 key bytes; decoding checks they are a valid key.
+impl warren_proto::Encode for RemoteIdentity {
+    fn encode(&self, w: &mut warren_proto::Writer) -> Result<(), warren_proto::EncodeError> {
+        w.put_bytes(self.as_bytes());
+        Ok(())
+    }
+}
+
+impl warren_proto::Decode for RemoteIdentity {
+    async fn decode<R: tokio::io::AsyncRead + Unpin + Send>(
+        r: &mut warren_proto::Reader<R>,
+    ) -> Result<Self, warren_proto::DecodeError> {
+        let bytes = r.read_array::<32>().await?;
+        RemoteIdentity::from_bytes(&bytes).map_err(|e| warren_proto::DecodeError::invalid(e.to_string()))
+    }
+}
+
 /// Why a string is not a [`RemoteIdentity`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -344,6 +361,23 @@ mod tests {
         assert!(a.to_remote_identity().verify(b"hello", &sig));
         assert!(!a.to_remote_identity().verify(b"hellO", &sig));
         assert!(!b.to_remote_identity().verify(b"hello", &sig));
+    }
+
+    #[test]
+    fn remote_identity_travels_as_its_32_bytes_and_is_checked() {
+        #[derive(Debug, PartialEq, warren_proto::Encode, warren_proto::Decode)]
+        struct Announce {
+            who: RemoteIdentity,
+        }
+        let who = Identity::generate().to_remote_identity();
+        let bytes = warren_proto::encode_to_vec(&Announce { who }).unwrap();
+        assert_eq!(bytes, who.as_bytes());
+        assert_eq!(warren_proto::decode_from_slice::<Announce>(&bytes).unwrap(), Announce { who });
+        // Not a curve point: y = 2 has no matching x on Ed25519.
+        let mut bad = [0u8; 32];
+        bad[0] = 2;
+        let err = warren_proto::decode_from_slice::<Announce>(&bad).unwrap_err();
+        assert_eq!(err.to_string(), "Announce.who: not a valid Ed25519 public key");
     }
 
     #[test]

@@ -33,3 +33,18 @@ fn stream_header_corpus_replays_cleanly() {
         assert!(outcome.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn roundtrip_corpus_replays_cleanly() {
+    type Input = (u16, std::collections::BTreeMap<String, String>, Vec<String>, String);
+    for (path, bytes) in corpus("roundtrip") {
+        // libfuzzer-sys builds the target's input with `arbitrary_take_rest`; do the same.
+        let Ok((minor, metadata, protocols, header)) =
+            <Input as arbitrary::Arbitrary>::arbitrary_take_rest(arbitrary::Unstructured::new(&bytes))
+        else {
+            continue;
+        };
+        let outcome = std::panic::catch_unwind(|| warren::wire::fuzz_roundtrip(minor, metadata, protocols, &header));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}
