@@ -128,6 +128,42 @@ fn decode_fields(fields: &[Field], type_max_len: &Option<LitInt>) -> TokenStream
     quote! { #(#steps)* }
 }
 
+/// Statements decoding each field from buffered bytes (the synchronous fast path); any
+/// shortfall returns `None` from the enclosing function.
+fn decode_fields_buffered(fields: &[Field], type_max_len: &Option<LitInt>) -> TokenStream2 {
+    let steps = fields.iter().map(|f| {
+        let binding = &f.binding;
+        let ty = &f.ty;
+        let decode = if f.options.varint {
+            quote! { <#ty as ::warren_proto::VarInt>::decode_varint_buffered(__b) }
+        } else {
+            quote! { <#ty as ::warren_proto::Decode>::decode_buffered(__b) }
+        };
+        let limited = match f.options.max_len.as_ref().or(type_max_len.as_ref()) {
+            Some(limit) => quote! {{
+                let __prev = __b.set_max_len(#limit);
+                let __result = #decode;
+                __b.set_max_len(__prev);
+                __result?
+            }},
+            None => quote! { #decode? },
+        };
+        let guard = f.options.default.then(|| {
+            quote! {
+                // Whether an older peer's message ends here is only known to the async path.
+                if __b.is_empty() {
+                    return None;
+                }
+            }
+        });
+        quote! {
+            #guard
+            let #binding: #ty = #limited;
+        }
+    });
+    quote! { #(#steps)* }
+}
+
 /// `Self { a: __field0, .. }`, `Self(__field0, ..)` or `Self` for the given path.
 fn construct(path: TokenStream2, shape: &Fields, fields: &[Field]) -> TokenStream2 {
     let bindings = fields.iter().map(|f| &f.binding);
@@ -165,12 +201,13 @@ fn expand(input: DeriveInput, encode: bool) -> syn::Result<TokenStream2> {
     }
     let max_len = &type_options.max_len;
 
-    let (body_encode, body_decode) = match &input.data {
+    let (body_encode, body_decode, body_buffered) = match &input.data {
         Data::Struct(data) => {
             let fields = fields(&data.fields)?;
             let pat = pattern(quote! { Self }, &data.fields, &fields);
             let encode_steps = encode_fields(&fields, max_len);
             let decode_steps = decode_fields(&fields, max_len);
+            let buffered_steps = decode_fields_buffered(&fields, max_len);
             let build = construct(quote! { Self }, &data.fields, &fields);
             (
                 quote! {
@@ -183,11 +220,16 @@ fn expand(input: DeriveInput, encode: bool) -> syn::Result<TokenStream2> {
                     #decode_steps
                     Ok(#build)
                 },
+                quote! {
+                    #buffered_steps
+                    Some(#build)
+                },
             )
         }
         Data::Enum(data) => {
             let mut encode_arms = Vec::new();
             let mut decode_arms = Vec::new();
+            let mut buffered_arms = Vec::new();
             let mut tags = std::collections::BTreeSet::new();
             for (index, variant) in data.variants.iter().enumerate() {
                 let variant_options = options(&variant.attrs)?;
@@ -205,6 +247,7 @@ fn expand(input: DeriveInput, encode: bool) -> syn::Result<TokenStream2> {
                 let pat = pattern(quote! { Self::#ident }, &variant.fields, &fields);
                 let encode_steps = encode_fields(&fields, &variant_max_len);
                 let decode_steps = decode_fields(&fields, &variant_max_len);
+                let buffered_steps = decode_fields_buffered(&fields, &variant_max_len);
                 let build = construct(quote! { Self::#ident }, &variant.fields, &fields);
                 encode_arms.push(quote! {
                     #pat => {
@@ -213,6 +256,12 @@ fn expand(input: DeriveInput, encode: bool) -> syn::Result<TokenStream2> {
                             #encode_steps
                             Ok(())
                         })().map_err(|e| e.in_field(#label))
+                    }
+                });
+                buffered_arms.push(quote! {
+                    #tag => {
+                        #buffered_steps
+                        Some(#build)
                     }
                 });
                 decode_arms.push(quote! {
@@ -233,6 +282,12 @@ fn expand(input: DeriveInput, encode: bool) -> syn::Result<TokenStream2> {
                     match __r.read_varint().await? {
                         #(#decode_arms)*
                         __other => Err(::warren_proto::DecodeError::new(::warren_proto::DecodeErrorKind::UnknownTag(__other))),
+                    }
+                },
+                quote! {
+                    match __b.varint()? {
+                        #(#buffered_arms)*
+                        _ => None,
                     }
                 },
             )
@@ -260,6 +315,10 @@ fn expand(input: DeriveInput, encode: bool) -> syn::Result<TokenStream2> {
         let max_bytes_const = type_options.max_bytes.as_ref().map(|n| quote! { const MAX_BYTES: u64 = #n; });
         Ok(quote! {
             impl #impl_generics ::warren_proto::Decode for #name #ty_generics #where_clause {
+                fn decode_buffered(__b: &mut ::warren_proto::Buffered<'_>) -> ::core::option::Option<Self> {
+                    #body_buffered
+                }
+
                 async fn decode<__R: ::warren_proto::__private::AsyncRead + Unpin + Send>(
                     __r: &mut ::warren_proto::Reader<__R>,
                 ) -> ::core::result::Result<Self, ::warren_proto::DecodeError> {

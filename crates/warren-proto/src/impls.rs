@@ -19,6 +19,9 @@ macro_rules! fixed_int {
             }
         }
         impl Decode for $t {
+            fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+                Some(<$t>::from_le_bytes(b.array()?))
+            }
             async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
                 Ok(<$t>::from_le_bytes(r.read_array().await?))
             }
@@ -41,6 +44,18 @@ impl Encode for u8 {
 }
 
 impl Decode for u8 {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        b.u8()
+    }
+
+    fn decode_seq_buffered(b: &mut crate::Buffered<'_>, count: usize) -> Option<Vec<Self>> {
+        Some(b.take(count)?.to_vec())
+    }
+
+    fn decode_array_buffered<const N: usize>(b: &mut crate::Buffered<'_>) -> Option<[Self; N]> {
+        b.array()
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         r.read_u8().await
     }
@@ -71,6 +86,12 @@ pub trait VarInt: Sized + Send {
     fn encode_varint(&self, w: &mut Writer) -> Result<(), EncodeError> {
         w.put_varint(self.to_varint());
         Ok(())
+    }
+
+    /// The fast path of [`VarInt::decode_varint`].
+    #[doc(hidden)]
+    fn decode_varint_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        Self::from_varint(b.varint()?)
     }
 
     /// Reads the varint, refusing values that do not fit the type.
@@ -126,6 +147,14 @@ impl Encode for bool {
 }
 
 impl Decode for bool {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        match b.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         match r.read_u8().await? {
             0 => Ok(false),
@@ -142,6 +171,10 @@ impl Encode for () {
 }
 
 impl Decode for () {
+    fn decode_buffered(_: &mut crate::Buffered<'_>) -> Option<Self> {
+        Some(())
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(_: &mut Reader<R>) -> Result<Self, DecodeError> {
         Ok(())
     }
@@ -162,6 +195,11 @@ impl Encode for String {
 }
 
 impl Decode for String {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        let len = b.len()?;
+        std::str::from_utf8(b.take(len)?).ok().map(str::to_owned)
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         if let Some(bytes) = r.buffered_len_prefixed() {
             return std::str::from_utf8(bytes?).map(str::to_owned).map_err(|_| DecodeError::invalid("invalid UTF-8"));
@@ -186,6 +224,11 @@ impl<T: Encode> Encode for Vec<T> {
 }
 
 impl<T: Decode + Send> Decode for Vec<T> {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        let count = b.len()?;
+        T::decode_seq_buffered(b, count)
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         let count = r.read_len().await?;
         T::decode_seq(r, count).await
@@ -202,6 +245,13 @@ impl<T: Encode + ?Sized> Encode for Box<T> {
 /// decoder boxes the inner future, which breaks the recursion in the future's type, and counts
 /// nesting so that hostile input cannot nest deeper than [`MAX_DEPTH`](crate::MAX_DEPTH).
 impl<T: Decode + Send> Decode for Box<T> {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        b.enter()?;
+        let value = T::decode_buffered(b);
+        b.leave();
+        value.map(Box::new)
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         r.enter()?;
         let inner: std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, DecodeError>> + Send + '_>> =
@@ -226,6 +276,14 @@ impl<T: Encode> Encode for Option<T> {
 }
 
 impl<T: Decode + Send> Decode for Option<T> {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        match b.u8()? {
+            0 => Some(None),
+            1 => Some(Some(T::decode_buffered(b)?)),
+            _ => None,
+        }
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         match r.read_u8().await? {
             0 => Ok(None),
@@ -242,6 +300,10 @@ impl<T: Encode, const N: usize> Encode for [T; N] {
 }
 
 impl<T: Decode + Send, const N: usize> Decode for [T; N] {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        T::decode_array_buffered::<N>(b)
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         T::decode_array::<R, N>(r).await
     }
@@ -256,6 +318,9 @@ macro_rules! tuple {
             }
         }
         impl<$($name: Decode + Send),+> Decode for ($($name,)+) {
+            fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+                Some(($( $name::decode_buffered(b)?, )+))
+            }
             async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
                 Ok(($( $name::decode(r).await.map_err(|e| e.in_field(stringify!($idx)))?, )+))
             }
@@ -277,6 +342,11 @@ impl Encode for bytes::Bytes {
 }
 
 impl Decode for bytes::Bytes {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        let len = b.len()?;
+        Some(bytes::Bytes::copy_from_slice(b.take(len)?))
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         let len = r.read_len().await?;
         Ok(bytes::Bytes::from(r.read_vec(len).await?))
@@ -291,6 +361,10 @@ impl Encode for uuid::Uuid {
 }
 
 impl Decode for uuid::Uuid {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        Some(uuid::Uuid::from_bytes(b.array()?))
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         Ok(uuid::Uuid::from_bytes(r.read_array().await?))
     }
@@ -304,6 +378,10 @@ impl Encode for Ipv4Addr {
 }
 
 impl Decode for Ipv4Addr {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        Some(Ipv4Addr::from(b.array::<4>()?))
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         Ok(Ipv4Addr::from(r.read_array::<4>().await?))
     }
@@ -317,6 +395,10 @@ impl Encode for Ipv6Addr {
 }
 
 impl Decode for Ipv6Addr {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        Some(Ipv6Addr::from(b.array::<16>()?))
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         Ok(Ipv6Addr::from(r.read_array::<16>().await?))
     }
@@ -338,6 +420,14 @@ impl Encode for IpAddr {
 }
 
 impl Decode for IpAddr {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        match b.u8()? {
+            4 => Some(IpAddr::V4(Ipv4Addr::decode_buffered(b)?)),
+            6 => Some(IpAddr::V6(Ipv6Addr::decode_buffered(b)?)),
+            _ => None,
+        }
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         match r.read_u8().await? {
             4 => Ok(IpAddr::V4(Ipv4Addr::decode(r).await?)),
@@ -368,6 +458,22 @@ impl Encode for SocketAddr {
 }
 
 impl Decode for SocketAddr {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        match b.u8()? {
+            4 => {
+                let ip = Ipv4Addr::decode_buffered(b)?;
+                Some(SocketAddr::V4(SocketAddrV4::new(ip, u16::decode_buffered(b)?)))
+            }
+            6 => {
+                let ip = Ipv6Addr::decode_buffered(b)?;
+                let port = u16::decode_buffered(b)?;
+                let scope = u32::try_from(b.varint()?).ok()?;
+                Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, scope)))
+            }
+            _ => None,
+        }
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         match r.read_u8().await? {
             4 => {
@@ -394,6 +500,12 @@ impl Encode for Duration {
 }
 
 impl Decode for Duration {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        let secs = b.varint()?;
+        let nanos = u32::try_from(b.varint()?).ok().filter(|n| *n < 1_000_000_000)?;
+        Some(Duration::new(secs, nanos))
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         let secs = r.read_varint().await?;
         let nanos = r.read_varint().await?;
@@ -424,6 +536,19 @@ impl<K: Encode, V: Encode> Encode for BTreeMap<K, V> {
 }
 
 impl<K: Decode + Ord + Send, V: Decode + Send> Decode for BTreeMap<K, V> {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        let count = b.len()?;
+        let mut map = BTreeMap::new();
+        for _ in 0..count {
+            let key = K::decode_buffered(b)?;
+            let value = V::decode_buffered(b)?;
+            if map.insert(key, value).is_some() {
+                return None;
+            }
+        }
+        Some(map)
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         let count = r.read_len().await?;
         let mut map = BTreeMap::new();
@@ -452,6 +577,19 @@ where
     V: Decode + Send,
     S: BuildHasher + Default + Send,
 {
+    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+        let count = b.len()?;
+        let mut map = HashMap::with_capacity_and_hasher(b.prealloc(count, 64), S::default());
+        for _ in 0..count {
+            let key = K::decode_buffered(b)?;
+            let value = V::decode_buffered(b)?;
+            if map.insert(key, value).is_some() {
+                return None;
+            }
+        }
+        Some(map)
+    }
+
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
         let count = r.read_len().await?;
         let mut map = HashMap::with_capacity_and_hasher(r.prealloc(count, 64), S::default());

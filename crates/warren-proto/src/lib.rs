@@ -50,6 +50,7 @@
 // Lets the derive's `::warren_proto::…` paths work inside this crate too (its own tests).
 extern crate self as warren_proto;
 
+mod buffered;
 mod error;
 mod impls;
 mod reader;
@@ -57,6 +58,7 @@ mod writer;
 
 use std::future::Future;
 
+pub use buffered::Buffered;
 pub use error::{DecodeError, DecodeErrorKind, EncodeError, PathSegment};
 pub use impls::VarInt;
 pub use reader::{READ_BUFFER, Reader, decode_from_slice, decode_prefix};
@@ -98,6 +100,31 @@ pub trait Decode: Sized {
     fn decode<R: tokio::io::AsyncRead + Unpin + Send>(
         r: &mut Reader<R>,
     ) -> impl Future<Output = Result<Self, DecodeError>> + Send;
+
+    /// The synchronous fast path: decodes the value from bytes already buffered, or returns
+    /// `None` (not all there, or invalid) to let the async path decode it. Derived types and
+    /// the standard types implement it; the default always declines.
+    #[doc(hidden)]
+    fn decode_buffered(b: &mut Buffered<'_>) -> Option<Self> {
+        let _ = b;
+        None
+    }
+
+    /// The fast path of [`Decode::decode_seq`].
+    #[doc(hidden)]
+    fn decode_seq_buffered(b: &mut Buffered<'_>, count: usize) -> Option<Vec<Self>> {
+        let mut out = Vec::with_capacity(b.prealloc(count, std::mem::size_of::<Self>()));
+        for _ in 0..count {
+            out.push(Self::decode_buffered(b)?);
+        }
+        Some(out)
+    }
+
+    /// The fast path of [`Decode::decode_array`].
+    #[doc(hidden)]
+    fn decode_array_buffered<const N: usize>(b: &mut Buffered<'_>) -> Option<[Self; N]> {
+        Self::decode_seq_buffered(b, N)?.try_into().ok()
+    }
 
     /// Reads `count` values (after a length prefix already checked against the limit). `u8`
     /// overrides this to read the bytes at once.

@@ -3,8 +3,8 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::Message;
 use crate::error::{DecodeError, DecodeErrorKind, PathSegment};
+use crate::{Buffered, Message};
 
 /// Bytes buffered per read from the transport: one syscall serves many small fields.
 pub const READ_BUFFER: usize = 16 * 1024;
@@ -73,7 +73,18 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
         self.depth = 0;
         self.budget = T::MAX_BYTES;
         self.max_len = T::MAX_LEN;
-        T::decode(self).await.map_err(|e| e.within(PathSegment::Type(T::NAME)))
+        let in_type = |e: DecodeError| e.within(PathSegment::Type(T::NAME));
+        // Fast path: the whole message is already buffered (after at most one read).
+        if self.fill().await.map_err(in_type)? {
+            let mut buffered = Buffered::new(&self.buf[self.pos..self.end], self.budget, self.max_len);
+            if let Some(value) = T::decode_buffered(&mut buffered) {
+                let taken = buffered.position();
+                self.pos += taken;
+                self.consumed = taken as u64;
+                return Ok(value);
+            }
+        }
+        T::decode(self).await.map_err(in_type)
     }
 
     /// The wrapped stream. Bytes already buffered are not in it any more.

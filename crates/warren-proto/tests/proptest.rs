@@ -110,7 +110,31 @@ fn round_trip<T: Message + Clone + PartialEq + std::fmt::Debug>(value: &T) {
     assert_eq!(&back, value);
 }
 
+/// Decodes with the fast path (whole message buffered) and with the async path alone (a reader
+/// that never reads ahead); both must agree, values and errors alike.
+fn both_paths<T: Message + PartialEq + std::fmt::Debug>(bytes: &[u8]) -> Result<T, String> {
+    let fast =
+        futures_lite::future::block_on(warren_proto::Reader::new(bytes).decode::<T>()).map_err(|e| e.to_string());
+    let slow = futures_lite::future::block_on(warren_proto::Reader::unbuffered(bytes).decode::<T>())
+        .map_err(|e| e.to_string());
+    assert_eq!(fast, slow, "fast and async paths disagree on {bytes:?}");
+    fast
+}
+
 proptest! {
+    #[test]
+    fn fast_and_async_paths_agree_on_valid_messages(value in everything(), command in command()) {
+        prop_assert_eq!(both_paths::<Everything>(&encode_to_vec(&value).unwrap()).unwrap(), value);
+        prop_assert_eq!(both_paths::<Command>(&encode_to_vec(&command).unwrap()).unwrap(), command);
+    }
+
+    #[test]
+    fn fast_and_async_paths_agree_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = both_paths::<Everything>(&bytes);
+        let _ = both_paths::<Command>(&bytes);
+        let _ = both_paths::<Wrapper<Vec<String>>>(&bytes);
+    }
+
     #[test]
     fn everything_round_trips(value in everything()) {
         round_trip(&value);

@@ -16,8 +16,9 @@ async fn after_shutdown_no_task_is_left_and_the_port_is_free() {
     let (alice, alice_addr) = node().await;
     let (bob, bob_addr) = node().await;
     let peer: ManualPeer = format!("{}@{bob_addr}", bob.remote_identity()).parse().unwrap();
-    ManualDiscovery::spawn(&alice, [peer]);
+    // Subscribe first: the connection may complete before the next statement runs.
     let mut events = alice.subscribe();
+    ManualDiscovery::spawn(&alice, [peer]);
     wait_for(&mut events, |e| matches!(e, Event::PeerConnected { .. }).then_some(())).await;
     assert_eq!(echo_once(&alice, bob.remote_identity(), b"x").await, b"x");
     warren::ping::ping(&bob, alice.remote_identity(), 2).await.unwrap();
