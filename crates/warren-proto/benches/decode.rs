@@ -211,15 +211,17 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Prints messages/s and allocations per message for each decoder, with ratios against the
-/// plain bincode baseline, measured in this run.
-fn summary() {
+/// plain bincode baseline, measured in this run. `scale` divides the message counts: `cargo
+/// test` (no `--bench` argument) runs a quick smoke version.
+fn summary(scale: u64) {
     let rt = runtime();
     println!("\nwarren-proto decode over loopback TCP (this run; higher msgs/s is better)");
     println!("{:<16} {:<22} {:>12} {:>12} {:>14}", "message", "decoder", "msgs/s", "allocs/msg", "vs len+bincode");
-    fn rows<T>(rt: &tokio::runtime::Runtime, label: &str, message: &T, count: u64)
+    fn rows<T>(rt: &tokio::runtime::Runtime, label: &str, message: &T, count: u64, scale: u64)
     where
         T: Message + Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug,
     {
+        let count = (count / scale).max(1);
         let mut baseline = None;
         let mut results = Vec::new();
         for decoder in [Decoder::Bincode, Decoder::Derive, Decoder::BincodeBuffered] {
@@ -239,9 +241,9 @@ fn summary() {
             );
         }
     }
-    rows(&rt, "hello", &hello(), 200_000);
-    rows(&rt, "header/100", &header(), 20_000);
-    rows(&rt, "block/64KiB", &block(), 20_000);
+    rows(&rt, "hello", &hello(), 200_000, scale);
+    rows(&rt, "header/100", &header(), 20_000, scale);
+    rows(&rt, "block/64KiB", &block(), 20_000, scale);
     println!();
 }
 
@@ -269,7 +271,8 @@ fn benches(c: &mut Criterion) {
 criterion_group!(decode, benches);
 
 fn main() {
-    summary();
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    summary(if benchmarking { 1 } else { 1000 });
     decode();
     Criterion::default().configure_from_args().final_summary();
 }
