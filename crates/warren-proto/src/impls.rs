@@ -353,55 +353,33 @@ impl Decode for bytes::Bytes {
     }
 }
 
-impl Encode for uuid::Uuid {
-    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put_bytes(self.as_bytes());
-        Ok(())
-    }
+/// Types that travel as a fixed number of bytes: `$to` gives them, `$from` takes them back.
+macro_rules! fixed_bytes {
+    ($($t:ty, $n:literal, $to:expr, $from:expr;)*) => {$(
+        impl Encode for $t {
+            fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
+                let to: fn(&$t) -> [u8; $n] = $to;
+                w.put_bytes(&to(self));
+                Ok(())
+            }
+        }
+        impl Decode for $t {
+            fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
+                let from: fn([u8; $n]) -> $t = $from;
+                Some(from(b.array()?))
+            }
+            async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
+                let from: fn([u8; $n]) -> $t = $from;
+                Ok(from(r.read_array().await?))
+            }
+        }
+    )*};
 }
 
-impl Decode for uuid::Uuid {
-    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
-        Some(uuid::Uuid::from_bytes(b.array()?))
-    }
-
-    async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
-        Ok(uuid::Uuid::from_bytes(r.read_array().await?))
-    }
-}
-
-impl Encode for Ipv4Addr {
-    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put_bytes(&self.octets());
-        Ok(())
-    }
-}
-
-impl Decode for Ipv4Addr {
-    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
-        Some(Ipv4Addr::from(b.array::<4>()?))
-    }
-
-    async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
-        Ok(Ipv4Addr::from(r.read_array::<4>().await?))
-    }
-}
-
-impl Encode for Ipv6Addr {
-    fn encode(&self, w: &mut Writer) -> Result<(), EncodeError> {
-        w.put_bytes(&self.octets());
-        Ok(())
-    }
-}
-
-impl Decode for Ipv6Addr {
-    fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
-        Some(Ipv6Addr::from(b.array::<16>()?))
-    }
-
-    async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
-        Ok(Ipv6Addr::from(r.read_array::<16>().await?))
-    }
+fixed_bytes! {
+    uuid::Uuid, 16, |u| *u.as_bytes(), uuid::Uuid::from_bytes;
+    Ipv4Addr, 4, Ipv4Addr::octets, Ipv4Addr::from;
+    Ipv6Addr, 16, Ipv6Addr::octets, Ipv6Addr::from;
 }
 
 impl Encode for IpAddr {
@@ -535,31 +513,70 @@ impl<K: Encode, V: Encode> Encode for BTreeMap<K, V> {
     }
 }
 
+/// What decoding needs of a map type.
+trait DecodeMap<K, V>: Sized {
+    fn with_room(count: usize) -> Self;
+    /// Inserts; false if the key was there already.
+    fn insert_new(&mut self, key: K, value: V) -> bool;
+}
+
+impl<K: Ord, V> DecodeMap<K, V> for BTreeMap<K, V> {
+    fn with_room(_: usize) -> Self {
+        BTreeMap::new()
+    }
+    fn insert_new(&mut self, key: K, value: V) -> bool {
+        self.insert(key, value).is_none()
+    }
+}
+
+impl<K: Eq + Hash, V, S: BuildHasher + Default> DecodeMap<K, V> for HashMap<K, V, S> {
+    fn with_room(count: usize) -> Self {
+        HashMap::with_capacity_and_hasher(count, S::default())
+    }
+    fn insert_new(&mut self, key: K, value: V) -> bool {
+        self.insert(key, value).is_none()
+    }
+}
+
+async fn decode_map<M, K, V, R>(r: &mut Reader<R>) -> Result<M, DecodeError>
+where
+    M: DecodeMap<K, V> + Send,
+    K: Decode + Send,
+    V: Decode + Send,
+    R: AsyncRead + Unpin + Send,
+{
+    let count = r.read_len().await?;
+    let mut map = M::with_room(r.prealloc(count, 64));
+    for i in 0..count {
+        let key = K::decode(r).await.map_err(|e| e.in_field("key").at_index(i as u64))?;
+        let value = V::decode(r).await.map_err(|e| e.in_field("value").at_index(i as u64))?;
+        if !map.insert_new(key, value) {
+            return Err(DecodeError::invalid("duplicate key").at_index(i as u64));
+        }
+    }
+    Ok(map)
+}
+
+fn decode_map_buffered<M: DecodeMap<K, V>, K: Decode, V: Decode>(b: &mut crate::Buffered<'_>) -> Option<M> {
+    let count = b.len()?;
+    let mut map = M::with_room(b.prealloc(count, 64));
+    for _ in 0..count {
+        let key = K::decode_buffered(b)?;
+        let value = V::decode_buffered(b)?;
+        if !map.insert_new(key, value) {
+            return None;
+        }
+    }
+    Some(map)
+}
+
 impl<K: Decode + Ord + Send, V: Decode + Send> Decode for BTreeMap<K, V> {
     fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
-        let count = b.len()?;
-        let mut map = BTreeMap::new();
-        for _ in 0..count {
-            let key = K::decode_buffered(b)?;
-            let value = V::decode_buffered(b)?;
-            if map.insert(key, value).is_some() {
-                return None;
-            }
-        }
-        Some(map)
+        decode_map_buffered(b)
     }
 
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
-        let count = r.read_len().await?;
-        let mut map = BTreeMap::new();
-        for i in 0..count {
-            let key = K::decode(r).await.map_err(|e| e.in_field("key").at_index(i as u64))?;
-            let value = V::decode(r).await.map_err(|e| e.in_field("value").at_index(i as u64))?;
-            if map.insert(key, value).is_some() {
-                return Err(DecodeError::invalid("duplicate key").at_index(i as u64));
-            }
-        }
-        Ok(map)
+        decode_map(r).await
     }
 }
 
@@ -578,29 +595,11 @@ where
     S: BuildHasher + Default + Send,
 {
     fn decode_buffered(b: &mut crate::Buffered<'_>) -> Option<Self> {
-        let count = b.len()?;
-        let mut map = HashMap::with_capacity_and_hasher(b.prealloc(count, 64), S::default());
-        for _ in 0..count {
-            let key = K::decode_buffered(b)?;
-            let value = V::decode_buffered(b)?;
-            if map.insert(key, value).is_some() {
-                return None;
-            }
-        }
-        Some(map)
+        decode_map_buffered(b)
     }
 
     async fn decode<R: AsyncRead + Unpin + Send>(r: &mut Reader<R>) -> Result<Self, DecodeError> {
-        let count = r.read_len().await?;
-        let mut map = HashMap::with_capacity_and_hasher(r.prealloc(count, 64), S::default());
-        for i in 0..count {
-            let key = K::decode(r).await.map_err(|e| e.in_field("key").at_index(i as u64))?;
-            let value = V::decode(r).await.map_err(|e| e.in_field("value").at_index(i as u64))?;
-            if map.insert(key, value).is_some() {
-                return Err(DecodeError::invalid("duplicate key").at_index(i as u64));
-            }
-        }
-        Ok(map)
+        decode_map(r).await
     }
 }
 
