@@ -52,6 +52,8 @@ extern crate self as warren_proto;
 
 mod buffered;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod impls;
 mod reader;
 mod writer;
