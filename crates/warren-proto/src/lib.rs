@@ -2,8 +2,11 @@
 //!
 //! [`Encode`] writes a value into a [`Writer`] (a buffer); [`Decode`] reads one from a
 //! [`Reader`] wrapping any `AsyncRead`, field by field, with no length prefix around the whole
-//! message and no intermediate buffer for it: each field's length is known as it is decoded.
-//! `#[derive(Encode, Decode)]` writes both for structs and enums.
+//! message and no per-message buffer: each field's length is known as it is decoded. The
+//! reader reads ahead through one reusable 16 KiB buffer (like a `BufReader`); when a whole
+//! message is already in it, it is decoded synchronously, without a single `.await`, and
+//! otherwise field by field as the bytes arrive. `#[derive(Encode, Decode)]` writes both for
+//! structs and enums.
 //!
 //! Every length read from the wire is checked against a limit before anything is allocated,
 //! and every message has a byte budget, so hostile input costs at most the limits:
