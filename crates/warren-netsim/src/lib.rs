@@ -8,4 +8,5 @@
 #![warn(missing_docs)]
 
 pub mod link;
+pub mod nat;
 pub mod packet;

@@ -1,0 +1,711 @@
+//! A NAT as a sans-IO state machine with RFC 4787 behaviour chosen piece by piece: mapping
+//! (endpoint-independent, address-dependent, address-and-port-dependent), filtering (the same
+//! three), port assignment (preserving, random, sequential), hairpinning, mapping timeouts,
+//! unsolicited TCP (RST or silent drop), a port range, and a UDP block for "corporate"
+//! networks. Feed it packets with [`Nat::outbound`] (from the inside) and [`Nat::inbound`]
+//! (from the outside) and the current time; it says what to do with each.
+//!
+//! Not modelled: ICMP and IP fragments are dropped (ICMP error translation and reassembly are
+//! out of scope); TCP mappings use one idle timeout, not RFC 5382's separate transitory one.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::packet::{Packet, TCP, UDP, tcp_flags};
+
+/// When a NAT reuses a mapping (RFC 4787 section 4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mapping {
+    /// One mapping per internal endpoint, whatever the destination ("cone").
+    EndpointIndependent,
+    /// One mapping per internal endpoint and destination address.
+    AddressDependent,
+    /// One mapping per internal endpoint and destination address and port ("symmetric").
+    AddressAndPortDependent,
+}
+
+/// Which inbound packets a mapping lets in (RFC 4787 section 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Filtering {
+    /// Any remote endpoint.
+    EndpointIndependent,
+    /// Remote addresses the internal endpoint has sent to.
+    AddressDependent,
+    /// Remote address-and-port pairs the internal endpoint has sent to.
+    AddressAndPortDependent,
+}
+
+/// How external ports are chosen for new mappings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortAssignment {
+    /// The internal port if it is free and in range, else a random one.
+    Preserve,
+    /// A random free port in range.
+    Random,
+    /// The next free port after the last one given (what port prediction exploits).
+    Sequential,
+}
+
+/// What a NAT does with a TCP packet that matches no mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnsolicitedTcp {
+    /// Drop it silently.
+    Drop,
+    /// Answer with a TCP RST.
+    Reset,
+}
+
+/// A NAT's behaviour and public address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatConfig {
+    /// The address mappings use on the outside.
+    pub public_ip: Ipv4Addr,
+    /// Mapping behaviour.
+    pub mapping: Mapping,
+    /// Filtering behaviour.
+    pub filtering: Filtering,
+    /// Port assignment.
+    pub ports: PortAssignment,
+    /// External ports the NAT may give out.
+    pub port_range: RangeInclusive<u16>,
+    /// May inside hosts reach each other through the public address?
+    pub hairpinning: bool,
+    /// Idle time after which a UDP mapping is forgotten.
+    pub udp_timeout: Duration,
+    /// Idle time after which a TCP mapping is forgotten.
+    pub tcp_timeout: Duration,
+    /// Do inbound packets keep a mapping alive too (RFC 4787 REQ-6 requires outbound only)?
+    pub inbound_refresh: bool,
+    /// Unsolicited TCP handling.
+    pub unsolicited_tcp: UnsolicitedTcp,
+    /// Drop all UDP (networks that only let TCP out).
+    pub block_udp: bool,
+}
+
+/// Named NAT types, as commonly called (RFC 3489 terms) plus carrier and corporate setups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatPreset {
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// Address-and-port-dependent mapping and filtering, random ports, no hairpinning.
+    Symmetric,
+    /// Two layers: a port-restricted home router behind a carrier-grade NAT (endpoint-
+    /// independent mapping, address-and-port-dependent filtering, random ports, RFC 6888).
+    Cgnat,
+    /// UDP blocked, TCP through a symmetric NAT that silently drops unsolicited packets.
+    Corporate,
+}
+
+impl NatPreset {
+    /// Every preset.
+    pub const ALL: [NatPreset; 6] = [
+        NatPreset::FullCone,
+        NatPreset::RestrictedCone,
+        NatPreset::PortRestricted,
+        NatPreset::Symmetric,
+        NatPreset::Cgnat,
+        NatPreset::Corporate,
+    ];
+
+    /// How many NATs the preset chains (2 for CGNAT).
+    pub fn layers(self) -> usize {
+        if self == NatPreset::Cgnat { 2 } else { 1 }
+    }
+
+    /// The configuration of each layer, innermost first; `public_ips` gives each layer's
+    /// outside address (one per layer).
+    pub fn configs(self, public_ips: &[Ipv4Addr]) -> Vec<NatConfig> {
+        assert_eq!(public_ips.len(), self.layers(), "{self:?} needs {} public addresses", self.layers());
+        let home = |ip, mapping, filtering| NatConfig {
+            public_ip: ip,
+            mapping,
+            filtering,
+            ports: PortAssignment::Preserve,
+            port_range: 1024..=65535,
+            hairpinning: true,
+            udp_timeout: Duration::from_secs(120),
+            tcp_timeout: Duration::from_secs(7440),
+            inbound_refresh: false,
+            unsolicited_tcp: UnsolicitedTcp::Reset,
+            block_udp: false,
+        };
+        use Filtering as F;
+        use Mapping as M;
+        match self {
+            NatPreset::FullCone => vec![home(public_ips[0], M::EndpointIndependent, F::EndpointIndependent)],
+            NatPreset::RestrictedCone => vec![home(public_ips[0], M::EndpointIndependent, F::AddressDependent)],
+            NatPreset::PortRestricted => vec![home(public_ips[0], M::EndpointIndependent, F::AddressAndPortDependent)],
+            NatPreset::Symmetric => vec![NatConfig {
+                ports: PortAssignment::Random,
+                hairpinning: false,
+                ..home(public_ips[0], M::AddressAndPortDependent, F::AddressAndPortDependent)
+            }],
+            NatPreset::Cgnat => vec![
+                home(public_ips[0], M::EndpointIndependent, F::AddressAndPortDependent),
+                NatConfig {
+                    ports: PortAssignment::Random,
+                    ..home(public_ips[1], M::EndpointIndependent, F::AddressAndPortDependent)
+                },
+            ],
+            NatPreset::Corporate => vec![NatConfig {
+                ports: PortAssignment::Random,
+                hairpinning: false,
+                unsolicited_tcp: UnsolicitedTcp::Drop,
+                block_udp: true,
+                ..home(public_ips[0], M::AddressAndPortDependent, F::AddressAndPortDependent)
+            }],
+        }
+    }
+}
+
+/// Why a NAT dropped a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Not UDP or TCP, or a non-first fragment.
+    Unsupported,
+    /// UDP is blocked.
+    UdpBlocked,
+    /// Inbound with no mapping for its destination port.
+    NoMapping,
+    /// A mapping exists but its filter refuses the sender.
+    Filtered,
+    /// Sent to the public address from inside with hairpinning off.
+    HairpinDisabled,
+    /// No free external port.
+    PortsExhausted,
+}
+
+/// What to do with a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatVerdict {
+    /// Send it on, translated, to the other side.
+    Forward(Packet),
+    /// Hairpinned: send it back to the inside, translated both ways.
+    Hairpin(Packet),
+    /// Drop it and send this answer back to where it came from (a TCP RST).
+    Reply(Packet),
+    /// Drop it.
+    Drop(DropReason),
+}
+
+/// Counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatStats {
+    /// Mappings created.
+    pub mappings_created: u64,
+    /// Mappings that timed out.
+    pub mappings_expired: u64,
+    /// Packets translated outbound.
+    pub outbound: u64,
+    /// Packets translated inbound.
+    pub inbound: u64,
+    /// Packets hairpinned.
+    pub hairpinned: u64,
+    /// Packets dropped, by reason.
+    pub dropped: HashMap<DropReason, u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct MappingKey {
+    protocol: u8,
+    internal: SocketAddrV4,
+    remote_ip: Option<Ipv4Addr>,
+    remote_port: Option<u16>,
+}
+
+#[derive(Debug)]
+struct MappingState {
+    external_port: u16,
+    last_used: Instant,
+    /// Remote endpoints the internal endpoint sent to through this mapping.
+    contacted: Vec<SocketAddrV4>,
+}
+
+/// A NAT.
+#[derive(Debug)]
+pub struct Nat {
+    config: NatConfig,
+    rng: ChaCha8Rng,
+    mappings: HashMap<MappingKey, MappingState>,
+    by_external: HashMap<(u8, u16), MappingKey>,
+    next_port: u16,
+    stats: NatStats,
+}
+
+impl Nat {
+    /// A NAT with `config`, its random port choices seeded by `seed`.
+    pub fn new(config: NatConfig, seed: u64) -> Self {
+        let next_port = *config.port_range.start();
+        Self {
+            config,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            mappings: HashMap::new(),
+            by_external: HashMap::new(),
+            next_port,
+            stats: NatStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NatConfig {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &NatStats {
+        &self.stats
+    }
+
+    /// Live mappings.
+    pub fn mapping_count(&self) -> usize {
+        self.mappings.len()
+    }
+
+    fn drop(&mut self, reason: DropReason) -> NatVerdict {
+        *self.stats.dropped.entry(reason).or_default() += 1;
+        NatVerdict::Drop(reason)
+    }
+
+    fn timeout(&self, protocol: u8) -> Duration {
+        if protocol == TCP { self.config.tcp_timeout } else { self.config.udp_timeout }
+    }
+
+    /// Forgets mappings idle for longer than their timeout.
+    pub fn expire(&mut self, now: Instant) {
+        let (udp, tcp) = (self.config.udp_timeout, self.config.tcp_timeout);
+        let mut expired = Vec::new();
+        self.mappings.retain(|key, state| {
+            let timeout = if key.protocol == TCP { tcp } else { udp };
+            let alive = now.saturating_duration_since(state.last_used) <= timeout;
+            if !alive {
+                expired.push((key.protocol, state.external_port));
+            }
+            alive
+        });
+        self.stats.mappings_expired += expired.len() as u64;
+        for external in expired {
+            self.by_external.remove(&external);
+        }
+    }
+
+    fn key(&self, protocol: u8, internal: SocketAddrV4, remote: SocketAddrV4) -> MappingKey {
+        let (remote_ip, remote_port) = match self.config.mapping {
+            Mapping::EndpointIndependent => (None, None),
+            Mapping::AddressDependent => (Some(*remote.ip()), None),
+            Mapping::AddressAndPortDependent => (Some(*remote.ip()), Some(remote.port())),
+        };
+        MappingKey { protocol, internal, remote_ip, remote_port }
+    }
+
+    fn free(&self, protocol: u8, port: u16) -> bool {
+        self.config.port_range.contains(&port) && !self.by_external.contains_key(&(protocol, port))
+    }
+
+    fn allocate_port(&mut self, protocol: u8, internal_port: u16) -> Option<u16> {
+        let (lo, hi) = (*self.config.port_range.start(), *self.config.port_range.end());
+        let size = u32::from(hi - lo) + 1;
+        match self.config.ports {
+            PortAssignment::Preserve if self.free(protocol, internal_port) => return Some(internal_port),
+            PortAssignment::Sequential => {
+                for _ in 0..size {
+                    let port = self.next_port;
+                    self.next_port = if port >= hi { lo } else { port + 1 };
+                    if self.free(protocol, port) {
+                        return Some(port);
+                    }
+                }
+                return None;
+            }
+            _ => {}
+        }
+        // Random: a few tries, then a scan from a random start so a crowded range still works.
+        for _ in 0..16 {
+            let port = self.rng.random_range(lo..=hi);
+            if self.free(protocol, port) {
+                return Some(port);
+            }
+        }
+        let start = self.rng.random_range(0..size);
+        (0..size).map(|i| lo + ((start + i) % size) as u16).find(|port| self.free(protocol, *port))
+    }
+
+    /// The live mapping for an external port, forgetting it if it timed out.
+    fn live_mapping(&mut self, protocol: u8, external_port: u16, now: Instant) -> Option<MappingKey> {
+        let key = *self.by_external.get(&(protocol, external_port))?;
+        let timeout = self.timeout(protocol);
+        let state = self.mappings.get(&key)?;
+        if now.saturating_duration_since(state.last_used) > timeout {
+            self.mappings.remove(&key);
+            self.by_external.remove(&(protocol, external_port));
+            self.stats.mappings_expired += 1;
+            return None;
+        }
+        Some(key)
+    }
+
+    fn admitted(&self, key: &MappingKey, from: SocketAddrV4) -> bool {
+        let Some(state) = self.mappings.get(key) else { return false };
+        match self.config.filtering {
+            Filtering::EndpointIndependent => true,
+            Filtering::AddressDependent => state.contacted.iter().any(|c| c.ip() == from.ip()),
+            Filtering::AddressAndPortDependent => state.contacted.contains(&from),
+        }
+    }
+
+    /// A packet from the inside, at `now`.
+    pub fn outbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
+        let protocol = packet.protocol();
+        if !matches!(protocol, UDP | TCP) || packet.is_later_fragment() {
+            return self.drop(DropReason::Unsupported);
+        }
+        if protocol == UDP && self.config.block_udp {
+            return self.drop(DropReason::UdpBlocked);
+        }
+        let internal = packet.src_endpoint();
+        let remote = packet.dst_endpoint();
+        let key = self.key(protocol, internal, remote);
+        // An existing mapping that timed out is forgotten first.
+        if let Some(port) = self.mappings.get(&key).map(|m| m.external_port) {
+            self.live_mapping(protocol, port, now);
+        }
+        if !self.mappings.contains_key(&key) {
+            let Some(port) = self.allocate_port(protocol, internal.port()) else {
+                return self.drop(DropReason::PortsExhausted);
+            };
+            self.mappings.insert(key, MappingState { external_port: port, last_used: now, contacted: Vec::new() });
+            self.by_external.insert((protocol, port), key);
+            self.stats.mappings_created += 1;
+        }
+        let state = self.mappings.get_mut(&key).expect("inserted above");
+        state.last_used = now;
+        if !state.contacted.contains(&remote) {
+            state.contacted.push(remote);
+        }
+        let external = SocketAddrV4::new(self.config.public_ip, state.external_port);
+        packet.set_src(external);
+
+        if *remote.ip() == self.config.public_ip {
+            if !self.config.hairpinning {
+                return self.drop(DropReason::HairpinDisabled);
+            }
+            // Hairpinning: deliver to the mapping behind the destination port, filtered as if
+            // the packet came from outside, with the sender's external address as its source.
+            return match self.translate_inbound(packet, now) {
+                NatVerdict::Forward(packet) => {
+                    self.stats.hairpinned += 1;
+                    NatVerdict::Hairpin(packet)
+                }
+                other => other,
+            };
+        }
+        self.stats.outbound += 1;
+        NatVerdict::Forward(packet)
+    }
+
+    /// A packet from the outside, at `now`.
+    pub fn inbound(&mut self, packet: Packet, now: Instant) -> NatVerdict {
+        let verdict = self.translate_inbound(packet, now);
+        if matches!(verdict, NatVerdict::Forward(_)) {
+            self.stats.inbound += 1;
+        }
+        verdict
+    }
+
+    fn translate_inbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
+        let protocol = packet.protocol();
+        if !matches!(protocol, UDP | TCP) || packet.is_later_fragment() {
+            return self.drop(DropReason::Unsupported);
+        }
+        if protocol == UDP && self.config.block_udp {
+            return self.drop(DropReason::UdpBlocked);
+        }
+        let from = packet.src_endpoint();
+        let port = packet.dst_port().expect("UDP and TCP have ports");
+        let key = self.live_mapping(protocol, port, now);
+        let admitted = key.filter(|key| self.admitted(key, from));
+        let Some(key) = admitted else {
+            let reason = if key.is_some() { DropReason::Filtered } else { DropReason::NoMapping };
+            if protocol == TCP && self.config.unsolicited_tcp == UnsolicitedTcp::Reset {
+                if let Some(reset) = reset_for(&packet) {
+                    *self.stats.dropped.entry(reason).or_default() += 1;
+                    return NatVerdict::Reply(reset);
+                }
+            }
+            return self.drop(reason);
+        };
+        let state = self.mappings.get_mut(&key).expect("live mapping");
+        if self.config.inbound_refresh {
+            state.last_used = now;
+        }
+        packet.set_dst(key.internal);
+        NatVerdict::Forward(packet)
+    }
+}
+
+/// The RST a host answers an unexpected TCP segment with (RFC 9293 section 3.10.7.1); none
+/// for a segment that is itself a RST.
+pub fn reset_for(packet: &Packet) -> Option<Packet> {
+    let flags = packet.tcp_flags()?;
+    if flags & tcp_flags::RST != 0 {
+        return None;
+    }
+    let segment = packet.payload();
+    let seq = u32::from_be_bytes(segment[4..8].try_into().expect("TCP header checked at parse"));
+    let ack = u32::from_be_bytes(segment[8..12].try_into().expect("TCP header checked at parse"));
+    let data_len = segment.len() - usize::from(segment[12] >> 4) * 4;
+    let (from, to) = (packet.dst_endpoint(), packet.src_endpoint());
+    if flags & tcp_flags::ACK != 0 {
+        Some(Packet::tcp(from, to, tcp_flags::RST, ack, 0, &[]))
+    } else {
+        let consumed =
+            data_len as u32 + u32::from(flags & tcp_flags::SYN != 0) + u32::from(flags & tcp_flags::FIN != 0);
+        Some(Packet::tcp(from, to, tcp_flags::RST | tcp_flags::ACK, 0, seq.wrapping_add(consumed), &[]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+    fn ep(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn config(mapping: Mapping, filtering: Filtering) -> NatConfig {
+        NatConfig {
+            mapping,
+            filtering,
+            ports: PortAssignment::Sequential,
+            ..NatPreset::FullCone.configs(&[PUBLIC]).remove(0)
+        }
+    }
+
+    fn udp(from: &str, to: &str) -> Packet {
+        Packet::udp(ep(from), ep(to), b"x")
+    }
+
+    fn forwarded(verdict: NatVerdict) -> Packet {
+        match verdict {
+            NatVerdict::Forward(packet) => packet,
+            other => panic!("expected Forward, got {other:?}"),
+        }
+    }
+
+    /// The external endpoints one internal endpoint gets towards S1:3478, S1:3479 and S2:3478.
+    fn external_endpoints(nat: &mut Nat, now: Instant) -> [SocketAddrV4; 3] {
+        ["198.51.100.1:3478", "198.51.100.1:3479", "198.51.100.2:3478"]
+            .map(|to| forwarded(nat.outbound(udp("10.0.0.2:5000", to), now)).src_endpoint())
+    }
+
+    #[test]
+    fn mapping_behaviour_is_as_configured() {
+        let now = Instant::now();
+        for (mapping, same_port_other_port, same_port_other_addr) in [
+            (Mapping::EndpointIndependent, true, true),
+            (Mapping::AddressDependent, true, false),
+            (Mapping::AddressAndPortDependent, false, false),
+        ] {
+            let mut nat = Nat::new(config(mapping, Filtering::EndpointIndependent), 1);
+            let [a, b, c] = external_endpoints(&mut nat, now);
+            assert_eq!(*a.ip(), PUBLIC);
+            assert_eq!(a == b, same_port_other_port, "{mapping:?}");
+            assert_eq!(a == c, same_port_other_addr, "{mapping:?}");
+        }
+    }
+
+    #[test]
+    fn filtering_behaviour_is_as_configured() {
+        let now = Instant::now();
+        for (filtering, other_port_admitted, other_addr_admitted) in [
+            (Filtering::EndpointIndependent, true, true),
+            (Filtering::AddressDependent, true, false),
+            (Filtering::AddressAndPortDependent, false, false),
+        ] {
+            let mut nat = Nat::new(config(Mapping::EndpointIndependent, filtering), 1);
+            let external = forwarded(nat.outbound(udp("10.0.0.2:5000", "198.51.100.1:3478"), now)).src_endpoint();
+            let to = external.to_string();
+            let reply = forwarded(nat.inbound(udp("198.51.100.1:3478", &to), now));
+            assert_eq!(reply.dst_endpoint(), ep("10.0.0.2:5000"));
+            assert!(reply.checksums_ok());
+            let other_port = nat.inbound(udp("198.51.100.1:9999", &to), now);
+            assert_eq!(matches!(other_port, NatVerdict::Forward(_)), other_port_admitted, "{filtering:?}");
+            let other_addr = nat.inbound(udp("198.51.100.2:3478", &to), now);
+            assert_eq!(matches!(other_addr, NatVerdict::Forward(_)), other_addr_admitted, "{filtering:?}");
+            if !other_addr_admitted {
+                assert_eq!(other_addr, NatVerdict::Drop(DropReason::Filtered));
+            }
+        }
+    }
+
+    #[test]
+    fn unsolicited_inbound_has_no_mapping() {
+        let mut nat = Nat::new(config(Mapping::EndpointIndependent, Filtering::EndpointIndependent), 1);
+        let verdict = nat.inbound(udp("198.51.100.1:3478", "203.0.113.1:40000"), Instant::now());
+        assert_eq!(verdict, NatVerdict::Drop(DropReason::NoMapping));
+        assert_eq!(nat.stats().dropped[&DropReason::NoMapping], 1);
+    }
+
+    #[test]
+    fn mappings_expire_after_their_timeout_and_outbound_traffic_refreshes_them() {
+        let mut nat = Nat::new(config(Mapping::EndpointIndependent, Filtering::EndpointIndependent), 1);
+        let start = Instant::now();
+        let timeout = nat.config().udp_timeout;
+        let external = forwarded(nat.outbound(udp("10.0.0.2:5000", "198.51.100.1:3478"), start)).src_endpoint();
+        let to = external.to_string();
+        // Refreshed by outbound traffic just before the timeout...
+        forwarded(nat.outbound(udp("10.0.0.2:5000", "198.51.100.1:3478"), start + timeout));
+        forwarded(nat.inbound(udp("198.51.100.1:3478", &to), start + timeout * 2));
+        // ...but inbound traffic does not refresh it (RFC 4787 REQ-6 default here).
+        let late = nat.inbound(udp("198.51.100.1:3478", &to), start + timeout * 2 + Duration::from_millis(1));
+        assert_eq!(late, NatVerdict::Drop(DropReason::NoMapping));
+        assert_eq!(nat.stats().mappings_expired, 1);
+        assert_eq!(nat.mapping_count(), 0);
+        // With inbound refresh on, it does.
+        let mut nat = Nat::new(
+            NatConfig { inbound_refresh: true, ..config(Mapping::EndpointIndependent, Filtering::EndpointIndependent) },
+            1,
+        );
+        let to = forwarded(nat.outbound(udp("10.0.0.2:5000", "198.51.100.1:3478"), start)).src_endpoint().to_string();
+        forwarded(nat.inbound(udp("198.51.100.1:3478", &to), start + timeout));
+        forwarded(nat.inbound(udp("198.51.100.1:3478", &to), start + timeout * 2));
+    }
+
+    #[test]
+    fn ports_are_preserved_random_or_sequential_and_stay_in_range() {
+        let now = Instant::now();
+        let preset = |ports, range| NatConfig {
+            ports,
+            port_range: range,
+            ..config(Mapping::AddressAndPortDependent, Filtering::EndpointIndependent)
+        };
+        let mut nat = Nat::new(preset(PortAssignment::Preserve, 1024..=65535), 1);
+        assert_eq!(external_endpoints(&mut nat, now)[0].port(), 5000);
+        // A second host with the same port cannot keep it.
+        let other = forwarded(nat.outbound(udp("10.0.0.3:5000", "198.51.100.1:3478"), now)).src_endpoint();
+        assert_ne!(other.port(), 5000);
+
+        let mut nat = Nat::new(preset(PortAssignment::Sequential, 20000..=20009), 1);
+        let ports: Vec<u16> = external_endpoints(&mut nat, now).iter().map(|e| e.port()).collect();
+        assert_eq!(ports, [20000, 20001, 20002]);
+
+        let mut nat = Nat::new(preset(PortAssignment::Random, 30000..=30003), 7);
+        let ports: Vec<u16> = (0..4)
+            .map(|i| {
+                forwarded(nat.outbound(udp("10.0.0.2:5000", &format!("198.51.100.1:{}", 1000 + i)), now))
+                    .src_port()
+                    .unwrap()
+            })
+            .collect();
+        let mut sorted = ports.clone();
+        sorted.sort();
+        assert_eq!(sorted, [30000, 30001, 30002, 30003], "all four ports, each once");
+        assert_eq!(
+            nat.outbound(udp("10.0.0.2:5000", "198.51.100.1:2000"), now),
+            NatVerdict::Drop(DropReason::PortsExhausted)
+        );
+        // The same seed chooses the same ports.
+        let mut again = Nat::new(preset(PortAssignment::Random, 30000..=30003), 7);
+        let ports_again: Vec<u16> = (0..4)
+            .map(|i| {
+                forwarded(again.outbound(udp("10.0.0.2:5000", &format!("198.51.100.1:{}", 1000 + i)), now))
+                    .src_port()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ports, ports_again);
+    }
+
+    #[test]
+    fn hairpinning_on_and_off() {
+        let now = Instant::now();
+        for hairpinning in [true, false] {
+            let mut nat = Nat::new(
+                NatConfig { hairpinning, ..config(Mapping::EndpointIndependent, Filtering::EndpointIndependent) },
+                1,
+            );
+            let b_external = forwarded(nat.outbound(udp("10.0.0.3:6000", "198.51.100.1:3478"), now)).src_endpoint();
+            let verdict = nat.outbound(udp("10.0.0.2:5000", &b_external.to_string()), now);
+            if hairpinning {
+                let NatVerdict::Hairpin(packet) = verdict else { panic!("expected a hairpin, got {verdict:?}") };
+                assert_eq!(packet.dst_endpoint(), ep("10.0.0.3:6000"));
+                assert_eq!(*packet.src_endpoint().ip(), PUBLIC, "the source is the sender's mapping");
+                assert!(packet.checksums_ok());
+            } else {
+                assert_eq!(verdict, NatVerdict::Drop(DropReason::HairpinDisabled));
+            }
+        }
+    }
+
+    #[test]
+    fn unsolicited_tcp_gets_a_reset_or_nothing() {
+        let now = Instant::now();
+        let syn = Packet::tcp(ep("198.51.100.1:443"), ep("203.0.113.1:40000"), tcp_flags::SYN, 1000, 0, &[]);
+        let mut nat = Nat::new(config(Mapping::EndpointIndependent, Filtering::EndpointIndependent), 1);
+        let NatVerdict::Reply(rst) = nat.inbound(syn.clone(), now) else { panic!("expected a RST") };
+        assert_eq!(rst.dst_endpoint(), ep("198.51.100.1:443"));
+        assert_eq!(rst.tcp_flags(), Some(tcp_flags::RST | tcp_flags::ACK));
+        assert_eq!(&rst.payload()[8..12], &1001u32.to_be_bytes(), "acknowledges the SYN");
+        assert!(rst.checksums_ok());
+        let corporate = NatPreset::Corporate.configs(&[PUBLIC]).remove(0);
+        let mut nat = Nat::new(corporate, 1);
+        assert_eq!(nat.inbound(syn, now), NatVerdict::Drop(DropReason::NoMapping));
+        // And a corporate NAT lets TCP out but not UDP.
+        assert_eq!(
+            nat.outbound(udp("10.0.0.2:5000", "198.51.100.1:3478"), now),
+            NatVerdict::Drop(DropReason::UdpBlocked)
+        );
+        let out = Packet::tcp(ep("10.0.0.2:40000"), ep("198.51.100.1:443"), tcp_flags::SYN, 1, 0, &[]);
+        let out = forwarded(nat.outbound(out, now));
+        let synack =
+            Packet::tcp(ep("198.51.100.1:443"), out.src_endpoint(), tcp_flags::SYN | tcp_flags::ACK, 9, 2, &[]);
+        assert_eq!(forwarded(nat.inbound(synack, now)).dst_endpoint(), ep("10.0.0.2:40000"));
+    }
+
+    #[test]
+    fn presets_have_the_documented_behaviour() {
+        let ips = [PUBLIC, Ipv4Addr::new(192, 0, 2, 1)];
+        for preset in NatPreset::ALL {
+            let configs = preset.configs(&ips[..preset.layers()]);
+            let outer = configs.last().unwrap();
+            let expected = match preset {
+                NatPreset::FullCone => (Mapping::EndpointIndependent, Filtering::EndpointIndependent),
+                NatPreset::RestrictedCone => (Mapping::EndpointIndependent, Filtering::AddressDependent),
+                NatPreset::PortRestricted | NatPreset::Cgnat => {
+                    (Mapping::EndpointIndependent, Filtering::AddressAndPortDependent)
+                }
+                NatPreset::Symmetric | NatPreset::Corporate => {
+                    (Mapping::AddressAndPortDependent, Filtering::AddressAndPortDependent)
+                }
+            };
+            assert_eq!((outer.mapping, outer.filtering), expected, "{preset:?}");
+            assert_eq!(outer.block_udp, preset == NatPreset::Corporate);
+        }
+    }
+
+    #[test]
+    fn cgnat_translates_twice_and_replies_come_back_through_both_layers() {
+        let now = Instant::now();
+        let carrier_side = Ipv4Addr::new(100, 64, 0, 2);
+        let configs = NatPreset::Cgnat.configs(&[carrier_side, PUBLIC]);
+        let (mut home, mut carrier) = (Nat::new(configs[0].clone(), 1), Nat::new(configs[1].clone(), 2));
+        let once = forwarded(home.outbound(udp("192.168.1.2:5000", "198.51.100.1:3478"), now));
+        assert_eq!(*once.src_endpoint().ip(), carrier_side);
+        let twice = forwarded(carrier.outbound(once, now));
+        assert_eq!(*twice.src_endpoint().ip(), PUBLIC);
+        let reply = udp("198.51.100.1:3478", &twice.src_endpoint().to_string());
+        let back = forwarded(home.inbound(forwarded(carrier.inbound(reply, now)), now));
+        assert_eq!(back.dst_endpoint(), ep("192.168.1.2:5000"));
+        assert!(back.checksums_ok());
+    }
+}
