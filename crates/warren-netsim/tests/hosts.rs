@@ -1,0 +1,124 @@
+//! Hosts in their own network namespaces exchanging real UDP through simulated links.
+//! Needs root (CAP_NET_ADMIN); without it these tests fail with a message saying how to run
+//! them.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use warren_netsim::link::{LinkConfig, Loss};
+use warren_netsim::{Host, Simulation};
+
+const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+fn pair(seed: u64, config: LinkConfig) -> (Simulation, Host, Host) {
+    let mut sim = Simulation::new(seed);
+    let a = sim.add_host("a", A, 24).unwrap_or_else(|e| panic!("{e}"));
+    let b = sim.add_host("b", B, 24).unwrap_or_else(|e| panic!("{e}"));
+    sim.link(&a, &b, config);
+    sim.start().unwrap();
+    (sim, a, b)
+}
+
+/// Echoes `count` datagrams on port 7000, then returns how many it saw.
+fn echo_server(host: &Host, count: usize, ready: std::sync::mpsc::Sender<()>) -> std::thread::JoinHandle<usize> {
+    host.spawn(move || async move {
+        let socket = UdpSocket::bind((B, 7000)).await.unwrap();
+        ready.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut seen = 0;
+        while seen < count {
+            match tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buf)).await {
+                Ok(Ok((n, from))) => {
+                    seen += 1;
+                    socket.send_to(&buf[..n], from).await.unwrap();
+                }
+                _ => break, // the rest was lost
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn round_trip_time_is_twice_the_link_latency() {
+    let config = LinkConfig { latency: Duration::from_millis(25), ..Default::default() };
+    let (_sim, a, b) = pair(1, config);
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let server = echo_server(&b, 20, ready_tx);
+    ready.recv().unwrap();
+    let rtts = a
+        .spawn(|| async {
+            let socket = UdpSocket::bind((A, 0)).await.unwrap();
+            let mut rtts = Vec::new();
+            let mut buf = [0u8; 64];
+            for i in 0..20u32 {
+                let started = Instant::now();
+                socket.send_to(&i.to_be_bytes(), SocketAddr::from((B, 7000))).await.unwrap();
+                let (n, _) =
+                    tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await.unwrap().unwrap();
+                assert_eq!(&buf[..n], i.to_be_bytes());
+                rtts.push(started.elapsed());
+            }
+            rtts
+        })
+        .join()
+        .unwrap();
+    assert_eq!(server.join().unwrap(), 20);
+    for rtt in &rtts {
+        let ms = rtt.as_secs_f64() * 1e3;
+        assert!((50.0..=55.0).contains(&ms), "RTT {ms} ms, expected 50 ms ± 5");
+    }
+}
+
+/// Sends `count` datagrams from a to b through a lossy link; returns (received, link lost count).
+fn lossy_run(seed: u64, count: u32) -> (usize, u64) {
+    let config = LinkConfig { loss: Loss::Random(0.02), ..Default::default() };
+    let (sim, a, b) = pair(seed, config);
+    let receiver = b.spawn(move || async move {
+        let socket = UdpSocket::bind((B, 7001)).await.unwrap();
+        let mut buf = [0u8; 64];
+        let mut seen = 0;
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await {
+            seen += 1;
+        }
+        seen
+    });
+    a.spawn(move || async move {
+        let socket = UdpSocket::bind((A, 0)).await.unwrap();
+        for i in 0..count {
+            socket.send_to(&i.to_be_bytes(), SocketAddr::from((B, 7001))).await.unwrap();
+            if i % 64 == 63 {
+                // Lets the forwarder drain the TUN queue (500 packets) so the kernel drops none.
+                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    let received = receiver.join().unwrap();
+    let stats = sim.link_stats()[&("a".to_string(), "b".to_string())].clone();
+    assert_eq!(stats.offered, u64::from(count), "every datagram reached the link");
+    (received, stats.lost)
+}
+
+#[test]
+fn loss_is_what_was_configured_and_the_same_seed_drops_the_same_packets() {
+    let (received, lost) = lossy_run(42, 10_000);
+    assert_eq!(received as u64, 10_000 - lost, "nothing lost outside the link model");
+    let rate = lost as f64 / 10_000.0;
+    assert!((0.015..=0.025).contains(&rate), "loss {rate}");
+    let (_, lost_again) = lossy_run(42, 10_000);
+    assert_eq!(lost, lost_again, "same seed, same drops");
+}
+
+#[test]
+fn commands_run_inside_the_host_namespace() {
+    let (_sim, a, _b) = pair(1, LinkConfig::default());
+    let output = a.command("ip").args(["-o", "-4", "addr", "show"]).output().expect("ip from iproute2");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("sim0") && text.contains("10.0.0.1/24"), "{text}");
+    assert!(!text.contains("eth0"), "the host sees only its own interfaces: {text}");
+}
