@@ -77,7 +77,13 @@ fn lossy_run(seed: u64, count: u32) -> (usize, u64) {
     let config = LinkConfig { loss: Loss::Random(0.02), ..Default::default() };
     let (sim, a, b) = pair(seed, config);
     let receiver = b.spawn(move || async move {
-        let socket = UdpSocket::bind((B, 7001)).await.unwrap();
+        // A large receive buffer, so that the kernel drops nothing while this thread is slower
+        // than the sender: only the link model may lose packets.
+        let raw = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        raw.set_recv_buffer_size(4 << 20).unwrap();
+        raw.set_nonblocking(true).unwrap();
+        raw.bind(&SocketAddr::from((B, 7001)).into()).unwrap();
+        let socket = UdpSocket::from_std(raw.into()).unwrap();
         let mut buf = [0u8; 64];
         let mut seen = 0;
         while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await {
