@@ -365,7 +365,7 @@ mod tests {
         let min = delays.iter().cloned().fold(f64::MAX, f64::min);
         let max = delays.iter().cloned().fold(f64::MIN, f64::max);
         let mean = delays.iter().sum::<f64>() / delays.len() as f64;
-        assert!(min >= 39.9 && min < 41.5, "min {min}");
+        assert!((39.9..41.5).contains(&min), "min {min}");
         assert!(max <= 60.1 && max > 58.5, "max {max}");
         assert!((49.0..=51.0).contains(&mean), "mean {mean}");
     }

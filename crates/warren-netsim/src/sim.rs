@@ -275,15 +275,11 @@ impl Forwarder {
             let timeout_ms = wait.as_micros().div_ceil(1000) as libc::c_int;
             // SAFETY: `fds` is a live array of pollfd of the given length.
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            for from in 0..self.tuns.len() {
-                if fds[from].revents & libc::POLLIN == 0 {
-                    continue;
-                }
-                loop {
-                    let n = match self.tuns[from].read(&mut buf) {
-                        Ok(n) => n,
-                        Err(_) => break, // WouldBlock: drained
-                    };
+            let readable: Vec<usize> =
+                fds.iter().enumerate().filter(|(_, fd)| fd.revents & libc::POLLIN != 0).map(|(i, _)| i).collect();
+            for from in readable {
+                // Read until the device is drained (the descriptor is non-blocking).
+                while let Ok(n) = self.tuns[from].read(&mut buf) {
                     if let Ok(packet) = Packet::parse(buf[..n].to_vec()) {
                         self.route(from, packet, Instant::now());
                     }
