@@ -13,7 +13,7 @@ pub mod packet;
 pub mod sim;
 mod sys;
 
-pub use sim::{Host, SimError, Simulation};
+pub use sim::{AsNode, Host, NatHandle, Node, SimError, Simulation};
 
 /// The property the `netsim_packet` fuzz target checks, also replayed over the saved corpus:
 /// parsing arbitrary bytes never panics, and a packet that parses goes through a NAT (both

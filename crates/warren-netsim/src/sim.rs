@@ -1,9 +1,12 @@
 //! A running simulation: hosts in their own network namespaces, each with one TUN device, and a
 //! forwarder thread that moves their packets through the sans-IO [`Link`] models.
 //!
-//! So far hosts sit on one simulated switch: each ordered pair of hosts may have a link, and a
-//! packet is delivered to the host owning its destination address through the link between
-//! them. NATs and routers are not wired in yet (see docs/netsim.md).
+//! The topology is a graph of nodes (hosts and NATs) joined by links. A host or NAT may sit
+//! behind a NAT; everything else is on the "internet", where a packet goes straight to the node
+//! owning its destination address (a public host, or a NAT's public address) through the link
+//! between the two. A packet from behind a NAT goes to that NAT (or straight to a neighbour
+//! behind the same NAT), is translated, and travels on. Packets between nodes with no link
+//! between them are dropped.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,6 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::link::{Link, LinkConfig, LinkStats};
+use crate::nat::{Nat, NatConfig, NatStats, NatVerdict};
 use crate::packet::{MAX_PACKET, Packet};
 use crate::sys;
 
@@ -133,13 +137,56 @@ impl Host {
     }
 }
 
+/// A node of the topology: a host or a NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// A host, by index.
+    Host(usize),
+    /// A NAT, by index.
+    Nat(usize),
+}
+
+/// Something links can join.
+pub trait AsNode {
+    /// Its node.
+    fn node(&self) -> Node;
+}
+
+impl AsNode for Host {
+    fn node(&self) -> Node {
+        Node::Host(self.inner.index)
+    }
+}
+
+/// A NAT in the simulation.
+#[derive(Debug, Clone)]
+pub struct NatHandle {
+    index: usize,
+    public_ip: Ipv4Addr,
+}
+
+impl NatHandle {
+    /// The NAT's public address.
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.public_ip
+    }
+}
+
+impl AsNode for NatHandle {
+    fn node(&self) -> Node {
+        Node::Nat(self.index)
+    }
+}
+
 /// Builds and runs a simulation. Dropping it stops the forwarder; the namespaces and TUN
 /// devices disappear with the last [`Host`] handle.
 pub struct Simulation {
     seed: u64,
     hosts: Vec<(Host, File)>,
-    links: HashMap<(usize, usize), Link>,
-    stats: Arc<Mutex<HashMap<(String, String), LinkStats>>>,
+    nats: Vec<(String, NatConfig)>,
+    behind: HashMap<Node, usize>,
+    links: HashMap<(Node, Node), Link>,
+    stats: Arc<Mutex<Stats>>,
     stop: Arc<AtomicBool>,
     forwarder: Option<JoinHandle<()>>,
 }
@@ -150,6 +197,8 @@ impl Simulation {
         Self {
             seed,
             hosts: Vec::new(),
+            nats: Vec::new(),
+            behind: HashMap::new(),
             links: HashMap::new(),
             stats: Arc::default(),
             stop: Arc::default(),
@@ -181,17 +230,53 @@ impl Simulation {
         Ok(host)
     }
 
+    /// Adds a host with address `ip/prefix` behind `nat` (its address is then private to that
+    /// NAT's inside).
+    pub fn add_host_behind(&mut self, name: &str, ip: Ipv4Addr, prefix: u8, nat: &NatHandle) -> Result<Host, SimError> {
+        let host = self.add_host(name, ip, prefix)?;
+        self.behind.insert(host.node(), nat.index);
+        Ok(host)
+    }
+
+    /// Adds a NAT; `behind` puts it inside another NAT (as a home router behind a carrier NAT).
+    pub fn add_nat(
+        &mut self,
+        name: &str,
+        config: NatConfig,
+        behind: Option<&NatHandle>,
+    ) -> Result<NatHandle, SimError> {
+        if self.forwarder.is_some() {
+            return Err(SimError::Running);
+        }
+        let handle = NatHandle { index: self.nats.len(), public_ip: config.public_ip };
+        if let Some(outer) = behind {
+            self.behind.insert(handle.node(), outer.index);
+        }
+        self.nats.push((name.to_owned(), config));
+        Ok(handle)
+    }
+
     /// Connects `a` and `b` with a link in each direction, both with `config`.
-    pub fn link(&mut self, a: &Host, b: &Host, config: LinkConfig) {
+    pub fn link(&mut self, a: &impl AsNode, b: &impl AsNode, config: LinkConfig) {
+        let (a, b) = (a.node(), b.node());
         for (from, to) in [(a, b), (b, a)] {
-            let seed = self.seed ^ ((from.inner.index as u64) << 32) ^ (to.inner.index as u64);
-            self.links.insert((from.inner.index, to.inner.index), Link::new(config.clone(), seed));
+            let id = |n: Node| match n {
+                Node::Host(i) => i as u64,
+                Node::Nat(i) => (1 << 16) | i as u64,
+            };
+            let seed = self.seed ^ (id(from) << 32) ^ id(to);
+            self.links.insert((from, to), Link::new(config.clone(), seed));
         }
     }
 
-    /// Per-link counters, by (from, to) host name, as of the last forwarder pass.
+    /// Per-link counters, by (from, to) node name, as of the last forwarder pass.
     pub fn link_stats(&self) -> HashMap<(String, String), LinkStats> {
-        self.stats.lock().expect("stats lock").clone()
+        self.stats.lock().expect("stats lock").links.clone()
+    }
+
+    /// Per-NAT counters, by name, as of the last forwarder pass.
+    pub fn nat_stats(&self) -> HashMap<String, NatStats> {
+        self.stats.lock().expect("stats lock").nats.clone()
     }
 
     /// Starts forwarding packets.
@@ -200,18 +285,35 @@ impl Simulation {
             return Err(SimError::Running);
         }
         let mut tuns = Vec::new();
-        let mut by_ip = HashMap::new();
-        let mut names = Vec::new();
+        let mut public = HashMap::new();
+        let mut inside = HashMap::new();
+        let mut names = HashMap::new();
         for (host, tun) in &self.hosts {
             let tun = tun.try_clone().map_err(io_err("cloning a TUN handle"))?;
             set_nonblocking(&tun).map_err(io_err("making a TUN device non-blocking"))?;
-            by_ip.insert(host.ip(), host.inner.index);
-            names.push(host.name().to_owned());
+            match self.behind.get(&host.node()) {
+                Some(&nat) => inside.insert((nat, host.ip()), host.node()),
+                None => public.insert(host.ip(), host.node()),
+            };
+            names.insert(host.node(), host.name().to_owned());
             tuns.push(tun);
+        }
+        let mut nats = Vec::new();
+        for (index, (name, config)) in self.nats.iter().enumerate() {
+            let node = Node::Nat(index);
+            match self.behind.get(&node) {
+                Some(&outer) => inside.insert((outer, config.public_ip), node),
+                None => public.insert(config.public_ip, node),
+            };
+            names.insert(node, name.clone());
+            nats.push(Nat::new(config.clone(), self.seed ^ (0xa7 << 56) ^ index as u64));
         }
         let forwarder = Forwarder {
             tuns,
-            by_ip,
+            nats,
+            public,
+            inside,
+            behind: self.behind.clone(),
             names,
             links: std::mem::take(&mut self.links),
             stats: self.stats.clone(),
@@ -249,14 +351,26 @@ fn set_nonblocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Counters the forwarder publishes.
+#[derive(Debug, Default)]
+struct Stats {
+    links: HashMap<(String, String), LinkStats>,
+    nats: HashMap<String, NatStats>,
+}
+
 /// The thread that moves packets: reads every TUN device, routes by destination address,
-/// runs the link models, writes what they deliver.
+/// runs the link and NAT models, writes what reaches a host.
 struct Forwarder {
     tuns: Vec<File>,
-    by_ip: HashMap<Ipv4Addr, usize>,
-    names: Vec<String>,
-    links: HashMap<(usize, usize), Link>,
-    stats: Arc<Mutex<HashMap<(String, String), LinkStats>>>,
+    nats: Vec<Nat>,
+    /// Owners of public addresses: hosts not behind a NAT, and outermost NATs.
+    public: HashMap<Ipv4Addr, Node>,
+    /// Owners of addresses inside each NAT.
+    inside: HashMap<(usize, Ipv4Addr), Node>,
+    behind: HashMap<Node, usize>,
+    names: HashMap<Node, String>,
+    links: HashMap<(Node, Node), Link>,
+    stats: Arc<Mutex<Stats>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -277,11 +391,14 @@ impl Forwarder {
             unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             let readable: Vec<usize> =
                 fds.iter().enumerate().filter(|(_, fd)| fd.revents & libc::POLLIN != 0).map(|(i, _)| i).collect();
-            for from in readable {
+            for host in readable {
                 // Read until the device is drained (the descriptor is non-blocking).
-                while let Ok(n) = self.tuns[from].read(&mut buf) {
+                while let Ok(n) = self.tuns[host].read(&mut buf) {
                     if let Ok(packet) = Packet::parse(buf[..n].to_vec()) {
-                        self.route(from, packet, Instant::now());
+                        let from = Node::Host(host);
+                        if let Some(to) = self.next_hop(from, packet.dst()) {
+                            self.send(from, to, packet, Instant::now());
+                        }
                     }
                 }
             }
@@ -290,18 +407,65 @@ impl Forwarder {
         }
     }
 
-    fn route(&mut self, from: usize, packet: Packet, now: Instant) {
-        let Some(&to) = self.by_ip.get(&packet.dst()) else { return };
+    /// Where a packet leaving `from` for `dst` goes next: a neighbour behind the same NAT, the
+    /// NAT `from` sits behind, or (on the internet) the owner of `dst`.
+    fn next_hop(&self, from: Node, dst: Ipv4Addr) -> Option<Node> {
+        match self.behind.get(&from) {
+            Some(&nat) => match self.inside.get(&(nat, dst)) {
+                Some(&neighbour) if neighbour != from && self.links.contains_key(&(from, neighbour)) => Some(neighbour),
+                _ => Some(Node::Nat(nat)),
+            },
+            None => self.public.get(&dst).copied(),
+        }
+    }
+
+    fn send(&mut self, from: Node, to: Node, packet: Packet, now: Instant) {
         let Some(link) = self.links.get_mut(&(from, to)) else { return };
         if let Some(reply) = link.send(packet, now) {
-            let _ = self.tuns[from].write(reply.as_bytes());
+            // ICMP "fragmentation needed" goes back to the sender.
+            self.arrive(from, to, reply, now);
+        }
+    }
+
+    /// A packet reached node `at` over the link from `from`.
+    fn arrive(&mut self, at: Node, from: Node, packet: Packet, now: Instant) {
+        match at {
+            Node::Host(host) => {
+                let _ = self.tuns[host].write(packet.as_bytes());
+            }
+            Node::Nat(nat) => {
+                let outbound = self.behind.get(&from) == Some(&nat);
+                let verdict =
+                    if outbound { self.nats[nat].outbound(packet, now) } else { self.nats[nat].inbound(packet, now) };
+                let (next, packet) = match verdict {
+                    NatVerdict::Forward(packet) if outbound => (self.next_hop(at, packet.dst()), packet),
+                    NatVerdict::Forward(packet) | NatVerdict::Hairpin(packet) => {
+                        (self.inside.get(&(nat, packet.dst())).copied(), packet)
+                    }
+                    NatVerdict::Reply(packet) => (Some(from), packet),
+                    NatVerdict::Drop(_) => return,
+                };
+                if let Some(next) = next {
+                    self.send(at, next, packet, now);
+                }
+            }
         }
     }
 
     fn deliver(&mut self, now: Instant) {
-        for (&(_, to), link) in self.links.iter_mut() {
-            while let Some(packet) = link.poll(now) {
-                let _ = self.tuns[to].write(packet.as_bytes());
+        // Deliveries may feed other links (through NATs); repeat until nothing more is due.
+        loop {
+            let mut due = Vec::new();
+            for (&(from, to), link) in self.links.iter_mut() {
+                while let Some(packet) = link.poll(now) {
+                    due.push((from, to, packet));
+                }
+            }
+            if due.is_empty() {
+                return;
+            }
+            for (from, to, packet) in due {
+                self.arrive(to, from, packet, now);
             }
         }
     }
@@ -309,7 +473,10 @@ impl Forwarder {
     fn publish_stats(&self) {
         let mut stats = self.stats.lock().expect("stats lock");
         for (&(from, to), link) in &self.links {
-            stats.insert((self.names[from].clone(), self.names[to].clone()), link.stats().clone());
+            stats.links.insert((self.names[&from].clone(), self.names[&to].clone()), link.stats().clone());
+        }
+        for (index, nat) in self.nats.iter().enumerate() {
+            stats.nats.insert(self.names[&Node::Nat(index)].clone(), nat.stats().clone());
         }
     }
 }

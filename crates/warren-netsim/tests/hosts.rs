@@ -9,6 +9,14 @@ use tokio::net::UdpSocket;
 use warren_netsim::link::{LinkConfig, Loss};
 use warren_netsim::{Host, Simulation};
 
+/// These tests measure time and count kernel drops: they run one at a time, so that they do
+/// not compete for the machine's cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
@@ -43,6 +51,7 @@ fn echo_server(host: &Host, count: usize, ready: std::sync::mpsc::Sender<()>) ->
 
 #[test]
 fn round_trip_time_is_twice_the_link_latency() {
+    let _serial = serial();
     let config = LinkConfig { latency: Duration::from_millis(25), ..Default::default() };
     let (_sim, a, b) = pair(1, config);
     let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -112,6 +121,7 @@ fn lossy_run(seed: u64, count: u32) -> (usize, u64) {
 
 #[test]
 fn loss_is_what_was_configured_and_the_same_seed_drops_the_same_packets() {
+    let _serial = serial();
     let (received, lost) = lossy_run(42, 10_000);
     assert_eq!(received as u64, 10_000 - lost, "nothing lost outside the link model");
     let rate = lost as f64 / 10_000.0;
@@ -122,6 +132,7 @@ fn loss_is_what_was_configured_and_the_same_seed_drops_the_same_packets() {
 
 #[test]
 fn commands_run_inside_the_host_namespace() {
+    let _serial = serial();
     let (_sim, a, _b) = pair(1, LinkConfig::default());
     let output = a.command("ip").args(["-o", "-4", "addr", "show"]).output().expect("ip from iproute2");
     let text = String::from_utf8_lossy(&output.stdout);
