@@ -291,6 +291,15 @@ mod tests {
     }
 
     #[test]
+    fn the_derive_budgets_match_the_documented_limits() {
+        use warren_proto::Message;
+        assert_eq!(<Hello as Message>::MAX_BYTES, MAX_HELLO_LEN as u64);
+        assert_eq!(<HelloBody as Message>::MAX_BYTES + 4, MAX_HELLO_LEN as u64, "the version takes 4 bytes");
+        assert_eq!(<StreamHeader as Message>::MAX_LEN, MAX_PROTOCOL_NAME_LEN as u64);
+        assert_eq!(<Hello as Message>::MAX_LEN, MAX_METADATA_VALUE_LEN as u64);
+    }
+
+    #[test]
     fn long_values_take_two_length_bytes() {
         let mut hello = sample();
         hello.metadata.insert("k".into(), "v".repeat(200));
