@@ -10,6 +10,7 @@
 pub mod link;
 pub mod nat;
 pub mod packet;
+pub mod pcap;
 pub mod sim;
 mod sys;
 

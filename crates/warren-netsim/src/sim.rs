@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::link::{Link, LinkConfig, LinkStats};
 use crate::nat::{Nat, NatConfig, NatStats, NatVerdict};
 use crate::packet::{MAX_PACKET, Packet};
+use crate::pcap::PcapWriter;
 use crate::sys;
 
 /// Name of the TUN device inside every host.
@@ -186,10 +187,14 @@ pub struct Simulation {
     nats: Vec<(String, NatConfig)>,
     behind: HashMap<Node, usize>,
     links: HashMap<(Node, Node), Link>,
+    captures: HashMap<(Node, Node), Capture>,
     stats: Arc<Mutex<Stats>>,
     stop: Arc<AtomicBool>,
     forwarder: Option<JoinHandle<()>>,
 }
+
+/// A pcap file shared by the two directions of a captured link.
+type Capture = Arc<Mutex<PcapWriter<io::BufWriter<File>>>>;
 
 impl Simulation {
     /// An empty simulation; `seed` drives every random choice of its devices.
@@ -200,6 +205,7 @@ impl Simulation {
             nats: Vec::new(),
             behind: HashMap::new(),
             links: HashMap::new(),
+            captures: HashMap::new(),
             stats: Arc::default(),
             stop: Arc::default(),
             forwarder: None,
@@ -269,6 +275,18 @@ impl Simulation {
         }
     }
 
+    /// Writes every packet the link between `a` and `b` delivers, both ways, to a pcap file at
+    /// `path` (created or truncated). The file is complete once the simulation is dropped.
+    pub fn capture(&mut self, a: &impl AsNode, b: &impl AsNode, path: &std::path::Path) -> Result<(), SimError> {
+        let file = File::create(path).map_err(io_err("creating the capture file"))?;
+        let writer = PcapWriter::new(io::BufWriter::new(file)).map_err(io_err("writing the capture header"))?;
+        let capture = Arc::new(Mutex::new(writer));
+        for key in [(a.node(), b.node()), (b.node(), a.node())] {
+            self.captures.insert(key, capture.clone());
+        }
+        Ok(())
+    }
+
     /// Per-link counters, by (from, to) node name, as of the last forwarder pass.
     pub fn link_stats(&self) -> HashMap<(String, String), LinkStats> {
         self.stats.lock().expect("stats lock").links.clone()
@@ -316,6 +334,7 @@ impl Simulation {
             behind: self.behind.clone(),
             names,
             links: std::mem::take(&mut self.links),
+            captures: std::mem::take(&mut self.captures),
             stats: self.stats.clone(),
             stop: self.stop.clone(),
         };
@@ -370,6 +389,7 @@ struct Forwarder {
     behind: HashMap<Node, usize>,
     names: HashMap<Node, String>,
     links: HashMap<(Node, Node), Link>,
+    captures: HashMap<(Node, Node), Capture>,
     stats: Arc<Mutex<Stats>>,
     stop: Arc<AtomicBool>,
 }
@@ -404,6 +424,9 @@ impl Forwarder {
             }
             self.deliver(Instant::now());
             self.publish_stats();
+        }
+        for capture in self.captures.values() {
+            let _ = capture.lock().expect("capture lock").flush();
         }
     }
 
@@ -465,6 +488,11 @@ impl Forwarder {
                 return;
             }
             for (from, to, packet) in due {
+                if let Some(capture) = self.captures.get(&(from, to)) {
+                    let mut capture = capture.lock().expect("capture lock");
+                    // A capture that cannot be written is not worth stopping the simulation.
+                    let _ = capture.write_packet(std::time::SystemTime::now(), packet.as_bytes());
+                }
                 self.arrive(to, from, packet, now);
             }
         }

@@ -139,3 +139,42 @@ fn commands_run_inside_the_host_namespace() {
     assert!(text.contains("sim0") && text.contains("10.0.0.1/24"), "{text}");
     assert!(!text.contains("eth0"), "the host sees only its own interfaces: {text}");
 }
+
+#[test]
+fn a_captured_link_is_written_to_a_pcap_file() {
+    let _serial = serial();
+    let path = std::env::temp_dir().join(format!("warren-netsim-capture-{}.pcap", std::process::id()));
+    {
+        let mut sim = Simulation::new(1);
+        let a = sim.add_host("a", A, 24).unwrap_or_else(|e| panic!("{e}"));
+        let b = sim.add_host("b", B, 24).unwrap_or_else(|e| panic!("{e}"));
+        sim.link(&a, &b, LinkConfig::default());
+        sim.capture(&a, &b, &path).unwrap();
+        sim.start().unwrap();
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let server = echo_server(&b, 5, ready_tx);
+        ready.recv().unwrap();
+        a.spawn(|| async {
+            let socket = UdpSocket::bind((A, 0)).await.unwrap();
+            let mut buf = [0u8; 64];
+            for i in 0..5u32 {
+                socket.send_to(&i.to_be_bytes(), SocketAddr::from((B, 7000))).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await.unwrap().unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(server.join().unwrap(), 5);
+    } // dropping the simulation completes the file
+    let bytes = std::fs::read(&path).unwrap();
+    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
+    let udp: Vec<_> = packets
+        .iter()
+        .filter_map(|(_, p)| warren_netsim::packet::Packet::parse(p.clone()).ok())
+        .filter(|p| p.protocol() == warren_netsim::packet::UDP)
+        .collect();
+    assert_eq!(udp.len(), 10, "5 requests and 5 echoes");
+    assert_eq!(udp.iter().filter(|p| p.dst_port() == Some(7000)).count(), 5);
+    assert!(packets.windows(2).all(|w| w[0].0 <= w[1].0), "timestamps in order");
+    std::fs::remove_file(&path).unwrap();
+}
