@@ -17,6 +17,26 @@ pub struct Buffered<'a> {
     depth: u32,
 }
 
+/// Decodes the unsigned LEB128 varint at the start of `bytes`: its value and length, an error
+/// for an overlong or overflowing encoding, or `None` if `bytes` end before it does. At most 10
+/// bytes are looked at; every value has exactly one accepted encoding.
+pub(crate) fn parse_varint(bytes: &[u8]) -> Option<Result<(u64, usize), &'static str>> {
+    let mut value = 0u64;
+    for (i, &byte) in bytes.iter().take(10).enumerate() {
+        if i == 9 && byte > 1 {
+            return Some(Err("varint overflows u64"));
+        }
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            if byte == 0 && i > 0 {
+                return Some(Err("overlong varint"));
+            }
+            return Some(Ok((value, i + 1)));
+        }
+    }
+    None
+}
+
 impl<'a> Buffered<'a> {
     pub(crate) fn new(bytes: &'a [u8], budget: u64, max_len: u64) -> Self {
         Self { bytes, pos: 0, budget, max_len, depth: 0 }
@@ -52,18 +72,9 @@ impl<'a> Buffered<'a> {
 
     /// Takes a LEB128 varint (`None` if overlong or overflowing too).
     pub fn varint(&mut self) -> Option<u64> {
-        let mut value = 0u64;
-        for i in 0..10 {
-            let byte = self.u8()?;
-            if i == 9 && byte > 1 {
-                return None;
-            }
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                return (byte != 0 || i == 0).then_some(value);
-            }
-        }
-        None
+        let (value, len) = parse_varint(&self.bytes[self.pos..])?.ok()?;
+        self.take(len)?;
+        Some(value)
     }
 
     /// Takes a length prefix within the limit in force.

@@ -233,20 +233,12 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
     /// Decodes a varint that lies wholly in the buffer, without any await; `None` if it does
     /// not (the slow path then reads byte by byte).
     fn buffered_varint(&mut self) -> Option<Result<u64, DecodeError>> {
-        let available = &self.buf[self.pos..self.end];
-        let len = available.iter().take(10).position(|b| b & 0x80 == 0)? + 1;
+        let (value, len) = match crate::buffered::parse_varint(&self.buf[self.pos..self.end])? {
+            Ok(parsed) => parsed,
+            Err(reason) => return Some(Err(DecodeError::invalid(reason))),
+        };
         if self.consumed + len as u64 > self.budget {
             return None;
-        }
-        let mut value = 0u64;
-        for (i, &byte) in available[..len].iter().enumerate() {
-            if i == 9 && byte > 1 {
-                return Some(Err(DecodeError::invalid("varint overflows u64")));
-            }
-            value |= u64::from(byte & 0x7f) << (7 * i);
-        }
-        if len > 1 && available[len - 1] == 0 {
-            return Some(Err(DecodeError::invalid("overlong varint")));
         }
         self.pos += len;
         self.consumed += len as u64;

@@ -100,11 +100,11 @@ impl Hello {
     /// Checks what the derive's length limits cannot express: entry counts, key and protocol
     /// name syntax.
     pub fn validate(&self) -> Result<(), WireError> {
-        check_count("metadata", self.metadata.len(), MAX_METADATA_ENTRIES)?;
+        check_len("metadata", self.metadata.len(), MAX_METADATA_ENTRIES)?;
         for (key, value) in &self.metadata {
             check_metadata_entry(key, value)?;
         }
-        check_count("protocols", self.protocols.len(), MAX_PROTOCOLS)?;
+        check_len("protocols", self.protocols.len(), MAX_PROTOCOLS)?;
         self.protocols.iter().try_for_each(|name| check_protocol_name(name))
     }
 }
@@ -255,10 +255,6 @@ pub fn fuzz_roundtrip(minor: u16, metadata: BTreeMap<String, String>, protocols:
 
 fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), WireError> {
     if len > max { Err(WireError::TooLong { field, len, max }) } else { Ok(()) }
-}
-
-fn check_count(field: &'static str, count: usize, max: usize) -> Result<(), WireError> {
-    check_len(field, count, max)
 }
 
 #[cfg(test)]

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use quinn::{ReadError, ReadToEndError};
-use warren::Identity;
 use warren::connection::codes;
 
-use crate::support::raw::client;
+use crate::support::raw::dial_as_new_identity;
 use crate::support::*;
 
 /// Writes `bytes` on a fresh raw stream and returns how the node answered.
@@ -106,9 +105,7 @@ async fn a_garbage_hello_closes_that_connection_only() {
     introduce(&alice, &bob, bob_addr);
     let mut events = bob.subscribe();
 
-    let identity = Arc::new(Identity::generate());
-    let (endpoint, config) = client(warren::transport::tls::client_config(&identity));
-    let conn = endpoint.connect_with(config, bob_addr, warren::transport::tls::SERVER_NAME).unwrap().await.unwrap();
+    let (endpoint, conn) = dial_as_new_identity(bob_addr).await;
     let mut send = conn.open_uni().await.unwrap();
     send.write_all(b"\x01\x00\x00\x00\xff not a hello").await.unwrap();
     send.finish().unwrap();

@@ -140,6 +140,15 @@ pub mod raw {
         }
     }
 
+    /// A plain quinn connection to the node at `addr`, authenticated as a fresh identity but
+    /// speaking no warren on top: the test writes the bytes itself.
+    pub async fn dial_as_new_identity(addr: SocketAddr) -> (quinn::Endpoint, quinn::Connection) {
+        let identity = Arc::new(warren::Identity::generate());
+        let (endpoint, config) = client(warren::transport::tls::client_config(&identity));
+        let conn = endpoint.connect_with(config, addr, warren::transport::tls::SERVER_NAME).unwrap().await.unwrap();
+        (endpoint, conn)
+    }
+
     /// A plain quinn client endpoint on loopback using `crypto`.
     pub fn client(crypto: rustls::ClientConfig) -> (quinn::Endpoint, quinn::ClientConfig) {
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();

@@ -8,7 +8,7 @@ use warren::transport::tls;
 use warren::wire::{Hello, WIRE_VERSION_MAJOR};
 use warren::{ConnectError, Identity};
 
-use crate::support::raw::client;
+use crate::support::raw::dial_as_new_identity;
 use crate::support::*;
 
 fn future_hello() -> Vec<u8> {
@@ -21,9 +21,7 @@ fn future_hello() -> Vec<u8> {
 async fn a_newer_major_dialling_us_is_refused_and_told_our_version() {
     let (bob, bob_addr) = node().await;
     let mut events = bob.subscribe();
-    let identity = Arc::new(Identity::generate());
-    let (endpoint, config) = client(tls::client_config(&identity));
-    let conn = endpoint.connect_with(config, bob_addr, tls::SERVER_NAME).unwrap().await.unwrap();
+    let (endpoint, conn) = dial_as_new_identity(bob_addr).await;
 
     let mut send = conn.open_uni().await.unwrap();
     send.write_all(&future_hello()).await.unwrap();
