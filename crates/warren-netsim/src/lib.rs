@@ -1,12 +1,13 @@
-//! warren-netsim: a virtual internet for tests (in progress).
+//! warren-netsim: a virtual internet for tests.
 //!
-//! This first part is the sans-IO core: IPv4 packets ([`packet`]), and the devices that move
-//! them, as state machines fed packets and time and returning packets ([`link`], [`nat`]). The
-//! namespace, TUN and kernel-NAT plumbing that runs real programs through these devices is not
-//! built yet (see the README).
+//! Hosts run in their own network namespaces, each with one TUN device; a forwarder thread
+//! moves their packets through simulated devices: links ([`link`]) and NATs ([`nat`]), both
+//! sans-IO state machines fed packets and time, plus routers, switches and real Linux NATs
+//! ([`sim`]). See docs/netsim.md for the whole picture.
 
 #![warn(missing_docs)]
 
+mod forward;
 pub mod link;
 pub mod nat;
 pub mod packet;
@@ -14,7 +15,7 @@ pub mod pcap;
 pub mod sim;
 mod sys;
 
-pub use sim::{AsNode, Host, NatHandle, Node, SimError, Simulation};
+pub use sim::{AsNode, Device, Host, KernelNatConfig, KernelPorts, Node, SimError, Simulation};
 
 /// The property the `netsim_packet` fuzz target checks, also replayed over the saved corpus:
 /// parsing arbitrary bytes never panics, and a packet that parses goes through a NAT (both

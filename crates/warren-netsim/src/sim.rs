@@ -1,27 +1,30 @@
 //! A running simulation: hosts in their own network namespaces, each with one TUN device, and a
-//! forwarder thread that moves their packets through the sans-IO [`Link`] models.
+//! forwarder thread that moves their packets through the sans-IO [`Link`] and [`Nat`] models.
 //!
-//! The topology is a graph of nodes (hosts and NATs) joined by links. A host or NAT may sit
-//! behind a NAT; everything else is on the "internet", where a packet goes straight to the node
-//! owning its destination address (a public host, or a NAT's public address) through the link
-//! between the two. A packet from behind a NAT goes to that NAT (or straight to a neighbour
-//! behind the same NAT), is translated, and travels on. Packets between nodes with no link
-//! between them are dropped.
+//! The topology is a tree of devices joined by links. Every host, NAT, router, switch or kernel
+//! NAT either sits behind a *gateway* (a NAT, router, switch or kernel NAT) or on the
+//! "internet", the root, where a packet goes straight to the device owning its destination
+//! address through the link between the two. Leaving a device, a packet goes to a neighbour
+//! under the same gateway when the two are linked directly, and otherwise up to the gateway;
+//! a gateway sends it down to the child whose subtree owns the destination (a host's address,
+//! a NAT's public address, a router's subnets, anything behind a switch) or further up.
+//! Packets with nowhere to go, or between devices with no link between them, are dropped.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::forward::{Forwarder, Port, Stats};
 use crate::link::{Link, LinkConfig, LinkStats};
-use crate::nat::{Nat, NatConfig, NatStats, NatVerdict};
-use crate::packet::{MAX_PACKET, Packet};
+use crate::nat::{Nat, NatConfig, NatStats};
 use crate::pcap::PcapWriter;
 use crate::sys;
 
@@ -48,9 +51,18 @@ pub enum SimError {
         /// The error.
         source: io::Error,
     },
-    /// Two hosts want the same address.
+    /// A program the simulation needs is missing or failed.
+    #[error("{0}")]
+    Tool(String),
+    /// Two devices want the same address.
     #[error("address {0} is already taken")]
     AddressTaken(Ipv4Addr),
+    /// Two devices want the same name.
+    #[error("the name {0:?} is already taken")]
+    NameTaken(String),
+    /// Only NATs, routers, switches and kernel NATs can have devices behind them.
+    #[error("{0:?} is not a gateway: only NATs, routers, switches and kernel NATs have devices behind them")]
+    NotAGateway(String),
     /// The topology cannot change once started.
     #[error("the simulation is already running")]
     Running,
@@ -122,29 +134,45 @@ impl Host {
     /// A command that runs inside the host's namespace (like `ip netns exec`). The host must
     /// outlive the spawn.
     pub fn command(&self, program: &str) -> std::process::Command {
-        use std::os::unix::process::CommandExt;
-        let mut command = std::process::Command::new(program);
-        let fd = self.inner.namespace.as_raw_fd();
-        // SAFETY: setns is async-signal-safe and `fd` stays open while the host lives.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        command
+        command_in(&self.inner.namespace, program)
+    }
+
+    /// The host's namespace file (an `nsfs` handle): its inode identifies the namespace.
+    pub fn namespace(&self) -> &File {
+        &self.inner.namespace
     }
 }
 
-/// A node of the topology: a host or a NAT.
+/// A command whose process enters the namespace `namespace` before it runs `program`.
+fn command_in(namespace: &File, program: &str) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(program);
+    let fd = namespace.as_raw_fd();
+    // SAFETY: setns is async-signal-safe and `fd` stays open while the namespace's owner lives.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
+/// A device of the topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Node {
     /// A host, by index.
     Host(usize),
-    /// A NAT, by index.
+    /// A simulated NAT, by index.
     Nat(usize),
+    /// A router, by index.
+    Router(usize),
+    /// A switch, by index.
+    Switch(usize),
+    /// A kernel NAT (a router namespace running nftables masquerade), by index.
+    KernelNat(usize),
 }
 
 /// Something links can join.
@@ -159,42 +187,129 @@ impl AsNode for Host {
     }
 }
 
-/// A NAT in the simulation.
-#[derive(Debug, Clone)]
-pub struct NatHandle {
-    index: usize,
-    public_ip: Ipv4Addr,
-}
-
-impl NatHandle {
-    /// The NAT's public address.
-    pub fn public_ip(&self) -> Ipv4Addr {
-        self.public_ip
-    }
-}
-
-impl AsNode for NatHandle {
+impl AsNode for Node {
     fn node(&self) -> Node {
-        Node::Nat(self.index)
+        *self
     }
+}
+
+/// A NAT, router, switch or kernel NAT in the simulation.
+#[derive(Debug, Clone)]
+pub struct Device {
+    node: Node,
+    ip: Option<Ipv4Addr>,
+    namespace: Option<Arc<File>>,
+}
+
+impl Device {
+    /// The device's address on its upstream side: a NAT's public address, a router's address;
+    /// `None` for a switch.
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.ip
+    }
+
+    /// For a kernel NAT, a command run inside its router namespace (to inspect conntrack or
+    /// the ruleset); `None` for the simulated devices, which have no namespace.
+    pub fn command(&self, program: &str) -> Option<std::process::Command> {
+        self.namespace.as_ref().map(|ns| command_in(ns, program))
+    }
+}
+
+impl AsNode for Device {
+    fn node(&self) -> Node {
+        self.node
+    }
+}
+
+/// How a kernel NAT picks external ports (the nftables `masquerade` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelPorts {
+    /// Plain `masquerade`: keep the source port when it is free.
+    Masquerade,
+    /// `masquerade random`.
+    Random,
+    /// `masquerade fully-random`.
+    FullyRandom,
+}
+
+impl KernelPorts {
+    /// Every variant.
+    pub const ALL: [KernelPorts; 3] = [KernelPorts::Masquerade, KernelPorts::Random, KernelPorts::FullyRandom];
+
+    fn flag(self) -> &'static str {
+        match self {
+            KernelPorts::Masquerade => "",
+            KernelPorts::Random => " random",
+            KernelPorts::FullyRandom => " fully-random",
+        }
+    }
+
+    /// The name used in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelPorts::Masquerade => "masquerade",
+            KernelPorts::Random => "masquerade-random",
+            KernelPorts::FullyRandom => "masquerade-fully-random",
+        }
+    }
+}
+
+/// A real Linux NAT: a router namespace with an upstream TUN device `wan0` holding the public
+/// address and a downstream TUN device `lan0` holding the LAN gateway address, IP forwarding
+/// on, and an nftables `masquerade` rule on `wan0`. The simulation links both sides like any
+/// other device, so impairments and captures apply unchanged; the translation itself is the
+/// kernel's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelNatConfig {
+    /// Address on the upstream side.
+    pub public_ip: Ipv4Addr,
+    /// Gateway address on the LAN side.
+    pub lan_ip: Ipv4Addr,
+    /// LAN prefix length.
+    pub lan_prefix: u8,
+    /// Port selection.
+    pub ports: KernelPorts,
+    /// Sets conntrack's UDP timeouts (`nf_conntrack_udp_timeout` and `_stream`) in the router
+    /// namespace; `None` keeps the kernel's (30 s and 120 s).
+    pub udp_timeout: Option<Duration>,
+}
+
+/// The nftables ruleset of a kernel NAT.
+fn kernel_nat_ruleset(ports: KernelPorts) -> String {
+    format!(
+        "table ip warren_netsim {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade{}\n  }}\n}}\n",
+        ports.flag()
+    )
 }
 
 /// Builds and runs a simulation. Dropping it stops the forwarder; the namespaces and TUN
-/// devices disappear with the last [`Host`] handle.
+/// devices disappear with the last [`Host`] (and kernel-NAT [`Device`]) handle.
 pub struct Simulation {
     seed: u64,
     hosts: Vec<(Host, File)>,
-    nats: Vec<(String, NatConfig)>,
-    behind: HashMap<Node, usize>,
+    nats: Vec<NatConfig>,
+    routers: Vec<(Ipv4Addr, Vec<(Ipv4Addr, u8)>)>,
+    switches: usize,
+    kernel_nats: Vec<KernelNatParts>,
+    names: HashMap<Node, String>,
+    parent: HashMap<Node, Node>,
     links: HashMap<(Node, Node), Link>,
     captures: HashMap<(Node, Node), Capture>,
+    interface_captures: HashMap<usize, Capture>,
     stats: Arc<Mutex<Stats>>,
     stop: Arc<AtomicBool>,
     forwarder: Option<JoinHandle<()>>,
 }
 
-/// A pcap file shared by the two directions of a captured link.
-type Capture = Arc<Mutex<PcapWriter<io::BufWriter<File>>>>;
+struct KernelNatParts {
+    public_ip: Ipv4Addr,
+    wan: File,
+    lan: File,
+    _namespace: Arc<File>,
+}
+
+/// A pcap file shared by the two directions of a captured link or interface.
+pub(crate) type Capture = Arc<Mutex<PcapWriter<io::BufWriter<File>>>>;
 
 impl Simulation {
     /// An empty simulation; `seed` drives every random choice of its devices.
@@ -203,63 +318,202 @@ impl Simulation {
             seed,
             hosts: Vec::new(),
             nats: Vec::new(),
-            behind: HashMap::new(),
+            routers: Vec::new(),
+            switches: 0,
+            kernel_nats: Vec::new(),
+            names: HashMap::new(),
+            parent: HashMap::new(),
             links: HashMap::new(),
             captures: HashMap::new(),
+            interface_captures: HashMap::new(),
             stats: Arc::default(),
             stop: Arc::default(),
             forwarder: None,
         }
     }
 
-    /// Adds a host with address `ip/prefix` in a new network namespace.
-    pub fn add_host(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<Host, SimError> {
+    /// The seed this simulation was made with.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Checks that a new device may be added with this name, behind this gateway.
+    fn admit(&self, name: &str, behind: Option<&dyn AsNode>) -> Result<(), SimError> {
         if self.forwarder.is_some() {
             return Err(SimError::Running);
         }
-        if self.hosts.iter().any(|(h, _)| h.ip() == ip) {
+        if self.names.values().any(|n| n == name) {
+            return Err(SimError::NameTaken(name.to_owned()));
+        }
+        if let Some(gateway) = behind {
+            let node = gateway.node();
+            if matches!(node, Node::Host(_)) {
+                return Err(SimError::NotAGateway(self.names.get(&node).cloned().unwrap_or_default()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a new device's name and gateway.
+    fn register(&mut self, node: Node, name: &str, behind: Option<&dyn AsNode>) {
+        self.names.insert(node, name.to_owned());
+        if let Some(gateway) = behind {
+            self.parent.insert(node, gateway.node());
+        }
+    }
+
+    /// Is `ip` already the address of a device in the same address space as a new device
+    /// behind `behind`? (Addresses behind different NATs may repeat.)
+    fn address_taken(&self, ip: Ipv4Addr, behind: Option<Node>) -> bool {
+        let realm = |node: Option<Node>| {
+            let mut node = node;
+            while let Some(n) = node {
+                if matches!(n, Node::Nat(_) | Node::KernelNat(_)) {
+                    return Some(n);
+                }
+                node = self.parent.get(&n).copied();
+            }
+            None
+        };
+        let new_realm = realm(behind);
+        let hosts = self.hosts.iter().map(|(h, _)| (h.node(), h.ip()));
+        let nats = self.nats.iter().enumerate().map(|(i, c)| (Node::Nat(i), c.public_ip));
+        let routers = self.routers.iter().enumerate().map(|(i, r)| (Node::Router(i), r.0));
+        let kernel = self.kernel_nats.iter().enumerate().map(|(i, k)| (Node::KernelNat(i), k.public_ip));
+        hosts
+            .chain(nats)
+            .chain(routers)
+            .chain(kernel)
+            .any(|(node, owned)| owned == ip && realm(self.parent.get(&node).copied()) == new_realm)
+    }
+
+    /// Adds a host with address `ip/prefix` in a new network namespace, on the internet.
+    pub fn add_host(&mut self, name: &str, ip: Ipv4Addr, prefix: u8) -> Result<Host, SimError> {
+        self.add_host_inner(name, ip, prefix, None)
+    }
+
+    /// Adds a host with address `ip/prefix` behind `gateway` (a NAT, router, switch or kernel
+    /// NAT; behind a NAT the address is private to that NAT's inside).
+    pub fn add_host_behind(
+        &mut self,
+        name: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+        gateway: &impl AsNode,
+    ) -> Result<Host, SimError> {
+        self.add_host_inner(name, ip, prefix, Some(gateway))
+    }
+
+    fn add_host_inner(
+        &mut self,
+        name: &str,
+        ip: Ipv4Addr,
+        prefix: u8,
+        behind: Option<&dyn AsNode>,
+    ) -> Result<Host, SimError> {
+        self.admit(name, behind)?;
+        if self.address_taken(ip, behind.map(|b| b.node())) {
             return Err(SimError::AddressTaken(ip));
         }
-        let made = std::thread::spawn(move || -> Result<(File, File), SimError> {
-            sys::unshare_network().map_err(SimError::NeedsPrivilege)?;
+        let (tun, namespace) = in_new_namespace(move || {
             let tun = sys::create_tun(TUN_NAME).map_err(io_err("creating the TUN device"))?;
             sys::configure(TUN_NAME, ip, prefix, HOST_MTU).map_err(io_err("configuring the TUN device"))?;
-            let namespace = sys::current_namespace().map_err(io_err("opening the namespace"))?;
-            Ok((tun, namespace))
-        })
-        .join()
-        .expect("the namespace thread does not panic")?;
-        let (tun, namespace) = made;
-        let host =
-            Host { inner: Arc::new(HostInner { name: name.to_owned(), ip, index: self.hosts.len(), namespace }) };
+            Ok(tun)
+        })?;
+        let index = self.hosts.len();
+        let host = Host { inner: Arc::new(HostInner { name: name.to_owned(), ip, index, namespace }) };
+        self.register(host.node(), name, behind);
         self.hosts.push((host.clone(), tun));
         Ok(host)
     }
 
-    /// Adds a host with address `ip/prefix` behind `nat` (its address is then private to that
-    /// NAT's inside).
-    pub fn add_host_behind(&mut self, name: &str, ip: Ipv4Addr, prefix: u8, nat: &NatHandle) -> Result<Host, SimError> {
-        let host = self.add_host(name, ip, prefix)?;
-        self.behind.insert(host.node(), nat.index);
-        Ok(host)
+    /// Adds a simulated NAT; `behind` puts it inside another gateway (as a home router behind
+    /// a carrier NAT).
+    pub fn add_nat(&mut self, name: &str, config: NatConfig, behind: Option<&dyn AsNode>) -> Result<Device, SimError> {
+        self.admit(name, behind)?;
+        if self.address_taken(config.public_ip, behind.map(|b| b.node())) {
+            return Err(SimError::AddressTaken(config.public_ip));
+        }
+        let node = Node::Nat(self.nats.len());
+        let device = Device { node, ip: Some(config.public_ip), namespace: None };
+        self.register(node, name, behind);
+        self.nats.push(config);
+        Ok(device)
     }
 
-    /// Adds a NAT; `behind` puts it inside another NAT (as a home router behind a carrier NAT).
-    pub fn add_nat(
+    /// Adds a router with address `ip` that owns `subnets` (address, prefix length): packets
+    /// for those subnets that reach its gateway are sent down to it, and it sends them on to
+    /// the child owning the destination. Routers decrement the TTL.
+    pub fn add_router(
         &mut self,
         name: &str,
-        config: NatConfig,
-        behind: Option<&NatHandle>,
-    ) -> Result<NatHandle, SimError> {
-        if self.forwarder.is_some() {
-            return Err(SimError::Running);
+        ip: Ipv4Addr,
+        subnets: &[(Ipv4Addr, u8)],
+        behind: Option<&dyn AsNode>,
+    ) -> Result<Device, SimError> {
+        self.admit(name, behind)?;
+        if self.address_taken(ip, behind.map(|b| b.node())) {
+            return Err(SimError::AddressTaken(ip));
         }
-        let handle = NatHandle { index: self.nats.len(), public_ip: config.public_ip };
-        if let Some(outer) = behind {
-            self.behind.insert(handle.node(), outer.index);
+        let node = Node::Router(self.routers.len());
+        self.register(node, name, behind);
+        self.routers.push((ip, subnets.to_vec()));
+        Ok(Device { node, ip: Some(ip), namespace: None })
+    }
+
+    /// Adds a switch: one layer-2 segment. Unicast goes to the port owning the destination
+    /// (or up to the switch's gateway); multicast and broadcast go to every other port.
+    pub fn add_switch(&mut self, name: &str, behind: Option<&dyn AsNode>) -> Result<Device, SimError> {
+        self.admit(name, behind)?;
+        let node = Node::Switch(self.switches);
+        self.register(node, name, behind);
+        self.switches += 1;
+        Ok(Device { node, ip: None, namespace: None })
+    }
+
+    /// Adds a real Linux NAT (see [`KernelNatConfig`]). Needs the `nft` program (Debian
+    /// package `nftables`).
+    pub fn add_kernel_nat(
+        &mut self,
+        name: &str,
+        config: KernelNatConfig,
+        behind: Option<&dyn AsNode>,
+    ) -> Result<Device, SimError> {
+        self.admit(name, behind)?;
+        if self.address_taken(config.public_ip, behind.map(|b| b.node())) {
+            return Err(SimError::AddressTaken(config.public_ip));
         }
-        self.nats.push((name.to_owned(), config));
-        Ok(handle)
+        let KernelNatConfig { public_ip, lan_ip, lan_prefix, .. } = config;
+        let ((wan, lan), namespace) = in_new_namespace(move || {
+            let wan = sys::create_tun("wan0").map_err(io_err("creating the kernel NAT's wan0"))?;
+            sys::configure("wan0", public_ip, 32, HOST_MTU).map_err(io_err("configuring wan0"))?;
+            let lan = sys::create_tun("lan0").map_err(io_err("creating the kernel NAT's lan0"))?;
+            sys::configure_interface("lan0", lan_ip, lan_prefix, HOST_MTU).map_err(io_err("configuring lan0"))?;
+            sys::write_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IP forwarding"))?;
+            Ok((wan, lan))
+        })?;
+        run_nft(&namespace, &kernel_nat_ruleset(config.ports))?;
+        if let Some(timeout) = config.udp_timeout {
+            let secs = timeout.as_secs().max(1).to_string();
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| -> Result<(), SimError> {
+                        sys::enter_namespace(&namespace).map_err(io_err("entering the kernel NAT's namespace"))?;
+                        for key in ["nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"] {
+                            sys::write_sysctl(&format!("net/netfilter/{key}"), &secs)
+                                .map_err(io_err("setting conntrack's UDP timeout"))?;
+                        }
+                        Ok(())
+                    })
+                    .join()
+                    .expect("the sysctl thread does not panic")
+            })?;
+        }
+        let namespace = Arc::new(namespace);
+        let node = Node::KernelNat(self.kernel_nats.len());
+        self.register(node, name, behind);
+        self.kernel_nats.push(KernelNatParts { public_ip, wan, lan, _namespace: namespace.clone() });
+        Ok(Device { node, ip: Some(public_ip), namespace: Some(namespace) })
     }
 
     /// Connects `a` and `b` with a link in each direction, both with `config`.
@@ -269,6 +523,9 @@ impl Simulation {
             let id = |n: Node| match n {
                 Node::Host(i) => i as u64,
                 Node::Nat(i) => (1 << 16) | i as u64,
+                Node::Router(i) => (2 << 16) | i as u64,
+                Node::Switch(i) => (3 << 16) | i as u64,
+                Node::KernelNat(i) => (4 << 16) | i as u64,
             };
             let seed = self.seed ^ (id(from) << 32) ^ id(to);
             self.links.insert((from, to), Link::new(config.clone(), seed));
@@ -277,17 +534,22 @@ impl Simulation {
 
     /// Writes every packet the link between `a` and `b` delivers, both ways, to a pcap file at
     /// `path` (created or truncated). The file is complete once the simulation is dropped.
-    pub fn capture(&mut self, a: &impl AsNode, b: &impl AsNode, path: &std::path::Path) -> Result<(), SimError> {
-        let file = File::create(path).map_err(io_err("creating the capture file"))?;
-        let writer = PcapWriter::new(io::BufWriter::new(file)).map_err(io_err("writing the capture header"))?;
-        let capture = Arc::new(Mutex::new(writer));
+    pub fn capture(&mut self, a: &impl AsNode, b: &impl AsNode, path: &Path) -> Result<(), SimError> {
+        let capture = open_capture(path)?;
         for key in [(a.node(), b.node()), (b.node(), a.node())] {
             self.captures.insert(key, capture.clone());
         }
         Ok(())
     }
 
-    /// Per-link counters, by (from, to) node name, as of the last forwarder pass.
+    /// Writes every packet `host`'s interface sends or receives to a pcap file at `path`: what
+    /// a capture on `sim0` inside the host would show.
+    pub fn capture_interface(&mut self, host: &Host, path: &Path) -> Result<(), SimError> {
+        self.interface_captures.insert(host.inner.index, open_capture(path)?);
+        Ok(())
+    }
+
+    /// Per-link counters, by (from, to) device name, as of the last forwarder pass.
     pub fn link_stats(&self) -> HashMap<(String, String), LinkStats> {
         self.stats.lock().expect("stats lock").links.clone()
     }
@@ -302,42 +564,53 @@ impl Simulation {
         if self.forwarder.is_some() {
             return Err(SimError::Running);
         }
-        let mut tuns = Vec::new();
-        let mut public = HashMap::new();
-        let mut inside = HashMap::new();
-        let mut names = HashMap::new();
-        for (host, tun) in &self.hosts {
-            let tun = tun.try_clone().map_err(io_err("cloning a TUN handle"))?;
-            set_nonblocking(&tun).map_err(io_err("making a TUN device non-blocking"))?;
-            match self.behind.get(&host.node()) {
-                Some(&nat) => inside.insert((nat, host.ip()), host.node()),
-                None => public.insert(host.ip(), host.node()),
-            };
-            names.insert(host.node(), host.name().to_owned());
-            tuns.push(tun);
-        }
-        let mut nats = Vec::new();
-        for (index, (name, config)) in self.nats.iter().enumerate() {
-            let node = Node::Nat(index);
-            match self.behind.get(&node) {
-                Some(&outer) => inside.insert((outer, config.public_ip), node),
-                None => public.insert(config.public_ip, node),
-            };
-            names.insert(node, name.clone());
-            nats.push(Nat::new(config.clone(), self.seed ^ (0xa7 << 56) ^ index as u64));
-        }
-        let forwarder = Forwarder {
-            tuns,
-            nats,
-            public,
-            inside,
-            behind: self.behind.clone(),
-            names,
-            links: std::mem::take(&mut self.links),
-            captures: std::mem::take(&mut self.captures),
-            stats: self.stats.clone(),
-            stop: self.stop.clone(),
+        let mut ports = Vec::new();
+        let mut add_port = |file: &File, port: Port| -> Result<(), SimError> {
+            let file = file.try_clone().map_err(io_err("cloning a TUN handle"))?;
+            set_nonblocking(&file).map_err(io_err("making a TUN device non-blocking"))?;
+            ports.push((file, port));
+            Ok(())
         };
+        for (index, (_, tun)) in self.hosts.iter().enumerate() {
+            add_port(tun, Port::Host(index))?;
+        }
+        for (index, parts) in self.kernel_nats.iter().enumerate() {
+            add_port(&parts.wan, Port::Wan(index))?;
+            add_port(&parts.lan, Port::Lan(index))?;
+        }
+        let nats = self
+            .nats
+            .iter()
+            .enumerate()
+            .map(|(index, config)| Nat::new(config.clone(), self.seed ^ (0xa7 << 56) ^ index as u64))
+            .collect();
+        let mut owned = Vec::new();
+        for (host, _) in &self.hosts {
+            owned.push((host.node(), vec![(host.ip(), 32)]));
+        }
+        for (index, config) in self.nats.iter().enumerate() {
+            owned.push((Node::Nat(index), vec![(config.public_ip, 32)]));
+        }
+        for (index, (ip, subnets)) in self.routers.iter().enumerate() {
+            let mut prefixes = vec![(*ip, 32)];
+            prefixes.extend(subnets.iter().copied());
+            owned.push((Node::Router(index), prefixes));
+        }
+        for (index, parts) in self.kernel_nats.iter().enumerate() {
+            owned.push((Node::KernelNat(index), vec![(parts.public_ip, 32)]));
+        }
+        let forwarder = Forwarder::new(
+            ports,
+            nats,
+            &owned,
+            self.parent.clone(),
+            self.names.clone(),
+            std::mem::take(&mut self.links),
+            std::mem::take(&mut self.captures),
+            std::mem::take(&mut self.interface_captures),
+            self.stats.clone(),
+            self.stop.clone(),
+        );
         self.forwarder = Some(
             std::thread::Builder::new()
                 .name("netsim-forwarder".into())
@@ -357,6 +630,48 @@ impl Drop for Simulation {
     }
 }
 
+/// Runs `setup` on a thread moved into a new network namespace and returns its result with the
+/// namespace's file.
+fn in_new_namespace<T: Send + 'static>(
+    setup: impl FnOnce() -> Result<T, SimError> + Send + 'static,
+) -> Result<(T, File), SimError> {
+    std::thread::spawn(move || {
+        sys::unshare_network().map_err(SimError::NeedsPrivilege)?;
+        let made = setup()?;
+        let namespace = sys::current_namespace().map_err(io_err("opening the namespace"))?;
+        Ok((made, namespace))
+    })
+    .join()
+    .expect("the namespace thread does not panic")
+}
+
+/// Loads an nftables ruleset into `namespace`.
+fn run_nft(namespace: &File, ruleset: &str) -> Result<(), SimError> {
+    use std::io::Write;
+    let mut child = command_in(namespace, "nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| SimError::Tool(format!("running nft: {e} (install the Debian package nftables)")))?;
+    child.stdin.take().expect("piped stdin").write_all(ruleset.as_bytes()).map_err(io_err("writing to nft"))?;
+    let output = child.wait_with_output().map_err(io_err("waiting for nft"))?;
+    if !output.status.success() {
+        return Err(SimError::Tool(format!(
+            "nft refused the kernel NAT ruleset: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn open_capture(path: &Path) -> Result<Capture, SimError> {
+    let file = File::create(path).map_err(io_err("creating the capture file"))?;
+    let writer = PcapWriter::new(io::BufWriter::new(file)).map_err(io_err("writing the capture header"))?;
+    Ok(Arc::new(Mutex::new(writer)))
+}
+
 fn set_nonblocking(file: &File) -> io::Result<()> {
     // SAFETY: fcntl on an open descriptor.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
@@ -368,143 +683,4 @@ fn set_nonblocking(file: &File) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Counters the forwarder publishes.
-#[derive(Debug, Default)]
-struct Stats {
-    links: HashMap<(String, String), LinkStats>,
-    nats: HashMap<String, NatStats>,
-}
-
-/// The thread that moves packets: reads every TUN device, routes by destination address,
-/// runs the link and NAT models, writes what reaches a host.
-struct Forwarder {
-    tuns: Vec<File>,
-    nats: Vec<Nat>,
-    /// Owners of public addresses: hosts not behind a NAT, and outermost NATs.
-    public: HashMap<Ipv4Addr, Node>,
-    /// Owners of addresses inside each NAT.
-    inside: HashMap<(usize, Ipv4Addr), Node>,
-    behind: HashMap<Node, usize>,
-    names: HashMap<Node, String>,
-    links: HashMap<(Node, Node), Link>,
-    captures: HashMap<(Node, Node), Capture>,
-    stats: Arc<Mutex<Stats>>,
-    stop: Arc<AtomicBool>,
-}
-
-/// How long the forwarder sleeps at most, so it notices a stop request.
-const IDLE_POLL: Duration = Duration::from_millis(20);
-
-impl Forwarder {
-    fn run(mut self) {
-        let mut buf = vec![0u8; MAX_PACKET];
-        let mut fds: Vec<libc::pollfd> =
-            self.tuns.iter().map(|t| libc::pollfd { fd: t.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
-        while !self.stop.load(Ordering::Relaxed) {
-            let now = Instant::now();
-            let next = self.links.values().filter_map(|l| l.next_delivery()).min();
-            let wait = next.map_or(IDLE_POLL, |at| at.saturating_duration_since(now).min(IDLE_POLL));
-            let timeout_ms = wait.as_micros().div_ceil(1000) as libc::c_int;
-            // SAFETY: `fds` is a live array of pollfd of the given length.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            let readable: Vec<usize> =
-                fds.iter().enumerate().filter(|(_, fd)| fd.revents & libc::POLLIN != 0).map(|(i, _)| i).collect();
-            for host in readable {
-                // Read until the device is drained (the descriptor is non-blocking).
-                while let Ok(n) = self.tuns[host].read(&mut buf) {
-                    if let Ok(packet) = Packet::parse(buf[..n].to_vec()) {
-                        let from = Node::Host(host);
-                        if let Some(to) = self.next_hop(from, packet.dst()) {
-                            self.send(from, to, packet, Instant::now());
-                        }
-                    }
-                }
-            }
-            self.deliver(Instant::now());
-            self.publish_stats();
-        }
-        for capture in self.captures.values() {
-            let _ = capture.lock().expect("capture lock").flush();
-        }
-    }
-
-    /// Where a packet leaving `from` for `dst` goes next: a neighbour behind the same NAT, the
-    /// NAT `from` sits behind, or (on the internet) the owner of `dst`.
-    fn next_hop(&self, from: Node, dst: Ipv4Addr) -> Option<Node> {
-        match self.behind.get(&from) {
-            Some(&nat) => match self.inside.get(&(nat, dst)) {
-                Some(&neighbour) if neighbour != from && self.links.contains_key(&(from, neighbour)) => Some(neighbour),
-                _ => Some(Node::Nat(nat)),
-            },
-            None => self.public.get(&dst).copied(),
-        }
-    }
-
-    fn send(&mut self, from: Node, to: Node, packet: Packet, now: Instant) {
-        let Some(link) = self.links.get_mut(&(from, to)) else { return };
-        if let Some(reply) = link.send(packet, now) {
-            // ICMP "fragmentation needed" goes back to the sender.
-            self.arrive(from, to, reply, now);
-        }
-    }
-
-    /// A packet reached node `at` over the link from `from`.
-    fn arrive(&mut self, at: Node, from: Node, packet: Packet, now: Instant) {
-        match at {
-            Node::Host(host) => {
-                let _ = self.tuns[host].write(packet.as_bytes());
-            }
-            Node::Nat(nat) => {
-                let outbound = self.behind.get(&from) == Some(&nat);
-                let verdict =
-                    if outbound { self.nats[nat].outbound(packet, now) } else { self.nats[nat].inbound(packet, now) };
-                let (next, packet) = match verdict {
-                    NatVerdict::Forward(packet) if outbound => (self.next_hop(at, packet.dst()), packet),
-                    NatVerdict::Forward(packet) | NatVerdict::Hairpin(packet) => {
-                        (self.inside.get(&(nat, packet.dst())).copied(), packet)
-                    }
-                    NatVerdict::Reply(packet) => (Some(from), packet),
-                    NatVerdict::Drop(_) => return,
-                };
-                if let Some(next) = next {
-                    self.send(at, next, packet, now);
-                }
-            }
-        }
-    }
-
-    fn deliver(&mut self, now: Instant) {
-        // Deliveries may feed other links (through NATs); repeat until nothing more is due.
-        loop {
-            let mut due = Vec::new();
-            for (&(from, to), link) in self.links.iter_mut() {
-                while let Some(packet) = link.poll(now) {
-                    due.push((from, to, packet));
-                }
-            }
-            if due.is_empty() {
-                return;
-            }
-            for (from, to, packet) in due {
-                if let Some(capture) = self.captures.get(&(from, to)) {
-                    let mut capture = capture.lock().expect("capture lock");
-                    // A capture that cannot be written is not worth stopping the simulation.
-                    let _ = capture.write_packet(std::time::SystemTime::now(), packet.as_bytes());
-                }
-                self.arrive(to, from, packet, now);
-            }
-        }
-    }
-
-    fn publish_stats(&self) {
-        let mut stats = self.stats.lock().expect("stats lock");
-        for (&(from, to), link) in &self.links {
-            stats.links.insert((self.names[&from].clone(), self.names[&to].clone()), link.stats().clone());
-        }
-        for (index, nat) in self.nats.iter().enumerate() {
-            stats.nats.insert(self.names[&Node::Nat(index)].clone(), nat.stats().clone());
-        }
-    }
 }

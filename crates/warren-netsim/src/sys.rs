@@ -116,18 +116,8 @@ pub fn create_tun(name: &str) -> io::Result<File> {
 /// Gives interface `name` the address `ip/prefix` and MTU `mtu`, brings it and `lo` up, and
 /// routes everything else through it.
 pub fn configure(name: &str, ip: Ipv4Addr, prefix: u8, mtu: u32) -> io::Result<()> {
+    configure_interface(name, ip, prefix, mtu)?;
     let socket = control_socket()?;
-    let mut req = IfReq::new(name);
-    req.set_sockaddr(ip);
-    ioctl(&socket, libc::SIOCSIFADDR, &mut req as *mut IfReq as *mut _)?;
-    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
-    req.set_sockaddr(Ipv4Addr::from(mask));
-    ioctl(&socket, libc::SIOCSIFNETMASK, &mut req as *mut IfReq as *mut _)?;
-    let mut req = IfReq::new(name);
-    req.data[..4].copy_from_slice(&(mtu as i32).to_ne_bytes());
-    ioctl(&socket, libc::SIOCSIFMTU, &mut req as *mut IfReq as *mut _)?;
-    set_up(name)?;
-    set_up("lo")?;
     let mut dev = CString::new(name).expect("interface names have no NUL").into_bytes_with_nul();
     let mut route = RtEntry {
         pad1: 0,
@@ -145,4 +135,27 @@ pub fn configure(name: &str, ip: Ipv4Addr, prefix: u8, mtu: u32) -> io::Result<(
         irtt: 0,
     };
     ioctl(&socket, libc::SIOCADDRT, &mut route as *mut RtEntry as *mut _)
+}
+
+/// Gives interface `name` the address `ip/prefix` and MTU `mtu` and brings it and `lo` up,
+/// without touching the routing table beyond the prefix's own route.
+pub fn configure_interface(name: &str, ip: Ipv4Addr, prefix: u8, mtu: u32) -> io::Result<()> {
+    let socket = control_socket()?;
+    let mut req = IfReq::new(name);
+    req.set_sockaddr(ip);
+    ioctl(&socket, libc::SIOCSIFADDR, &mut req as *mut IfReq as *mut _)?;
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+    req.set_sockaddr(Ipv4Addr::from(mask));
+    ioctl(&socket, libc::SIOCSIFNETMASK, &mut req as *mut IfReq as *mut _)?;
+    let mut req = IfReq::new(name);
+    req.data[..4].copy_from_slice(&(mtu as i32).to_ne_bytes());
+    ioctl(&socket, libc::SIOCSIFMTU, &mut req as *mut IfReq as *mut _)?;
+    set_up(name)?;
+    set_up("lo")
+}
+
+/// Writes `value` to the sysctl at `path` (under `/proc/sys`) as seen from the calling
+/// thread's network namespace.
+pub fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/sys/{path}"), value)
 }

@@ -1,0 +1,307 @@
+//! The forwarder thread: reads every TUN device, routes each packet through the topology tree
+//! (see [`crate::sim`]), runs the link and NAT models, and writes what reaches a host or a
+//! kernel NAT's interface.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::link::{Link, LinkStats};
+use crate::nat::{Nat, NatStats, NatVerdict};
+use crate::packet::{MAX_PACKET, Packet};
+use crate::sim::{Capture, Node};
+
+/// A TUN device the forwarder reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Port {
+    /// A host's `sim0`.
+    Host(usize),
+    /// A kernel NAT's upstream `wan0`.
+    Wan(usize),
+    /// A kernel NAT's downstream `lan0`.
+    Lan(usize),
+}
+
+/// Counters the forwarder publishes.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) links: HashMap<(String, String), LinkStats>,
+    pub(crate) nats: HashMap<String, NatStats>,
+}
+
+/// One routing entry: a prefix and the child of a scope that owns it.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    network: u32,
+    prefix: u8,
+    child: Node,
+}
+
+impl Route {
+    fn matches(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix.min(32))) };
+        u32::from(ip) & mask == self.network & mask
+    }
+}
+
+/// The thread that moves packets.
+pub(crate) struct Forwarder {
+    ports: Vec<(File, Port)>,
+    port_index: HashMap<Port, usize>,
+    nats: Vec<Nat>,
+    /// For each scope (a gateway, or `None` for the internet), its children's prefixes,
+    /// longest first.
+    routes: HashMap<Option<Node>, Vec<Route>>,
+    parent: HashMap<Node, Node>,
+    names: HashMap<Node, String>,
+    links: HashMap<(Node, Node), Link>,
+    captures: HashMap<(Node, Node), Capture>,
+    interface_captures: HashMap<usize, Capture>,
+    stats: Arc<Mutex<Stats>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How long the forwarder sleeps at most, so it notices a stop request.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
+impl Forwarder {
+    /// `owned` lists each device's own prefixes (a switch owns none: its children's count as
+    /// its own to its gateway).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ports: Vec<(File, Port)>,
+        nats: Vec<Nat>,
+        owned: &[(Node, Vec<(Ipv4Addr, u8)>)],
+        parent: HashMap<Node, Node>,
+        names: HashMap<Node, String>,
+        links: HashMap<(Node, Node), Link>,
+        captures: HashMap<(Node, Node), Capture>,
+        interface_captures: HashMap<usize, Capture>,
+        stats: Arc<Mutex<Stats>>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        let owned: HashMap<Node, &Vec<(Ipv4Addr, u8)>> = owned.iter().map(|(n, p)| (*n, p)).collect();
+        let mut children: HashMap<Option<Node>, Vec<Node>> = HashMap::new();
+        for node in names.keys() {
+            children.entry(parent.get(node).copied()).or_default().push(*node);
+        }
+        // Everything a node's subtree answers for, as seen from its gateway.
+        fn prefixes_of(
+            node: Node,
+            owned: &HashMap<Node, &Vec<(Ipv4Addr, u8)>>,
+            children: &HashMap<Option<Node>, Vec<Node>>,
+        ) -> Vec<(Ipv4Addr, u8)> {
+            match node {
+                Node::Switch(_) => children
+                    .get(&Some(node))
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|c| prefixes_of(*c, owned, children))
+                    .collect(),
+                _ => owned.get(&node).map(|p| p.to_vec()).unwrap_or_default(),
+            }
+        }
+        let mut routes: HashMap<Option<Node>, Vec<Route>> = HashMap::new();
+        for (scope, kids) in &children {
+            let table = routes.entry(*scope).or_default();
+            for child in kids {
+                for (ip, prefix) in prefixes_of(*child, &owned, &children) {
+                    table.push(Route { network: u32::from(ip), prefix, child: *child });
+                }
+            }
+            table.sort_by_key(|r| std::cmp::Reverse(r.prefix));
+        }
+        let port_index = ports.iter().enumerate().map(|(i, (_, p))| (*p, i)).collect();
+        Self { ports, port_index, nats, routes, parent, names, links, captures, interface_captures, stats, stop }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut buf = vec![0u8; MAX_PACKET];
+        let mut fds: Vec<libc::pollfd> = self
+            .ports
+            .iter()
+            .map(|(t, _)| libc::pollfd { fd: t.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let next = self.links.values().filter_map(|l| l.next_delivery()).min();
+            let wait = next.map_or(IDLE_POLL, |at| at.saturating_duration_since(now).min(IDLE_POLL));
+            let timeout_ms = wait.as_micros().div_ceil(1000) as libc::c_int;
+            // SAFETY: `fds` is a live array of pollfd of the given length.
+            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            for index in 0..fds.len() {
+                if fds[index].revents & libc::POLLIN == 0 {
+                    continue;
+                }
+                // Read until the device is drained (the descriptor is non-blocking).
+                while let Ok(n) = self.ports[index].0.read(&mut buf) {
+                    if let Ok(packet) = Packet::parse(buf[..n].to_vec()) {
+                        self.read_from(self.ports[index].1, packet, Instant::now());
+                    }
+                }
+            }
+            self.deliver(Instant::now());
+            self.publish_stats();
+        }
+        for capture in self.captures.values().chain(self.interface_captures.values()) {
+            let _ = capture.lock().expect("capture lock").flush();
+        }
+    }
+
+    /// A packet came out of a TUN device.
+    fn read_from(&mut self, port: Port, packet: Packet, now: Instant) {
+        match port {
+            Port::Host(host) => {
+                write_capture(self.interface_captures.get(&host), &packet);
+                let from = Node::Host(host);
+                if let Some(to) = self.next_hop(from, packet.dst()) {
+                    self.send(from, to, packet, now);
+                }
+            }
+            Port::Wan(index) => {
+                let from = Node::KernelNat(index);
+                if let Some(to) = self.next_hop(from, packet.dst()) {
+                    self.send(from, to, packet, now);
+                }
+            }
+            Port::Lan(index) => {
+                let from = Node::KernelNat(index);
+                if let Some(to) = self.lookup(Some(from), packet.dst()) {
+                    self.send(from, to, packet, now);
+                }
+            }
+        }
+    }
+
+    /// The child of `scope` whose subtree owns `dst`.
+    fn lookup(&self, scope: Option<Node>, dst: Ipv4Addr) -> Option<Node> {
+        self.routes.get(&scope)?.iter().find(|r| r.matches(dst)).map(|r| r.child)
+    }
+
+    /// Where a packet leaving `from` for `dst` goes next: a neighbour under the same gateway
+    /// when the two are linked, otherwise the gateway (none on the internet: dropped).
+    fn next_hop(&self, from: Node, dst: Ipv4Addr) -> Option<Node> {
+        let scope = self.parent.get(&from).copied();
+        match self.lookup(scope, dst) {
+            Some(owner) if owner != from && self.links.contains_key(&(from, owner)) => Some(owner),
+            _ => scope,
+        }
+    }
+
+    fn is_child(&self, node: Node, of: Node) -> bool {
+        self.parent.get(&node) == Some(&of)
+    }
+
+    fn send(&mut self, from: Node, to: Node, packet: Packet, now: Instant) {
+        let Some(link) = self.links.get_mut(&(from, to)) else { return };
+        if let Some(reply) = link.send(packet, now) {
+            // ICMP "fragmentation needed" goes back to the sender.
+            self.arrive(from, to, reply, now);
+        }
+    }
+
+    /// A packet reached node `at` over the link from `from`.
+    fn arrive(&mut self, at: Node, from: Node, mut packet: Packet, now: Instant) {
+        match at {
+            Node::Host(host) => {
+                write_capture(self.interface_captures.get(&host), &packet);
+                self.write_port(Port::Host(host), &packet);
+            }
+            Node::KernelNat(index) => {
+                let port = if self.is_child(from, at) { Port::Lan(index) } else { Port::Wan(index) };
+                self.write_port(port, &packet);
+            }
+            Node::Nat(nat) => {
+                let outbound = self.is_child(from, at);
+                let verdict =
+                    if outbound { self.nats[nat].outbound(packet, now) } else { self.nats[nat].inbound(packet, now) };
+                let (next, packet) = match verdict {
+                    NatVerdict::Forward(packet) if outbound => (self.next_hop(at, packet.dst()), packet),
+                    NatVerdict::Forward(packet) | NatVerdict::Hairpin(packet) => {
+                        (self.lookup(Some(at), packet.dst()), packet)
+                    }
+                    NatVerdict::Reply(packet) => (Some(from), packet),
+                    NatVerdict::Drop(_) => return,
+                };
+                if let Some(next) = next {
+                    self.send(at, next, packet, now);
+                }
+            }
+            Node::Switch(_) if packet.dst().is_multicast() || packet.dst().is_broadcast() => {
+                let ports: Vec<Node> = self
+                    .links
+                    .keys()
+                    .filter(|(a, b)| *a == at && *b != from && self.is_child(*b, at))
+                    .map(|(_, b)| *b)
+                    .collect();
+                for port in ports {
+                    self.send(at, port, packet.clone(), now);
+                }
+            }
+            Node::Router(_) | Node::Switch(_) => {
+                if matches!(at, Node::Router(_)) && !packet.decrement_ttl() {
+                    return;
+                }
+                let next = match self.lookup(Some(at), packet.dst()) {
+                    Some(child) if child != from => Some(child),
+                    Some(_) => None,
+                    // Not ours: up, unless it came from there.
+                    None if self.is_child(from, at) => self.next_hop(at, packet.dst()),
+                    None => None,
+                };
+                if let Some(next) = next {
+                    self.send(at, next, packet, now);
+                }
+            }
+        }
+    }
+
+    fn write_port(&mut self, port: Port, packet: &Packet) {
+        if let Some(&index) = self.port_index.get(&port) {
+            // A full TUN queue drops the packet, as a full interface queue would.
+            let _ = self.ports[index].0.write(packet.as_bytes());
+        }
+    }
+
+    fn deliver(&mut self, now: Instant) {
+        // Deliveries may feed other links (through NATs and routers); repeat until nothing
+        // more is due.
+        loop {
+            let mut due = Vec::new();
+            for (&(from, to), link) in self.links.iter_mut() {
+                while let Some(packet) = link.poll(now) {
+                    due.push((from, to, packet));
+                }
+            }
+            if due.is_empty() {
+                return;
+            }
+            for (from, to, packet) in due {
+                write_capture(self.captures.get(&(from, to)), &packet);
+                self.arrive(to, from, packet, now);
+            }
+        }
+    }
+
+    fn publish_stats(&self) {
+        let mut stats = self.stats.lock().expect("stats lock");
+        for (&(from, to), link) in &self.links {
+            stats.links.insert((self.names[&from].clone(), self.names[&to].clone()), link.stats().clone());
+        }
+        for (index, nat) in self.nats.iter().enumerate() {
+            stats.nats.insert(self.names[&Node::Nat(index)].clone(), nat.stats().clone());
+        }
+    }
+}
+
+fn write_capture(capture: Option<&Capture>, packet: &Packet) {
+    if let Some(capture) = capture {
+        // A capture that cannot be written is not worth stopping the simulation.
+        let _ = capture.lock().expect("capture lock").write_packet(SystemTime::now(), packet.as_bytes());
+    }
+}

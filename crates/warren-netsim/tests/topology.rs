@@ -1,0 +1,230 @@
+//! Routers, switches, kernel NATs and interface captures, with real sockets in host
+//! namespaces. Needs root (CAP_NET_ADMIN) and, for the kernel NAT, `nft` (nftables).
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use warren_netsim::link::LinkConfig;
+use warren_netsim::{Host, KernelNatConfig, KernelPorts, Simulation};
+
+/// These tests measure time: one at a time, so they do not compete for the cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn ms(n: u64) -> LinkConfig {
+    LinkConfig { latency: Duration::from_millis(n), ..Default::default() }
+}
+
+fn ok<T>(result: Result<T, warren_netsim::SimError>) -> T {
+    result.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A UDP echo server on `host` port 7000 for `count` datagrams (or until 3 s of silence):
+/// answers each with the address it came from. Returns once bound.
+fn echo(host: &Host, count: usize) -> std::thread::JoinHandle<usize> {
+    let ip = host.ip();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let server = host.spawn_sync(move || {
+        let socket = UdpSocket::bind((ip, 7000)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut seen = 0;
+        while seen < count {
+            let Ok((_, from)) = socket.recv_from(&mut buf) else { break };
+            seen += 1;
+            socket.send_to(from.to_string().as_bytes(), from).unwrap();
+        }
+        seen
+    });
+    ready.recv().unwrap();
+    server
+}
+
+/// From `host`, asks the echo server at `server` who we are `count` times; returns each
+/// answer and round-trip time.
+fn ask(host: &Host, server: Ipv4Addr, count: usize) -> Vec<(String, Duration)> {
+    let ip = host.ip();
+    host.spawn_sync(move || {
+        let socket = UdpSocket::bind((ip, 0)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut buf = [0u8; 128];
+        (0..count)
+            .map(|_| {
+                let started = Instant::now();
+                socket.send_to(b"who am I?", (server, 7000)).unwrap();
+                let (n, _) = socket.recv_from(&mut buf).expect("an answer");
+                (String::from_utf8_lossy(&buf[..n]).into_owned(), started.elapsed())
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn round_trip_through_two_25_ms_links_and_a_router_is_100_ms() {
+    let _serial = serial();
+    let mut sim = Simulation::new(3);
+    let router = ok(sim.add_router("r", "10.9.0.1".parse().unwrap(), &[("10.1.0.0".parse().unwrap(), 16)], None));
+    let a = ok(sim.add_host_behind("a", "10.1.0.2".parse().unwrap(), 16, &router));
+    let b = ok(sim.add_host("b", "198.51.100.7".parse().unwrap(), 24));
+    sim.link(&a, &router, ms(25));
+    sim.link(&router, &b, ms(25));
+    sim.start().unwrap();
+    let server = echo(&b, 20);
+    let answers = ask(&a, b.ip(), 20);
+    assert_eq!(server.join().unwrap(), 20);
+    for (seen_as, rtt) in answers {
+        assert!(seen_as.starts_with("10.1.0.2:"), "routers do not translate: {seen_as}");
+        let ms = rtt.as_secs_f64() * 1e3;
+        assert!((95.0..=105.0).contains(&ms), "RTT {ms} ms, expected 100 ms ± 5");
+    }
+    let stats = sim.link_stats();
+    assert_eq!(stats[&("a".into(), "r".into())].delivered, 20);
+    assert_eq!(stats[&("r".into(), "b".into())].delivered, 20);
+}
+
+#[test]
+fn a_router_decrements_the_ttl_and_drops_what_has_run_out() {
+    let _serial = serial();
+    let mut sim = Simulation::new(4);
+    let router = ok(sim.add_router("r", "10.9.0.1".parse().unwrap(), &[("10.1.0.0".parse().unwrap(), 16)], None));
+    let a = ok(sim.add_host_behind("a", "10.1.0.2".parse().unwrap(), 16, &router));
+    let b = ok(sim.add_host("b", "198.51.100.7".parse().unwrap(), 24));
+    sim.link(&a, &router, ms(0));
+    sim.link(&router, &b, ms(0));
+    sim.start().unwrap();
+    let received = b.spawn_sync(|| {
+        let socket = UdpSocket::bind(("198.51.100.7", 7000)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut buf = [0u8; 16];
+        let mut got = Vec::new();
+        while let Ok((n, _)) = socket.recv_from(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    a.spawn_sync(|| {
+        let socket = UdpSocket::bind(("10.1.0.2", 0)).unwrap();
+        socket.set_ttl(1).unwrap();
+        socket.send_to(b"ttl1", ("198.51.100.7", 7000)).unwrap();
+        socket.set_ttl(2).unwrap();
+        socket.send_to(b"ttl2", ("198.51.100.7", 7000)).unwrap();
+    })
+    .join()
+    .unwrap();
+    assert_eq!(received.join().unwrap(), vec![b"ttl2".to_vec()], "TTL 1 dies at the router, TTL 2 gets through");
+}
+
+#[test]
+fn a_switch_carries_unicast_between_its_hosts_and_floods_multicast() {
+    let _serial = serial();
+    let mut sim = Simulation::new(5);
+    let switch = ok(sim.add_switch("lan", None));
+    let ips: Vec<Ipv4Addr> = (1..=3).map(|i| Ipv4Addr::new(192, 168, 7, i)).collect();
+    let hosts: Vec<Host> =
+        ips.iter().enumerate().map(|(i, ip)| ok(sim.add_host_behind(&format!("h{i}"), *ip, 24, &switch))).collect();
+    for host in &hosts {
+        sim.link(host, &switch, ms(1));
+    }
+    sim.start().unwrap();
+    // Unicast: h0 → h2 through the switch.
+    let server = echo(&hosts[2], 1);
+    let answers = ask(&hosts[0], ips[2], 1);
+    assert!(answers[0].0.starts_with("192.168.7.1:"), "a switch does not translate: {}", answers[0].0);
+    server.join().unwrap();
+    // Multicast from h0 reaches h1 and h2.
+    let group = Ipv4Addr::new(224, 0, 0, 251);
+    let listeners: Vec<_> = hosts[1..]
+        .iter()
+        .map(|host| {
+            let ip = host.ip();
+            let (ready_tx, ready) = std::sync::mpsc::channel();
+            let handle = host.spawn_sync(move || {
+                let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353)).unwrap();
+                socket.join_multicast_v4(&group, &ip).unwrap();
+                socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                ready_tx.send(()).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, from) = socket.recv_from(&mut buf).expect("the multicast datagram");
+                (buf[..n].to_vec(), from)
+            });
+            ready.recv().unwrap();
+            handle
+        })
+        .collect();
+    let sender = ips[0];
+    hosts[0]
+        .spawn_sync(move || {
+            let socket = UdpSocket::bind((sender, 0)).unwrap();
+            socket.send_to(b"hello, LAN", (group, 5353)).unwrap();
+        })
+        .join()
+        .unwrap();
+    for listener in listeners {
+        let (payload, from) = listener.join().unwrap();
+        assert_eq!(payload, b"hello, LAN");
+        assert_eq!(from.ip(), std::net::IpAddr::V4(ips[0]));
+    }
+}
+
+#[test]
+fn a_host_behind_a_kernel_nat_is_seen_as_the_nat_public_address() {
+    let _serial = serial();
+    let mut sim = Simulation::new(6);
+    let public: Ipv4Addr = "203.0.113.9".parse().unwrap();
+    let config = KernelNatConfig {
+        public_ip: public,
+        lan_ip: "192.168.50.1".parse().unwrap(),
+        lan_prefix: 24,
+        ports: KernelPorts::Masquerade,
+        udp_timeout: None,
+    };
+    let nat = ok(sim.add_kernel_nat("knat", config, None));
+    let client = ok(sim.add_host_behind("client", "192.168.50.2".parse().unwrap(), 24, &nat));
+    let server = ok(sim.add_host("server", "198.51.100.1".parse().unwrap(), 24));
+    sim.link(&client, &nat, ms(1));
+    sim.link(&nat, &server, ms(5));
+    sim.start().unwrap();
+    let echo_server = echo(&server, 3);
+    let answers = ask(&client, server.ip(), 3);
+    assert_eq!(echo_server.join().unwrap(), 3);
+    for (seen_as, _) in &answers {
+        let seen: SocketAddr = seen_as.parse().unwrap();
+        assert_eq!(seen.ip(), std::net::IpAddr::V4(public), "masqueraded to the public address");
+    }
+    let rules = nat.command("nft").expect("a kernel NAT has a namespace").args(["list", "ruleset"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&rules.stdout).contains("masquerade"));
+}
+
+#[test]
+fn a_host_interface_capture_holds_what_the_host_sent_and_received() {
+    let _serial = serial();
+    let path = std::env::temp_dir().join(format!("warren-netsim-iface-{}.pcap", std::process::id()));
+    {
+        let mut sim = Simulation::new(7);
+        let a = ok(sim.add_host("a", "10.0.0.1".parse().unwrap(), 24));
+        let b = ok(sim.add_host("b", "10.0.0.2".parse().unwrap(), 24));
+        sim.link(&a, &b, ms(1));
+        sim.capture_interface(&a, &path).unwrap();
+        sim.start().unwrap();
+        let server = echo(&b, 4);
+        assert_eq!(ask(&a, b.ip(), 4).len(), 4);
+        server.join().unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
+    let udp: Vec<_> = packets
+        .iter()
+        .filter_map(|(_, p)| warren_netsim::packet::Packet::parse(p.clone()).ok())
+        .filter(|p| p.protocol() == warren_netsim::packet::UDP)
+        .collect();
+    assert_eq!(udp.iter().filter(|p| p.dst_port() == Some(7000)).count(), 4, "sent");
+    assert_eq!(udp.iter().filter(|p| p.src_port() == Some(7000)).count(), 4, "received");
+    std::fs::remove_file(&path).unwrap();
+}
