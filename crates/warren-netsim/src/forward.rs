@@ -69,6 +69,9 @@ pub(crate) struct Forwarder {
 /// How long the forwarder sleeps at most, so it notices a stop request.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
+/// How often the counters are published at least while packets flow.
+const STATS_EVERY: Duration = Duration::from_millis(10);
+
 impl Forwarder {
     /// `owned` lists each device's own prefixes (a switch owns none: its children's count as
     /// its own to its gateway).
@@ -127,13 +130,14 @@ impl Forwarder {
             .iter()
             .map(|(t, _)| libc::pollfd { fd: t.as_raw_fd(), events: libc::POLLIN, revents: 0 })
             .collect();
+        let mut published = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             let next = self.links.values().filter_map(|l| l.next_delivery()).min();
             let wait = next.map_or(IDLE_POLL, |at| at.saturating_duration_since(now).min(IDLE_POLL));
             let timeout_ms = wait.as_micros().div_ceil(1000) as libc::c_int;
             // SAFETY: `fds` is a live array of pollfd of the given length.
-            unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
             for index in 0..fds.len() {
                 if fds[index].revents & libc::POLLIN == 0 {
                     continue;
@@ -146,8 +150,14 @@ impl Forwarder {
                 }
             }
             self.deliver(Instant::now());
-            self.publish_stats();
+            // Counters go out when the devices are quiet, and at least every STATS_EVERY
+            // under load (cloning them for every packet would cost more than forwarding).
+            if ready <= 0 || published.elapsed() >= STATS_EVERY {
+                self.publish_stats();
+                published = Instant::now();
+            }
         }
+        self.publish_stats();
         for capture in self.captures.values().chain(self.interface_captures.values()) {
             let _ = capture.lock().expect("capture lock").flush();
         }

@@ -7,9 +7,11 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 mod forward;
 pub mod link;
 pub mod nat;
+pub mod nat_check;
 pub mod packet;
 pub mod pcap;
 pub mod sim;

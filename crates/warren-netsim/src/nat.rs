@@ -19,7 +19,8 @@ use rand_chacha::ChaCha8Rng;
 use crate::packet::{Packet, TCP, UDP, tcp_flags};
 
 /// When a NAT reuses a mapping (RFC 4787 section 4.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Mapping {
     /// One mapping per internal endpoint, whatever the destination ("cone").
     EndpointIndependent,
@@ -30,7 +31,8 @@ pub enum Mapping {
 }
 
 /// Which inbound packets a mapping lets in (RFC 4787 section 5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Filtering {
     /// Any remote endpoint.
     EndpointIndependent,
@@ -41,7 +43,8 @@ pub enum Filtering {
 }
 
 /// How external ports are chosen for new mappings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PortAssignment {
     /// The internal port if it is free and in range, else a random one.
     Preserve,
@@ -52,7 +55,8 @@ pub enum PortAssignment {
 }
 
 /// What a NAT does with a TCP packet that matches no mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum UnsolicitedTcp {
     /// Drop it silently.
     Drop,
@@ -88,7 +92,8 @@ pub struct NatConfig {
 }
 
 /// Named NAT types, as commonly called (RFC 3489 terms) plus carrier and corporate setups.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum NatPreset {
     /// Endpoint-independent mapping and filtering.
     FullCone,

@@ -68,7 +68,7 @@ pub enum SimError {
     Running,
 }
 
-fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SimError {
+pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SimError {
     move |source| SimError::Io { what, source }
 }
 
@@ -144,7 +144,7 @@ impl Host {
 }
 
 /// A command whose process enters the namespace `namespace` before it runs `program`.
-fn command_in(namespace: &File, program: &str) -> std::process::Command {
+pub(crate) fn command_in(namespace: &File, program: &str) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut command = std::process::Command::new(program);
     let fd = namespace.as_raw_fd();
@@ -222,7 +222,8 @@ impl AsNode for Device {
 }
 
 /// How a kernel NAT picks external ports (the nftables `masquerade` flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum KernelPorts {
     /// Plain `masquerade`: keep the source port when it is free.
     Masquerade,
@@ -244,12 +245,12 @@ impl KernelPorts {
         }
     }
 
-    /// The name used in scenario files and reports.
+    /// The nftables statement, for reports.
     pub fn name(self) -> &'static str {
         match self {
             KernelPorts::Masquerade => "masquerade",
-            KernelPorts::Random => "masquerade-random",
-            KernelPorts::FullyRandom => "masquerade-fully-random",
+            KernelPorts::Random => "masquerade random",
+            KernelPorts::FullyRandom => "masquerade fully-random",
         }
     }
 }
@@ -632,7 +633,7 @@ impl Drop for Simulation {
 
 /// Runs `setup` on a thread moved into a new network namespace and returns its result with the
 /// namespace's file.
-fn in_new_namespace<T: Send + 'static>(
+pub(crate) fn in_new_namespace<T: Send + 'static>(
     setup: impl FnOnce() -> Result<T, SimError> + Send + 'static,
 ) -> Result<(T, File), SimError> {
     std::thread::spawn(move || {
