@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod netsim;
 mod node;
 mod output;
 mod ping;
@@ -40,6 +41,9 @@ enum Command {
     /// Benchmarks against baselines measured in the same run.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// The network simulator: scenarios, NAT behaviour checks, forwarding benchmark (root).
+    #[command(subcommand)]
+    Netsim(netsim::NetsimCommand),
 }
 
 /// The data directory: `--data-dir`, else `$WARREN_DATA_DIR`, else `$XDG_DATA_HOME/warren`,
@@ -85,6 +89,9 @@ fn main() -> ExitCode {
             Command::Ping(args) => ping::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(command) => bench::run(command).await,
+            // The simulator runs its own threads and runtimes; keep it off this runtime's
+            // workers.
+            Command::Netsim(command) => tokio::task::spawn_blocking(move || netsim::run(command)).await?,
         }
     });
     match result {

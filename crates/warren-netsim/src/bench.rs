@@ -105,7 +105,7 @@ fn udp_rate(a: &Arc<File>, b: &Arc<File>, duration: Duration) -> Rate {
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let receiver = spawn_in(b, move || {
         let socket = UdpSocket::bind((B, UDP_PORT)).expect("binding the UDP receiver");
-        socket.set_read_timeout(Some(Duration::from_millis(300))).expect("a timeout");
+        socket.set_read_timeout(Some(Duration::from_secs(1))).expect("a timeout");
         ready_tx.send(()).expect("the sender waits");
         let mut buf = vec![0u8; 2048];
         let (mut count, mut first, mut last) = (0u64, None, Instant::now());

@@ -69,6 +69,9 @@ pub(crate) struct Forwarder {
 /// How long the forwarder sleeps at most, so it notices a stop request.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
+/// Packets read from one device before the others get their turn.
+const READ_BATCH: usize = 64;
+
 /// How often the counters are published at least while packets flow.
 const STATS_EVERY: Duration = Duration::from_millis(10);
 
@@ -138,12 +141,14 @@ impl Forwarder {
             let timeout_ms = wait.as_micros().div_ceil(1000) as libc::c_int;
             // SAFETY: `fds` is a live array of pollfd of the given length.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-            for index in 0..fds.len() {
-                if fds[index].revents & libc::POLLIN == 0 {
-                    continue;
-                }
-                // Read until the device is drained (the descriptor is non-blocking).
-                while let Ok(n) = self.ports[index].0.read(&mut buf) {
+            let readable: Vec<usize> =
+                fds.iter().enumerate().filter(|(_, fd)| fd.revents & libc::POLLIN != 0).map(|(i, _)| i).collect();
+            for index in readable {
+                // Read a batch (the descriptor is non-blocking): a bounded one, so that a
+                // sender faster than the forwarder cannot starve the other devices and the
+                // deliveries below.
+                for _ in 0..READ_BATCH {
+                    let Ok(n) = self.ports[index].0.read(&mut buf) else { break };
                     if let Ok(packet) = Packet::parse(buf[..n].to_vec()) {
                         self.read_from(self.ports[index].1, packet, Instant::now());
                     }

@@ -14,6 +14,7 @@ pub mod nat;
 pub mod nat_check;
 pub mod packet;
 pub mod pcap;
+pub mod scenario;
 pub mod sim;
 mod sys;
 

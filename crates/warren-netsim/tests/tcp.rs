@@ -34,9 +34,12 @@ impl Stream {
     }
 }
 
-/// Listens on the server, accepts one connection, reads to the end; returns (bytes, first
-/// byte that differs from the expected stream, if any, and the receive timeline).
-fn receive(server: &Host) -> std::thread::JoinHandle<(u64, Option<u64>, Vec<(Instant, u64)>)> {
+/// What the receiver saw: bytes, the offset of the first byte that differs from the expected
+/// stream (if any), and the timeline of (time, bytes so far).
+type Received = (u64, Option<u64>, Vec<(Instant, u64)>);
+
+/// Listens on the server, accepts one connection, reads to the end.
+fn receive(server: &Host) -> std::thread::JoinHandle<Received> {
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let handle = server.spawn_sync(move || {
         let listener = TcpListener::bind((SERVER, 9000)).unwrap();

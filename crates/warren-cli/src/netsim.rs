@@ -1,0 +1,241 @@
+//! `warren netsim …`: the network simulator from the command line. `run` plays a scenario
+//! file, `nat-check` measures every NAT the simulator offers (and the real kernel's), `bench`
+//! measures forwarding against a veth pair. All need root (network namespaces).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use warren_netsim::KernelPorts;
+use warren_netsim::nat::NatPreset;
+use warren_netsim::nat_check::{Observed, Subject};
+use warren_netsim::scenario::{Line, Outcome, RunOptions, Scenario, Summary};
+
+use crate::output::json_line;
+
+#[derive(Subcommand)]
+pub enum NetsimCommand {
+    /// Build the topology of a scenario file, run each host's command (output prefixed with
+    /// the host's name), and print a summary: exit codes, packets per link, NAT counters.
+    Run(RunArgs),
+    /// Measure each NAT preset and the kernel NAT from outside with real sockets: mapping,
+    /// filtering, port preservation, hairpinning, mapping lifetime, TCP.
+    NatCheck(NatCheckArgs),
+    /// Forwarding throughput through one simulated link against a veth pair, in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The scenario (TOML; see docs/netsim.md and scenarios/).
+    scenario: PathBuf,
+    /// Where relative capture paths go [default: the current directory].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// One JSON object per output line, then one with the summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct NatCheckArgs {
+    /// Give each NAT this UDP timeout (seconds) and check that mappings live that long and no
+    /// longer; 0 skips the check.
+    #[arg(long, default_value_t = 1)]
+    lifetime: u64,
+    /// Print one JSON document.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: NetsimCommand) -> anyhow::Result<()> {
+    match command {
+        NetsimCommand::Run(args) => run_scenario(args),
+        NetsimCommand::NatCheck(args) => nat_check(args),
+        NetsimCommand::Bench(args) => bench(args),
+    }
+}
+
+fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
+    let scenario = Scenario::load(&args.scenario).with_context(|| format!("loading {}", args.scenario.display()))?;
+    let me = std::env::current_exe().context("finding the warren binary")?;
+    let options = RunOptions { env: vec![("WARREN".into(), me.display().to_string())], capture_dir: args.out.clone() };
+    let width = scenario.hosts.iter().map(|h| h.name.len()).max().unwrap_or(4);
+    let json = args.json;
+    let summary = scenario.run(&options, |line: Line| {
+        if json {
+            json_line(&serde_json::json!({
+                "host": line.host,
+                "stream": if line.stderr { "stderr" } else { "stdout" },
+                "line": line.text,
+            }));
+        } else {
+            println!("{:>width$} {} {}", line.host, if line.stderr { "!" } else { "|" }, line.text);
+        }
+    })?;
+    if json {
+        json_line(&serde_json::json!({ "summary": summary }));
+    } else {
+        print_summary(&summary);
+    }
+    let failed: Vec<String> = summary
+        .hosts
+        .iter()
+        .filter(|(_, outcome)| !outcome.ok())
+        .map(|(name, outcome)| format!("{name} ({})", describe(outcome)))
+        .collect();
+    if !failed.is_empty() {
+        bail!("{} of {} hosts failed: {}", failed.len(), summary.hosts.len(), failed.join(", "));
+    }
+    Ok(())
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Exited(Some(code)) => format!("exit {code}"),
+        Outcome::Exited(None) => "killed by a signal".into(),
+        Outcome::Stopped => "daemon, stopped".into(),
+        Outcome::TimedOut => "timed out".into(),
+        Outcome::Idle => "no command".into(),
+    }
+}
+
+fn print_summary(summary: &Summary) {
+    println!("\nsummary after {:.1} s", summary.elapsed_ms as f64 / 1e3);
+    for (name, outcome) in &summary.hosts {
+        println!("  host {name:<16} {}", describe(outcome));
+    }
+    println!("  {:<34} {:>9} {:>9} {:>7} {:>7} {:>5}", "link", "offered", "forwarded", "lost", "queue", "mtu");
+    for link in &summary.links {
+        println!(
+            "  {:<34} {:>9} {:>9} {:>7} {:>7} {:>5}",
+            format!("{} -> {}", link.from, link.to),
+            link.offered,
+            link.forwarded,
+            link.lost,
+            link.queue_drops,
+            link.mtu_drops
+        );
+    }
+    for nat in &summary.nats {
+        println!(
+            "  nat {:<16} {} mappings, {} out, {} in, {} dropped",
+            nat.name, nat.mappings, nat.outbound, nat.inbound, nat.dropped
+        );
+    }
+}
+
+/// The kebab-case name serde gives a behaviour enum.
+fn name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_else(|| "-".into())
+}
+
+fn nat_check(args: NatCheckArgs) -> anyhow::Result<()> {
+    let lifetime = (args.lifetime > 0).then(|| Duration::from_secs(args.lifetime));
+    let mut subjects: Vec<Subject> = NatPreset::ALL.into_iter().map(Subject::Preset).collect();
+    subjects.extend(KernelPorts::ALL.into_iter().map(Subject::Kernel));
+    let mut results: Vec<Observed> = Vec::new();
+    if !args.json {
+        println!(
+            "{:<32} {:<4} {:<27} {:<27} {:<6} {:<8} {:<9} {:<4} unsolicited TCP",
+            "NAT", "UDP", "mapping", "filtering", "ports", "hairpin", "lifetime", "TCP"
+        );
+    }
+    for (index, subject) in subjects.iter().enumerate() {
+        let observed = warren_netsim::nat_check::check(subject, lifetime, index as u64 + 1)
+            .with_context(|| format!("checking {}", subject.name()))?;
+        if !args.json {
+            let yes_no = |b: Option<bool>, yes: &str, no: &str| match b {
+                Some(true) => yes.to_owned(),
+                Some(false) => no.to_owned(),
+                None => "-".into(),
+            };
+            let life = observed.lifetime.map_or("-".into(), |l| {
+                if l.alive_at_half && l.expired_at_one_and_half {
+                    format!("{} s ok", l.configured_ms / 1000)
+                } else {
+                    format!("WRONG ({}/{})", l.alive_at_half, l.expired_at_one_and_half)
+                }
+            });
+            println!(
+                "{:<32} {:<4} {:<27} {:<27} {:<6} {:<8} {:<9} {:<4} {}",
+                observed.subject,
+                if observed.udp { "yes" } else { "no" },
+                observed.mapping.map_or("-".into(), |m| name(&m)),
+                observed.filtering.map_or("-".into(), |f| name(&f)),
+                yes_no(observed.port_preserved, "kept", "new"),
+                yes_no(observed.hairpin, "yes", "no"),
+                life,
+                if observed.tcp { "yes" } else { "no" },
+                name(&observed.unsolicited_tcp),
+            );
+        }
+        results.push(observed);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nats": results }))?);
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if !(0.1..=600.0).contains(&args.seconds) {
+        bail!("--seconds must be between 0.1 and 600");
+    }
+    let report = warren_netsim::bench::run(Duration::from_secs_f64(args.seconds))?;
+    let gbit = |r: warren_netsim::bench::Rate| r.bits_per_sec / 1e9;
+    if args.json {
+        json_line(&serde_json::json!({
+            "seconds": args.seconds,
+            "tcp": {
+                "netsim_gbps": gbit(report.sim_tcp),
+                "veth_gbps": gbit(report.veth_tcp),
+                "ratio_vs_veth": report.tcp_ratio(),
+            },
+            "udp_1400": {
+                "netsim_gbps": gbit(report.sim_udp),
+                "netsim_pps": report.sim_udp.packets_per_sec,
+                "veth_gbps": gbit(report.veth_udp),
+                "veth_pps": report.veth_udp.packets_per_sec,
+                "ratio_vs_veth": report.udp_ratio(),
+            },
+        }));
+        return Ok(());
+    }
+    println!("forwarding, {} s per measurement (receiver's rate)", args.seconds);
+    println!(
+        "  {:<14} {:>12} {:>12} {:>14} {:>14} {:>7}",
+        "", "netsim Gb/s", "veth Gb/s", "netsim pkt/s", "veth pkt/s", "ratio"
+    );
+    for (label, sim, veth, ratio) in [
+        ("TCP stream", report.sim_tcp, report.veth_tcp, report.tcp_ratio()),
+        ("UDP 1400 B", report.sim_udp, report.veth_udp, report.udp_ratio()),
+    ] {
+        println!(
+            "  {label:<14} {:>12.3} {:>12.3} {:>14.0} {:>14.0} {:>7.3}",
+            gbit(sim),
+            gbit(veth),
+            sim.packets_per_sec,
+            veth.packets_per_sec,
+            ratio
+        );
+    }
+    println!(
+        "targets: TCP >= 1 Gbit/s: {}; >= 50% of veth: TCP {}, UDP {}",
+        if gbit(report.sim_tcp) >= 1.0 { "met" } else { "NOT met" },
+        if report.tcp_ratio() >= 0.5 { "met" } else { "NOT met" },
+        if report.udp_ratio() >= 0.5 { "met" } else { "NOT met" },
+    );
+    Ok(())
+}

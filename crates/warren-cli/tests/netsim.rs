@@ -1,0 +1,139 @@
+//! `warren netsim …` as a real process: the shipped scenarios run to success, failures and bad
+//! files give a one-line reason, `nat-check` and `bench` print what they measured. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn warren() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_warren"))
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn lines(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout).lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect()
+}
+
+/// Runs a shipped scenario with --json; returns its output lines and summary.
+fn run_scenario(name: &str) -> (Vec<Value>, Value) {
+    let out = std::env::temp_dir().join(format!("warren-netsim-scenario-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
+    let output = warren()
+        .args(["netsim", "run", "--json", "--out"])
+        .arg(&out)
+        .arg(repo().join("scenarios").join(format!("{name}.toml")))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+    let mut all = lines(&output.stdout);
+    let summary = all.pop().expect("a summary line")["summary"].clone();
+    std::fs::remove_dir_all(&out).unwrap();
+    (all, summary)
+}
+
+/// Every pinging host printed its three round trips and exited 0.
+fn assert_pings(lines: &[Value], summary: &Value, pingers: &[&str]) {
+    for host in pingers {
+        let printed: Vec<&str> =
+            lines.iter().filter(|l| l["host"] == *host).filter_map(|l| l["line"].as_str()).collect();
+        assert!(printed.iter().any(|l| l.contains("identity verified")), "{host}: {printed:?}");
+        assert_eq!(printed.iter().filter(|l| l.starts_with("seq=")).count(), 3, "{host}: {printed:?}");
+    }
+    for (name, outcome) in summary["hosts"].as_array().unwrap().iter().map(|h| (&h[0], &h[1])) {
+        let status = outcome["status"].as_str().unwrap();
+        assert!(status == "exited" && outcome["code"] == 0 || status == "stopped", "{name}: {outcome}");
+    }
+}
+
+#[test]
+fn home_nats_scenario() {
+    let (lines, summary) = run_scenario("home-nats");
+    assert_pings(&lines, &summary, &["alice", "bob"]);
+    let nats = summary["nats"].as_array().unwrap();
+    assert_eq!(nats.len(), 2);
+    assert!(nats.iter().all(|n| n["outbound"].as_u64().unwrap() > 0 && n["inbound"].as_u64().unwrap() > 0));
+    // The server saw each peer as its NAT's public address.
+    let server: Vec<&str> = lines.iter().filter(|l| l["host"] == "server").filter_map(|l| l["line"].as_str()).collect();
+    assert!(server.iter().any(|l| l.contains("at 203.0.113.1:")), "{server:?}");
+    assert!(server.iter().any(|l| l.contains("at 203.0.113.2:")), "{server:?}");
+}
+
+#[test]
+fn lan_scenario() {
+    let (lines, summary) = run_scenario("lan");
+    assert_pings(&lines, &summary, &["laptop", "phone"]);
+}
+
+#[test]
+fn cgnat_scenario() {
+    let (lines, summary) = run_scenario("cgnat");
+    assert_pings(&lines, &summary, &["phone"]);
+    let server: Vec<&str> = lines.iter().filter(|l| l["host"] == "server").filter_map(|l| l["line"].as_str()).collect();
+    assert!(server.iter().any(|l| l.contains("at 203.0.113.50:")), "seen as the carrier's address: {server:?}");
+}
+
+#[test]
+fn symmetric_scenario() {
+    let (lines, summary) = run_scenario("symmetric");
+    assert_pings(&lines, &summary, &["laptop", "desktop"]);
+}
+
+#[test]
+fn a_failing_command_fails_the_run_with_a_one_line_reason() {
+    let dir = std::env::temp_dir().join(format!("warren-netsim-fail-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("fail.toml");
+    std::fs::write(
+        &file,
+        "[[host]]\nname = \"a\"\nip = \"10.0.0.1/24\"\nrun = \"echo about to fail; exit 3\"\n\
+         [[host]]\nname = \"b\"\nip = \"10.0.0.2/24\"\nrun = \"sleep 30\"\ndaemon = true\n",
+    )
+    .unwrap();
+    let output = warren().args(["netsim", "run"]).arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("a | about to fail"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim(), "warren: 1 of 2 hosts failed: a (exit 3)");
+
+    std::fs::write(&file, "[[host]]\nname = \"a\"\nip = \"10.0.0.1/24\"\nbehind = \"ghost\"\n").unwrap();
+    let output = warren().args(["netsim", "run"]).arg(&file).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("a is behind \"ghost\", which is not defined"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nat_check_reports_every_preset_and_the_kernel_nat() {
+    let output = warren().args(["netsim", "nat-check", "--json", "--lifetime", "0"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let nats = report["nats"].as_array().unwrap();
+    let by_name = |name: &str| nats.iter().find(|n| n["subject"] == name).unwrap_or_else(|| panic!("{name}"));
+    assert_eq!(nats.len(), 9);
+    assert_eq!(by_name("FullCone")["filtering"], "endpoint-independent");
+    assert_eq!(by_name("Symmetric")["mapping"], "address-and-port-dependent");
+    assert_eq!(by_name("Corporate")["udp"], false);
+    assert_eq!(by_name("kernel masquerade")["mapping"], "endpoint-independent");
+    assert_eq!(by_name("kernel masquerade fully-random")["mapping"], "address-and-port-dependent");
+}
+
+/// A short run of the forwarding benchmark (the full one is `warren netsim bench`).
+#[test]
+fn bench_smoke() {
+    let output = warren().args(["netsim", "bench", "--seconds", "0.5", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for path in [["tcp", "netsim_gbps"], ["tcp", "veth_gbps"], ["udp_1400", "netsim_pps"], ["udp_1400", "veth_pps"]] {
+        let value = report[path[0]][path[1]].as_f64().unwrap_or_else(|| panic!("{path:?}: {report}"));
+        assert!(value.is_finite() && value > 0.0, "{path:?} = {value}");
+    }
+    let ratio = report["tcp"]["netsim_gbps"].as_f64().unwrap() / report["tcp"]["veth_gbps"].as_f64().unwrap();
+    assert!((ratio - report["tcp"]["ratio_vs_veth"].as_f64().unwrap()).abs() < 1e-9);
+}
