@@ -169,7 +169,8 @@ fn id_refuses_a_corrupt_key_file_instead_of_replacing_it() {
 
 #[test]
 fn demo_runs_the_whole_story() {
-    let output = warren().args(["demo", "--bytes", "4194304", "--json"]).output().unwrap();
+    let output =
+        warren().args(["demo", "--bytes", "4194304", "--netsim-bytes", "262144", "--json"]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["stream_bytes"], 4194304);
@@ -177,6 +178,12 @@ fn demo_runs_the_whole_story() {
     assert_eq!(report["unknown_protocol_refused"], true);
     assert!(report["stream_gbps"].as_f64().unwrap() > 0.0);
     assert!(report["ping_bob_to_alice_avg_ms"].as_f64().unwrap() > 0.0);
+    // Across the simulated internet: seen as the NAT's address, never faster than the 100 ms
+    // the links take, every byte counted by the far side.
+    let netsim = &report["netsim"];
+    assert!(netsim["seen_at"].as_str().unwrap().starts_with("203.0.113.1:"), "{netsim}");
+    assert!(netsim["ping_avg_ms"].as_f64().unwrap() >= 100.0, "{netsim}");
+    assert_eq!(netsim["bytes"], 262144);
 }
 
 /// A short run of the throughput benchmark (the full one is `warren bench throughput`).
