@@ -169,8 +169,7 @@ fn id_refuses_a_corrupt_key_file_instead_of_replacing_it() {
 
 #[test]
 fn demo_runs_the_whole_story() {
-    let output =
-        warren().args(["demo", "--bytes", "4194304", "--netsim-bytes", "262144", "--json"]).output().unwrap();
+    let output = warren().args(["demo", "--bytes", "4194304", "--netsim-bytes", "262144", "--json"]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["stream_bytes"], 4194304);
