@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::link::{Link, LinkStats};
 use crate::nat::{Nat, NatStats, NatVerdict};
-use crate::packet::{MAX_PACKET, Packet};
+use crate::packet::{MAX_PACKET, Packet, VNET_HEADER_LEN};
 use crate::sim::{Capture, Node};
 
 /// A TUN device the forwarder reads and writes.
@@ -127,7 +127,7 @@ impl Forwarder {
     }
 
     pub(crate) fn run(mut self) {
-        let mut buf = vec![0u8; MAX_PACKET];
+        let mut buf = vec![0u8; VNET_HEADER_LEN + MAX_PACKET];
         let mut fds: Vec<libc::pollfd> = self
             .ports
             .iter()
@@ -149,7 +149,7 @@ impl Forwarder {
                 // deliveries below.
                 for _ in 0..READ_BATCH {
                     let Ok(n) = self.ports[index].0.read(&mut buf) else { break };
-                    if let Ok(packet) = Packet::parse(buf[..n].to_vec()) {
+                    if let Ok(packet) = Packet::parse_vnet(&buf[..n]) {
                         self.read_from(self.ports[index].1, packet, Instant::now());
                     }
                 }
@@ -171,6 +171,10 @@ impl Forwarder {
     /// A packet came out of a TUN device.
     fn read_from(&mut self, port: Port, packet: Packet, now: Instant) {
         match port {
+            Port::Host(host) if !packet.is_plain() && self.interface_captures.contains_key(&host) => {
+                // A captured interface shows the packets a wire would carry.
+                packet.for_each_plain(|p| self.read_from(port, p, now));
+            }
             Port::Host(host) => {
                 write_capture(self.interface_captures.get(&host), &packet);
                 let from = Node::Host(host);
@@ -214,6 +218,12 @@ impl Forwarder {
 
     fn send(&mut self, from: Node, to: Node, packet: Packet, now: Instant) {
         let Some(link) = self.links.get_mut(&(from, to)) else { return };
+        let config = link.config();
+        if !packet.is_plain()
+            && (config.shapes_packets() || packet.wire_len() > config.mtu || self.captures.contains_key(&(from, to)))
+        {
+            return packet.for_each_plain(|p| self.send(from, to, p, now));
+        }
         if let Some(reply) = link.send(packet, now) {
             // ICMP "fragmentation needed" goes back to the sender.
             self.arrive(from, to, reply, now);
@@ -222,6 +232,11 @@ impl Forwarder {
 
     /// A packet reached node `at` over the link from `from`.
     fn arrive(&mut self, at: Node, from: Node, mut packet: Packet, now: Instant) {
+        let captured = matches!(at, Node::Host(host) if self.interface_captures.contains_key(&host));
+        if !packet.is_plain() && (matches!(at, Node::Nat(_)) || captured) {
+            // The NAT model and captures see wire packets.
+            return packet.for_each_plain(|p| self.arrive(at, from, p, now));
+        }
         match at {
             Node::Host(host) => {
                 write_capture(self.interface_captures.get(&host), &packet);
@@ -277,10 +292,17 @@ impl Forwarder {
     }
 
     fn write_port(&mut self, port: Port, packet: &Packet) {
-        if let Some(&index) = self.port_index.get(&port) {
-            // A full TUN queue drops the packet, as a full interface queue would.
-            let _ = self.ports[index].0.write(packet.as_bytes());
-        }
+        let Some(&index) = self.port_index.get(&port) else { return };
+        let header = packet.vnet_header();
+        let bytes = packet.as_bytes();
+        let iov = [
+            libc::iovec { iov_base: header.as_ptr() as *mut libc::c_void, iov_len: header.len() },
+            libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() },
+        ];
+        // SAFETY: both iovecs point into buffers alive for the call; writev only reads them.
+        // A full TUN queue drops the packet (the result is ignored), as a full interface
+        // queue would.
+        unsafe { libc::writev(self.ports[index].0.as_raw_fd(), iov.as_ptr(), 2) };
     }
 
     fn deliver(&mut self, now: Instant) {

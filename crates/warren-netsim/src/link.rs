@@ -78,6 +78,15 @@ impl Default for LinkConfig {
     }
 }
 
+impl LinkConfig {
+    /// Does this link treat packets one by one (loss, duplication, jitter, a bandwidth limit)?
+    /// Then a TCP super-segment must be cut into the packets the wire would carry before it
+    /// enters; a link with only latency carries it whole.
+    pub fn shapes_packets(&self) -> bool {
+        self.loss != Loss::None || self.duplicate > 0.0 || !self.jitter.is_zero() || self.bandwidth_bps.is_some()
+    }
+}
+
 /// What happened to the packets a link was given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkStats {
@@ -191,28 +200,31 @@ impl Link {
     /// "fragmentation needed" if the packet was too big and had DF set.
     pub fn send(&mut self, packet: Packet, now: Instant) -> Option<Packet> {
         self.stats.offered += 1;
-        let pieces = match packet.fragment(self.config.mtu) {
-            Some(pieces) => pieces,
-            None => {
-                self.stats.mtu_drops += 1;
-                let mtu = u16::try_from(self.config.mtu).unwrap_or(u16::MAX);
-                return Some(packet.fragmentation_needed(self.config.router, mtu));
+        // A TCP super-segment (see `Packet::wire_len`) counts by the segments it stands for.
+        let pieces = if packet.wire_len() <= self.config.mtu {
+            vec![packet]
+        } else {
+            match packet.fragment(self.config.mtu) {
+                Some(pieces) => pieces,
+                None => {
+                    self.stats.mtu_drops += 1;
+                    let mtu = u16::try_from(self.config.mtu).unwrap_or(u16::MAX);
+                    return Some(packet.fragmentation_needed(self.config.router, mtu));
+                }
             }
         };
         if self.lost() {
             self.stats.lost += 1;
             return None;
         }
-        let copies = if self.config.duplicate > 0.0 && self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
+        if self.config.duplicate > 0.0 && self.rng.random_bool(self.config.duplicate.clamp(0.0, 1.0)) {
             self.stats.duplicated += 1;
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
             for piece in &pieces {
                 self.enqueue(piece.clone(), now);
             }
+        }
+        for piece in pieces {
+            self.enqueue(piece, now);
         }
         None
     }

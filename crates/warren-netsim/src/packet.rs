@@ -25,8 +25,12 @@ pub mod tcp_flags {
     pub const SYN: u8 = 0x02;
     /// RST.
     pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
     /// ACK.
     pub const ACK: u8 = 0x10;
+    /// CWR.
+    pub const CWR: u8 = 0x80;
 }
 
 /// Why bytes are not a packet the simulator can forward.
@@ -53,6 +57,28 @@ pub enum PacketError {
 pub struct Packet {
     bytes: Vec<u8>,
     header_len: usize,
+    offload: Offload,
+}
+
+/// Size of `struct virtio_net_hdr`, in front of every packet on a TUN device with
+/// `IFF_VNET_HDR`.
+pub(crate) const VNET_HEADER_LEN: usize = 10;
+const VNET_NEEDS_CSUM: u8 = 1;
+const VNET_GSO_NONE: u8 = 0;
+const VNET_GSO_TCPV4: u8 = 1;
+const VNET_GSO_ECN: u8 = 0x80;
+
+/// What a TUN device with offloads left undone in a packet it handed over: a TCP segment larger
+/// than one packet, to be cut at `gso_size` bytes of payload (TSO), and a transport checksum
+/// holding only the pseudo-header sum. Packets made or parsed here have neither.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Offload {
+    /// Payload bytes per segment when the packet is a TCP super-segment; 0 otherwise.
+    pub(crate) gso_size: u16,
+    /// Is the transport checksum partial (pseudo-header only)?
+    pub(crate) partial_checksum: bool,
+    /// The segments carry ECN (the `ECN` bit of the virtio GSO type).
+    pub(crate) ecn: bool,
 }
 
 impl fmt::Debug for Packet {
@@ -115,7 +141,7 @@ impl Packet {
             return Err(PacketError::Truncated("IPv4 payload"));
         }
         bytes.truncate(total);
-        let packet = Self { bytes, header_len };
+        let packet = Self { bytes, header_len, offload: Offload::default() };
         if !packet.is_later_fragment() {
             let need = match packet.protocol() {
                 UDP => 8,
@@ -284,6 +310,7 @@ impl Packet {
     /// Fragments carry no complete transport segment, so only the IP checksum is fixed there.
     pub fn fix_checksums(&mut self) {
         self.fix_ip_checksum();
+        self.offload.partial_checksum = false;
         if !self.has_ports() || self.more_fragments() {
             return;
         }
@@ -318,6 +345,112 @@ impl Packet {
         let segment = self.payload();
         let sum = sum16(&self.bytes[12..20]) + u32::from(self.protocol()) + segment.len() as u32 + sum16(segment);
         fold(sum) == 0
+    }
+
+    /// Parses what a TUN device with `IFF_VNET_HDR` hands over: a 10-byte `virtio_net_hdr`
+    /// (native byte order) then the packet. Only TCPv4 segmentation is accepted (the only kind
+    /// the devices are offered).
+    pub(crate) fn parse_vnet(frame: &[u8]) -> Result<Self, PacketError> {
+        let (header, bytes) =
+            frame.split_first_chunk::<VNET_HEADER_LEN>().ok_or(PacketError::Truncated("virtio-net header"))?;
+        let gso_size = u16::from_ne_bytes([header[4], header[5]]);
+        let offload = match header[1] & !VNET_GSO_ECN {
+            VNET_GSO_NONE => Offload { gso_size: 0, partial_checksum: false, ecn: false },
+            VNET_GSO_TCPV4 if gso_size > 0 => {
+                Offload { gso_size, partial_checksum: false, ecn: header[1] & VNET_GSO_ECN != 0 }
+            }
+            _ => return Err(PacketError::Malformed("virtio-net GSO type")),
+        };
+        let mut packet = Self::parse(bytes.to_vec())?;
+        packet.offload = Offload { partial_checksum: header[0] & VNET_NEEDS_CSUM != 0, ..offload };
+        Ok(packet)
+    }
+
+    /// The `virtio_net_hdr` to write in front of this packet to a TUN device with
+    /// `IFF_VNET_HDR`: whatever is still left undone, for the receiving kernel to finish.
+    pub(crate) fn vnet_header(&self) -> [u8; VNET_HEADER_LEN] {
+        let mut header = [0u8; VNET_HEADER_LEN];
+        let has_ports = self.has_ports();
+        let transport_len = match self.protocol() {
+            TCP if has_ports => usize::from(self.bytes[self.header_len + 12] >> 4) * 4,
+            UDP if has_ports => 8,
+            _ => 0,
+        };
+        if self.offload.gso_size > 0 && self.protocol() == TCP && transport_len > 0 {
+            header[1] = VNET_GSO_TCPV4 | if self.offload.ecn { VNET_GSO_ECN } else { 0 };
+            header[2..4].copy_from_slice(&((self.header_len + transport_len) as u16).to_ne_bytes());
+            header[4..6].copy_from_slice(&self.offload.gso_size.to_ne_bytes());
+        }
+        if self.offload.partial_checksum && transport_len > 0 {
+            header[0] = VNET_NEEDS_CSUM;
+            header[6..8].copy_from_slice(&(self.header_len as u16).to_ne_bytes());
+            let offset: u16 = if self.protocol() == TCP { 16 } else { 6 };
+            header[8..10].copy_from_slice(&offset.to_ne_bytes());
+        }
+        header
+    }
+
+    /// The size of the largest packet this one stands for on the wire: its own length, or for
+    /// a TCP super-segment, the length of one full segment.
+    pub(crate) fn wire_len(&self) -> usize {
+        let gso = usize::from(self.offload.gso_size);
+        if gso == 0 || self.protocol() != TCP || self.is_later_fragment() {
+            return self.len();
+        }
+        let headers = self.header_len + usize::from(self.bytes[self.header_len + 12] >> 4) * 4;
+        self.len().min(headers + gso)
+    }
+
+    /// True if nothing is left undone: one wire packet with complete checksums.
+    pub(crate) fn is_plain(&self) -> bool {
+        self.offload == Offload::default()
+    }
+
+    /// Hands `f` the packet as the wire would carry it: a TCP super-segment cut into segments
+    /// of at most `gso_size` payload bytes (sequence numbers, IP IDs, lengths and flags as a
+    /// NIC doing TSO would set them), every checksum complete.
+    pub(crate) fn for_each_plain(mut self, mut f: impl FnMut(Packet)) {
+        let offload = self.offload;
+        let tcp_header = if self.protocol() == TCP && !self.is_later_fragment() {
+            usize::from(self.bytes[self.header_len + 12] >> 4) * 4
+        } else {
+            0
+        };
+        let mss = usize::from(offload.gso_size);
+        let data_at = self.header_len + tcp_header;
+        if mss == 0 || tcp_header == 0 || self.bytes.len() - data_at <= mss {
+            self.offload = Offload::default();
+            if offload.partial_checksum {
+                self.fix_checksums();
+            }
+            return f(self);
+        }
+        let (headers, data) = self.bytes.split_at(data_at);
+        let seq = u32::from_be_bytes(headers[self.header_len + 4..self.header_len + 8].try_into().expect("4 bytes"));
+        let id = u16::from_be_bytes([headers[4], headers[5]]);
+        let flags = headers[self.header_len + 13];
+        let count = data.len().div_ceil(mss);
+        for (i, chunk) in data.chunks(mss).enumerate() {
+            let mut bytes = Vec::with_capacity(data_at + chunk.len());
+            bytes.extend_from_slice(headers);
+            bytes.extend_from_slice(chunk);
+            let total = bytes.len() as u16;
+            bytes[2..4].copy_from_slice(&total.to_be_bytes());
+            bytes[4..6].copy_from_slice(&id.wrapping_add(i as u16).to_be_bytes());
+            let at = self.header_len;
+            bytes[at + 4..at + 8].copy_from_slice(&seq.wrapping_add((i * mss) as u32).to_be_bytes());
+            let mut segment_flags = flags;
+            if i + 1 < count {
+                segment_flags &= !(tcp_flags::FIN | tcp_flags::PSH);
+            }
+            if i > 0 {
+                segment_flags &= !tcp_flags::CWR;
+            }
+            bytes[at + 13] = segment_flags;
+            let mut segment = Packet { bytes, header_len: self.header_len, offload: Offload::default() };
+            segment.fix_checksums();
+            f(segment);
+        }
     }
 
     /// Builds a UDP packet (checksummed; DF set, as QUIC stacks do).
@@ -365,7 +498,7 @@ impl Packet {
         bytes.extend_from_slice(&src.octets());
         bytes.extend_from_slice(&dst.octets());
         bytes.extend_from_slice(payload);
-        let mut packet = Self { bytes, header_len: 20 };
+        let mut packet = Self { bytes, header_len: 20, offload: Offload::default() };
         packet.fix_checksums();
         packet
     }
@@ -405,7 +538,7 @@ impl Packet {
             let offset_units = ((base_offset + start) / 8) as u16;
             bytes[6] = (bytes[6] & 0x40) | if more { 0x20 } else { 0 } | ((offset_units >> 8) as u8 & 0x1f);
             bytes[7] = offset_units as u8;
-            let mut fragment = Self { bytes, header_len: self.header_len };
+            let mut fragment = Self { bytes, header_len: self.header_len, offload: Offload::default() };
             fragment.fix_ip_checksum();
             out.push(fragment);
             start = end;
@@ -420,6 +553,45 @@ mod tests {
 
     fn ep(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_tcp_super_segment_is_cut_as_a_nic_would_cut_it() {
+        let data: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+        let flags = tcp_flags::ACK | tcp_flags::PSH | tcp_flags::FIN | tcp_flags::CWR;
+        let mut big = Packet::tcp(ep("10.0.0.1:1000"), ep("10.0.0.2:80"), flags, 7_000, 1, &data);
+        // What a kernel with TSO hands over: the checksum only over the pseudo-header.
+        let header_len = big.header_len;
+        big.bytes[header_len + 16..header_len + 18].copy_from_slice(&[0x12, 0x34]);
+        big.offload = Offload { gso_size: 1448, partial_checksum: true, ecn: false };
+        let frame: Vec<u8> = big.vnet_header().iter().chain(big.as_bytes()).copied().collect();
+        let parsed = Packet::parse_vnet(&frame).unwrap();
+        assert_eq!(parsed.offload, big.offload, "the virtio header round-trips");
+
+        let mut segments = Vec::new();
+        parsed.for_each_plain(|p| segments.push(p));
+        assert_eq!(segments.len(), 3);
+        let mut joined = Vec::new();
+        for (i, segment) in segments.iter().enumerate() {
+            assert!(segment.is_plain() && segment.checksums_ok(), "segment {i}");
+            let tcp = segment.payload();
+            let seq = u32::from_be_bytes(tcp[4..8].try_into().unwrap());
+            assert_eq!(seq, 7_000 + 1448 * i as u32);
+            let segment_flags = segment.tcp_flags().unwrap();
+            assert_eq!(segment_flags & (tcp_flags::FIN | tcp_flags::PSH) != 0, i == 2, "FIN/PSH only on the last");
+            assert_eq!(segment_flags & tcp_flags::CWR != 0, i == 0, "CWR only on the first");
+            joined.extend_from_slice(&tcp[20..]);
+        }
+        assert_eq!(joined, data);
+        assert_eq!(segments.iter().map(|s| s.payload().len() - 20).collect::<Vec<_>>(), vec![1448, 1448, 1104]);
+
+        // A small packet with a partial checksum just gets its checksum finished.
+        let mut small = Packet::udp(ep("10.0.0.1:1"), ep("10.0.0.2:2"), b"hi");
+        small.offload = Offload { gso_size: 0, partial_checksum: true, ecn: false };
+        let mut out = Vec::new();
+        small.for_each_plain(|p| out.push(p));
+        assert!(out.len() == 1 && out[0].is_plain() && out[0].checksums_ok());
+        assert!(Packet::parse_vnet(&[0u8; 5]).is_err(), "a short frame is refused");
     }
 
     #[test]

@@ -417,7 +417,7 @@ impl Simulation {
             return Err(SimError::AddressTaken(ip));
         }
         let (tun, namespace) = in_new_namespace(move || {
-            let tun = sys::create_tun(TUN_NAME).map_err(io_err("creating the TUN device"))?;
+            let tun = sys::create_offload_tun(TUN_NAME).map_err(io_err("creating the TUN device"))?;
             sys::configure(TUN_NAME, ip, prefix, HOST_MTU).map_err(io_err("configuring the TUN device"))?;
             Ok(tun)
         })?;
@@ -486,9 +486,9 @@ impl Simulation {
         }
         let KernelNatConfig { public_ip, lan_ip, lan_prefix, .. } = config;
         let ((wan, lan), namespace) = in_new_namespace(move || {
-            let wan = sys::create_tun("wan0").map_err(io_err("creating the kernel NAT's wan0"))?;
+            let wan = sys::create_offload_tun("wan0").map_err(io_err("creating the kernel NAT's wan0"))?;
             sys::configure("wan0", public_ip, 32, HOST_MTU).map_err(io_err("configuring wan0"))?;
-            let lan = sys::create_tun("lan0").map_err(io_err("creating the kernel NAT's lan0"))?;
+            let lan = sys::create_offload_tun("lan0").map_err(io_err("creating the kernel NAT's lan0"))?;
             sys::configure_interface("lan0", lan_ip, lan_prefix, HOST_MTU).map_err(io_err("configuring lan0"))?;
             sys::write_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IP forwarding"))?;
             Ok((wan, lan))
