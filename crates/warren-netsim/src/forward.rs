@@ -8,7 +8,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::link::{Link, LinkStats};
@@ -32,7 +32,36 @@ pub(crate) enum Port {
 pub(crate) struct Stats {
     pub(crate) links: HashMap<(String, String), LinkStats>,
     pub(crate) nats: HashMap<String, NatStats>,
+    /// Bumped at every publication.
+    generation: u64,
 }
+
+/// The counters, shared between the forwarder and the simulation.
+#[derive(Debug, Default)]
+pub(crate) struct SharedStats {
+    state: Mutex<Stats>,
+    published: Condvar,
+    /// Someone waits for counters newer than the last publication.
+    wanted: AtomicBool,
+}
+
+impl SharedStats {
+    /// The counters as of the forwarder's next pass (bounded wait), so that everything it had
+    /// already forwarded when this was called is counted; `running` false reads them as they
+    /// are.
+    pub(crate) fn fresh(&self, running: bool) -> MutexGuard<'_, Stats> {
+        let state = self.state.lock().expect("stats lock");
+        if !running {
+            return state;
+        }
+        let generation = state.generation;
+        self.wanted.store(true, Ordering::Release);
+        self.published.wait_timeout_while(state, STATS_WAIT, |s| s.generation == generation).expect("stats lock").0
+    }
+}
+
+/// Longest wait for fresh counters: a few forwarder passes.
+const STATS_WAIT: Duration = Duration::from_millis(200);
 
 /// One routing entry: a prefix and the child of a scope that owns it.
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +91,7 @@ pub(crate) struct Forwarder {
     links: HashMap<(Node, Node), Link>,
     captures: HashMap<(Node, Node), Capture>,
     interface_captures: HashMap<usize, Capture>,
-    stats: Arc<Mutex<Stats>>,
+    stats: Arc<SharedStats>,
     stop: Arc<AtomicBool>,
 }
 
@@ -88,7 +117,7 @@ impl Forwarder {
         links: HashMap<(Node, Node), Link>,
         captures: HashMap<(Node, Node), Capture>,
         interface_captures: HashMap<usize, Capture>,
-        stats: Arc<Mutex<Stats>>,
+        stats: Arc<SharedStats>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         let owned: HashMap<Node, &Vec<(Ipv4Addr, u8)>> = owned.iter().map(|(n, p)| (*n, p)).collect();
@@ -157,7 +186,7 @@ impl Forwarder {
             self.deliver(Instant::now());
             // Counters go out when the devices are quiet, and at least every STATS_EVERY
             // under load (cloning them for every packet would cost more than forwarding).
-            if ready <= 0 || published.elapsed() >= STATS_EVERY {
+            if ready <= 0 || published.elapsed() >= STATS_EVERY || self.stats.wanted.load(Ordering::Acquire) {
                 self.publish_stats();
                 published = Instant::now();
             }
@@ -326,7 +355,10 @@ impl Forwarder {
     }
 
     fn publish_stats(&self) {
-        let mut stats = self.stats.lock().expect("stats lock");
+        self.stats.wanted.store(false, Ordering::Release);
+        let mut stats = self.stats.state.lock().expect("stats lock");
+        stats.generation += 1;
+        self.stats.published.notify_all();
         for (&(from, to), link) in &self.links {
             stats.links.insert((self.names[&from].clone(), self.names[&to].clone()), link.stats().clone());
         }

@@ -667,8 +667,6 @@ impl Scenario {
         while let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
             on_line(line);
         }
-        // Let the forwarder publish its last counters.
-        std::thread::sleep(Duration::from_millis(50));
         let mut links: Vec<LinkSummary> = sim
             .link_stats()
             .into_iter()

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::forward::{Forwarder, Port, Stats};
+use crate::forward::{Forwarder, Port, SharedStats};
 use crate::link::{Link, LinkConfig, LinkStats};
 use crate::nat::{Nat, NatConfig, NatStats};
 use crate::pcap::PcapWriter;
@@ -297,7 +297,7 @@ pub struct Simulation {
     links: HashMap<(Node, Node), Link>,
     captures: HashMap<(Node, Node), Capture>,
     interface_captures: HashMap<usize, Capture>,
-    stats: Arc<Mutex<Stats>>,
+    stats: Arc<SharedStats>,
     stop: Arc<AtomicBool>,
     forwarder: Option<JoinHandle<()>>,
 }
@@ -550,14 +550,15 @@ impl Simulation {
         Ok(())
     }
 
-    /// Per-link counters, by (from, to) device name, as of the last forwarder pass.
+    /// Per-link counters, by (from, to) device name: everything forwarded before the call is
+    /// counted (the call waits for the forwarder's next pass).
     pub fn link_stats(&self) -> HashMap<(String, String), LinkStats> {
-        self.stats.lock().expect("stats lock").links.clone()
+        self.stats.fresh(self.forwarder.is_some()).links.clone()
     }
 
-    /// Per-NAT counters, by name, as of the last forwarder pass.
+    /// Per-NAT counters, by name, as fresh as [`link_stats`](Self::link_stats).
     pub fn nat_stats(&self) -> HashMap<String, NatStats> {
-        self.stats.lock().expect("stats lock").nats.clone()
+        self.stats.fresh(self.forwarder.is_some()).nats.clone()
     }
 
     /// Starts forwarding packets.

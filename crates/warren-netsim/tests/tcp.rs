@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use warren_netsim::link::{LinkConfig, Loss};
 use warren_netsim::nat::NatPreset;
-use warren_netsim::{Host, Simulation};
+use warren_netsim::{Host, KernelNatConfig, KernelPorts, Simulation};
 
 /// These tests measure rates: one at a time.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -142,4 +142,66 @@ fn a_10_mbit_link_carries_10_mbit_of_tcp() {
     let wire_mbit = mbit * 1500.0 / 1448.0;
     eprintln!("10 Mbit/s link: {mbit:.2} Mbit/s payload, {wire_mbit:.2} Mbit/s on the wire");
     assert!((9.0..=11.0).contains(&wire_mbit), "{wire_mbit:.2} Mbit/s, expected 10 ± 10%");
+}
+
+/// Over links that only delay, the kernel's 64 KB TCP super-segments (TSO) pass whole through
+/// a kernel NAT and a router (each decrementing their TTL), and arrive intact; where a link is
+/// captured they are cut into the packets a wire would carry.
+#[test]
+fn tcp_super_segments_cross_unimpaired_links_whole_and_captures_see_wire_packets() {
+    let _serial = serial();
+    let path = std::env::temp_dir().join(format!("warren-netsim-tso-{}.pcap", std::process::id()));
+    let mut sim = Simulation::new(13);
+    let router = sim.add_router("r", "10.9.0.1".parse().unwrap(), &[("10.9.0.0".parse().unwrap(), 24)], None).unwrap();
+    let nat = sim
+        .add_kernel_nat(
+            "knat",
+            KernelNatConfig {
+                public_ip: "10.9.0.2".parse().unwrap(),
+                lan_ip: "192.168.1.1".parse().unwrap(),
+                lan_prefix: 24,
+                ports: KernelPorts::Masquerade,
+                udp_timeout: None,
+            },
+            Some(&router),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = sim.add_host_behind("client", CLIENT, 24, &nat).unwrap();
+    let server = sim.add_host("server", SERVER, 24).unwrap();
+    let delay = LinkConfig { latency: Duration::from_millis(1), ..Default::default() };
+    sim.link(&client, &nat, delay.clone());
+    sim.link(&nat, &router, delay.clone());
+    sim.link(&router, &server, delay);
+    sim.capture(&router, &server, &path).unwrap();
+    sim.start().unwrap();
+    const BYTES: u64 = 20_000_000;
+    let receiver = receive(&server);
+    send(&client, BYTES, None);
+    let (received, mismatch, _) = receiver.join().unwrap();
+    assert_eq!(received, BYTES);
+    assert_eq!(mismatch, None, "every byte is the one sent");
+    let stats = sim.link_stats();
+    let segments = BYTES / 1448;
+    for hop in [("client", "knat"), ("knat", "r")] {
+        let packets = stats[&(hop.0.into(), hop.1.into())].delivered;
+        assert!(
+            packets < segments / 4,
+            "{hop:?}: {packets} packets for {segments} segments: super-segments pass whole"
+        );
+    }
+    let captured = stats[&("r".into(), "server".into())].delivered;
+    assert!(captured >= segments, "{captured} packets on the captured link: cut to wire size");
+    drop(sim);
+    let bytes = std::fs::read(&path).unwrap();
+    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
+    let largest = packets.iter().map(|(_, p)| p.len()).max().unwrap();
+    assert!(largest <= 1500, "the capture holds wire packets (largest {largest} bytes)");
+    for (_, bytes) in &packets {
+        let packet = warren_netsim::packet::Packet::parse(bytes.clone()).unwrap();
+        assert!(packet.checksums_ok(), "complete checksums: {packet:?}");
+        if packet.dst() == SERVER {
+            assert_eq!(packet.ttl(), 62, "the kernel NAT and the router each decremented the TTL");
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
 }
