@@ -52,8 +52,11 @@ pub struct NatCheckArgs {
 #[derive(Args)]
 pub struct BenchArgs {
     /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 2.0)]
     seconds: f64,
+    /// Rounds (each measures veth and the simulator in turn); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -190,14 +193,15 @@ fn nat_check(args: NatCheckArgs) -> anyhow::Result<()> {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    if !(0.1..=600.0).contains(&args.seconds) {
-        bail!("--seconds must be between 0.1 and 600");
+    if !(0.1..=600.0).contains(&args.seconds) || !(1..=100).contains(&args.rounds) {
+        bail!("--seconds must be between 0.1 and 600, --rounds between 1 and 100");
     }
-    let report = warren_netsim::bench::run(Duration::from_secs_f64(args.seconds))?;
+    let report = warren_netsim::bench::run(Duration::from_secs_f64(args.seconds), args.rounds)?;
     let gbit = |r: warren_netsim::bench::Rate| r.bits_per_sec / 1e9;
     if args.json {
         json_line(&serde_json::json!({
             "seconds": args.seconds,
+            "rounds": args.rounds,
             "tcp": {
                 "netsim_gbps": gbit(report.sim_tcp),
                 "veth_gbps": gbit(report.veth_tcp),
@@ -213,7 +217,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }));
         return Ok(());
     }
-    println!("forwarding, {} s per measurement (receiver's rate)", args.seconds);
+    println!("forwarding, median of {} rounds of {} s per measurement (receiver's rate)", args.rounds, args.seconds);
     println!(
         "  {:<14} {:>12} {:>12} {:>14} {:>14} {:>7}",
         "", "netsim Gb/s", "veth Gb/s", "netsim pkt/s", "veth pkt/s", "ratio"

@@ -127,7 +127,7 @@ fn nat_check_reports_every_preset_and_the_kernel_nat() {
 /// A short run of the forwarding benchmark (the full one is `warren netsim bench`).
 #[test]
 fn bench_smoke() {
-    let output = warren().args(["netsim", "bench", "--seconds", "0.5", "--json"]).output().unwrap();
+    let output = warren().args(["netsim", "bench", "--seconds", "0.5", "--rounds", "1", "--json"]).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     for path in [["tcp", "netsim_gbps"], ["tcp", "veth_gbps"], ["udp_1400", "netsim_pps"], ["udp_1400", "veth_pps"]] {
