@@ -137,3 +137,31 @@ fn bench_smoke() {
     let ratio = report["tcp"]["netsim_gbps"].as_f64().unwrap() / report["tcp"]["veth_gbps"].as_f64().unwrap();
     assert!((ratio - report["tcp"]["ratio_vs_veth"].as_f64().unwrap()).abs() < 1e-9);
 }
+
+/// Without root the simulator says what it needs and how to get it, in one line.
+#[test]
+fn without_privilege_the_reason_and_the_way_out_are_one_line() {
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_warren"), "netsim", "run"])
+        .arg(repo().join("scenarios/lan.toml"))
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root (CAP_NET_ADMIN)") && stderr.contains("unshare -Urn"), "{stderr}");
+}
+
+/// Inside a user namespace (no real root), the simulator works: `unshare -Urn warren netsim …`.
+#[test]
+fn a_user_namespace_is_enough() {
+    let output = Command::new("unshare")
+        .args(["-Urn", env!("CARGO_BIN_EXE_warren"), "netsim", "run", "--json"])
+        .arg(repo().join("scenarios/lan.toml"))
+        .output()
+        .expect("unshare (util-linux)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut all = lines(&output.stdout);
+    let summary = all.pop().unwrap()["summary"].clone();
+    assert_pings(&all, &summary, &["laptop", "phone"]);
+}

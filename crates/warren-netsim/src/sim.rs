@@ -40,16 +40,16 @@ pub const HOST_MTU: u32 = 1500;
 pub enum SimError {
     /// Creating namespaces needs privilege.
     #[error(
-        "creating a network namespace was refused ({0}): run as root (CAP_NET_ADMIN), e.g. `sudo cargo test`, or inside a user namespace: `unshare -Urn cargo test`"
+        "creating a network namespace was refused ({0}): the simulator needs root (CAP_NET_ADMIN): run the command with sudo, or inside a user namespace with `unshare -Urn <command>`"
     )]
     NeedsPrivilege(io::Error),
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// The error.
-        source: io::Error,
+        error: io::Error,
     },
     /// A program the simulation needs is missing or failed.
     #[error("{0}")]
@@ -69,7 +69,7 @@ pub enum SimError {
 }
 
 pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SimError {
-    move |source| SimError::Io { what, source }
+    move |error| SimError::Io { what, error }
 }
 
 /// A host: a network namespace whose only interface besides `lo` is a TUN device with the

@@ -169,9 +169,16 @@ pub fn configure_interface(name: &str, ip: Ipv4Addr, prefix: u8, mtu: u32) -> io
     // A longer transmit queue than TUN's 500 packets, so that a burst waits for the forwarder
     // instead of being dropped by the kernel before any simulated link sees it: only the
     // links decide what is lost.
+    // The ioctl is refused inside a user namespace, where rtnetlink (`ip`) is allowed; a
+    // device left at 500 packets still works, so a failure of both is not an error.
     let mut req = IfReq::new(name);
     req.data[..4].copy_from_slice(&TX_QUEUE_LEN.to_ne_bytes());
-    ioctl(&socket, libc::SIOCSIFTXQLEN, &mut req as *mut IfReq as *mut _)?;
+    if ioctl(&socket, libc::SIOCSIFTXQLEN, &mut req as *mut IfReq as *mut _).is_err() {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "set", "dev", name, "txqueuelen", &TX_QUEUE_LEN.to_string()])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
     set_up(name)?;
     set_up("lo")
 }
