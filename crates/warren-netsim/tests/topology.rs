@@ -226,5 +226,15 @@ fn a_host_interface_capture_holds_what_the_host_sent_and_received() {
         .collect();
     assert_eq!(udp.iter().filter(|p| p.dst_port() == Some(7000)).count(), 4, "sent");
     assert_eq!(udp.iter().filter(|p| p.src_port() == Some(7000)).count(), 4, "received");
+    // A reader nobody here wrote opens it too (tcpdump, installed by scripts/setup).
+    let tcpdump = std::process::Command::new("tcpdump").args(["-nn", "-r"]).arg(&path).output().expect("tcpdump");
+    assert!(tcpdump.status.success(), "{}", String::from_utf8_lossy(&tcpdump.stderr));
+    let listing = String::from_utf8_lossy(&tcpdump.stdout);
+    assert_eq!(
+        listing.lines().filter(|l| l.contains("IP 10.0.0.1.") && l.contains(" > 10.0.0.2.7000:")).count(),
+        4,
+        "{listing}"
+    );
+    assert_eq!(listing.lines().filter(|l| l.contains("IP 10.0.0.2.7000 > 10.0.0.1.")).count(), 4, "{listing}");
     std::fs::remove_file(&path).unwrap();
 }
