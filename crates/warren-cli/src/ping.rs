@@ -42,6 +42,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
         None => Identity::generate(),
     };
     let p2p = P2P::new("warren", identity);
+    // Answer the peer's pings too: a `warren node` pings every peer that connects.
+    warren::ping::register(&p2p)?;
     let unspecified = match &args.peer.addr {
         ManualAddr::Socket(addr) if addr.is_ipv6() => "[::]:0",
         _ => "0.0.0.0:0",
