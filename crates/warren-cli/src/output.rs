@@ -37,6 +37,7 @@ pub fn describe(event: &Event) -> String {
         Event::PeerDisconnected { remote, reason } => format!("disconnected {remote}: {reason}"),
         Event::IncomingRejected { addr, reason } => format!("refused a connection from {addr}: {reason}"),
         Event::MetadataModified { metadata } => format!("metadata is now {metadata:?}"),
+        Event::LibrariesModified { libraries } => format!("libraries are now {libraries:?}"),
         Event::Shutdown => "shut down".to_owned(),
         other => format!("{other:?}"),
     }

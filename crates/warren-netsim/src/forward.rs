@@ -16,10 +16,75 @@ use crate::nat::{Nat, NatStats, NatVerdict};
 use crate::packet::{MAX_PACKET, Packet, VNET_HEADER_LEN};
 use crate::sim::{Capture, Node};
 
+/// The MAC address the forwarder answers every ARP request with: to a host, every other
+/// address is on its link, behind this one "router".
+pub(crate) const GATEWAY_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01];
+const ETHERNET_LEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+
+/// What an Ethernet frame read from a host's TAP device (after its virtio-net header) holds.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame<'a> {
+    /// An IPv4 packet.
+    Ipv4,
+    /// An ARP request: the reply frame to send back.
+    ArpRequest(Vec<u8>),
+    /// Anything else (IPv6, other ARP, LLDP…), dropped.
+    Other(&'a [u8]),
+}
+
+/// Classifies an Ethernet frame; for an ARP request, builds the reply (from [`GATEWAY_MAC`],
+/// whatever address was asked for).
+pub(crate) fn ethernet_frame(frame: &[u8]) -> Frame<'_> {
+    let Some(header) = frame.get(..ETHERNET_LEN) else { return Frame::Other(frame) };
+    match u16::from_be_bytes([header[12], header[13]]) {
+        ETHERTYPE_IPV4 => Frame::Ipv4,
+        ETHERTYPE_ARP => {
+            let Some(arp) = frame.get(ETHERNET_LEN..ETHERNET_LEN + 28) else { return Frame::Other(frame) };
+            // Ethernet/IPv4 request, not a probe or announcement of the sender's own address.
+            let request = arp[..8] == [0, 1, 8, 0, 6, 4, 0, 1];
+            let (sender_mac, sender_ip, target_ip) = (&arp[8..14], &arp[14..18], &arp[24..28]);
+            if !request || sender_ip == target_ip || sender_ip == [0, 0, 0, 0] {
+                return Frame::Other(frame);
+            }
+            let mut reply = Vec::with_capacity(ETHERNET_LEN + 28);
+            reply.extend_from_slice(sender_mac);
+            reply.extend_from_slice(&GATEWAY_MAC);
+            reply.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+            reply.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+            reply.extend_from_slice(&GATEWAY_MAC);
+            reply.extend_from_slice(target_ip);
+            reply.extend_from_slice(sender_mac);
+            reply.extend_from_slice(sender_ip);
+            Frame::ArpRequest(reply)
+        }
+        _ => Frame::Other(frame),
+    }
+}
+
+/// The Ethernet header for an IPv4 packet to `dst` on a host whose MAC is `host`: multicast
+/// and broadcast addresses map to their group MACs (RFC 1112), everything else to the host.
+fn ethernet_header(dst: Ipv4Addr, host: [u8; 6]) -> [u8; ETHERNET_LEN] {
+    let o = dst.octets();
+    let to = if dst.is_multicast() {
+        [0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]
+    } else if dst.is_broadcast() {
+        [0xff; 6]
+    } else {
+        host
+    };
+    let mut header = [0u8; ETHERNET_LEN];
+    header[..6].copy_from_slice(&to);
+    header[6..12].copy_from_slice(&GATEWAY_MAC);
+    header[12..].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    header
+}
+
 /// A TUN device the forwarder reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Port {
-    /// A host's `sim0`.
+    /// A host's `sim0` (a TAP device: Ethernet frames).
     Host(usize),
     /// A kernel NAT's upstream `wan0`.
     Wan(usize),
@@ -91,6 +156,8 @@ pub(crate) struct Forwarder {
     links: HashMap<(Node, Node), Link>,
     captures: HashMap<(Node, Node), Capture>,
     interface_captures: HashMap<usize, Capture>,
+    /// Each host's MAC address, by host index.
+    host_macs: Vec<[u8; 6]>,
     stats: Arc<SharedStats>,
     stop: Arc<AtomicBool>,
 }
@@ -117,6 +184,7 @@ impl Forwarder {
         links: HashMap<(Node, Node), Link>,
         captures: HashMap<(Node, Node), Capture>,
         interface_captures: HashMap<usize, Capture>,
+        host_macs: Vec<[u8; 6]>,
         stats: Arc<SharedStats>,
         stop: Arc<AtomicBool>,
     ) -> Self {
@@ -152,7 +220,20 @@ impl Forwarder {
             table.sort_by_key(|r| std::cmp::Reverse(r.prefix));
         }
         let port_index = ports.iter().enumerate().map(|(i, (_, p))| (*p, i)).collect();
-        Self { ports, port_index, nats, routes, parent, names, links, captures, interface_captures, stats, stop }
+        Self {
+            ports,
+            port_index,
+            nats,
+            routes,
+            parent,
+            names,
+            links,
+            captures,
+            interface_captures,
+            host_macs,
+            stats,
+            stop,
+        }
     }
 
     pub(crate) fn run(mut self) {
@@ -178,8 +259,20 @@ impl Forwarder {
                 // deliveries below.
                 for _ in 0..READ_BATCH {
                     let Ok(n) = self.ports[index].0.read(&mut buf) else { break };
-                    if let Ok(packet) = Packet::parse_vnet(&buf[..n]) {
-                        self.read_from(self.ports[index].1, packet, Instant::now());
+                    let port = self.ports[index].1;
+                    let l2_len = match port {
+                        Port::Host(_) => match ethernet_frame(buf.get(VNET_HEADER_LEN..n).unwrap_or_default()) {
+                            Frame::Ipv4 => ETHERNET_LEN,
+                            Frame::ArpRequest(reply) => {
+                                self.write_frame(index, &[0u8; VNET_HEADER_LEN], &reply, &[]);
+                                continue;
+                            }
+                            Frame::Other(_) => continue,
+                        },
+                        Port::Wan(_) | Port::Lan(_) => 0,
+                    };
+                    if let Ok(packet) = Packet::parse_vnet(&buf[..n], l2_len) {
+                        self.read_from(port, packet, Instant::now());
                     }
                 }
             }
@@ -322,16 +415,24 @@ impl Forwarder {
 
     fn write_port(&mut self, port: Port, packet: &Packet) {
         let Some(&index) = self.port_index.get(&port) else { return };
-        let header = packet.vnet_header();
-        let bytes = packet.as_bytes();
-        let iov = [
-            libc::iovec { iov_base: header.as_ptr() as *mut libc::c_void, iov_len: header.len() },
-            libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() },
-        ];
-        // SAFETY: both iovecs point into buffers alive for the call; writev only reads them.
-        // A full TUN queue drops the packet (the result is ignored), as a full interface
+        match port {
+            Port::Host(host) => {
+                let ethernet = ethernet_header(packet.dst(), self.host_macs[host]);
+                self.write_frame(index, &packet.vnet_header(ETHERNET_LEN), &ethernet, packet.as_bytes());
+            }
+            Port::Wan(_) | Port::Lan(_) => self.write_frame(index, &packet.vnet_header(0), &[], packet.as_bytes()),
+        }
+    }
+
+    /// Writes a virtio-net header, a link-layer header (empty on TUN) and a payload to port
+    /// `index` in one system call.
+    fn write_frame(&self, index: usize, vnet: &[u8], link: &[u8], payload: &[u8]) {
+        let iov = [vnet, link, payload]
+            .map(|part| libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() });
+        // SAFETY: every iovec points into a buffer alive for the call; writev only reads them.
+        // A full device queue drops the frame (the result is ignored), as a full interface
         // queue would.
-        unsafe { libc::writev(self.ports[index].0.as_raw_fd(), iov.as_ptr(), 2) };
+        unsafe { libc::writev(self.ports[index].0.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
     }
 
     fn deliver(&mut self, now: Instant) {

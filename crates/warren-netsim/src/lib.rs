@@ -8,7 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
-mod forward;
+pub(crate) mod forward;
 pub mod link;
 pub mod nat;
 pub mod nat_check;
@@ -28,8 +28,9 @@ pub use sim::{AsNode, Device, Host, KernelNatConfig, KernelPorts, Node, SimError
 pub fn fuzz_packet(data: &[u8]) {
     use std::time::{Duration, Instant};
     // The same bytes as a TUN device's frame: a virtio-net header, then a packet, which is cut
-    // into wire packets that must parse again.
-    if let Ok(frame) = packet::Packet::parse_vnet(data) {
+    // into wire packets that must parse again; and as a TAP device's Ethernet frame.
+    let _ = forward::ethernet_frame(data);
+    if let Ok(frame) = packet::Packet::parse_vnet(data, 0) {
         frame.for_each_plain(|p| {
             let again = packet::Packet::parse(p.as_bytes().to_vec()).expect("a segment parses");
             assert!(again.len() <= data.len(), "segments are never longer than the frame");

@@ -350,9 +350,12 @@ impl Packet {
     /// Parses what a TUN device with `IFF_VNET_HDR` hands over: a 10-byte `virtio_net_hdr`
     /// (native byte order) then the packet. Only TCPv4 segmentation is accepted (the only kind
     /// the devices are offered).
-    pub(crate) fn parse_vnet(frame: &[u8]) -> Result<Self, PacketError> {
-        let (header, bytes) =
+    /// `l2_len` bytes of link-layer header (14 for Ethernet on a TAP device, 0 on TUN) sit
+    /// between the two and are skipped.
+    pub(crate) fn parse_vnet(frame: &[u8], l2_len: usize) -> Result<Self, PacketError> {
+        let (header, rest) =
             frame.split_first_chunk::<VNET_HEADER_LEN>().ok_or(PacketError::Truncated("virtio-net header"))?;
+        let bytes = rest.get(l2_len..).ok_or(PacketError::Truncated("link-layer header"))?;
         let gso_size = u16::from_ne_bytes([header[4], header[5]]);
         let offload = match header[1] & !VNET_GSO_ECN {
             VNET_GSO_NONE => Offload { gso_size: 0, partial_checksum: false, ecn: false },
@@ -368,7 +371,8 @@ impl Packet {
 
     /// The `virtio_net_hdr` to write in front of this packet to a TUN device with
     /// `IFF_VNET_HDR`: whatever is still left undone, for the receiving kernel to finish.
-    pub(crate) fn vnet_header(&self) -> [u8; VNET_HEADER_LEN] {
+    /// `l2_len` is the link-layer header the packet is written behind (as in `parse_vnet`).
+    pub(crate) fn vnet_header(&self, l2_len: usize) -> [u8; VNET_HEADER_LEN] {
         let mut header = [0u8; VNET_HEADER_LEN];
         let has_ports = self.has_ports();
         let transport_len = match self.protocol() {
@@ -378,12 +382,12 @@ impl Packet {
         };
         if self.offload.gso_size > 0 && self.protocol() == TCP && transport_len > 0 {
             header[1] = VNET_GSO_TCPV4 | if self.offload.ecn { VNET_GSO_ECN } else { 0 };
-            header[2..4].copy_from_slice(&((self.header_len + transport_len) as u16).to_ne_bytes());
+            header[2..4].copy_from_slice(&((l2_len + self.header_len + transport_len) as u16).to_ne_bytes());
             header[4..6].copy_from_slice(&self.offload.gso_size.to_ne_bytes());
         }
         if self.offload.partial_checksum && transport_len > 0 {
             header[0] = VNET_NEEDS_CSUM;
-            header[6..8].copy_from_slice(&(self.header_len as u16).to_ne_bytes());
+            header[6..8].copy_from_slice(&((l2_len + self.header_len) as u16).to_ne_bytes());
             let offset: u16 = if self.protocol() == TCP { 16 } else { 6 };
             header[8..10].copy_from_slice(&offset.to_ne_bytes());
         }
@@ -564,8 +568,8 @@ mod tests {
         let header_len = big.header_len;
         big.bytes[header_len + 16..header_len + 18].copy_from_slice(&[0x12, 0x34]);
         big.offload = Offload { gso_size: 1448, partial_checksum: true, ecn: false };
-        let frame: Vec<u8> = big.vnet_header().iter().chain(big.as_bytes()).copied().collect();
-        let parsed = Packet::parse_vnet(&frame).unwrap();
+        let frame: Vec<u8> = big.vnet_header(0).iter().chain(big.as_bytes()).copied().collect();
+        let parsed = Packet::parse_vnet(&frame, 0).unwrap();
         assert_eq!(parsed.offload, big.offload, "the virtio header round-trips");
 
         let mut segments = Vec::new();
@@ -591,7 +595,8 @@ mod tests {
         let mut out = Vec::new();
         small.for_each_plain(|p| out.push(p));
         assert!(out.len() == 1 && out[0].is_plain() && out[0].checksums_ok());
-        assert!(Packet::parse_vnet(&[0u8; 5]).is_err(), "a short frame is refused");
+        assert!(Packet::parse_vnet(&[0u8; 5], 0).is_err(), "a short frame is refused");
+        assert!(Packet::parse_vnet(&[0u8; 12], 14).is_err(), "so is one shorter than its link header");
     }
 
     #[test]

@@ -28,8 +28,14 @@ use crate::nat::{Nat, NatConfig, NatStats};
 use crate::pcap::PcapWriter;
 use crate::sys;
 
-/// Name of the TUN device inside every host.
+/// Name of the interface inside every host.
 pub const TUN_NAME: &str = "sim0";
+
+/// The MAC address of a host's interface: locally administered, from its IPv4 address.
+pub(crate) fn host_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = ip.octets();
+    [0x02, 0x00, a, b, c, d]
+}
 
 /// MTU of the hosts' TUN devices.
 pub const HOST_MTU: u32 = 1500;
@@ -417,8 +423,8 @@ impl Simulation {
             return Err(SimError::AddressTaken(ip));
         }
         let (tun, namespace) = in_new_namespace(move || {
-            let tun = sys::create_offload_tun(TUN_NAME).map_err(io_err("creating the TUN device"))?;
-            sys::configure(TUN_NAME, ip, prefix, HOST_MTU).map_err(io_err("configuring the TUN device"))?;
+            let tun = sys::create_offload_tap(TUN_NAME, host_mac(ip)).map_err(io_err("creating the TAP device"))?;
+            sys::configure(TUN_NAME, ip, prefix, HOST_MTU).map_err(io_err("configuring the TAP device"))?;
             Ok(tun)
         })?;
         let index = self.hosts.len();
@@ -610,6 +616,7 @@ impl Simulation {
             std::mem::take(&mut self.links),
             std::mem::take(&mut self.captures),
             std::mem::take(&mut self.interface_captures),
+            self.hosts.iter().map(|(host, _)| host_mac(host.ip())).collect(),
             self.stats.clone(),
             self.stop.clone(),
         );

@@ -122,7 +122,24 @@ const TUN_F_TSO_ECN: libc::c_uint = 0x08;
 /// front of every packet read or written (then the whole IP packet), and checksum and TCPv4 segmentation offload on: the kernel hands over TCP segments
 /// of up to 64 KB with partial checksums, and accepts the same back.
 pub fn create_offload_tun(name: &str) -> io::Result<File> {
-    let file = open_tun(name, libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR)?;
+    create_offload_device(name, libc::IFF_TUN)
+}
+
+/// Like [`create_offload_tun`], but a TAP device: Ethernet frames (after the virtio-net
+/// header), with the MAC address `mac`. Hosts get one, so that they look like hosts on an
+/// Ethernet LAN (mDNS stacks skip point-to-point interfaces).
+pub fn create_offload_tap(name: &str, mac: [u8; 6]) -> io::Result<File> {
+    let file = create_offload_device(name, libc::IFF_TAP)?;
+    let socket = control_socket()?;
+    let mut req = IfReq::new(name);
+    req.data[..2].copy_from_slice(&libc::ARPHRD_ETHER.to_ne_bytes());
+    req.data[2..8].copy_from_slice(&mac);
+    ioctl(&socket, libc::SIOCSIFHWADDR, &mut req as *mut IfReq as *mut _)?;
+    Ok(file)
+}
+
+fn create_offload_device(name: &str, kind: libc::c_int) -> io::Result<File> {
+    let file = open_tun(name, kind | libc::IFF_NO_PI | libc::IFF_VNET_HDR)?;
     let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN;
     // SAFETY: TUNSETOFFLOAD takes the offload flags as its (integer) argument.
     check(unsafe { libc::ioctl(file.as_raw_fd(), TUNSETOFFLOAD as _, offloads as libc::c_ulong) })?;

@@ -10,7 +10,7 @@ mod hook;
 mod metadata;
 mod peer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -94,6 +94,7 @@ struct Inner {
     peers: Mutex<PeerTable>,
     connections: Mutex<HashMap<RemoteIdentity, Vec<Connection>>>,
     events: broadcast::Sender<Event>,
+    libraries: Mutex<BTreeSet<uuid::Uuid>>,
     hooks: Mutex<Vec<Registered>>,
     next_hook: Mutex<u64>,
     protocols: RwLock<BTreeMap<String, Arc<dyn ProtocolHandler>>>,
@@ -127,6 +128,7 @@ impl P2P {
                 peers: Mutex::default(),
                 connections: Mutex::default(),
                 events,
+                libraries: Mutex::default(),
                 hooks: Mutex::default(),
                 next_hook: Mutex::new(0),
                 protocols: RwLock::default(),
@@ -185,6 +187,33 @@ impl P2P {
     /// Everything known about `remote`.
     pub fn peer(&self, remote: &RemoteIdentity) -> Option<PeerInfo> {
         self.inner.peers.lock().expect("peer lock poisoned").get(remote).cloned()
+    }
+
+    /// The libraries this node takes part in, announced by discovery (Spacedrive's libraries:
+    /// groups of devices sharing data).
+    pub fn libraries(&self) -> Vec<uuid::Uuid> {
+        self.inner.libraries.lock().expect("library lock poisoned").iter().copied().collect()
+    }
+
+    /// Joins `library`; sends `LibrariesModified` (discovery re-announces) if it is new.
+    pub fn add_library(&self, library: uuid::Uuid) -> bool {
+        self.change_libraries(|set| set.insert(library))
+    }
+
+    /// Leaves `library`; sends `LibrariesModified` if it was there.
+    pub fn remove_library(&self, library: &uuid::Uuid) -> bool {
+        self.change_libraries(|set| set.remove(library))
+    }
+
+    fn change_libraries(&self, change: impl FnOnce(&mut BTreeSet<uuid::Uuid>) -> bool) -> bool {
+        let mut set = self.inner.libraries.lock().expect("library lock poisoned");
+        if !change(&mut set) {
+            return false;
+        }
+        let libraries = set.iter().copied().collect();
+        drop(set);
+        self.emit(Event::LibrariesModified { libraries });
+        true
     }
 
     /// Called by discovery hooks: `source` vouches for `remote` at `addrs`, with `metadata` (an

@@ -9,10 +9,10 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
 use crate::RemoteIdentity;
+use tokio_util::sync::CancellationToken;
+
+use crate::discovery::HookTasks;
 use crate::p2p::{BoxFuture, Hook, P2P};
 
 /// Name of this hook, and the source of the peers it reports.
@@ -140,20 +140,14 @@ pub struct ManualDiscovery {
 struct ManualInner {
     p2p: P2P,
     targets: Mutex<HashMap<ManualPeer, CancellationToken>>,
-    cancel: CancellationToken,
-    tasks: TaskTracker,
+    hook: HookTasks,
 }
 
 impl ManualDiscovery {
     /// Registers the hook with `p2p` and starts dialling `peers`.
     pub fn spawn(p2p: &P2P, peers: impl IntoIterator<Item = ManualPeer>) -> Self {
         let hook = Self {
-            inner: Arc::new(ManualInner {
-                p2p: p2p.clone(),
-                targets: Mutex::default(),
-                cancel: CancellationToken::new(),
-                tasks: TaskTracker::new(),
-            }),
+            inner: Arc::new(ManualInner { p2p: p2p.clone(), targets: Mutex::default(), hook: HookTasks::default() }),
         };
         for peer in peers {
             hook.add(peer);
@@ -165,13 +159,13 @@ impl ManualDiscovery {
     /// Adds a target; returns false if it was already there.
     pub fn add(&self, peer: ManualPeer) -> bool {
         let mut targets = self.inner.targets.lock().expect("target lock poisoned");
-        if targets.contains_key(&peer) || self.inner.cancel.is_cancelled() {
+        if targets.contains_key(&peer) || self.inner.hook.cancel.is_cancelled() {
             return false;
         }
-        let cancel = self.inner.cancel.child_token();
+        let cancel = self.inner.hook.cancel.child_token();
         targets.insert(peer.clone(), cancel.clone());
         let p2p = self.inner.p2p.clone();
-        let task = self.inner.tasks.track_future(async move {
+        let task = self.inner.hook.tasks.track_future(async move {
             cancel.run_until_cancelled(keep_connected(p2p.clone(), peer.clone())).await;
             if let Some(id) = peer.identity {
                 p2p.expired(SOURCE, id);
@@ -201,11 +195,7 @@ impl Hook for ManualDiscovery {
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.inner.cancel.cancel();
-            self.inner.tasks.close();
-            self.inner.tasks.wait().await;
-        })
+        Box::pin(self.inner.hook.stop())
     }
 }
 

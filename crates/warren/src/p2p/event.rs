@@ -86,6 +86,11 @@ pub enum Event {
         /// The metadata as it is now.
         metadata: BTreeMap<String, String>,
     },
+    /// This node's set of active libraries changed (`P2P::add_library`, `remove_library`).
+    LibrariesModified {
+        /// The libraries as they are now.
+        libraries: Vec<uuid::Uuid>,
+    },
     /// The node shut down; no event follows.
     Shutdown,
 }

@@ -1,9 +1,11 @@
-//! Integration tests of a warren node over loopback QUIC, one module per behaviour.
+//! Integration tests of a warren node over loopback QUIC (and, for LAN discovery, in a
+//! warren-netsim LAN), one module per behaviour.
 //! (One test binary: on a 2-core machine linking one binary beats linking ten.)
 
 mod connect;
 mod hostile;
 mod identity_checks;
+mod lan;
 mod manual_discovery;
 mod shutdown;
 mod support;

@@ -1,0 +1,412 @@
+//! LAN discovery: DNS-SD over mDNS (RFC 6762/6763) with the `mdns-sd` crate. Each node
+//! announces `{remote_identity}._{app_name}._udp.local.` on its QUIC port, with TXT metadata
+//! (`name`, `os`, `device_model`, `version`) and one `{library_uuid}={remote_identity}` entry per
+//! active library, and browses for the others. A discovered node becomes a `PeerDiscovered`
+//! event with its addresses, so `p2p.connect(identity, …)` reaches it by identity alone; its
+//! goodbye (or expiry) becomes `PeerExpired`.
+//!
+//! Modes: [`DiscoveryMode::Enabled`], or [`DiscoveryMode::Disabled`], in which no mDNS socket
+//! is even open (so nothing is sent or answered, not even multicast membership reports).
+//! Switchable at runtime with [`MdnsDiscovery::set_mode`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
+use tokio::sync::{broadcast, watch};
+use uuid::Uuid;
+
+use crate::discovery::HookTasks;
+use crate::p2p::{BoxFuture, Event, Hook, P2P};
+use crate::{RemoteIdentity, p2p};
+
+/// Name of this hook, and the source of the peers it reports.
+pub const SOURCE: &str = "mdns";
+
+/// Metadata keys announced in the TXT record.
+pub const TXT_KEYS: [&str; 4] = [p2p::NAME, p2p::OS, p2p::DEVICE_MODEL, p2p::VERSION];
+
+/// Largest TXT record announced: the whole answer must fit one mDNS packet (RFC 6762 section
+/// 17 allows 9000 bytes, but 1,300 keeps it inside a 1500-byte Ethernet frame with the other
+/// records).
+pub const MAX_TXT_BYTES: usize = 1300;
+
+/// Most peers kept from mDNS at once: a flood of fake services cannot grow memory without
+/// bound; records beyond it are ignored (and counted).
+pub const MAX_PEERS: usize = 1024;
+
+/// Most libraries read from one peer's record.
+pub const MAX_LIBRARIES: usize = 64;
+
+/// How long shutdown waits for the goodbye packets and the daemon to stop.
+const GOODBYE_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether and how the node takes part in LAN discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiscoveryMode {
+    /// Announce and browse.
+    #[default]
+    Enabled,
+    /// Neither: no mDNS socket is open.
+    Disabled,
+}
+
+/// Why discovery could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MdnsError {
+    /// The metadata and libraries do not fit a TXT record.
+    #[error("the metadata does not fit a DNS-SD TXT record: {0}")]
+    TooLarge(String),
+    /// The mDNS daemon failed.
+    #[error("mDNS: {0}")]
+    Daemon(String),
+}
+
+/// The TXT record for `metadata` and `libraries`, or why it cannot be announced: every entry
+/// must be at most 255 bytes, the whole at most [`MAX_TXT_BYTES`]; nothing is ever cut.
+pub fn txt_record(
+    identity: &RemoteIdentity,
+    metadata: &BTreeMap<String, String>,
+    libraries: &[Uuid],
+) -> Result<Vec<(String, String)>, MdnsError> {
+    let mut entries: Vec<(String, String)> =
+        TXT_KEYS.iter().filter_map(|key| metadata.get(*key).map(|value| (key.to_string(), value.clone()))).collect();
+    entries.extend(libraries.iter().map(|library| (library.to_string(), identity.to_string())));
+    let mut total = 0;
+    for (key, value) in &entries {
+        let len = key.len() + 1 + value.len();
+        if len > 255 {
+            return Err(MdnsError::TooLarge(format!("{key}={value:.32}… is {len} bytes; an entry holds 255")));
+        }
+        total += 1 + len;
+    }
+    if total > MAX_TXT_BYTES {
+        return Err(MdnsError::TooLarge(format!(
+            "{} entries take {total} bytes; the record holds {MAX_TXT_BYTES}",
+            entries.len()
+        )));
+    }
+    Ok(entries)
+}
+
+/// What a TXT record says about a peer: the known metadata keys (values as UTF-8, invalid
+/// bytes replaced) and the libraries whose entry names this very identity. Anything else, and
+/// any value over 255 bytes, is ignored; at most [`MAX_LIBRARIES`] libraries are read.
+pub fn parse_txt<'a>(
+    identity: &RemoteIdentity,
+    entries: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> (BTreeMap<String, String>, BTreeSet<Uuid>) {
+    let mut metadata = BTreeMap::new();
+    let mut libraries = BTreeSet::new();
+    let me = identity.to_string();
+    for (key, value) in entries {
+        // A TXT string holds 255 bytes: anything longer did not come from one.
+        let Some(value) = value.filter(|v| v.len() <= 255) else { continue };
+        if TXT_KEYS.contains(&key) {
+            metadata.insert(key.to_owned(), String::from_utf8_lossy(value).into_owned());
+        } else if let Ok(library) = Uuid::from_str(key) {
+            if value == me.as_bytes() && libraries.len() < MAX_LIBRARIES {
+                libraries.insert(library);
+            }
+        }
+    }
+    (metadata, libraries)
+}
+
+/// The mDNS discovery hook.
+#[derive(Clone)]
+pub struct MdnsDiscovery {
+    inner: Arc<MdnsInner>,
+}
+
+struct MdnsInner {
+    p2p: P2P,
+    service_type: String,
+    port: u16,
+    mode: watch::Sender<DiscoveryMode>,
+    /// Peers this hook reports, with their libraries.
+    peers: Mutex<HashMap<RemoteIdentity, BTreeSet<Uuid>>>,
+    ignored: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    hook: HookTasks,
+}
+
+impl MdnsDiscovery {
+    /// Starts LAN discovery for `p2p`, announcing QUIC port `port`, in `mode`.
+    pub fn spawn(p2p: &P2P, port: u16, mode: DiscoveryMode) -> Self {
+        let hook = Self {
+            inner: Arc::new(MdnsInner {
+                p2p: p2p.clone(),
+                service_type: format!("_{}._udp.local.", p2p.app_name()),
+                port,
+                mode: watch::Sender::new(mode),
+                peers: Mutex::default(),
+                ignored: AtomicU64::new(0),
+                last_error: Mutex::default(),
+                hook: HookTasks::default(),
+            }),
+        };
+        let task = hook.inner.hook.tasks.track_future(hook.clone().run());
+        p2p.spawn(task);
+        p2p.register_hook(Arc::new(hook.clone()));
+        hook
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> DiscoveryMode {
+        *self.inner.mode.borrow()
+    }
+
+    /// Switches mode; leaving `Enabled` says goodbye and forgets the peers mDNS found.
+    pub fn set_mode(&self, mode: DiscoveryMode) {
+        self.inner.mode.send_replace(mode);
+    }
+
+    /// The service type browsed and announced, `_{app_name}._udp.local.`.
+    pub fn service_type(&self) -> &str {
+        &self.inner.service_type
+    }
+
+    /// Peers discovered on the LAN that announce `library`.
+    pub fn peers_in_library(&self, library: &Uuid) -> Vec<RemoteIdentity> {
+        let peers = self.inner.peers.lock().expect("peer lock poisoned");
+        let mut found: Vec<_> = peers.iter().filter(|(_, libs)| libs.contains(library)).map(|(id, _)| *id).collect();
+        found.sort();
+        found
+    }
+
+    /// Records ignored so far: instance names that are not identities, records beyond
+    /// [`MAX_PEERS`].
+    pub fn ignored(&self) -> u64 {
+        self.inner.ignored.load(Ordering::Relaxed)
+    }
+
+    /// Peers currently reported by this hook.
+    pub fn peer_count(&self) -> usize {
+        self.inner.peers.lock().expect("peer lock poisoned").len()
+    }
+
+    /// Why the last announcement was refused, if it was (metadata too large for a TXT record):
+    /// the previous announcement then stays.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner.last_error.lock().expect("error lock poisoned").clone()
+    }
+
+    /// The supervisor: runs a daemon while enabled, none while disabled.
+    async fn run(self) {
+        let mut mode = self.inner.mode.subscribe();
+        loop {
+            if self.inner.hook.cancel.is_cancelled() {
+                return;
+            }
+            if *mode.borrow_and_update() == DiscoveryMode::Enabled {
+                match self.enabled(&mut mode).await {
+                    // Shut down or switched mode: look again.
+                    Ok(()) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "mDNS discovery stopped until the mode changes");
+                        *self.inner.last_error.lock().expect("error lock poisoned") = Some(error.to_string());
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.inner.hook.cancel.cancelled() => return,
+                changed = mode.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Announces and browses until the mode changes or the node shuts down; then says goodbye
+    /// and stops the daemon.
+    async fn enabled(&self, mode: &mut watch::Receiver<DiscoveryMode>) -> Result<(), MdnsError> {
+        let daemon = ServiceDaemon::new().map_err(|e| MdnsError::Daemon(e.to_string()))?;
+        let mut events = self.inner.p2p.subscribe();
+        let mut registered = self.announce(&daemon, None);
+        let browser = daemon.browse(&self.inner.service_type).map_err(|e| MdnsError::Daemon(e.to_string()));
+        let result = match browser {
+            Ok(browser) => loop {
+                tokio::select! {
+                    _ = self.inner.hook.cancel.cancelled() => break Ok(()),
+                    _ = mode.changed() => break Ok(()),
+                    event = browser.recv_async() => match event {
+                        Ok(event) => self.handle(event),
+                        Err(e) => break Err(MdnsError::Daemon(format!("the browser stopped: {e}"))),
+                    },
+                    event = events.recv() => match event {
+                        Ok(Event::MetadataModified { .. } | Event::LibrariesModified { .. })
+                        | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            registered = self.announce(&daemon, registered);
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Closed) => break Ok(()),
+                    },
+                }
+            },
+            Err(e) => Err(e),
+        };
+        // Goodbye: unregistering sends the records with TTL 0; wait until they are out.
+        if let Some(fullname) = registered {
+            if let Ok(status) = daemon.unregister(&fullname) {
+                let _ = tokio::time::timeout(GOODBYE_WAIT, status.recv_async()).await;
+            }
+        }
+        if let Ok(status) = daemon.shutdown() {
+            let _ = tokio::time::timeout(GOODBYE_WAIT, status.recv_async()).await;
+        }
+        let forgotten: Vec<RemoteIdentity> =
+            self.inner.peers.lock().expect("peer lock poisoned").drain().map(|(id, _)| id).collect();
+        for id in forgotten {
+            self.inner.p2p.expired(SOURCE, id);
+        }
+        result
+    }
+
+    /// (Re-)registers this node's service; on refusal keeps the previous registration.
+    fn announce(&self, daemon: &ServiceDaemon, registered: Option<String>) -> Option<String> {
+        let p2p = &self.inner.p2p;
+        let identity = p2p.remote_identity();
+        let attempt = txt_record(&identity, &p2p.metadata(), &p2p.libraries()).and_then(|txt| {
+            let host = format!("{identity}.local.");
+            let info = ServiceInfo::new(
+                &self.inner.service_type,
+                &identity.to_string(),
+                &host,
+                "",
+                self.inner.port,
+                txt.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect::<Vec<_>>().as_slice(),
+            )
+            .map_err(|e| MdnsError::TooLarge(e.to_string()))?
+            .enable_addr_auto();
+            let fullname = info.get_fullname().to_owned();
+            daemon.register(info).map_err(|e| MdnsError::Daemon(e.to_string()))?;
+            Ok(fullname)
+        });
+        match attempt {
+            Ok(fullname) => {
+                *self.inner.last_error.lock().expect("error lock poisoned") = None;
+                Some(fullname)
+            }
+            Err(error) => {
+                tracing::error!(%error, "not announcing the new metadata");
+                *self.inner.last_error.lock().expect("error lock poisoned") = Some(error.to_string());
+                registered
+            }
+        }
+    }
+
+    fn handle(&self, event: ServiceEvent) {
+        match event {
+            ServiceEvent::ServiceResolved(service) => {
+                let Some(id) = self.identity_of(&service.fullname) else { return };
+                if id == self.inner.p2p.remote_identity() {
+                    return;
+                }
+                let entries = service.txt_properties.iter().map(|p| (p.key(), p.val()));
+                let (metadata, libraries) = parse_txt(&id, entries);
+                {
+                    let mut peers = self.inner.peers.lock().expect("peer lock poisoned");
+                    if !peers.contains_key(&id) && peers.len() >= MAX_PEERS {
+                        self.inner.ignored.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%id, "mDNS peer table full; record ignored");
+                        return;
+                    }
+                    peers.insert(id, libraries);
+                }
+                let addrs: Vec<SocketAddr> =
+                    service.addresses.iter().map(|ip| SocketAddr::new(ip.to_ip_addr(), service.port)).collect();
+                self.inner.p2p.discovered(SOURCE, id, addrs, metadata);
+            }
+            ServiceEvent::ServiceRemoved(_, fullname) => {
+                let Some(id) = self.identity_of(&fullname) else { return };
+                if self.inner.peers.lock().expect("peer lock poisoned").remove(&id).is_some() {
+                    self.inner.p2p.expired(SOURCE, id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The identity an instance name stands for; other names are counted and ignored.
+    fn identity_of(&self, fullname: &str) -> Option<RemoteIdentity> {
+        let instance = fullname.strip_suffix(&self.inner.service_type)?.strip_suffix('.')?;
+        match RemoteIdentity::from_str(instance) {
+            Ok(id) => Some(id),
+            Err(_) => {
+                self.inner.ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(instance, "mDNS instance name is not an identity; ignored");
+                None
+            }
+        }
+    }
+}
+
+impl Hook for MdnsDiscovery {
+    fn name(&self) -> &str {
+        SOURCE
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.inner.hook.stop())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    #[test]
+    fn txt_records_round_trip_and_are_never_cut() {
+        let id = Identity::generate().to_remote_identity();
+        let metadata: BTreeMap<String, String> =
+            [("name", "desk"), ("os", "linux"), ("device_model", "pc"), ("version", "0.1.0"), ("secret", "x")]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+        let libraries = [Uuid::new_v4(), Uuid::new_v4()];
+        let txt = txt_record(&id, &metadata, &libraries).unwrap();
+        assert_eq!(txt.len(), 6, "four metadata keys and two libraries, nothing else: {txt:?}");
+        let entries = txt.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes())));
+        let (parsed, libs) = parse_txt(&id, entries);
+        assert_eq!(parsed.len(), 4);
+        assert_eq!(parsed["name"], "desk");
+        assert_eq!(libs, libraries.into_iter().collect());
+
+        let mut huge = metadata.clone();
+        huge.insert("name".into(), "n".repeat(300));
+        let error = txt_record(&id, &huge, &[]).unwrap_err().to_string();
+        assert!(error.contains("an entry holds 255"), "{error}");
+        let many: Vec<Uuid> = (0..40).map(|_| Uuid::new_v4()).collect();
+        let error = txt_record(&id, &metadata, &many).unwrap_err().to_string();
+        assert!(error.contains("the record holds 1300"), "{error}");
+    }
+
+    #[test]
+    fn hostile_txt_entries_are_ignored_or_replaced_never_trusted() {
+        let id = Identity::generate().to_remote_identity();
+        let other = Identity::generate().to_remote_identity().to_string();
+        let library = Uuid::new_v4().to_string();
+        let foreign = Uuid::new_v4().to_string();
+        let big = vec![b'x'; 100_000];
+        let me = id.to_string();
+        let entries: Vec<(&str, Option<&[u8]>)> = vec![
+            ("name", Some(&[0xff, 0xfe, b'a'][..])),
+            ("os", None),
+            ("version", Some(&big[..])),
+            (library.as_str(), Some(me.as_bytes())),
+            (foreign.as_str(), Some(other.as_bytes())),
+            ("not-a-uuid", Some(me.as_bytes())),
+        ];
+        let (metadata, libraries) = parse_txt(&id, entries);
+        assert_eq!(metadata["name"], "\u{fffd}\u{fffd}a", "invalid UTF-8 replaced");
+        assert!(!metadata.contains_key("os"), "a key without a value says nothing");
+        assert!(!metadata.contains_key("version"), "longer than any TXT string can be: ignored");
+        assert_eq!(libraries.len(), 1, "only entries naming this identity count");
+    }
+}
