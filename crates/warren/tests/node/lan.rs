@@ -84,7 +84,7 @@ fn nodes_on_a_lan_find_each_other_connect_by_identity_and_follow_changes() {
             let (p2p, mdns) = start("observer", observer, DiscoveryMode::Enabled).await;
             let mut events = p2p.subscribe();
             // The peers start concurrently: sort their identities by name (peer0 takes commands[0]).
-            let mut named = vec![ids.recv().await.unwrap(), ids.recv().await.unwrap()];
+            let mut named = [ids.recv().await.unwrap(), ids.recv().await.unwrap()];
             named.sort();
             let (b, c) = (named[0].1, named[1].1);
             let started = Instant::now();
