@@ -1,6 +1,6 @@
 //! warren-netsim: a virtual internet for tests.
 //!
-//! Hosts run in their own network namespaces, each with one TUN device; a forwarder thread
+//! Hosts run in their own network namespaces, each with one TAP device; a forwarder thread
 //! moves their packets through simulated devices: links ([`link`]) and NATs ([`nat`]), both
 //! sans-IO state machines fed packets and time, plus routers, switches and real Linux NATs
 //! ([`sim`]). See docs/netsim.md for the whole picture.

@@ -1,4 +1,4 @@
-//! A running simulation: hosts in their own network namespaces, each with one TUN device, and a
+//! A running simulation: hosts in their own network namespaces, each with one TAP device, and a
 //! forwarder thread that moves their packets through the sans-IO [`Link`] and [`Nat`] models.
 //!
 //! The topology is a tree of devices joined by links. Every host, NAT, router, switch or kernel
@@ -37,7 +37,7 @@ pub(crate) fn host_mac(ip: Ipv4Addr) -> [u8; 6] {
     [0x02, 0x00, a, b, c, d]
 }
 
-/// MTU of the hosts' TUN devices.
+/// MTU of the hosts' devices.
 pub const HOST_MTU: u32 = 1500;
 
 /// Why the simulation could not do something.
@@ -78,7 +78,7 @@ pub(crate) fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SimError {
     move |error| SimError::Io { what, error }
 }
 
-/// A host: a network namespace whose only interface besides `lo` is a TUN device with the
+/// A host: a network namespace whose only interface besides `lo` is a TAP device with the
 /// host's address. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Host {
@@ -289,7 +289,7 @@ fn kernel_nat_ruleset(ports: KernelPorts) -> String {
     )
 }
 
-/// Builds and runs a simulation. Dropping it stops the forwarder; the namespaces and TUN
+/// Builds and runs a simulation. Dropping it stops the forwarder; the namespaces and TAP/TUN
 /// devices disappear with the last [`Host`] (and kernel-NAT [`Device`]) handle.
 pub struct Simulation {
     seed: u64,
