@@ -423,6 +423,12 @@ impl Simulation {
             return Err(SimError::AddressTaken(ip));
         }
         let (tun, namespace) = in_new_namespace(move || {
+            // The simulator carries IPv4 only: IPv6 off, so the host sends no router
+            // solicitations or MLD reports nobody would see (a kernel without IPv6 has no
+            // such setting, which is fine).
+            for key in ["all", "default"] {
+                let _ = sys::write_sysctl(&format!("net/ipv6/conf/{key}/disable_ipv6"), "1");
+            }
             let tun = sys::create_offload_tap(TUN_NAME, host_mac(ip)).map_err(io_err("creating the TAP device"))?;
             sys::configure(TUN_NAME, ip, prefix, HOST_MTU).map_err(io_err("configuring the TAP device"))?;
             Ok(tun)

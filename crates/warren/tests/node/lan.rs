@@ -15,7 +15,7 @@ use warren::{Event, Identity, P2P, RemoteIdentity};
 use warren_netsim::link::LinkConfig;
 use warren_netsim::{Host, Simulation};
 
-fn lan(count: u8) -> (Simulation, Vec<Host>) {
+fn lan(count: u8, capture: Option<&std::path::Path>) -> (Simulation, Vec<Host>) {
     let mut sim = Simulation::new(5);
     let switch = sim.add_switch("lan", None).unwrap();
     let hosts: Vec<Host> = (0..count)
@@ -24,6 +24,9 @@ fn lan(count: u8) -> (Simulation, Vec<Host>) {
                 .add_host_behind(&format!("h{i}"), Ipv4Addr::new(192, 168, 5, 10 + i), 24, &switch)
                 .unwrap_or_else(|e| panic!("{e}"));
             sim.link(&host, &switch, LinkConfig { latency: Duration::from_millis(1), ..Default::default() });
+            if let (Some(path), 1) = (capture, i) {
+                sim.capture_interface(&host, path).unwrap();
+            }
             host
         })
         .collect();
@@ -51,7 +54,7 @@ fn discovered(id: RemoteIdentity) -> impl Fn(&Event) -> Option<std::collections:
 
 #[test]
 fn nodes_on_a_lan_find_each_other_connect_by_identity_and_follow_changes() {
-    let (_sim, hosts) = lan(3);
+    let (_sim, hosts) = lan(3, None);
     let library = uuid::Uuid::new_v4();
     // Each peer host: start, report its identity, obey commands, shut down on "stop".
     let (ids_tx, mut ids) = mpsc::unbounded_channel::<(String, RemoteIdentity)>();
@@ -132,4 +135,67 @@ fn nodes_on_a_lan_find_each_other_connect_by_identity_and_follow_changes() {
         peer.join().unwrap();
     }
     eprintln!("both peers discovered {result:?} after the observer started");
+}
+
+/// Disabled means silent: a disabled node sends not one packet while others announce and
+/// browse around it; enabled at runtime it is found, disabled again it says goodbye.
+#[test]
+fn a_disabled_node_is_silent_and_modes_switch_at_runtime() {
+    let path = std::env::temp_dir().join(format!("warren-mdns-disabled-{}.pcap", std::process::id()));
+    let (sim, hosts) = lan(2, Some(&path));
+    let (to_quiet, mut commands) = mpsc::unbounded_channel::<DiscoveryMode>();
+    let (id_tx, mut id_rx) = mpsc::unbounded_channel::<RemoteIdentity>();
+    let quiet_ip = hosts[1].ip();
+    let quiet = hosts[1].spawn(move || async move {
+        let (p2p, mdns) = start("quiet", quiet_ip, DiscoveryMode::Disabled).await;
+        id_tx.send(p2p.remote_identity()).unwrap();
+        while let Some(mode) = commands.recv().await {
+            mdns.set_mode(mode);
+        }
+        p2p.shutdown().await;
+    });
+    let observer_ip = hosts[0].ip();
+    let enabled_at = hosts[0]
+        .spawn(move || async move {
+            let (p2p, _mdns) = start("observer", observer_ip, DiscoveryMode::Enabled).await;
+            let mut events = p2p.subscribe();
+            let quiet_id = id_rx.recv().await.unwrap();
+            // Three seconds of the observer announcing and querying.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(p2p.peer(&quiet_id).is_none(), "a disabled node is not found");
+            let enabled_at = std::time::SystemTime::now();
+            to_quiet.send(DiscoveryMode::Enabled).unwrap();
+            wait_for(&mut events, discovered(quiet_id)).await;
+            to_quiet.send(DiscoveryMode::Disabled).unwrap();
+            wait_for(&mut events, |e| match e {
+                Event::PeerExpired { remote, source, .. } if *remote == quiet_id && source == "mdns" => Some(()),
+                _ => None,
+            })
+            .await;
+            drop(to_quiet);
+            p2p.shutdown().await;
+            enabled_at.duration_since(std::time::UNIX_EPOCH).unwrap()
+        })
+        .join()
+        .unwrap();
+    quiet.join().unwrap();
+    drop(sim);
+    // The capture of the quiet host's interface: nothing from it before it was enabled.
+    let bytes = std::fs::read(&path).unwrap();
+    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
+    let from_quiet: Vec<_> = packets
+        .iter()
+        .filter_map(|(at, p)| warren_netsim::packet::Packet::parse(p.clone()).ok().map(|p| (*at, p)))
+        .filter(|(_, p)| p.src() == quiet_ip)
+        .collect();
+    let received = packets.len() - from_quiet.len();
+    assert!(received > 0, "the quiet host did hear the observer's announcements");
+    let first_sent = from_quiet.first().map(|(at, _)| *at).expect("it spoke once enabled");
+    assert!(
+        first_sent >= enabled_at,
+        "nothing sent while disabled: {:?} before it was enabled",
+        enabled_at - first_sent
+    );
+    assert!(from_quiet.iter().any(|(_, p)| p.dst_port() == Some(5353)), "once enabled, it speaks mDNS");
+    std::fs::remove_file(&path).unwrap();
 }
