@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod discover;
 mod netsim;
 mod node;
 mod output;
@@ -33,6 +34,8 @@ enum Command {
     },
     /// Run a node: listen, connect to peers, answer pings, print events until Ctrl-C.
     Node(node::NodeArgs),
+    /// List the warren nodes on the LAN (mDNS) as they appear and leave.
+    Discover(discover::DiscoverArgs),
     /// Connect to ID@ADDR, verify its identity and measure round-trip times.
     Ping(ping::PingArgs),
     /// Two nodes in one process, connected by identity over loopback: pings, a stream, a
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Node(args) => node::run(args).await,
+            Command::Discover(args) => discover::run(args).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(command) => bench::run(command).await,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use warren::discovery::manual::{ManualDiscovery, ManualPeer};
+use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
 
@@ -25,9 +26,34 @@ pub struct NodeArgs {
     /// A peer to connect to and keep connected, as ID@HOST:PORT (repeatable).
     #[arg(long = "peer", value_name = "ID@ADDR")]
     peers: Vec<ManualPeer>,
+    /// LAN discovery over mDNS: announce this node and find others (`disabled`: no mDNS
+    /// socket at all).
+    #[arg(long, value_enum, default_value = "enabled")]
+    discovery: Discovery,
+    /// A library this node takes part in, announced on the LAN (repeatable).
+    #[arg(long = "library", value_name = "UUID")]
+    libraries: Vec<uuid::Uuid>,
     /// Print one JSON object per event line.
     #[arg(long)]
     json: bool,
+}
+
+/// `--discovery` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Discovery {
+    /// Announce and browse.
+    Enabled,
+    /// No mDNS at all.
+    Disabled,
+}
+
+impl From<Discovery> for DiscoveryMode {
+    fn from(value: Discovery) -> Self {
+        match value {
+            Discovery::Enabled => DiscoveryMode::Enabled,
+            Discovery::Disabled => DiscoveryMode::Disabled,
+        }
+    }
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
@@ -62,6 +88,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     ManualDiscovery::spawn(&p2p, args.peers);
+    for library in &args.libraries {
+        p2p.add_library(*library);
+    }
+    MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), args.discovery.into());
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

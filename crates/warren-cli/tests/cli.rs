@@ -29,9 +29,11 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn spawn(args: &[&str]) -> Self {
+        // These nodes run in the machine's own network namespace: no multicast out of it.
         let mut child = warren()
             .arg("node")
             .arg("--json")
+            .args(["--discovery", "disabled"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

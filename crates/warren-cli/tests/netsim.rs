@@ -165,3 +165,18 @@ fn a_user_namespace_is_enough() {
     let summary = all.pop().unwrap()["summary"].clone();
     assert_pings(&all, &summary, &["laptop", "phone"]);
 }
+
+/// `warren discover` on one host of a simulated LAN lists the two nodes on the others, with
+/// their names and libraries, and nobody gave an address.
+#[test]
+fn lan_discovery_scenario() {
+    let (lines, summary) = run_scenario("lan-discovery");
+    assert_pings(&lines, &summary, &[]);
+    let phone: Vec<&str> = lines.iter().filter(|l| l["host"] == "phone").filter_map(|l| l["line"].as_str()).collect();
+    let desk =
+        phone.iter().find(|l| l.starts_with("+ ") && l.contains("  desk  ")).unwrap_or_else(|| panic!("{phone:?}"));
+    assert!(desk.contains("5b8e2f6a-3c1d-4e7f-9a2b-1c3d5e7f9a0b") && desk.contains("at 192.168.20.2:7000"), "{desk}");
+    let laptop =
+        phone.iter().find(|l| l.starts_with("+ ") && l.contains("  laptop  ")).unwrap_or_else(|| panic!("{phone:?}"));
+    assert!(laptop.contains("libraries []") && laptop.contains("at 192.168.20.3:7000"), "{laptop}");
+}

@@ -181,6 +181,12 @@ impl MdnsDiscovery {
         found
     }
 
+    /// The libraries `remote` announces (empty if mDNS does not know it).
+    pub fn libraries_of(&self, remote: &RemoteIdentity) -> Vec<Uuid> {
+        let peers = self.inner.peers.lock().expect("peer lock poisoned");
+        peers.get(remote).map(|libs| libs.iter().copied().collect()).unwrap_or_default()
+    }
+
     /// Records ignored so far: instance names that are not identities, records beyond
     /// [`MAX_PEERS`].
     pub fn ignored(&self) -> u64 {
