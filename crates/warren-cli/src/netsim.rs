@@ -73,7 +73,11 @@ pub fn run(command: NetsimCommand) -> anyhow::Result<()> {
 fn run_scenario(args: RunArgs) -> anyhow::Result<()> {
     let scenario = Scenario::load(&args.scenario).with_context(|| format!("loading {}", args.scenario.display()))?;
     let me = std::env::current_exe().context("finding the warren binary")?;
-    let options = RunOptions { env: vec![("WARREN".into(), me.display().to_string())], capture_dir: args.out.clone() };
+    let options = RunOptions {
+        env: vec![("WARREN".into(), me.display().to_string())],
+        capture_dir: args.out.clone(),
+        scenario_dir: std::path::absolute(&args.scenario)?.parent().map(|p| p.to_owned()),
+    };
     let width = scenario.hosts.iter().map(|h| h.name.len()).max().unwrap_or(4);
     let json = args.json;
     let summary = scenario.run(&options, |line: Line| {

@@ -180,3 +180,32 @@ fn lan_discovery_scenario() {
         phone.iter().find(|l| l.starts_with("+ ") && l.contains("  laptop  ")).unwrap_or_else(|| panic!("{phone:?}"));
     assert!(laptop.contains("libraries []") && laptop.contains("at 192.168.20.3:7000"), "{laptop}");
 }
+
+/// Interop with Avahi in both directions on a simulated LAN: avahi-browse resolves the warren
+/// node with its TXT metadata; a service published with avahi-publish-service appears in
+/// `warren discover` with its TXT.
+#[test]
+fn avahi_interop_scenario() {
+    let (lines, summary) = run_scenario("avahi-interop");
+    assert_pings(&lines, &summary, &[]);
+    let of = |host: &str| -> Vec<String> {
+        lines.iter().filter(|l| l["host"] == host).filter_map(|l| l["line"].as_str().map(str::to_owned)).collect()
+    };
+    let avahi = of("avahi");
+    let resolved = avahi
+        .iter()
+        .find(|l| l.starts_with("=;sim0;IPv4;") && l.contains(";192.168.30.2;7000;"))
+        .unwrap_or_else(|| panic!("avahi-browse did not resolve the warren node: {avahi:?}"));
+    for txt in ["\"name=warren-box\"", "\"os=linux\"", "\"version=0.1.0\"", "\"device_model="] {
+        assert!(resolved.contains(txt), "{txt} missing: {resolved}");
+    }
+    let browser = of("browser");
+    let published = browser
+        .iter()
+        .find(|l| l.starts_with("+ ") && l.contains("  avahi-box  "))
+        .unwrap_or_else(|| panic!("warren discover did not list Avahi's service: {browser:?}"));
+    assert!(
+        published.contains("avahi publish-service  v0.8") && published.contains("at 192.168.30.3:7100"),
+        "{published}"
+    );
+}

@@ -437,6 +437,9 @@ pub struct RunOptions {
     pub env: Vec<(String, String)>,
     /// Relative capture paths are resolved here (default: the current directory).
     pub capture_dir: Option<PathBuf>,
+    /// The scenario file's directory, given to commands as `NETSIM_SCENARIO_DIR` (for scripts
+    /// shipped next to it).
+    pub scenario_dir: Option<PathBuf>,
 }
 
 /// The environment variable naming a device's address: `NETSIM_IP_` and the name upper-cased,
@@ -564,6 +567,9 @@ impl Scenario {
         // A scratch directory the commands share (to pass identities, files), removed after.
         let scratch = Scratch::new()?;
         env.push(("NETSIM_DIR".into(), scratch.0.display().to_string()));
+        if let Some(dir) = &options.scenario_dir {
+            env.push(("NETSIM_SCENARIO_DIR".into(), dir.display().to_string()));
+        }
         let capture_path = |path: &Path| match &options.capture_dir {
             Some(dir) if path.is_relative() => dir.join(path),
             _ => path.to_owned(),
