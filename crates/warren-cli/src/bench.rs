@@ -33,6 +33,8 @@ const CHUNK: usize = 1024 * 1024;
 pub enum BenchCommand {
     /// Bulk throughput and connection setup: warren vs plain quinn vs plain TCP on loopback.
     Throughput(ThroughputArgs),
+    /// LAN discovery latency in a simulated LAN: median and p95 (needs root).
+    Discovery(crate::bench_discovery::DiscoveryArgs),
 }
 
 #[derive(Args)]
@@ -54,6 +56,7 @@ pub struct ThroughputArgs {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Throughput(args) => throughput(args).await,
+        BenchCommand::Discovery(args) => tokio::task::spawn_blocking(move || crate::bench_discovery::run(args)).await?,
     }
 }
 

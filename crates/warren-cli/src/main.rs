@@ -2,6 +2,7 @@
 //! library call; see `warren --help`.
 
 mod bench;
+mod bench_discovery;
 mod demo;
 mod discover;
 mod netsim;

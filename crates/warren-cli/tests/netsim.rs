@@ -209,3 +209,15 @@ fn avahi_interop_scenario() {
         "{published}"
     );
 }
+
+/// A short run of the discovery-latency benchmark (the full one is `warren bench discovery`).
+#[test]
+fn discovery_latency_smoke() {
+    let output = warren().args(["bench", "discovery", "--runs", "3", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["runs"], 3);
+    let (min, median, max) =
+        (report["min_ms"].as_f64().unwrap(), report["median_ms"].as_f64().unwrap(), report["max_ms"].as_f64().unwrap());
+    assert!(0.0 < min && min <= median && median <= max, "{report}");
+}

@@ -279,7 +279,7 @@ impl MdnsDiscovery {
         let identity = p2p.remote_identity();
         let attempt = txt_record(&identity, &p2p.metadata(), &p2p.libraries()).and_then(|txt| {
             let host = format!("{identity}.local.");
-            let info = ServiceInfo::new(
+            let mut info = ServiceInfo::new(
                 &self.inner.service_type,
                 &identity.to_string(),
                 &host,
@@ -289,6 +289,10 @@ impl MdnsDiscovery {
             )
             .map_err(|e| MdnsError::TooLarge(e.to_string()))?
             .enable_addr_auto();
+            // Probing (RFC 6762 section 8.1) guards against two hosts picking one name; an
+            // instance name here is the node's public key, so another holder of it is the same
+            // node. Skipping it saves the 750 ms of probes before the first announcement.
+            info.set_requires_probe(false);
             let fullname = info.get_fullname().to_owned();
             daemon.register(info).map_err(|e| MdnsError::Daemon(e.to_string()))?;
             Ok(fullname)
