@@ -48,3 +48,11 @@ fn roundtrip_corpus_replays_cleanly() {
         assert!(outcome.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn mdns_txt_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("mdns_txt") {
+        let outcome = std::panic::catch_unwind(|| warren::discovery::mdns::fuzz_txt(&bytes));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}

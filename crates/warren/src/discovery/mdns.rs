@@ -36,7 +36,8 @@ pub const TXT_KEYS: [&str; 4] = [p2p::NAME, p2p::OS, p2p::DEVICE_MODEL, p2p::VER
 pub const MAX_TXT_BYTES: usize = 1300;
 
 /// Most peers kept from mDNS at once: a flood of fake services cannot grow memory without
-/// bound; records beyond it are ignored (and counted).
+/// bound. When full, the record seen longest ago (of a peer not connected) makes room for the
+/// new one, so real peers still get in.
 pub const MAX_PEERS: usize = 1024;
 
 /// Most libraries read from one peer's record.
@@ -119,6 +120,45 @@ pub fn parse_txt<'a>(
     (metadata, libraries)
 }
 
+/// The property the `mdns_txt` fuzz target checks, also replayed over its saved corpus: `data`
+/// read as TXT record data (length-prefixed strings, each `key=value`, `key` alone, or
+/// `key=`) never makes [`parse_txt`] panic, yields only known keys, at most
+/// [`MAX_LIBRARIES`] libraries and bounded values, and what it yields announces back
+/// ([`txt_record`]) to a record that parses to the same thing.
+#[doc(hidden)]
+pub fn fuzz_txt(data: &[u8]) {
+    let identity = crate::Identity::from_secret_bytes(&[7; 32]).to_remote_identity();
+    let mut entries = Vec::new();
+    let mut rest = data;
+    while let Some((&len, tail)) = rest.split_first() {
+        let (string, tail) = tail.split_at(usize::from(len).min(tail.len()));
+        rest = tail;
+        let (key, value) = match string.iter().position(|b| *b == b'=') {
+            Some(at) => (&string[..at], Some(&string[at + 1..])),
+            None => (string, None),
+        };
+        if let Ok(key) = std::str::from_utf8(key) {
+            entries.push((key, value));
+        }
+    }
+    let (metadata, libraries) = parse_txt(&identity, entries);
+    assert!(libraries.len() <= MAX_LIBRARIES);
+    assert!(metadata.keys().all(|k| TXT_KEYS.contains(&k.as_str())));
+    // Each byte of a value becomes at most one replacement character (3 bytes).
+    assert!(metadata.values().all(|v| v.len() <= 3 * 255));
+    let libraries_list: Vec<Uuid> = libraries.iter().copied().collect();
+    if let Ok(txt) = txt_record(&identity, &metadata, &libraries_list) {
+        let again = parse_txt(&identity, txt.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))));
+        assert_eq!(again, (metadata, libraries), "a parsed record announces back to itself");
+    }
+}
+
+/// A peer's libraries and when its record was last seen.
+struct Seen {
+    libraries: BTreeSet<Uuid>,
+    at: std::time::Instant,
+}
+
 /// The mDNS discovery hook.
 #[derive(Clone)]
 pub struct MdnsDiscovery {
@@ -130,8 +170,9 @@ struct MdnsInner {
     service_type: String,
     port: u16,
     mode: watch::Sender<DiscoveryMode>,
-    /// Peers this hook reports, with their libraries.
-    peers: Mutex<HashMap<RemoteIdentity, BTreeSet<Uuid>>>,
+    /// Peers this hook reports, with their libraries and when their record was last seen.
+    peers: Mutex<HashMap<RemoteIdentity, Seen>>,
+    evicted: AtomicU64,
     ignored: AtomicU64,
     last_error: Mutex<Option<String>>,
     hook: HookTasks,
@@ -148,6 +189,7 @@ impl MdnsDiscovery {
                 mode: watch::Sender::new(mode),
                 peers: Mutex::default(),
                 ignored: AtomicU64::new(0),
+                evicted: AtomicU64::new(0),
                 last_error: Mutex::default(),
                 hook: HookTasks::default(),
             }),
@@ -176,7 +218,8 @@ impl MdnsDiscovery {
     /// Peers discovered on the LAN that announce `library`.
     pub fn peers_in_library(&self, library: &Uuid) -> Vec<RemoteIdentity> {
         let peers = self.inner.peers.lock().expect("peer lock poisoned");
-        let mut found: Vec<_> = peers.iter().filter(|(_, libs)| libs.contains(library)).map(|(id, _)| *id).collect();
+        let mut found: Vec<_> =
+            peers.iter().filter(|(_, seen)| seen.libraries.contains(library)).map(|(id, _)| *id).collect();
         found.sort();
         found
     }
@@ -184,13 +227,18 @@ impl MdnsDiscovery {
     /// The libraries `remote` announces (empty if mDNS does not know it).
     pub fn libraries_of(&self, remote: &RemoteIdentity) -> Vec<Uuid> {
         let peers = self.inner.peers.lock().expect("peer lock poisoned");
-        peers.get(remote).map(|libs| libs.iter().copied().collect()).unwrap_or_default()
+        peers.get(remote).map(|seen| seen.libraries.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Records ignored so far: instance names that are not identities, records beyond
     /// [`MAX_PEERS`].
     pub fn ignored(&self) -> u64 {
         self.inner.ignored.load(Ordering::Relaxed)
+    }
+
+    /// Peers dropped from a full table to make room for a newer record.
+    pub fn evicted(&self) -> u64 {
+        self.inner.evicted.load(Ordering::Relaxed)
     }
 
     /// Peers currently reported by this hook.
@@ -319,14 +367,35 @@ impl MdnsDiscovery {
                 }
                 let entries = service.txt_properties.iter().map(|p| (p.key(), p.val()));
                 let (metadata, libraries) = parse_txt(&id, entries);
-                {
+                let evicted = {
                     let mut peers = self.inner.peers.lock().expect("peer lock poisoned");
-                    if !peers.contains_key(&id) && peers.len() >= MAX_PEERS {
+                    // Full: the peer whose record was seen longest ago and that is not
+                    // connected makes room, so a flood of fake records cannot lock real peers
+                    // out (the newest record always gets in) nor grow the table.
+                    let evict = (!peers.contains_key(&id) && peers.len() >= MAX_PEERS)
+                        .then(|| {
+                            peers
+                                .iter()
+                                .filter(|(peer, _)| self.inner.p2p.open_connection(peer).is_none())
+                                .min_by_key(|(_, seen)| seen.at)
+                                .map(|(peer, _)| *peer)
+                        })
+                        .flatten();
+                    if let Some(old) = evict {
+                        peers.remove(&old);
+                    }
+                    if peers.len() >= MAX_PEERS && !peers.contains_key(&id) {
+                        // Every entry is a connected peer: nothing to give up.
                         self.inner.ignored.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%id, "mDNS peer table full; record ignored");
                         return;
                     }
-                    peers.insert(id, libraries);
+                    peers.insert(id, Seen { libraries, at: std::time::Instant::now() });
+                    evict
+                };
+                if let Some(old) = evicted {
+                    self.inner.evicted.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%old, "mDNS peer table full; the stalest record made room");
+                    self.inner.p2p.expired(SOURCE, old);
                 }
                 let addrs: Vec<SocketAddr> =
                     service.addresses.iter().map(|ip| SocketAddr::new(ip.to_ip_addr(), service.port)).collect();

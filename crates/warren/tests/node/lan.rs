@@ -199,3 +199,131 @@ fn a_disabled_node_is_silent_and_modes_switch_at_runtime() {
     assert!(from_quiet.iter().any(|(_, p)| p.dst_port() == Some(5353)), "once enabled, it speaks mDNS");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Appends a DNS name, uncompressed.
+fn dns_name(out: &mut Vec<u8>, name: &str) {
+    for label in name.trim_end_matches('.').split('.') {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+}
+
+/// Appends a resource record of class IN (with the cache-flush bit when `unique`).
+fn dns_record(out: &mut Vec<u8>, name: &str, rtype: u16, unique: bool, rdata: &[u8]) {
+    dns_name(out, name);
+    out.extend_from_slice(&rtype.to_be_bytes());
+    out.extend_from_slice(&(if unique { 0x8001u16 } else { 1 }).to_be_bytes());
+    out.extend_from_slice(&120u32.to_be_bytes());
+    out.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    out.extend_from_slice(rdata);
+}
+
+/// One mDNS response announcing the services named `instances` (PTR, SRV, TXT, A each), as a
+/// hostile host on the LAN would send them. Test-only: the implementation never writes mDNS.
+fn fake_announcement(instances: &[String], ip: Ipv4Addr) -> Vec<u8> {
+    let mut out = vec![0, 0, 0x84, 0, 0, 0];
+    out.extend_from_slice(&((instances.len() * 4) as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0]);
+    for instance in instances {
+        let full = format!("{instance}._warren._udp.local");
+        let host = format!("{instance}.local");
+        let mut ptr = Vec::new();
+        dns_name(&mut ptr, &full);
+        dns_record(&mut out, "_warren._udp.local", 12, false, &ptr);
+        let mut srv = vec![0, 0, 0, 0, 0x1b, 0x58];
+        dns_name(&mut srv, &host);
+        dns_record(&mut out, &full, 33, true, &srv);
+        dns_record(&mut out, &full, 16, true, b"\x09name=fake\x0aos=hostile");
+        dns_record(&mut out, &host, 1, true, &ip.octets());
+    }
+    out
+}
+
+/// Garbage, malformed and oversized packets and a flood of 10,000 fake services from one host
+/// of the LAN: no crash, the peer table stays under its cap, records whose names are not
+/// identities are ignored, and a real node that comes up afterwards is still discovered.
+#[test]
+fn a_flood_of_fake_services_and_garbage_is_survived() {
+    use warren::discovery::mdns::MAX_PEERS;
+    let (_sim, hosts) = lan(3, None);
+    let observer_ip = hosts[0].ip();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (flooded_tx, flooded) = tokio::sync::oneshot::channel::<()>();
+    let (peer_tx, mut peer_rx) = mpsc::unbounded_channel::<RemoteIdentity>();
+    let observer = hosts[0].spawn(move || async move {
+        let (p2p, mdns) = start("observer", observer_ip, DiscoveryMode::Enabled).await;
+        let mut events = p2p.subscribe();
+        ready_tx.send(()).unwrap();
+        flooded.await.unwrap();
+        // Let the daemon work through what is queued.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (kept, ignored, evicted) = (mdns.peer_count(), mdns.ignored(), mdns.evicted());
+        let known = p2p.peers().len();
+        let real = peer_rx.recv().await.unwrap();
+        wait_for(&mut events, discovered(real)).await;
+        p2p.shutdown().await;
+        (kept, ignored, evicted, known)
+    });
+    ready.recv().unwrap();
+    let attacker_ip = hosts[2].ip();
+    hosts[2]
+        .spawn_sync(move || {
+            let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 5353)).unwrap();
+            socket.set_multicast_ttl_v4(255).unwrap();
+            let group = (Ipv4Addr::new(224, 0, 0, 251), 5353);
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut random = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            // Garbage of every size, a truncated header, a header promising 65,535 answers,
+            // and an oversized (fragmented) packet.
+            for i in 0..200 {
+                let len = (random() % 1400) as usize + i % 2;
+                let garbage: Vec<u8> = (0..len).map(|_| random() as u8).collect();
+                socket.send_to(&garbage, group).unwrap();
+            }
+            socket.send_to(&[0, 0, 0x84, 0, 0], group).unwrap();
+            socket.send_to(&[0, 0, 0x84, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0], group).unwrap();
+            let mut huge = fake_announcement(&["x".repeat(63)], attacker_ip);
+            huge.resize(9000, 0xee);
+            socket.send_to(&huge, group).unwrap();
+            // 10,000 fake services: most with valid identities as names, one in ten not.
+            let names: Vec<String> = (0..10_000)
+                .map(|i| {
+                    if i % 10 == 0 {
+                        format!("not-an-identity-{i}")
+                    } else {
+                        Identity::generate().to_remote_identity().to_string()
+                    }
+                })
+                .collect();
+            for chunk in names.chunks(5) {
+                socket.send_to(&fake_announcement(chunk, attacker_ip), group).unwrap();
+                std::thread::sleep(Duration::from_micros(300));
+            }
+        })
+        .join()
+        .unwrap();
+    flooded_tx.send(()).unwrap();
+    // A real node comes up after the flood.
+    let real_ip = hosts[1].ip();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let real = hosts[1].spawn(move || async move {
+        let (p2p, _mdns) = start("real", real_ip, DiscoveryMode::Enabled).await;
+        peer_tx.send(p2p.remote_identity()).unwrap();
+        let _ = stop.await;
+        p2p.shutdown().await;
+    });
+    let (kept, ignored, evicted, known) = observer.join().unwrap();
+    stop_tx.send(()).unwrap();
+    real.join().unwrap();
+    eprintln!("flood: {kept} mDNS peers kept, {evicted} evicted, {ignored} records ignored, {known} peers known");
+    assert!(kept <= MAX_PEERS, "{kept} peers kept, cap {MAX_PEERS}");
+    assert!(known <= MAX_PEERS + 1, "the peer table stays bounded: {known}");
+    assert!(ignored > 0, "names that are not identities were ignored and counted");
+    assert!(evicted > 0, "the full table made room for newer records");
+}
