@@ -1,7 +1,8 @@
 //! `warren demo`: the README's main job. Two nodes in one process, connected by identity over
 //! loopback: pings both ways, a bulk stream, an impostor and an unknown protocol refused, and a
 //! clean shutdown; then the same across a simulated internet (warren-netsim: a node behind a
-//! home NAT reaching a public node over a 100 ms, 1 %-loss path), with a summary.
+//! home NAT reaching a public node over a 100 ms, 1 %-loss path) and on a simulated LAN (nodes
+//! finding each other over mDNS with no address given), with a summary.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -47,6 +48,65 @@ struct AcrossNat {
     bytes: u64,
     transfer: Duration,
     lost: u64,
+}
+
+/// What the LAN chapter measured.
+struct OnLan {
+    found_in: Duration,
+    name: String,
+    addrs: Vec<SocketAddr>,
+    rtts: Vec<Duration>,
+}
+
+/// Two nodes on a simulated LAN (one switch, 1 ms links) with mDNS discovery: the second finds
+/// the first with no address given and pings it by identity alone.
+fn on_lan() -> anyhow::Result<OnLan> {
+    use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
+    let mut sim = warren_netsim::Simulation::new(7);
+    let switch = sim.add_switch("lan", None)?;
+    let (desk_ip, laptop_ip) = (Ipv4Addr::new(192, 168, 1, 10), Ipv4Addr::new(192, 168, 1, 11));
+    let desk = sim.add_host_behind("desk", desk_ip, 24, &switch)?;
+    let laptop = sim.add_host_behind("laptop", laptop_ip, 24, &switch)?;
+    for host in [&desk, &laptop] {
+        let link = warren_netsim::link::LinkConfig { latency: Duration::from_millis(1), ..Default::default() };
+        sim.link(host, &switch, link);
+    }
+    sim.start()?;
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+    let desk_task = desk.spawn(move || async move {
+        let (p2p, quic) = start("desk", SocketAddr::from((desk_ip, 0))).await?;
+        MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
+        ready_tx.send(p2p.remote_identity()).map_err(|_| anyhow::anyhow!("the demo stopped"))?;
+        let _ = done.await;
+        p2p.shutdown().await;
+        anyhow::Ok(())
+    });
+    let desk_id = ready.recv().map_err(|_| anyhow::anyhow!("the desk node did not start"))?;
+    let laptop_task = laptop.spawn(move || async move {
+        let started = Instant::now();
+        let (p2p, quic) = start("laptop", SocketAddr::from((laptop_ip, 0))).await?;
+        let mut events = p2p.subscribe();
+        MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
+        let (name, addrs) = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let Ok(Event::PeerDiscovered { remote, metadata, addrs, .. }) = events.recv().await {
+                    if remote == desk_id {
+                        break (metadata.get("name").cloned().unwrap_or_default(), addrs);
+                    }
+                }
+            }
+        })
+        .await?;
+        let found_in = started.elapsed();
+        let rtts = warren::ping::ping(&p2p, desk_id, 3).await?;
+        p2p.shutdown().await;
+        anyhow::Ok(OnLan { found_in, name, addrs, rtts })
+    });
+    let story = laptop_task.join().map_err(|_| anyhow::anyhow!("the laptop node panicked"))?;
+    let _ = done_tx.send(());
+    desk_task.join().map_err(|_| anyhow::anyhow!("the desk node panicked"))??;
+    story
 }
 
 /// A public node on a simulated internet and a node behind a port-restricted home NAT, 50 ms
@@ -212,6 +272,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
 
+    say("\n8. on a simulated LAN (one switch): a laptop finds a desk node over mDNS, no address given".into());
+    let lan = match tokio::task::spawn_blocking(on_lan).await? {
+        Ok(story) => {
+            say(format!(
+                "   found \"{}\" at {} {} ms after starting, then pinged it by identity alone: {:?} ms",
+                story.name,
+                story.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+                ms(story.found_in),
+                story.rtts.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+            ));
+            Ok(story)
+        }
+        Err(error) => {
+            say(format!("   NOT RUN: {error:#}"));
+            Err(format!("{error:#}"))
+        }
+    };
+
     let avg = |rtts: &[Duration]| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32);
     if args.json {
         json_line(&serde_json::json!({
@@ -236,6 +314,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 }),
                 Err(error) => serde_json::json!({ "error": error }),
             },
+            "lan": match &lan {
+                Ok(story) => serde_json::json!({
+                    "found_ms": ms(story.found_in),
+                    "name": story.name,
+                    "addrs": story.addrs,
+                    "ping_avg_ms": avg(&story.rtts),
+                }),
+                Err(error) => serde_json::json!({ "error": error }),
+            },
         }));
     } else {
         println!("\nsummary");
@@ -256,10 +343,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ),
             Err(error) => println!("  behind a NAT          not run: {error}"),
         }
+        match &lan {
+            Ok(story) => println!(
+                "  LAN discovery         found in {} ms, ping {} ms average",
+                ms(story.found_in),
+                avg(&story.rtts)
+            ),
+            Err(error) => println!("  LAN discovery         not run: {error}"),
+        }
     }
     // The simulator needs root; everything else ran. Say so plainly and fail.
     if let Err(error) = netsim {
         anyhow::bail!("the simulated-internet chapter could not run: {error}");
+    }
+    if let Err(error) = lan {
+        anyhow::bail!("the LAN chapter could not run: {error}");
     }
     Ok(())
 }

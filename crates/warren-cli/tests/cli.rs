@@ -185,6 +185,10 @@ fn demo_runs_the_whole_story() {
     assert!(netsim["seen_at"].as_str().unwrap().starts_with("203.0.113.1:"), "{netsim}");
     assert!(netsim["ping_avg_ms"].as_f64().unwrap() >= 100.0, "{netsim}");
     assert_eq!(netsim["bytes"], 262144);
+    // On the simulated LAN: found by mDNS with its name, and pinged by identity.
+    let lan = &report["lan"];
+    assert_eq!(lan["name"], "desk", "{lan}");
+    assert!(lan["ping_avg_ms"].as_f64().unwrap() > 0.0, "{lan}");
 }
 
 /// A short run of the throughput benchmark (the full one is `warren bench throughput`).
