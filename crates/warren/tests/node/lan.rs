@@ -1,6 +1,7 @@
 //! LAN discovery in a warren-netsim LAN: three hosts on one simulated switch (multicast
 //! forwarded), each running a node with mDNS discovery. Nodes find each other with no address
-//! given, connect by identity alone, see metadata and library changes, and see a goodbye.
+//! given, connect by identity alone, see metadata and library changes, and see a goodbye that
+//! leaves what other sources vouch for.
 //! Needs root (network namespaces).
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -118,13 +119,23 @@ fn nodes_on_a_lan_find_each_other_connect_by_identity_and_follow_changes() {
                 assert!(Instant::now() < deadline, "the library was not announced");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            // Goodbye: c shuts down and is expired.
+            // One peer, many sources: c is also known through a manual address.
+            let manual: SocketAddr = "192.168.99.9:4000".parse().unwrap();
+            p2p.discovered("manual", c, [manual], Default::default());
+            let both = p2p.peer(&c).unwrap();
+            assert!(both.addrs.len() >= 2, "one peer with the addresses of both sources: {:?}", both.addrs);
+            // Goodbye: c shuts down and is expired by mDNS; the manual address stays.
             commands[1].send("stop").unwrap();
-            wait_for(&mut events, |e| match e {
-                Event::PeerExpired { remote, source, .. } if *remote == c && source == "mdns" => Some(()),
+            let remaining = wait_for(&mut events, |e| match e {
+                Event::PeerExpired { remote, source, remaining_addrs } if *remote == c && source == "mdns" => {
+                    Some(remaining_addrs.clone())
+                }
                 _ => None,
             })
             .await;
+            assert_eq!(remaining, vec![manual], "mDNS's goodbye keeps what manual discovery vouches for");
+            let left = p2p.peer(&c).expect("still known through the manual source");
+            assert_eq!(left.addrs.keys().copied().collect::<Vec<_>>(), vec![manual]);
             commands[0].send("stop").unwrap();
             p2p.shutdown().await;
             found_in
