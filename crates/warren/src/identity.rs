@@ -21,7 +21,7 @@ pub const REMOTE_IDENTITY_TEXT_LEN: usize = 52;
 
 /// Lowercase, unpadded RFC 4648 base32: the textual form of identities. Lowercase and at most
 /// 63 characters so that an identity is a valid DNS label (mDNS instance names use it).
-fn base32() -> &'static Encoding {
+pub(crate) fn base32() -> &'static Encoding {
     static ENCODING: std::sync::OnceLock<Encoding> = std::sync::OnceLock::new();
     ENCODING.get_or_init(|| {
         let mut spec = Specification::new();

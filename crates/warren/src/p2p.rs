@@ -80,6 +80,17 @@ pub struct P2P {
     inner: Arc<Inner>,
 }
 
+/// A [`P2P`] handle that does not keep the node alive.
+#[derive(Clone)]
+pub struct WeakP2P(std::sync::Weak<Inner>);
+
+impl WeakP2P {
+    /// The node, if it still exists.
+    pub fn upgrade(&self) -> Option<P2P> {
+        self.0.upgrade().map(|inner| P2P { inner })
+    }
+}
+
 struct Registered {
     id: HookId,
     hook: Arc<dyn Hook>,
@@ -95,6 +106,8 @@ struct Inner {
     connections: Mutex<HashMap<RemoteIdentity, Vec<Connection>>>,
     events: broadcast::Sender<Event>,
     libraries: Mutex<BTreeSet<uuid::Uuid>>,
+    contacts: Mutex<BTreeSet<RemoteIdentity>>,
+    private_metadata: std::sync::atomic::AtomicBool,
     hooks: Mutex<Vec<Registered>>,
     next_hook: Mutex<u64>,
     protocols: RwLock<BTreeMap<String, Arc<dyn ProtocolHandler>>>,
@@ -129,6 +142,8 @@ impl P2P {
                 connections: Mutex::default(),
                 events,
                 libraries: Mutex::default(),
+                contacts: Mutex::default(),
+                private_metadata: std::sync::atomic::AtomicBool::new(false),
                 hooks: Mutex::default(),
                 next_hook: Mutex::new(0),
                 protocols: RwLock::default(),
@@ -214,6 +229,38 @@ impl P2P {
         drop(set);
         self.emit(Event::LibrariesModified { libraries });
         true
+    }
+
+    /// This node's contacts: the peers ContactsOnly discovery recognises and answers.
+    pub fn contacts(&self) -> Vec<RemoteIdentity> {
+        self.inner.contacts.lock().expect("contact lock poisoned").iter().copied().collect()
+    }
+
+    /// Is `remote` one of this node's contacts?
+    pub fn is_contact(&self, remote: &RemoteIdentity) -> bool {
+        self.inner.contacts.lock().expect("contact lock poisoned").contains(remote)
+    }
+
+    /// Adds a contact; false if it was one already.
+    pub fn add_contact(&self, remote: RemoteIdentity) -> bool {
+        self.inner.contacts.lock().expect("contact lock poisoned").insert(remote)
+    }
+
+    /// Removes a contact; false if it was not one.
+    pub fn remove_contact(&self, remote: &RemoteIdentity) -> bool {
+        self.inner.contacts.lock().expect("contact lock poisoned").remove(remote)
+    }
+
+    /// When set, the hello carries no metadata (name, OS, model, version): anyone may open a
+    /// connection and read a hello, so ContactsOnly discovery hands the metadata to contacts
+    /// only, on a stream after the hello.
+    pub fn set_private_metadata(&self, private: bool) {
+        self.inner.private_metadata.store(private, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A handle that does not keep the node alive (for handlers the node itself holds).
+    pub fn downgrade(&self) -> WeakP2P {
+        WeakP2P(Arc::downgrade(&self.inner))
     }
 
     /// Called by discovery hooks: `source` vouches for `remote` at `addrs`, with `metadata` (an
@@ -473,10 +520,13 @@ impl P2P {
     }
 
     fn hello(&self) -> Hello {
+        // Private metadata goes to contacts only, over their authenticated stream (see
+        // `discovery::mdns`); the hello is sent before the other side is verified.
+        let private = self.inner.private_metadata.load(std::sync::atomic::Ordering::Relaxed);
         Hello {
             major: WIRE_VERSION_MAJOR,
             minor: WIRE_VERSION_MINOR,
-            metadata: self.metadata(),
+            metadata: if private { BTreeMap::new() } else { self.metadata() },
             protocols: self.protocols(),
         }
     }

@@ -55,6 +55,39 @@ pub enum DiscoveryMode {
     Enabled,
     /// Neither: no mDNS socket is open.
     Disabled,
+    /// Announce only a keyed hash of the identity (no metadata, no libraries) that contacts can
+    /// recognise and strangers cannot; metadata goes to mutual contacts over an authenticated
+    /// stream (`meta/1`), and the hello carries none.
+    ContactsOnly,
+}
+
+/// The protocol over which a ContactsOnly node hands its metadata and libraries to a contact
+/// that asks (and to nobody else).
+pub const METADATA_PROTOCOL: &str = "meta/1";
+
+/// Largest metadata answer read from a contact.
+const MAX_METADATA_REPLY: u64 = 16 * 1024;
+
+/// The TXT key carrying a ContactsOnly record's salt.
+const SALT_KEY: &str = "s";
+
+/// The instance name a ContactsOnly record uses for `identity` with `salt`: 26 base32
+/// characters of a keyed BLAKE3 hash. A contact recomputes it for each identity it knows; a
+/// stranger learns nothing, and a new salt per announcement session unlinks the records.
+pub fn contact_tag(identity: &RemoteIdentity, salt: &[u8]) -> String {
+    let mut hasher = blake3::Hasher::new_derive_key("warren 2026 mdns contacts-only instance tag");
+    hasher.update(identity.as_bytes());
+    hasher.update(salt);
+    crate::identity::base32().encode(&hasher.finalize().as_bytes()[..16])
+}
+
+/// What a ContactsOnly node tells a contact over [`METADATA_PROTOCOL`].
+#[derive(Debug, Default, warren_proto::Encode, warren_proto::Decode)]
+#[proto(max_len = 255, max_bytes = 16384)]
+struct MetadataReply {
+    metadata: BTreeMap<String, String>,
+    #[proto(max_len = 64)]
+    libraries: Vec<Uuid>,
 }
 
 /// Why discovery could not do something.
@@ -172,6 +205,8 @@ struct MdnsInner {
     mode: watch::Sender<DiscoveryMode>,
     /// Peers this hook reports, with their libraries and when their record was last seen.
     peers: Mutex<HashMap<RemoteIdentity, Seen>>,
+    /// ContactsOnly records recognised, by full name.
+    hashed: Mutex<HashMap<String, RemoteIdentity>>,
     evicted: AtomicU64,
     ignored: AtomicU64,
     last_error: Mutex<Option<String>>,
@@ -188,12 +223,16 @@ impl MdnsDiscovery {
                 port,
                 mode: watch::Sender::new(mode),
                 peers: Mutex::default(),
+                hashed: Mutex::default(),
                 ignored: AtomicU64::new(0),
                 evicted: AtomicU64::new(0),
                 last_error: Mutex::default(),
                 hook: HookTasks::default(),
             }),
         };
+        let weak = p2p.downgrade();
+        // Another hook may have registered it already; one handler serves them all.
+        let _ = p2p.register_protocol(METADATA_PROTOCOL, move |stream| serve_metadata(weak.clone(), stream));
         let task = hook.inner.hook.tasks.track_future(hook.clone().run());
         p2p.spawn(task);
         p2p.register_hook(Arc::new(hook.clone()));
@@ -259,8 +298,10 @@ impl MdnsDiscovery {
             if self.inner.hook.cancel.is_cancelled() {
                 return;
             }
-            if *mode.borrow_and_update() == DiscoveryMode::Enabled {
-                match self.enabled(&mut mode).await {
+            let current = *mode.borrow_and_update();
+            self.inner.p2p.set_private_metadata(current == DiscoveryMode::ContactsOnly);
+            if current != DiscoveryMode::Disabled {
+                match self.enabled(&mut mode, current).await {
                     // Shut down or switched mode: look again.
                     Ok(()) => continue,
                     Err(error) => {
@@ -278,10 +319,20 @@ impl MdnsDiscovery {
 
     /// Announces and browses until the mode changes or the node shuts down; then says goodbye
     /// and stops the daemon.
-    async fn enabled(&self, mode: &mut watch::Receiver<DiscoveryMode>) -> Result<(), MdnsError> {
+    async fn enabled(
+        &self,
+        mode: &mut watch::Receiver<DiscoveryMode>,
+        current: DiscoveryMode,
+    ) -> Result<(), MdnsError> {
         let daemon = ServiceDaemon::new().map_err(|e| MdnsError::Daemon(e.to_string()))?;
         let mut events = self.inner.p2p.subscribe();
-        let mut registered = self.announce(&daemon, None);
+        // One salt per session: records of different sessions cannot be linked.
+        let salt = (current == DiscoveryMode::ContactsOnly).then(|| {
+            let mut salt = [0u8; 10];
+            getrandom::fill(&mut salt).expect("the system random source works");
+            salt
+        });
+        let mut registered = self.announce(&daemon, None, salt.as_ref());
         let browser = daemon.browse(&self.inner.service_type).map_err(|e| MdnsError::Daemon(e.to_string()));
         let result = match browser {
             Ok(browser) => loop {
@@ -295,7 +346,7 @@ impl MdnsDiscovery {
                     event = events.recv() => match event {
                         Ok(Event::MetadataModified { .. } | Event::LibrariesModified { .. })
                         | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            registered = self.announce(&daemon, registered);
+                            registered = self.announce(&daemon, registered, salt.as_ref());
                         }
                         Ok(_) => {}
                         Err(broadcast::error::RecvError::Closed) => break Ok(()),
@@ -313,6 +364,7 @@ impl MdnsDiscovery {
         if let Ok(status) = daemon.shutdown() {
             let _ = tokio::time::timeout(GOODBYE_WAIT, status.recv_async()).await;
         }
+        self.inner.hashed.lock().expect("hashed lock poisoned").clear();
         let forgotten: Vec<RemoteIdentity> =
             self.inner.peers.lock().expect("peer lock poisoned").drain().map(|(id, _)| id).collect();
         for id in forgotten {
@@ -322,14 +374,22 @@ impl MdnsDiscovery {
     }
 
     /// (Re-)registers this node's service; on refusal keeps the previous registration.
-    fn announce(&self, daemon: &ServiceDaemon, registered: Option<String>) -> Option<String> {
+    fn announce(&self, daemon: &ServiceDaemon, registered: Option<String>, salt: Option<&[u8; 10]>) -> Option<String> {
         let p2p = &self.inner.p2p;
         let identity = p2p.remote_identity();
-        let attempt = txt_record(&identity, &p2p.metadata(), &p2p.libraries()).and_then(|txt| {
-            let host = format!("{identity}.local.");
+        // ContactsOnly: a tag instead of the identity (in the instance and host names), and
+        // nothing in TXT but the salt.
+        let (instance, txt) = match salt {
+            Some(salt) => {
+                (contact_tag(&identity, salt), Ok(vec![(SALT_KEY.to_owned(), data_encoding::HEXLOWER.encode(salt))]))
+            }
+            None => (identity.to_string(), txt_record(&identity, &p2p.metadata(), &p2p.libraries())),
+        };
+        let attempt = txt.and_then(|txt| {
+            let host = format!("{instance}.local.");
             let mut info = ServiceInfo::new(
                 &self.inner.service_type,
-                &identity.to_string(),
+                &instance,
                 &host,
                 "",
                 self.inner.port,
@@ -361,7 +421,8 @@ impl MdnsDiscovery {
     fn handle(&self, event: ServiceEvent) {
         match event {
             ServiceEvent::ServiceResolved(service) => {
-                let Some(id) = self.identity_of(&service.fullname) else { return };
+                let contact = self.recognise(&service);
+                let Some(id) = contact.or_else(|| self.identity_of(&service.fullname)) else { return };
                 if id == self.inner.p2p.remote_identity() {
                     return;
                 }
@@ -400,15 +461,56 @@ impl MdnsDiscovery {
                 let addrs: Vec<SocketAddr> =
                     service.addresses.iter().map(|ip| SocketAddr::new(ip.to_ip_addr(), service.port)).collect();
                 self.inner.p2p.discovered(SOURCE, id, addrs, metadata);
+                if contact.is_some() {
+                    // A contact in ContactsOnly mode: ask it for its metadata.
+                    let this = self.clone();
+                    let task = self.inner.hook.tasks.track_future(async move {
+                        let cancel = this.inner.hook.cancel.clone();
+                        cancel.run_until_cancelled(this.fetch_metadata(id)).await;
+                    });
+                    self.inner.p2p.spawn(task);
+                }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
-                let Some(id) = self.identity_of(&fullname) else { return };
+                let hashed = self.inner.hashed.lock().expect("hashed lock poisoned").remove(&fullname);
+                let Some(id) = hashed.or_else(|| self.identity_of(&fullname)) else { return };
                 if self.inner.peers.lock().expect("peer lock poisoned").remove(&id).is_some() {
                     self.inner.p2p.expired(SOURCE, id);
                 }
             }
             _ => {}
         }
+    }
+
+    /// For a ContactsOnly record (a salt in TXT), the contact whose tag its instance name is.
+    fn recognise(&self, service: &mdns_sd::ResolvedService) -> Option<RemoteIdentity> {
+        let salt = service.txt_properties.get_property_val(SALT_KEY)??;
+        let salt = data_encoding::HEXLOWER.decode(salt).ok()?;
+        let instance = service.fullname.strip_suffix(&self.inner.service_type)?.strip_suffix('.')?;
+        let contact = self.inner.p2p.contacts().into_iter().find(|c| contact_tag(c, &salt) == instance)?;
+        self.inner.hashed.lock().expect("hashed lock poisoned").insert(service.fullname.clone(), contact);
+        Some(contact)
+    }
+
+    /// Asks a contact for its metadata over [`METADATA_PROTOCOL`]; it answers only if we are
+    /// its contact too. What it says is reported like a TXT record's content.
+    async fn fetch_metadata(&self, contact: RemoteIdentity) {
+        use tokio::io::AsyncReadExt;
+        let Ok(mut stream) = self.inner.p2p.connect(contact, METADATA_PROTOCOL).await else { return };
+        let _ = stream.finish();
+        let mut body = Vec::new();
+        if (&mut stream).take(MAX_METADATA_REPLY).read_to_end(&mut body).await.is_err() || body.is_empty() {
+            tracing::debug!(%contact, "the contact did not share its metadata");
+            return;
+        }
+        let Ok(reply) = warren_proto::decode_from_slice::<MetadataReply>(&body) else { return };
+        let entries = reply.metadata.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes())));
+        let (metadata, _) = parse_txt(&contact, entries);
+        let libraries: BTreeSet<Uuid> = reply.libraries.into_iter().take(MAX_LIBRARIES).collect();
+        if let Some(seen) = self.inner.peers.lock().expect("peer lock poisoned").get_mut(&contact) {
+            seen.libraries = libraries;
+        }
+        self.inner.p2p.discovered(SOURCE, contact, [], metadata);
     }
 
     /// The identity an instance name stands for; other names are counted and ignored.
@@ -433,6 +535,21 @@ impl Hook for MdnsDiscovery {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.inner.hook.stop())
     }
+}
+
+/// Serves [`METADATA_PROTOCOL`]: the metadata (TXT keys) and libraries, to contacts only;
+/// anyone else gets an empty answer.
+async fn serve_metadata(node: crate::p2p::WeakP2P, mut stream: crate::Stream) {
+    use tokio::io::AsyncWriteExt;
+    let Some(p2p) = node.upgrade() else { return };
+    if p2p.is_contact(&stream.remote()) {
+        let metadata = p2p.metadata().into_iter().filter(|(k, _)| TXT_KEYS.contains(&k.as_str())).collect();
+        let reply = MetadataReply { metadata, libraries: p2p.libraries() };
+        if let Ok(body) = warren_proto::encode_to_vec(&reply) {
+            let _ = stream.write_all(&body).await;
+        }
+    }
+    let _ = stream.finish();
 }
 
 #[cfg(test)]

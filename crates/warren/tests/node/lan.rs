@@ -338,3 +338,72 @@ fn a_flood_of_fake_services_and_garbage_is_survived() {
     assert!(ignored > 0, "names that are not identities were ignored and counted");
     assert!(evicted > 0, "the full table made room for newer records");
 }
+
+/// ContactsOnly: a stranger learns nothing (the record is a keyed hash; the stranger cannot
+/// even tell whose), mutual contacts recognise each other and get the metadata over their
+/// authenticated connection, and a one-sided contact finds the node but gets no metadata.
+#[test]
+fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() {
+    let (_sim, hosts) = lan(4, None);
+    let secrets: Vec<[u8; 32]> = (0..4).map(|_| *Identity::generate().to_secret_bytes()).collect();
+    let ids: Vec<RemoteIdentity> =
+        secrets.iter().map(|s| Identity::from_secret_bytes(s).to_remote_identity()).collect();
+    // a and b: ContactsOnly and each other's contact; c: a stranger; d: has a as a contact,
+    // but a does not have d.
+    let plan = [
+        ("a", DiscoveryMode::ContactsOnly, vec![ids[1]]),
+        ("b", DiscoveryMode::ContactsOnly, vec![ids[0]]),
+        ("c", DiscoveryMode::Enabled, vec![]),
+        ("d", DiscoveryMode::Enabled, vec![ids[0]]),
+    ];
+    let nodes: Vec<_> = hosts
+        .iter()
+        .zip(plan)
+        .zip(secrets)
+        .map(|((host, (name, mode, contacts)), secret)| {
+            let (ip, ids) = (host.ip(), ids.clone());
+            host.spawn(move || async move {
+                let p2p = P2P::new("warren", Identity::from_secret_bytes(&secret));
+                p2p.metadata_mut().insert(warren::p2p::NAME, name).unwrap();
+                for contact in contacts {
+                    p2p.add_contact(contact);
+                }
+                let quic = QuicTransport::spawn(&p2p, SocketAddr::from((ip, 0))).await.unwrap();
+                let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), mode);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let view: Vec<(RemoteIdentity, Option<String>)> = ids
+                    .iter()
+                    .filter_map(|id| p2p.peer(id).map(|peer| (*id, peer.metadata.get("name").cloned())))
+                    .collect();
+                let ignored = mdns.ignored();
+                p2p.shutdown().await;
+                (view, ignored)
+            })
+        })
+        .collect();
+    let results: Vec<_> = nodes.into_iter().map(|node| node.join().unwrap()).collect();
+    let seen = |viewer: usize, peer: usize| {
+        results[viewer].0.iter().find(|(id, _)| *id == ids[peer]).map(|(_, name)| name.clone())
+    };
+    assert_eq!(seen(0, 1), Some(Some("b".into())), "a recognised b and got its metadata");
+    assert_eq!(seen(1, 0), Some(Some("a".into())), "b recognised a and got its metadata");
+    assert_eq!(seen(2, 0), None, "the stranger does not know a");
+    assert_eq!(seen(2, 1), None, "the stranger does not know b");
+    assert!(results[2].1 >= 2, "the stranger saw two records it could not read: {}", results[2].1);
+    assert_eq!(seen(3, 0), Some(None), "d found a (its contact) but a shares nothing with a non-contact");
+    assert_eq!(seen(3, 1), None, "d does not know b");
+    assert_eq!(seen(2, 3), Some(Some("d".into())), "Enabled nodes see each other as before");
+    assert_eq!(seen(0, 2), Some(Some("c".into())), "a ContactsOnly node still sees public records");
+}
+
+#[test]
+fn a_contacts_only_tag_is_stable_for_a_salt_and_unlinkable_across_salts() {
+    let id = Identity::generate().to_remote_identity();
+    let other = Identity::generate().to_remote_identity();
+    let tag = warren::discovery::mdns::contact_tag(&id, b"salt-one!!");
+    assert_eq!(tag, warren::discovery::mdns::contact_tag(&id, b"salt-one!!"));
+    assert_ne!(tag, warren::discovery::mdns::contact_tag(&id, b"salt-two!!"));
+    assert_ne!(tag, warren::discovery::mdns::contact_tag(&other, b"salt-one!!"));
+    assert_eq!(tag.len(), 26);
+    assert!(!tag.contains(&id.to_string()[..8]), "the tag is not a prefix of the identity");
+}
