@@ -27,9 +27,13 @@ pub struct NodeArgs {
     #[arg(long = "peer", value_name = "ID@ADDR")]
     peers: Vec<ManualPeer>,
     /// LAN discovery over mDNS: announce this node and find others (`disabled`: no mDNS
-    /// socket at all).
+    /// socket at all; `contacts-only`: only contacts can recognise this node, and only mutual
+    /// contacts get its metadata).
     #[arg(long, value_enum, default_value = "enabled")]
     discovery: Discovery,
+    /// A contact, by identity (repeatable): recognised and answered in contacts-only mode.
+    #[arg(long = "contact", value_name = "ID")]
+    contacts: Vec<warren::RemoteIdentity>,
     /// A library this node takes part in, announced on the LAN (repeatable).
     #[arg(long = "library", value_name = "UUID")]
     libraries: Vec<uuid::Uuid>,
@@ -45,6 +49,8 @@ pub enum Discovery {
     Enabled,
     /// No mDNS at all.
     Disabled,
+    /// Only a keyed hash of the identity is announced.
+    ContactsOnly,
 }
 
 impl From<Discovery> for DiscoveryMode {
@@ -52,6 +58,7 @@ impl From<Discovery> for DiscoveryMode {
         match value {
             Discovery::Enabled => DiscoveryMode::Enabled,
             Discovery::Disabled => DiscoveryMode::Disabled,
+            Discovery::ContactsOnly => DiscoveryMode::ContactsOnly,
         }
     }
 }
@@ -90,6 +97,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     ManualDiscovery::spawn(&p2p, args.peers);
     for library in &args.libraries {
         p2p.add_library(*library);
+    }
+    for contact in &args.contacts {
+        p2p.add_contact(*contact);
     }
     MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), args.discovery.into());
 

@@ -221,3 +221,24 @@ fn discovery_latency_smoke() {
         (report["min_ms"].as_f64().unwrap(), report["median_ms"].as_f64().unwrap(), report["max_ms"].as_f64().unwrap());
     assert!(0.0 < min && min <= median && median <= max, "{report}");
 }
+
+/// ContactsOnly from the command line: two contacts find each other; a stranger lists nobody.
+#[test]
+fn contacts_only_scenario() {
+    let (lines, summary) = run_scenario("contacts-only");
+    assert_pings(&lines, &summary, &[]);
+    let of = |host: &str| -> Vec<String> {
+        lines.iter().filter(|l| l["host"] == host).filter_map(|l| l["line"].as_str().map(str::to_owned)).collect()
+    };
+    let id_of = |host: &str| {
+        of(host)
+            .iter()
+            .find_map(|l| l.strip_prefix("warren node ").map(str::to_owned))
+            .expect("the node's identity line")
+    };
+    let (alice, bob) = (id_of("alice"), id_of("bob"));
+    assert!(of("alice").iter().any(|l| l.starts_with(&format!("discovered {bob} via mdns"))), "{:?}", of("alice"));
+    assert!(of("bob").iter().any(|l| l.starts_with(&format!("discovered {alice} via mdns"))), "{:?}", of("bob"));
+    let stranger = of("stranger");
+    assert!(!stranger.iter().any(|l| l.starts_with("+ ")), "the stranger found somebody: {stranger:?}");
+}
