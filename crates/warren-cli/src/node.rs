@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use warren::discovery::cache::BootstrapHook;
 use warren::discovery::manual::{ManualDiscovery, ManualPeer};
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::transport::quic::QuicTransport;
@@ -95,6 +96,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
     }
     ManualDiscovery::spawn(&p2p, args.peers);
+    // Peers that worked before: reported and reconnected to at start; a broken file is
+    // rebuilt, with a warning.
+    let (_cache, warning) = BootstrapHook::spawn(&p2p, &dir.join("bootstrap-cache"));
+    if let Some(warning) = warning {
+        eprintln!("warren: {warning}");
+    }
     for library in &args.libraries {
         p2p.add_library(*library);
     }

@@ -1,5 +1,6 @@
 //! Discovery hooks: ways a node learns where its peers are.
 
+pub mod cache;
 pub mod manual;
 pub mod mdns;
 

@@ -56,3 +56,11 @@ fn mdns_txt_corpus_replays_cleanly() {
         assert!(outcome.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn bootstrap_cache_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("bootstrap_cache") {
+        let outcome = std::panic::catch_unwind(|| warren::discovery::cache::fuzz_cache(&bytes));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}

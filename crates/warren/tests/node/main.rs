@@ -2,6 +2,7 @@
 //! warren-netsim LAN), one module per behaviour.
 //! (One test binary: on a 2-core machine linking one binary beats linking ten.)
 
+mod bootstrap_cache;
 mod connect;
 mod hostile;
 mod identity_checks;
