@@ -155,11 +155,15 @@ fn without_privilege_the_reason_and_the_way_out_are_one_line() {
 /// Inside a user namespace (no real root), the simulator works: `unshare -Urn warren netsim …`.
 #[test]
 fn a_user_namespace_is_enough() {
+    let out = std::env::temp_dir().join(format!("warren-netsim-userns-{}", std::process::id()));
+    std::fs::create_dir_all(&out).unwrap();
     let output = Command::new("unshare")
-        .args(["-Urn", env!("CARGO_BIN_EXE_warren"), "netsim", "run", "--json"])
+        .args(["-Urn", env!("CARGO_BIN_EXE_warren"), "netsim", "run", "--json", "--out"])
+        .arg(&out)
         .arg(repo().join("scenarios/lan.toml"))
         .output()
         .expect("unshare (util-linux)");
+    std::fs::remove_dir_all(&out).unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let mut all = lines(&output.stdout);
     let summary = all.pop().unwrap()["summary"].clone();
