@@ -35,11 +35,15 @@ fn run_scenario(name: &str) -> (Vec<Value>, Value) {
     (all, summary)
 }
 
+/// What `host` printed, line by line.
+fn printed_by(lines: &[Value], host: &str) -> Vec<String> {
+    lines.iter().filter(|l| l["host"] == host).filter_map(|l| l["line"].as_str().map(str::to_owned)).collect()
+}
+
 /// Every pinging host printed its three round trips and exited 0.
 fn assert_pings(lines: &[Value], summary: &Value, pingers: &[&str]) {
     for host in pingers {
-        let printed: Vec<&str> =
-            lines.iter().filter(|l| l["host"] == *host).filter_map(|l| l["line"].as_str()).collect();
+        let printed = printed_by(lines, host);
         assert!(printed.iter().any(|l| l.contains("identity verified")), "{host}: {printed:?}");
         assert_eq!(printed.iter().filter(|l| l.starts_with("seq=")).count(), 3, "{host}: {printed:?}");
     }
@@ -57,7 +61,7 @@ fn home_nats_scenario() {
     assert_eq!(nats.len(), 2);
     assert!(nats.iter().all(|n| n["outbound"].as_u64().unwrap() > 0 && n["inbound"].as_u64().unwrap() > 0));
     // The server saw each peer as its NAT's public address.
-    let server: Vec<&str> = lines.iter().filter(|l| l["host"] == "server").filter_map(|l| l["line"].as_str()).collect();
+    let server = printed_by(&lines, "server");
     assert!(server.iter().any(|l| l.contains("at 203.0.113.1:")), "{server:?}");
     assert!(server.iter().any(|l| l.contains("at 203.0.113.2:")), "{server:?}");
 }
@@ -72,7 +76,7 @@ fn lan_scenario() {
 fn cgnat_scenario() {
     let (lines, summary) = run_scenario("cgnat");
     assert_pings(&lines, &summary, &["phone"]);
-    let server: Vec<&str> = lines.iter().filter(|l| l["host"] == "server").filter_map(|l| l["line"].as_str()).collect();
+    let server = printed_by(&lines, "server");
     assert!(server.iter().any(|l| l.contains("at 203.0.113.50:")), "seen as the carrier's address: {server:?}");
 }
 
@@ -176,7 +180,7 @@ fn a_user_namespace_is_enough() {
 fn lan_discovery_scenario() {
     let (lines, summary) = run_scenario("lan-discovery");
     assert_pings(&lines, &summary, &[]);
-    let phone: Vec<&str> = lines.iter().filter(|l| l["host"] == "phone").filter_map(|l| l["line"].as_str()).collect();
+    let phone = printed_by(&lines, "phone");
     let desk =
         phone.iter().find(|l| l.starts_with("+ ") && l.contains("  desk  ")).unwrap_or_else(|| panic!("{phone:?}"));
     assert!(desk.contains("5b8e2f6a-3c1d-4e7f-9a2b-1c3d5e7f9a0b") && desk.contains("at 192.168.20.2:7000"), "{desk}");
@@ -192,9 +196,7 @@ fn lan_discovery_scenario() {
 fn avahi_interop_scenario() {
     let (lines, summary) = run_scenario("avahi-interop");
     assert_pings(&lines, &summary, &[]);
-    let of = |host: &str| -> Vec<String> {
-        lines.iter().filter(|l| l["host"] == host).filter_map(|l| l["line"].as_str().map(str::to_owned)).collect()
-    };
+    let of = |host: &str| printed_by(&lines, host);
     let avahi = of("avahi");
     let resolved = avahi
         .iter()
@@ -231,9 +233,7 @@ fn discovery_latency_smoke() {
 fn contacts_only_scenario() {
     let (lines, summary) = run_scenario("contacts-only");
     assert_pings(&lines, &summary, &[]);
-    let of = |host: &str| -> Vec<String> {
-        lines.iter().filter(|l| l["host"] == host).filter_map(|l| l["line"].as_str().map(str::to_owned)).collect()
-    };
+    let of = |host: &str| printed_by(&lines, host);
     let id_of = |host: &str| {
         of(host)
             .iter()

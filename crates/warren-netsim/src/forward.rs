@@ -25,28 +25,28 @@ const ETHERTYPE_ARP: u16 = 0x0806;
 
 /// What an Ethernet frame read from a host's TAP device (after its virtio-net header) holds.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Frame<'a> {
+pub(crate) enum Frame {
     /// An IPv4 packet.
     Ipv4,
     /// An ARP request: the reply frame to send back.
     ArpRequest(Vec<u8>),
     /// Anything else (IPv6, other ARP, LLDP…), dropped.
-    Other(&'a [u8]),
+    Other,
 }
 
 /// Classifies an Ethernet frame; for an ARP request, builds the reply (from [`GATEWAY_MAC`],
 /// whatever address was asked for).
-pub(crate) fn ethernet_frame(frame: &[u8]) -> Frame<'_> {
-    let Some(header) = frame.get(..ETHERNET_LEN) else { return Frame::Other(frame) };
+pub(crate) fn ethernet_frame(frame: &[u8]) -> Frame {
+    let Some(header) = frame.get(..ETHERNET_LEN) else { return Frame::Other };
     match u16::from_be_bytes([header[12], header[13]]) {
         ETHERTYPE_IPV4 => Frame::Ipv4,
         ETHERTYPE_ARP => {
-            let Some(arp) = frame.get(ETHERNET_LEN..ETHERNET_LEN + 28) else { return Frame::Other(frame) };
+            let Some(arp) = frame.get(ETHERNET_LEN..ETHERNET_LEN + 28) else { return Frame::Other };
             // Ethernet/IPv4 request, not a probe or announcement of the sender's own address.
             let request = arp[..8] == [0, 1, 8, 0, 6, 4, 0, 1];
             let (sender_mac, sender_ip, target_ip) = (&arp[8..14], &arp[14..18], &arp[24..28]);
             if !request || sender_ip == target_ip || sender_ip == [0, 0, 0, 0] {
-                return Frame::Other(frame);
+                return Frame::Other;
             }
             let mut reply = Vec::with_capacity(ETHERNET_LEN + 28);
             reply.extend_from_slice(sender_mac);
@@ -59,7 +59,7 @@ pub(crate) fn ethernet_frame(frame: &[u8]) -> Frame<'_> {
             reply.extend_from_slice(sender_ip);
             Frame::ArpRequest(reply)
         }
-        _ => Frame::Other(frame),
+        _ => Frame::Other,
     }
 }
 
@@ -267,7 +267,7 @@ impl Forwarder {
                                 self.write_frame(index, &[0u8; VNET_HEADER_LEN], &reply, &[]);
                                 continue;
                             }
-                            Frame::Other(_) => continue,
+                            Frame::Other => continue,
                         },
                         Port::Wan(_) | Port::Lan(_) => 0,
                     };

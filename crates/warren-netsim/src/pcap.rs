@@ -65,6 +65,17 @@ pub fn read_packets(bytes: &[u8]) -> Option<Vec<(Duration, Vec<u8>)>> {
     Some(packets)
 }
 
+/// Reads a capture file written by the simulator back as parsed IPv4 packets with their
+/// timestamps (for tests and tools); `None` if the file cannot be read, is not such a capture,
+/// or holds a record that is not an IPv4 packet.
+pub fn read_file(path: &std::path::Path) -> Option<Vec<(Duration, crate::packet::Packet)>> {
+    let bytes = std::fs::read(path).ok()?;
+    read_packets(&bytes)?
+        .into_iter()
+        .map(|(at, data)| crate::packet::Packet::parse(data).ok().map(|p| (at, p)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

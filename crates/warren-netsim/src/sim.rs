@@ -29,7 +29,7 @@ use crate::pcap::PcapWriter;
 use crate::sys;
 
 /// Name of the interface inside every host.
-pub const TUN_NAME: &str = "sim0";
+pub const INTERFACE_NAME: &str = "sim0";
 
 /// The MAC address of a host's interface: locally administered, from its IPv4 address.
 pub(crate) fn host_mac(ip: Ipv4Addr) -> [u8; 6] {
@@ -429,9 +429,10 @@ impl Simulation {
             for key in ["all", "default"] {
                 let _ = sys::write_sysctl(&format!("net/ipv6/conf/{key}/disable_ipv6"), "1");
             }
-            let tun = sys::create_offload_tap(TUN_NAME, host_mac(ip)).map_err(io_err("creating the TAP device"))?;
-            sys::configure(TUN_NAME, ip, prefix, HOST_MTU).map_err(io_err("configuring the TAP device"))?;
-            Ok(tun)
+            let tap =
+                sys::create_offload_tap(INTERFACE_NAME, host_mac(ip)).map_err(io_err("creating the TAP device"))?;
+            sys::configure(INTERFACE_NAME, ip, prefix, HOST_MTU).map_err(io_err("configuring the TAP device"))?;
+            Ok(tap)
         })?;
         let index = self.hosts.len();
         let host = Host { inner: Arc::new(HostInner { name: name.to_owned(), ip, index, namespace }) };

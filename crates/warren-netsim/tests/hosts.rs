@@ -166,13 +166,8 @@ fn a_captured_link_is_written_to_a_pcap_file() {
         .unwrap();
         assert_eq!(server.join().unwrap(), 5);
     } // dropping the simulation completes the file
-    let bytes = std::fs::read(&path).unwrap();
-    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
-    let udp: Vec<_> = packets
-        .iter()
-        .filter_map(|(_, p)| warren_netsim::packet::Packet::parse(p.clone()).ok())
-        .filter(|p| p.protocol() == warren_netsim::packet::UDP)
-        .collect();
+    let packets = warren_netsim::pcap::read_file(&path).expect("a capture of IPv4 packets");
+    let udp: Vec<_> = packets.iter().map(|(_, p)| p).filter(|p| p.protocol() == warren_netsim::packet::UDP).collect();
     assert_eq!(udp.len(), 10, "5 requests and 5 echoes");
     assert_eq!(udp.iter().filter(|p| p.dst_port() == Some(7000)).count(), 5);
     assert!(packets.windows(2).all(|w| w[0].0 <= w[1].0), "timestamps in order");

@@ -192,12 +192,10 @@ fn tcp_super_segments_cross_unimpaired_links_whole_and_captures_see_wire_packets
     let captured = stats[&("r".into(), "server".into())].delivered;
     assert!(captured >= segments, "{captured} packets on the captured link: cut to wire size");
     drop(sim);
-    let bytes = std::fs::read(&path).unwrap();
-    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
+    let packets = warren_netsim::pcap::read_file(&path).expect("a capture of IPv4 packets");
     let largest = packets.iter().map(|(_, p)| p.len()).max().unwrap();
     assert!(largest <= 1500, "the capture holds wire packets (largest {largest} bytes)");
-    for (_, bytes) in &packets {
-        let packet = warren_netsim::packet::Packet::parse(bytes.clone()).unwrap();
+    for (_, packet) in &packets {
         assert!(packet.checksums_ok(), "complete checksums: {packet:?}");
         if packet.dst() == SERVER {
             assert_eq!(packet.ttl(), 62, "the kernel NAT and the router each decremented the TTL");

@@ -217,13 +217,8 @@ fn a_host_interface_capture_holds_what_the_host_sent_and_received() {
         assert_eq!(ask(&a, b.ip(), 4).len(), 4);
         server.join().unwrap();
     }
-    let bytes = std::fs::read(&path).unwrap();
-    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
-    let udp: Vec<_> = packets
-        .iter()
-        .filter_map(|(_, p)| warren_netsim::packet::Packet::parse(p.clone()).ok())
-        .filter(|p| p.protocol() == warren_netsim::packet::UDP)
-        .collect();
+    let packets = warren_netsim::pcap::read_file(&path).expect("a capture of IPv4 packets");
+    let udp: Vec<_> = packets.iter().map(|(_, p)| p).filter(|p| p.protocol() == warren_netsim::packet::UDP).collect();
     assert_eq!(udp.iter().filter(|p| p.dst_port() == Some(7000)).count(), 4, "sent");
     assert_eq!(udp.iter().filter(|p| p.src_port() == Some(7000)).count(), 4, "received");
     // A reader nobody here wrote opens it too (tcpdump, installed by scripts/setup).

@@ -206,13 +206,8 @@ fn a_disabled_node_is_silent_and_modes_switch_at_runtime() {
     quiet.join().unwrap();
     drop(sim);
     // The capture of the quiet host's interface: nothing from it before it was enabled.
-    let bytes = std::fs::read(&path).unwrap();
-    let packets = warren_netsim::pcap::read_packets(&bytes).expect("a pcap file");
-    let from_quiet: Vec<_> = packets
-        .iter()
-        .filter_map(|(at, p)| warren_netsim::packet::Packet::parse(p.clone()).ok().map(|p| (*at, p)))
-        .filter(|(_, p)| p.src() == quiet_ip)
-        .collect();
+    let packets = warren_netsim::pcap::read_file(&path).expect("a capture of IPv4 packets");
+    let from_quiet: Vec<_> = packets.iter().filter(|(_, p)| p.src() == quiet_ip).collect();
     let received = packets.len() - from_quiet.len();
     assert!(received > 0, "the quiet host did hear the observer's announcements");
     let first_sent = from_quiet.first().map(|(at, _)| *at).expect("it spoke once enabled");
@@ -281,8 +276,13 @@ fn a_flood_of_fake_services_and_garbage_is_survived() {
         let mut events = p2p.subscribe();
         ready_tx.send(()).unwrap();
         flooded.await.unwrap();
-        // Let the daemon work through what is queued.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Wait until the daemon has worked through the flood far enough to have ignored bad
+        // names and evicted stale records.
+        let deadline = Instant::now() + HANG;
+        while mdns.ignored() == 0 || mdns.evicted() == 0 {
+            assert!(Instant::now() < deadline, "the flood was never processed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let (kept, ignored, evicted) = (mdns.peer_count(), mdns.ignored(), mdns.evicted());
         let known = p2p.peers().len();
         let real = peer_rx.recv().await.unwrap();
