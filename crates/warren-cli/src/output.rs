@@ -26,14 +26,25 @@ pub fn describe(event: &Event) -> String {
             format!("discovered {remote} via {source} at {}", list(addrs))
         }
         Event::PeerExpired { remote, source, .. } => format!("{source} no longer knows {remote}"),
-        Event::PeerConnected { remote, addr, direction, metadata } => format!(
-            "connected {remote} ({}) at {addr}, {}",
+        Event::PeerConnected { remote, path, direction, metadata, .. } => format!(
+            "connected {remote} ({}), {path}, {}",
             metadata.get(warren::p2p::NAME).map(String::as_str).unwrap_or("unnamed"),
             match direction {
                 warren::Direction::Inbound => "they dialled",
                 warren::Direction::Outbound => "we dialled",
             }
         ),
+        Event::PathChanged { remote, path } => format!("path to {remote} is now {path}"),
+        Event::HolePunch { remote, direct: Some(addr), rounds, elapsed_ms } => {
+            format!("hole punched to {remote} at {addr} ({rounds} rounds, {elapsed_ms} ms)")
+        }
+        Event::HolePunch { remote, direct: None, rounds, elapsed_ms } => {
+            format!("hole punching to {remote} failed ({rounds} rounds, {elapsed_ms} ms): staying relayed")
+        }
+        Event::RelayConnected { relay, addr, observed } => {
+            format!("registered with relay {relay}@{addr}; it sees us at {observed}")
+        }
+        Event::RelayDisconnected { relay, reason } => format!("relay {relay}: {reason}"),
         Event::PeerDisconnected { remote, reason } => format!("disconnected {remote}: {reason}"),
         Event::IncomingRejected { addr, reason } => format!("refused a connection from {addr}: {reason}"),
         Event::MetadataModified { metadata } => format!("metadata is now {metadata:?}"),

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::RemoteIdentity;
 use crate::error::ConnectError;
 use crate::p2p::Direction;
+use crate::transport::paths::{Path, Paths};
 use crate::wire::{self, Hello};
 
 /// QUIC application error codes warren closes connections and streams with.
@@ -48,6 +49,7 @@ pub struct Connection {
     pub(crate) remote: RemoteIdentity,
     pub(crate) direction: Direction,
     pub(crate) hello: Arc<Hello>,
+    pub(crate) paths: Option<std::sync::Weak<Paths>>,
 }
 
 impl Connection {
@@ -56,9 +58,18 @@ impl Connection {
         self.remote
     }
 
-    /// The peer's address on this connection.
+    /// The peer's address on this connection: for a connection through a relay, a placeholder
+    /// in `240.0.0.0/8` that stays the same when the path changes (see [`Connection::path`]).
     pub fn remote_address(&self) -> SocketAddr {
         self.quic.remote_address()
+    }
+
+    /// Where the connection's packets go now: straight to the peer, or through a relay.
+    pub fn path(&self) -> Path {
+        match self.paths.as_ref().and_then(std::sync::Weak::upgrade) {
+            Some(paths) => paths.path_of(self.quic.remote_address()),
+            None => Path::Direct { addr: self.quic.remote_address() },
+        }
     }
 
     /// Who dialled.

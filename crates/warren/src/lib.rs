@@ -56,6 +56,8 @@ pub mod error;
 pub mod identity;
 pub mod p2p;
 pub mod ping;
+pub mod punch;
+pub mod relay;
 pub mod transport;
 pub mod wire;
 

@@ -28,6 +28,7 @@ pub use self::peer::{ConnectionState, PeerInfo};
 use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
 use crate::error::{ConnectError, RegisterError};
 use crate::identity::{Identity, RemoteIdentity};
+use crate::transport::paths::Paths;
 use crate::transport::tls;
 use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError};
 
@@ -37,6 +38,9 @@ pub const EVENT_BUFFER: usize = 1024;
 
 /// How long a transport handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a known address may take to answer when a relay can carry the connection instead.
+pub const DIRECT_TIMEOUT_WITH_RELAY: Duration = Duration::from_secs(2);
 
 /// How long the hello exchange may take after the handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +118,7 @@ struct Inner {
     dialing: tokio::sync::Mutex<HashMap<RemoteIdentity, Arc<tokio::sync::Mutex<()>>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    paths: std::sync::OnceLock<std::sync::Weak<Paths>>,
 }
 
 impl std::fmt::Debug for P2P {
@@ -150,6 +155,7 @@ impl P2P {
                 dialing: tokio::sync::Mutex::default(),
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
+                paths: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -173,6 +179,10 @@ impl P2P {
     /// subscriber loses.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    pub(crate) fn emit_event(&self, event: Event) {
+        self.emit(event);
     }
 
     fn emit(&self, event: Event) {
@@ -384,6 +394,17 @@ impl P2P {
         &self.inner.tasks
     }
 
+    /// Set by the QUIC transport: the path table of its socket.
+    /// (Weak: the transport owns its socket, and shutting the transport down closes it.)
+    pub(crate) fn set_paths(&self, paths: &Arc<Paths>) {
+        let _ = self.inner.paths.set(Arc::downgrade(paths));
+    }
+
+    /// The path table of the node's socket, while a QUIC transport runs.
+    pub(crate) fn paths(&self) -> Option<Arc<Paths>> {
+        self.inner.paths.get()?.upgrade()
+    }
+
     /// True once [`P2P::shutdown`] has started.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.cancel.is_cancelled()
@@ -418,16 +439,39 @@ impl P2P {
                 return Ok(conn);
             }
             let addrs = self.peer(&remote).map(|p| p.addresses()).unwrap_or_default();
-            if addrs.is_empty() {
+            let listener = self.listeners().into_iter().next().ok_or(ConnectError::NoTransport)?;
+            let relay = self.paths().and_then(|p| p.relay()).is_some();
+            if addrs.is_empty() && !relay {
                 return Err(ConnectError::NoAddress { remote });
             }
+            // Known addresses first (LAN, manual, cache); with a relay to fall back on, an
+            // address that does not answer soon is given up on sooner.
+            let timeout = if relay { DIRECT_TIMEOUT_WITH_RELAY } else { HANDSHAKE_TIMEOUT };
             let mut attempts = Vec::new();
             for addr in addrs {
-                match self.dial(addr, Some(remote)).await {
+                match self.dial_within(addr, Some(remote), timeout).await {
                     Ok(conn) => return Ok(conn),
                     Err(ConnectError::ShuttingDown) => return Err(ConnectError::ShuttingDown),
                     Err(error) => attempts.push((addr, error)),
                 }
+            }
+            match listener.relay_addr(remote).await {
+                Ok(Some(placeholder)) => match self.dial(placeholder, Some(remote)).await {
+                    Ok(conn) => {
+                        crate::punch::spawn_initiator(self, &conn);
+                        return Ok(conn);
+                    }
+                    Err(error) => attempts.push((placeholder, error)),
+                },
+                Ok(None) => {}
+                Err(reason) => {
+                    let relay = self.paths().and_then(|p| p.relay()).map(|r| r.addr);
+                    let addr = relay.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                    attempts.push((addr, ConnectError::Transport { addr, reason }));
+                }
+            }
+            if attempts.is_empty() {
+                return Err(ConnectError::NoAddress { remote });
             }
             if attempts.len() == 1 {
                 return Err(attempts.pop().expect("one attempt").1);
@@ -456,13 +500,22 @@ impl P2P {
     /// Dials `addr` and, if `expected` is given, checks that it answers with that identity.
     /// Returns a new connection after the hello (even if one is already open).
     pub async fn dial(&self, addr: SocketAddr, expected: Option<RemoteIdentity>) -> Result<Connection, ConnectError> {
+        self.dial_within(addr, expected, HANDSHAKE_TIMEOUT).await
+    }
+
+    async fn dial_within(
+        &self,
+        addr: SocketAddr,
+        expected: Option<RemoteIdentity>,
+        timeout: Duration,
+    ) -> Result<Connection, ConnectError> {
         if self.is_shutting_down() {
             return Err(ConnectError::ShuttingDown);
         }
         let listener = self.listeners().into_iter().next().ok_or(ConnectError::NoTransport)?;
-        let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, listener.dial(addr))
+        let quic = tokio::time::timeout(timeout, listener.dial(addr))
             .await
-            .map_err(|_| ConnectError::Transport { addr, reason: format!("no answer within {HANDSHAKE_TIMEOUT:?}") })?
+            .map_err(|_| ConnectError::Transport { addr, reason: format!("no answer within {timeout:?}") })?
             .map_err(|reason| ConnectError::Transport { addr, reason })?;
         self.establish(quic, Direction::Outbound, expected, None).await
     }
@@ -595,7 +648,8 @@ impl P2P {
                 return Err(ConnectError::IncompatibleVersion { ours: WIRE_VERSION_MAJOR, theirs: their_major });
             }
         };
-        let conn = Connection { quic, remote, direction, hello: Arc::new(theirs) };
+        let paths = self.inner.paths.get().cloned();
+        let conn = Connection { quic, remote, direction, hello: Arc::new(theirs), paths };
         self.register_connection(conn.clone())?;
         Ok(conn)
     }
@@ -621,6 +675,7 @@ impl P2P {
             self.emit(Event::PeerConnected {
                 remote: conn.remote,
                 addr: conn.remote_address(),
+                path: conn.path(),
                 direction: conn.direction,
                 metadata: conn.hello.metadata.clone(),
             });

@@ -1,4 +1,5 @@
 //! Transports: listener hooks that carry authenticated, encrypted connections.
 
+pub mod paths;
 pub mod quic;
 pub mod tls;

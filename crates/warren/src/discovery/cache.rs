@@ -263,8 +263,17 @@ impl BootstrapHook {
                     event = events.recv() => event,
                 };
                 match event {
-                    Ok(crate::Event::PeerConnected { remote, addr, direction: crate::Direction::Outbound, .. }) => {
+                    // A relayed connection's address is a placeholder: only direct ones are kept.
+                    Ok(crate::Event::PeerConnected {
+                        remote,
+                        path: crate::transport::paths::Path::Direct { addr },
+                        direction: crate::Direction::Outbound,
+                        ..
+                    }) => {
                         this.change(|cache| cache.record_success(remote, addr, false));
+                    }
+                    Ok(crate::Event::RelayConnected { relay, addr, .. }) => {
+                        this.change(|cache| cache.record_success(relay, addr, true));
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 use crate::RemoteIdentity;
+use crate::transport::paths::Path;
 
 /// Which side opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,12 +61,49 @@ pub enum Event {
     PeerConnected {
         /// The peer.
         remote: RemoteIdentity,
-        /// The peer's address on this connection.
+        /// The peer's address on this connection (a placeholder in `240.0.0.0/8` for a
+        /// connection through a relay; `path` says where packets really go).
         addr: SocketAddr,
+        /// The path the connection's packets take now.
+        path: Path,
         /// Who dialled.
         direction: Direction,
         /// The metadata the peer sent in its hello.
         metadata: BTreeMap<String, String>,
+    },
+    /// A connection's packets to a peer took another path (a hole punch succeeded).
+    PathChanged {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// The path now.
+        path: Path,
+    },
+    /// A hole-punching attempt with a peer ended.
+    HolePunch {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// The address that answered, or `None` if none did (the connection stays relayed).
+        direct: Option<SocketAddr>,
+        /// Rounds of punches sent (see `warren::punch::SCHEDULE`).
+        rounds: u32,
+        /// Milliseconds from the start of signalling to the end of the attempt.
+        elapsed_ms: u64,
+    },
+    /// This node registered with a relay.
+    RelayConnected {
+        /// The relay.
+        relay: RemoteIdentity,
+        /// Its address.
+        addr: SocketAddr,
+        /// This node's address as the relay sees it (its reflexive address).
+        observed: SocketAddr,
+    },
+    /// This node lost (or was refused by) its relay; it reconnects with backoff unless refused.
+    RelayDisconnected {
+        /// The relay.
+        relay: RemoteIdentity,
+        /// Why.
+        reason: String,
     },
     /// The last connection to a peer closed.
     PeerDisconnected {

@@ -34,4 +34,11 @@ pub trait Listener: Hook {
     /// Dials `addr` and completes the transport's handshake. The node then checks the identity
     /// and exchanges hellos.
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, String>>;
+
+    /// The address to dial to reach `remote` through a relay, if this listener has one and the
+    /// relay serves `remote` (`Ok(None)`: no relay; `Err`: the relay does not know `remote`).
+    fn relay_addr(&self, remote: crate::RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>> {
+        let _ = remote;
+        Box::pin(async { Ok(None) })
+    }
 }

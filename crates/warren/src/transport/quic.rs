@@ -14,10 +14,11 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
 
+use super::paths::{PathSocket, Paths};
 use super::tls;
-use crate::Identity;
 use crate::connection::codes;
 use crate::p2p::{BoxFuture, Hook, Listener, P2P};
+use crate::{Identity, RemoteIdentity};
 
 /// Name of this hook, as shown in `ListenerStarted`.
 pub const HOOK_NAME: &str = "quic";
@@ -58,6 +59,9 @@ pub fn transport_config() -> TransportConfig {
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
         .send_window(SEND_WINDOW);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_UDP_PAYLOAD);
+    config.mtu_discovery_config(Some(mtu));
     config
 }
 
@@ -66,8 +70,16 @@ pub fn transport_config() -> TransportConfig {
 /// quinn's black-hole detection fall back to 1200 bytes, slower than the default 1452, so they
 /// are not enabled. See docs/benchmarks.md.)
 pub fn endpoint_config() -> quinn::EndpointConfig {
-    quinn::EndpointConfig::default()
+    let mut config = quinn::EndpointConfig::default();
+    // Relay frames and hole punches share the socket; they start with a byte whose QUIC fixed
+    // bit is clear, which only greased QUIC packets could have (see `relay::frame`).
+    config.grease_quic_bit(false);
+    config
 }
+
+/// The largest UDP payload warren's QUIC sends: path MTU discovery stops here, so that any
+/// packet still fits a relay's data frame on a 1,500-byte link.
+pub const MAX_UDP_PAYLOAD: u16 = crate::relay::frame::MAX_PAYLOAD as u16;
 
 /// quinn server configuration for `identity`, with warren's transport parameters.
 pub fn server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
@@ -109,6 +121,7 @@ pub struct QuicTransport {
 
 struct QuicInner {
     endpoint: Mutex<Option<quinn::Endpoint>>,
+    paths: Arc<Paths>,
     local_addr: SocketAddr,
     accept_loop: TaskTracker,
 }
@@ -121,9 +134,17 @@ impl QuicTransport {
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
         enlarge_socket_buffers(&socket);
         let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
-        let mut endpoint =
-            quinn::Endpoint::new(endpoint_config(), Some(server_config(p2p.identity())), socket, runtime)
-                .map_err(bind_err)?;
+        let udp = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
+        let paths = Paths::new(p2p.remote_identity(), udp).map_err(bind_err)?;
+        paths.set_node(p2p.downgrade());
+        p2p.set_paths(&paths);
+        let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config(),
+            Some(server_config(p2p.identity())),
+            Arc::new(PathSocket(paths.clone())),
+            runtime,
+        )
+        .map_err(bind_err)?;
         endpoint.set_default_client_config(client_config(p2p.identity()));
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
 
@@ -136,8 +157,9 @@ impl QuicTransport {
         }));
         accept_loop.close();
 
-        let transport =
-            Self { inner: Arc::new(QuicInner { endpoint: Mutex::new(Some(endpoint)), local_addr, accept_loop }) };
+        let transport = Self {
+            inner: Arc::new(QuicInner { endpoint: Mutex::new(Some(endpoint)), paths, local_addr, accept_loop }),
+        };
         p2p.register_listener(Arc::new(transport.clone()));
         Ok(transport)
     }
@@ -147,7 +169,12 @@ impl QuicTransport {
         self.inner.local_addr
     }
 
-    fn endpoint(&self) -> Option<quinn::Endpoint> {
+    /// The path table of this transport's socket.
+    pub fn paths(&self) -> &Arc<Paths> {
+        &self.inner.paths
+    }
+
+    pub(crate) fn endpoint(&self) -> Option<quinn::Endpoint> {
         self.inner.endpoint.lock().expect("endpoint lock poisoned").clone()
     }
 }
@@ -182,6 +209,16 @@ impl Listener for QuicTransport {
             let endpoint = self.endpoint().ok_or("the QUIC transport is shut down")?;
             let connecting = endpoint.connect(addr, tls::SERVER_NAME).map_err(|e| e.to_string())?;
             connecting.await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn relay_addr(&self, remote: RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>> {
+        Box::pin(async move {
+            let Some(relay) = self.inner.paths.relay() else { return Ok(None) };
+            if !crate::relay::client::lookup(&relay.conn, remote).await? {
+                return Err(format!("the relay {} does not serve {remote}", relay.addr));
+            }
+            self.inner.paths.placeholder_for(remote).map(Some).ok_or_else(|| "too many relayed peers".to_owned())
         })
     }
 }

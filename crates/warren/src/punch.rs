@@ -1,0 +1,283 @@
+//! Hole punching between two peers connected through a relay.
+//!
+//! The dialler of a relayed connection opens a [`PROTOCOL`] stream on it (so the signalling is
+//! end-to-end encrypted; the relay carries it without reading it) and the two sides swap
+//! candidates, DCUtR-style:
+//!
+//! 1. dialler → `Offer { nonce, candidates, reflexive }`, and it starts accepting punches;
+//! 2. acceptor → `Answer { candidates, reflexive }`, and it starts accepting punches; the
+//!    dialler takes the time this took as the round trip;
+//! 3. dialler → `Sync`, waits half that round trip, and both start punching at about the same
+//!    moment, from the one UDP socket, on [`SCHEDULE`];
+//! 4. a punch that arrives is answered with an acknowledgement (and a punch of our own); the
+//!    first acknowledgement makes that address the peer's direct path (see
+//!    [`crate::transport::paths`]): the connection moves off the relay without quinn noticing.
+//! 5. each side says `Finished` when its schedule is over and keeps answering until the other
+//!    has said it too.
+//!
+//! Port prediction: from the third round on, punches also go to the [`PREDICTED_PORTS`] ports
+//! above the peer's reflexive port, which is where a NAT that allocates ports sequentially puts
+//! the peer's next mapping (Crust's delta prediction, with a delta of one). Bounded: at most
+//! `(candidates + PREDICTED_PORTS) x rounds` packets per attempt.
+//!
+//! A failed attempt is retried after [`RETRY_AFTER`] (30 s, 2 min, 8 min), then no more: no
+//! endless punching every few seconds.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use warren_proto::{Decode, Encode};
+
+use crate::connection::Connection;
+use crate::p2p::{Direction, Event};
+use crate::relay::control;
+use crate::transport::paths::{Path, Paths};
+use crate::{P2P, Stream};
+
+/// The protocol of the signalling stream.
+pub const PROTOCOL: &str = "warren/punch/1";
+
+/// When each round of punches goes out, from the start of punching. Stops at the first
+/// acknowledgement.
+pub const SCHEDULE: [Duration; 8] = [
+    Duration::from_millis(0),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(1750),
+    Duration::from_millis(2750),
+    Duration::from_millis(4000),
+];
+
+/// How long after the last round an acknowledgement may still arrive.
+pub const LAST_ROUND_GRACE: Duration = Duration::from_millis(750);
+
+/// Ports above the peer's reflexive port also punched (from the third round on).
+pub const PREDICTED_PORTS: u16 = 16;
+
+/// Candidates taken from each side at most.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// Waits before each retry of a failed attempt.
+pub const RETRY_AFTER: [Duration; 3] = [Duration::from_secs(30), Duration::from_secs(120), Duration::from_secs(480)];
+
+/// How long a side waits for the other's `Finished`.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+enum Message {
+    Offer {
+        nonce: u64,
+        #[proto(max_len = 16)]
+        candidates: Vec<SocketAddr>,
+        reflexive: Option<SocketAddr>,
+    },
+    Answer {
+        #[proto(max_len = 16)]
+        candidates: Vec<SocketAddr>,
+        reflexive: Option<SocketAddr>,
+    },
+    Sync,
+    Finished {
+        ok: bool,
+    },
+}
+
+/// Registers the signalling protocol's handler on `p2p` (once; later calls do nothing).
+pub(crate) fn register(p2p: &P2P) {
+    let node = p2p.downgrade();
+    let _ = p2p.register_protocol(PROTOCOL, move |stream: Stream| {
+        let node = node.clone();
+        async move {
+            if let Some(p2p) = node.upgrade() {
+                respond(p2p, stream).await;
+            }
+        }
+    });
+}
+
+/// This node's candidate addresses: the socket's addresses on each interface, and the
+/// reflexive address the relay reported.
+fn candidates(paths: &Paths) -> (Vec<SocketAddr>, Option<SocketAddr>) {
+    let reflexive = paths.relay().map(|r| r.observed);
+    let Ok(local) = paths.local_addr() else { return (Vec::new(), reflexive) };
+    let mut out = Vec::new();
+    if local.ip().is_unspecified() {
+        let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
+        let ips = interfaces.iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback() && (ip.is_ipv4() || local.is_ipv6()));
+        out.extend(ips.map(|ip| SocketAddr::new(ip, local.port())));
+    } else {
+        out.push(local);
+    }
+    out.truncate(MAX_CANDIDATES - 1);
+    (out, reflexive)
+}
+
+/// Starts punching for a connection this node dialled through a relay, with retries.
+pub(crate) fn spawn_initiator(p2p: &P2P, conn: &Connection) {
+    if conn.direction != Direction::Outbound || !matches!(conn.path(), Path::Relayed { .. }) {
+        return;
+    }
+    let (node, conn) = (p2p.clone(), conn.clone());
+    p2p.spawn(async move {
+        for wait in std::iter::once(Duration::ZERO).chain(RETRY_AFTER) {
+            tokio::time::sleep(wait).await;
+            if conn.close_reason().is_some() || !matches!(conn.path(), Path::Relayed { .. }) {
+                return;
+            }
+            match initiate(&node, &conn).await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(error) => tracing::debug!(remote = %conn.remote, %error, "hole punching failed"),
+            }
+        }
+    });
+}
+
+/// One attempt from the dialler's side. Ok(true) if the path is now direct.
+async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
+    let paths = p2p.paths().ok_or("no QUIC transport")?;
+    let started = Instant::now();
+    let mut stream = conn.open_stream(PROTOCOL).await.map_err(|e| e.to_string())?;
+    let nonce = u64::from_le_bytes(random_bytes());
+    let (candidates, reflexive) = candidates(&paths);
+    let _done = paths.begin_punch(conn.remote, nonce);
+    let _end = EndPunch(&paths, conn.remote);
+    write(&mut stream, &Message::Offer { nonce, candidates, reflexive }).await?;
+    let Message::Answer { candidates, reflexive } = read(&mut stream).await? else {
+        return Err("expected an answer".into());
+    };
+    let rtt = started.elapsed();
+    write(&mut stream, &Message::Sync).await?;
+    tokio::time::sleep(rtt / 2).await;
+    let outcome = punch(&paths, conn, nonce, &candidates, reflexive).await;
+    finish(p2p, &mut stream, conn, outcome, started).await
+}
+
+/// The acceptor's side of one attempt.
+async fn respond(p2p: P2P, mut stream: Stream) {
+    let result = async {
+        let paths = p2p.paths().ok_or("no QUIC transport")?;
+        let started = Instant::now();
+        let Message::Offer { nonce, candidates: theirs, reflexive: their_reflexive } = read(&mut stream).await? else {
+            return Err("expected an offer".to_owned());
+        };
+        let conn = p2p.open_connection(&stream.remote()).ok_or("no connection")?;
+        let _done = paths.begin_punch(conn.remote, nonce);
+        let _end = EndPunch(&paths, conn.remote);
+        let (candidates, reflexive) = candidates(&paths);
+        write(&mut stream, &Message::Answer { candidates, reflexive }).await?;
+        let Message::Sync = read(&mut stream).await? else { return Err("expected sync".to_owned()) };
+        let outcome = punch(&paths, &conn, nonce, &theirs, their_reflexive).await;
+        finish(&p2p, &mut stream, &conn, outcome, started).await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::debug!(remote = %stream.remote(), %error, "hole punching (answering) failed");
+    }
+}
+
+/// Forgets the punch session when the attempt ends, however it ends.
+struct EndPunch<'a>(&'a Paths, crate::RemoteIdentity);
+
+impl Drop for EndPunch<'_> {
+    fn drop(&mut self) {
+        self.0.end_punch(&self.1);
+    }
+}
+
+/// Tells the peer we are done, waits until it is too (answering its punches meanwhile), and
+/// reports the attempt.
+async fn finish(
+    p2p: &P2P,
+    stream: &mut Stream,
+    conn: &Connection,
+    outcome: (Option<SocketAddr>, u32),
+    started: Instant,
+) -> Result<bool, String> {
+    let (direct, rounds) = outcome;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    p2p.emit_event(Event::HolePunch { remote: conn.remote, direct, rounds, elapsed_ms });
+    write(stream, &Message::Finished { ok: direct.is_some() }).await?;
+    let theirs = tokio::time::timeout(FINISH_TIMEOUT, read(stream)).await;
+    let _ = stream.finish();
+    let their_ok = matches!(theirs, Ok(Ok(Message::Finished { ok: true })));
+    Ok(direct.is_some() || their_ok)
+}
+
+/// Sends rounds of punches until one is acknowledged or the schedule ends. Returns the address
+/// that answered and the rounds sent.
+async fn punch(
+    paths: &Paths,
+    conn: &Connection,
+    nonce: u64,
+    candidates: &[SocketAddr],
+    reflexive: Option<SocketAddr>,
+) -> (Option<SocketAddr>, u32) {
+    let start = tokio::time::Instant::now();
+    let mut targets: Vec<SocketAddr> = candidates.iter().copied().take(MAX_CANDIDATES).collect();
+    if let Some(reflexive) = reflexive.filter(|r| !targets.contains(r)) {
+        // The reflexive address first: it is the one most likely to work across NATs.
+        targets.insert(0, reflexive);
+    }
+    let predicted: Vec<SocketAddr> = reflexive
+        .map(|r| {
+            (1..=PREDICTED_PORTS).filter_map(|d| r.port().checked_add(d).map(|p| SocketAddr::new(r.ip(), p))).collect()
+        })
+        .unwrap_or_default();
+    let mut rounds = 0;
+    for (round, at) in SCHEDULE.iter().enumerate() {
+        if paths.punched(&conn.remote).is_some() {
+            break;
+        }
+        tokio::time::sleep_until(start + *at).await;
+        if paths.punched(&conn.remote).is_some() {
+            break;
+        }
+        rounds += 1;
+        for target in &targets {
+            paths.send_punch(nonce, *target);
+        }
+        if round >= 2 {
+            for target in &predicted {
+                paths.send_punch(nonce, *target);
+            }
+        }
+    }
+    let deadline = start + *SCHEDULE.last().expect("a schedule") + LAST_ROUND_GRACE;
+    while paths.punched(&conn.remote).is_none() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (paths.punched(&conn.remote), rounds)
+}
+
+async fn write(stream: &mut Stream, message: &Message) -> Result<(), String> {
+    control::write(stream, message).await.map_err(|e| e.to_string())
+}
+
+async fn read(stream: &mut Stream) -> Result<Message, String> {
+    control::read(stream).await.map_err(|e| e.to_string())
+}
+
+fn random_bytes() -> [u8; 8] {
+    let mut bytes = [0; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_backs_off_and_is_bounded() {
+        assert!(SCHEDULE.windows(2).all(|w| w[1] > w[0]));
+        let gaps: Vec<_> = SCHEDULE.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "gaps grow: {gaps:?}");
+        assert!(RETRY_AFTER.windows(2).all(|w| w[1] > w[0]));
+        // Packets per attempt, at most.
+        let per_attempt = (MAX_CANDIDATES + usize::from(PREDICTED_PORTS)) * SCHEDULE.len();
+        assert!(per_attempt <= 256, "{per_attempt}");
+    }
+}

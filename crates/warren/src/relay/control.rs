@@ -1,0 +1,125 @@
+//! What a node and its relay say to each other on QUIC streams of their connection: each
+//! request on a stream of its own, answered once. Messages are [`warren_proto`] bodies after a
+//! two-byte big-endian length, at most [`MAX_MESSAGE`] bytes.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use warren_proto::{Decode, Encode, Message};
+
+use crate::RemoteIdentity;
+
+/// Largest control message, either way.
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Longest token a node may present.
+pub const MAX_TOKEN: usize = 256;
+
+/// A node's request.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Request {
+    /// "Serve me": the first request on a connection. The relay answers `Registered` or
+    /// `Refused` (and then closes the connection).
+    Register {
+        /// The relay's access token, if it asks for one.
+        #[proto(max_len = 256)]
+        token: Option<String>,
+    },
+    /// "Is this peer registered with you?"
+    Lookup {
+        /// The peer.
+        peer: RemoteIdentity,
+    },
+}
+
+/// The relay's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Response {
+    /// Registered; the relay saw the node's UDP packets come from `observed` (its reflexive
+    /// address).
+    Registered {
+        /// The node's address as the relay sees it.
+        observed: SocketAddr,
+    },
+    /// Not served, and why.
+    Refused {
+        /// Why.
+        #[proto(max_len = 512)]
+        reason: String,
+    },
+    /// Answer to `Lookup`.
+    Lookup {
+        /// Whether the peer is registered now.
+        online: bool,
+    },
+}
+
+/// Why a control message could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The stream failed.
+    #[error("relay stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// The length prefix is over [`MAX_MESSAGE`].
+    #[error("relay message of {0} bytes is over the {MAX_MESSAGE}-byte limit")]
+    TooLarge(usize),
+    /// The body does not decode.
+    #[error("malformed relay message: {0}")]
+    Malformed(String),
+}
+
+/// Writes one message.
+pub async fn write<W: AsyncWrite + Unpin, M: Message>(out: &mut W, message: &M) -> Result<(), ControlError> {
+    let body = warren_proto::encode_to_vec(message).map_err(|e| ControlError::Malformed(e.to_string()))?;
+    if body.len() > MAX_MESSAGE {
+        return Err(ControlError::TooLarge(body.len()));
+    }
+    let mut framed = Vec::with_capacity(2 + body.len());
+    framed.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    framed.extend_from_slice(&body);
+    out.write_all(&framed).await?;
+    Ok(())
+}
+
+/// Reads one message; never allocates more than [`MAX_MESSAGE`] bytes.
+pub async fn read<R: AsyncRead + Unpin, M: Message>(input: &mut R) -> Result<M, ControlError> {
+    let mut len = [0; 2];
+    input.read_exact(&mut len).await?;
+    let len = usize::from(u16::from_be_bytes(len));
+    if len > MAX_MESSAGE {
+        return Err(ControlError::TooLarge(len));
+    }
+    let mut body = vec![0; len];
+    input.read_exact(&mut body).await?;
+    decode(&body)
+}
+
+/// Decodes one message body (without its length prefix).
+pub fn decode<M: Message>(body: &[u8]) -> Result<M, ControlError> {
+    warren_proto::decode_from_slice(body).map_err(|e| ControlError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    #[tokio::test]
+    async fn round_trip_and_limits() {
+        let peer = Identity::generate().to_remote_identity();
+        for request in [Request::Register { token: Some("t".into()) }, Request::Lookup { peer }] {
+            let mut buf = Vec::new();
+            write(&mut buf, &request).await.unwrap();
+            assert_eq!(read::<_, Request>(&mut &buf[..]).await.unwrap(), request);
+        }
+        // A length over the limit is refused before anything is allocated.
+        let huge = [0xff, 0xff];
+        assert!(matches!(read::<_, Request>(&mut &huge[..]).await, Err(ControlError::TooLarge(65535))));
+        // Truncated body, garbage body, token over its limit.
+        assert!(matches!(read::<_, Request>(&mut &[0, 9, 0][..]).await, Err(ControlError::Io(_))));
+        assert!(matches!(read::<_, Request>(&mut &[0, 2, 0xee, 0xee][..]).await, Err(ControlError::Malformed(_))));
+        let long = Request::Register { token: Some("x".repeat(MAX_TOKEN + 1)) };
+        let mut buf = Vec::new();
+        assert!(write(&mut buf, &long).await.is_err() || read::<_, Request>(&mut &buf[..]).await.is_err());
+    }
+}

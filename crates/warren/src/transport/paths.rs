@@ -1,0 +1,510 @@
+//! One UDP socket, several paths per peer: the socket quinn sees.
+//!
+//! A peer reached through a relay gets a stable placeholder address in `240.0.0.0/8` (reserved,
+//! never routed) and quinn only ever sees that address. Underneath, [`Paths`] sends each packet
+//! for it either straight to the peer's punched address or, wrapped in a data frame
+//! ([`crate::relay::frame`]), to the relay; packets coming back either way are handed to quinn
+//! as coming from the placeholder. So when a hole punch succeeds, the connection moves from the
+//! relay to the direct path without quinn noticing: no stream fails, nothing is re-sent but
+//! what was in flight (QUIC's loss recovery covers it).
+//!
+//! Everything else (connections dialled to real addresses) passes through untouched.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::RemoteIdentity;
+use crate::p2p::{Event, WeakP2P};
+use crate::relay::frame::{self, Frame, RawIdentity};
+
+/// The path a connection's packets take right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Path {
+    /// Straight to the peer's address (known, discovered or punched).
+    Direct {
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+    /// Through a relay, end-to-end encrypted.
+    Relayed {
+        /// The relay.
+        relay: RemoteIdentity,
+        /// The relay's address.
+        addr: SocketAddr,
+    },
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Path::Direct { addr } => write!(f, "direct {addr}"),
+            Path::Relayed { relay, addr } => write!(f, "relayed via {}@{addr}", relay.peer_id()),
+        }
+    }
+}
+
+/// Peers with a placeholder address at once (each relayed peer takes one; they are kept for
+/// the life of the node). Frames from further unknown peers are dropped.
+pub const MAX_PEERS: usize = 4096;
+
+/// Relayed datagrams waiting for quinn; more are dropped, as a full socket buffer would.
+pub const INBOX: usize = 4096;
+
+/// The port of every placeholder address.
+const PLACEHOLDER_PORT: u16 = 9;
+
+/// Is `addr` a placeholder for a relayed peer?
+pub fn is_placeholder(addr: SocketAddr) -> bool {
+    matches!(unmap(addr).ip(), IpAddr::V4(ip) if ip.octets()[0] == 240)
+}
+
+fn placeholder(index: u32) -> SocketAddr {
+    let [_, a, b, c] = index.to_be_bytes();
+    SocketAddr::new(Ipv4Addr::new(240, a, b, c).into(), PLACEHOLDER_PORT)
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4.
+fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The relay this node is registered with.
+#[derive(Debug, Clone)]
+pub(crate) struct RelayRoute {
+    pub(crate) identity: RemoteIdentity,
+    pub(crate) addr: SocketAddr,
+    pub(crate) observed: SocketAddr,
+    pub(crate) conn: quinn::Connection,
+}
+
+struct PeerPath {
+    placeholder: SocketAddr,
+    direct: Option<SocketAddr>,
+}
+
+struct Punch {
+    nonce: u64,
+    confirmed: Option<SocketAddr>,
+    done: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<RawIdentity, PeerPath>,
+    by_placeholder: HashMap<SocketAddr, RemoteIdentity>,
+    by_direct: HashMap<SocketAddr, RawIdentity>,
+    relay: Option<RelayRoute>,
+    punches: HashMap<RawIdentity, Punch>,
+}
+
+impl State {
+    fn placeholder_for(&mut self, remote: RemoteIdentity) -> Option<SocketAddr> {
+        if let Some(peer) = self.peers.get(remote.as_bytes()) {
+            return Some(peer.placeholder);
+        }
+        if self.peers.len() >= MAX_PEERS {
+            return None;
+        }
+        let addr = placeholder(self.peers.len() as u32 + 1);
+        self.peers.insert(*remote.as_bytes(), PeerPath { placeholder: addr, direct: None });
+        self.by_placeholder.insert(addr, remote);
+        Some(addr)
+    }
+}
+
+#[derive(Default)]
+struct Inbox {
+    queue: VecDeque<(SocketAddr, Vec<u8>)>,
+    waker: Option<Waker>,
+}
+
+/// The path table and the socket around the node's UDP socket. See the module docs.
+pub struct Paths {
+    me: RemoteIdentity,
+    socket: Arc<dyn AsyncUdpSocket>,
+    ipv6: bool,
+    state: Mutex<State>,
+    any_direct: AtomicBool,
+    inbox: Mutex<Inbox>,
+    p2p: OnceLock<WeakP2P>,
+}
+
+impl fmt::Debug for Paths {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Paths").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+impl Paths {
+    pub(crate) fn new(me: RemoteIdentity, socket: Arc<dyn AsyncUdpSocket>) -> io::Result<Arc<Self>> {
+        let ipv6 = socket.local_addr()?.is_ipv6();
+        Ok(Arc::new(Self {
+            me,
+            socket,
+            ipv6,
+            state: Mutex::default(),
+            any_direct: AtomicBool::new(false),
+            inbox: Mutex::default(),
+            p2p: OnceLock::new(),
+        }))
+    }
+
+    pub(crate) fn set_node(&self, p2p: WeakP2P) {
+        let _ = self.p2p.set(p2p);
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("path lock poisoned")
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(p2p) = self.p2p.get().and_then(WeakP2P::upgrade) {
+            p2p.emit_event(event);
+        }
+    }
+
+    /// `addr` in the socket's address family (IPv4-mapped on an IPv6 socket).
+    fn in_family(&self, addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V4(v4) if self.ipv6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+            _ => addr,
+        }
+    }
+
+    /// The socket's local address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    pub(crate) fn set_relay(&self, relay: Option<RelayRoute>) {
+        self.state().relay = relay;
+    }
+
+    pub(crate) fn relay(&self) -> Option<RelayRoute> {
+        self.state().relay.clone()
+    }
+
+    /// The placeholder address quinn dials to reach `remote` through the relay.
+    pub(crate) fn placeholder_for(&self, remote: RemoteIdentity) -> Option<SocketAddr> {
+        self.state().placeholder_for(remote).map(|a| self.in_family(a))
+    }
+
+    /// The path behind a connection's remote address.
+    pub fn path_of(&self, remote_addr: SocketAddr) -> Path {
+        let addr = unmap(remote_addr);
+        if !is_placeholder(addr) {
+            return Path::Direct { addr };
+        }
+        let state = self.state();
+        let direct = state.by_placeholder.get(&addr).and_then(|id| state.peers.get(id.as_bytes())?.direct);
+        match (direct, &state.relay) {
+            (Some(addr), _) => Path::Direct { addr },
+            (None, Some(relay)) => Path::Relayed { relay: relay.identity, addr: relay.addr },
+            (None, None) => Path::Relayed { relay: self.me, addr },
+        }
+    }
+
+    /// Starts a punch session with `peer`: punches and acknowledgements carrying `nonce` from
+    /// it are accepted until [`Paths::end_punch`]. The returned `Notify` fires on success.
+    pub(crate) fn begin_punch(&self, peer: RemoteIdentity, nonce: u64) -> Arc<Notify> {
+        let done = Arc::new(Notify::new());
+        self.state().punches.insert(*peer.as_bytes(), Punch { nonce, confirmed: None, done: done.clone() });
+        done
+    }
+
+    /// The address a punch with `peer` confirmed, if any.
+    pub(crate) fn punched(&self, peer: &RemoteIdentity) -> Option<SocketAddr> {
+        self.state().punches.get(peer.as_bytes())?.confirmed
+    }
+
+    /// Ends the punch session with `peer`; addresses it heard from that did not confirm are
+    /// forgotten.
+    pub(crate) fn end_punch(&self, peer: &RemoteIdentity) {
+        let mut state = self.state();
+        state.punches.remove(peer.as_bytes());
+        let direct = state.peers.get(peer.as_bytes()).and_then(|p| p.direct);
+        state.by_direct.retain(|addr, id| id != peer.as_bytes() || Some(*addr) == direct);
+        self.any_direct.store(!state.by_direct.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Sends one punch to `to`, best effort (a full socket buffer loses it, like the network).
+    pub(crate) fn send_punch(&self, nonce: u64, to: SocketAddr) {
+        self.send_control(&frame::punch(nonce, &self.me), to);
+    }
+
+    fn send_control(&self, datagram: &[u8], to: SocketAddr) {
+        let transmit = Transmit {
+            destination: self.in_family(to),
+            ecn: None,
+            contents: datagram,
+            segment_size: None,
+            src_ip: None,
+        };
+        if let Err(error) = self.socket.try_send(&transmit) {
+            tracing::trace!(%to, %error, "control datagram not sent");
+        }
+    }
+
+    /// Handles one warren frame that arrived from `from`.
+    fn on_frame(&self, from: SocketAddr, datagram: &[u8]) {
+        let Ok(frame) = Frame::parse(datagram) else {
+            tracing::trace!(%from, "malformed warren frame dropped");
+            return;
+        };
+        match frame {
+            Frame::Data { peer, payload } => {
+                let placeholder = {
+                    let mut state = self.state();
+                    if state.relay.as_ref().map(|r| r.addr) != Some(from) {
+                        return;
+                    }
+                    match state.peers.get(&peer) {
+                        Some(known) => known.placeholder,
+                        None => {
+                            let Ok(remote) = RemoteIdentity::from_bytes(&peer) else { return };
+                            let Some(addr) = state.placeholder_for(remote) else { return };
+                            addr
+                        }
+                    }
+                };
+                self.deliver(self.in_family(placeholder), payload);
+            }
+            Frame::Punch { nonce, sender } => {
+                let confirmed = {
+                    let mut state = self.state();
+                    let Some(punch) = state.punches.get(&sender).filter(|p| p.nonce == nonce) else { return };
+                    let confirmed = punch.confirmed.is_some();
+                    // QUIC packets from here are the peer's from now on.
+                    state.by_direct.insert(from, sender);
+                    self.any_direct.store(true, Ordering::Relaxed);
+                    confirmed
+                };
+                self.send_control(&frame::ack(nonce, &self.me), from);
+                if !confirmed {
+                    self.send_punch(nonce, from);
+                }
+            }
+            Frame::Ack { nonce, sender } => {
+                let mut state = self.state();
+                let Some(punch) = state.punches.get_mut(&sender).filter(|p| p.nonce == nonce) else { return };
+                if punch.confirmed.is_some() {
+                    return;
+                }
+                punch.confirmed = Some(from);
+                punch.done.notify_one();
+                state.by_direct.insert(from, sender);
+                self.any_direct.store(true, Ordering::Relaxed);
+                let Some(peer) = state.peers.get_mut(&sender) else { return };
+                peer.direct = Some(from);
+                let placeholder = peer.placeholder;
+                let remote = state.by_placeholder[&placeholder];
+                drop(state);
+                tracing::debug!(%remote, %from, "hole punched: path is direct");
+                self.emit(Event::PathChanged { remote, path: Path::Direct { addr: from } });
+            }
+        }
+    }
+
+    fn deliver(&self, from: SocketAddr, payload: &[u8]) {
+        let mut inbox = self.inbox.lock().expect("inbox lock poisoned");
+        if inbox.queue.len() >= INBOX {
+            return;
+        }
+        inbox.queue.push_back((from, payload.to_vec()));
+        if let Some(waker) = inbox.waker.take() {
+            drop(inbox);
+            waker.wake();
+        }
+    }
+
+    /// Moves queued relayed datagrams into quinn's buffers; registers `waker` if there are none.
+    fn drain_inbox(&self, waker: &Waker, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        let mut inbox = self.inbox.lock().expect("inbox lock poisoned");
+        if inbox.queue.is_empty() {
+            inbox.waker = Some(waker.clone());
+            return 0;
+        }
+        let mut n = 0;
+        while n < bufs.len().min(meta.len()) {
+            let Some((addr, payload)) = inbox.queue.pop_front() else { break };
+            let len = payload.len().min(bufs[n].len());
+            bufs[n][..len].copy_from_slice(&payload[..len]);
+            meta[n] = RecvMeta { addr, len, stride: len, ecn: None, dst_ip: None };
+            n += 1;
+        }
+        n
+    }
+
+    /// Post-processes `n` datagrams quinn-udp received: frames are handled and removed, QUIC
+    /// packets from punched addresses are re-addressed to the peer's placeholder. Returns how
+    /// many are left for quinn (compacted to the front).
+    fn filter(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
+        let mut kept = 0;
+        for i in 0..n {
+            let from = unmap(meta[i].addr);
+            let data = &bufs[i][..meta[i].len];
+            if frame::is_frame(data) {
+                for segment in data.chunks(meta[i].stride.max(1)) {
+                    self.on_frame(from, segment);
+                }
+                continue;
+            }
+            if self.any_direct.load(Ordering::Relaxed) {
+                let state = self.state();
+                if let Some(peer) = state.by_direct.get(&from).and_then(|id| state.peers.get(id)) {
+                    meta[i].addr = self.in_family(peer.placeholder);
+                }
+            }
+            if kept != i {
+                let (front, back) = bufs.split_at_mut(i);
+                let len = meta[i].len;
+                front[kept][..len].copy_from_slice(&back[0][..len]);
+                meta[kept] = meta[i];
+            }
+            kept += 1;
+        }
+        kept
+    }
+}
+
+/// The [`AsyncUdpSocket`] quinn runs on.
+#[derive(Debug)]
+pub(crate) struct PathSocket(pub(crate) Arc<Paths>);
+
+enum Route {
+    Direct(SocketAddr),
+    Relay { relay: SocketAddr, peer: RawIdentity },
+}
+
+impl AsyncUdpSocket for PathSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.0.socket.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        let paths = &self.0;
+        let destination = unmap(transmit.destination);
+        if !is_placeholder(destination) {
+            return paths.socket.try_send(transmit);
+        }
+        let route = {
+            let state = paths.state();
+            let Some(remote) = state.by_placeholder.get(&destination) else { return Ok(()) };
+            let peer = &state.peers[remote.as_bytes()];
+            match (peer.direct, &state.relay) {
+                (Some(addr), _) => Route::Direct(addr),
+                (None, Some(relay)) => Route::Relay { relay: relay.addr, peer: *remote.as_bytes() },
+                // No path at the moment (relay reconnecting): the packet is lost; QUIC resends.
+                (None, None) => return Ok(()),
+            }
+        };
+        match route {
+            Route::Direct(addr) => paths.socket.try_send(&Transmit {
+                destination: paths.in_family(addr),
+                ecn: transmit.ecn,
+                contents: transmit.contents,
+                segment_size: transmit.segment_size,
+                src_ip: transmit.src_ip,
+            }),
+            Route::Relay { relay, peer } => {
+                let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
+                let mut frame = [0u8; frame::DATA_HEADER_LEN + frame::MAX_PAYLOAD];
+                frame::write_data_header(&mut frame, &peer);
+                for segment in transmit.contents.chunks(size) {
+                    if segment.len() > frame::MAX_PAYLOAD {
+                        // Cannot happen with warren's MTU ceiling; like a too-big packet, lost.
+                        continue;
+                    }
+                    let len = frame::DATA_HEADER_LEN + segment.len();
+                    frame[frame::DATA_HEADER_LEN..len].copy_from_slice(segment);
+                    paths.socket.try_send(&Transmit {
+                        destination: paths.in_family(relay),
+                        ecn: None,
+                        contents: &frame[..len],
+                        segment_size: None,
+                        src_ip: transmit.src_ip,
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let paths = &self.0;
+        loop {
+            let relayed = paths.drain_inbox(cx.waker(), bufs, meta);
+            if relayed > 0 {
+                return Poll::Ready(Ok(relayed));
+            }
+            let n = match paths.socket.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            let kept = paths.filter(bufs, meta, n);
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.socket.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.0.socket.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.0.socket.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.0.socket.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_recognised_in_both_families() {
+        let p = placeholder(70_000);
+        assert!(is_placeholder(p));
+        let mapped = SocketAddr::new(
+            match p.ip() {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped().into(),
+                IpAddr::V6(_) => unreachable!(),
+            },
+            p.port(),
+        );
+        assert!(is_placeholder(mapped));
+        assert!(!is_placeholder("10.0.0.1:9".parse().unwrap()));
+        assert!(!is_placeholder("[::1]:9".parse().unwrap()));
+    }
+}
