@@ -5,10 +5,12 @@ mod bench;
 mod bench_discovery;
 mod demo;
 mod discover;
+mod nat_matrix;
 mod netsim;
 mod node;
 mod output;
 mod ping;
+mod relay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,8 +39,12 @@ enum Command {
     Node(node::NodeArgs),
     /// List the warren nodes on the LAN (mDNS) as they appear and leave.
     Discover(discover::DiscoverArgs),
-    /// Connect to ID@ADDR, verify its identity and measure round-trip times.
+    /// Connect to ID@ADDR (or ID alone, through --relay), verify its identity and measure
+    /// round-trip times.
     Ping(ping::PingArgs),
+    /// Run a relay: tells nodes their public address, lets them find each other by identity
+    /// and forwards their end-to-end encrypted traffic when no direct path works.
+    Relay(relay::RelayArgs),
     /// Two nodes in one process, connected by identity over loopback: pings, a stream, a
     /// refused impostor, a summary.
     Demo(demo::DemoArgs),
@@ -92,6 +98,7 @@ fn main() -> ExitCode {
             Command::Node(args) => node::run(args).await,
             Command::Discover(args) => discover::run(args).await,
             Command::Ping(args) => ping::run(args).await,
+            Command::Relay(args) => relay::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             // The simulator runs its own threads and runtimes; keep it off this runtime's

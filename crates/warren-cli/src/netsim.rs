@@ -24,6 +24,28 @@ pub enum NetsimCommand {
     NatCheck(NatCheckArgs),
     /// Forwarding throughput through one simulated link against a veth pair, in the same run.
     Bench(BenchArgs),
+    /// Every pair of NAT kinds with a relay on the simulated internet: one node dials the other
+    /// by identity; prints the path each pair ends on (direct after a hole punch, or relayed),
+    /// the time to first byte and the punch rounds, against what RFC 4787 theory allows.
+    /// Exits 1 if a pair failed or did not go direct where theory allows it.
+    NatMatrix(NatMatrixArgs),
+}
+
+#[derive(Args)]
+pub struct NatMatrixArgs {
+    /// One JSON object per pair (fields a, b, path, expected, ttfb_ms, punch_ms, attempts,
+    /// predicted, error), then one with the summary.
+    #[arg(long)]
+    json: bool,
+    /// Only these kinds (comma-separated) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    kinds: Vec<crate::nat_matrix::NatKind>,
+    /// Pairs simulated at once.
+    #[arg(long, default_value_t = 3)]
+    parallel: usize,
+    /// Seed of the first pair's simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -67,6 +89,7 @@ pub fn run(command: NetsimCommand) -> anyhow::Result<()> {
         NetsimCommand::Run(args) => run_scenario(args),
         NetsimCommand::NatCheck(args) => nat_check(args),
         NetsimCommand::Bench(args) => bench(args),
+        NetsimCommand::NatMatrix(args) => nat_matrix(args),
     }
 }
 
@@ -193,6 +216,57 @@ fn nat_check(args: NatCheckArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nats": results }))?);
     }
+    Ok(())
+}
+
+fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
+    use crate::nat_matrix::{self, NatKind};
+    let kinds = if args.kinds.is_empty() { NatKind::ALL.to_vec() } else { args.kinds };
+    if !args.json {
+        println!("{}", nat_matrix::header());
+    }
+    let results = nat_matrix::run(&kinds, args.parallel, args.seed, |result| {
+        if args.json {
+            println!("{}", serde_json::to_string(result).expect("a pair result serialises"));
+        } else {
+            println!("{}", nat_matrix::row(result));
+        }
+    });
+    let count = |f: &dyn Fn(&nat_matrix::PairResult) -> bool| results.iter().filter(|r| f(r)).count();
+    let direct = count(&|r| r.path == "direct");
+    let relayed = count(&|r| r.path == "relayed");
+    let failed = count(&|r| r.path == "failed");
+    let missed = count(&|r| r.expected == "direct" && r.path != "direct");
+    let predicted = count(&|r| r.expected == "relayed" && r.path == "direct");
+    let ttfb: Vec<f64> = results.iter().filter_map(|r| r.ttfb_ms).collect();
+    let punch: Vec<u64> = results.iter().filter_map(|r| r.punch_ms).collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let summary = serde_json::json!({
+        "summary": true,
+        "pairs": results.len(),
+        "direct": direct,
+        "relayed": relayed,
+        "failed": failed,
+        "direct_where_theory_allows_missed": missed,
+        "direct_beyond_theory": predicted,
+        "ttfb_ms_median": median(ttfb),
+        "punch_ms_median": median(punch.iter().map(|&v| v as f64).collect()),
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "\n{} pairs: {direct} direct, {relayed} relayed, {failed} failed; {missed} not direct where theory allows; \
+             {predicted} direct beyond plain theory (port prediction); median time to first byte {} ms, median punch {} ms",
+            results.len(),
+            summary["ttfb_ms_median"].as_f64().map_or("-".into(), |v| format!("{v:.0}")),
+            summary["punch_ms_median"].as_f64().map_or("-".into(), |v| format!("{v:.0}")),
+        );
+    }
+    anyhow::ensure!(failed == 0 && missed == 0, "{failed} pairs failed, {missed} not direct where theory allows");
     Ok(())
 }
 

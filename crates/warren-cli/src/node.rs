@@ -8,6 +8,7 @@ use clap::Args;
 use warren::discovery::cache::BootstrapHook;
 use warren::discovery::manual::{ManualDiscovery, ManualPeer};
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
+use warren::relay::client::{RelayClient, RelayConfig};
 use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
 
@@ -38,6 +39,13 @@ pub struct NodeArgs {
     /// A library this node takes part in, announced on the LAN (repeatable).
     #[arg(long = "library", value_name = "UUID")]
     libraries: Vec<uuid::Uuid>,
+    /// A relay to register with, as ID@HOST:PORT: peers that use it can reach this node by
+    /// identity alone, through NATs.
+    #[arg(long, value_name = "ID@ADDR")]
+    relay: Option<RelayConfig>,
+    /// The relay's access token.
+    #[arg(long, requires = "relay")]
+    relay_token: Option<String>,
     /// Print one JSON object per event line.
     #[arg(long)]
     json: bool,
@@ -94,6 +102,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         } else {
             println!("  listening on {addr} (reach it with: warren ping {me}@{addr})");
         }
+    }
+    if let Some(mut relay) = args.relay {
+        relay.token = args.relay_token;
+        RelayClient::spawn(&p2p, &quic, relay);
     }
     ManualDiscovery::spawn(&p2p, args.peers);
     // Peers that worked before: reported and reconnected to at start; a broken file is

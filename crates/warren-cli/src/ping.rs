@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use warren::discovery::manual::{ManualAddr, ManualPeer};
+use warren::relay::client::{RelayClient, RelayConfig};
 use warren::transport::quic::QuicTransport;
 use warren::{Identity, P2P};
 
@@ -13,9 +14,16 @@ use crate::output::{json_line, ms};
 
 #[derive(Args)]
 pub struct PingArgs {
-    /// The peer, as ID@HOST:PORT.
-    #[arg(value_name = "ID@ADDR")]
-    peer: ManualPeer,
+    /// The peer, as ID@HOST:PORT, or ID alone with --relay.
+    #[arg(value_name = "ID@ADDR|ID")]
+    peer: String,
+    /// A relay the peer is registered with, as ID@HOST:PORT: the peer is then reachable by
+    /// identity alone, through the relay and then directly once a hole is punched.
+    #[arg(long, value_name = "ID@ADDR")]
+    relay: Option<RelayConfig>,
+    /// The relay's access token.
+    #[arg(long, requires = "relay")]
+    relay_token: Option<String>,
     /// How many pings.
     #[arg(long, default_value_t = 4)]
     count: usize,
@@ -31,9 +39,20 @@ pub struct PingArgs {
 }
 
 pub async fn run(args: PingArgs) -> anyhow::Result<()> {
-    let Some(remote) = args.peer.identity else {
+    let peer: Option<ManualPeer> = match args.peer.contains('@') {
+        true => Some(args.peer.parse()?),
+        false => None,
+    };
+    let remote = match &peer {
+        Some(peer) => peer.identity,
+        None => Some(args.peer.parse().map_err(|e| anyhow::anyhow!("{:?} is not an identity: {e}", args.peer))?),
+    };
+    let Some(remote) = remote else {
         bail!("give the peer as ID@ADDR: warren only talks to a peer whose identity it checks");
     };
+    if peer.is_none() && args.relay.is_none() {
+        bail!("give the peer's address (ID@ADDR) or a relay it uses (--relay RELAY_ID@ADDR)");
+    }
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -44,43 +63,59 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
     let p2p = P2P::new("warren", identity);
     // Answer the peer's pings too: a `warren node` pings every peer that connects.
     warren::ping::register(&p2p)?;
-    let unspecified = match &args.peer.addr {
-        ManualAddr::Socket(addr) if addr.is_ipv6() => "[::]:0",
+    let unspecified = match peer.as_ref().map(|p| &p.addr) {
+        Some(ManualAddr::Socket(addr)) if addr.is_ipv6() => "[::]:0",
         _ => "0.0.0.0:0",
     };
-    QuicTransport::spawn(&p2p, unspecified.parse()?).await?;
-    let result = ping(&p2p, &args, remote).await;
+    let quic = QuicTransport::spawn(&p2p, unspecified.parse()?).await?;
+    if let Some(mut relay) = args.relay.clone() {
+        relay.token = args.relay_token.clone();
+        let client = RelayClient::spawn(&p2p, &quic, relay);
+        if let Err(error) = client.wait_registered(Duration::from_secs(10)).await {
+            p2p.shutdown().await;
+            return Err(error.into());
+        }
+    }
+    let result = ping(&p2p, &args, peer.as_ref(), remote).await;
     p2p.shutdown().await;
     result
 }
 
-async fn ping(p2p: &P2P, args: &PingArgs, remote: warren::RemoteIdentity) -> anyhow::Result<()> {
-    let addrs = match &args.peer.addr {
-        ManualAddr::Socket(addr) => vec![*addr],
-        ManualAddr::Name { host, port } => tokio::net::lookup_host((host.as_str(), *port))
+async fn ping(
+    p2p: &P2P,
+    args: &PingArgs,
+    peer: Option<&ManualPeer>,
+    remote: warren::RemoteIdentity,
+) -> anyhow::Result<()> {
+    let addrs = match peer.map(|p| &p.addr) {
+        Some(ManualAddr::Socket(addr)) => vec![*addr],
+        Some(ManualAddr::Name { host, port }) => tokio::net::lookup_host((host.as_str(), *port))
             .await
             .with_context(|| format!("resolving {host}"))?
             .collect(),
+        None => Vec::new(),
     };
-    p2p.discovered("cli", remote, addrs, Default::default());
+    if !addrs.is_empty() {
+        p2p.discovered("cli", remote, addrs, Default::default());
+    }
     let started = Instant::now();
     let conn = p2p.connection(remote).await?;
     let connect_time = started.elapsed();
     let name = conn.remote_metadata().get(warren::p2p::NAME).cloned().unwrap_or_default();
     if !args.json {
-        println!(
-            "connected to {remote} ({name}) at {} in {} ms, identity verified, path: direct",
-            conn.remote_address(),
-            ms(connect_time)
-        );
+        println!("connected to {remote} ({name}) in {} ms, identity verified, path: {}", ms(connect_time), conn.path());
     }
+    let mut path = conn.path();
     let mut stream = conn.open_stream(warren::ping::PROTOCOL).await?;
     let mut rtts = Vec::with_capacity(args.count);
     for seq in 1..=args.count {
         let rtt = warren::ping::ping_stream(&mut stream, 1).await?[0];
         rtts.push(rtt);
         if !args.json {
-            println!("seq={seq} rtt={} ms", ms(rtt));
+            let now = conn.path();
+            let changed = if now != path { format!(" (path now {now})") } else { String::new() };
+            path = now;
+            println!("seq={seq} rtt={} ms{changed}", ms(rtt));
         }
         if seq < args.count {
             tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
@@ -94,7 +129,7 @@ async fn ping(p2p: &P2P, args: &PingArgs, remote: warren::RemoteIdentity) -> any
             "remote": remote,
             "name": name,
             "addr": conn.remote_address(),
-            "path": "direct",
+            "path": conn.path(),
             "connect_ms": ms(connect_time),
             "rtt_ms": rtts.iter().map(|r| ms(*r)).collect::<Vec<_>>(),
             "min_ms": ms(min),

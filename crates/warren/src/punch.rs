@@ -142,7 +142,7 @@ async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
     let mut stream = conn.open_stream(PROTOCOL).await.map_err(|e| e.to_string())?;
     let nonce = u64::from_le_bytes(random_bytes());
     let (candidates, reflexive) = candidates(&paths);
-    let _done = paths.begin_punch(conn.remote, nonce);
+    let done = paths.begin_punch(conn.remote, nonce);
     let _end = EndPunch(&paths, conn.remote);
     write(&mut stream, &Message::Offer { nonce, candidates, reflexive }).await?;
     let Message::Answer { candidates, reflexive } = read(&mut stream).await? else {
@@ -151,7 +151,7 @@ async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
     let rtt = started.elapsed();
     write(&mut stream, &Message::Sync).await?;
     tokio::time::sleep(rtt / 2).await;
-    let outcome = punch(&paths, conn, nonce, &candidates, reflexive).await;
+    let outcome = punch(&paths, conn, &done, nonce, &candidates, reflexive).await;
     finish(p2p, &mut stream, conn, outcome, started).await
 }
 
@@ -164,12 +164,12 @@ async fn respond(p2p: P2P, mut stream: Stream) {
             return Err("expected an offer".to_owned());
         };
         let conn = p2p.open_connection(&stream.remote()).ok_or("no connection")?;
-        let _done = paths.begin_punch(conn.remote, nonce);
+        let done = paths.begin_punch(conn.remote, nonce);
         let _end = EndPunch(&paths, conn.remote);
         let (candidates, reflexive) = candidates(&paths);
         write(&mut stream, &Message::Answer { candidates, reflexive }).await?;
         let Message::Sync = read(&mut stream).await? else { return Err("expected sync".to_owned()) };
-        let outcome = punch(&paths, &conn, nonce, &theirs, their_reflexive).await;
+        let outcome = punch(&paths, &conn, &done, nonce, &theirs, their_reflexive).await;
         finish(&p2p, &mut stream, &conn, outcome, started).await
     }
     .await;
@@ -211,6 +211,7 @@ async fn finish(
 async fn punch(
     paths: &Paths,
     conn: &Connection,
+    done: &tokio::sync::Notify,
     nonce: u64,
     candidates: &[SocketAddr],
     reflexive: Option<SocketAddr>,
@@ -231,9 +232,9 @@ async fn punch(
         if paths.punched(&conn.remote).is_some() {
             break;
         }
-        tokio::time::sleep_until(start + *at).await;
-        if paths.punched(&conn.remote).is_some() {
-            break;
+        tokio::select! {
+            _ = done.notified() => break,
+            _ = tokio::time::sleep_until(start + *at) => {}
         }
         rounds += 1;
         for target in &targets {
@@ -245,9 +246,9 @@ async fn punch(
             }
         }
     }
-    let deadline = start + *SCHEDULE.last().expect("a schedule") + LAST_ROUND_GRACE;
-    while paths.punched(&conn.remote).is_none() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if paths.punched(&conn.remote).is_none() {
+        let deadline = start + *SCHEDULE.last().expect("a schedule") + LAST_ROUND_GRACE;
+        let _ = tokio::time::timeout_at(deadline, done.notified()).await;
     }
     (paths.punched(&conn.remote), rounds)
 }
