@@ -16,81 +16,8 @@ use warren::relay::client::{RelayClient, RelayConfig};
 use warren::transport::paths::Path;
 use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P, Stream};
-use warren_netsim::link::LinkConfig;
-use warren_netsim::nat::{NatPreset, PortAssignment};
-use warren_netsim::{Device, Host, KernelNatConfig, KernelPorts, Simulation};
-
-/// A side of a pair: where its node sits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum NatKind {
-    /// A public address, no NAT.
-    None,
-    /// Endpoint-independent mapping and filtering.
-    FullCone,
-    /// EIM, address-dependent filtering.
-    RestrictedCone,
-    /// EIM, address-and-port-dependent filtering.
-    PortRestricted,
-    /// Address-and-port-dependent mapping and filtering, random ports.
-    Symmetric,
-    /// A port-restricted home NAT behind a carrier-grade NAT.
-    Cgnat,
-    /// Linux nftables `masquerade`.
-    KernelMasquerade,
-    /// Linux nftables `masquerade fully-random`.
-    KernelFullyRandom,
-    /// Symmetric with sequential port allocation: where port prediction can work.
-    SymmetricSequential,
-}
-
-impl NatKind {
-    /// The kinds the issue asks for, then the one that shows port prediction.
-    pub const ALL: [NatKind; 9] = [
-        NatKind::None,
-        NatKind::FullCone,
-        NatKind::RestrictedCone,
-        NatKind::PortRestricted,
-        NatKind::Symmetric,
-        NatKind::Cgnat,
-        NatKind::KernelMasquerade,
-        NatKind::KernelFullyRandom,
-        NatKind::SymmetricSequential,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            NatKind::None => "none",
-            NatKind::FullCone => "full-cone",
-            NatKind::RestrictedCone => "restricted-cone",
-            NatKind::PortRestricted => "port-restricted",
-            NatKind::Symmetric => "symmetric",
-            NatKind::Cgnat => "cgnat",
-            NatKind::KernelMasquerade => "kernel-masquerade",
-            NatKind::KernelFullyRandom => "kernel-fully-random",
-            NatKind::SymmetricSequential => "symmetric-sequential",
-        }
-    }
-
-    /// Mapping depends on the destination (RFC 4787 address-and-port-dependent mapping).
-    fn endpoint_dependent_mapping(self) -> bool {
-        matches!(self, NatKind::Symmetric | NatKind::KernelFullyRandom | NatKind::SymmetricSequential)
-    }
-
-    /// Filtering admits only the exact address and port contacted.
-    fn port_dependent_filtering(self) -> bool {
-        !matches!(self, NatKind::None | NatKind::FullCone | NatKind::RestrictedCone)
-    }
-}
-
-/// Does RFC 4787 theory allow a direct path between `a` and `b` with plain hole punching (no
-/// port prediction)? A NAT whose mapping depends on the destination shows the other side a
-/// port nobody could learn in advance; that only works if the other side's filter does not
-/// care about the port (or there is no NAT on the other side).
-pub fn theory_allows_direct(a: NatKind, b: NatKind) -> bool {
-    let one_way = |x: NatKind, y: NatKind| !x.endpoint_dependent_mapping() || !y.port_dependent_filtering();
-    a == NatKind::None || b == NatKind::None || (one_way(a, b) && one_way(b, a))
-}
+pub use warren_netsim::pair::NatKind;
+use warren_netsim::pair::{self, Pair, PairLinks, RELAY_IP};
 
 /// One pair's outcome.
 #[derive(Debug, Clone, Serialize)]
@@ -115,80 +42,8 @@ pub struct PairResult {
     pub error: Option<String>,
 }
 
-const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const RELAY_PORT: u16 = 3478;
 const ECHO: &str = "echo/1";
-
-enum Root {
-    Host(Host),
-    Device(Device),
-}
-
-fn link(sim: &mut Simulation, a: &Root, b: &Root, config: LinkConfig) {
-    match (a, b) {
-        (Root::Host(a), Root::Host(b)) => sim.link(a, b, config),
-        (Root::Host(a), Root::Device(b)) => sim.link(a, b, config),
-        (Root::Device(a), Root::Host(b)) => sim.link(a, b, config),
-        (Root::Device(a), Root::Device(b)) => sim.link(a, b, config),
-    }
-}
-
-fn latency(ms: u64) -> LinkConfig {
-    LinkConfig { latency: Duration::from_millis(ms), ..Default::default() }
-}
-
-/// Builds one side (index 0 or 1): returns its host, and the device on the internet to link.
-fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> anyhow::Result<(Host, Root)> {
-    let name = |what: &str| format!("{what}-{index}");
-    let public = Ipv4Addr::new(203, 0, 113 + index, 10);
-    let private = Ipv4Addr::new(192, 168, 1 + index, 2);
-    let behind_nat = |sim: &mut Simulation, config| -> anyhow::Result<(Host, Root)> {
-        let nat = sim.add_nat(&name("nat"), config, None)?;
-        let host = sim.add_host_behind(&name("host"), private, 24, &nat)?;
-        sim.link(&host, &nat, latency(1));
-        Ok((host, Root::Device(nat)))
-    };
-    let preset = |p: NatPreset| p.configs(&[public]).remove(0);
-    Ok(match kind {
-        NatKind::None => {
-            let host = sim.add_host(&name("host"), public, 24)?;
-            let root = Root::Host(host.clone());
-            (host, root)
-        }
-        NatKind::FullCone => behind_nat(sim, preset(NatPreset::FullCone))?,
-        NatKind::RestrictedCone => behind_nat(sim, preset(NatPreset::RestrictedCone))?,
-        NatKind::PortRestricted => behind_nat(sim, preset(NatPreset::PortRestricted))?,
-        NatKind::Symmetric => behind_nat(sim, preset(NatPreset::Symmetric))?,
-        NatKind::SymmetricSequential => behind_nat(
-            sim,
-            warren_netsim::nat::NatConfig { ports: PortAssignment::Sequential, ..preset(NatPreset::Symmetric) },
-        )?,
-        NatKind::Cgnat => {
-            let mut layers = NatPreset::Cgnat.configs(&[Ipv4Addr::new(100, 64, index, 2), public]);
-            let carrier = sim.add_nat(&name("carrier"), layers.remove(1), None)?;
-            let home = sim.add_nat(&name("home"), layers.remove(0), Some(&carrier))?;
-            let host = sim.add_host_behind(&name("host"), private, 24, &home)?;
-            sim.link(&host, &home, latency(1));
-            sim.link(&home, &carrier, latency(5));
-            (host, Root::Device(carrier))
-        }
-        NatKind::KernelMasquerade | NatKind::KernelFullyRandom => {
-            let ports =
-                if kind == NatKind::KernelMasquerade { KernelPorts::Masquerade } else { KernelPorts::FullyRandom };
-            let config = KernelNatConfig {
-                public_ip: public,
-                lan_ip: Ipv4Addr::new(192, 168, 1 + index, 1),
-                lan_prefix: 24,
-                ports,
-                udp_timeout: None,
-            };
-            let nat = sim.add_kernel_nat(&name("knat"), config, None)?;
-            let host = sim.add_host_behind(&name("host"), private, 24, &nat)?;
-            sim.link(&host, &nat, latency(1));
-            (host, Root::Device(nat))
-        }
-    })
-}
 
 async fn echo(mut stream: Stream) {
     let mut buf = [0u8; 4096];
@@ -248,7 +103,7 @@ async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::Result<Diall
 
 /// Runs one pair in a simulation of its own.
 pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
-    let expected = if theory_allows_direct(a, b) { "direct" } else { "relayed" };
+    let expected = if pair::theory_allows_direct(a, b) { "direct" } else { "relayed" };
     let mut result = PairResult {
         a,
         b,
@@ -260,7 +115,7 @@ pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
         predicted: false,
         error: None,
     };
-    match pair(a, b, seed) {
+    match run_one(a, b, seed) {
         Ok((dialled, _)) => {
             result.ttfb_ms = Some(dialled.ttfb.as_secs_f64() * 1000.0);
             result.attempts = dialled.rounds;
@@ -278,15 +133,8 @@ pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
     result
 }
 
-fn pair(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, SocketAddr)> {
-    let mut sim = Simulation::new(seed);
-    let relay_host = sim.add_host("relay", RELAY_IP, 24)?;
-    let (a_host, a_root) = side(&mut sim, a, 0)?;
-    let (b_host, b_root) = side(&mut sim, b, 1)?;
-    let relay_root = Root::Host(relay_host.clone());
-    link(&mut sim, &relay_root, &a_root, latency(25));
-    link(&mut sim, &relay_root, &b_root, latency(25));
-    link(&mut sim, &a_root, &b_root, latency(50));
+fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, SocketAddr)> {
+    let Pair { mut sim, relay: relay_host, a: a_host, b: b_host } = pair::build(a, b, PairLinks::default(), seed)?;
     sim.start()?;
 
     let relay_identity = Identity::generate();

@@ -38,7 +38,7 @@ pub struct NatMatrixArgs {
     #[arg(long)]
     json: bool,
     /// Only these kinds (comma-separated) [default: all].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::ValueParser::new(|s: &str| s.parse::<crate::nat_matrix::NatKind>()))]
     kinds: Vec<crate::nat_matrix::NatKind>,
     /// Pairs simulated at once.
     #[arg(long, default_value_t = 3)]

@@ -16,7 +16,7 @@ use crate::output::{json_line, ms};
 pub struct PingArgs {
     /// The peer, as ID@HOST:PORT, or ID alone with --relay.
     #[arg(value_name = "ID@ADDR|ID")]
-    peer: String,
+    peer: Target,
     /// A relay the peer is registered with, as ID@HOST:PORT: the peer is then reachable by
     /// identity alone, through the relay and then directly once a hole is punched.
     #[arg(long, value_name = "ID@ADDR")]
@@ -38,14 +38,31 @@ pub struct PingArgs {
     json: bool,
 }
 
+/// Whom to ping: an address with an identity, or an identity alone (through a relay).
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// `ID@ADDR` (or a bare `ADDR`, refused later: the identity is required).
+    Peer(ManualPeer),
+    /// `ID`.
+    Identity(warren::RemoteIdentity),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.contains('@') || s.contains(':') {
+            s.parse().map(Target::Peer).map_err(|e| e.to_string())
+        } else {
+            s.parse().map(Target::Identity).map_err(|e| format!("{s:?} is not an identity: {e}"))
+        }
+    }
+}
+
 pub async fn run(args: PingArgs) -> anyhow::Result<()> {
-    let peer: Option<ManualPeer> = match args.peer.contains('@') {
-        true => Some(args.peer.parse()?),
-        false => None,
-    };
-    let remote = match &peer {
-        Some(peer) => peer.identity,
-        None => Some(args.peer.parse().map_err(|e| anyhow::anyhow!("{:?} is not an identity: {e}", args.peer))?),
+    let (peer, remote) = match &args.peer {
+        Target::Peer(peer) => (Some(peer.clone()), peer.identity),
+        Target::Identity(id) => (None, Some(*id)),
     };
     let Some(remote) = remote else {
         bail!("give the peer as ID@ADDR: warren only talks to a peer whose identity it checks");

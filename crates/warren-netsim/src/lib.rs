@@ -13,6 +13,7 @@ pub mod link;
 pub mod nat;
 pub mod nat_check;
 pub mod packet;
+pub mod pair;
 pub mod pcap;
 pub mod scenario;
 pub mod sim;

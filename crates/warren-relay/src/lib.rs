@@ -45,6 +45,9 @@ pub const OVER_LIMIT: VarInt = VarInt::from_u32(0x52_02);
 /// Nodes served at once; further registrations are refused.
 pub const MAX_NODES: usize = 10_000;
 
+/// The window of [`RelayConfig::max_bytes`].
+pub const BYTE_LIMIT_WINDOW: Duration = Duration::from_secs(3600);
+
 /// How long a node may take to send its registration after the handshake.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,7 +60,8 @@ pub struct RelayConfig {
     pub token: Option<String>,
     /// Forwarding rate per node, in Mbit/s (None: unlimited). Frames over it are dropped.
     pub max_mbps: Option<f64>,
-    /// Bytes forwarded per registration before the node is cut off (None: unlimited).
+    /// Bytes forwarded per node in each [`BYTE_LIMIT_WINDOW`] before it is cut off and
+    /// refused until the window ends (None: unlimited). Counted across reconnections.
     pub max_bytes: Option<u64>,
 }
 
@@ -130,6 +134,23 @@ struct Node {
 struct Registry {
     by_addr: HashMap<SocketAddr, Node>,
     by_id: HashMap<RawIdentity, SocketAddr>,
+    /// Bytes each node had forwarded in its current byte-limit window, kept across
+    /// registrations (only when there is a byte limit).
+    spent: HashMap<RawIdentity, (Instant, u64)>,
+}
+
+impl Registry {
+    /// Bytes `id` already spent in its current window.
+    fn spent(&mut self, id: &RawIdentity, now: Instant) -> u64 {
+        self.spent.retain(|_, (since, _)| now.duration_since(*since) < BYTE_LIMIT_WINDOW);
+        self.spent.get(id).map_or(0, |(_, bytes)| *bytes)
+    }
+
+    fn remember_spent(&mut self, id: RawIdentity, bytes: u64, now: Instant) {
+        if self.spent.len() < 2 * MAX_NODES || self.spent.contains_key(&id) {
+            self.spent.entry(id).or_insert((now, 0)).1 = bytes;
+        }
+    }
 }
 
 struct Shared {
@@ -415,19 +436,36 @@ async fn serve(
     }
     let conn_id = conn.stable_id();
     let mut addr = conn.remote_address();
-    {
+    let over_limit = {
         let mut registry = shared.registry();
         if registry.by_id.len() >= MAX_NODES && !registry.by_id.contains_key(node.as_bytes()) {
             drop(registry);
             return refuse("the relay is full");
         }
-        // A node registering again (it restarted or its old connection is dying) replaces its
-        // old registration.
-        if let Some(old) = registry.by_id.insert(*node.as_bytes(), addr) {
-            registry.by_addr.remove(&old);
+        let now = Instant::now();
+        // What the node spent in this window: in earlier registrations, and in a registration
+        // still open (it restarted, or its old connection is dying; this one replaces it).
+        let mut spent = registry.spent(node.as_bytes(), now);
+        if let Some(old) = registry.by_id.get(node.as_bytes()).copied() {
+            if let Some(entry) = registry.by_addr.remove(&old) {
+                spent = spent.max(entry.forwarded);
+            }
+            registry.by_id.remove(node.as_bytes());
         }
-        let bucket = shared.config.max_mbps.map(Bucket::new);
-        registry.by_addr.insert(addr, Node { id: *node.as_bytes(), conn_id, bucket, forwarded: 0, cut: false });
+        if shared.config.max_bytes.is_some_and(|max| spent >= max) {
+            registry.remember_spent(*node.as_bytes(), spent, now);
+            true
+        } else {
+            registry.by_id.insert(*node.as_bytes(), addr);
+            let bucket = shared.config.max_mbps.map(Bucket::new);
+            registry.by_addr.insert(addr, Node { id: *node.as_bytes(), conn_id, bucket, forwarded: spent, cut: false });
+            false
+        }
+    };
+    if over_limit {
+        let _ = control::write(&mut send, &Response::Refused { reason: "over the relay's byte limit".into() }).await;
+        let _ = send.finish();
+        return refuse("over the relay's byte limit");
     }
     conns.lock().expect("connection lock poisoned").insert(conn_id, conn.clone());
     tracing::debug!(%node, %addr, "node registered");
@@ -460,7 +498,10 @@ async fn serve(
     conns.lock().expect("connection lock poisoned").remove(&conn_id);
     let mut registry = shared.registry();
     if registry.by_addr.get(&addr).is_some_and(|n| n.conn_id == conn_id) {
-        registry.by_addr.remove(&addr);
+        let entry = registry.by_addr.remove(&addr).expect("checked above");
+        if shared.config.max_bytes.is_some() {
+            registry.remember_spent(entry.id, entry.forwarded, Instant::now());
+        }
         if registry.by_id.get(node.as_bytes()) == Some(&addr) {
             registry.by_id.remove(node.as_bytes());
         }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use warren::relay::client::{RelayClient, RelayConfig as ClientConfig, RelayError};
 use warren::transport::paths::Path;
@@ -21,8 +22,59 @@ async fn node(relay: &Relay, token: Option<&str>) -> (P2P, RelayClient) {
 }
 
 async fn node_with(identity: Identity, relay: &Relay, token: Option<&str>) -> (P2P, RelayClient) {
+    node_full(identity, relay, token, true).await
+}
+
+/// A node that never punches: its connections through the relay stay relayed.
+async fn relay_only_node(relay: &Relay) -> (P2P, RelayClient) {
+    let (p2p, client) = node_full(Identity::generate(), relay, None, false).await;
+    client.wait_registered(HANG).await.unwrap();
+    (p2p, client)
+}
+
+const SINK: &str = "sink/1";
+
+/// Reads everything, answers with the byte count.
+async fn sink(mut stream: warren::Stream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    let _ = stream.write_all(&total.to_be_bytes()).await;
+    let _ = stream.finish();
+}
+
+/// Sends `len` bytes to `to`'s sink; returns how long it took until the sink confirmed.
+async fn send(from: &P2P, to: &P2P, len: usize) -> anyhow::Result<Duration> {
+    let started = std::time::Instant::now();
+    let (mut send, mut recv) = from.connect(to.remote_identity(), SINK).await?.into_split();
+    let chunk = vec![7u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        send.write_all(&chunk[..n]).await?;
+        left -= n;
+    }
+    send.finish()?;
+    let mut count = [0u8; 8];
+    recv.read_exact(&mut count).await?;
+    anyhow::ensure!(u64::from_be_bytes(count) == len as u64, "the sink counted {}", u64::from_be_bytes(count));
+    Ok(started.elapsed())
+}
+
+fn mbps(len: usize, took: Duration) -> f64 {
+    len as f64 * 8.0 / took.as_secs_f64() / 1e6
+}
+
+async fn node_full(identity: Identity, relay: &Relay, token: Option<&str>, punching: bool) -> (P2P, RelayClient) {
     let p2p = P2P::new("warren-test", identity);
     let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    quic.set_hole_punching(punching);
+    p2p.register_protocol(SINK, sink).unwrap();
     warren::ping::register(&p2p).unwrap();
     let config = ClientConfig { identity: relay.identity(), addr: relay.local_addr(), token: token.map(str::to_owned) };
     let client = RelayClient::spawn(&p2p, &quic, config);
@@ -118,4 +170,123 @@ async fn access_control() {
         node.shutdown().await;
     }
     relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_rate_is_throttled_and_others_are_not() {
+    let relay = relay(RelayConfig { max_mbps: Some(8.0), ..RelayConfig::default() }).await;
+    let (a, _ca) = relay_only_node(&relay).await;
+    let (b, _cb) = relay_only_node(&relay).await;
+    let (c, _cc) = relay_only_node(&relay).await;
+    let (d, _cd) = relay_only_node(&relay).await;
+    // a pushes 4 MB (4 s at the limit) while c sends 512 kB.
+    const BULK: usize = 4 * 1024 * 1024;
+    const SMALL: usize = 512 * 1024;
+    let (bulk, small) = tokio::join!(send(&a, &b, BULK), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send(&c, &d, SMALL).await
+    });
+    let (bulk, small) = (bulk.unwrap(), small.unwrap());
+    let stats = relay.stats();
+    println!(
+        "a: {:.1} Mbit/s, c: {:.1} Mbit/s (limit 8 each); {} frames throttled",
+        mbps(BULK, bulk),
+        mbps(SMALL, small),
+        stats.throttled_frames
+    );
+    assert!(stats.throttled_frames > 0, "{stats:?}");
+    // a is held near its limit (plus the bucket's 100 ms burst)...
+    assert!(mbps(BULK, bulk) < 12.0, "a got {:.1} Mbit/s", mbps(BULK, bulk));
+    // ...and c, with a bucket of its own, is not slowed by a's excess.
+    assert!(mbps(SMALL, small) > 3.0, "c got {:.1} Mbit/s", mbps(SMALL, small));
+    for node in [a, b, c, d] {
+        node.shutdown().await;
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_its_byte_limit_is_cut_off_and_others_are_not() {
+    let relay = relay(RelayConfig { max_bytes: Some(1024 * 1024), ..RelayConfig::default() }).await;
+    let (a, a_client) = relay_only_node(&relay).await;
+    let (b, _cb) = relay_only_node(&relay).await;
+    let (c, _cc) = relay_only_node(&relay).await;
+    let (d, _cd) = relay_only_node(&relay).await;
+    let mut events = a.subscribe();
+    let over = tokio::time::timeout(Duration::from_secs(10), send(&a, &b, 3 * 1024 * 1024)).await;
+    assert!(!matches!(over, Ok(Ok(_))), "3 MB went through a 1 MB limit");
+    let reason = wait_for(&mut events, |e| match e {
+        Event::RelayDisconnected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("byte limit"), "{reason}");
+    // It stays refused when it comes back (the limit counts across registrations).
+    let refused = wait_for(&mut events, |e| match e {
+        Event::RelayDisconnected { reason, .. } if reason.contains("byte limit") => Some(()),
+        _ => None,
+    });
+    tokio::time::timeout(Duration::from_secs(5), refused).await.unwrap();
+    assert!(matches!(a_client.last_error(), Some(RelayError::Refused(_))), "{:?}", a_client.last_error());
+    assert_eq!(relay.stats().cut_off, 1);
+    // c and d are unaffected.
+    send(&c, &d, 256 * 1024).await.unwrap();
+    for node in [a, b, c, d] {
+        node.shutdown().await;
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
+    let identity = Identity::generate();
+    let secret = identity.to_secret_bytes();
+    let first = Relay::spawn(identity, "127.0.0.1:0".parse().unwrap(), RelayConfig::default()).await.unwrap();
+    let addr = first.local_addr();
+    // a and b punch through (direct); c and d stay relayed.
+    let (a, _ca) = node(&first, None).await;
+    let (b, cb) = node(&first, None).await;
+    cb.wait_registered(HANG).await.unwrap();
+    let mut a_events = a.subscribe();
+    warren::ping::ping(&a, b.remote_identity(), 1).await.unwrap();
+    wait_for(&mut a_events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
+    let direct = a.open_connection(&b.remote_identity()).unwrap();
+    let (c, _cc) = relay_only_node(&first).await;
+    let (d, _cd) = relay_only_node(&first).await;
+    warren::ping::ping(&c, d.remote_identity(), 1).await.unwrap();
+    let relayed = c.open_connection(&d.remote_identity()).unwrap();
+    assert!(matches!(relayed.path(), Path::Relayed { .. }));
+
+    let mut c_events = c.subscribe();
+    first.shutdown().await;
+    // While the relay is down the direct connection carries on.
+    warren::ping::ping(&a, b.remote_identity(), 3).await.unwrap();
+    // Same identity, same address.
+    let second = loop {
+        match Relay::spawn(Identity::from_secret_bytes(&secret), addr, RelayConfig::default()).await {
+            Ok(relay) => break relay,
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    wait_for(&mut c_events, |e| matches!(e, Event::RelayConnected { .. }).then_some(())).await;
+    // c and d talk again through the new relay (d re-registers too).
+    let again = tokio::time::timeout(HANG, async {
+        loop {
+            if let Ok(rtts) = warren::ping::ping(&c, d.remote_identity(), 1).await {
+                break rtts;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(again.len(), 1);
+    // The direct connection is the one from before the restart.
+    let still = a.open_connection(&b.remote_identity()).unwrap();
+    assert_eq!(still.quic().stable_id(), direct.quic().stable_id());
+    assert!(second.stats().forwarded_frames > 0, "c and d went through the new relay");
+    for node in [a, b, c, d] {
+        node.shutdown().await;
+    }
+    second.shutdown().await;
 }

@@ -119,6 +119,9 @@ pub(crate) fn spawn_initiator(p2p: &P2P, conn: &Connection) {
     if conn.direction != Direction::Outbound || !matches!(conn.path(), Path::Relayed { .. }) {
         return;
     }
+    if !p2p.paths().is_some_and(|p| p.hole_punching()) {
+        return;
+    }
     let (node, conn) = (p2p.clone(), conn.clone());
     p2p.spawn(async move {
         for wait in std::iter::once(Duration::ZERO).chain(RETRY_AFTER) {
@@ -159,6 +162,9 @@ async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
 async fn respond(p2p: P2P, mut stream: Stream) {
     let result = async {
         let paths = p2p.paths().ok_or("no QUIC transport")?;
+        if !paths.hole_punching() {
+            return Err("hole punching is off on this node".to_owned());
+        }
         let started = Instant::now();
         let Message::Offer { nonce, candidates: theirs, reflexive: their_reflexive } = read(&mut stream).await? else {
             return Err("expected an offer".to_owned());

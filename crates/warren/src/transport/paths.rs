@@ -143,6 +143,7 @@ pub struct Paths {
     ipv6: bool,
     state: Mutex<State>,
     any_direct: AtomicBool,
+    punching: AtomicBool,
     inbox: Mutex<Inbox>,
     p2p: OnceLock<WeakP2P>,
 }
@@ -162,6 +163,7 @@ impl Paths {
             ipv6,
             state: Mutex::default(),
             any_direct: AtomicBool::new(false),
+            punching: AtomicBool::new(true),
             inbox: Mutex::default(),
             p2p: OnceLock::new(),
         }))
@@ -192,6 +194,15 @@ impl Paths {
     /// The socket's local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.socket.local_addr()
+    }
+
+    /// Whether this node takes part in hole punching (see `QuicTransport::set_hole_punching`).
+    pub fn hole_punching(&self) -> bool {
+        self.punching.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_hole_punching(&self, enabled: bool) {
+        self.punching.store(enabled, Ordering::Relaxed);
     }
 
     pub(crate) fn set_relay(&self, relay: Option<RelayRoute>) {

@@ -62,6 +62,7 @@ pub fn transport_config() -> TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_UDP_PAYLOAD);
     config.mtu_discovery_config(Some(mtu));
+    config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     config
 }
 
@@ -167,6 +168,12 @@ impl QuicTransport {
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// Turns hole punching on (the default) or off. Off, relayed connections stay relayed:
+    /// peers never learn this node's addresses, and the relay carries everything.
+    pub fn set_hole_punching(&self, enabled: bool) {
+        self.inner.paths.set_hole_punching(enabled);
     }
 
     /// The path table of this transport's socket.

@@ -1,0 +1,231 @@
+//! A ready-made topology for NAT traversal: two hosts, each behind a NAT of some kind (or none),
+//! and a third host on the internet between them (a relay, a rendezvous server).
+//!
+//! ```text
+//!            relay 198.51.100.1
+//!          /  relay link  relay link \
+//!   side a outer gateway ---direct link--- side b outer gateway
+//!          |                               |
+//!   host a 192.168.1.2 (or 203.0.113.10)   host b 192.168.2.2 (or 203.0.114.10)
+//! ```
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::link::LinkConfig;
+use crate::nat::{NatConfig, NatPreset, PortAssignment};
+use crate::{Device, Host, KernelNatConfig, KernelPorts, SimError, Simulation};
+
+/// Where a side's host sits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatKind {
+    /// A public address, no NAT.
+    None,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestricted,
+    /// Address-and-port-dependent mapping and filtering, random ports.
+    Symmetric,
+    /// A port-restricted home NAT behind a carrier-grade NAT.
+    Cgnat,
+    /// Linux nftables `masquerade`.
+    KernelMasquerade,
+    /// Linux nftables `masquerade fully-random`.
+    KernelFullyRandom,
+    /// Symmetric with sequential port allocation (where port prediction can work).
+    SymmetricSequential,
+}
+
+impl NatKind {
+    /// Every kind.
+    pub const ALL: [NatKind; 9] = [
+        NatKind::None,
+        NatKind::FullCone,
+        NatKind::RestrictedCone,
+        NatKind::PortRestricted,
+        NatKind::Symmetric,
+        NatKind::Cgnat,
+        NatKind::KernelMasquerade,
+        NatKind::KernelFullyRandom,
+        NatKind::SymmetricSequential,
+    ];
+
+    /// The kebab-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::None => "none",
+            NatKind::FullCone => "full-cone",
+            NatKind::RestrictedCone => "restricted-cone",
+            NatKind::PortRestricted => "port-restricted",
+            NatKind::Symmetric => "symmetric",
+            NatKind::Cgnat => "cgnat",
+            NatKind::KernelMasquerade => "kernel-masquerade",
+            NatKind::KernelFullyRandom => "kernel-fully-random",
+            NatKind::SymmetricSequential => "symmetric-sequential",
+        }
+    }
+
+    /// The mapping depends on the destination (RFC 4787 address-and-port-dependent mapping).
+    pub fn endpoint_dependent_mapping(self) -> bool {
+        matches!(self, NatKind::Symmetric | NatKind::KernelFullyRandom | NatKind::SymmetricSequential)
+    }
+
+    /// The filter admits only the exact address and port contacted.
+    pub fn port_dependent_filtering(self) -> bool {
+        !matches!(self, NatKind::None | NatKind::FullCone | NatKind::RestrictedCone)
+    }
+}
+
+impl std::str::FromStr for NatKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        NatKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<_> = NatKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown NAT kind {s:?} (one of {})", names.join(", "))
+        })
+    }
+}
+
+/// Does RFC 4787 theory allow a direct path between `a` and `b` with plain hole punching (no
+/// port prediction)? A NAT whose mapping depends on the destination shows the other side a port
+/// nobody could learn in advance; that only works if the other side's filter does not care
+/// about the port.
+pub fn theory_allows_direct(a: NatKind, b: NatKind) -> bool {
+    let one_way = |x: NatKind, y: NatKind| !x.endpoint_dependent_mapping() || !y.port_dependent_filtering();
+    a == NatKind::None || b == NatKind::None || (one_way(a, b) && one_way(b, a))
+}
+
+/// The middle host's address.
+pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// Links of the pair topology.
+#[derive(Debug, Clone)]
+pub struct PairLinks {
+    /// Between each side's outer gateway and the relay.
+    pub relay: LinkConfig,
+    /// Between the two sides' outer gateways.
+    pub direct: LinkConfig,
+}
+
+impl Default for PairLinks {
+    /// 25 ms to the relay, 50 ms between the sides: 100 ms RTT both direct and relayed.
+    fn default() -> Self {
+        let latency = |ms| LinkConfig { latency: Duration::from_millis(ms), ..Default::default() };
+        Self { relay: latency(25), direct: latency(50) }
+    }
+}
+
+/// The built (not yet started) topology.
+pub struct Pair {
+    /// The simulation; start it with [`Simulation::start`].
+    pub sim: Simulation,
+    /// The host in the middle, at [`RELAY_IP`].
+    pub relay: Host,
+    /// Side a's host.
+    pub a: Host,
+    /// Side b's host.
+    pub b: Host,
+}
+
+enum Root {
+    Host(Host),
+    Device(Device),
+}
+
+fn link(sim: &mut Simulation, a: &Root, b: &Root, config: LinkConfig) {
+    match (a, b) {
+        (Root::Host(a), Root::Host(b)) => sim.link(a, b, config),
+        (Root::Host(a), Root::Device(b)) => sim.link(a, b, config),
+        (Root::Device(a), Root::Host(b)) => sim.link(a, b, config),
+        (Root::Device(a), Root::Device(b)) => sim.link(a, b, config),
+    }
+}
+
+fn lan() -> LinkConfig {
+    LinkConfig { latency: Duration::from_millis(1), ..Default::default() }
+}
+
+/// Builds one side (index 0 or 1): its host, and the device on the internet to link.
+fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), SimError> {
+    let name = |what: &str| format!("{what}-{}", if index == 0 { 'a' } else { 'b' });
+    let public = Ipv4Addr::new(203, 0, 113 + index, 10);
+    let private = Ipv4Addr::new(192, 168, 1 + index, 2);
+    let behind_nat = |sim: &mut Simulation, config| -> Result<(Host, Root), SimError> {
+        let nat = sim.add_nat(&name("nat"), config, None)?;
+        let host = sim.add_host_behind(&name("host"), private, 24, &nat)?;
+        sim.link(&host, &nat, lan());
+        Ok((host, Root::Device(nat)))
+    };
+    let preset = |p: NatPreset| p.configs(&[public]).remove(0);
+    match kind {
+        NatKind::None => {
+            let host = sim.add_host(&name("host"), public, 24)?;
+            Ok((host.clone(), Root::Host(host)))
+        }
+        NatKind::FullCone => behind_nat(sim, preset(NatPreset::FullCone)),
+        NatKind::RestrictedCone => behind_nat(sim, preset(NatPreset::RestrictedCone)),
+        NatKind::PortRestricted => behind_nat(sim, preset(NatPreset::PortRestricted)),
+        NatKind::Symmetric => behind_nat(sim, preset(NatPreset::Symmetric)),
+        NatKind::SymmetricSequential => {
+            behind_nat(sim, NatConfig { ports: PortAssignment::Sequential, ..preset(NatPreset::Symmetric) })
+        }
+        NatKind::Cgnat => {
+            let mut layers = NatPreset::Cgnat.configs(&[Ipv4Addr::new(100, 64, index, 2), public]);
+            let carrier = sim.add_nat(&name("carrier"), layers.remove(1), None)?;
+            let home = sim.add_nat(&name("home"), layers.remove(0), Some(&carrier))?;
+            let host = sim.add_host_behind(&name("host"), private, 24, &home)?;
+            sim.link(&host, &home, lan());
+            sim.link(&home, &carrier, LinkConfig { latency: Duration::from_millis(5), ..Default::default() });
+            Ok((host, Root::Device(carrier)))
+        }
+        NatKind::KernelMasquerade | NatKind::KernelFullyRandom => {
+            let ports =
+                if kind == NatKind::KernelMasquerade { KernelPorts::Masquerade } else { KernelPorts::FullyRandom };
+            let config = KernelNatConfig {
+                public_ip: public,
+                lan_ip: Ipv4Addr::new(192, 168, 1 + index, 1),
+                lan_prefix: 24,
+                ports,
+                udp_timeout: None,
+            };
+            let nat = sim.add_kernel_nat(&name("knat"), config, None)?;
+            let host = sim.add_host_behind(&name("host"), private, 24, &nat)?;
+            sim.link(&host, &nat, lan());
+            Ok((host, Root::Device(nat)))
+        }
+    }
+}
+
+/// Builds the topology for sides `a` and `b` (hosts named `host-a`, `host-b`, `relay`).
+pub fn build(a: NatKind, b: NatKind, links: PairLinks, seed: u64) -> Result<Pair, SimError> {
+    let mut sim = Simulation::new(seed);
+    let relay = sim.add_host("relay", RELAY_IP, 24)?;
+    let (a_host, a_root) = side(&mut sim, a, 0)?;
+    let (b_host, b_root) = side(&mut sim, b, 1)?;
+    let relay_root = Root::Host(relay.clone());
+    link(&mut sim, &relay_root, &a_root, links.relay.clone());
+    link(&mut sim, &relay_root, &b_root, links.relay);
+    link(&mut sim, &a_root, &b_root, links.direct);
+    Ok(Pair { sim, relay, a: a_host, b: b_host })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn theory() {
+        use NatKind::*;
+        assert!(theory_allows_direct(Symmetric, None));
+        assert!(theory_allows_direct(Symmetric, RestrictedCone));
+        assert!(!theory_allows_direct(Symmetric, PortRestricted));
+        assert!(!theory_allows_direct(KernelMasquerade, KernelFullyRandom));
+        assert!(theory_allows_direct(Cgnat, KernelMasquerade));
+        assert!(!theory_allows_direct(Symmetric, Symmetric));
+    }
+}
