@@ -259,6 +259,15 @@ async fn punch(
     (paths.punched(&conn.remote), rounds)
 }
 
+/// Fuzzing: `data` as a signalling message body. Never panics; what decodes re-encodes.
+pub(crate) fn fuzz_message(data: &[u8]) {
+    if data.len() <= control::MAX_MESSAGE
+        && let Ok(message) = control::decode::<Message>(data)
+    {
+        assert!(warren_proto::encode_to_vec(&message).is_ok());
+    }
+}
+
 async fn write(stream: &mut Stream, message: &Message) -> Result<(), String> {
     control::write(stream, message).await.map_err(|e| e.to_string())
 }

@@ -10,3 +10,26 @@
 pub mod client;
 pub mod control;
 pub mod frame;
+
+/// Fuzzing entry point (the `relay_wire` target): `data` as a datagram, as a control message
+/// either way, and as a hole-punching message. Never panics; a data frame that parses
+/// re-encodes to the same bytes; what decodes re-encodes within the size limit.
+#[doc(hidden)]
+pub fn fuzz_relay_wire(data: &[u8]) {
+    if let Ok(frame::Frame::Data { peer, payload }) = frame::Frame::parse(data) {
+        assert!(payload.len() <= frame::MAX_PAYLOAD);
+        let mut again = vec![0; frame::DATA_HEADER_LEN + payload.len()];
+        frame::write_data_header(&mut again, &peer);
+        again[frame::DATA_HEADER_LEN..].copy_from_slice(payload);
+        assert_eq!(again, data);
+    }
+    if data.len() <= control::MAX_MESSAGE {
+        if let Ok(request) = control::decode::<control::Request>(data) {
+            assert!(warren_proto::encode_to_vec(&request).is_ok_and(|b| b.len() <= control::MAX_MESSAGE));
+        }
+        if let Ok(response) = control::decode::<control::Response>(data) {
+            assert!(warren_proto::encode_to_vec(&response).is_ok_and(|b| b.len() <= control::MAX_MESSAGE));
+        }
+    }
+    crate::punch::fuzz_message(data);
+}

@@ -64,3 +64,11 @@ fn bootstrap_cache_corpus_replays_cleanly() {
         assert!(outcome.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn relay_wire_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("relay_wire") {
+        let outcome = std::panic::catch_unwind(|| warren::relay::fuzz_relay_wire(&bytes));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}
