@@ -246,3 +246,56 @@ fn contacts_only_scenario() {
     let stranger = of("stranger");
     assert!(!stranger.iter().any(|l| l.starts_with("+ ")), "the stranger found somebody: {stranger:?}");
 }
+
+#[test]
+fn relay_nats_scenario() {
+    let (lines, summary) = run_scenario("relay-nats");
+    assert_pings(&lines, &summary, &["bob", "carol"]);
+    let bob = printed_by(&lines, "bob");
+    let carol = printed_by(&lines, "carol");
+    // Both reach alice by identity through the relay...
+    for printed in [&bob, &carol] {
+        assert!(printed.iter().any(|l| l.contains("(alice)") && l.contains("path: relayed via")), "{printed:?}");
+    }
+    // ...bob's path turns direct (to alice's NAT), carol's cannot (symmetric against
+    // port-restricted).
+    assert!(bob.iter().any(|l| l.contains("path now direct 203.0.113.1:")), "{bob:?}");
+    assert!(!carol.iter().any(|l| l.contains("path now")), "{carol:?}");
+    let alice = printed_by(&lines, "alice");
+    assert!(alice.iter().any(|l| l.starts_with("registered with relay")), "{alice:?}");
+    // One hole punched: bob's (carol's ping ends before her attempt's schedule does).
+    assert_eq!(alice.iter().filter(|l| l.starts_with("hole punched to")).count(), 1, "{alice:?}");
+}
+
+/// Every pair of NAT kinds: direct wherever RFC 4787 theory allows, relayed (never failed)
+/// elsewhere, and the pairs port prediction turned direct are only ones with a sequential
+/// symmetric NAT.
+#[test]
+fn nat_matrix() {
+    let output = warren().args(["netsim", "nat-matrix", "--json"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&output.stdout));
+    let mut all = lines(&output.stdout);
+    let summary = all.pop().unwrap();
+    assert_eq!(summary["summary"], true);
+    assert_eq!(all.len(), 45, "9 kinds, 45 unordered pairs");
+    for pair in &all {
+        for field in ["a", "b", "path", "ttfb_ms", "attempts"] {
+            assert!(!pair[field].is_null(), "{field} missing: {pair}");
+        }
+        let (path, expected) = (pair["path"].as_str().unwrap(), pair["expected"].as_str().unwrap());
+        assert_ne!(path, "failed", "{pair}");
+        if expected == "direct" {
+            assert_eq!(path, "direct", "{pair}");
+        } else if path == "direct" {
+            assert_eq!(pair["predicted"], true, "{pair}");
+            let sides = [pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap()];
+            assert!(sides.contains(&"symmetric-sequential"), "{pair}");
+        }
+    }
+    // The issue's eight kinds alone: 27 direct pairs of 36 (relayed: symmetric and fully-random
+    // against every kind with port-dependent filtering, themselves included).
+    let issue_kinds = |p: &&Value| p["a"] != "symmetric-sequential" && p["b"] != "symmetric-sequential";
+    let direct = all.iter().filter(issue_kinds).filter(|p| p["path"] == "direct").count();
+    assert_eq!(direct, 27);
+}

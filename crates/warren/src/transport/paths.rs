@@ -50,7 +50,7 @@ impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Path::Direct { addr } => write!(f, "direct {addr}"),
-            Path::Relayed { relay, addr } => write!(f, "relayed via {}@{addr}", relay.peer_id()),
+            Path::Relayed { relay, addr } => write!(f, "relayed via {relay}@{addr}"),
         }
     }
 }
