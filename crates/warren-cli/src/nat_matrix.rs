@@ -138,11 +138,7 @@ fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Socket
     sim.start()?;
 
     let relay_identity = Identity::generate();
-    let relay_config = RelayConfig {
-        identity: relay_identity.to_remote_identity(),
-        addr: SocketAddr::from((RELAY_IP, RELAY_PORT)),
-        token: None,
-    };
+    let relay_config = RelayConfig::new(relay_identity.to_remote_identity(), SocketAddr::from((RELAY_IP, RELAY_PORT)));
     let (relay_ready, ready) = mpsc::channel();
     let (stop_relay, relay_stop) = tokio::sync::oneshot::channel::<()>();
     let relay_task = relay_host.spawn(move || async move {

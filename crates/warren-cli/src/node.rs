@@ -46,6 +46,14 @@ pub struct NodeArgs {
     /// The relay's access token.
     #[arg(long, requires = "relay")]
     relay_token: Option<String>,
+    /// How to reach the relay: QUIC over UDP, TLS over TCP (networks that block UDP), or UDP
+    /// with TCP as the fallback.
+    #[arg(long, value_enum, default_value = "auto", requires = "relay")]
+    relay_over: crate::relay::Over,
+    /// Never punch holes: relayed connections stay relayed and peers never learn this node's
+    /// addresses.
+    #[arg(long)]
+    no_hole_punching: bool,
     /// Print one JSON object per event line.
     #[arg(long)]
     json: bool,
@@ -82,6 +90,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     warren::ping::register(&p2p)?;
     let mut events = p2p.subscribe();
     let quic = QuicTransport::spawn(&p2p, args.listen).await?;
+    quic.set_hole_punching(!args.no_hole_punching);
     let me = p2p.remote_identity();
     if args.json {
         json_line(&serde_json::json!({
@@ -105,6 +114,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     if let Some(mut relay) = args.relay {
         relay.token = args.relay_token;
+        relay.transport = args.relay_over.into();
         RelayClient::spawn(&p2p, &quic, relay);
     }
     ManualDiscovery::spawn(&p2p, args.peers);

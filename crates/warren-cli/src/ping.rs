@@ -24,6 +24,14 @@ pub struct PingArgs {
     /// The relay's access token.
     #[arg(long, requires = "relay")]
     relay_token: Option<String>,
+    /// How to reach the relay: QUIC over UDP, TLS over TCP (networks that block UDP), or UDP
+    /// with TCP as the fallback.
+    #[arg(long, value_enum, default_value = "auto", requires = "relay")]
+    relay_over: crate::relay::Over,
+    /// Never punch holes: relayed connections stay relayed and peers never learn this node's
+    /// addresses.
+    #[arg(long)]
+    no_hole_punching: bool,
     /// How many pings.
     #[arg(long, default_value_t = 4)]
     count: usize,
@@ -85,8 +93,10 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
         _ => "0.0.0.0:0",
     };
     let quic = QuicTransport::spawn(&p2p, unspecified.parse()?).await?;
+    quic.set_hole_punching(!args.no_hole_punching);
     if let Some(mut relay) = args.relay.clone() {
         relay.token = args.relay_token.clone();
+        relay.transport = args.relay_over.into();
         let client = RelayClient::spawn(&p2p, &quic, relay);
         if let Err(error) = client.wait_registered(Duration::from_secs(10)).await {
             p2p.shutdown().await;

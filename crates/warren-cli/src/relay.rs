@@ -10,9 +10,31 @@ use warren_relay::{Relay, RelayConfig};
 
 use crate::output::json_line;
 
+/// `--relay-over` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Over {
+    /// UDP, then TCP if UDP gets no answer within 3 s.
+    Auto,
+    /// QUIC over UDP only.
+    Udp,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+impl From<Over> for warren::relay::client::RelayTransport {
+    fn from(value: Over) -> Self {
+        match value {
+            Over::Auto => Self::Auto,
+            Over::Udp => Self::Udp,
+            Over::Tcp => Self::Tcp,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct RelayArgs {
-    /// UDP address to serve on.
+    /// Address to serve on (UDP for QUIC and relayed frames, TCP on the same port for nodes
+    /// whose network blocks UDP).
     #[arg(long, default_value = "0.0.0.0:3478")]
     listen: SocketAddr,
     /// Only this identity may register (repeatable; none given: anyone, with the token if set).
@@ -51,7 +73,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         json_line(&serde_json::json!({"event": "RelayStarted", "identity": id, "addr": addr}));
     } else {
         println!("warren relay {id}");
-        println!("  serving on {addr} (nodes use: warren node --relay {id}@<ADDRESS>:{})", addr.port());
+        println!("  serving on {addr}, UDP and TCP (nodes use: warren node --relay {id}@<ADDRESS>:{})", addr.port());
     }
     let print = |relay: &Relay| {
         let stats = relay.stats();

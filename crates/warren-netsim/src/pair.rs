@@ -38,6 +38,9 @@ pub enum NatKind {
     KernelFullyRandom,
     /// Symmetric with sequential port allocation (where port prediction can work).
     SymmetricSequential,
+    /// UDP blocked, TCP through a symmetric NAT (the corporate preset). Not in [`NatKind::ALL`]:
+    /// only a relay over TCP reaches it.
+    UdpBlocked,
 }
 
 impl NatKind {
@@ -66,12 +69,16 @@ impl NatKind {
             NatKind::KernelMasquerade => "kernel-masquerade",
             NatKind::KernelFullyRandom => "kernel-fully-random",
             NatKind::SymmetricSequential => "symmetric-sequential",
+            NatKind::UdpBlocked => "udp-blocked",
         }
     }
 
     /// The mapping depends on the destination (RFC 4787 address-and-port-dependent mapping).
     pub fn endpoint_dependent_mapping(self) -> bool {
-        matches!(self, NatKind::Symmetric | NatKind::KernelFullyRandom | NatKind::SymmetricSequential)
+        matches!(
+            self,
+            NatKind::Symmetric | NatKind::KernelFullyRandom | NatKind::SymmetricSequential | NatKind::UdpBlocked
+        )
     }
 
     /// The filter admits only the exact address and port contacted.
@@ -84,7 +91,7 @@ impl std::str::FromStr for NatKind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        NatKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+        NatKind::ALL.into_iter().chain([NatKind::UdpBlocked]).find(|k| k.name() == s).ok_or_else(|| {
             let names: Vec<_> = NatKind::ALL.iter().map(|k| k.name()).collect();
             format!("unknown NAT kind {s:?} (one of {})", names.join(", "))
         })
@@ -97,6 +104,9 @@ impl std::str::FromStr for NatKind {
 /// about the port.
 pub fn theory_allows_direct(a: NatKind, b: NatKind) -> bool {
     let one_way = |x: NatKind, y: NatKind| !x.endpoint_dependent_mapping() || !y.port_dependent_filtering();
+    if a == NatKind::UdpBlocked || b == NatKind::UdpBlocked {
+        return false;
+    }
     a == NatKind::None || b == NatKind::None || (one_way(a, b) && one_way(b, a))
 }
 
@@ -171,6 +181,7 @@ fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), 
         NatKind::RestrictedCone => behind_nat(sim, preset(NatPreset::RestrictedCone)),
         NatKind::PortRestricted => behind_nat(sim, preset(NatPreset::PortRestricted)),
         NatKind::Symmetric => behind_nat(sim, preset(NatPreset::Symmetric)),
+        NatKind::UdpBlocked => behind_nat(sim, preset(NatPreset::Corporate)),
         NatKind::SymmetricSequential => {
             behind_nat(sim, NatConfig { ports: PortAssignment::Sequential, ..preset(NatPreset::Symmetric) })
         }

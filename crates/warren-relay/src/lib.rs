@@ -22,18 +22,20 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, Runtime, TokioRuntime, UdpPoller, VarInt};
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren::relay::control::{self, Request, Response};
 use warren::relay::frame::{self, Frame, RawIdentity};
+use warren::relay::stream::{self, Record};
 use warren::transport::{quic, tls};
 use warren::{Identity, RemoteIdentity};
 
@@ -122,9 +124,26 @@ impl Bucket {
     }
 }
 
+/// Where a node's frames go.
+#[derive(Clone)]
+enum Dest {
+    /// Its UDP address (registered over QUIC).
+    Udp(SocketAddr),
+    /// Its TLS stream's writer (registered over TCP).
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+/// Who sent a frame.
+enum Sender {
+    /// From this UDP address.
+    Udp(SocketAddr),
+    /// On this node's TCP stream.
+    Node(RawIdentity),
+}
+
 struct Node {
-    id: RawIdentity,
-    conn_id: usize,
+    registration: u64,
+    dest: Dest,
     bucket: Option<Bucket>,
     forwarded: u64,
     cut: bool,
@@ -132,8 +151,8 @@ struct Node {
 
 #[derive(Default)]
 struct Registry {
-    by_addr: HashMap<SocketAddr, Node>,
-    by_id: HashMap<RawIdentity, SocketAddr>,
+    nodes: HashMap<RawIdentity, Node>,
+    by_addr: HashMap<SocketAddr, RawIdentity>,
     /// Bytes each node had forwarded in its current byte-limit window, kept across
     /// registrations (only when there is a byte limit).
     spent: HashMap<RawIdentity, (Instant, u64)>,
@@ -151,15 +170,39 @@ impl Registry {
             self.spent.entry(id).or_insert((now, 0)).1 = bytes;
         }
     }
+
+    fn remove(&mut self, id: &RawIdentity) -> Option<Node> {
+        let node = self.nodes.remove(id)?;
+        if let Dest::Udp(addr) = &node.dest {
+            self.by_addr.remove(addr);
+        }
+        Some(node)
+    }
+}
+
+/// How to close a registration from outside its task.
+enum Closer {
+    Quic(quinn::Connection),
+    Tcp(CancellationToken),
 }
 
 struct Shared {
     config: RelayConfig,
     registry: Mutex<Registry>,
     counters: Counters,
-    /// Connections to close for going over their byte limit (closed from a task, not from the
-    /// socket's receive path).
-    cut: mpsc::UnboundedSender<usize>,
+    next_registration: AtomicU64,
+    /// Registrations to close for going over their byte limit (closed from a task, not from
+    /// the socket's receive path).
+    cut: mpsc::UnboundedSender<u64>,
+    closers: Mutex<HashMap<u64, Closer>>,
+    /// The UDP socket, for frames arriving over TCP for a UDP node.
+    udp: OnceLock<Arc<dyn AsyncUdpSocket>>,
+}
+
+/// Where to send a forwarded frame.
+enum Forward {
+    Udp(SocketAddr),
+    Tcp(mpsc::Sender<Vec<u8>>),
 }
 
 impl Shared {
@@ -167,23 +210,84 @@ impl Shared {
         self.registry.lock().expect("registry lock poisoned")
     }
 
-    /// Forwards one data frame from `from`, rewriting its header in place. Returns where to send
-    /// it, or None to drop it.
-    fn route(&self, from: SocketAddr, frame: &mut [u8], now: Instant) -> Option<SocketAddr> {
-        let Ok(Frame::Data { peer: dest, payload }) = Frame::parse(frame) else {
-            self.counters.dropped_frames.fetch_add(1, Ordering::Relaxed);
-            return None;
-        };
+    /// Registers `id` (replacing an older registration of it). Err: why it is refused.
+    fn register(&self, id: RawIdentity, dest: Dest, registration: u64, closer: Closer) -> Result<(), &'static str> {
+        let mut registry = self.registry();
+        if registry.nodes.len() >= MAX_NODES && !registry.nodes.contains_key(&id) {
+            return Err("the relay is full");
+        }
+        let now = Instant::now();
+        // What the node spent in this window: in earlier registrations, and in one still open
+        // (it restarted, or its old connection is dying; this one replaces it).
+        let mut spent = registry.spent(&id, now);
+        if let Some(old) = registry.remove(&id) {
+            spent = spent.max(old.forwarded);
+        }
+        if self.config.max_bytes.is_some_and(|max| spent >= max) {
+            registry.remember_spent(id, spent, now);
+            return Err("over the relay's byte limit");
+        }
+        if let Dest::Udp(addr) = &dest {
+            registry.by_addr.insert(*addr, id);
+        }
+        let bucket = self.config.max_mbps.map(Bucket::new);
+        registry.nodes.insert(id, Node { registration, dest, bucket, forwarded: spent, cut: false });
+        drop(registry);
+        self.closers.lock().expect("closer lock poisoned").insert(registration, closer);
+        Ok(())
+    }
+
+    /// Ends a registration (if it is still the node's current one).
+    fn unregister(&self, id: &RawIdentity, registration: u64) {
+        self.closers.lock().expect("closer lock poisoned").remove(&registration);
+        let mut registry = self.registry();
+        if registry.nodes.get(id).is_some_and(|n| n.registration == registration) {
+            let node = registry.remove(id).expect("checked above");
+            if self.config.max_bytes.is_some() {
+                registry.remember_spent(*id, node.forwarded, Instant::now());
+            }
+        }
+    }
+
+    /// A UDP node's NAT gave it a new address (rebinding): its frames come from there now.
+    fn moved(&self, id: &RawIdentity, registration: u64, to: SocketAddr) {
+        let mut registry = self.registry();
+        let Some(node) = registry.nodes.get_mut(id).filter(|n| n.registration == registration) else { return };
+        let Dest::Udp(old) = std::mem::replace(&mut node.dest, Dest::Udp(to)) else { return };
+        registry.by_addr.remove(&old);
+        registry.by_addr.insert(to, *id);
+    }
+
+    fn online(&self, id: &RawIdentity) -> bool {
+        self.registry().nodes.contains_key(id)
+    }
+
+    fn drop_frame(&self) -> Option<Forward> {
+        self.counters.dropped_frames.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Routes one data frame, rewriting its header in place to name the sender. Returns where
+    /// to send it, or None to drop it.
+    fn route(&self, from: Sender, frame: &mut [u8], now: Instant) -> Option<Forward> {
+        let Ok(Frame::Data { peer: dest, payload }) = Frame::parse(frame) else { return self.drop_frame() };
         let payload_len = payload.len();
         let mut registry = self.registry();
-        let Some(&to) = registry.by_id.get(&dest) else {
-            self.counters.dropped_frames.fetch_add(1, Ordering::Relaxed);
-            return None;
+        let source = match from {
+            Sender::Udp(addr) => match registry.by_addr.get(&addr) {
+                Some(id) => *id,
+                None => return self.drop_frame(),
+            },
+            Sender::Node(id) => id,
         };
-        let Some(sender) = registry.by_addr.get_mut(&from).filter(|n| !n.cut) else {
-            self.counters.dropped_frames.fetch_add(1, Ordering::Relaxed);
-            return None;
+        let to = match registry.nodes.get(&dest) {
+            Some(node) => match &node.dest {
+                Dest::Udp(addr) => Forward::Udp(*addr),
+                Dest::Tcp(writer) => Forward::Tcp(writer.clone()),
+            },
+            None => return self.drop_frame(),
         };
+        let Some(sender) = registry.nodes.get_mut(&source).filter(|n| !n.cut) else { return self.drop_frame() };
         if let Some(bucket) = &mut sender.bucket
             && !bucket.take(frame.len(), now)
         {
@@ -194,15 +298,31 @@ impl Shared {
         if self.config.max_bytes.is_some_and(|max| sender.forwarded > max) {
             sender.cut = true;
             self.counters.cut_off.fetch_add(1, Ordering::Relaxed);
-            let _ = self.cut.send(sender.conn_id);
+            let _ = self.cut.send(sender.registration);
             return None;
         }
-        let source = sender.id;
         drop(registry);
         frame::write_data_header(frame, &source);
         self.counters.forwarded_frames.fetch_add(1, Ordering::Relaxed);
         self.counters.forwarded_bytes.fetch_add(payload_len as u64, Ordering::Relaxed);
         Some(to)
+    }
+
+    /// Sends a routed frame on its way; a full queue or socket buffer drops it, as a congested
+    /// link would.
+    fn forward(&self, to: Forward, frame: &[u8], src_ip: Option<std::net::IpAddr>) {
+        match to {
+            Forward::Udp(addr) => {
+                let Some(udp) = self.udp.get() else { return };
+                let transmit = Transmit { destination: addr, ecn: None, contents: frame, segment_size: None, src_ip };
+                if let Err(error) = udp.try_send(&transmit) {
+                    tracing::trace!(%addr, %error, "frame not forwarded");
+                }
+            }
+            Forward::Tcp(writer) => {
+                let _ = writer.try_send(stream::encode(stream::DATA, frame));
+            }
+        }
     }
 }
 
@@ -258,17 +378,8 @@ impl AsyncUdpSocket for RelaySocket {
                 let from = meta[i].addr;
                 let stride = meta[i].stride.max(1);
                 for segment in bufs[i][..len].chunks_mut(stride) {
-                    let Some(to) = self.shared.0.route(from, segment, now) else { continue };
-                    let transmit = Transmit {
-                        destination: to,
-                        ecn: None,
-                        contents: segment,
-                        segment_size: None,
-                        src_ip: meta[i].dst_ip,
-                    };
-                    if let Err(error) = self.inner.try_send(&transmit) {
-                        // A full send buffer drops the frame, as a congested link would.
-                        tracing::trace!(%to, %error, "frame not forwarded");
+                    if let Some(to) = self.shared.0.route(Sender::Udp(from), segment, now) {
+                        self.shared.0.forward(to, segment, meta[i].dst_ip);
                     }
                 }
             }
@@ -316,19 +427,25 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts a relay with `identity` on `listen` (UDP).
+    /// Starts a relay with `identity` on `listen`: QUIC and data frames on the UDP port, TLS
+    /// over TCP on the same port number.
     pub async fn spawn(identity: Identity, listen: SocketAddr, config: RelayConfig) -> Result<Self, ListenError> {
         let bind_err = |source| ListenError { addr: listen, source };
         let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
         quic::enlarge_socket_buffers(&socket);
+        let tcp = tokio::net::TcpListener::bind(socket.local_addr().map_err(bind_err)?).await.map_err(bind_err)?;
         let inner = TokioRuntime.wrap_udp_socket(socket).map_err(bind_err)?;
         let (cut_tx, mut cut_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(SharedHandle(Shared {
             config,
             registry: Mutex::default(),
             counters: Counters::default(),
+            next_registration: AtomicU64::new(1),
             cut: cut_tx,
+            closers: Mutex::default(),
+            udp: OnceLock::new(),
         }));
+        let _ = shared.0.udp.set(inner.clone());
         let identity = Arc::new(identity);
         let me = identity.to_remote_identity();
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
@@ -340,27 +457,37 @@ impl Relay {
         .map_err(bind_err)?;
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
-        let connections: Arc<Mutex<HashMap<usize, quinn::Connection>>> = Arc::default();
 
-        let (accepting, inner_tasks, conns) = (endpoint.clone(), tasks.clone(), connections.clone());
-        let (serving, stop) = (shared.clone(), cancel.clone());
+        let (accepting, inner_tasks, serving, stop) = (endpoint.clone(), tasks.clone(), shared.clone(), cancel.clone());
         tasks.spawn(async move {
             while let Some(Some(incoming)) = stop.run_until_cancelled(accepting.accept()).await {
-                let (shared, conns, stop) = (serving.clone(), conns.clone(), stop.clone());
+                let (shared, stop) = (serving.clone(), stop.clone());
                 inner_tasks.spawn(async move {
-                    stop.run_until_cancelled(serve(incoming, shared, conns)).await;
+                    stop.run_until_cancelled(serve_quic(incoming, shared)).await;
                 });
             }
         });
-        let stop = cancel.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&identity)));
+        let (inner_tasks, serving, stop) = (tasks.clone(), shared.clone(), cancel.clone());
         tasks.spawn(async move {
-            while let Some(Some(conn_id)) = stop.run_until_cancelled(cut_rx.recv()).await {
-                if let Some(conn) = connections.lock().expect("connection lock poisoned").get(&conn_id) {
-                    conn.close(OVER_LIMIT, b"over the relay's byte limit");
+            while let Some(Ok((stream, addr))) = stop.run_until_cancelled(tcp.accept()).await {
+                let (shared, stop, acceptor) = (serving.clone(), stop.clone(), acceptor.clone());
+                inner_tasks.spawn(async move {
+                    stop.run_until_cancelled(serve_tcp(stream, addr, acceptor, shared)).await;
+                });
+            }
+        });
+        let (stop, closing) = (cancel.clone(), shared.clone());
+        tasks.spawn(async move {
+            while let Some(Some(registration)) = stop.run_until_cancelled(cut_rx.recv()).await {
+                match closing.0.closers.lock().expect("closer lock poisoned").get(&registration) {
+                    Some(Closer::Quic(conn)) => conn.close(OVER_LIMIT, b"over the relay's byte limit"),
+                    Some(Closer::Tcp(token)) => token.cancel(),
+                    None => {}
                 }
             }
         });
-        tracing::info!(identity = %me, %local_addr, "relay listening");
+        tracing::info!(identity = %me, %local_addr, "relay listening (UDP and TCP)");
         Ok(Self { identity: me, local_addr, endpoint, shared, tasks, cancel })
     }
 
@@ -369,7 +496,7 @@ impl Relay {
         self.identity
     }
 
-    /// The bound address.
+    /// The bound address (UDP and TCP).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -378,7 +505,7 @@ impl Relay {
     pub fn stats(&self) -> RelayStats {
         let c = &self.shared.0.counters;
         RelayStats {
-            nodes: self.shared.0.registry().by_id.len() as u64,
+            nodes: self.shared.0.registry().nodes.len() as u64,
             refused: c.refused.load(Ordering::Relaxed),
             forwarded_frames: c.forwarded_frames.load(Ordering::Relaxed),
             forwarded_bytes: c.forwarded_bytes.load(Ordering::Relaxed),
@@ -388,7 +515,7 @@ impl Relay {
         }
     }
 
-    /// Closes every connection and stops; the port is free when it returns.
+    /// Closes every connection and stops; the ports are free when it returns.
     pub async fn shutdown(self) {
         self.endpoint.close(VarInt::from_u32(0), b"relay shutting down");
         self.cancel.cancel();
@@ -398,24 +525,41 @@ impl Relay {
     }
 }
 
-/// Serves one node's connection: registration, then lookups until it closes.
-async fn serve(
-    incoming: quinn::Incoming,
-    shared: Arc<SharedHandle>,
-    conns: Arc<Mutex<HashMap<usize, quinn::Connection>>>,
-) {
+/// Checks a node's identity and token and registers it. Err: the reason it is refused.
+fn admit(shared: &Shared, node: Option<RemoteIdentity>, request: Request) -> Result<RemoteIdentity, &'static str> {
+    let node = node.ok_or("no identity")?;
+    if !shared.config.allow.is_empty() && !shared.config.allow.contains(&node) {
+        return Err("not on the relay's allow-list");
+    }
+    match request {
+        Request::Register { token } if shared.config.token.is_none() || token == shared.config.token => Ok(node),
+        Request::Register { .. } => Err("wrong or missing token"),
+        _ => Err("the first request must be a registration"),
+    }
+}
+
+fn refused(shared: &Shared, addr: SocketAddr, reason: &str) {
+    shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%addr, reason, "registration refused");
+}
+
+/// Serves one node's QUIC connection: registration, then lookups until it closes.
+async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
     let shared = &shared.0;
     let Ok(Ok(conn)) = tokio::time::timeout(warren::p2p::HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await
     else {
         return;
     };
+    let mut addr = conn.remote_address();
     let refuse = |reason: &str| {
-        shared.counters.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(addr = %conn.remote_address(), reason, "registration refused");
+        refused(shared, addr, reason);
         conn.close(REFUSED, reason.as_bytes());
     };
-    let Some(node) = tls::peer_identity(&conn) else { return refuse("no identity") };
-    if !shared.config.allow.is_empty() && !shared.config.allow.contains(&node) {
+    let identity = tls::peer_identity(&conn);
+    if let (Some(node), false) = (identity, shared.config.allow.is_empty())
+        && !shared.config.allow.contains(&node)
+    {
+        // Refused before reading anything from it.
         return refuse("not on the relay's allow-list");
     }
     let registration = tokio::time::timeout(REGISTER_TIMEOUT, async {
@@ -424,51 +568,20 @@ async fn serve(
         Ok::<_, String>((send, request))
     })
     .await;
-    let (mut send, token) = match registration {
-        Ok(Ok((send, Request::Register { token }))) => (send, token),
-        Ok(Ok(_)) => return refuse("the first request must be a registration"),
-        Ok(Err(_)) | Err(_) => return refuse("no registration"),
-    };
-    if shared.config.token.is_some() && token != shared.config.token {
-        let _ = control::write(&mut send, &Response::Refused { reason: "wrong or missing token".into() }).await;
-        let _ = send.finish();
-        return refuse("wrong or missing token");
-    }
-    let conn_id = conn.stable_id();
-    let mut addr = conn.remote_address();
-    let over_limit = {
-        let mut registry = shared.registry();
-        if registry.by_id.len() >= MAX_NODES && !registry.by_id.contains_key(node.as_bytes()) {
-            drop(registry);
-            return refuse("the relay is full");
-        }
-        let now = Instant::now();
-        // What the node spent in this window: in earlier registrations, and in a registration
-        // still open (it restarted, or its old connection is dying; this one replaces it).
-        let mut spent = registry.spent(node.as_bytes(), now);
-        if let Some(old) = registry.by_id.get(node.as_bytes()).copied() {
-            if let Some(entry) = registry.by_addr.remove(&old) {
-                spent = spent.max(entry.forwarded);
-            }
-            registry.by_id.remove(node.as_bytes());
-        }
-        if shared.config.max_bytes.is_some_and(|max| spent >= max) {
-            registry.remember_spent(*node.as_bytes(), spent, now);
-            true
-        } else {
-            registry.by_id.insert(*node.as_bytes(), addr);
-            let bucket = shared.config.max_mbps.map(Bucket::new);
-            registry.by_addr.insert(addr, Node { id: *node.as_bytes(), conn_id, bucket, forwarded: spent, cut: false });
-            false
+    let Ok(Ok((mut send, request))) = registration else { return refuse("no registration") };
+    let registered = admit(shared, identity, request).and_then(|node| {
+        let id = shared.next_registration.fetch_add(1, Ordering::Relaxed);
+        shared.register(*node.as_bytes(), Dest::Udp(addr), id, Closer::Quic(conn.clone())).map(|()| (node, id))
+    });
+    let (node, registration) = match registered {
+        Ok(registered) => registered,
+        Err(reason) => {
+            let _ = control::write(&mut send, &Response::Refused { reason: reason.into() }).await;
+            let _ = send.finish();
+            return refuse(reason);
         }
     };
-    if over_limit {
-        let _ = control::write(&mut send, &Response::Refused { reason: "over the relay's byte limit".into() }).await;
-        let _ = send.finish();
-        return refuse("over the relay's byte limit");
-    }
-    conns.lock().expect("connection lock poisoned").insert(conn_id, conn.clone());
-    tracing::debug!(%node, %addr, "node registered");
+    tracing::debug!(%node, %addr, "node registered over QUIC");
     if control::write(&mut send, &Response::Registered { observed: addr }).await.is_ok() {
         let _ = send.finish();
         loop {
@@ -476,37 +589,97 @@ async fn serve(
                 stream = conn.accept_bi() => {
                     let Ok((mut send, mut recv)) = stream else { break };
                     let Ok(Request::Lookup { peer }) = control::read::<_, Request>(&mut recv).await else { continue };
-                    let online = shared.registry().by_id.contains_key(peer.as_bytes());
+                    let online = shared.online(peer.as_bytes());
                     let _ = control::write(&mut send, &Response::Lookup { online }).await;
                     let _ = send.finish();
                 }
-                // The node's NAT may give it a new address (rebinding): frames come from there now.
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
                     let now = conn.remote_address();
                     if now != addr {
-                        let mut registry = shared.registry();
-                        if let Some(entry) = registry.by_addr.remove(&addr) {
-                            registry.by_addr.insert(now, entry);
-                            registry.by_id.insert(*node.as_bytes(), now);
-                        }
+                        shared.moved(node.as_bytes(), registration, now);
                         addr = now;
                     }
                 }
             }
         }
     }
-    conns.lock().expect("connection lock poisoned").remove(&conn_id);
-    let mut registry = shared.registry();
-    if registry.by_addr.get(&addr).is_some_and(|n| n.conn_id == conn_id) {
-        let entry = registry.by_addr.remove(&addr).expect("checked above");
-        if shared.config.max_bytes.is_some() {
-            registry.remember_spent(entry.id, entry.forwarded, Instant::now());
-        }
-        if registry.by_id.get(node.as_bytes()) == Some(&addr) {
-            registry.by_id.remove(node.as_bytes());
-        }
-    }
+    shared.unregister(node.as_bytes(), registration);
     tracing::debug!(%node, "node left");
+}
+
+/// Serves one node's TLS stream over TCP: registration, then frames and lookups.
+async fn serve_tcp(
+    stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<SharedHandle>,
+) {
+    let shared = &shared.0;
+    let _ = stream.set_nodelay(true);
+    let Ok(Ok(tls)) = tokio::time::timeout(warren::p2p::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
+        return;
+    };
+    let identity = tls::peer_identity_tls(tls.get_ref().1);
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let first = tokio::time::timeout(REGISTER_TIMEOUT, stream::read(&mut reader)).await;
+    let request = match first {
+        Ok(Ok(Record::Control(body))) => control::decode::<Request>(&body).ok(),
+        _ => None,
+    };
+    let Some(request) = request else { return refused(shared, addr, "no registration") };
+    let (queue, mut queued) = mpsc::channel::<Vec<u8>>(stream::QUEUE);
+    let cut = CancellationToken::new();
+    let registered = admit(shared, identity, request).and_then(|node| {
+        let id = shared.next_registration.fetch_add(1, Ordering::Relaxed);
+        shared.register(*node.as_bytes(), Dest::Tcp(queue.clone()), id, Closer::Tcp(cut.clone())).map(|()| (node, id))
+    });
+    let (node, registration) = match registered {
+        Ok(registered) => registered,
+        Err(reason) => {
+            if let Ok(record) = stream::control(&Response::Refused { reason: reason.into() }) {
+                let _ = writer.write_all(&record).await;
+            }
+            let _ = writer.shutdown().await;
+            return refused(shared, addr, reason);
+        }
+    };
+    tracing::debug!(%node, %addr, "node registered over TCP");
+    let Ok(welcome) = stream::control(&Response::Registered { observed: addr }) else { return };
+    let _ = queue.try_send(welcome);
+    let writing = async {
+        while let Some(record) = queued.recv().await {
+            if writer.write_all(&record).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reading = async {
+        loop {
+            match stream::read(&mut reader).await {
+                Ok(Record::Data(mut frame)) => {
+                    if let Some(to) = shared.route(Sender::Node(*node.as_bytes()), &mut frame, Instant::now()) {
+                        shared.forward(to, &frame, None);
+                    }
+                }
+                Ok(Record::Control(body)) => {
+                    let Ok(Request::Lookup { peer }) = control::decode::<Request>(&body) else { continue };
+                    let online = shared.online(peer.as_bytes());
+                    let Ok(answer) = stream::control(&Response::Lookup { online }) else { continue };
+                    if queue.send(answer).await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    };
+    tokio::select! {
+        _ = writing => {}
+        _ = reading => {}
+        _ = cut.cancelled() => {}
+    }
+    shared.unregister(node.as_bytes(), registration);
+    tracing::debug!(%node, "node left (TCP)");
 }
 
 #[cfg(test)]

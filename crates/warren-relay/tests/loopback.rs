@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
-use warren::relay::client::{RelayClient, RelayConfig as ClientConfig, RelayError};
+use warren::relay::client::{RelayClient, RelayConfig as ClientConfig, RelayError, RelayTransport};
 use warren::transport::paths::Path;
 use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
@@ -71,12 +71,26 @@ fn mbps(len: usize, took: Duration) -> f64 {
 }
 
 async fn node_full(identity: Identity, relay: &Relay, token: Option<&str>, punching: bool) -> (P2P, RelayClient) {
+    node_over(identity, relay, token, punching, RelayTransport::Auto).await
+}
+
+async fn node_over(
+    identity: Identity,
+    relay: &Relay,
+    token: Option<&str>,
+    punching: bool,
+    transport: RelayTransport,
+) -> (P2P, RelayClient) {
     let p2p = P2P::new("warren-test", identity);
     let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
     quic.set_hole_punching(punching);
     p2p.register_protocol(SINK, sink).unwrap();
     warren::ping::register(&p2p).unwrap();
-    let config = ClientConfig { identity: relay.identity(), addr: relay.local_addr(), token: token.map(str::to_owned) };
+    let config = ClientConfig {
+        token: token.map(str::to_owned),
+        transport,
+        ..ClientConfig::new(relay.identity(), relay.local_addr())
+    };
     let client = RelayClient::spawn(&p2p, &quic, config);
     (p2p, client)
 }
@@ -289,4 +303,27 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
         node.shutdown().await;
     }
     second.shutdown().await;
+}
+
+/// Over TCP (TLS), as on networks that block UDP: a node registered over TCP and one over UDP
+/// reach each other by identity through the relay, both ways, and bulk data crosses intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_over_tcp() {
+    let relay = relay(RelayConfig::default()).await;
+    let (a, ca) = node_over(Identity::generate(), &relay, None, false, RelayTransport::Tcp).await;
+    let (b, cb) = node_over(Identity::generate(), &relay, None, false, RelayTransport::Udp).await;
+    let observed = ca.wait_registered(HANG).await.unwrap();
+    cb.wait_registered(HANG).await.unwrap();
+    assert_eq!(observed.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+    warren::ping::ping(&a, b.remote_identity(), 2).await.unwrap();
+    warren::ping::ping(&b, a.remote_identity(), 2).await.unwrap();
+    assert!(matches!(a.open_connection(&b.remote_identity()).unwrap().path(), Path::Relayed { .. }));
+    let took = send(&a, &b, 2 * 1024 * 1024).await.unwrap();
+    let took_back = send(&b, &a, 2 * 1024 * 1024).await.unwrap();
+    println!("2 MiB over TCP+UDP relay: {:.0} and {:.0} Mbit/s", mbps(2 << 20, took), mbps(2 << 20, took_back));
+    assert!(relay.stats().forwarded_bytes > 4 * 1024 * 1024);
+    for node in [a, b] {
+        node.shutdown().await;
+    }
+    relay.shutdown().await;
 }

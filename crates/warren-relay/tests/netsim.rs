@@ -76,11 +76,7 @@ where
     }
     sim.start().unwrap();
     let relay_identity = Identity::generate();
-    let config = ClientConfig {
-        identity: relay_identity.to_remote_identity(),
-        addr: (RELAY_IP, RELAY_PORT).into(),
-        token: None,
-    };
+    let config = ClientConfig::new(relay_identity.to_remote_identity(), (RELAY_IP, RELAY_PORT).into());
     let (ready_tx, ready) = mpsc::channel();
     let (stop_relay, relay_stop) = tokio::sync::oneshot::channel::<()>();
     let relay_task = relay.spawn(move || async move {
@@ -205,4 +201,20 @@ fn the_relay_cannot_read_what_it_forwards() {
     assert!(udp.len() > payload.len(), "{} bytes captured", udp.len());
     let leaks = udp.windows(MARKER.len()).filter(|w| *w == MARKER).count();
     assert_eq!(leaks, 0, "the payload's marker appears {leaks} times in what the relay saw");
+}
+
+/// A node on a network that blocks UDP (TCP only, through a symmetric NAT) registers with the
+/// relay over TCP after its QUIC attempt gets no answer, and a peer behind a home NAT reaches
+/// it by identity through the relay; data crosses intact.
+#[test]
+fn a_node_behind_a_udp_blocking_network_is_reached_over_tcp() {
+    let run = run_pair(NatKind::UdpBlocked, NatKind::PortRestricted, PairLinks::default(), None, |p2p, a| async move {
+        let data = pseudo_random(1024 * 1024, 3);
+        let (hash, count) = send(&p2p, a, &data).await?;
+        anyhow::ensure!(count == data.len() as u64 && hash == *blake3::hash(&data).as_bytes());
+        let path = p2p.open_connection(&a).map(|c| c.path());
+        anyhow::ensure!(matches!(path, Some(Path::Relayed { .. })), "expected relayed, got {path:?}");
+        Ok(())
+    });
+    assert!(run.relay_stats.forwarded_bytes >= 1024 * 1024, "{:?}", run.relay_stats);
 }

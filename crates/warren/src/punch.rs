@@ -100,7 +100,8 @@ pub(crate) fn register(p2p: &P2P) {
 /// This node's candidate addresses: the socket's addresses on each interface, and the
 /// reflexive address the relay reported.
 fn candidates(paths: &Paths) -> (Vec<SocketAddr>, Option<SocketAddr>) {
-    let reflexive = paths.relay().map(|r| r.observed);
+    // Over TCP the relay sees a TCP mapping, which says nothing about the UDP one.
+    let reflexive = paths.relay().filter(|r| !r.link.is_tcp()).map(|r| r.observed);
     let Ok(local) = paths.local_addr() else { return (Vec::new(), reflexive) };
     let mut out = Vec::new();
     if local.ip().is_unspecified() {

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod control;
 pub mod frame;
+pub mod stream;
 
 /// Fuzzing entry point (the `relay_wire` target): `data` as a datagram, as a control message
 /// either way, and as a hole-punching message. Never panics; a data frame that parses

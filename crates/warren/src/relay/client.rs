@@ -1,14 +1,18 @@
 //! The node's side of a relay: register, keep the registration, reconnect with backoff.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::control::{self, Request, Response};
+use super::frame::Frame;
+use super::stream::{self, Record};
 use crate::p2p::{BoxFuture, Event, Hook};
 use crate::transport::paths::RelayRoute;
 use crate::transport::quic::QuicTransport;
@@ -27,15 +31,39 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between reconnection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// How to reach the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayTransport {
+    /// QUIC over UDP; if that gets no answer within [`UDP_FIRST`], TLS over TCP.
+    #[default]
+    Auto,
+    /// QUIC over UDP only.
+    Udp,
+    /// TLS over TCP only (networks that block UDP).
+    Tcp,
+}
+
+/// How long a QUIC handshake with the relay may take before `Auto` tries TCP.
+pub const UDP_FIRST: Duration = Duration::from_secs(3);
+
 /// Which relay to use, and how to get in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayConfig {
     /// The relay's identity (checked in the handshake).
     pub identity: RemoteIdentity,
-    /// Its UDP address.
+    /// Its address (the same port serves UDP and TCP).
     pub addr: SocketAddr,
     /// Its access token, if it asks for one.
     pub token: Option<String>,
+    /// UDP, TCP, or UDP then TCP.
+    pub transport: RelayTransport,
+}
+
+impl RelayConfig {
+    /// The relay `identity` at `addr`, no token, UDP then TCP.
+    pub fn new(identity: RemoteIdentity, addr: SocketAddr) -> Self {
+        Self { identity, addr, token: None, transport: RelayTransport::Auto }
+    }
 }
 
 impl std::str::FromStr for RelayConfig {
@@ -46,7 +74,7 @@ impl std::str::FromStr for RelayConfig {
         let (id, addr) = s.split_once('@').ok_or_else(|| format!("{s:?} is not IDENTITY@ADDRESS"))?;
         let identity = id.parse().map_err(|e| format!("relay identity {id:?}: {e}"))?;
         let addr = addr.parse().map_err(|e| format!("relay address {addr:?}: {e}"))?;
-        Ok(Self { identity, addr, token: None })
+        Ok(Self::new(identity, addr))
     }
 }
 
@@ -153,21 +181,23 @@ impl RelayClient {
         let config = &self.inner.config;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match register(&transport, config).await {
-                Ok((conn, observed)) => {
+            match self.register(&p2p, &transport).await {
+                Ok(Registration { link, observed, closed }) => {
                     backoff = FIRST_BACKOFF;
                     *self.inner.last_error.lock().expect("relay lock poisoned") = None;
+                    let over = if link.is_tcp() { "TCP" } else { "UDP" };
                     transport.paths().set_relay(Some(RelayRoute {
                         identity: config.identity,
                         addr: config.addr,
                         observed,
-                        conn: conn.clone(),
+                        link: link.clone(),
                     }));
                     self.inner.state.send_replace(Status::Registered(observed));
-                    tracing::info!(relay = %config.addr, %observed, "registered with relay");
+                    tracing::info!(relay = %config.addr, %observed, over, "registered with relay");
                     p2p.emit_event(Event::RelayConnected { relay: config.identity, addr: config.addr, observed });
-                    let reason = conn.closed().await.to_string();
+                    let reason = closed.await;
                     transport.paths().set_relay(None);
+                    link.close();
                     self.inner.state.send_replace(Status::Connecting);
                     tracing::info!(relay = %config.addr, %reason, "lost the relay");
                     p2p.emit_event(Event::RelayDisconnected { relay: config.identity, reason });
@@ -190,18 +220,177 @@ impl RelayClient {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+
+    async fn register(&self, p2p: &P2P, transport: &QuicTransport) -> Result<Registration, RelayError> {
+        let config = &self.inner.config;
+        match config.transport {
+            RelayTransport::Udp => register_quic(transport, config, crate::p2p::HANDSHAKE_TIMEOUT).await,
+            RelayTransport::Tcp => self.register_tcp(p2p, transport).await,
+            RelayTransport::Auto => match register_quic(transport, config, UDP_FIRST).await {
+                Err(RelayError::Failed(udp)) => self.register_tcp(p2p, transport).await.map_err(|e| match e {
+                    RelayError::Failed(tcp) => RelayError::Failed(format!("over UDP: {udp}; over TCP: {tcp}")),
+                    other => other,
+                }),
+                other => other,
+            },
+        }
+    }
+
+    async fn register_tcp(&self, p2p: &P2P, transport: &QuicTransport) -> Result<Registration, RelayError> {
+        let config = &self.inner.config;
+        let failed = |e: &dyn std::fmt::Display| RelayError::Failed(e.to_string());
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(config.addr).await.map_err(|e| failed(&e))?;
+            let _ = tcp.set_nodelay(true);
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(p2p.identity())));
+            let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).map_err(|e| failed(&e))?;
+            connector.connect(name, tcp).await.map_err(|e| failed(&e))
+        };
+        let tls = tokio::time::timeout(crate::p2p::HANDSHAKE_TIMEOUT, connect)
+            .await
+            .map_err(|_| RelayError::Failed("TCP/TLS handshake timed out".into()))??;
+        if tls::peer_identity_tls(tls.get_ref().1) != Some(config.identity) {
+            return Err(RelayError::Failed(format!("{} is not the relay {}", config.addr, config.identity)));
+        }
+        let (mut reader, mut writer) = tokio::io::split(tls);
+        let register = stream::control(&Request::Register { token: config.token.clone() }).map_err(|e| failed(&e))?;
+        let answer = async {
+            writer.write_all(&register).await.map_err(|e| failed(&e))?;
+            loop {
+                match stream::read(&mut reader).await {
+                    Ok(Record::Control(body)) => break control::decode::<Response>(&body).map_err(|e| failed(&e)),
+                    // A peer's frame can overtake the answer: registration is already done.
+                    Ok(Record::Data(frame)) => {
+                        if let Ok(Frame::Data { peer, payload }) = Frame::parse(&frame) {
+                            transport.paths().deliver_relayed(&peer, payload);
+                        }
+                    }
+                    Err(error) => break Err(RelayError::Failed(format!("no registration answer: {error}"))),
+                }
+            }
+        };
+        let observed = match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+            Err(_) => return Err(RelayError::Failed("the relay did not answer".into())),
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(Response::Registered { observed })) => observed,
+            Ok(Ok(Response::Refused { reason })) => return Err(RelayError::Refused(reason)),
+            Ok(Ok(other)) => return Err(RelayError::Failed(format!("unexpected answer {other:?}"))),
+        };
+        let (records, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(stream::QUEUE);
+        let lookups: Arc<Mutex<VecDeque<oneshot::Sender<bool>>>> = Arc::default();
+        let (closed_tx, closed) = oneshot::channel::<String>();
+        let cancel = self.inner.cancel.clone();
+        p2p.spawn(self.inner.tasks.track_future(async move {
+            while let Some(record) = queued.recv().await {
+                if writer.write_all(&record).await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+        }));
+        let (paths, answers) = (transport.paths().clone(), lookups.clone());
+        p2p.spawn(self.inner.tasks.track_future(async move {
+            let reason = cancel
+                .run_until_cancelled(async {
+                    loop {
+                        match stream::read(&mut reader).await {
+                            Ok(Record::Data(frame)) => {
+                                if let Ok(Frame::Data { peer, payload }) = Frame::parse(&frame) {
+                                    paths.deliver_relayed(&peer, payload);
+                                }
+                            }
+                            Ok(Record::Control(body)) => {
+                                if let Ok(Response::Lookup { online }) = control::decode::<Response>(&body) {
+                                    let waiting = answers.lock().expect("lookup lock poisoned").pop_front();
+                                    if let Some(waiting) = waiting {
+                                        let _ = waiting.send(online);
+                                    }
+                                }
+                            }
+                            Err(error) => break format!("relay stream closed: {error}"),
+                        }
+                    }
+                })
+                .await;
+            let _ = closed_tx.send(reason.unwrap_or_else(|| "shutting down".into()));
+        }));
+        let closed = Box::pin(async move { closed.await.unwrap_or_else(|_| "relay stream closed".into()) });
+        Ok(Registration { link: RelayLink::Tcp(TcpLink { records, lookups }), observed, closed })
+    }
 }
 
-async fn register(
+/// A registration: how to reach the relay, what it saw, and a future that ends (with the
+/// reason) when the link is lost.
+struct Registration {
+    link: RelayLink,
+    observed: SocketAddr,
+    closed: BoxFuture<'static, String>,
+}
+
+/// How a registered node talks to its relay.
+#[derive(Debug, Clone)]
+pub(crate) enum RelayLink {
+    /// The QUIC connection; data frames go beside it on the same UDP socket.
+    Quic(quinn::Connection),
+    /// The TLS stream over TCP; data frames go in it.
+    Tcp(TcpLink),
+}
+
+/// The sending half of a TCP link.
+#[derive(Debug, Clone)]
+pub(crate) struct TcpLink {
+    /// Records for the writer task.
+    pub(crate) records: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Lookups waiting for their answers, in order.
+    lookups: Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>,
+}
+
+impl RelayLink {
+    pub(crate) fn is_tcp(&self) -> bool {
+        matches!(self, RelayLink::Tcp(_))
+    }
+
+    /// Asks the relay whether it serves `peer`.
+    pub(crate) async fn lookup(&self, peer: RemoteIdentity) -> Result<bool, String> {
+        match self {
+            RelayLink::Quic(conn) => lookup(conn, peer).await,
+            RelayLink::Tcp(tcp) => {
+                let record = stream::control(&Request::Lookup { peer }).map_err(|e| e.to_string())?;
+                let (tx, rx) = oneshot::channel();
+                {
+                    // Queued and sent under one lock, so answers come back in queue order.
+                    let mut waiting = tcp.lookups.lock().expect("lookup lock poisoned");
+                    tcp.records.try_send(record).map_err(|_| "the relay link is congested".to_owned())?;
+                    waiting.push_back(tx);
+                }
+                tokio::time::timeout(REQUEST_TIMEOUT, rx)
+                    .await
+                    .map_err(|_| "the relay did not answer".to_owned())?
+                    .map_err(|_| "the relay link closed".to_owned())
+            }
+        }
+    }
+
+    /// Closes the link.
+    pub(crate) fn close(&self) {
+        if let RelayLink::Quic(conn) = self {
+            conn.close(crate::connection::codes::CLOSED, b"closed");
+        }
+        // A TCP link closes when its last sender is dropped (the writer then shuts it down).
+    }
+}
+
+async fn register_quic(
     transport: &QuicTransport,
     config: &RelayConfig,
-) -> Result<(quinn::Connection, SocketAddr), RelayError> {
+    timeout: Duration,
+) -> Result<Registration, RelayError> {
     let failed = |e: &dyn std::fmt::Display| RelayError::Failed(e.to_string());
     let endpoint = transport.endpoint().ok_or_else(|| RelayError::Failed("the transport is shut down".into()))?;
     let connecting = endpoint.connect(config.addr, tls::SERVER_NAME).map_err(|e| failed(&e))?;
-    let conn = tokio::time::timeout(crate::p2p::HANDSHAKE_TIMEOUT, connecting)
+    let conn = tokio::time::timeout(timeout, connecting)
         .await
-        .map_err(|_| RelayError::Failed("handshake timed out".into()))?
+        .map_err(|_| RelayError::Failed("QUIC handshake timed out".into()))?
         .map_err(|e| failed(&e))?;
     if tls::peer_identity(&conn) != Some(config.identity) {
         conn.close(crate::connection::codes::WRONG_IDENTITY, b"wrong identity");
@@ -217,7 +406,11 @@ async fn register(
         }
     })?;
     match response {
-        Response::Registered { observed } => Ok((conn, observed)),
+        Response::Registered { observed } => {
+            let closing = conn.clone();
+            let closed = Box::pin(async move { closing.closed().await.to_string() });
+            Ok(Registration { link: RelayLink::Quic(conn), observed, closed })
+        }
         Response::Refused { reason } => Err(RelayError::Refused(reason)),
         other => Err(RelayError::Failed(format!("unexpected answer {other:?}"))),
     }
@@ -250,12 +443,12 @@ impl Hook for RelayClient {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.inner.cancel.cancel();
-            self.inner.tasks.wait().await;
             let paths = self.inner.transport.paths();
             if let Some(relay) = paths.relay() {
-                relay.conn.close(crate::connection::codes::CLOSED, b"shutting down");
+                relay.link.close();
                 paths.set_relay(None);
             }
+            self.inner.tasks.wait().await;
         })
     }
 }

@@ -26,6 +26,7 @@ use tokio::sync::Notify;
 
 use crate::RemoteIdentity;
 use crate::p2p::{Event, WeakP2P};
+use crate::relay::client::RelayLink;
 use crate::relay::frame::{self, Frame, RawIdentity};
 
 /// The path a connection's packets take right now.
@@ -92,7 +93,7 @@ pub(crate) struct RelayRoute {
     pub(crate) identity: RemoteIdentity,
     pub(crate) addr: SocketAddr,
     pub(crate) observed: SocketAddr,
-    pub(crate) conn: quinn::Connection,
+    pub(crate) link: crate::relay::client::RelayLink,
 }
 
 struct PeerPath {
@@ -282,21 +283,10 @@ impl Paths {
         };
         match frame {
             Frame::Data { peer, payload } => {
-                let placeholder = {
-                    let mut state = self.state();
-                    if state.relay.as_ref().map(|r| r.addr) != Some(from) {
-                        return;
-                    }
-                    match state.peers.get(&peer) {
-                        Some(known) => known.placeholder,
-                        None => {
-                            let Ok(remote) = RemoteIdentity::from_bytes(&peer) else { return };
-                            let Some(addr) = state.placeholder_for(remote) else { return };
-                            addr
-                        }
-                    }
-                };
-                self.deliver(self.in_family(placeholder), payload);
+                let from_relay = self.state().relay.as_ref().is_some_and(|r| !r.link.is_tcp() && r.addr == from);
+                if from_relay {
+                    self.deliver_relayed(&peer, payload);
+                }
             }
             Frame::Punch { nonce, sender } => {
                 let confirmed = {
@@ -332,6 +322,23 @@ impl Paths {
                 self.emit(Event::PathChanged { remote, path: Path::Direct { addr: from } });
             }
         }
+    }
+
+    /// Hands a packet the relay forwarded from `peer` to quinn, as coming from the peer's
+    /// placeholder (allocated on first contact: the peer is dialling us through the relay).
+    pub(crate) fn deliver_relayed(&self, peer: &RawIdentity, payload: &[u8]) {
+        let placeholder = {
+            let mut state = self.state();
+            match state.peers.get(peer) {
+                Some(known) => known.placeholder,
+                None => {
+                    let Ok(remote) = RemoteIdentity::from_bytes(peer) else { return };
+                    let Some(addr) = state.placeholder_for(remote) else { return };
+                    addr
+                }
+            }
+        };
+        self.deliver(self.in_family(placeholder), payload);
     }
 
     fn deliver(&self, from: SocketAddr, payload: &[u8]) {
@@ -403,6 +410,7 @@ pub(crate) struct PathSocket(pub(crate) Arc<Paths>);
 enum Route {
     Direct(SocketAddr),
     Relay { relay: SocketAddr, peer: RawIdentity },
+    RelayTcp { records: tokio::sync::mpsc::Sender<Vec<u8>>, peer: RawIdentity },
 }
 
 impl AsyncUdpSocket for PathSocket {
@@ -422,7 +430,10 @@ impl AsyncUdpSocket for PathSocket {
             let peer = &state.peers[remote.as_bytes()];
             match (peer.direct, &state.relay) {
                 (Some(addr), _) => Route::Direct(addr),
-                (None, Some(relay)) => Route::Relay { relay: relay.addr, peer: *remote.as_bytes() },
+                (None, Some(relay)) => match &relay.link {
+                    RelayLink::Tcp(tcp) => Route::RelayTcp { records: tcp.records.clone(), peer: *remote.as_bytes() },
+                    RelayLink::Quic(_) => Route::Relay { relay: relay.addr, peer: *remote.as_bytes() },
+                },
                 // No path at the moment (relay reconnecting): the packet is lost; QUIC resends.
                 (None, None) => return Ok(()),
             }
@@ -435,6 +446,17 @@ impl AsyncUdpSocket for PathSocket {
                 segment_size: transmit.segment_size,
                 src_ip: transmit.src_ip,
             }),
+            Route::RelayTcp { records, peer } => {
+                let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
+                for segment in transmit.contents.chunks(size) {
+                    let mut frame = vec![0u8; frame::DATA_HEADER_LEN + segment.len()];
+                    frame::write_data_header(&mut frame, &peer);
+                    frame[frame::DATA_HEADER_LEN..].copy_from_slice(segment);
+                    // A full queue loses the packet, as a congested link would.
+                    let _ = records.try_send(crate::relay::stream::encode(crate::relay::stream::DATA, &frame));
+                }
+                Ok(())
+            }
             Route::Relay { relay, peer } => {
                 let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
                 let mut frame = [0u8; frame::DATA_HEADER_LEN + frame::MAX_PAYLOAD];

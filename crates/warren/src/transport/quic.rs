@@ -222,7 +222,7 @@ impl Listener for QuicTransport {
     fn relay_addr(&self, remote: RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>> {
         Box::pin(async move {
             let Some(relay) = self.inner.paths.relay() else { return Ok(None) };
-            if !crate::relay::client::lookup(&relay.conn, remote).await? {
+            if !relay.link.lookup(remote).await? {
                 return Err(format!("the relay {} does not serve {remote}", relay.addr));
             }
             self.inner.paths.placeholder_for(remote).map(Some).ok_or_else(|| "too many relayed peers".to_owned())

@@ -52,6 +52,14 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<RemoteIdentity> {
     }
 }
 
+/// The identity the peer of a TLS connection over TCP proved in the handshake.
+pub fn peer_identity_tls(conn: &rustls::CommonState) -> Option<RemoteIdentity> {
+    match conn.peer_certificates()? {
+        [key] => identity_from_spki(key),
+        _ => None,
+    }
+}
+
 /// The crypto provider warren uses: ring, TLS 1.3 cipher suites only.
 fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
