@@ -42,7 +42,7 @@ pub struct PairResult {
     pub error: Option<String>,
 }
 
-const RELAY_PORT: u16 = 3478;
+pub(crate) const RELAY_PORT: u16 = 3478;
 const ECHO: &str = "echo/1";
 
 async fn echo(mut stream: Stream) {
@@ -56,7 +56,7 @@ async fn echo(mut stream: Stream) {
 }
 
 /// A node with a relay client, registered; returns it and its reflexive address.
-async fn node(relay: RelayConfig) -> anyhow::Result<(P2P, SocketAddr)> {
+pub(crate) async fn node(relay: RelayConfig) -> anyhow::Result<(P2P, SocketAddr)> {
     let p2p = P2P::new("warren-matrix", Identity::generate());
     let quic = QuicTransport::spawn(&p2p, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
     p2p.register_protocol(ECHO, echo)?;
@@ -65,15 +65,15 @@ async fn node(relay: RelayConfig) -> anyhow::Result<(P2P, SocketAddr)> {
     Ok((p2p, observed))
 }
 
-struct Dialled {
-    ttfb: Duration,
-    punch: Option<(SocketAddr, u64)>,
-    rounds: u32,
-    path: Path,
+pub(crate) struct Dialled {
+    pub(crate) ttfb: Duration,
+    pub(crate) punch: Option<(SocketAddr, u64)>,
+    pub(crate) rounds: u32,
+    pub(crate) path: Path,
 }
 
 /// The dialler's side: connect by identity, first byte, then wait for the punch to end.
-async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::Result<Dialled> {
+pub(crate) async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::Result<Dialled> {
     let mut events = p2p.subscribe();
     let started = Instant::now();
     let mut stream = p2p.connect(target, ECHO).await?;
