@@ -57,9 +57,15 @@ async fn echo(mut stream: Stream) {
 
 /// A node with a relay client, registered; returns it and its reflexive address.
 pub(crate) async fn node(relay: RelayConfig) -> anyhow::Result<(P2P, SocketAddr)> {
+    node_with(relay, true).await
+}
+
+async fn node_with(relay: RelayConfig, punching: bool) -> anyhow::Result<(P2P, SocketAddr)> {
     let p2p = P2P::new("warren-matrix", Identity::generate());
     let quic = QuicTransport::spawn(&p2p, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
     p2p.register_protocol(ECHO, echo)?;
+    p2p.register_protocol(crate::bench::SINK, crate::bench::sink)?;
+    quic.set_hole_punching(punching);
     let client = RelayClient::spawn(&p2p, &quic, relay);
     let observed = client.wait_registered(Duration::from_secs(10)).await?;
     Ok((p2p, observed))
@@ -240,4 +246,103 @@ pub fn header() -> String {
         "{:<20} {:<20} {:<8} {:<8} {:>8} {:>8} {:>6} {}",
         "a (dialled)", "b (dials)", "path", "theory", "ttfb_ms", "punch_ms", "rounds", "note"
     )
+}
+
+/// What `warren netsim relay-bench` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayBench {
+    /// Bytes per transfer.
+    pub bytes: u64,
+    /// Direct (punched) throughput, median of the rounds, Mbit/s.
+    pub direct_mbps: f64,
+    /// Relayed throughput, median of the rounds, Mbit/s.
+    pub relayed_mbps: f64,
+    /// `relayed_mbps / direct_mbps`.
+    pub ratio: f64,
+    /// Time from the start of signalling to the direct path, per round, ms.
+    pub punch_ms: Vec<u64>,
+}
+
+/// Relayed against direct throughput in one simulation (full-cone NATs, 100 ms RTT both
+/// ways): each round, a node punches through and sends `bytes` on the direct path, then a node
+/// that does not punch sends `bytes` through the relay.
+pub fn relay_bench(bytes: u64, rounds: usize, seed: u64) -> anyhow::Result<RelayBench> {
+    let Pair { mut sim, relay: relay_host, a: a_host, b: b_host } =
+        pair::build(NatKind::FullCone, NatKind::FullCone, PairLinks::default(), seed)?;
+    sim.start()?;
+    let relay_identity = Identity::generate();
+    let relay = RelayConfig::new(relay_identity.to_remote_identity(), SocketAddr::from((RELAY_IP, RELAY_PORT)));
+    let (ready_tx, ready) = mpsc::channel();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut relay_stop = stop.clone();
+    let relay_task = relay_host.spawn(move || async move {
+        let relay = warren_relay::Relay::spawn(relay_identity, relay.addr, Default::default()).await;
+        let _ = ready_tx.send(relay.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        if let Ok(relay) = relay {
+            let _ = relay_stop.wait_for(|s| *s).await;
+            relay.shutdown().await;
+        }
+    });
+    ready.recv()?.map_err(|e| anyhow::anyhow!("relay: {e}"))?;
+    let (id_tx, id) = mpsc::channel();
+    let (a_relay, mut a_stop) = (relay.clone(), stop.clone());
+    let a_task = a_host.spawn(move || async move {
+        let (p2p, _) = node(a_relay).await?;
+        id_tx.send(p2p.remote_identity())?;
+        let _ = a_stop.wait_for(|s| *s).await;
+        p2p.shutdown().await;
+        anyhow::Ok(())
+    });
+    let a_id = id.recv()?;
+    let measured = b_host.spawn(move || async move {
+        let mut direct = Vec::new();
+        let mut relayed = Vec::new();
+        let mut punch_ms = Vec::new();
+        for _ in 0..rounds {
+            for punching in [true, false] {
+                let (p2p, _) = node_with(relay.clone(), punching).await?;
+                let mut events = p2p.subscribe();
+                p2p.connection(a_id).await?;
+                if punching {
+                    let punched = tokio::time::timeout(Duration::from_secs(30), async {
+                        loop {
+                            if let Ok(Event::HolePunch { direct, elapsed_ms, .. }) = events.recv().await {
+                                return direct.map(|_| elapsed_ms);
+                            }
+                        }
+                    })
+                    .await?;
+                    punch_ms.push(punched.ok_or_else(|| anyhow::anyhow!("the hole punch failed"))?);
+                }
+                let (mut send, mut recv) = p2p.connect(a_id, crate::bench::SINK).await?.into_split();
+                let started = Instant::now();
+                let received = crate::bench::send_to_sink(&mut send, &mut recv, bytes).await?;
+                let took = started.elapsed();
+                anyhow::ensure!(received == bytes, "the sink counted {received} of {bytes} bytes");
+                let path = p2p.open_connection(&a_id).map(|c| c.path());
+                let expected_direct = matches!(path, Some(Path::Direct { .. }));
+                anyhow::ensure!(expected_direct == punching, "measured on the wrong path: {path:?}");
+                let mbps = bytes as f64 * 8.0 / took.as_secs_f64() / 1e6;
+                if punching {
+                    direct.push(mbps)
+                } else {
+                    relayed.push(mbps)
+                }
+                drop((send, recv));
+                p2p.shutdown().await;
+            }
+        }
+        anyhow::Ok((direct, relayed, punch_ms))
+    });
+    let measured = measured.join().map_err(|_| anyhow::anyhow!("the measuring node panicked"));
+    let _ = stop_tx.send(true);
+    let _ = a_task.join();
+    let _ = relay_task.join();
+    let (direct, relayed, punch_ms) = measured??;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (direct_mbps, relayed_mbps) = (median(direct), median(relayed));
+    Ok(RelayBench { bytes, direct_mbps, relayed_mbps, ratio: relayed_mbps / direct_mbps, punch_ms })
 }

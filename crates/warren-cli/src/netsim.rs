@@ -29,6 +29,22 @@ pub enum NetsimCommand {
     /// the time to first byte and the punch rounds, against what RFC 4787 theory allows.
     /// Exits 1 if a pair failed or did not go direct where theory allows it.
     NatMatrix(NatMatrixArgs),
+    /// Relayed throughput as a fraction of direct, in one simulation (two full-cone NATs and a
+    /// relay, 100 ms RTT either way), and how long hole punching took.
+    RelayBench(RelayBenchArgs),
+}
+
+#[derive(Args)]
+pub struct RelayBenchArgs {
+    /// Bytes per transfer.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    bytes: u64,
+    /// Rounds (each measures direct then relayed); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -90,6 +106,7 @@ pub fn run(command: NetsimCommand) -> anyhow::Result<()> {
         NetsimCommand::NatCheck(args) => nat_check(args),
         NetsimCommand::Bench(args) => bench(args),
         NetsimCommand::NatMatrix(args) => nat_matrix(args),
+        NetsimCommand::RelayBench(args) => relay_bench(args),
     }
 }
 
@@ -267,6 +284,25 @@ fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
         );
     }
     anyhow::ensure!(failed == 0 && missed == 0, "{failed} pairs failed, {missed} not direct where theory allows");
+    Ok(())
+}
+
+fn relay_bench(args: RelayBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=20).contains(&args.rounds), "--rounds must be 1 to 20");
+    anyhow::ensure!((1024..=1 << 30).contains(&args.bytes), "--bytes must be 1 KiB to 1 GiB");
+    let result = crate::nat_matrix::relay_bench(args.bytes, args.rounds, 1)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "relayed against direct, {} MiB x {} rounds (median), 100 ms RTT both ways",
+            args.bytes >> 20,
+            args.rounds
+        );
+        println!("  direct (punched)  {:8.1} Mbit/s", result.direct_mbps);
+        println!("  relayed           {:8.1} Mbit/s   relayed/direct = {:.2}", result.relayed_mbps, result.ratio);
+        println!("  hole punching took {:?} ms from the start of signalling", result.punch_ms);
+    }
     Ok(())
 }
 

@@ -299,3 +299,15 @@ fn nat_matrix() {
     let direct = all.iter().filter(issue_kinds).filter(|p| p["path"] == "direct").count();
     assert_eq!(direct, 27);
 }
+
+#[test]
+fn relay_bench_smoke() {
+    let output =
+        warren().args(["netsim", "relay-bench", "--bytes", "1048576", "--rounds", "1", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for field in ["direct_mbps", "relayed_mbps", "ratio"] {
+        assert!(result[field].as_f64().unwrap() > 0.0, "{result}");
+    }
+    assert_eq!(result["punch_ms"].as_array().unwrap().len(), 1, "{result}");
+}
