@@ -112,17 +112,26 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             println!("  listening on {addr} (reach it with: warren ping {me}@{addr})");
         }
     }
-    if let Some(mut relay) = args.relay {
-        relay.token = args.relay_token;
-        relay.transport = args.relay_over.into();
-        RelayClient::spawn(&p2p, &quic, relay);
-    }
     ManualDiscovery::spawn(&p2p, args.peers);
     // Peers that worked before: reported and reconnected to at start; a broken file is
     // rebuilt, with a warning.
-    let (_cache, warning) = BootstrapHook::spawn(&p2p, &dir.join("bootstrap-cache"));
+    let (cache, warning) = BootstrapHook::spawn(&p2p, &dir.join("bootstrap-cache"));
     if let Some(warning) = warning {
         eprintln!("warren: {warning}");
+    }
+    // The relay given, else the one that worked last time.
+    let relay = args.relay.or_else(|| {
+        let cached = cache.relays().into_iter().next()?;
+        let addr = *cached.addrs.first()?;
+        if !args.json {
+            println!("  relay {}@{addr} from the bootstrap cache", cached.identity);
+        }
+        Some(RelayConfig::new(cached.identity, addr))
+    });
+    if let Some(mut relay) = relay {
+        relay.token = args.relay_token;
+        relay.transport = args.relay_over.into();
+        RelayClient::spawn(&p2p, &quic, relay);
     }
     for library in &args.libraries {
         p2p.add_library(*library);

@@ -327,3 +327,118 @@ async fn relay_over_tcp() {
     }
     relay.shutdown().await;
 }
+
+/// The bootstrap cache remembers the relay that worked: a node restarted without being told
+/// any relay finds it there, registers again and is reachable by identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_finds_its_relay_in_the_bootstrap_cache() {
+    use warren::discovery::cache::BootstrapHook;
+    let dir = std::env::temp_dir().join(format!("warren-relay-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bootstrap-cache");
+    let relay = relay(RelayConfig::default()).await;
+    let identity = Identity::generate();
+    let secret = identity.to_secret_bytes();
+
+    let p2p = P2P::new("warren-test", identity);
+    let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (cache, warning) = BootstrapHook::spawn(&p2p, &path);
+    assert!(warning.is_none() || !path.exists());
+    let mut events = p2p.subscribe();
+    RelayClient::spawn(&p2p, &quic, ClientConfig::new(relay.identity(), relay.local_addr()));
+    wait_for(&mut events, |e| matches!(e, Event::RelayConnected { .. }).then_some(())).await;
+    // The hook records it from the event.
+    tokio::time::timeout(HANG, async {
+        while cache.relays().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    p2p.shutdown().await;
+
+    // Restart: no relay given.
+    let p2p = P2P::new("warren-test", Identity::from_secret_bytes(&secret));
+    warren::ping::register(&p2p).unwrap();
+    let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (cache, warning) = BootstrapHook::spawn(&p2p, &path);
+    assert!(warning.is_none(), "{warning:?}");
+    let cached = cache.relays().into_iter().next().expect("the relay is cached");
+    assert_eq!(cached.identity, relay.identity());
+    let config = ClientConfig::new(cached.identity, cached.addrs[0]);
+    RelayClient::spawn(&p2p, &quic, config).wait_registered(HANG).await.unwrap();
+    let (other, other_client) = node(&relay, None).await;
+    other_client.wait_registered(HANG).await.unwrap();
+    warren::ping::ping(&other, p2p.remote_identity(), 1).await.unwrap();
+    other.shutdown().await;
+    p2p.shutdown().await;
+    relay.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Garbage at the relay (datagrams: random, truncated frames, frames for nobody, from nobody,
+/// oversized; TCP: junk, a huge length, a TLS stream that never registers) and at a node
+/// (data frames not from its relay, punches with no session) changes nothing: nothing is sent
+/// back to the sender, the relay keeps serving, registered nodes keep talking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_changes_nothing() {
+    use warren::relay::frame;
+    let relay = relay(RelayConfig::default()).await;
+    let (a, ca) = relay_only_node(&relay).await;
+    let (b, _cb) = relay_only_node(&relay).await;
+    let _ = ca;
+    warren::ping::ping(&a, b.remote_identity(), 1).await.unwrap();
+    let before = relay.stats();
+
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stranger = Identity::generate().to_remote_identity();
+    let mut hostile: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0],
+        frame::MAGIC.to_vec(),
+        [&frame::MAGIC[..], &[1]].concat(),
+        [&frame::MAGIC[..], &[9], &[0; 40]].concat(),
+        frame::data(&b.remote_identity(), b"from someone never registered"),
+        frame::data(&stranger, b"for nobody"),
+        [&frame::data(&b.remote_identity(), b"")[..], &vec![0x55; frame::MAX_PAYLOAD + 1]].concat(),
+        frame::punch(1, &stranger).to_vec(),
+        vec![0xc0; 1200],
+    ];
+    hostile.extend((0..200u32).map(|i| i.to_le_bytes().repeat(1 + i as usize % 300)));
+    for datagram in &hostile {
+        attacker.send_to(datagram, relay.local_addr()).await.unwrap();
+        // And at node b itself, straight at its socket.
+        attacker.send_to(datagram, b.listen_addrs()[0]).await.unwrap();
+    }
+    // Punches for b with a nonce nobody agreed on.
+    attacker.send_to(&frame::punch(42, &a.remote_identity()), b.listen_addrs()[0]).await.unwrap();
+
+    // TCP: junk, a record of the maximum length that never comes, a TLS handshake that stops.
+    let mut junk = tokio::net::TcpStream::connect(relay.local_addr()).await.unwrap();
+    junk.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(relay.local_addr()).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+
+    // The attacker gets nothing back: no amplification, no answers to strangers.
+    let mut buf = [0u8; 2048];
+    let answer = tokio::time::timeout(Duration::from_millis(500), attacker.recv_from(&mut buf)).await;
+    assert!(answer.is_err(), "the attacker got an answer: {answer:?}");
+    let mut read = [0u8; 64];
+    let junk_answer = tokio::time::timeout(Duration::from_secs(2), junk.read(&mut read)).await;
+    // At most a TLS alert (record type 0x15, 7 bytes), smaller than the junk.
+    if let Ok(Ok(n)) = junk_answer {
+        assert!(n == 0 || (n <= 7 && read[0] == 0x15), "{:?}", &read[..n]);
+    }
+
+    // Everything still works, and the frames were counted as dropped.
+    warren::ping::ping(&a, b.remote_identity(), 3).await.unwrap();
+    warren::ping::ping(&b, a.remote_identity(), 1).await.unwrap();
+    let after = relay.stats();
+    assert!(after.dropped_frames >= before.dropped_frames + 4, "{before:?} -> {after:?}");
+    assert_eq!(after.nodes, 2);
+    assert_eq!(b.connections().len(), 1, "b accepted nothing from the attacker");
+    for node in [a, b] {
+        node.shutdown().await;
+    }
+    relay.shutdown().await;
+}

@@ -240,7 +240,8 @@ impl BootstrapHook {
             }),
         };
         let mut events = p2p.subscribe();
-        for entry in known {
+        // Relays are not peers: the node's relay client picks one (see `relays`).
+        for entry in known.into_iter().filter(|e| !e.relay) {
             p2p.discovered(SOURCE, entry.identity, entry.addrs.clone(), BTreeMap::new());
             let this = hook.clone();
             let task = hook.inner.hook.tasks.track_future(async move {
@@ -290,7 +291,13 @@ impl BootstrapHook {
         self.inner.cache.lock().expect("cache lock poisoned").entries()
     }
 
-    /// Records a relay that worked (for the relay client of issue 6).
+    /// The cached relays, best first: a node given no relay uses the first (its rendezvous
+    /// point last time). Relays that worked are recorded from `RelayConnected` events.
+    pub fn relays(&self) -> Vec<CacheEntry> {
+        self.inner.cache.lock().expect("cache lock poisoned").relays()
+    }
+
+    /// Records a relay that worked.
     pub fn record_relay(&self, identity: RemoteIdentity, addr: SocketAddr) {
         self.change(|cache| cache.record_success(identity, addr, true));
     }
