@@ -62,8 +62,8 @@ fn home_nats_scenario() {
     assert!(nats.iter().all(|n| n["outbound"].as_u64().unwrap() > 0 && n["inbound"].as_u64().unwrap() > 0));
     // The server saw each peer as its NAT's public address.
     let server = printed_by(&lines, "server");
-    assert!(server.iter().any(|l| l.contains("at 203.0.113.1:")), "{server:?}");
-    assert!(server.iter().any(|l| l.contains("at 203.0.113.2:")), "{server:?}");
+    assert!(server.iter().any(|l| l.contains("direct 203.0.113.1:")), "{server:?}");
+    assert!(server.iter().any(|l| l.contains("direct 203.0.113.2:")), "{server:?}");
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn cgnat_scenario() {
     let (lines, summary) = run_scenario("cgnat");
     assert_pings(&lines, &summary, &["phone"]);
     let server = printed_by(&lines, "server");
-    assert!(server.iter().any(|l| l.contains("at 203.0.113.50:")), "seen as the carrier's address: {server:?}");
+    assert!(server.iter().any(|l| l.contains("direct 203.0.113.50:")), "seen as the carrier's address: {server:?}");
 }
 
 #[test]

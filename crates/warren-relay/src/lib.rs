@@ -366,7 +366,11 @@ impl AsyncUdpSocket for RelaySocket {
             let mut kept = 0;
             for i in 0..n {
                 let len = meta[i].len;
-                if !frame::is_frame(&bufs[i][..len]) {
+                let stride = meta[i].stride.max(1);
+                // With GRO one buffer holds several datagrams from one sender. Frames are
+                // forwarded; a QUIC packet that shares a buffer with frames is dropped (rare:
+                // a node's control traffic is a few packets a minute; QUIC resends it).
+                if !bufs[i][..len].chunks(stride).any(frame::is_frame) {
                     if kept != i {
                         let (front, back) = bufs.split_at_mut(i);
                         front[kept][..len].copy_from_slice(&back[0][..len]);
@@ -376,8 +380,10 @@ impl AsyncUdpSocket for RelaySocket {
                     continue;
                 }
                 let from = meta[i].addr;
-                let stride = meta[i].stride.max(1);
                 for segment in bufs[i][..len].chunks_mut(stride) {
+                    if !frame::is_frame(segment) {
+                        continue;
+                    }
                     if let Some(to) = self.shared.0.route(Sender::Udp(from), segment, now) {
                         self.shared.0.forward(to, segment, meta[i].dst_ip);
                     }

@@ -442,3 +442,32 @@ async fn hostile_input_changes_nothing() {
     }
     relay.shutdown().await;
 }
+
+/// Both peers dial each other through the relay at the same moment: both dials succeed, the
+/// two offers to punch cross and one wins (the smaller identity's), and the peers end direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_dials_both_succeed_and_end_direct() {
+    let relay = relay(RelayConfig::default()).await;
+    let (a, ca) = node(&relay, None).await;
+    let (b, cb) = node(&relay, None).await;
+    ca.wait_registered(HANG).await.unwrap();
+    cb.wait_registered(HANG).await.unwrap();
+    let mut a_events = a.subscribe();
+    let (ab, ba) = tokio::join!(a.connection(b.remote_identity()), b.connection(a.remote_identity()));
+    let (ab, ba) = (ab.unwrap(), ba.unwrap());
+    wait_for(&mut a_events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
+    assert!(matches!(ab.path(), Path::Direct { .. }), "{:?}", ab.path());
+    // b's side confirms too (its own acknowledgement, or the winning session's).
+    tokio::time::timeout(HANG, async {
+        while !matches!(ba.path(), Path::Direct { .. }) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("b's path turns direct");
+    warren::ping::ping(&a, b.remote_identity(), 2).await.unwrap();
+    warren::ping::ping(&b, a.remote_identity(), 2).await.unwrap();
+    a.shutdown().await;
+    b.shutdown().await;
+    relay.shutdown().await;
+}

@@ -146,8 +146,8 @@ async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
     let mut stream = conn.open_stream(PROTOCOL).await.map_err(|e| e.to_string())?;
     let nonce = u64::from_le_bytes(random_bytes());
     let (candidates, reflexive) = candidates(&paths);
-    let done = paths.begin_punch(conn.remote, nonce);
-    let _end = EndPunch(&paths, conn.remote);
+    let done = paths.begin_punch(conn.remote, nonce, true).ok_or("a punch with this peer is under way")?;
+    let _end = EndPunch(&paths, conn.remote, nonce);
     write(&mut stream, &Message::Offer { nonce, candidates, reflexive }).await?;
     let Message::Answer { candidates, reflexive } = read(&mut stream).await? else {
         return Err("expected an answer".into());
@@ -171,8 +171,10 @@ async fn respond(p2p: P2P, mut stream: Stream) {
             return Err("expected an offer".to_owned());
         };
         let conn = p2p.open_connection(&stream.remote()).ok_or("no connection")?;
-        let done = paths.begin_punch(conn.remote, nonce);
-        let _end = EndPunch(&paths, conn.remote);
+        let Some(done) = paths.begin_punch(conn.remote, nonce, false) else {
+            return Err("our own offer to this peer goes first".to_owned());
+        };
+        let _end = EndPunch(&paths, conn.remote, nonce);
         let (candidates, reflexive) = candidates(&paths);
         write(&mut stream, &Message::Answer { candidates, reflexive }).await?;
         let Message::Sync = read(&mut stream).await? else { return Err("expected sync".to_owned()) };
@@ -186,11 +188,11 @@ async fn respond(p2p: P2P, mut stream: Stream) {
 }
 
 /// Forgets the punch session when the attempt ends, however it ends.
-struct EndPunch<'a>(&'a Paths, crate::RemoteIdentity);
+struct EndPunch<'a>(&'a Paths, crate::RemoteIdentity, u64);
 
 impl Drop for EndPunch<'_> {
     fn drop(&mut self) {
-        self.0.end_punch(&self.1);
+        self.0.end_punch(&self.1, self.2);
     }
 }
 

@@ -13,7 +13,7 @@ pub mod frame;
 pub mod stream;
 
 /// Fuzzing entry point (the `relay_wire` target): `data` as a datagram, as a control message
-/// either way, and as a hole-punching message. Never panics; a data frame that parses
+/// either way, as a hole-punching message and as a TCP relay stream. Never panics; a data frame that parses
 /// re-encodes to the same bytes; what decodes re-encodes within the size limit.
 #[doc(hidden)]
 pub fn fuzz_relay_wire(data: &[u8]) {
@@ -33,4 +33,12 @@ pub fn fuzz_relay_wire(data: &[u8]) {
         }
     }
     crate::punch::fuzz_message(data);
+    // As the bytes of a TCP relay stream: records until the bytes run out or one is refused.
+    let mut input = data;
+    while let Ok(record) = futures_lite::future::block_on(stream::read(&mut input)) {
+        match record {
+            stream::Record::Control(body) => assert!(body.len() <= stream::MAX_RECORD),
+            stream::Record::Data(frame) => assert!(frame.len() <= stream::MAX_DATA && frame::is_frame(&frame)),
+        }
+    }
 }

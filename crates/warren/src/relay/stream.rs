@@ -19,8 +19,12 @@ pub const CONTROL: u8 = 0;
 /// Record type of a data frame.
 pub const DATA: u8 = 1;
 
-/// Largest record body: a full data frame (control messages are smaller).
-pub const MAX_RECORD: usize = frame::DATA_HEADER_LEN + frame::MAX_PAYLOAD;
+/// Largest record body: a control message; a data frame is at most
+/// [`MAX_DATA`].
+pub const MAX_RECORD: usize = control::MAX_MESSAGE;
+
+/// Largest data frame in a record: a full UDP data frame.
+pub const MAX_DATA: usize = frame::DATA_HEADER_LEN + frame::MAX_PAYLOAD;
 
 /// Records a writer queues before frames are dropped (a slow TCP path acts like a congested
 /// link; QUIC's congestion control adapts).
@@ -69,8 +73,8 @@ pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Record, Control
     let mut body = vec![0; len - 1];
     input.read_exact(&mut body).await?;
     match kind {
-        CONTROL if body.len() <= control::MAX_MESSAGE => Ok(Record::Control(body)),
-        CONTROL => Err(ControlError::TooLarge(body.len())),
+        CONTROL => Ok(Record::Control(body)),
+        DATA if body.len() > MAX_DATA => Err(ControlError::TooLarge(body.len())),
         DATA if frame::is_frame(&body) => Ok(Record::Data(body)),
         DATA => Err(ControlError::Malformed("a data record that is not a frame".into())),
         other => Err(ControlError::Malformed(format!("unknown record type {other}"))),
@@ -98,7 +102,11 @@ mod tests {
         assert!(matches!(read(&mut &encode(7, b"x")[..]).await, Err(ControlError::Malformed(_))));
         assert!(matches!(read(&mut &encode(DATA, b"quic")[..]).await, Err(ControlError::Malformed(_))));
         assert!(matches!(read(&mut &encode(DATA, &frame::data(&id, b"q"))[..5]).await, Err(ControlError::Io(_))));
-        let huge = encode(CONTROL, &vec![0; control::MAX_MESSAGE + 1]);
+        let mut huge = ((MAX_RECORD + 2) as u16).to_be_bytes().to_vec();
+        huge.push(CONTROL);
+        huge.extend(vec![0; MAX_RECORD + 1]);
         assert!(matches!(read(&mut &huge[..]).await, Err(ControlError::TooLarge(_))));
+        let big_frame = frame::data(&id, &vec![0; frame::MAX_PAYLOAD + 1]);
+        assert!(matches!(read(&mut &encode(DATA, &big_frame)[..]).await, Err(ControlError::TooLarge(_))));
     }
 }

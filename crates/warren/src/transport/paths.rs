@@ -103,6 +103,7 @@ struct PeerPath {
 
 struct Punch {
     nonce: u64,
+    initiator: bool,
     confirmed: Option<SocketAddr>,
     done: Arc<Notify>,
 }
@@ -236,10 +237,24 @@ impl Paths {
 
     /// Starts a punch session with `peer`: punches and acknowledgements carrying `nonce` from
     /// it are accepted until [`Paths::end_punch`]. The returned `Notify` fires on success.
-    pub(crate) fn begin_punch(&self, peer: RemoteIdentity, nonce: u64) -> Arc<Notify> {
+    ///
+    /// One session per peer. When both peers dialled each other through the relay at once,
+    /// both offers cross: the one from the smaller identity wins, so the other side's
+    /// answering session is refused (None) here, on the smaller side, and replaces its own
+    /// offer on the larger side.
+    pub(crate) fn begin_punch(&self, peer: RemoteIdentity, nonce: u64, initiator: bool) -> Option<Arc<Notify>> {
+        let mut state = self.state();
+        if let Some(current) = state.punches.get(peer.as_bytes())
+            && current.initiator
+            && !initiator
+            && current.nonce != nonce
+            && self.me.as_bytes() < peer.as_bytes()
+        {
+            return None;
+        }
         let done = Arc::new(Notify::new());
-        self.state().punches.insert(*peer.as_bytes(), Punch { nonce, confirmed: None, done: done.clone() });
-        done
+        state.punches.insert(*peer.as_bytes(), Punch { nonce, initiator, confirmed: None, done: done.clone() });
+        Some(done)
     }
 
     /// The address a punch with `peer` confirmed, if any.
@@ -249,9 +264,11 @@ impl Paths {
 
     /// Ends the punch session with `peer`; addresses it heard from that did not confirm are
     /// forgotten.
-    pub(crate) fn end_punch(&self, peer: &RemoteIdentity) {
+    pub(crate) fn end_punch(&self, peer: &RemoteIdentity, nonce: u64) {
         let mut state = self.state();
-        state.punches.remove(peer.as_bytes());
+        if state.punches.get(peer.as_bytes()).is_some_and(|p| p.nonce == nonce) {
+            state.punches.remove(peer.as_bytes());
+        }
         let direct = state.peers.get(peer.as_bytes()).and_then(|p| p.direct);
         state.by_direct.retain(|addr, id| id != peer.as_bytes() || Some(*addr) == direct);
         self.any_direct.store(!state.by_direct.is_empty(), Ordering::Relaxed);
@@ -371,6 +388,18 @@ impl Paths {
         n
     }
 
+    /// The address quinn should see a QUIC packet from `from` come from: the peer's placeholder
+    /// if `from` is a punched address, else `from`.
+    fn quic_source(&self, from: SocketAddr) -> SocketAddr {
+        if self.any_direct.load(Ordering::Relaxed) {
+            let state = self.state();
+            if let Some(peer) = state.by_direct.get(&from).and_then(|id| state.peers.get(id)) {
+                return self.in_family(peer.placeholder);
+            }
+        }
+        self.in_family(from)
+    }
+
     /// Post-processes `n` datagrams quinn-udp received: frames are handled and removed, QUIC
     /// packets from punched addresses are re-addressed to the peer's placeholder. Returns how
     /// many are left for quinn (compacted to the front).
@@ -379,18 +408,22 @@ impl Paths {
         for i in 0..n {
             let from = unmap(meta[i].addr);
             let data = &bufs[i][..meta[i].len];
-            if frame::is_frame(data) {
-                for segment in data.chunks(meta[i].stride.max(1)) {
-                    self.on_frame(from, segment);
+            let stride = meta[i].stride.max(1);
+            // With GRO one buffer holds several datagrams from one sender; frames and QUIC
+            // packets from the relay's address can share a buffer.
+            let frames = data.chunks(stride).filter(|d| frame::is_frame(d)).count();
+            if frames > 0 {
+                let quic_from = self.quic_source(from);
+                for segment in data.chunks(stride) {
+                    if frame::is_frame(segment) {
+                        self.on_frame(from, segment);
+                    } else {
+                        self.deliver(quic_from, segment);
+                    }
                 }
                 continue;
             }
-            if self.any_direct.load(Ordering::Relaxed) {
-                let state = self.state();
-                if let Some(peer) = state.by_direct.get(&from).and_then(|id| state.peers.get(id)) {
-                    meta[i].addr = self.in_family(peer.placeholder);
-                }
-            }
+            meta[i].addr = self.quic_source(from);
             if kept != i {
                 let (front, back) = bufs.split_at_mut(i);
                 let len = meta[i].len;
