@@ -294,6 +294,8 @@ fn kernel_nat_ruleset(ports: KernelPorts) -> String {
 pub struct Simulation {
     seed: u64,
     hosts: Vec<(Host, File)>,
+    /// Further addresses of hosts (index into `hosts`, address).
+    extra_addrs: Vec<(usize, Ipv4Addr)>,
     nats: Vec<NatConfig>,
     routers: Vec<(Ipv4Addr, Vec<(Ipv4Addr, u8)>)>,
     switches: usize,
@@ -324,6 +326,7 @@ impl Simulation {
         Self {
             seed,
             hosts: Vec::new(),
+            extra_addrs: Vec::new(),
             nats: Vec::new(),
             routers: Vec::new(),
             switches: 0,
@@ -384,6 +387,8 @@ impl Simulation {
         };
         let new_realm = realm(behind);
         let hosts = self.hosts.iter().map(|(h, _)| (h.node(), h.ip()));
+        let extra = self.extra_addrs.iter().map(|(i, ip)| (self.hosts[*i].0.node(), *ip));
+        let hosts = hosts.chain(extra);
         let nats = self.nats.iter().enumerate().map(|(i, c)| (Node::Nat(i), c.public_ip));
         let routers = self.routers.iter().enumerate().map(|(i, r)| (Node::Router(i), r.0));
         let kernel = self.kernel_nats.iter().enumerate().map(|(i, k)| (Node::KernelNat(i), k.public_ip));
@@ -439,6 +444,26 @@ impl Simulation {
         self.register(host.node(), name, behind);
         self.hosts.push((host.clone(), tun));
         Ok(host)
+    }
+
+    /// Gives `host` a further address (a /32 on its interface), routed to it like its first:
+    /// for servers that need two addresses, such as an RFC 5780 STUN server. Needs the `ip`
+    /// program (Debian package `iproute2`).
+    pub fn add_address(&mut self, host: &Host, ip: Ipv4Addr) -> Result<(), SimError> {
+        let node = host.node();
+        if self.address_taken(ip, self.parent.get(&node).copied()) {
+            return Err(SimError::AddressTaken(ip));
+        }
+        let status = host
+            .command("ip")
+            .args(["addr", "add", &format!("{ip}/32"), "dev", INTERFACE_NAME])
+            .status()
+            .map_err(io_err("running ip addr add"))?;
+        if !status.success() {
+            return Err(io_err("adding an address")(std::io::Error::other(format!("ip addr add {ip} failed: {status}"))));
+        }
+        self.extra_addrs.push((host.inner.index, ip));
+        Ok(())
     }
 
     /// Adds a simulated NAT; `behind` puts it inside another gateway (as a home router behind
@@ -600,8 +625,9 @@ impl Simulation {
             .map(|(index, config)| Nat::new(config.clone(), self.seed ^ (0xa7 << 56) ^ index as u64))
             .collect();
         let mut owned = Vec::new();
-        for (host, _) in &self.hosts {
-            owned.push((host.node(), vec![(host.ip(), 32)]));
+        for (index, (host, _)) in self.hosts.iter().enumerate() {
+            let extra = self.extra_addrs.iter().filter(|(i, _)| *i == index).map(|(_, ip)| (*ip, 32));
+            owned.push((host.node(), std::iter::once((host.ip(), 32)).chain(extra).collect()));
         }
         for (index, config) in self.nats.iter().enumerate() {
             owned.push((Node::Nat(index), vec![(config.public_ip, 32)]));

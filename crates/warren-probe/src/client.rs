@@ -1,0 +1,373 @@
+//! `warren probe`: the RFC 5780 tests against an RFC 5780 server.
+//!
+//! - UDP blocked: no answer at all to the first request.
+//! - Mapping (RFC 5780 4.3), on one socket: Test I to the primary address gives mapped address
+//!   M1 and the server's OTHER-ADDRESS; Test II to (alternate IP, primary port) gives M2;
+//!   M2 = M1 is endpoint-independent; else Test III to (alternate IP, alternate port) gives
+//!   M3; M3 = M2 is address-dependent, else address-and-port-dependent.
+//! - Filtering (4.4), on a fresh socket (the mapping tests contacted the other addresses):
+//!   Test I; Test II asks for the answer from the other IP and port: it arrives,
+//!   endpoint-independent; else Test III asks for it from the other port only: it arrives,
+//!   address-dependent, else address-and-port-dependent.
+//! - Hairpinning (4.5): a request sent to our own mapped address comes back to us.
+//! - Port preservation: the mapped port is our local port.
+//! - Binding lifetime (4.6, only when asked; bounded): sockets whose bindings are left idle
+//!   for growing times are each asked for by the main socket with RESPONSE-PORT; an answer
+//!   that arrives shows the binding still lived. Run side by side, so the whole test takes as
+//!   long as the longest wait.
+//! - Double NAT: the mapped address is private or carrier-grade shared space while the server
+//!   is public: another NAT sits beyond the one the server sees. (From outside, more cannot be
+//!   told.)
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::net::UdpSocket;
+
+use crate::report::{Behaviour, Lifetime, REPORT_VERSION, Report};
+use crate::stun::{self, MAX_DATAGRAM, Request, Response};
+
+/// How the probe runs.
+#[derive(Debug, Clone)]
+pub struct ProbeOptions {
+    /// The server's primary address.
+    pub server: SocketAddr,
+    /// First wait for an answer; each retry waits twice as long.
+    pub timeout: Duration,
+    /// Sends per request (first try and retries).
+    pub tries: u32,
+    /// Idle times to test binding lifetime at (None: no lifetime test).
+    pub lifetime: Option<Vec<Duration>>,
+}
+
+impl ProbeOptions {
+    /// Defaults for `server`: 250 ms, 3 tries (1.75 s before giving up on an answer), no
+    /// lifetime test.
+    pub fn new(server: SocketAddr) -> Self {
+        Self { server, timeout: Duration::from_millis(250), tries: 3, lifetime: None }
+    }
+}
+
+/// Idle times tried by `--lifetime`, up to `max`.
+pub fn lifetime_checkpoints(max: Duration) -> Vec<Duration> {
+    [1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 240, 300, 450, 600]
+        .into_iter()
+        .map(Duration::from_secs)
+        .filter(|d| *d <= max)
+        .collect()
+}
+
+/// What the probe found.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeResult {
+    /// The server probed.
+    pub server: SocketAddr,
+    /// Our socket's address (the interface the route to the server uses).
+    pub local: Option<SocketAddr>,
+    /// Where the server saw us (Test I).
+    pub mapped: Option<SocketAddr>,
+    /// The server's OTHER-ADDRESS.
+    pub other: Option<SocketAddr>,
+    /// No answer at all.
+    pub udp_blocked: bool,
+    /// The mapped address is ours: no NAT.
+    pub no_nat: Option<bool>,
+    /// Mapping behaviour.
+    pub mapping: Option<Behaviour>,
+    /// Filtering behaviour.
+    pub filtering: Option<Behaviour>,
+    /// Hairpinning.
+    pub hairpin: Option<bool>,
+    /// Port preservation.
+    pub port_preserved: Option<bool>,
+    /// Binding lifetime bounds.
+    pub lifetime: Option<Lifetime>,
+    /// More than one NAT, where the data shows it.
+    pub double_nat: Option<bool>,
+    /// What could not be measured and why.
+    pub notes: Vec<String>,
+}
+
+/// Why the probe could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// A local socket failed.
+    #[error("probe socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn tid() -> [u8; 12] {
+    *stun_rs::TransactionId::default().as_bytes()
+}
+
+async fn fresh_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: SocketAddr = if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().expect("an address") };
+    UdpSocket::bind(any).await
+}
+
+/// Sends `req` to `to` until an answer with its transaction id arrives (from anywhere).
+async fn transact(socket: &UdpSocket, to: SocketAddr, req: Request, opts: &ProbeOptions) -> Option<(Response, SocketAddr)> {
+    let id = tid();
+    let bytes = stun::request(id, req);
+    let mut wait = opts.timeout;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    for _ in 0..opts.tries.max(1) {
+        socket.send_to(&bytes, to).await.ok()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok((len, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+            if let Some(response) = stun::response(&buf[..len]).filter(|r| r.tid == id) {
+                return Some((response, from));
+            }
+        }
+        wait *= 2;
+    }
+    None
+}
+
+/// The local address of the route to `server`.
+fn route_ip(server: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().ok()? };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(server).ok()?;
+    Some(probe.local_addr().ok()?.ip())
+}
+
+fn is_private_or_shared(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+/// Runs the tests; `progress` hears what is happening (the slow tests wait for answers that
+/// may never come).
+pub async fn probe(opts: &ProbeOptions, progress: impl Fn(&str)) -> Result<ProbeResult, ProbeError> {
+    let server = opts.server;
+    let mut result = ProbeResult {
+        server,
+        local: None,
+        mapped: None,
+        other: None,
+        udp_blocked: false,
+        no_nat: None,
+        mapping: None,
+        filtering: None,
+        hairpin: None,
+        port_preserved: None,
+        lifetime: None,
+        double_nat: None,
+        notes: Vec::new(),
+    };
+    let main = fresh_socket(server).await?;
+    let local = route_ip(server).map(|ip| SocketAddr::new(ip, main.local_addr().map(|a| a.port()).unwrap_or(0)));
+    result.local = local;
+
+    progress("test I: binding request to the primary address");
+    let Some((first, _)) = transact(&main, server, Request::default(), opts).await else {
+        result.udp_blocked = true;
+        result.notes.push("no answer from the server over UDP: UDP is blocked (or the server is down)".into());
+        return Ok(result);
+    };
+    let m1 = first.mapped;
+    result.mapped = Some(m1);
+    result.other = first.other;
+    let no_nat = local == Some(m1);
+    result.no_nat = Some(no_nat);
+    if !no_nat {
+        result.port_preserved = local.map(|l| l.port() == m1.port());
+    }
+    if is_private_or_shared(m1.ip()) && !is_private_or_shared(server.ip()) {
+        result.double_nat = Some(true);
+    }
+    let Some(other) = first.other else {
+        result.notes.push("the server sent no OTHER-ADDRESS: it does not support RFC 5780 tests".into());
+        return Ok(result);
+    };
+
+    progress("mapping tests II and III: the same socket to the alternate IP, then the alternate port");
+    let alt_ip_primary_port = SocketAddr::new(other.ip(), server.port());
+    match transact(&main, alt_ip_primary_port, Request::default(), opts).await {
+        None => result.notes.push(format!("no answer from {alt_ip_primary_port}: mapping not measured")),
+        Some((second, _)) if second.mapped == m1 => result.mapping = Some(Behaviour::EndpointIndependent),
+        Some((second, _)) => match transact(&main, other, Request::default(), opts).await {
+            None => result.notes.push(format!("no answer from {other}: mapping not fully measured")),
+            Some((third, _)) if third.mapped == second.mapped => result.mapping = Some(Behaviour::AddressDependent),
+            Some(_) => result.mapping = Some(Behaviour::AddressAndPortDependent),
+        },
+    }
+
+    progress("filtering tests (waits for answers that may never come)");
+    let fresh = fresh_socket(server).await?;
+    if transact(&fresh, server, Request::default(), opts).await.is_none() {
+        result.notes.push("no answer on a second socket: filtering not measured".into());
+    } else {
+        let change_both = Request { change_ip: true, change_port: true, response_port: None };
+        let change_port = Request { change_ip: false, change_port: true, response_port: None };
+        result.filtering = Some(if transact(&fresh, server, change_both, opts).await.is_some() {
+            Behaviour::EndpointIndependent
+        } else if transact(&fresh, server, change_port, opts).await.is_some() {
+            Behaviour::AddressDependent
+        } else {
+            Behaviour::AddressAndPortDependent
+        });
+    }
+
+    if !no_nat {
+        progress("hairpinning: a request to our own mapped address");
+        result.hairpin = Some(hairpin(&main, m1, opts).await);
+    }
+
+    if let Some(checkpoints) = &opts.lifetime {
+        let longest = checkpoints.iter().max().copied().unwrap_or_default();
+        progress(&format!("binding lifetime: {} idle bindings, the longest waits {longest:?}", checkpoints.len()));
+        result.lifetime = lifetime(&main, server, checkpoints, opts).await?;
+    }
+    Ok(result)
+}
+
+async fn hairpin(socket: &UdpSocket, mapped: SocketAddr, opts: &ProbeOptions) -> bool {
+    let id = tid();
+    let bytes = stun::request(id, Request::default());
+    let mut wait = opts.timeout;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    for _ in 0..opts.tries.max(1) {
+        if socket.send_to(&bytes, mapped).await.is_err() {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok((len, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+            if stun::is_request_for(&buf[..len], &id) {
+                return true;
+            }
+        }
+        wait *= 2;
+    }
+    false
+}
+
+/// One idle binding per checkpoint, created at once; at each checkpoint the main socket asks
+/// the server to answer to that binding's port; whether the answer arrives bounds the lifetime.
+async fn lifetime(
+    main: &UdpSocket,
+    server: SocketAddr,
+    checkpoints: &[Duration],
+    opts: &ProbeOptions,
+) -> Result<Option<Lifetime>, ProbeError> {
+    let mut idle = Vec::new();
+    for at in checkpoints {
+        let socket = fresh_socket(server).await?;
+        if let Some((response, _)) = transact(&socket, server, Request::default(), opts).await {
+            idle.push((*at, socket, response.mapped.port()));
+        }
+    }
+    let started = tokio::time::Instant::now();
+    let mut alive = Vec::new();
+    let listen = opts.timeout * 4;
+    for (at, socket, port) in &idle {
+        tokio::time::sleep_until(started + *at).await;
+        let id = tid();
+        let ask = stun::request(id, Request { response_port: Some(*port), ..Request::default() });
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut heard = false;
+        // Two asks, in case one is lost; the idle socket only listens (it must not refresh
+        // its binding).
+        for _ in 0..2 {
+            main.send_to(&ask, server).await?;
+            let deadline = tokio::time::Instant::now() + listen;
+            while let Ok(Ok((len, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
+                if stun::response(&buf[..len]).is_some_and(|r| r.tid == id) {
+                    heard = true;
+                    break;
+                }
+            }
+            if heard {
+                break;
+            }
+        }
+        alive.push((*at, heard));
+    }
+    if alive.is_empty() {
+        return Ok(None);
+    }
+    let at_least = alive.iter().filter(|(_, a)| *a).map(|(t, _)| *t).max().unwrap_or_default();
+    let at_most = alive.iter().filter(|(t, a)| !*a && *t > at_least).map(|(t, _)| *t).min();
+    Ok(Some(Lifetime { at_least_s: at_least.as_secs_f64(), at_most_s: at_most.map(|d| d.as_secs_f64()) }))
+}
+
+impl ProbeResult {
+    /// The anonymised report: behaviour only; the public IP only if `include_ip`.
+    pub fn report(&self, include_ip: bool) -> Report {
+        Report {
+            version: REPORT_VERSION,
+            udp_blocked: self.udp_blocked,
+            no_nat: self.no_nat,
+            mapping: self.mapping,
+            filtering: self.filtering,
+            hairpin: self.hairpin,
+            port_preserved: self.port_preserved,
+            lifetime: self.lifetime,
+            double_nat: self.double_nat,
+            public_ip: if include_ip { self.mapped.map(|m| m.ip()) } else { None },
+            software: stun::SOFTWARE.into(),
+        }
+    }
+
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let name = |b: Option<Behaviour>| b.map_or("not measured", Behaviour::name);
+        let yes_no = |b: Option<bool>| match b {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "not measured",
+        };
+        let mut out = format!("server           {}\n", self.server);
+        if self.udp_blocked {
+            out += "UDP              blocked (no answer at all)\n";
+        } else {
+            out += &format!(
+                "local address    {}\npublic address   {}\n",
+                self.local.map_or("unknown".into(), |a| a.to_string()),
+                self.mapped.map_or("unknown".into(), |a| a.to_string())
+            );
+            out += &format!("NAT              {}\n", if self.no_nat == Some(true) { "none" } else { "yes" });
+            out += &format!("mapping          {}\n", name(self.mapping));
+            out += &format!("filtering        {}\n", name(self.filtering));
+            out += &format!("hairpinning      {}\n", yes_no(self.hairpin));
+            out += &format!("port preserved   {}\n", yes_no(self.port_preserved));
+            if let Some(life) = self.lifetime {
+                out += &format!(
+                    "binding lifetime at least {} s{}\n",
+                    life.at_least_s,
+                    life.at_most_s.map_or(" (alive at the longest wait tried)".into(), |m| format!(", at most {m} s"))
+                );
+            }
+            if self.double_nat == Some(true) {
+                out += "double NAT       yes (the public address is private or carrier-grade space)\n";
+            }
+        }
+        for note in &self.notes {
+            out += &format!("note             {note}\n");
+        }
+        out
+    }
+}
+
+/// Sends `report` to the server's collector (TCP, primary address); returns the row id.
+pub async fn submit(server: SocketAddr, report: &Report) -> Result<i64, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(server).await.map_err(|e| e.to_string())?;
+        let mut line = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        stream.write_all(&line).await.map_err(|e| e.to_string())?;
+        let mut reply = Vec::new();
+        stream.take(4096).read_to_end(&mut reply).await.map_err(|e| e.to_string())?;
+        let reply: serde_json::Value = serde_json::from_slice(&reply).map_err(|e| format!("bad reply: {e}"))?;
+        match (reply["ok"].as_bool(), reply["id"].as_i64()) {
+            (Some(true), Some(id)) => Ok(id),
+            _ => Err(reply["error"].as_str().unwrap_or("refused").to_owned()),
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "the collector did not answer".to_owned())?
+}
