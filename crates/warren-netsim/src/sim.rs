@@ -460,7 +460,9 @@ impl Simulation {
             .status()
             .map_err(io_err("running ip addr add"))?;
         if !status.success() {
-            return Err(io_err("adding an address")(std::io::Error::other(format!("ip addr add {ip} failed: {status}"))));
+            return Err(io_err("adding an address")(std::io::Error::other(format!(
+                "ip addr add {ip} failed: {status}"
+            ))));
         }
         self.extra_addrs.push((host.inner.index, ip));
         Ok(())

@@ -121,7 +121,8 @@ impl Store {
         lifetimes.sort_by(f64::total_cmp);
         if !lifetimes.is_empty() {
             let at = |p: f64| lifetimes[((lifetimes.len() - 1) as f64 * p).round() as usize];
-            catalog.lifetime_s = Some(Percentiles { count: lifetimes.len() as u64, p10: at(0.1), p50: at(0.5), p90: at(0.9) });
+            catalog.lifetime_s =
+                Some(Percentiles { count: lifetimes.len() as u64, p10: at(0.1), p50: at(0.5), p90: at(0.9) });
         }
         Ok(catalog)
     }
@@ -183,7 +184,10 @@ pub struct Catalog {
 impl Catalog {
     /// The human table.
     pub fn render(&self) -> String {
-        let mut out = format!("{} reports ({} with UDP blocked, {} without NAT)\n\n", self.reports, self.udp_blocked, self.no_nat);
+        let mut out = format!(
+            "{} reports ({} with UDP blocked, {} without NAT)\n\n",
+            self.reports, self.udp_blocked, self.no_nat
+        );
         let columns: Vec<&str> = Behaviour::ALL.iter().map(|b| b.name()).chain(["unknown"]).collect();
         out += &format!("{:<28}", "mapping \\ filtering");
         for c in &columns {
@@ -204,7 +208,10 @@ impl Catalog {
         out += &format!("double NAT       {}\n", self.double_nat);
         match self.lifetime_s {
             Some(p) => {
-                out += &format!("binding lifetime p10 {} s, median {} s, p90 {} s ({} reports)\n", p.p10, p.p50, p.p90, p.count)
+                out += &format!(
+                    "binding lifetime p10 {} s, median {} s, p90 {} s ({} reports)\n",
+                    p.p10, p.p50, p.p90, p.count
+                )
             }
             None => out += "binding lifetime not measured by any report\n",
         }

@@ -102,12 +102,18 @@ fn tid() -> [u8; 12] {
 }
 
 async fn fresh_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
-    let any: SocketAddr = if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().expect("an address") };
+    let any: SocketAddr =
+        if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().expect("an address") };
     UdpSocket::bind(any).await
 }
 
 /// Sends `req` to `to` until an answer with its transaction id arrives (from anywhere).
-async fn transact(socket: &UdpSocket, to: SocketAddr, req: Request, opts: &ProbeOptions) -> Option<(Response, SocketAddr)> {
+async fn transact(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    req: Request,
+    opts: &ProbeOptions,
+) -> Option<(Response, SocketAddr)> {
     let id = tid();
     let bytes = stun::request(id, req);
     let mut wait = opts.timeout;
@@ -369,5 +375,7 @@ pub async fn submit(server: SocketAddr, report: &Report) -> Result<i64, String> 
             _ => Err(reply["error"].as_str().unwrap_or("refused").to_owned()),
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), exchange).await.map_err(|_| "the collector did not answer".to_owned())?
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| "the collector did not answer".to_owned())?
 }

@@ -8,8 +8,8 @@
 //!   lifetime, UDP blocked, double NAT.
 //! - [`report`] and [`catalog`]: what is submitted and how reports are summed up.
 
-pub mod stun;
 pub mod catalog;
-pub mod report;
 pub mod client;
+pub mod report;
 pub mod server;
+pub mod stun;

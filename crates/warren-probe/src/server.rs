@@ -195,7 +195,8 @@ impl ProbeServer {
         let limiter = Arc::new(Mutex::new(Limiter::new(REQUESTS_PER_SECOND, 2.0 * REQUESTS_PER_SECOND)));
         let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
         for slot in Slot::ALL {
-            let (sockets, counters, limiter, cancel) = (sockets.clone(), counters.clone(), limiter.clone(), cancel.clone());
+            let (sockets, counters, limiter, cancel) =
+                (sockets.clone(), counters.clone(), limiter.clone(), cancel.clone());
             tasks.spawn(async move {
                 cancel.run_until_cancelled(serve_udp(slot, sockets, primary, alternate, counters, limiter)).await;
             });
@@ -204,7 +205,8 @@ impl ProbeServer {
         let (inner, counters2, stop) = (tasks.clone(), counters.clone(), cancel.clone());
         tasks.spawn(async move {
             while let Some(Ok((stream, from))) = stop.run_until_cancelled(reports.accept()).await {
-                let (store, counters, limiter, stop) = (store.clone(), counters2.clone(), report_limiter.clone(), stop.clone());
+                let (store, counters, limiter, stop) =
+                    (store.clone(), counters2.clone(), report_limiter.clone(), stop.clone());
                 inner.spawn(async move {
                     stop.run_until_cancelled(serve_report(stream, from, store, counters, limiter)).await;
                 });
@@ -266,7 +268,8 @@ async fn serve_udp(
             continue;
         }
         // Longer than MAX_DATAGRAM (the buffer has one byte more): dropped unread.
-        let answer = (len <= MAX_DATAGRAM).then(|| stun::answer(&buf[..len], slot, source, primary, alternate)).flatten();
+        let answer =
+            (len <= MAX_DATAGRAM).then(|| stun::answer(&buf[..len], slot, source, primary, alternate)).flatten();
         let Some(answer) = answer else {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;

@@ -77,7 +77,8 @@ pub struct Request {
 pub fn request(tid: [u8; 12], req: Request) -> Vec<u8> {
     // Header 20, CHANGE-REQUEST 8, RESPONSE-PORT 8 (2 bytes of value, padded to 4), and
     // PADDING's own 4-byte header.
-    let unpadded = 20 + if req.change_ip || req.change_port { 8 } else { 0 } + if req.response_port.is_some() { 8 } else { 0 };
+    let unpadded =
+        20 + if req.change_ip || req.change_port { 8 } else { 0 } + if req.response_port.is_some() { 8 } else { 0 };
     let room = REQUEST_SIZE.saturating_sub(unpadded + 4) / 4 * 4;
     let mut builder =
         StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(TransactionId::from(tid));
@@ -136,8 +137,7 @@ pub fn response(datagram: &[u8]) -> Option<Response> {
     }
     let mapped = *message.get::<XorMappedAddress>()?.as_xor_mapped_address().ok()?.socket_address();
     let other = message.get::<OtherAddress>().and_then(|a| a.as_other_address().ok()).map(|a| *a.socket_address());
-    let origin =
-        message.get::<ResponseOrigin>().and_then(|a| a.as_response_origin().ok()).map(|a| *a.socket_address());
+    let origin = message.get::<ResponseOrigin>().and_then(|a| a.as_response_origin().ok()).map(|a| *a.socket_address());
     Some(Response { tid: *message.transaction_id().as_bytes(), mapped, other, origin })
 }
 
@@ -194,7 +194,10 @@ pub fn answer(
     };
     let software = Software::new(SOFTWARE).ok()?;
     let candidates = [
-        base().with_attribute(OtherAddress::from(other)).with_attribute(ResponseOrigin::from(origin)).with_attribute(software),
+        base()
+            .with_attribute(OtherAddress::from(other))
+            .with_attribute(ResponseOrigin::from(origin))
+            .with_attribute(software),
         base().with_attribute(OtherAddress::from(other)).with_attribute(ResponseOrigin::from(origin)),
         base().with_attribute(OtherAddress::from(other)),
         base(),
@@ -247,8 +250,8 @@ mod tests {
         let good = request([2; 12], Request::default());
         let mut cases: Vec<Vec<u8>> = vec![
             vec![],
-            good[..19].to_vec(),                        // truncated header
-            good[..30].to_vec(),                        // truncated attribute
+            good[..19].to_vec(),                                          // truncated header
+            good[..30].to_vec(),                                          // truncated attribute
             [&good[..4], &[0xde, 0xad, 0xbe, 0xef], &good[8..]].concat(), // wrong magic cookie
             {
                 let mut long = good.clone(); // attribute length past the end

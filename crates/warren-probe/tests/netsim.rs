@@ -1,0 +1,256 @@
+//! Ground truth from warren-netsim: behind each NAT the simulator offers, the probe's
+//! classification is what the NAT was configured with (for the kernel NAT: what `nat-check`
+//! measured and docs/netsim.md records). Needs root or a user namespace.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use warren_netsim::link::LinkConfig;
+use warren_netsim::nat::{Filtering, Mapping, NatConfig, NatPreset, PortAssignment};
+use warren_netsim::{KernelNatConfig, KernelPorts, Simulation};
+use warren_probe::client::{self, ProbeOptions, ProbeResult};
+use warren_probe::report::Behaviour;
+use warren_probe::server::{ProbeServer, ServerConfig};
+
+const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const ALTERNATE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+
+/// Where the probing host sits.
+enum Behind {
+    Nats(Vec<NatConfig>),
+    Kernel(KernelPorts),
+}
+
+fn link() -> LinkConfig {
+    LinkConfig { latency: Duration::from_millis(2), ..Default::default() }
+}
+
+/// Builds server (two addresses) and client behind `behind`, probes, returns the result.
+fn probe_behind(behind: Behind, lifetime: Option<Vec<Duration>>) -> ProbeResult {
+    let mut sim = Simulation::new(11);
+    let server = sim.add_host("server", PRIMARY, 24).unwrap();
+    sim.add_address(&server, ALTERNATE).unwrap();
+    let client = match behind {
+        Behind::Nats(configs) => {
+            // Outermost first in the list given here.
+            let mut outer = None;
+            let mut first = None;
+            for (i, config) in configs.into_iter().enumerate() {
+                let nat = sim
+                    .add_nat(&format!("nat{i}"), config, outer.as_ref().map(|n| n as &dyn warren_netsim::AsNode))
+                    .unwrap();
+                match &outer {
+                    Some(parent) => sim.link(&nat, parent, link()),
+                    None => sim.link(&nat, &server, link()),
+                }
+                first.get_or_insert(());
+                outer = Some(nat);
+            }
+            let inner = outer.expect("at least one NAT");
+            let host = sim.add_host_behind("client", Ipv4Addr::new(192, 168, 1, 2), 24, &inner).unwrap();
+            sim.link(&host, &inner, link());
+            host
+        }
+        Behind::Kernel(ports) => {
+            let config = KernelNatConfig {
+                public_ip: PUBLIC,
+                lan_ip: Ipv4Addr::new(192, 168, 1, 1),
+                lan_prefix: 24,
+                ports,
+                udp_timeout: None,
+            };
+            let nat = sim.add_kernel_nat("knat", config, None).unwrap();
+            sim.link(&nat, &server, link());
+            let host = sim.add_host_behind("client", Ipv4Addr::new(192, 168, 1, 2), 24, &nat).unwrap();
+            sim.link(&host, &nat, link());
+            host
+        }
+    };
+    sim.start().unwrap();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let server_task = server.spawn(move || async move {
+        let config = ServerConfig {
+            primary: SocketAddr::from((PRIMARY, 3478)),
+            alternate: SocketAddr::from((ALTERNATE, 3479)),
+            db: None,
+        };
+        let server = ProbeServer::spawn(config).await.unwrap();
+        ready_tx.send(()).unwrap();
+        let _ = stop.await;
+        server.shutdown().await;
+    });
+    ready.recv().unwrap();
+    let result = client
+        .spawn(move || async move {
+            let mut opts = ProbeOptions::new(SocketAddr::from((PRIMARY, 3478)));
+            opts.timeout = Duration::from_millis(150);
+            opts.lifetime = lifetime;
+            client::probe(&opts, |_| {}).await.unwrap()
+        })
+        .join()
+        .unwrap();
+    let _ = stop_tx.send(());
+    server_task.join().unwrap();
+    result
+}
+
+fn behaviour_of_mapping(m: Mapping) -> Behaviour {
+    match m {
+        Mapping::EndpointIndependent => Behaviour::EndpointIndependent,
+        Mapping::AddressDependent => Behaviour::AddressDependent,
+        Mapping::AddressAndPortDependent => Behaviour::AddressAndPortDependent,
+    }
+}
+
+fn behaviour_of_filtering(f: Filtering) -> Behaviour {
+    match f {
+        Filtering::EndpointIndependent => Behaviour::EndpointIndependent,
+        Filtering::AddressDependent => Behaviour::AddressDependent,
+        Filtering::AddressAndPortDependent => Behaviour::AddressAndPortDependent,
+    }
+}
+
+/// The probe behind a single NAT configured as `config` says what the config says.
+fn check_single(config: NatConfig) {
+    let result = probe_behind(Behind::Nats(vec![config.clone()]), None);
+    let label = format!("{:?}/{:?}/{:?}", config.mapping, config.filtering, config.ports);
+    assert!(!result.udp_blocked, "{label}: {result:?}");
+    assert_eq!(result.no_nat, Some(false), "{label}");
+    assert_eq!(result.mapped.map(|m| m.ip()), Some(config.public_ip.into()), "{label}");
+    assert_eq!(result.mapping, Some(behaviour_of_mapping(config.mapping)), "{label}: {result:?}");
+    assert_eq!(result.filtering, Some(behaviour_of_filtering(config.filtering)), "{label}: {result:?}");
+    // A hairpinned packet comes from the mapping our packet to our own public address made;
+    // with a destination-dependent mapping that is a new mapping, which the original one's
+    // filter only admits if it ignores the source. So hairpinning shows only then.
+    let hairpin_shows = config.hairpinning
+        && (config.mapping == Mapping::EndpointIndependent || config.filtering == Filtering::EndpointIndependent);
+    assert_eq!(result.hairpin, Some(hairpin_shows), "{label}: {result:?}");
+    match config.ports {
+        PortAssignment::Preserve => assert_eq!(result.port_preserved, Some(true), "{label}"),
+        PortAssignment::Random => assert_eq!(result.port_preserved, Some(false), "{label}"),
+        PortAssignment::Sequential => {}
+    }
+    assert_eq!(result.double_nat, None, "{label}");
+}
+
+fn preset(p: NatPreset) -> NatConfig {
+    p.configs(&[PUBLIC]).remove(0)
+}
+
+#[test]
+fn full_cone() {
+    check_single(preset(NatPreset::FullCone));
+}
+
+#[test]
+fn restricted_cone() {
+    check_single(preset(NatPreset::RestrictedCone));
+}
+
+#[test]
+fn port_restricted() {
+    check_single(preset(NatPreset::PortRestricted));
+}
+
+#[test]
+fn symmetric() {
+    check_single(preset(NatPreset::Symmetric));
+}
+
+/// Two layers: a port-restricted home NAT (port-preserving) behind a carrier NAT
+/// (endpoint-independent mapping, port-dependent filtering, random ports).
+#[test]
+fn cgnat() {
+    let carrier_public = Ipv4Addr::new(203, 0, 113, 50);
+    let mut layers = NatPreset::Cgnat.configs(&[Ipv4Addr::new(100, 64, 0, 2), carrier_public]);
+    let outer = layers.remove(1);
+    let inner = layers.remove(0);
+    let result = probe_behind(Behind::Nats(vec![outer, inner]), None);
+    assert_eq!(result.mapped.map(|m| m.ip()), Some(carrier_public.into()), "{result:?}");
+    assert_eq!(result.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
+    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.port_preserved, Some(false), "the carrier picks random ports: {result:?}");
+}
+
+#[test]
+fn corporate_blocks_udp() {
+    let result = probe_behind(Behind::Nats(vec![preset(NatPreset::Corporate)]), None);
+    assert!(result.udp_blocked, "{result:?}");
+    assert_eq!(result.mapping, None);
+}
+
+/// Every mapping x filtering combination, port-preserving and not, hairpinning on and off.
+#[test]
+fn every_mapping_and_filtering_combination() {
+    let mut handles = Vec::new();
+    for (i, mapping) in [Mapping::EndpointIndependent, Mapping::AddressDependent, Mapping::AddressAndPortDependent]
+        .into_iter()
+        .enumerate()
+    {
+        for (j, filtering) in
+            [Filtering::EndpointIndependent, Filtering::AddressDependent, Filtering::AddressAndPortDependent]
+                .into_iter()
+                .enumerate()
+        {
+            let config = NatConfig {
+                mapping,
+                filtering,
+                ports: if (i + j) % 2 == 0 { PortAssignment::Preserve } else { PortAssignment::Random },
+                hairpinning: (i + j) % 3 != 0,
+                ..preset(NatPreset::FullCone)
+            };
+            handles.push(std::thread::spawn(move || check_single(config)));
+            // Three at a time.
+            if handles.len() == 3 {
+                for handle in handles.drain(..) {
+                    handle.join().unwrap();
+                }
+            }
+        }
+    }
+    for handle in handles {
+        handle.join().unwrap();
+    }
+}
+
+/// The kernel's NAT (nftables masquerade): as `warren netsim nat-check` measured it
+/// (docs/netsim.md): endpoint-independent mapping keeping the port, port-dependent filtering,
+/// no hairpinning.
+#[test]
+fn kernel_masquerade() {
+    let result = probe_behind(Behind::Kernel(KernelPorts::Masquerade), None);
+    assert_eq!(result.mapped.map(|m| m.ip()), Some(PUBLIC.into()), "{result:?}");
+    assert_eq!(result.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
+    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.port_preserved, Some(true), "{result:?}");
+    assert_eq!(result.hairpin, Some(false), "{result:?}");
+}
+
+/// `masquerade fully-random`: a new random port per destination.
+#[test]
+fn kernel_fully_random() {
+    let result = probe_behind(Behind::Kernel(KernelPorts::FullyRandom), None);
+    assert_eq!(result.mapping, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.port_preserved, Some(false), "{result:?}");
+}
+
+/// `masquerade random`.
+#[test]
+fn kernel_random() {
+    let result = probe_behind(Behind::Kernel(KernelPorts::Random), None);
+    assert_eq!(result.mapping, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+}
+
+/// A NAT whose bindings live 2 s: the bounded search puts the lifetime between 1 and 3 s.
+#[test]
+fn binding_lifetime() {
+    let config = NatConfig { udp_timeout: Duration::from_secs(2), ..preset(NatPreset::PortRestricted) };
+    let checkpoints = vec![Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(4)];
+    let result = probe_behind(Behind::Nats(vec![config]), Some(checkpoints));
+    let life = result.lifetime.expect("measured");
+    assert_eq!((life.at_least_s, life.at_most_s), (1.0, Some(3.0)), "{result:?}");
+}
