@@ -10,6 +10,7 @@ mod netsim;
 mod node;
 mod output;
 mod ping;
+mod probe;
 mod relay;
 
 use std::path::PathBuf;
@@ -45,6 +46,11 @@ enum Command {
     /// Run a relay: tells nodes their public address, lets them find each other by identity
     /// and forwards their end-to-end encrypted traffic when no direct path works.
     Relay(relay::RelayArgs),
+    /// Classify the NAT between here and an RFC 5780 server (mapping, filtering, hairpinning,
+    /// port preservation, binding lifetime); `warren probe catalog` sums up collected reports.
+    Probe(probe::ProbeArgs),
+    /// Serve RFC 5780 on two addresses and two ports, and collect probe reports.
+    ProbeServer(probe::ProbeServerArgs),
     /// Two nodes in one process, connected by identity over loopback: pings, a stream, a
     /// refused impostor, a summary.
     Demo(demo::DemoArgs),
@@ -99,6 +105,8 @@ fn main() -> ExitCode {
             Command::Discover(args) => discover::run(args).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Relay(args) => relay::run(args).await,
+            Command::Probe(args) => probe::run(args).await,
+            Command::ProbeServer(args) => probe::run_server(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             // The simulator runs its own threads and runtimes; keep it off this runtime's

@@ -3,9 +3,9 @@
 //!
 //! Each Binding request is answered from the socket its CHANGE-REQUEST names, to the port its
 //! RESPONSE-PORT names (at the request's source IP), with XOR-MAPPED-ADDRESS, OTHER-ADDRESS,
-//! RESPONSE-ORIGIN and SOFTWARE as far as they fit in the request's size: the server never
-//! sends more than it received, so it cannot amplify. Each source IP gets a token bucket of
-//! requests; the rest are dropped.
+//! RESPONSE-ORIGIN and SOFTWARE as far as they fit in the request's size, and never more than
+//! the bare RFC 5780 answer to a smaller request (see [`stun::answer`]). Each source IP gets a
+//! token bucket of requests; the rest are dropped.
 //!
 //! Reports come over TCP to the primary address: one JSON line (at most
 //! [`MAX_REPORT`](crate::report::MAX_REPORT) bytes), answered with one JSON line,
@@ -274,7 +274,7 @@ async fn serve_udp(
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        debug_assert!(answer.bytes.len() <= len);
+        debug_assert!(answer.bytes.len() <= len.max(stun::BASE_ANSWER_MAX));
         if sockets[answer.from.index()].send_to(&answer.bytes, answer.to).await.is_ok() {
             counters.answered.fetch_add(1, Ordering::Relaxed);
             counters.bytes_out.fetch_add(answer.bytes.len() as u64, Ordering::Relaxed);

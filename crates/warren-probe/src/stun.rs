@@ -15,10 +15,8 @@ use stun_rs::{
 /// Largest datagram the server reads; anything longer is dropped unread.
 pub const MAX_DATAGRAM: usize = 2048;
 
-/// Size the client pads its requests to, so that the full response (mapped address, other
-/// address, response origin, software) fits under the server's "never larger than the
-/// request" rule.
-pub const REQUEST_SIZE: usize = 160;
+/// Size [`padded_request`] pads to in tests: room for the full answer (with SOFTWARE).
+pub const PADDED_SIZE: usize = 160;
 
 /// The server's name in its responses.
 pub const SOFTWARE: &str = concat!("warren-probe ", env!("CARGO_PKG_VERSION"));
@@ -73,13 +71,19 @@ pub struct Request {
     pub response_port: Option<u16>,
 }
 
-/// Encodes a Binding request padded to [`REQUEST_SIZE`] bytes.
+/// Encodes a Binding request, unpadded. (Padded requests make some servers, coturn among them,
+/// pad their answers to a full MTU, which then fragment, and NATs often drop fragments.)
 pub fn request(tid: [u8; 12], req: Request) -> Vec<u8> {
+    padded_request(tid, req, 0)
+}
+
+/// Encodes a Binding request padded with PADDING to about `size` bytes (0: no padding).
+pub fn padded_request(tid: [u8; 12], req: Request, size: usize) -> Vec<u8> {
     // Header 20, CHANGE-REQUEST 8, RESPONSE-PORT 8 (2 bytes of value, padded to 4), and
     // PADDING's own 4-byte header.
     let unpadded =
         20 + if req.change_ip || req.change_port { 8 } else { 0 } + if req.response_port.is_some() { 8 } else { 0 };
-    let room = REQUEST_SIZE.saturating_sub(unpadded + 4) / 4 * 4;
+    let room = size.saturating_sub(unpadded + 4) / 4 * 4;
     let mut builder =
         StunMessageBuilder::new(BINDING, MessageClass::Request).with_transaction_id(TransactionId::from(tid));
     if req.change_ip || req.change_port {
@@ -159,12 +163,19 @@ pub struct Answer {
     pub bytes: Vec<u8>,
 }
 
-/// Answers `datagram`, received on socket `on` from `source`. None: not a Binding request (or
-/// one whose response cannot fit in its size: requests must leave room, padding if need be).
+/// Largest answer to a request smaller than it: the bare RFC 5780 answer (XOR-MAPPED-ADDRESS,
+/// OTHER-ADDRESS, RESPONSE-ORIGIN) for IPv6, 20 + 3 x 24 bytes (56 for IPv4).
+pub const BASE_ANSWER_MAX: usize = 20 + 3 * 24;
+
+/// Answers `datagram`, received on socket `on` from `source`. None: not a Binding request.
 ///
-/// The response holds XOR-MAPPED-ADDRESS, then as many of OTHER-ADDRESS, RESPONSE-ORIGIN and
-/// SOFTWARE as fit in the request's size, in that order: the server never sends more bytes
-/// than it received, so it cannot amplify a spoofed request.
+/// Amplification: the answer is never larger than the request, except that the bare RFC 5780
+/// answer (XOR-MAPPED-ADDRESS, OTHER-ADDRESS, RESPONSE-ORIGIN: 56 bytes for IPv4, at most
+/// [`BASE_ANSWER_MAX`]) is always given, so that clients sending unpadded 20-byte requests
+/// (RFC 3489-era clients, coturn's `turnutils_natdiscovery`) work: at most 2.8 times a 20-byte
+/// request, never more whatever the request holds, and no more than its size for a request of
+/// 56 bytes or more. SOFTWARE is added only if it fits; PADDING is never echoed. With the
+/// per-source rate limit that bounds what a spoofed flood can reflect.
 pub fn answer(
     datagram: &[u8],
     on: Slot,
@@ -193,17 +204,15 @@ pub fn answer(
             .with_attribute(XorMappedAddress::from(source))
     };
     let software = Software::new(SOFTWARE).ok()?;
-    let candidates = [
-        base()
-            .with_attribute(OtherAddress::from(other))
-            .with_attribute(ResponseOrigin::from(origin))
-            .with_attribute(software),
-        base().with_attribute(OtherAddress::from(other)).with_attribute(ResponseOrigin::from(origin)),
-        base().with_attribute(OtherAddress::from(other)),
-        base(),
-    ];
-    let bytes =
-        candidates.into_iter().filter_map(|b| encode(&b.build()).ok()).find(|bytes| bytes.len() <= datagram.len())?;
+    let full = base()
+        .with_attribute(OtherAddress::from(other))
+        .with_attribute(ResponseOrigin::from(origin))
+        .with_attribute(software);
+    let bare = base().with_attribute(OtherAddress::from(other)).with_attribute(ResponseOrigin::from(origin));
+    let (full, bare) = (encode(&full.build()).ok()?, encode(&bare.build()).ok()?);
+    // The full answer if it fits in the request's size; else the bare RFC 5780 one.
+    let bytes = if full.len() <= datagram.len() { full } else { bare };
+    debug_assert!(bytes.len() <= datagram.len().max(BASE_ANSWER_MAX));
     Some(Answer { from, to, bytes })
 }
 
@@ -219,8 +228,9 @@ mod tests {
     fn a_padded_request_gets_the_full_answer_from_the_right_socket() {
         let (primary, alternate, client) = addrs();
         let tid = [7; 12];
-        let req = request(tid, Request { change_ip: true, change_port: false, response_port: None });
-        assert_eq!(req.len(), REQUEST_SIZE);
+        let req =
+            padded_request(tid, Request { change_ip: true, change_port: false, response_port: None }, PADDED_SIZE);
+        assert_eq!(req.len(), PADDED_SIZE);
         let answer = answer(&req, Slot::PRIMARY, client, primary, alternate).unwrap();
         assert_eq!(answer.from, Slot { alt_ip: true, alt_port: false });
         assert_eq!(answer.to, client);
@@ -236,6 +246,7 @@ mod tests {
     fn response_port_and_both_changes() {
         let (primary, alternate, client) = addrs();
         let req = request([1; 12], Request { change_ip: true, change_port: true, response_port: Some(5555) });
+        assert_eq!(req.len(), 36);
         let answer = answer(&req, Slot::PRIMARY, client, primary, alternate).unwrap();
         assert_eq!(answer.from, Slot { alt_ip: true, alt_port: true });
         assert_eq!(answer.to, "203.0.113.5:5555".parse().unwrap());
@@ -245,9 +256,9 @@ mod tests {
     }
 
     #[test]
-    fn hostile_requests_get_nothing_or_no_more_than_they_sent() {
+    fn hostile_requests_get_nothing_or_no_more_than_they_sent_or_the_bare_answer() {
         let (primary, alternate, client) = addrs();
-        let good = request([2; 12], Request::default());
+        let good = padded_request([2; 12], Request::default(), PADDED_SIZE);
         let mut cases: Vec<Vec<u8>> = vec![
             vec![],
             good[..19].to_vec(),                                          // truncated header
@@ -273,16 +284,20 @@ mod tests {
         let mut buffer = vec![0u8; 70_000];
         let len = MessageEncoderBuilder::default().build().encode(&mut buffer, &huge).unwrap();
         cases.push(buffer[..len].to_vec());
-        // Unpadded minimal requests (20 bytes) cannot hold an answer: none is sent.
+        // An unpadded minimal request (20 bytes) gets the bare RFC 5780 answer: 56 bytes.
         let bare = encode(&StunMessageBuilder::new(BINDING, MessageClass::Request).build()).unwrap();
         assert_eq!(bare.len(), 20);
+        let bare_answer = answer(&bare, Slot::PRIMARY, client, primary, alternate).unwrap();
+        assert_eq!(bare_answer.bytes.len(), 56);
+        let parsed = response(&bare_answer.bytes).unwrap();
+        assert!(parsed.other.is_some() && parsed.origin.is_some());
         cases.push(bare);
         // Not requests: a success response, an indication.
         let indication = encode(&StunMessageBuilder::new(BINDING, MessageClass::Indication).build()).unwrap();
         cases.push(indication);
         for case in cases {
             if let Some(answer) = answer(&case, Slot::PRIMARY, client, primary, alternate) {
-                assert!(answer.bytes.len() <= case.len(), "{} > {}", answer.bytes.len(), case.len());
+                assert!(answer.bytes.len() <= case.len().max(56), "{} > {}", answer.bytes.len(), case.len());
             }
         }
         assert!(answer(&vec![0u8; MAX_DATAGRAM + 1], Slot::PRIMARY, client, primary, alternate).is_none());
@@ -298,7 +313,7 @@ mod tests {
                 })
                 .collect();
             if let Some(answer) = answer(&bytes, Slot::PRIMARY, client, primary, alternate) {
-                assert!(answer.bytes.len() <= bytes.len());
+                assert!(answer.bytes.len() <= bytes.len().max(56));
             }
         }
     }

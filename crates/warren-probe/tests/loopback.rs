@@ -58,7 +58,8 @@ async fn probe_submit_catalog_round_trip() {
 
     let stats = server.stats();
     assert_eq!((stats.reports_stored, stats.reports_refused), (2, 2));
-    assert!(stats.bytes_out <= stats.bytes_in, "{stats:?}");
+    // Unpadded requests get the bare 56-byte RFC 5780 answer, never more.
+    assert!(stats.bytes_out <= stats.answered * 56, "{stats:?}");
     server.shutdown().await;
 
     let store = Store::open_read_only(&db).unwrap();
@@ -78,7 +79,7 @@ async fn hostile_datagrams_get_no_more_than_they_sent() {
     let server = server(None).await;
     let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut sent = 0usize;
-    let good = warren_probe::stun::request([3; 12], Default::default());
+    let good = warren_probe::stun::padded_request([3; 12], Default::default(), warren_probe::stun::PADDED_SIZE);
     let mut datagrams: Vec<Vec<u8>> = vec![
         vec![],
         good[..19].to_vec(),
@@ -89,8 +90,6 @@ async fn hostile_datagrams_get_no_more_than_they_sent() {
             g
         },
         vec![0u8; 3000],
-        // An unpadded 20-byte request: no room for an answer.
-        good[..20].iter().copied().enumerate().map(|(i, b)| if i == 3 { 0 } else { b }).collect(),
     ];
     datagrams.extend((0..100u8).map(|i| vec![i; 20 + usize::from(i) * 7]));
     for d in &datagrams {
@@ -106,10 +105,16 @@ async fn hostile_datagrams_get_no_more_than_they_sent() {
         received += n;
     }
     assert_eq!(received, 0, "the attacker's garbage got answers ({received} bytes for {sent})");
+    // An unpadded 20-byte request gets the bare 56-byte RFC 5780 answer, nothing bigger.
+    let bare: Vec<u8> = good[..20].iter().copied().enumerate().map(|(i, b)| if i == 3 { 0 } else { b }).collect();
+    attacker.send_to(&bare, server.primary()).await.unwrap();
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), attacker.recv_from(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(n, 56);
     let stats = server.stats();
     // Dropped as malformed, or (the attacker shares 127.0.0.1 with the probe) over the rate.
     assert!(stats.dropped + stats.rate_limited >= datagrams.len() as u64, "{stats:?}");
-    assert!(stats.bytes_out <= stats.bytes_in, "{stats:?}");
+    // Unpadded requests get the bare 56-byte RFC 5780 answer, never more.
+    assert!(stats.bytes_out <= stats.answered * 56, "{stats:?}");
     server.shutdown().await;
 }
 

@@ -5,93 +5,29 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use warren_netsim::link::LinkConfig;
+mod common;
+
+use warren_netsim::KernelPorts;
 use warren_netsim::nat::{Filtering, Mapping, NatConfig, NatPreset, PortAssignment};
-use warren_netsim::{KernelNatConfig, KernelPorts, Simulation};
 use warren_probe::client::{self, ProbeOptions, ProbeResult};
 use warren_probe::report::Behaviour;
-use warren_probe::server::{ProbeServer, ServerConfig};
 
-const PRIMARY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
-const ALTERNATE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
-const PUBLIC: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
-
-/// Where the probing host sits.
-enum Behind {
-    Nats(Vec<NatConfig>),
-    Kernel(KernelPorts),
-}
-
-fn link() -> LinkConfig {
-    LinkConfig { latency: Duration::from_millis(2), ..Default::default() }
-}
+use common::{Behind, PUBLIC};
 
 /// Builds server (two addresses) and client behind `behind`, probes, returns the result.
 fn probe_behind(behind: Behind, lifetime: Option<Vec<Duration>>) -> ProbeResult {
-    let mut sim = Simulation::new(11);
-    let server = sim.add_host("server", PRIMARY, 24).unwrap();
-    sim.add_address(&server, ALTERNATE).unwrap();
-    let client = match behind {
-        Behind::Nats(configs) => {
-            // Outermost first in the list given here.
-            let mut outer = None;
-            let mut first = None;
-            for (i, config) in configs.into_iter().enumerate() {
-                let nat = sim
-                    .add_nat(&format!("nat{i}"), config, outer.as_ref().map(|n| n as &dyn warren_netsim::AsNode))
-                    .unwrap();
-                match &outer {
-                    Some(parent) => sim.link(&nat, parent, link()),
-                    None => sim.link(&nat, &server, link()),
-                }
-                first.get_or_insert(());
-                outer = Some(nat);
-            }
-            let inner = outer.expect("at least one NAT");
-            let host = sim.add_host_behind("client", Ipv4Addr::new(192, 168, 1, 2), 24, &inner).unwrap();
-            sim.link(&host, &inner, link());
-            host
-        }
-        Behind::Kernel(ports) => {
-            let config = KernelNatConfig {
-                public_ip: PUBLIC,
-                lan_ip: Ipv4Addr::new(192, 168, 1, 1),
-                lan_prefix: 24,
-                ports,
-                udp_timeout: None,
-            };
-            let nat = sim.add_kernel_nat("knat", config, None).unwrap();
-            sim.link(&nat, &server, link());
-            let host = sim.add_host_behind("client", Ipv4Addr::new(192, 168, 1, 2), 24, &nat).unwrap();
-            sim.link(&host, &nat, link());
-            host
-        }
-    };
-    sim.start().unwrap();
-    let (ready_tx, ready) = std::sync::mpsc::channel();
-    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
-    let server_task = server.spawn(move || async move {
-        let config = ServerConfig {
-            primary: SocketAddr::from((PRIMARY, 3478)),
-            alternate: SocketAddr::from((ALTERNATE, 3479)),
-            db: None,
-        };
-        let server = ProbeServer::spawn(config).await.unwrap();
-        ready_tx.send(()).unwrap();
-        let _ = stop.await;
-        server.shutdown().await;
-    });
-    ready.recv().unwrap();
+    let (_sim, server, client) = common::topology(behind);
+    let (stop, server_task) = common::warren_server(&server);
     let result = client
         .spawn(move || async move {
-            let mut opts = ProbeOptions::new(SocketAddr::from((PRIMARY, 3478)));
+            let mut opts = ProbeOptions::new(SocketAddr::from((common::PRIMARY, 3478)));
             opts.timeout = Duration::from_millis(150);
             opts.lifetime = lifetime;
             client::probe(&opts, |_| {}).await.unwrap()
         })
         .join()
         .unwrap();
-    let _ = stop_tx.send(());
+    let _ = stop.send(());
     server_task.join().unwrap();
     result
 }
