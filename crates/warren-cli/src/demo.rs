@@ -155,6 +155,92 @@ fn across_nats() -> anyhow::Result<Vec<NatDial>> {
     ])
 }
 
+/// One probe of the router-probing chapter: the NAT's name, what it was configured as, what
+/// the probe found.
+struct ProbedNat {
+    name: &'static str,
+    configured: (warren_probe::report::Behaviour, warren_probe::report::Behaviour),
+    found: warren_probe::client::ProbeResult,
+}
+
+/// An RFC 5780 server with two addresses on the simulated internet; three homes behind a
+/// full-cone, a port-restricted and a symmetric NAT probe it and submit their reports; the
+/// server's catalogue counts them.
+fn probe_routers() -> anyhow::Result<(Vec<ProbedNat>, warren_probe::catalog::Catalog)> {
+    use warren_netsim::link::LinkConfig;
+    use warren_netsim::nat::NatPreset;
+    use warren_probe::report::Behaviour as B;
+    let (primary, alternate) = (Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(198, 51, 100, 2));
+    let mut sim = warren_netsim::Simulation::new(2028);
+    let server = sim.add_host("probe-server", primary, 24)?;
+    sim.add_address(&server, alternate)?;
+    let latency = LinkConfig { latency: Duration::from_millis(10), ..Default::default() };
+    let homes = [
+        ("full cone", NatPreset::FullCone, (B::EndpointIndependent, B::EndpointIndependent)),
+        ("port-restricted", NatPreset::PortRestricted, (B::EndpointIndependent, B::AddressAndPortDependent)),
+        ("symmetric", NatPreset::Symmetric, (B::AddressAndPortDependent, B::AddressAndPortDependent)),
+    ];
+    let mut hosts = Vec::new();
+    for (i, (name, preset, configured)) in homes.into_iter().enumerate() {
+        let public = Ipv4Addr::new(203, 0, 113, 10 + i as u8);
+        let nat = sim.add_nat(&format!("nat-{i}"), preset.configs(&[public]).remove(0), None)?;
+        let host = sim.add_host_behind(&format!("home-{i}"), Ipv4Addr::new(192, 168, 1, 2), 24, &nat)?;
+        sim.link(&host, &nat, LinkConfig { latency: Duration::from_millis(1), ..Default::default() });
+        sim.link(&nat, &server, latency.clone());
+        hosts.push((name, configured, host));
+    }
+    sim.start()?;
+    let dir = std::env::temp_dir().join(format!("warren-demo-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let db = dir.join("reports.db");
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+    let server_db = db.clone();
+    let server_task = server.spawn(move || async move {
+        let config = warren_probe::server::ServerConfig {
+            primary: SocketAddr::from((primary, 3478)),
+            alternate: SocketAddr::from((alternate, 3479)),
+            db: Some(server_db),
+        };
+        match warren_probe::server::ProbeServer::spawn(config).await {
+            Ok(server) => {
+                let _ = ready_tx.send(Ok(()));
+                let _ = stop.await;
+                server.shutdown().await;
+            }
+            Err(error) => {
+                let _ = ready_tx.send(Err(error.to_string()));
+            }
+        }
+    });
+    ready.recv()?.map_err(|e| anyhow::anyhow!("probe server: {e}"))?;
+    let probes: Vec<_> = hosts
+        .into_iter()
+        .map(|(name, configured, host)| {
+            let task = host.spawn(move || async move {
+                let mut opts = warren_probe::client::ProbeOptions::new(SocketAddr::from((primary, 3478)));
+                opts.timeout = Duration::from_millis(100);
+                let found = warren_probe::client::probe(&opts, |_| {}).await?;
+                warren_probe::client::submit(opts.server, &found.report(false))
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                anyhow::Ok(found)
+            });
+            (name, configured, task)
+        })
+        .collect();
+    let mut probed = Vec::new();
+    for (name, configured, task) in probes {
+        let found = task.join().map_err(|_| anyhow::anyhow!("a probe panicked"))??;
+        probed.push(ProbedNat { name, configured, found });
+    }
+    let _ = stop_tx.send(());
+    let _ = server_task.join();
+    let catalog = warren_probe::catalog::Store::open_read_only(&db)?.catalog()?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok((probed, catalog))
+}
+
 /// What the LAN chapter measured.
 struct OnLan {
     found_in: Duration,
@@ -417,6 +503,30 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
 
+    say("\n10. router probing: three homes behind a full-cone, a port-restricted and a symmetric NAT run".into());
+    say("    the RFC 5780 tests against a probe server with two addresses and submit their reports".into());
+    let probing = match tokio::task::spawn_blocking(probe_routers).await? {
+        Ok((probed, catalog)) => {
+            for p in &probed {
+                let name = |b: Option<warren_probe::report::Behaviour>| b.map_or("not measured", |b| b.name());
+                say(format!(
+                    "    {:<16} mapping {}, filtering {}, hairpinning {}, port {}",
+                    p.name,
+                    name(p.found.mapping),
+                    name(p.found.filtering),
+                    if p.found.hairpin == Some(true) { "yes" } else { "no" },
+                    if p.found.port_preserved == Some(true) { "kept" } else { "changed" },
+                ));
+            }
+            say(format!("    the server's catalogue now counts {} reports", catalog.reports));
+            Ok((probed, catalog))
+        }
+        Err(error) => {
+            say(format!("    NOT RUN: {error:#}"));
+            Err(format!("{error:#}"))
+        }
+    };
+
     let avg = |rtts: &[Duration]| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32);
     if args.json {
         json_line(&serde_json::json!({
@@ -450,6 +560,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     "punch_ms": d.dialled.punch.map(|(_, ms)| ms),
                     "punch_rounds": d.dialled.rounds,
                 })).collect::<Vec<_>>()),
+                Err(error) => serde_json::json!({ "error": error }),
+            },
+            "probing": match &probing {
+                Ok((probed, catalog)) => serde_json::json!({
+                    "probes": probed.iter().map(|p| serde_json::json!({ "nat": p.name, "result": p.found })).collect::<Vec<_>>(),
+                    "catalog": catalog,
+                }),
                 Err(error) => serde_json::json!({ "error": error }),
             },
             "lan": match &lan {
@@ -497,6 +614,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
             Err(error) => println!("  across NATs           not run: {error}"),
         }
+        match &probing {
+            Ok((probed, _)) => println!(
+                "  router probing        {} NATs classified as configured, {} reports catalogued",
+                probed
+                    .iter()
+                    .filter(|p| (p.found.mapping, p.found.filtering) == (Some(p.configured.0), Some(p.configured.1)))
+                    .count(),
+                probed.len()
+            ),
+            Err(error) => println!("  router probing        not run: {error}"),
+        }
         match &lan {
             Ok(story) => println!(
                 "  LAN discovery         found in {} ms, ping {} ms average",
@@ -512,6 +640,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     if let Err(error) = lan {
         anyhow::bail!("the LAN chapter could not run: {error}");
+    }
+    match probing {
+        Err(error) => anyhow::bail!("the router-probing chapter could not run: {error}"),
+        Ok((probed, catalog)) => {
+            for p in &probed {
+                let found = (p.found.mapping, p.found.filtering);
+                anyhow::ensure!(
+                    found == (Some(p.configured.0), Some(p.configured.1)),
+                    "the probe classified the {} NAT as {found:?}",
+                    p.name
+                );
+            }
+            anyhow::ensure!(catalog.reports == probed.len() as u64, "the catalogue lost reports");
+        }
     }
     match nats {
         Err(error) => anyhow::bail!("the NAT chapter could not run: {error}"),
