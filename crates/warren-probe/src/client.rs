@@ -264,14 +264,17 @@ async fn lifetime(
     for at in checkpoints {
         let socket = fresh_socket(server).await?;
         if let Some((response, _)) = transact(&socket, server, Request::default(), opts).await {
-            idle.push((*at, socket, response.mapped.port()));
+            // Idle from its last packet on: its answer just arrived.
+            idle.push((*at, socket, response.mapped.port(), tokio::time::Instant::now()));
         }
     }
-    let started = tokio::time::Instant::now();
     let mut alive = Vec::new();
     let listen = opts.timeout * 4;
-    for (at, socket, port) in &idle {
-        tokio::time::sleep_until(started + *at).await;
+    for (at, socket, port, since) in &idle {
+        tokio::time::sleep_until(*since + *at).await;
+        // What counts is how long the binding really was idle (an earlier check may have run
+        // late), to a tenth of a second.
+        let waited = Duration::from_millis((since.elapsed().as_millis() as u64).div_ceil(100) * 100);
         let id = tid();
         let ask = stun::request(id, Request { response_port: Some(*port), ..Request::default() });
         let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -291,7 +294,7 @@ async fn lifetime(
                 break;
             }
         }
-        alive.push((*at, heard));
+        alive.push((waited, heard));
     }
     if alive.is_empty() {
         return Ok(None);

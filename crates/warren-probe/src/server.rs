@@ -113,15 +113,21 @@ struct Limiter {
     rate: f64,
     burst: f64,
     buckets: HashMap<IpAddr, (f64, Instant)>,
+    last_sweep: Option<Instant>,
 }
 
 impl Limiter {
     fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, buckets: HashMap::new() }
+        Self { rate, burst, buckets: HashMap::new(), last_sweep: None }
     }
 
     fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
         if self.buckets.len() >= MAX_TRACKED && !self.buckets.contains_key(&ip) {
+            // At most one sweep a second: a flood of new sources costs no scan per packet.
+            if self.last_sweep.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
+                return false;
+            }
+            self.last_sweep = Some(now);
             // Forget the sources that have been quiet long enough to have a full bucket again.
             let (rate, burst) = (self.rate, self.burst);
             self.buckets.retain(|_, (level, at)| *level + now.duration_since(*at).as_secs_f64() * rate < burst);
@@ -204,7 +210,16 @@ impl ProbeServer {
         let report_limiter = Arc::new(Mutex::new(Limiter::new(REPORTS_PER_MINUTE / 60.0, REPORTS_PER_MINUTE)));
         let (inner, counters2, stop) = (tasks.clone(), counters.clone(), cancel.clone());
         tasks.spawn(async move {
-            while let Some(Ok((stream, from))) = stop.run_until_cancelled(reports.accept()).await {
+            while let Some(accepted) = stop.run_until_cancelled(reports.accept()).await {
+                let (stream, from) = match accepted {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: wait a little and go on.
+                    Err(error) => {
+                        tracing::warn!(%error, "report accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let (store, counters, limiter, stop) =
                     (store.clone(), counters2.clone(), report_limiter.clone(), stop.clone());
                 inner.spawn(async move {

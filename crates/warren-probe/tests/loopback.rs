@@ -36,7 +36,7 @@ async fn probe_submit_catalog_round_trip() {
     assert_eq!(result.other, Some(server.alternate()));
     // Without a NAT nothing expires.
     let life = result.lifetime.unwrap();
-    assert_eq!((life.at_least_s, life.at_most_s), (0.6, None));
+    assert!((0.6..=0.8).contains(&life.at_least_s) && life.at_most_s.is_none(), "{life:?}");
 
     let report = result.report(false);
     assert_eq!(report.public_ip, None, "anonymised by default");
@@ -68,7 +68,7 @@ async fn probe_submit_catalog_round_trip() {
     assert_eq!(catalog.reports, 2);
     assert_eq!(catalog.no_nat, 2);
     assert_eq!(catalog.mapping_by_filtering["endpoint-independent"]["endpoint-independent"], 2);
-    assert_eq!(catalog.lifetime_s.unwrap().p50, 0.6);
+    assert!((0.6..=0.8).contains(&catalog.lifetime_s.unwrap().p50));
     let table = catalog.render();
     assert!(table.contains("2 reports"), "{table}");
     std::fs::remove_dir_all(db.parent().unwrap()).unwrap();

@@ -181,12 +181,14 @@ fn kernel_random() {
     assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
 }
 
-/// A NAT whose bindings live 2 s: the bounded search puts the lifetime between 1 and 3 s.
+/// A NAT whose bindings live 2 s: the bounded search puts the lifetime between about 1 and
+/// about 3 s (the idle times actually waited, to a tenth of a second).
 #[test]
 fn binding_lifetime() {
     let config = NatConfig { udp_timeout: Duration::from_secs(2), ..preset(NatPreset::PortRestricted) };
     let checkpoints = vec![Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(4)];
     let result = probe_behind(Behind::Nats(vec![config]), Some(checkpoints));
     let life = result.lifetime.expect("measured");
-    assert_eq!((life.at_least_s, life.at_most_s), (1.0, Some(3.0)), "{result:?}");
+    assert!((1.0..=1.5).contains(&life.at_least_s), "{result:?}");
+    assert!(life.at_most_s.is_some_and(|m| (3.0..=3.5).contains(&m)), "{result:?}");
 }

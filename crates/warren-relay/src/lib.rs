@@ -39,16 +39,19 @@ use warren::relay::stream::{self, Record};
 use warren::transport::{quic, tls};
 use warren::{Identity, RemoteIdentity};
 
-/// QUIC close code for a node the relay refuses.
-pub const REFUSED: VarInt = VarInt::from_u32(0x52_01);
-/// QUIC close code for a node over its byte limit.
-pub const OVER_LIMIT: VarInt = VarInt::from_u32(0x52_02);
+pub use warren::relay::control::{OVER_LIMIT, REFUSED};
 
 /// Nodes served at once; further registrations are refused.
 pub const MAX_NODES: usize = 10_000;
 
 /// The window of [`RelayConfig::max_bytes`].
 pub const BYTE_LIMIT_WINDOW: Duration = Duration::from_secs(3600);
+
+/// TCP connections that have not registered yet, at most; more are closed at once.
+pub const MAX_PENDING_TCP: usize = 256;
+
+/// TCP keepalive: a silent TCP node is found dead after about 15 + 3 x 5 s.
+const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 
 /// How long a node may take to send its registration after the handshake.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -145,7 +148,10 @@ struct Node {
     registration: u64,
     dest: Dest,
     bucket: Option<Bucket>,
+    /// Bytes forwarded since `window`.
     forwarded: u64,
+    /// Start of the current byte-limit window.
+    window: Instant,
     cut: bool,
 }
 
@@ -165,15 +171,18 @@ impl Registry {
         self.spent.get(id).map_or(0, |(_, bytes)| *bytes)
     }
 
-    fn remember_spent(&mut self, id: RawIdentity, bytes: u64, now: Instant) {
+    /// Records what `id` spent in the window that began at `since`.
+    fn remember_spent(&mut self, id: RawIdentity, bytes: u64, since: Instant) {
         if self.spent.len() < 2 * MAX_NODES || self.spent.contains_key(&id) {
-            self.spent.entry(id).or_insert((now, 0)).1 = bytes;
+            self.spent.insert(id, (since, bytes));
         }
     }
 
     fn remove(&mut self, id: &RawIdentity) -> Option<Node> {
         let node = self.nodes.remove(id)?;
-        if let Dest::Udp(addr) = &node.dest {
+        if let Dest::Udp(addr) = &node.dest
+            && self.by_addr.get(addr) == Some(id)
+        {
             self.by_addr.remove(addr);
         }
         Some(node)
@@ -224,14 +233,14 @@ impl Shared {
             spent = spent.max(old.forwarded);
         }
         if self.config.max_bytes.is_some_and(|max| spent >= max) {
-            registry.remember_spent(id, spent, now);
             return Err("over the relay's byte limit");
         }
         if let Dest::Udp(addr) = &dest {
             registry.by_addr.insert(*addr, id);
         }
         let bucket = self.config.max_mbps.map(Bucket::new);
-        registry.nodes.insert(id, Node { registration, dest, bucket, forwarded: spent, cut: false });
+        let window = registry.spent.get(&id).map_or(now, |(since, _)| *since);
+        registry.nodes.insert(id, Node { registration, dest, bucket, forwarded: spent, window, cut: false });
         drop(registry);
         self.closers.lock().expect("closer lock poisoned").insert(registration, closer);
         Ok(())
@@ -244,7 +253,7 @@ impl Shared {
         if registry.nodes.get(id).is_some_and(|n| n.registration == registration) {
             let node = registry.remove(id).expect("checked above");
             if self.config.max_bytes.is_some() {
-                registry.remember_spent(*id, node.forwarded, Instant::now());
+                registry.remember_spent(*id, node.forwarded, node.window);
             }
         }
     }
@@ -254,7 +263,9 @@ impl Shared {
         let mut registry = self.registry();
         let Some(node) = registry.nodes.get_mut(id).filter(|n| n.registration == registration) else { return };
         let Dest::Udp(old) = std::mem::replace(&mut node.dest, Dest::Udp(to)) else { return };
-        registry.by_addr.remove(&old);
+        if registry.by_addr.get(&old) == Some(id) {
+            registry.by_addr.remove(&old);
+        }
         registry.by_addr.insert(to, *id);
     }
 
@@ -293,6 +304,10 @@ impl Shared {
         {
             self.counters.throttled_frames.fetch_add(1, Ordering::Relaxed);
             return None;
+        }
+        if now.duration_since(sender.window) >= BYTE_LIMIT_WINDOW {
+            sender.window = now;
+            sender.forwarded = 0;
         }
         sender.forwarded += payload_len as u64;
         if self.config.max_bytes.is_some_and(|max| sender.forwarded > max) {
@@ -476,10 +491,22 @@ impl Relay {
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&identity)));
         let (inner_tasks, serving, stop) = (tasks.clone(), shared.clone(), cancel.clone());
         tasks.spawn(async move {
-            while let Some(Ok((stream, addr))) = stop.run_until_cancelled(tcp.accept()).await {
+            // Connections that have not registered yet, at most (each may take ~20 s).
+            let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_TCP));
+            while let Some(accepted) = stop.run_until_cancelled(tcp.accept()).await {
+                let (stream, addr) = match accepted {
+                    Ok(accepted) => accepted,
+                    // Out of file descriptors and the like: wait a little and go on.
+                    Err(error) => {
+                        tracing::warn!(%error, "TCP accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = pending.clone().try_acquire_owned() else { continue };
                 let (shared, stop, acceptor) = (serving.clone(), stop.clone(), acceptor.clone());
                 inner_tasks.spawn(async move {
-                    stop.run_until_cancelled(serve_tcp(stream, addr, acceptor, shared)).await;
+                    stop.run_until_cancelled(serve_tcp(stream, addr, acceptor, shared, permit)).await;
                 });
             }
         });
@@ -531,6 +558,12 @@ impl Relay {
     }
 }
 
+/// IPv4-mapped IPv6 addresses (a relay on `[::]`) as plain IPv4, as nodes on IPv4 sockets
+/// see them.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Checks a node's identity and token and registers it. Err: the reason it is refused.
 fn admit(shared: &Shared, node: Option<RemoteIdentity>, request: Request) -> Result<RemoteIdentity, &'static str> {
     let node = node.ok_or("no identity")?;
@@ -556,7 +589,7 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
     else {
         return;
     };
-    let mut addr = conn.remote_address();
+    let mut addr = canonical(conn.remote_address());
     let refuse = |reason: &str| {
         refused(shared, addr, reason);
         conn.close(REFUSED, reason.as_bytes());
@@ -600,7 +633,7 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
                     let _ = send.finish();
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    let now = conn.remote_address();
+                    let now = canonical(conn.remote_address());
                     if now != addr {
                         shared.moved(node.as_bytes(), registration, now);
                         addr = now;
@@ -619,9 +652,11 @@ async fn serve_tcp(
     addr: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<SharedHandle>,
+    pending: tokio::sync::OwnedSemaphorePermit,
 ) {
     let shared = &shared.0;
     let _ = stream.set_nodelay(true);
+    warren::relay::stream::keepalive(&stream, TCP_KEEPALIVE_IDLE);
     let Ok(Ok(tls)) = tokio::time::timeout(warren::p2p::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
         return;
     };
@@ -649,12 +684,17 @@ async fn serve_tcp(
             return refused(shared, addr, reason);
         }
     };
+    drop(pending);
     tracing::debug!(%node, %addr, "node registered over TCP");
     let Ok(welcome) = stream::control(&Response::Registered { observed: addr }) else { return };
     let _ = queue.try_send(welcome);
     let writing = async {
         while let Some(record) = queued.recv().await {
             if writer.write_all(&record).await.is_err() {
+                break;
+            }
+            // rustls holds what the socket did not take yet: flush when the queue is empty.
+            if queued.is_empty() && writer.flush().await.is_err() {
                 break;
             }
         }

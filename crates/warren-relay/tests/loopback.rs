@@ -133,6 +133,17 @@ async fn dial_by_identity_through_the_relay_then_direct() {
     let Path::Direct { addr } = path else { panic!("{path:?}") };
     assert_eq!(addr, b.listen_addrs()[0]);
     assert_eq!(conn.path(), path);
+    // Both sides end their punch session (b may confirm a moment after a) before counting.
+    wait_for(&mut events, |e| matches!(e, Event::HolePunch { .. }).then_some(())).await;
+    let b_conn = b.open_connection(&a.remote_identity()).unwrap();
+    tokio::time::timeout(HANG, async {
+        while !matches!(b_conn.path(), Path::Direct { .. }) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = relay.stats().forwarded_frames;
     warren::ping::ping(&a, b.remote_identity(), 5).await.unwrap();
     assert_eq!(relay.stats().forwarded_frames, before, "pings after the upgrade bypass the relay");
@@ -469,5 +480,33 @@ async fn simultaneous_dials_both_succeed_and_end_direct() {
     warren::ping::ping(&b, a.remote_identity(), 2).await.unwrap();
     a.shutdown().await;
     b.shutdown().await;
+    relay.shutdown().await;
+}
+
+/// A punched path is forgotten with the connection that used it: a peer that restarts on
+/// another port is reached again by identity (first through the relay), not at its dead address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_restarted_elsewhere_is_reached_again() {
+    let relay = relay(RelayConfig::default()).await;
+    let (a, ca) = node(&relay, None).await;
+    let b_identity = Identity::generate();
+    let b_secret = b_identity.to_secret_bytes();
+    let (b, cb) = node_with(b_identity, &relay, None).await;
+    ca.wait_registered(HANG).await.unwrap();
+    cb.wait_registered(HANG).await.unwrap();
+    let mut events = a.subscribe();
+    warren::ping::ping(&a, b.remote_identity(), 1).await.unwrap();
+    wait_for(&mut events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
+    let old_addr = b.listen_addrs()[0];
+    b.shutdown().await;
+    wait_for(&mut events, |e| matches!(e, Event::PeerDisconnected { .. }).then_some(())).await;
+
+    let (b2, cb2) = node_with(Identity::from_secret_bytes(&b_secret), &relay, None).await;
+    cb2.wait_registered(HANG).await.unwrap();
+    assert_ne!(b2.listen_addrs()[0], old_addr);
+    let rtts = tokio::time::timeout(HANG, warren::ping::ping(&a, b2.remote_identity(), 2)).await.unwrap().unwrap();
+    assert_eq!(rtts.len(), 2);
+    a.shutdown().await;
+    b2.shutdown().await;
     relay.shutdown().await;
 }

@@ -456,13 +456,19 @@ impl P2P {
                 }
             }
             match listener.relay_addr(remote).await {
-                Ok(Some(placeholder)) => match self.dial(placeholder, Some(remote)).await {
-                    Ok(conn) => {
-                        crate::punch::spawn_initiator(self, &conn);
-                        return Ok(conn);
+                Ok(Some(placeholder)) => {
+                    // A new connection starts on the relay; an old punched path may be dead.
+                    if let Some(paths) = self.paths() {
+                        paths.forget_direct(&remote);
                     }
-                    Err(error) => attempts.push((placeholder, error)),
-                },
+                    match self.dial(placeholder, Some(remote)).await {
+                        Ok(conn) => {
+                            crate::punch::spawn_initiator(self, &conn);
+                            return Ok(conn);
+                        }
+                        Err(error) => attempts.push((placeholder, error)),
+                    }
+                }
                 Ok(None) => {}
                 Err(reason) => {
                     let relay = self.paths().and_then(|p| p.relay()).map(|r| r.addr);
@@ -715,6 +721,12 @@ impl P2P {
             (count, newest)
         };
         self.inner.peers.lock().expect("peer lock poisoned").set_connected(conn.remote, count, newest, None);
+        if count == 0 && crate::transport::paths::is_placeholder(conn.remote_address()) {
+            // The punched path (if any) belonged to that connection; the next one starts over.
+            if let Some(paths) = self.paths() {
+                paths.forget_direct(&conn.remote);
+            }
+        }
         if count == 0 {
             self.emit(Event::PeerDisconnected { remote: conn.remote, reason });
         }

@@ -69,6 +69,8 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 enum Message {
     Offer {
         nonce: u64,
+        /// What the dialler's acknowledgements carry, then the answerer's.
+        acks: (u64, u64),
         #[proto(max_len = 16)]
         candidates: Vec<SocketAddr>,
         reflexive: Option<SocketAddr>,
@@ -145,10 +147,11 @@ async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
     let started = Instant::now();
     let mut stream = conn.open_stream(PROTOCOL).await.map_err(|e| e.to_string())?;
     let nonce = u64::from_le_bytes(random_bytes());
+    let acks = (u64::from_le_bytes(random_bytes()), u64::from_le_bytes(random_bytes()));
     let (candidates, reflexive) = candidates(&paths);
-    let done = paths.begin_punch(conn.remote, nonce, true).ok_or("a punch with this peer is under way")?;
+    let done = paths.begin_punch(conn.remote, nonce, acks, true).ok_or("a punch with this peer is under way")?;
     let _end = EndPunch(&paths, conn.remote, nonce);
-    write(&mut stream, &Message::Offer { nonce, candidates, reflexive }).await?;
+    write(&mut stream, &Message::Offer { nonce, acks, candidates, reflexive }).await?;
     let Message::Answer { candidates, reflexive } = read(&mut stream).await? else {
         return Err("expected an answer".into());
     };
@@ -167,11 +170,21 @@ async fn respond(p2p: P2P, mut stream: Stream) {
             return Err("hole punching is off on this node".to_owned());
         }
         let started = Instant::now();
-        let Message::Offer { nonce, candidates: theirs, reflexive: their_reflexive } = read(&mut stream).await? else {
+        let Message::Offer { nonce, acks: (theirs_ack, ours_ack), candidates: theirs, reflexive: their_reflexive } =
+            read(&mut stream).await?
+        else {
             return Err("expected an offer".to_owned());
         };
         let conn = p2p.open_connection(&stream.remote()).ok_or("no connection")?;
-        let Some(done) = paths.begin_punch(conn.remote, nonce, false) else {
+        // Punching is for connections through a relay, once per offer interval: a peer cannot
+        // use this node to send datagrams at will.
+        if !matches!(conn.path(), Path::Relayed { .. }) {
+            return Err("the connection is not relayed".to_owned());
+        }
+        if !paths.may_answer_offer(&conn.remote) {
+            return Err("offers come too often".to_owned());
+        }
+        let Some(done) = paths.begin_punch(conn.remote, nonce, (ours_ack, theirs_ack), false) else {
             return Err("our own offer to this peer goes first".to_owned());
         };
         let _end = EndPunch(&paths, conn.remote, nonce);
@@ -226,7 +239,11 @@ async fn punch(
     reflexive: Option<SocketAddr>,
 ) -> (Option<SocketAddr>, u32) {
     let start = tokio::time::Instant::now();
-    let mut targets: Vec<SocketAddr> = candidates.iter().copied().take(MAX_CANDIDATES).collect();
+    // A node bound to loopback can only reach loopback anyway (tests, one-machine setups).
+    let on_loopback = paths.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    let usable = |a: &SocketAddr| usable(*a) || (on_loopback && a.ip().is_loopback() && a.port() != 0);
+    let mut targets: Vec<SocketAddr> = candidates.iter().copied().filter(usable).take(MAX_CANDIDATES).collect();
+    let reflexive = reflexive.filter(usable);
     if let Some(reflexive) = reflexive.filter(|r| !targets.contains(r)) {
         // The reflexive address first: it is the one most likely to work across NATs.
         targets.insert(0, reflexive);
@@ -271,6 +288,20 @@ pub(crate) fn fuzz_message(data: &[u8]) {
     }
 }
 
+/// Whether a candidate may be punched: never loopback (unless this node itself is bound to
+/// loopback), unspecified, multicast, broadcast, a relay placeholder or port 0 (the peer
+/// chooses the candidates; this node sends to them).
+fn usable(addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !broadcast
+        && !crate::transport::paths::is_placeholder(addr)
+}
+
 async fn write(stream: &mut Stream, message: &Message) -> Result<(), String> {
     control::write(stream, message).await.map_err(|e| e.to_string())
 }
@@ -288,6 +319,24 @@ fn random_bytes() -> [u8; 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_candidates_are_not_punched() {
+        for bad in [
+            "127.0.0.1:5",
+            "0.0.0.0:5",
+            "224.0.0.251:5353",
+            "255.255.255.255:9",
+            "240.0.0.1:9",
+            "192.0.2.1:0",
+            "[::1]:5",
+        ] {
+            assert!(!usable(bad.parse().unwrap()), "{bad}");
+        }
+        for good in ["192.168.1.2:4000", "203.0.113.9:51000", "[2001:db8::1]:9"] {
+            assert!(usable(good.parse().unwrap()), "{good}");
+        }
+    }
 
     #[test]
     fn schedule_backs_off_and_is_bounded() {

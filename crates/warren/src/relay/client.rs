@@ -242,6 +242,7 @@ impl RelayClient {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(config.addr).await.map_err(|e| failed(&e))?;
             let _ = tcp.set_nodelay(true);
+            stream::keepalive(&tcp, Duration::from_secs(15));
             let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(p2p.identity())));
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).map_err(|e| failed(&e))?;
             connector.connect(name, tcp).await.map_err(|e| failed(&e))
@@ -283,6 +284,10 @@ impl RelayClient {
         p2p.spawn(self.inner.tasks.track_future(async move {
             while let Some(record) = queued.recv().await {
                 if writer.write_all(&record).await.is_err() {
+                    break;
+                }
+                // rustls holds what the socket did not take yet: flush when the queue is empty.
+                if queued.is_empty() && writer.flush().await.is_err() {
                     break;
                 }
             }
@@ -399,7 +404,7 @@ async fn register_quic(
     let response = request(&conn, &Request::Register { token: config.token.clone() }).await.map_err(|e| {
         // A refusal closes the connection; its reason says why.
         match conn.close_reason() {
-            Some(quinn::ConnectionError::ApplicationClosed(close)) => {
+            Some(quinn::ConnectionError::ApplicationClosed(close)) if close.error_code == control::REFUSED => {
                 RelayError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
             }
             _ => RelayError::Failed(e),

@@ -58,6 +58,16 @@ pub fn control<M: Message>(message: &M) -> Result<Vec<u8>, ControlError> {
     Ok(encode(CONTROL, &body))
 }
 
+/// Turns on TCP keepalive (probes every 5 s after `idle`, 3 tries), so that a relay link whose
+/// other end vanished silently is found dead instead of waited on forever.
+pub fn keepalive(stream: &tokio::net::TcpStream, idle: std::time::Duration) {
+    let keepalive =
+        socket2::TcpKeepalive::new().with_time(idle).with_interval(std::time::Duration::from_secs(5)).with_retries(3);
+    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(%error, "could not turn on TCP keepalive");
+    }
+}
+
 /// Reads one record; refuses lengths over the limit before allocating.
 pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Record, ControlError> {
     let mut len = [0; 2];

@@ -99,10 +99,21 @@ pub(crate) struct RelayRoute {
 struct PeerPath {
     placeholder: SocketAddr,
     direct: Option<SocketAddr>,
+    /// Last packet either way: idle entries make room when the table is full.
+    last_used: std::time::Instant,
 }
+
+/// How long a placeholder must be unused before another peer may take it: past quinn's idle
+/// timeout, so no connection can still be using it.
+pub const PLACEHOLDER_IDLE: std::time::Duration = std::time::Duration::from_secs(90);
 
 struct Punch {
     nonce: u64,
+    /// What our acknowledgements carry, and what the peer's must carry: exchanged only inside
+    /// the encrypted signalling, so an acknowledgement cannot be forged by someone who saw a
+    /// punch (punches carry the nonce in the clear).
+    send_ack: u64,
+    expect_ack: u64,
     initiator: bool,
     confirmed: Option<SocketAddr>,
     done: Arc<Notify>,
@@ -115,18 +126,38 @@ struct State {
     by_direct: HashMap<SocketAddr, RawIdentity>,
     relay: Option<RelayRoute>,
     punches: HashMap<RawIdentity, Punch>,
+    /// When each peer's last offer was answered (bounded: entries older than
+    /// [`MIN_OFFER_INTERVAL`] are dropped).
+    answered: HashMap<RawIdentity, std::time::Instant>,
 }
+
+/// Offers to punch answered per peer at most this often (the dialler's own schedule retries
+/// after 30 s at the soonest): a peer cannot make this node send punch after punch.
+pub const MIN_OFFER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl State {
     fn placeholder_for(&mut self, remote: RemoteIdentity) -> Option<SocketAddr> {
-        if let Some(peer) = self.peers.get(remote.as_bytes()) {
+        let now = std::time::Instant::now();
+        if let Some(peer) = self.peers.get_mut(remote.as_bytes()) {
+            peer.last_used = now;
             return Some(peer.placeholder);
         }
-        if self.peers.len() >= MAX_PEERS {
-            return None;
-        }
-        let addr = placeholder(self.peers.len() as u32 + 1);
-        self.peers.insert(*remote.as_bytes(), PeerPath { placeholder: addr, direct: None });
+        let addr = if self.peers.len() < MAX_PEERS {
+            placeholder(self.peers.len() as u32 + 1)
+        } else {
+            // Full: the longest-unused entry makes room, if it has been idle long enough.
+            let (&stale, entry) = self.peers.iter().min_by_key(|(_, p)| p.last_used)?;
+            if now.duration_since(entry.last_used) < PLACEHOLDER_IDLE {
+                return None;
+            }
+            let addr = entry.placeholder;
+            self.peers.remove(&stale);
+            self.by_placeholder.remove(&addr);
+            self.by_direct.retain(|_, id| *id != stale);
+            self.punches.remove(&stale);
+            addr
+        };
+        self.peers.insert(*remote.as_bytes(), PeerPath { placeholder: addr, direct: None, last_used: now });
         self.by_placeholder.insert(addr, remote);
         Some(addr)
     }
@@ -187,8 +218,9 @@ impl Paths {
 
     /// `addr` in the socket's address family (IPv4-mapped on an IPv6 socket).
     fn in_family(&self, addr: SocketAddr) -> SocketAddr {
-        match addr {
+        match unmap(addr) {
             SocketAddr::V4(v4) if self.ipv6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+            unmapped if !self.ipv6 => unmapped,
             _ => addr,
         }
     }
@@ -238,22 +270,29 @@ impl Paths {
     /// Starts a punch session with `peer`: punches and acknowledgements carrying `nonce` from
     /// it are accepted until [`Paths::end_punch`]. The returned `Notify` fires on success.
     ///
-    /// One session per peer. When both peers dialled each other through the relay at once,
-    /// both offers cross: the one from the smaller identity wins, so the other side's
-    /// answering session is refused (None) here, on the smaller side, and replaces its own
-    /// offer on the larger side.
-    pub(crate) fn begin_punch(&self, peer: RemoteIdentity, nonce: u64, initiator: bool) -> Option<Arc<Notify>> {
+    /// One session per peer. Our own offer never replaces a session under way (None). When
+    /// both peers dialled each other through the relay at once, both offers cross: the one
+    /// from the smaller identity wins, so the other side's offer is refused (None) on the
+    /// smaller side and replaces its own offer on the larger side.
+    pub(crate) fn begin_punch(
+        &self,
+        peer: RemoteIdentity,
+        nonce: u64,
+        (send_ack, expect_ack): (u64, u64),
+        initiator: bool,
+    ) -> Option<Arc<Notify>> {
         let mut state = self.state();
-        if let Some(current) = state.punches.get(peer.as_bytes())
-            && current.initiator
-            && !initiator
-            && current.nonce != nonce
-            && self.me.as_bytes() < peer.as_bytes()
-        {
-            return None;
+        if let Some(current) = state.punches.get(peer.as_bytes()).filter(|c| c.nonce != nonce) {
+            // Our own offer never replaces a session under way (we may be answering theirs);
+            // their offer replaces ours only if their identity is the smaller.
+            let keep = initiator || (current.initiator && self.me.as_bytes() < peer.as_bytes());
+            if keep {
+                return None;
+            }
         }
         let done = Arc::new(Notify::new());
-        state.punches.insert(*peer.as_bytes(), Punch { nonce, initiator, confirmed: None, done: done.clone() });
+        let punch = Punch { nonce, send_ack, expect_ack, initiator, confirmed: None, done: done.clone() };
+        state.punches.insert(*peer.as_bytes(), punch);
         Some(done)
     }
 
@@ -271,6 +310,29 @@ impl Paths {
         }
         let direct = state.peers.get(peer.as_bytes()).and_then(|p| p.direct);
         state.by_direct.retain(|addr, id| id != peer.as_bytes() || Some(*addr) == direct);
+        self.any_direct.store(!state.by_direct.is_empty(), Ordering::Relaxed);
+    }
+
+    /// May an offer from `peer` be answered now? Records it if so.
+    pub(crate) fn may_answer_offer(&self, peer: &RemoteIdentity) -> bool {
+        let now = std::time::Instant::now();
+        let mut state = self.state();
+        state.answered.retain(|_, at| now.duration_since(*at) < MIN_OFFER_INTERVAL);
+        if state.answered.contains_key(peer.as_bytes()) || state.answered.len() >= MAX_PEERS {
+            return false;
+        }
+        state.answered.insert(*peer.as_bytes(), now);
+        true
+    }
+
+    /// Forgets the direct path to `peer` (its last connection closed, or it is being dialled
+    /// again): the next connection starts on the relay and punches afresh.
+    pub(crate) fn forget_direct(&self, peer: &RemoteIdentity) {
+        let mut state = self.state();
+        if let Some(entry) = state.peers.get_mut(peer.as_bytes()) {
+            entry.direct = None;
+        }
+        state.by_direct.retain(|_, id| id != peer.as_bytes());
         self.any_direct.store(!state.by_direct.is_empty(), Ordering::Relaxed);
     }
 
@@ -306,23 +368,23 @@ impl Paths {
                 }
             }
             Frame::Punch { nonce, sender } => {
-                let confirmed = {
+                let (confirmed, send_ack) = {
                     let mut state = self.state();
                     let Some(punch) = state.punches.get(&sender).filter(|p| p.nonce == nonce) else { return };
-                    let confirmed = punch.confirmed.is_some();
+                    let answer = (punch.confirmed.is_some(), punch.send_ack);
                     // QUIC packets from here are the peer's from now on.
                     state.by_direct.insert(from, sender);
                     self.any_direct.store(true, Ordering::Relaxed);
-                    confirmed
+                    answer
                 };
-                self.send_control(&frame::ack(nonce, &self.me), from);
+                self.send_control(&frame::ack(send_ack, &self.me), from);
                 if !confirmed {
                     self.send_punch(nonce, from);
                 }
             }
-            Frame::Ack { nonce, sender } => {
+            Frame::Ack { nonce: token, sender } => {
                 let mut state = self.state();
-                let Some(punch) = state.punches.get_mut(&sender).filter(|p| p.nonce == nonce) else { return };
+                let Some(punch) = state.punches.get_mut(&sender).filter(|p| p.expect_ack == token) else { return };
                 if punch.confirmed.is_some() {
                     return;
                 }
@@ -346,8 +408,11 @@ impl Paths {
     pub(crate) fn deliver_relayed(&self, peer: &RawIdentity, payload: &[u8]) {
         let placeholder = {
             let mut state = self.state();
-            match state.peers.get(peer) {
-                Some(known) => known.placeholder,
+            match state.peers.get_mut(peer) {
+                Some(known) => {
+                    known.last_used = std::time::Instant::now();
+                    known.placeholder
+                }
                 None => {
                     let Ok(remote) = RemoteIdentity::from_bytes(peer) else { return };
                     let Some(addr) = state.placeholder_for(remote) else { return };
@@ -458,10 +523,12 @@ impl AsyncUdpSocket for PathSocket {
             return paths.socket.try_send(transmit);
         }
         let route = {
-            let state = paths.state();
-            let Some(remote) = state.by_placeholder.get(&destination) else { return Ok(()) };
-            let peer = &state.peers[remote.as_bytes()];
-            match (peer.direct, &state.relay) {
+            let mut state = paths.state();
+            let Some(remote) = state.by_placeholder.get(&destination).copied() else { return Ok(()) };
+            let peer = state.peers.get_mut(remote.as_bytes()).expect("every placeholder has a peer");
+            peer.last_used = std::time::Instant::now();
+            let peer_direct = peer.direct;
+            match (peer_direct, &state.relay) {
                 (Some(addr), _) => Route::Direct(addr),
                 (None, Some(relay)) => match &relay.link {
                     RelayLink::Tcp(tcp) => Route::RelayTcp { records: tcp.records.clone(), peer: *remote.as_bytes() },
@@ -494,20 +561,27 @@ impl AsyncUdpSocket for PathSocket {
                 let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
                 let mut frame = [0u8; frame::DATA_HEADER_LEN + frame::MAX_PAYLOAD];
                 frame::write_data_header(&mut frame, &peer);
-                for segment in transmit.contents.chunks(size) {
+                for (index, segment) in transmit.contents.chunks(size).enumerate() {
                     if segment.len() > frame::MAX_PAYLOAD {
                         // Cannot happen with warren's MTU ceiling; like a too-big packet, lost.
                         continue;
                     }
                     let len = frame::DATA_HEADER_LEN + segment.len();
                     frame[frame::DATA_HEADER_LEN..len].copy_from_slice(segment);
-                    paths.socket.try_send(&Transmit {
+                    let sent = paths.socket.try_send(&Transmit {
                         destination: paths.in_family(relay),
                         ecn: None,
                         contents: &frame[..len],
                         segment_size: None,
                         src_ip: transmit.src_ip,
-                    })?;
+                    });
+                    match sent {
+                        // Nothing sent yet: quinn waits and retries the whole transmit.
+                        Err(error) if index == 0 => return Err(error),
+                        // Part sent: the rest is lost (a retry would send the first part twice).
+                        Err(_) => return Ok(()),
+                        Ok(()) => {}
+                    }
                 }
                 Ok(())
             }
