@@ -269,8 +269,9 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
     let first = Relay::spawn(identity, "127.0.0.1:0".parse().unwrap(), RelayConfig::default()).await.unwrap();
     let addr = first.local_addr();
     // a and b punch through (direct); c and d stay relayed.
-    let (a, _ca) = node(&first, None).await;
+    let (a, ca) = node(&first, None).await;
     let (b, cb) = node(&first, None).await;
+    ca.wait_registered(HANG).await.unwrap();
     cb.wait_registered(HANG).await.unwrap();
     let mut a_events = a.subscribe();
     warren::ping::ping(&a, b.remote_identity(), 1).await.unwrap();
