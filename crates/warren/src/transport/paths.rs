@@ -218,9 +218,8 @@ impl Paths {
 
     /// `addr` in the socket's address family (IPv4-mapped on an IPv6 socket).
     fn in_family(&self, addr: SocketAddr) -> SocketAddr {
-        match unmap(addr) {
+        match addr {
             SocketAddr::V4(v4) if self.ipv6 => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
-            unmapped if !self.ipv6 => unmapped,
             _ => addr,
         }
     }
