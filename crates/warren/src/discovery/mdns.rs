@@ -46,6 +46,12 @@ pub const MAX_LIBRARIES: usize = 64;
 /// How long shutdown waits for the goodbye packets and the daemon to stop.
 const GOODBYE_WAIT: Duration = Duration::from_secs(3);
 
+/// Browse events waiting for this hook; beyond it, records are dropped (see [`drain`]).
+const EVENT_QUEUE: usize = 4096;
+
+/// How long to wait before subscribing again when the daemon ended a subscription.
+const RESUBSCRIBE_PAUSE: Duration = Duration::from_secs(1);
+
 /// Whether and how the node takes part in LAN discovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -208,7 +214,8 @@ struct MdnsInner {
     /// ContactsOnly records recognised, by full name.
     hashed: Mutex<HashMap<String, RemoteIdentity>>,
     evicted: AtomicU64,
-    ignored: AtomicU64,
+    /// Shared with the thread that drains the daemon's events (see [`drain`]).
+    ignored: Arc<AtomicU64>,
     last_error: Mutex<Option<String>>,
     hook: HookTasks,
 }
@@ -224,7 +231,7 @@ impl MdnsDiscovery {
                 mode: watch::Sender::new(mode),
                 peers: Mutex::default(),
                 hashed: Mutex::default(),
-                ignored: AtomicU64::new(0),
+                ignored: Arc::default(),
                 evicted: AtomicU64::new(0),
                 last_error: Mutex::default(),
                 hook: HookTasks::default(),
@@ -270,7 +277,7 @@ impl MdnsDiscovery {
     }
 
     /// Records ignored so far: instance names that are not identities, records beyond
-    /// [`MAX_PEERS`].
+    /// [`MAX_PEERS`], records that arrived while the hook's queue was full (a flood).
     pub fn ignored(&self) -> u64 {
         self.inner.ignored.load(Ordering::Relaxed)
     }
@@ -333,15 +340,31 @@ impl MdnsDiscovery {
             salt
         });
         let mut registered = self.announce(&daemon, None, salt.as_ref());
-        let browser = daemon.browse(&self.inner.service_type).map_err(|e| MdnsError::Daemon(e.to_string()));
-        let result = match browser {
-            Ok(browser) => loop {
+        let browse = || {
+            let browser = daemon.browse(&self.inner.service_type).map_err(|e| MdnsError::Daemon(e.to_string()))?;
+            drain(browser, self.inner.ignored.clone())
+        };
+        let result = match browse() {
+            Ok(mut browser) => loop {
                 tokio::select! {
                     _ = self.inner.hook.cancel.cancelled() => break Ok(()),
                     _ = mode.changed() => break Ok(()),
-                    event = browser.recv_async() => match event {
-                        Ok(event) => self.handle(event),
-                        Err(e) => break Err(MdnsError::Daemon(format!("the browser stopped: {e}"))),
+                    event = browser.recv() => match event {
+                        Some(event) => self.handle(event),
+                        // The daemon ended the subscription (it does when its channel fills
+                        // up, which the drain thread should prevent): subscribe again, at
+                        // most once a second, unless the daemon is gone.
+                        None => {
+                            tracing::warn!("mDNS browser stopped; subscribing again");
+                            tokio::select! {
+                                _ = self.inner.hook.cancel.cancelled() => break Ok(()),
+                                _ = tokio::time::sleep(RESUBSCRIBE_PAUSE) => {}
+                            }
+                            match browse() {
+                                Ok(again) => browser = again,
+                                Err(e) => break Err(e),
+                            }
+                        }
                     },
                     event = events.recv() => match event {
                         Ok(Event::MetadataModified { .. } | Event::LibrariesModified { .. })
@@ -550,6 +573,37 @@ async fn serve_metadata(node: crate::p2p::WeakP2P, mut stream: crate::Stream) {
         }
     }
     let _ = stream.finish();
+}
+
+/// Moves browse events from the daemon into a queue of this hook's, on a thread of its own.
+///
+/// mdns-sd ends a subscription for good when its event channel (1,000 events) is full, which a
+/// flood of records does as soon as the hook falls behind; LAN discovery would then be deaf
+/// until the mode changes. The thread does nothing but move events, so it keeps up with the
+/// daemon; when the hook's own queue ([`EVENT_QUEUE`]) is full, the record is dropped and
+/// counted as ignored, as a busy network would drop it, and mDNS's repeated announcements and
+/// queries bring real peers back once the flood has passed. The thread ends with the
+/// subscription or when the hook stops listening.
+fn drain(
+    browser: mdns_sd::Receiver<ServiceEvent>,
+    ignored: Arc<AtomicU64>,
+) -> Result<tokio::sync::mpsc::Receiver<ServiceEvent>, MdnsError> {
+    let (queue, events) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    std::thread::Builder::new()
+        .name("warren-mdns-events".into())
+        .spawn(move || {
+            for event in browser.iter() {
+                match queue.try_send(event) {
+                    Ok(()) => {}
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                        ignored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+        })
+        .map_err(|e| MdnsError::Daemon(format!("cannot start the event thread: {e}")))?;
+    Ok(events)
 }
 
 #[cfg(test)]
