@@ -512,10 +512,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 say(format!(
                     "    {:<16} mapping {}, filtering {}, hairpinning {}, port {}",
                     p.name,
-                    name(p.found.mapping),
-                    name(p.found.filtering),
-                    if p.found.hairpin == Some(true) { "yes" } else { "no" },
-                    if p.found.port_preserved == Some(true) { "kept" } else { "changed" },
+                    name(p.found.findings.mapping),
+                    name(p.found.findings.filtering),
+                    if p.found.findings.hairpin == Some(true) { "yes" } else { "no" },
+                    if p.found.findings.port_preserved == Some(true) { "kept" } else { "changed" },
                 ));
             }
             say(format!("    the server's catalogue now counts {} reports", catalog.reports));
@@ -619,7 +619,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "  router probing        {} NATs classified as configured, {} reports catalogued",
                 probed
                     .iter()
-                    .filter(|p| (p.found.mapping, p.found.filtering) == (Some(p.configured.0), Some(p.configured.1)))
+                    .filter(|p| (p.found.findings.mapping, p.found.findings.filtering)
+                        == (Some(p.configured.0), Some(p.configured.1)))
                     .count(),
                 probed.len()
             ),
@@ -645,7 +646,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         Err(error) => anyhow::bail!("the router-probing chapter could not run: {error}"),
         Ok((probed, catalog)) => {
             for p in &probed {
-                let found = (p.found.mapping, p.found.filtering);
+                let found = (p.found.findings.mapping, p.found.findings.filtering);
                 anyhow::ensure!(
                     found == (Some(p.configured.0), Some(p.configured.1)),
                     "the probe classified the {} NAT as {found:?}",

@@ -8,7 +8,7 @@ use clap::Args;
 use warren::discovery::cache::BootstrapHook;
 use warren::discovery::manual::{ManualDiscovery, ManualPeer};
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
-use warren::relay::client::{RelayClient, RelayConfig};
+use warren::relay::client::RelayConfig;
 use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
 
@@ -39,21 +39,8 @@ pub struct NodeArgs {
     /// A library this node takes part in, announced on the LAN (repeatable).
     #[arg(long = "library", value_name = "UUID")]
     libraries: Vec<uuid::Uuid>,
-    /// A relay to register with, as ID@HOST:PORT: peers that use it can reach this node by
-    /// identity alone, through NATs.
-    #[arg(long, value_name = "ID@ADDR")]
-    relay: Option<RelayConfig>,
-    /// The relay's access token.
-    #[arg(long, requires = "relay")]
-    relay_token: Option<String>,
-    /// How to reach the relay: QUIC over UDP, TLS over TCP (networks that block UDP), or UDP
-    /// with TCP as the fallback.
-    #[arg(long, value_enum, default_value = "auto", requires = "relay")]
-    relay_over: crate::relay::Over,
-    /// Never punch holes: relayed connections stay relayed and peers never learn this node's
-    /// addresses.
-    #[arg(long)]
-    no_hole_punching: bool,
+    #[command(flatten)]
+    relay: crate::relay::UseRelay,
     /// Print one JSON object per event line.
     #[arg(long)]
     json: bool,
@@ -90,7 +77,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     warren::ping::register(&p2p)?;
     let mut events = p2p.subscribe();
     let quic = QuicTransport::spawn(&p2p, args.listen).await?;
-    quic.set_hole_punching(!args.no_hole_punching);
     let me = p2p.remote_identity();
     if args.json {
         json_line(&serde_json::json!({
@@ -120,7 +106,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         eprintln!("warren: {warning}");
     }
     // The relay given, else the one that worked last time.
-    let relay = args.relay.or_else(|| {
+    args.relay.start(&p2p, &quic, || {
         let cached = cache.relays().into_iter().next()?;
         let addr = *cached.addrs.first()?;
         if !args.json {
@@ -128,11 +114,6 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         Some(RelayConfig::new(cached.identity, addr))
     });
-    if let Some(mut relay) = relay {
-        relay.token = args.relay_token;
-        relay.transport = args.relay_over.into();
-        RelayClient::spawn(&p2p, &quic, relay);
-    }
     for library in &args.libraries {
         p2p.add_library(*library);
     }

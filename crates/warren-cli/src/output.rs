@@ -57,3 +57,20 @@ pub fn describe(event: &Event) -> String {
 fn list(addrs: &[std::net::SocketAddr]) -> String {
     addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
 }
+
+/// Waits for ctrl-c or SIGTERM, calling `print` every `every_secs` seconds meanwhile (never if
+/// 0) and once more at the end: the loop of the long-running servers (`relay`, `probe-server`).
+pub async fn print_until_stopped(every_secs: u64, mut print: impl FnMut()) -> std::io::Result<()> {
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let every = std::time::Duration::from_secs(every_secs.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = ticker.tick(), if every_secs > 0 => print(),
+        }
+    }
+    print();
+    Ok(())
+}

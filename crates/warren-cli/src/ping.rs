@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use warren::discovery::manual::{ManualAddr, ManualPeer};
-use warren::relay::client::{RelayClient, RelayConfig};
 use warren::transport::quic::QuicTransport;
 use warren::{Identity, P2P};
 
@@ -17,21 +16,8 @@ pub struct PingArgs {
     /// The peer, as ID@HOST:PORT, or ID alone with --relay.
     #[arg(value_name = "ID@ADDR|ID")]
     peer: Target,
-    /// A relay the peer is registered with, as ID@HOST:PORT: the peer is then reachable by
-    /// identity alone, through the relay and then directly once a hole is punched.
-    #[arg(long, value_name = "ID@ADDR")]
-    relay: Option<RelayConfig>,
-    /// The relay's access token.
-    #[arg(long, requires = "relay")]
-    relay_token: Option<String>,
-    /// How to reach the relay: QUIC over UDP, TLS over TCP (networks that block UDP), or UDP
-    /// with TCP as the fallback.
-    #[arg(long, value_enum, default_value = "auto", requires = "relay")]
-    relay_over: crate::relay::Over,
-    /// Never punch holes: relayed connections stay relayed and peers never learn this node's
-    /// addresses.
-    #[arg(long)]
-    no_hole_punching: bool,
+    #[command(flatten)]
+    relay: crate::relay::UseRelay,
     /// How many pings.
     #[arg(long, default_value_t = 4)]
     count: usize,
@@ -75,7 +61,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
     let Some(remote) = remote else {
         bail!("give the peer as ID@ADDR: warren only talks to a peer whose identity it checks");
     };
-    if peer.is_none() && args.relay.is_none() {
+    if peer.is_none() && args.relay.relay.is_none() {
         bail!("give the peer's address (ID@ADDR) or a relay it uses (--relay RELAY_ID@ADDR)");
     }
     if args.count == 0 {
@@ -93,11 +79,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
         _ => "0.0.0.0:0",
     };
     let quic = QuicTransport::spawn(&p2p, unspecified.parse()?).await?;
-    quic.set_hole_punching(!args.no_hole_punching);
-    if let Some(mut relay) = args.relay.clone() {
-        relay.token = args.relay_token.clone();
-        relay.transport = args.relay_over.into();
-        let client = RelayClient::spawn(&p2p, &quic, relay);
+    if let Some(client) = args.relay.start(&p2p, &quic, || None) {
         if let Err(error) = client.wait_registered(Duration::from_secs(10)).await {
             p2p.shutdown().await;
             return Err(error.into());

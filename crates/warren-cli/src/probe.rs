@@ -159,17 +159,7 @@ pub async fn run_server(args: ProbeServerArgs) -> anyhow::Result<()> {
             );
         }
     };
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let every = Duration::from_secs(args.stats_every.max(1));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-            _ = ticker.tick(), if args.stats_every > 0 => print(&server),
-        }
-    }
-    print(&server);
+    crate::output::print_until_stopped(args.stats_every, || print(&server)).await?;
     server.shutdown().await;
     Ok(())
 }

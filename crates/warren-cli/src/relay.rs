@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
 use warren::Identity;
@@ -31,6 +30,45 @@ impl From<Over> for warren::relay::client::RelayTransport {
     }
 }
 
+/// How a node uses a relay: `--relay`, `--relay-token`, `--relay-over`, `--no-hole-punching`
+/// (shared by `warren node` and `warren ping`).
+#[derive(Args)]
+pub struct UseRelay {
+    /// A relay to register with, as ID@HOST:PORT: nodes registered with the same relay reach
+    /// each other by identity alone, through NATs (relayed, then directly once a hole is
+    /// punched).
+    #[arg(long, value_name = "ID@ADDR")]
+    pub relay: Option<warren::relay::client::RelayConfig>,
+    /// The relay's access token.
+    #[arg(long, requires = "relay")]
+    relay_token: Option<String>,
+    /// How to reach the relay: QUIC over UDP, TLS over TCP (networks that block UDP), or UDP
+    /// with TCP as the fallback.
+    #[arg(long, value_enum, default_value = "auto", requires = "relay")]
+    relay_over: Over,
+    /// Never punch holes: relayed connections stay relayed and peers never learn this node's
+    /// addresses.
+    #[arg(long)]
+    no_hole_punching: bool,
+}
+
+impl UseRelay {
+    /// Applies `--no-hole-punching` to `quic` and starts a client for `--relay` (or for
+    /// `fallback` when none was given), with the token and transport asked for.
+    pub fn start(
+        &self,
+        p2p: &warren::P2P,
+        quic: &warren::transport::quic::QuicTransport,
+        fallback: impl FnOnce() -> Option<warren::relay::client::RelayConfig>,
+    ) -> Option<warren::relay::client::RelayClient> {
+        quic.set_hole_punching(!self.no_hole_punching);
+        let mut relay = self.relay.clone().or_else(fallback)?;
+        relay.token = self.relay_token.clone();
+        relay.transport = self.relay_over.into();
+        Some(warren::relay::client::RelayClient::spawn(p2p, quic, relay))
+    }
+}
+
 #[derive(Args)]
 pub struct RelayArgs {
     /// Address to serve on (UDP for QUIC and relayed frames, TCP on the same port for nodes
@@ -46,7 +84,8 @@ pub struct RelayArgs {
     /// Forwarding rate per node, in Mbit/s; frames over it are dropped.
     #[arg(long)]
     max_mbps: Option<f64>,
-    /// Bytes forwarded per registration before the node is cut off.
+    /// Bytes forwarded per node per hour (across reconnections) before it is cut off and
+    /// refused until the hour is over.
     #[arg(long)]
     max_bytes: Option<u64>,
     /// Where the relay's identity is kept [default: $WARREN_DATA_DIR, else ~/.local/share/warren].
@@ -92,17 +131,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
             );
         }
     };
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let every = Duration::from_secs(args.stats_every.max(1));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-            _ = ticker.tick(), if args.stats_every > 0 => print(&relay),
-        }
-    }
-    print(&relay);
+    crate::output::print_until_stopped(args.stats_every, || print(&relay)).await?;
     relay.shutdown().await;
     Ok(())
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 
-use crate::report::{Behaviour, Lifetime, REPORT_VERSION, Report};
+use crate::report::{Behaviour, Lifetime, Report};
 use crate::stun::{self, MAX_DATAGRAM, Request, Response};
 
 /// How the probe runs.
@@ -69,22 +69,10 @@ pub struct ProbeResult {
     pub mapped: Option<SocketAddr>,
     /// The server's OTHER-ADDRESS.
     pub other: Option<SocketAddr>,
-    /// No answer at all.
-    pub udp_blocked: bool,
-    /// The mapped address is ours: no NAT.
-    pub no_nat: Option<bool>,
-    /// Mapping behaviour.
-    pub mapping: Option<Behaviour>,
-    /// Filtering behaviour.
-    pub filtering: Option<Behaviour>,
-    /// Hairpinning.
-    pub hairpin: Option<bool>,
-    /// Port preservation.
-    pub port_preserved: Option<bool>,
-    /// Binding lifetime bounds.
-    pub lifetime: Option<Lifetime>,
-    /// More than one NAT, where the data shows it.
-    pub double_nat: Option<bool>,
+    /// What was measured, in the shape of the report (no public IP; see
+    /// [`ProbeResult::report`]).
+    #[serde(flatten)]
+    pub findings: Report,
     /// What could not be measured and why.
     pub notes: Vec<String>,
 }
@@ -150,28 +138,15 @@ fn is_private_or_shared(ip: IpAddr) -> bool {
 /// may never come).
 pub async fn probe(opts: &ProbeOptions, progress: impl Fn(&str)) -> Result<ProbeResult, ProbeError> {
     let server = opts.server;
-    let mut result = ProbeResult {
-        server,
-        local: None,
-        mapped: None,
-        other: None,
-        udp_blocked: false,
-        no_nat: None,
-        mapping: None,
-        filtering: None,
-        hairpin: None,
-        port_preserved: None,
-        lifetime: None,
-        double_nat: None,
-        notes: Vec::new(),
-    };
+    let mut result =
+        ProbeResult { server, local: None, mapped: None, other: None, findings: Report::empty(), notes: Vec::new() };
     let main = fresh_socket(server).await?;
     let local = route_ip(server).map(|ip| SocketAddr::new(ip, main.local_addr().map(|a| a.port()).unwrap_or(0)));
     result.local = local;
 
     progress("test I: binding request to the primary address");
     let Some((first, _)) = transact(&main, server, Request::default(), opts).await else {
-        result.udp_blocked = true;
+        result.findings.udp_blocked = true;
         result.notes.push("no answer from the server over UDP: UDP is blocked (or the server is down)".into());
         return Ok(result);
     };
@@ -179,12 +154,12 @@ pub async fn probe(opts: &ProbeOptions, progress: impl Fn(&str)) -> Result<Probe
     result.mapped = Some(m1);
     result.other = first.other;
     let no_nat = local == Some(m1);
-    result.no_nat = Some(no_nat);
+    result.findings.no_nat = Some(no_nat);
     if !no_nat {
-        result.port_preserved = local.map(|l| l.port() == m1.port());
+        result.findings.port_preserved = local.map(|l| l.port() == m1.port());
     }
     if is_private_or_shared(m1.ip()) && !is_private_or_shared(server.ip()) {
-        result.double_nat = Some(true);
+        result.findings.double_nat = Some(true);
     }
     let Some(other) = first.other else {
         result.notes.push("the server sent no OTHER-ADDRESS: it does not support RFC 5780 tests".into());
@@ -195,11 +170,13 @@ pub async fn probe(opts: &ProbeOptions, progress: impl Fn(&str)) -> Result<Probe
     let alt_ip_primary_port = SocketAddr::new(other.ip(), server.port());
     match transact(&main, alt_ip_primary_port, Request::default(), opts).await {
         None => result.notes.push(format!("no answer from {alt_ip_primary_port}: mapping not measured")),
-        Some((second, _)) if second.mapped == m1 => result.mapping = Some(Behaviour::EndpointIndependent),
+        Some((second, _)) if second.mapped == m1 => result.findings.mapping = Some(Behaviour::EndpointIndependent),
         Some((second, _)) => match transact(&main, other, Request::default(), opts).await {
             None => result.notes.push(format!("no answer from {other}: mapping not fully measured")),
-            Some((third, _)) if third.mapped == second.mapped => result.mapping = Some(Behaviour::AddressDependent),
-            Some(_) => result.mapping = Some(Behaviour::AddressAndPortDependent),
+            Some((third, _)) if third.mapped == second.mapped => {
+                result.findings.mapping = Some(Behaviour::AddressDependent)
+            }
+            Some(_) => result.findings.mapping = Some(Behaviour::AddressAndPortDependent),
         },
     }
 
@@ -210,7 +187,7 @@ pub async fn probe(opts: &ProbeOptions, progress: impl Fn(&str)) -> Result<Probe
     } else {
         let change_both = Request { change_ip: true, change_port: true, response_port: None };
         let change_port = Request { change_ip: false, change_port: true, response_port: None };
-        result.filtering = Some(if transact(&fresh, server, change_both, opts).await.is_some() {
+        result.findings.filtering = Some(if transact(&fresh, server, change_both, opts).await.is_some() {
             Behaviour::EndpointIndependent
         } else if transact(&fresh, server, change_port, opts).await.is_some() {
             Behaviour::AddressDependent
@@ -221,13 +198,13 @@ pub async fn probe(opts: &ProbeOptions, progress: impl Fn(&str)) -> Result<Probe
 
     if !no_nat {
         progress("hairpinning: a request to our own mapped address");
-        result.hairpin = Some(hairpin(&main, m1, opts).await);
+        result.findings.hairpin = Some(hairpin(&main, m1, opts).await);
     }
 
     if let Some(checkpoints) = &opts.lifetime {
         let longest = checkpoints.iter().max().copied().unwrap_or_default();
         progress(&format!("binding lifetime: {} idle bindings, the longest waits {longest:?}", checkpoints.len()));
-        result.lifetime = lifetime(&main, server, checkpoints, opts).await?;
+        result.findings.lifetime = lifetime(&main, server, checkpoints, opts).await?;
     }
     Ok(result)
 }
@@ -307,19 +284,7 @@ async fn lifetime(
 impl ProbeResult {
     /// The anonymised report: behaviour only; the public IP only if `include_ip`.
     pub fn report(&self, include_ip: bool) -> Report {
-        Report {
-            version: REPORT_VERSION,
-            udp_blocked: self.udp_blocked,
-            no_nat: self.no_nat,
-            mapping: self.mapping,
-            filtering: self.filtering,
-            hairpin: self.hairpin,
-            port_preserved: self.port_preserved,
-            lifetime: self.lifetime,
-            double_nat: self.double_nat,
-            public_ip: if include_ip { self.mapped.map(|m| m.ip()) } else { None },
-            software: stun::SOFTWARE.into(),
-        }
+        Report { public_ip: if include_ip { self.mapped.map(|m| m.ip()) } else { None }, ..self.findings.clone() }
     }
 
     /// The human summary.
@@ -331,7 +296,7 @@ impl ProbeResult {
             None => "not measured",
         };
         let mut out = format!("server           {}\n", self.server);
-        if self.udp_blocked {
+        if self.findings.udp_blocked {
             out += "UDP              blocked (no answer at all)\n";
         } else {
             out += &format!(
@@ -339,19 +304,19 @@ impl ProbeResult {
                 self.local.map_or("unknown".into(), |a| a.to_string()),
                 self.mapped.map_or("unknown".into(), |a| a.to_string())
             );
-            out += &format!("NAT              {}\n", if self.no_nat == Some(true) { "none" } else { "yes" });
-            out += &format!("mapping          {}\n", name(self.mapping));
-            out += &format!("filtering        {}\n", name(self.filtering));
-            out += &format!("hairpinning      {}\n", yes_no(self.hairpin));
-            out += &format!("port preserved   {}\n", yes_no(self.port_preserved));
-            if let Some(life) = self.lifetime {
+            out += &format!("NAT              {}\n", if self.findings.no_nat == Some(true) { "none" } else { "yes" });
+            out += &format!("mapping          {}\n", name(self.findings.mapping));
+            out += &format!("filtering        {}\n", name(self.findings.filtering));
+            out += &format!("hairpinning      {}\n", yes_no(self.findings.hairpin));
+            out += &format!("port preserved   {}\n", yes_no(self.findings.port_preserved));
+            if let Some(life) = self.findings.lifetime {
                 out += &format!(
                     "binding lifetime at least {} s{}\n",
                     life.at_least_s,
                     life.at_most_s.map_or(" (alive at the longest wait tried)".into(), |m| format!(", at most {m} s"))
                 );
             }
-            if self.double_nat == Some(true) {
+            if self.findings.double_nat == Some(true) {
                 out += "double NAT       yes (the public address is private or carrier-grade space)\n";
             }
         }

@@ -94,6 +94,23 @@ pub enum ReportError {
 }
 
 impl Report {
+    /// A report of this version and software with nothing measured yet.
+    pub fn empty() -> Self {
+        Report {
+            version: REPORT_VERSION,
+            udp_blocked: false,
+            no_nat: None,
+            mapping: None,
+            filtering: None,
+            hairpin: None,
+            port_preserved: None,
+            lifetime: None,
+            double_nat: None,
+            public_ip: None,
+            software: crate::stun::SOFTWARE.into(),
+        }
+    }
+
     /// Parses and checks a submitted report.
     pub fn parse(bytes: &[u8]) -> Result<Self, ReportError> {
         if bytes.len() > MAX_REPORT {

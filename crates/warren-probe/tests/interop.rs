@@ -50,7 +50,7 @@ fn probe_coturn(behind: Behind) -> ProbeResult {
             // coturn needs a moment to open its sockets: retry test I until it answers.
             for _ in 0..40 {
                 let result = client::probe(&opts, |_| {}).await.unwrap();
-                if !result.udp_blocked {
+                if !result.findings.udp_blocked {
                     return result;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -64,17 +64,17 @@ fn probe_coturn(behind: Behind) -> ProbeResult {
 #[test]
 fn warren_probe_against_coturn_without_nat() {
     let result = probe_coturn(Behind::Nothing);
-    assert_eq!(result.no_nat, Some(true), "{result:?}");
+    assert_eq!(result.findings.no_nat, Some(true), "{result:?}");
     assert_eq!(result.other.map(|o| o.ip()), Some(ALTERNATE.into()), "coturn announced its other address");
-    assert_eq!(result.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
-    assert_eq!(result.filtering, Some(Behaviour::EndpointIndependent), "{result:?}");
+    assert_eq!(result.findings.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
+    assert_eq!(result.findings.filtering, Some(Behaviour::EndpointIndependent), "{result:?}");
 }
 
 #[test]
 fn warren_probe_against_coturn_through_a_port_restricted_nat() {
     let result = probe_coturn(Behind::Nats(vec![NatPreset::PortRestricted.configs(&[common::PUBLIC]).remove(0)]));
-    assert_eq!(result.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
-    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.findings.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
+    assert_eq!(result.findings.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
 }
 
 /// Runs `turnutils_natdiscovery -m -f PRIMARY` in the client host against a warren probe

@@ -52,23 +52,23 @@ fn behaviour_of_filtering(f: Filtering) -> Behaviour {
 fn check_single(config: NatConfig) {
     let result = probe_behind(Behind::Nats(vec![config.clone()]), None);
     let label = format!("{:?}/{:?}/{:?}", config.mapping, config.filtering, config.ports);
-    assert!(!result.udp_blocked, "{label}: {result:?}");
-    assert_eq!(result.no_nat, Some(false), "{label}");
+    assert!(!result.findings.udp_blocked, "{label}: {result:?}");
+    assert_eq!(result.findings.no_nat, Some(false), "{label}");
     assert_eq!(result.mapped.map(|m| m.ip()), Some(config.public_ip.into()), "{label}");
-    assert_eq!(result.mapping, Some(behaviour_of_mapping(config.mapping)), "{label}: {result:?}");
-    assert_eq!(result.filtering, Some(behaviour_of_filtering(config.filtering)), "{label}: {result:?}");
+    assert_eq!(result.findings.mapping, Some(behaviour_of_mapping(config.mapping)), "{label}: {result:?}");
+    assert_eq!(result.findings.filtering, Some(behaviour_of_filtering(config.filtering)), "{label}: {result:?}");
     // A hairpinned packet comes from the mapping our packet to our own public address made;
     // with a destination-dependent mapping that is a new mapping, which the original one's
     // filter only admits if it ignores the source. So hairpinning shows only then.
     let hairpin_shows = config.hairpinning
         && (config.mapping == Mapping::EndpointIndependent || config.filtering == Filtering::EndpointIndependent);
-    assert_eq!(result.hairpin, Some(hairpin_shows), "{label}: {result:?}");
+    assert_eq!(result.findings.hairpin, Some(hairpin_shows), "{label}: {result:?}");
     match config.ports {
-        PortAssignment::Preserve => assert_eq!(result.port_preserved, Some(true), "{label}"),
-        PortAssignment::Random => assert_eq!(result.port_preserved, Some(false), "{label}"),
+        PortAssignment::Preserve => assert_eq!(result.findings.port_preserved, Some(true), "{label}"),
+        PortAssignment::Random => assert_eq!(result.findings.port_preserved, Some(false), "{label}"),
         PortAssignment::Sequential => {}
     }
-    assert_eq!(result.double_nat, None, "{label}");
+    assert_eq!(result.findings.double_nat, None, "{label}");
 }
 
 fn preset(p: NatPreset) -> NatConfig {
@@ -105,16 +105,16 @@ fn cgnat() {
     let inner = layers.remove(0);
     let result = probe_behind(Behind::Nats(vec![outer, inner]), None);
     assert_eq!(result.mapped.map(|m| m.ip()), Some(carrier_public.into()), "{result:?}");
-    assert_eq!(result.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
-    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
-    assert_eq!(result.port_preserved, Some(false), "the carrier picks random ports: {result:?}");
+    assert_eq!(result.findings.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
+    assert_eq!(result.findings.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.findings.port_preserved, Some(false), "the carrier picks random ports: {result:?}");
 }
 
 #[test]
 fn corporate_blocks_udp() {
     let result = probe_behind(Behind::Nats(vec![preset(NatPreset::Corporate)]), None);
-    assert!(result.udp_blocked, "{result:?}");
-    assert_eq!(result.mapping, None);
+    assert!(result.findings.udp_blocked, "{result:?}");
+    assert_eq!(result.findings.mapping, None);
 }
 
 /// Every mapping x filtering combination, port-preserving and not, hairpinning on and off.
@@ -158,27 +158,27 @@ fn every_mapping_and_filtering_combination() {
 fn kernel_masquerade() {
     let result = probe_behind(Behind::Kernel(KernelPorts::Masquerade), None);
     assert_eq!(result.mapped.map(|m| m.ip()), Some(PUBLIC.into()), "{result:?}");
-    assert_eq!(result.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
-    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
-    assert_eq!(result.port_preserved, Some(true), "{result:?}");
-    assert_eq!(result.hairpin, Some(false), "{result:?}");
+    assert_eq!(result.findings.mapping, Some(Behaviour::EndpointIndependent), "{result:?}");
+    assert_eq!(result.findings.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.findings.port_preserved, Some(true), "{result:?}");
+    assert_eq!(result.findings.hairpin, Some(false), "{result:?}");
 }
 
 /// `masquerade fully-random`: a new random port per destination.
 #[test]
 fn kernel_fully_random() {
     let result = probe_behind(Behind::Kernel(KernelPorts::FullyRandom), None);
-    assert_eq!(result.mapping, Some(Behaviour::AddressAndPortDependent), "{result:?}");
-    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
-    assert_eq!(result.port_preserved, Some(false), "{result:?}");
+    assert_eq!(result.findings.mapping, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.findings.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.findings.port_preserved, Some(false), "{result:?}");
 }
 
 /// `masquerade random`.
 #[test]
 fn kernel_random() {
     let result = probe_behind(Behind::Kernel(KernelPorts::Random), None);
-    assert_eq!(result.mapping, Some(Behaviour::AddressAndPortDependent), "{result:?}");
-    assert_eq!(result.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.findings.mapping, Some(Behaviour::AddressAndPortDependent), "{result:?}");
+    assert_eq!(result.findings.filtering, Some(Behaviour::AddressAndPortDependent), "{result:?}");
 }
 
 /// A NAT whose bindings live 2 s: the bounded search puts the lifetime between about 1 and
@@ -188,7 +188,7 @@ fn binding_lifetime() {
     let config = NatConfig { udp_timeout: Duration::from_secs(2), ..preset(NatPreset::PortRestricted) };
     let checkpoints = vec![Duration::from_secs(1), Duration::from_secs(3), Duration::from_secs(4)];
     let result = probe_behind(Behind::Nats(vec![config]), Some(checkpoints));
-    let life = result.lifetime.expect("measured");
+    let life = result.findings.lifetime.expect("measured");
     assert!((1.0..=1.5).contains(&life.at_least_s), "{result:?}");
     assert!(life.at_most_s.is_some_and(|m| (3.0..=3.5).contains(&m)), "{result:?}");
 }

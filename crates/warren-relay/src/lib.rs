@@ -14,7 +14,8 @@
 //! Volunteers run relays, so access is controlled (an allow-list of identities and/or a token)
 //! and each node is limited: a token bucket of [`RelayConfig::max_mbps`] (frames over the rate
 //! are dropped, which QUIC's congestion control reads as a slower path) and a total of
-//! [`RelayConfig::max_bytes`] forwarded per registration (then the node is cut off). Frames
+//! [`RelayConfig::max_bytes`] forwarded per node per hour, across reconnections (then the node
+//! is cut off and refused until the hour is over). Frames
 //! come from the address a node registered from, so a node cannot send as another one.
 
 use std::collections::HashMap;
@@ -378,32 +379,22 @@ impl AsyncUdpSocket for RelaySocket {
                 other => return other,
             };
             let now = Instant::now();
-            let mut kept = 0;
-            for i in 0..n {
-                let len = meta[i].len;
-                let stride = meta[i].stride.max(1);
-                // With GRO one buffer holds several datagrams from one sender. Frames are
-                // forwarded; a QUIC packet that shares a buffer with frames is dropped (rare:
-                // a node's control traffic is a few packets a minute; QUIC resends it).
-                if !bufs[i][..len].chunks(stride).any(frame::is_frame) {
-                    if kept != i {
-                        let (front, back) = bufs.split_at_mut(i);
-                        front[kept][..len].copy_from_slice(&back[0][..len]);
-                        meta[kept] = meta[i];
-                    }
-                    kept += 1;
-                    continue;
-                }
-                let from = meta[i].addr;
-                for segment in bufs[i][..len].chunks_mut(stride) {
+            // A QUIC packet that shares a GRO buffer with frames is dropped (rare: a node's
+            // control traffic is a few packets a minute; QUIC resends it).
+            let kept = frame::sort_received(
+                bufs,
+                meta,
+                n,
+                |meta, segment| {
                     if !frame::is_frame(segment) {
-                        continue;
+                        return;
                     }
-                    if let Some(to) = self.shared.0.route(Sender::Udp(from), segment, now) {
-                        self.shared.0.forward(to, segment, meta[i].dst_ip);
+                    if let Some(to) = self.shared.0.route(Sender::Udp(meta.addr), segment, now) {
+                        self.shared.0.forward(to, segment, meta.dst_ip);
                     }
-                }
-            }
+                },
+                |_| {},
+            );
             if kept > 0 {
                 return Poll::Ready(Ok(kept));
             }
