@@ -2,12 +2,12 @@
 //! (see [`crate::sim`]), runs the link and NAT models, and writes what reaches a host or a
 //! kernel NAT's interface.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -125,6 +125,60 @@ impl SharedStats {
     }
 }
 
+/// Faults set while a simulation runs ([`Simulation::faults`](crate::Simulation::faults)):
+/// address pairs between which every packet is lost, wherever it is in the network. A path
+/// failure between two places that leaves their other paths working; between NATed networks,
+/// name their public addresses.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Some pair is blocked (spares the lock on the common path).
+    any: AtomicBool,
+    blocked: Mutex<HashSet<(Ipv4Addr, Ipv4Addr)>>,
+    dropped: AtomicU64,
+}
+
+impl Faults {
+    /// Loses every packet between `a` and `b`, both ways, until [`unblock`](Self::unblock).
+    pub fn block(&self, a: Ipv4Addr, b: Ipv4Addr) {
+        self.set(a, b, true);
+    }
+
+    /// Lets packets between `a` and `b` through again.
+    pub fn unblock(&self, a: Ipv4Addr, b: Ipv4Addr) {
+        self.set(a, b, false);
+    }
+
+    /// Packets lost to blocks so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, a: Ipv4Addr, b: Ipv4Addr, blocked: bool) {
+        let mut pairs = self.blocked.lock().expect("faults lock");
+        let pair = if a <= b { (a, b) } else { (b, a) };
+        if blocked {
+            pairs.insert(pair);
+        } else {
+            pairs.remove(&pair);
+        }
+        self.any.store(!pairs.is_empty(), Ordering::Release);
+    }
+
+    /// Is `packet` lost to a block (counted if so)?
+    fn drops(&self, packet: &Packet) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let (src, dst) = (packet.src(), packet.dst());
+        let pair = if src <= dst { (src, dst) } else { (dst, src) };
+        let lost = self.blocked.lock().expect("faults lock").contains(&pair);
+        if lost {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        lost
+    }
+}
+
 /// Longest wait for fresh counters: a few forwarder passes.
 const STATS_WAIT: Duration = Duration::from_millis(200);
 
@@ -159,6 +213,7 @@ pub(crate) struct Forwarder {
     /// Each host's MAC address, by host index.
     host_macs: Vec<[u8; 6]>,
     stats: Arc<SharedStats>,
+    faults: Arc<Faults>,
     stop: Arc<AtomicBool>,
 }
 
@@ -186,6 +241,7 @@ impl Forwarder {
         interface_captures: HashMap<usize, Capture>,
         host_macs: Vec<[u8; 6]>,
         stats: Arc<SharedStats>,
+        faults: Arc<Faults>,
         stop: Arc<AtomicBool>,
     ) -> Self {
         let owned: HashMap<Node, &Vec<(Ipv4Addr, u8)>> = owned.iter().map(|(n, p)| (*n, p)).collect();
@@ -232,6 +288,7 @@ impl Forwarder {
             interface_captures,
             host_macs,
             stats,
+            faults,
             stop,
         }
     }
@@ -339,6 +396,9 @@ impl Forwarder {
     }
 
     fn send(&mut self, from: Node, to: Node, packet: Packet, now: Instant) {
+        if self.faults.drops(&packet) {
+            return;
+        }
         let Some(link) = self.links.get_mut(&(from, to)) else { return };
         let config = link.config();
         if !packet.is_plain()

@@ -19,6 +19,7 @@ pub mod scenario;
 pub mod sim;
 mod sys;
 
+pub use forward::Faults;
 pub use sim::{AsNode, Device, Host, KernelNatConfig, KernelPorts, Node, SimError, Simulation};
 
 /// The property the `netsim_packet` fuzz target checks, also replayed over the saved corpus:

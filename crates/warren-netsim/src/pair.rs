@@ -113,6 +113,10 @@ pub fn theory_allows_direct(a: NatKind, b: NatKind) -> bool {
 /// The middle host's address.
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
+/// Side a's and side b's public addresses (their outer NAT's, or the host's with no NAT):
+/// block the pair ([`Simulation::faults`]) to cut the direct path and leave the relay's.
+pub const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 114, 10)];
+
 /// Links of the pair topology.
 #[derive(Debug, Clone)]
 pub struct PairLinks {
@@ -163,7 +167,7 @@ fn lan() -> LinkConfig {
 /// Builds one side (index 0 or 1): its host, and the device on the internet to link.
 fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), SimError> {
     let name = |what: &str| format!("{what}-{}", if index == 0 { 'a' } else { 'b' });
-    let public = Ipv4Addr::new(203, 0, 113 + index, 10);
+    let public = PUBLIC_IPS[usize::from(index)];
     let private = Ipv4Addr::new(192, 168, 1 + index, 2);
     let behind_nat = |sim: &mut Simulation, config| -> Result<(Host, Root), SimError> {
         let nat = sim.add_nat(&name("nat"), config, None)?;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::forward::{Forwarder, Port, SharedStats};
+use crate::forward::{Faults, Forwarder, Port, SharedStats};
 use crate::link::{Link, LinkConfig, LinkStats};
 use crate::nat::{Nat, NatConfig, NatStats};
 use crate::pcap::PcapWriter;
@@ -306,6 +306,7 @@ pub struct Simulation {
     captures: HashMap<(Node, Node), Capture>,
     interface_captures: HashMap<usize, Capture>,
     stats: Arc<SharedStats>,
+    faults: Arc<Faults>,
     stop: Arc<AtomicBool>,
     forwarder: Option<JoinHandle<()>>,
 }
@@ -337,6 +338,7 @@ impl Simulation {
             captures: HashMap::new(),
             interface_captures: HashMap::new(),
             stats: Arc::default(),
+            faults: Arc::default(),
             stop: Arc::default(),
             forwarder: None,
         }
@@ -601,6 +603,12 @@ impl Simulation {
         self.stats.fresh(self.forwarder.is_some()).nats.clone()
     }
 
+    /// Faults to inject before or while the simulation runs (blocked address pairs); the
+    /// handle may be moved to any thread.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.faults.clone()
+    }
+
     /// Starts forwarding packets.
     pub fn start(&mut self) -> Result<(), SimError> {
         if self.forwarder.is_some() {
@@ -653,6 +661,7 @@ impl Simulation {
             std::mem::take(&mut self.interface_captures),
             self.hosts.iter().map(|(host, _)| host_mac(host.ip())).collect(),
             self.stats.clone(),
+            self.faults.clone(),
             self.stop.clone(),
         );
         self.forwarder = Some(

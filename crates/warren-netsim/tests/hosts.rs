@@ -173,3 +173,39 @@ fn a_captured_link_is_written_to_a_pcap_file() {
     assert!(packets.windows(2).all(|w| w[0].0 <= w[1].0), "timestamps in order");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A block between two addresses loses every packet between them, both ways, while the
+/// simulation runs; unblocking lets them through again.
+#[test]
+fn a_blocked_address_pair_loses_everything_until_unblocked() {
+    let _serial = serial();
+    let (sim, a, b) = pair(3, LinkConfig::default());
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let server = echo_server(&b, 2, ready_tx);
+    ready.recv().unwrap();
+    let (phase_tx, phase) = std::sync::mpsc::channel::<()>();
+    let (answer_tx, answers) = std::sync::mpsc::channel::<bool>();
+    let client = a.spawn(move || async move {
+        let socket = UdpSocket::bind((A, 0)).await.unwrap();
+        let mut buf = [0u8; 64];
+        // One echo per phase: open, blocked, open again.
+        for _ in 0..3 {
+            phase.recv().unwrap();
+            socket.send_to(b"ping", SocketAddr::from((B, 7000))).await.unwrap();
+            let echoed = tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf)).await.is_ok();
+            answer_tx.send(echoed).unwrap();
+        }
+    });
+    phase_tx.send(()).unwrap();
+    assert!(answers.recv().unwrap(), "an open path echoes");
+    let faults = sim.faults();
+    faults.block(B, A);
+    phase_tx.send(()).unwrap();
+    assert!(!answers.recv().unwrap(), "a blocked path loses the datagram");
+    assert_eq!(faults.dropped(), 1);
+    faults.unblock(A, B);
+    phase_tx.send(()).unwrap();
+    assert!(answers.recv().unwrap(), "an unblocked path echoes again");
+    client.join().unwrap();
+    assert_eq!(server.join().unwrap(), 2, "the server saw the first and the last datagram only");
+}

@@ -1,9 +1,9 @@
 //! NAT traversal in warren-netsim: the seed's scenario (10 MB across two NATs over a lossy
-//! 100 ms path, starting relayed and ending direct) and a relay that cannot read what it
-//! forwards. Needs root or a user namespace (as every netsim test).
+//! 100 ms path, starting relayed and ending direct), a direct path that dies mid-transfer and
+//! hands the connection back to the relay, and a relay that cannot read what it forwards. Needs root or a user namespace (as every netsim test).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -11,8 +11,9 @@ use warren::relay::client::{RelayClient, RelayConfig as ClientConfig};
 use warren::transport::paths::Path;
 use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P, RemoteIdentity, Stream};
+use warren_netsim::Faults;
 use warren_netsim::link::{LinkConfig, Loss};
-use warren_netsim::pair::{self, NatKind, Pair, PairLinks, RELAY_IP};
+use warren_netsim::pair::{self, NatKind, PUBLIC_IPS, Pair, PairLinks, RELAY_IP};
 use warren_relay::{Relay, RelayConfig, RelayStats};
 
 const SINK: &str = "sink/1";
@@ -64,10 +65,10 @@ struct Run {
 }
 
 /// Builds the pair, runs a relay and node a (a sink), and runs `dialler` on node b with a's
-/// identity.
+/// identity and the simulation's faults.
 fn run_pair<F, Fut>(a: NatKind, b: NatKind, links: PairLinks, capture: Option<&std::path::Path>, dialler: F) -> Run
 where
-    F: FnOnce(P2P, RemoteIdentity) -> Fut + Send + 'static,
+    F: FnOnce(P2P, RemoteIdentity, Arc<Faults>) -> Fut + Send + 'static,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let Pair { mut sim, relay, a: a_host, b: b_host } = pair::build(a, b, links, 7).unwrap();
@@ -75,6 +76,7 @@ where
         sim.capture_interface(&relay, path).unwrap();
     }
     sim.start().unwrap();
+    let faults = sim.faults();
     let relay_identity = Identity::generate();
     let config = ClientConfig::new(relay_identity.to_remote_identity(), (RELAY_IP, RELAY_PORT).into());
     let (ready_tx, ready) = mpsc::channel();
@@ -102,7 +104,7 @@ where
         let p2p = node(config).await.unwrap();
         let mut events = p2p.subscribe();
         let started = Instant::now();
-        let result = dialler(p2p.clone(), a_id).await;
+        let result = dialler(p2p.clone(), a_id, faults).await;
         let elapsed = started.elapsed();
         let mut seen = Vec::new();
         while let Ok(event) = events.try_recv() {
@@ -140,7 +142,7 @@ fn ten_megabytes_across_two_nats_start_relayed_and_end_direct() {
     const LEN: usize = 10 * 1024 * 1024;
     let lossy = |ms| LinkConfig { latency: Duration::from_millis(ms), loss: Loss::Random(0.01), ..Default::default() };
     let links = PairLinks { relay: lossy(25), direct: lossy(50) };
-    let run = run_pair(NatKind::PortRestricted, NatKind::PortRestricted, links, None, |p2p, a| async move {
+    let run = run_pair(NatKind::PortRestricted, NatKind::PortRestricted, links, None, |p2p, a, _| async move {
         let data = pseudo_random(LEN, 42);
         let (hash, count) = send(&p2p, a, &data).await?;
         anyhow::ensure!(count == LEN as u64, "the sink counted {count} bytes");
@@ -162,6 +164,47 @@ fn ten_megabytes_across_two_nats_start_relayed_and_end_direct() {
     );
 }
 
+/// A punched path that dies while a transfer is under way (the two NATs can no longer reach
+/// each other; both still reach the relay): the connection goes back to the relay within
+/// seconds and the stream open at the time completes intact, on the same connection.
+#[test]
+fn a_direct_path_that_dies_hands_the_connection_back_to_the_relay() {
+    const LEN: usize = 4 * 1024 * 1024;
+    let run = run_pair(NatKind::PortRestricted, NatKind::FullCone, PairLinks::default(), None, |p2p, a, faults| {
+        async move {
+            let mut events = p2p.subscribe();
+            let conn = p2p.connection(a).await?;
+            let direct = tokio::time::timeout(HANG, async {
+                loop {
+                    if let Ok(Event::PathChanged { path: Path::Direct { .. }, .. }) = events.recv().await {
+                        break;
+                    }
+                }
+            });
+            direct.await?;
+            // A transfer under way when the direct path dies.
+            let data = pseudo_random(LEN, 9);
+            let (sent, cut_at) = tokio::join!(send(&p2p, a, &data), async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                faults.block(PUBLIC_IPS[0], PUBLIC_IPS[1]);
+                Instant::now()
+            });
+            let (hash, count) = sent?;
+            anyhow::ensure!(count == LEN as u64 && hash == *blake3::hash(&data).as_bytes(), "corrupted");
+            let now = p2p.open_connection(&a).ok_or_else(|| anyhow::anyhow!("the connection is gone"))?;
+            anyhow::ensure!(now.quic().stable_id() == conn.quic().stable_id(), "a new connection replaced the old one");
+            anyhow::ensure!(matches!(now.path(), Path::Relayed { .. }), "ended on {:?}", now.path());
+            anyhow::ensure!(faults.dropped() > 0, "the block dropped nothing: the path was not cut under way");
+            println!("the transfer finished {:?} after the direct path was cut", cut_at.elapsed());
+            Ok(())
+        }
+    });
+    let to_direct = run.events.iter().position(|e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }));
+    let back = run.events.iter().position(|e| matches!(e, Event::PathChanged { path: Path::Relayed { .. }, .. }));
+    assert!(matches!((to_direct, back), (Some(d), Some(r)) if d < r), "{:?}", run.events);
+    assert!(run.relay_stats.forwarded_bytes > LEN as u64 / 2, "the relay carried the rest: {:?}", run.relay_stats);
+}
+
 /// Traffic through the relay is the peers' own QUIC: a capture of everything the relay sent
 /// and received holds the frames (their magic and the relayed bytes) but not one copy of a
 /// payload the peers exchanged in the clear of their streams.
@@ -179,7 +222,7 @@ fn the_relay_cannot_read_what_it_forwards() {
         NatKind::PortRestricted,
         PairLinks::default(),
         Some(&capture),
-        |p2p, a| async move {
+        |p2p, a, _| async move {
             let (hash, count) = send(&p2p, a, &sent).await?;
             anyhow::ensure!(count == sent.len() as u64 && hash == *blake3::hash(&sent).as_bytes());
             let path = p2p.open_connection(&a).map(|c| c.path());
@@ -208,13 +251,14 @@ fn the_relay_cannot_read_what_it_forwards() {
 /// it by identity through the relay; data crosses intact.
 #[test]
 fn a_node_behind_a_udp_blocking_network_is_reached_over_tcp() {
-    let run = run_pair(NatKind::UdpBlocked, NatKind::PortRestricted, PairLinks::default(), None, |p2p, a| async move {
-        let data = pseudo_random(1024 * 1024, 3);
-        let (hash, count) = send(&p2p, a, &data).await?;
-        anyhow::ensure!(count == data.len() as u64 && hash == *blake3::hash(&data).as_bytes());
-        let path = p2p.open_connection(&a).map(|c| c.path());
-        anyhow::ensure!(matches!(path, Some(Path::Relayed { .. })), "expected relayed, got {path:?}");
-        Ok(())
-    });
+    let run =
+        run_pair(NatKind::UdpBlocked, NatKind::PortRestricted, PairLinks::default(), None, |p2p, a, _| async move {
+            let data = pseudo_random(1024 * 1024, 3);
+            let (hash, count) = send(&p2p, a, &data).await?;
+            anyhow::ensure!(count == data.len() as u64 && hash == *blake3::hash(&data).as_bytes());
+            let path = p2p.open_connection(&a).map(|c| c.path());
+            anyhow::ensure!(matches!(path, Some(Path::Relayed { .. })), "expected relayed, got {path:?}");
+            Ok(())
+        });
     assert!(run.relay_stats.forwarded_bytes >= 1024 * 1024, "{:?}", run.relay_stats);
 }

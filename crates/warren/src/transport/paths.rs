@@ -101,6 +101,43 @@ struct PeerPath {
     direct: Option<SocketAddr>,
     /// Last packet either way: idle entries make room when the table is full.
     last_used: std::time::Instant,
+    /// Packets sent on the direct path since the last one heard from it.
+    unanswered: Option<Unanswered>,
+    /// The direct path went silent: packets go through the relay until it is heard again.
+    fallen_back: bool,
+    /// When the direct path was punched.
+    direct_at: std::time::Instant,
+}
+
+#[derive(Clone, Copy)]
+struct Unanswered {
+    count: u32,
+    /// When the second one was sent.
+    since: std::time::Instant,
+}
+
+/// A direct path is given up for the relay (until a packet arrives on it again) when packets
+/// kept going out on it for this long and none came back. Over the RTT of any usable path and
+/// quinn's first few probe timeouts; a keep-alive goes out every 10 s and is answered at once,
+/// so a working path is always heard within it. quinn's probes after a loss (about 0.3, 0.9,
+/// 2.1, 4.5 s at 100 ms RTT) find the relay at the 4th or 5th, well before the idle timeout.
+pub const DIRECT_SILENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Unanswered {
+    /// Counts one more packet sent at `now`; true if the path has now been silent too long.
+    ///
+    /// The clock starts at the second packet: the first may be an acknowledgement, which asks
+    /// for no answer (a connection idle since it acknowledged something, then sending again,
+    /// is not a silent path). Every later one is, in practice, a packet the peer answers
+    /// within a round trip.
+    fn sent(slot: &mut Option<Self>, now: std::time::Instant) -> bool {
+        let entry = slot.get_or_insert(Unanswered { count: 0, since: now });
+        entry.count += 1;
+        if entry.count == 2 {
+            entry.since = now;
+        }
+        entry.count >= 3 && now.duration_since(entry.since) >= DIRECT_SILENCE
+    }
 }
 
 /// How long a placeholder must be unused before another peer may take it: past quinn's idle
@@ -157,7 +194,15 @@ impl State {
             self.punches.remove(&stale);
             addr
         };
-        self.peers.insert(*remote.as_bytes(), PeerPath { placeholder: addr, direct: None, last_used: now });
+        let entry = PeerPath {
+            placeholder: addr,
+            direct: None,
+            last_used: now,
+            unanswered: None,
+            fallen_back: false,
+            direct_at: now,
+        };
+        self.peers.insert(*remote.as_bytes(), entry);
         self.by_placeholder.insert(addr, remote);
         Some(addr)
     }
@@ -258,7 +303,8 @@ impl Paths {
             return Path::Direct { addr };
         }
         let state = self.state();
-        let direct = state.by_placeholder.get(&addr).and_then(|id| state.peers.get(id.as_bytes())?.direct);
+        let peer = state.by_placeholder.get(&addr).and_then(|id| state.peers.get(id.as_bytes()));
+        let direct = peer.filter(|p| !p.fallen_back || state.relay.is_none()).and_then(|p| p.direct);
         match (direct, &state.relay) {
             (Some(addr), _) => Path::Direct { addr },
             (None, Some(relay)) => Path::Relayed { relay: relay.identity, addr: relay.addr },
@@ -330,6 +376,8 @@ impl Paths {
         let mut state = self.state();
         if let Some(entry) = state.peers.get_mut(peer.as_bytes()) {
             entry.direct = None;
+            entry.unanswered = None;
+            entry.fallen_back = false;
         }
         state.by_direct.retain(|_, id| id != peer.as_bytes());
         self.any_direct.store(!state.by_direct.is_empty(), Ordering::Relaxed);
@@ -393,6 +441,9 @@ impl Paths {
                 self.any_direct.store(true, Ordering::Relaxed);
                 let Some(peer) = state.peers.get_mut(&sender) else { return };
                 peer.direct = Some(from);
+                peer.direct_at = std::time::Instant::now();
+                peer.unanswered = None;
+                peer.fallen_back = false;
                 let placeholder = peer.placeholder;
                 let remote = state.by_placeholder[&placeholder];
                 drop(state);
@@ -404,12 +455,27 @@ impl Paths {
 
     /// Hands a packet the relay forwarded from `peer` to quinn, as coming from the peer's
     /// placeholder (allocated on first contact: the peer is dialling us through the relay).
+    ///
+    /// A peer whose path was punched a while ago and that sends through the relay again has
+    /// given the direct path up (see [`DIRECT_SILENCE`]): this side follows at once rather
+    /// than wait for its own count, which a side that only acknowledges fills slowly.
     pub(crate) fn deliver_relayed(&self, peer: &RawIdentity, payload: &[u8]) {
+        let mut fell_back = None;
         let placeholder = {
             let mut state = self.state();
             match state.peers.get_mut(peer) {
                 Some(known) => {
-                    known.last_used = std::time::Instant::now();
+                    let now = std::time::Instant::now();
+                    known.last_used = now;
+                    // Just after a punch, packets the peer sent before it learnt of the
+                    // direct path may still come through the relay.
+                    if known.direct.is_some()
+                        && !known.fallen_back
+                        && now.duration_since(known.direct_at) >= DIRECT_SILENCE
+                    {
+                        known.fallen_back = true;
+                        fell_back = Some(known.placeholder);
+                    }
                     known.placeholder
                 }
                 None => {
@@ -420,6 +486,17 @@ impl Paths {
             }
         };
         self.deliver(self.in_family(placeholder), payload);
+        if let (Some(placeholder), Ok(remote)) = (fell_back, RemoteIdentity::from_bytes(peer)) {
+            self.fell_back(remote, placeholder);
+        }
+    }
+
+    /// Reports that packets to `remote` go through the relay again.
+    fn fell_back(&self, remote: RemoteIdentity, placeholder: SocketAddr) {
+        tracing::debug!(%remote, "direct path given up; back to the relay");
+        if let path @ Path::Relayed { .. } = self.path_of(placeholder) {
+            self.emit(Event::PathChanged { remote, path });
+        }
     }
 
     fn deliver(&self, from: SocketAddr, payload: &[u8]) {
@@ -454,11 +531,23 @@ impl Paths {
 
     /// The address quinn should see a QUIC packet from `from` come from: the peer's placeholder
     /// if `from` is a punched address, else `from`.
+    ///
+    /// A packet from the peer's direct address shows the direct path works: if the peer's
+    /// packets had gone to the relay because it was silent, they go direct again.
     fn quic_source(&self, from: SocketAddr) -> SocketAddr {
         if self.any_direct.load(Ordering::Relaxed) {
-            let state = self.state();
-            if let Some(peer) = state.by_direct.get(&from).and_then(|id| state.peers.get(id)) {
-                return self.in_family(peer.placeholder);
+            let mut state = self.state();
+            let State { peers, by_direct, by_placeholder, .. } = &mut *state;
+            if let Some(peer) = by_direct.get(&from).and_then(|id| peers.get_mut(id)) {
+                let placeholder = peer.placeholder;
+                peer.unanswered = None;
+                if peer.direct == Some(from) && std::mem::take(&mut peer.fallen_back) {
+                    let remote = by_placeholder[&placeholder];
+                    drop(state);
+                    tracing::debug!(%remote, %from, "direct path heard again");
+                    self.emit(Event::PathChanged { remote, path: Path::Direct { addr: from } });
+                }
+                return self.in_family(placeholder);
             }
         }
         self.in_family(from)
@@ -468,35 +557,21 @@ impl Paths {
     /// packets from punched addresses are re-addressed to the peer's placeholder. Returns how
     /// many are left for quinn (compacted to the front).
     fn filter(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
-        let mut kept = 0;
-        for i in 0..n {
-            let from = unmap(meta[i].addr);
-            let data = &bufs[i][..meta[i].len];
-            let stride = meta[i].stride.max(1);
-            // With GRO one buffer holds several datagrams from one sender; frames and QUIC
-            // packets from the relay's address can share a buffer.
-            let frames = data.chunks(stride).filter(|d| frame::is_frame(d)).count();
-            if frames > 0 {
-                let quic_from = self.quic_source(from);
-                for segment in data.chunks(stride) {
-                    if frame::is_frame(segment) {
-                        self.on_frame(from, segment);
-                    } else {
-                        self.deliver(quic_from, segment);
-                    }
+        frame::sort_received(
+            bufs,
+            meta,
+            n,
+            // Frames and QUIC packets from the relay's address can share a buffer.
+            |meta, segment| {
+                let from = unmap(meta.addr);
+                if frame::is_frame(segment) {
+                    self.on_frame(from, segment);
+                } else {
+                    self.deliver(self.quic_source(from), segment);
                 }
-                continue;
-            }
-            meta[i].addr = self.quic_source(from);
-            if kept != i {
-                let (front, back) = bufs.split_at_mut(i);
-                let len = meta[i].len;
-                front[kept][..len].copy_from_slice(&back[0][..len]);
-                meta[kept] = meta[i];
-            }
-            kept += 1;
-        }
-        kept
+            },
+            |meta| meta.addr = self.quic_source(unmap(meta.addr)),
+        )
     }
 }
 
@@ -521,12 +596,20 @@ impl AsyncUdpSocket for PathSocket {
         if !is_placeholder(destination) {
             return paths.socket.try_send(transmit);
         }
+        let mut fell_back = None;
         let route = {
             let mut state = paths.state();
             let Some(remote) = state.by_placeholder.get(&destination).copied() else { return Ok(()) };
+            let has_relay = state.relay.is_some();
             let peer = state.peers.get_mut(remote.as_bytes()).expect("every placeholder has a peer");
-            peer.last_used = std::time::Instant::now();
-            let peer_direct = peer.direct;
+            let now = std::time::Instant::now();
+            peer.last_used = now;
+            // Silent for too long: the relay carries the packets while there is one.
+            if peer.direct.is_some() && !peer.fallen_back && Unanswered::sent(&mut peer.unanswered, now) && has_relay {
+                peer.fallen_back = true;
+                fell_back = Some(remote);
+            }
+            let peer_direct = peer.direct.filter(|_| !peer.fallen_back || !has_relay);
             match (peer_direct, &state.relay) {
                 (Some(addr), _) => Route::Direct(addr),
                 (None, Some(relay)) => match &relay.link {
@@ -537,6 +620,9 @@ impl AsyncUdpSocket for PathSocket {
                 (None, None) => return Ok(()),
             }
         };
+        if let Some(remote) = fell_back {
+            paths.fell_back(remote, destination);
+        }
         match route {
             Route::Direct(addr) => paths.socket.try_send(&Transmit {
                 destination: paths.in_family(addr),
@@ -630,6 +716,24 @@ impl AsyncUdpSocket for PathSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Feeds sends at these offsets (ms) and returns, for each, whether the path was given up.
+    fn silence(offsets_ms: &[u64]) -> Vec<bool> {
+        let start = std::time::Instant::now();
+        let mut slot = None;
+        offsets_ms.iter().map(|ms| Unanswered::sent(&mut slot, start + std::time::Duration::from_millis(*ms))).collect()
+    }
+
+    #[test]
+    fn a_path_is_given_up_only_after_repeated_unanswered_packets() {
+        // quinn's probes after a loss at 100 ms RTT: given up at the one past 3 s.
+        assert_eq!(silence(&[0, 300, 900, 2100, 4500]), [false, false, false, false, true]);
+        // Two packets are not enough, however far apart (an acknowledgement, then a packet).
+        assert_eq!(silence(&[0, 4000]), [false, false]);
+        // Idle after an acknowledgement, then a burst: the clock starts with the burst.
+        assert_eq!(silence(&[0, 3500, 3501, 3502]), [false; 4]);
+        assert_eq!(silence(&[0, 10_000, 10_100, 12_000, 13_100]), [false, false, false, false, true]);
+    }
 
     #[test]
     fn placeholders_are_recognised_in_both_families() {
