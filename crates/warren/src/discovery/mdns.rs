@@ -74,6 +74,11 @@ pub const METADATA_PROTOCOL: &str = "meta/1";
 /// Largest metadata answer read from a contact.
 const MAX_METADATA_REPLY: u64 = 16 * 1024;
 
+/// Metadata exchanges tried per contact found, and the pause before the second (the third
+/// waits twice as long).
+const METADATA_TRIES: u32 = 3;
+const METADATA_RETRY: Duration = Duration::from_millis(500);
+
 /// The TXT key carrying a ContactsOnly record's salt.
 const SALT_KEY: &str = "s";
 
@@ -517,12 +522,26 @@ impl MdnsDiscovery {
 
     /// Asks a contact for its metadata over [`METADATA_PROTOCOL`]; it answers only if we are
     /// its contact too. What it says is reported like a TXT record's content.
+    ///
+    /// A failed exchange (the connection lost, as when both contacts dial each other at the
+    /// same moment and one connection gives way) is tried again, [`METADATA_TRIES`] times in
+    /// all; a refusal (an empty answer) is final.
     async fn fetch_metadata(&self, contact: RemoteIdentity) {
         use tokio::io::AsyncReadExt;
-        let Ok(mut stream) = self.inner.p2p.connect(contact, METADATA_PROTOCOL).await else { return };
-        let _ = stream.finish();
         let mut body = Vec::new();
-        if (&mut stream).take(MAX_METADATA_REPLY).read_to_end(&mut body).await.is_err() || body.is_empty() {
+        for attempt in 0..METADATA_TRIES {
+            if attempt > 0 {
+                tokio::time::sleep(METADATA_RETRY * attempt).await;
+            }
+            let Ok(mut stream) = self.inner.p2p.connect(contact, METADATA_PROTOCOL).await else { continue };
+            let _ = stream.finish();
+            body.clear();
+            if (&mut stream).take(MAX_METADATA_REPLY).read_to_end(&mut body).await.is_ok() {
+                break;
+            }
+            body.clear();
+        }
+        if body.is_empty() {
             tracing::debug!(%contact, "the contact did not share its metadata");
             return;
         }

@@ -109,7 +109,8 @@ impl PeerTable {
     }
 
     /// Records the connection count of `remote` after a change. `newest` is the newest open
-    /// connection's address and direction.
+    /// connection's address and direction; `metadata`, its hello's (an empty map leaves the
+    /// known metadata alone, as in [`PeerTable::discovered`]).
     pub(crate) fn set_connected(
         &mut self,
         remote: RemoteIdentity,
@@ -118,7 +119,9 @@ impl PeerTable {
         metadata: Option<&BTreeMap<String, String>>,
     ) {
         let peer = self.peers.entry(remote).or_insert_with(|| PeerInfo::new(remote));
-        if let Some(metadata) = metadata {
+        // An empty hello (a node in ContactsOnly mode sends none) leaves what is known alone:
+        // metadata a contact shared over meta/1 must survive the contact's next connection.
+        if let Some(metadata) = metadata.filter(|m| !m.is_empty()) {
             peer.metadata = metadata.clone();
         }
         peer.state = match newest {
@@ -173,5 +176,22 @@ mod tests {
         assert!(matches!(table.get(&remote).unwrap().state, ConnectionState::Connected { connections: 1, .. }));
         table.set_connected(remote, 0, None, None);
         assert!(table.get(&remote).is_none());
+    }
+
+    /// Two contacts in ContactsOnly mode fetch each other's metadata at once: the second
+    /// connection's empty hello must not wipe what the first one's exchange brought (it did,
+    /// now and then, in the LAN test).
+    #[test]
+    fn an_empty_hello_keeps_known_metadata_and_a_full_one_replaces_it() {
+        let mut table = PeerTable::default();
+        let remote = Identity::generate().to_remote_identity();
+        let shared: BTreeMap<_, _> = [("name".to_string(), "b".to_string())].into();
+        table.set_connected(remote, 1, Some((addr(9), Direction::Outbound)), Some(&BTreeMap::new()));
+        table.discovered("mdns", remote, [], shared.clone());
+        table.set_connected(remote, 2, Some((addr(9), Direction::Inbound)), Some(&BTreeMap::new()));
+        assert_eq!(table.get(&remote).unwrap().metadata, shared);
+        let renamed: BTreeMap<_, _> = [("name".to_string(), "b2".to_string())].into();
+        table.set_connected(remote, 3, Some((addr(9), Direction::Inbound)), Some(&renamed));
+        assert_eq!(table.get(&remote).unwrap().metadata, renamed);
     }
 }

@@ -363,19 +363,24 @@ fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() 
     let ids: Vec<RemoteIdentity> =
         secrets.iter().map(|s| Identity::from_secret_bytes(s).to_remote_identity()).collect();
     // a and b: ContactsOnly and each other's contact; c: a stranger; d: has a as a contact,
-    // but a does not have d.
-    let plan = [
-        ("a", DiscoveryMode::ContactsOnly, vec![ids[1]]),
-        ("b", DiscoveryMode::ContactsOnly, vec![ids[0]]),
-        ("c", DiscoveryMode::Enabled, vec![]),
-        ("d", DiscoveryMode::Enabled, vec![ids[0]]),
+    // but a does not have d. With each: what it must come to see (peer, name) and how many
+    // unreadable records it must have ignored; the negative checks below are made once a node
+    // saw this and at least 3 s passed (what must not happen had time to).
+    type Expect = (Vec<(usize, Option<&'static str>)>, u64);
+    let plan: [(&str, DiscoveryMode, Vec<RemoteIdentity>, Expect); 4] = [
+        ("a", DiscoveryMode::ContactsOnly, vec![ids[1]], (vec![(1, Some("b")), (2, Some("c"))], 0)),
+        ("b", DiscoveryMode::ContactsOnly, vec![ids[0]], (vec![(0, Some("a"))], 0)),
+        ("c", DiscoveryMode::Enabled, vec![], (vec![(3, Some("d"))], 2)),
+        ("d", DiscoveryMode::Enabled, vec![ids[0]], (vec![(0, None)], 0)),
     ];
+    // Nobody leaves (and says goodbye) before everybody has looked.
+    let all_seen = std::sync::Arc::new(tokio::sync::Barrier::new(plan.len()));
     let nodes: Vec<_> = hosts
         .iter()
         .zip(plan)
         .zip(secrets)
-        .map(|((host, (name, mode, contacts)), secret)| {
-            let (ip, ids) = (host.ip(), ids.clone());
+        .map(|((host, (name, mode, contacts, (expect, min_ignored))), secret)| {
+            let (ip, ids, all_seen) = (host.ip(), ids.clone(), all_seen.clone());
             host.spawn(move || async move {
                 let p2p = P2P::new("warren", Identity::from_secret_bytes(&secret));
                 p2p.metadata_mut().insert(warren::p2p::NAME, name).unwrap();
@@ -384,12 +389,21 @@ fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() 
                 }
                 let quic = QuicTransport::spawn(&p2p, SocketAddr::from((ip, 0))).await.unwrap();
                 let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), mode);
-                tokio::time::sleep(Duration::from_secs(3)).await;
+                let started = Instant::now();
+                let settled = || {
+                    let name = |i: usize| p2p.peer(&ids[i]).map(|peer| peer.metadata.get("name").cloned());
+                    expect.iter().all(|(i, want)| name(*i) == Some(want.map(str::to_owned)))
+                        && mdns.ignored() >= min_ignored
+                };
+                while started.elapsed() < Duration::from_secs(3) || (!settled() && started.elapsed() < HANG) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 let view: Vec<(RemoteIdentity, Option<String>)> = ids
                     .iter()
                     .filter_map(|id| p2p.peer(id).map(|peer| (*id, peer.metadata.get("name").cloned())))
                     .collect();
                 let ignored = mdns.ignored();
+                all_seen.wait().await;
                 p2p.shutdown().await;
                 (view, ignored)
             })
