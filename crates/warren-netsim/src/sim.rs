@@ -452,6 +452,10 @@ impl Simulation {
     /// for servers that need two addresses, such as an RFC 5780 STUN server. Needs the `ip`
     /// program (Debian package `iproute2`).
     pub fn add_address(&mut self, host: &Host, ip: Ipv4Addr) -> Result<(), SimError> {
+        if self.forwarder.is_some() {
+            // The forwarder's routes were fixed at start: the address would be unreachable.
+            return Err(SimError::Running);
+        }
         let node = host.node();
         if self.address_taken(ip, self.parent.get(&node).copied()) {
             return Err(SimError::AddressTaken(ip));

@@ -89,10 +89,40 @@ fn tid() -> [u8; 12] {
     *stun_rs::TransactionId::default().as_bytes()
 }
 
+/// Any address and port of `server`'s family.
+fn any_addr(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() }
+}
+
 async fn fresh_socket(server: SocketAddr) -> std::io::Result<UdpSocket> {
-    let any: SocketAddr =
-        if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().expect("an address") };
-    UdpSocket::bind(any).await
+    UdpSocket::bind(any_addr(server)).await
+}
+
+/// Sends `bytes` from `sender` to `to`, then listens on `listener` for the first datagram
+/// `matches` accepts, once per wait in `waits` (a lost request or answer is retried).
+async fn ask<T>(
+    (sender, listener): (&UdpSocket, &UdpSocket),
+    bytes: &[u8],
+    to: SocketAddr,
+    waits: impl IntoIterator<Item = Duration>,
+    mut matches: impl FnMut(&[u8], SocketAddr) -> Option<T>,
+) -> std::io::Result<Option<T>> {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    for wait in waits {
+        sender.send_to(bytes, to).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(Ok((len, from))) = tokio::time::timeout_at(deadline, listener.recv_from(&mut buf)).await {
+            if let Some(found) = matches(&buf[..len], from) {
+                return Ok(Some(found));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The probe's retry schedule: `opts.tries` waits, doubling from `opts.timeout`.
+fn retries(opts: &ProbeOptions) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(opts.timeout), |wait| Some(*wait * 2)).take(opts.tries.max(1) as usize)
 }
 
 /// Sends `req` to `to` until an answer with its transaction id arrives (from anywhere).
@@ -104,25 +134,13 @@ async fn transact(
 ) -> Option<(Response, SocketAddr)> {
     let id = tid();
     let bytes = stun::request(id, req);
-    let mut wait = opts.timeout;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    for _ in 0..opts.tries.max(1) {
-        socket.send_to(&bytes, to).await.ok()?;
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Ok((len, from))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
-            if let Some(response) = stun::response(&buf[..len]).filter(|r| r.tid == id) {
-                return Some((response, from));
-            }
-        }
-        wait *= 2;
-    }
-    None
+    let answer = |datagram: &[u8], from| stun::response(datagram).filter(|r| r.tid == id).map(|r| (r, from));
+    ask((socket, socket), &bytes, to, retries(opts), answer).await.ok().flatten()
 }
 
 /// The local address of the route to `server`.
 fn route_ip(server: SocketAddr) -> Option<IpAddr> {
-    let any: SocketAddr = if server.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().ok()? };
-    let probe = std::net::UdpSocket::bind(any).ok()?;
+    let probe = std::net::UdpSocket::bind(any_addr(server)).ok()?;
     probe.connect(server).ok()?;
     Some(probe.local_addr().ok()?.ip())
 }
@@ -212,21 +230,8 @@ pub async fn probe(opts: &ProbeOptions, progress: impl Fn(&str)) -> Result<Probe
 async fn hairpin(socket: &UdpSocket, mapped: SocketAddr, opts: &ProbeOptions) -> bool {
     let id = tid();
     let bytes = stun::request(id, Request::default());
-    let mut wait = opts.timeout;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    for _ in 0..opts.tries.max(1) {
-        if socket.send_to(&bytes, mapped).await.is_err() {
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(Ok((len, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
-            if stun::is_request_for(&buf[..len], &id) {
-                return true;
-            }
-        }
-        wait *= 2;
-    }
-    false
+    let own_request = |datagram: &[u8], _| stun::is_request_for(datagram, &id).then_some(());
+    ask((socket, socket), &bytes, mapped, retries(opts), own_request).await.is_ok_and(|found| found.is_some())
 }
 
 /// One idle binding per checkpoint, created at once; at each checkpoint the main socket asks
@@ -253,24 +258,11 @@ async fn lifetime(
         // late), to a tenth of a second.
         let waited = Duration::from_millis((since.elapsed().as_millis() as u64).div_ceil(100) * 100);
         let id = tid();
-        let ask = stun::request(id, Request { response_port: Some(*port), ..Request::default() });
-        let mut buf = vec![0u8; MAX_DATAGRAM];
-        let mut heard = false;
-        // Two asks, in case one is lost; the idle socket only listens (it must not refresh
-        // its binding).
-        for _ in 0..2 {
-            main.send_to(&ask, server).await?;
-            let deadline = tokio::time::Instant::now() + listen;
-            while let Ok(Ok((len, _))) = tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await {
-                if stun::response(&buf[..len]).is_some_and(|r| r.tid == id) {
-                    heard = true;
-                    break;
-                }
-            }
-            if heard {
-                break;
-            }
-        }
+        let request = stun::request(id, Request { response_port: Some(*port), ..Request::default() });
+        // Two asks, in case one is lost, from the main socket; the idle socket only listens
+        // (it must not refresh its binding).
+        let answer = |datagram: &[u8], _| stun::response(datagram).filter(|r| r.tid == id).map(|_| ());
+        let heard = ask((main, socket), &request, server, [listen, listen], answer).await?.is_some();
         alive.push((waited, heard));
     }
     if alive.is_empty() {

@@ -282,10 +282,8 @@ async fn serve_udp(
             counters.rate_limited.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        // Longer than MAX_DATAGRAM (the buffer has one byte more): dropped unread.
-        let answer =
-            (len <= MAX_DATAGRAM).then(|| stun::answer(&buf[..len], slot, source, primary, alternate)).flatten();
-        let Some(answer) = answer else {
+        // Longer than MAX_DATAGRAM (the buffer has one byte more): stun::answer drops it unread.
+        let Some(answer) = stun::answer(&buf[..len], slot, source, primary, alternate) else {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -309,20 +307,18 @@ async fn serve_report(
             return Err("too many reports from this address; try again in a minute".to_owned());
         }
         let store = store.ok_or("this server does not collect reports")?;
+        // One line, at most one byte over the limit (which Report::parse then refuses).
         let mut line = Vec::new();
-        let mut buf = [0u8; 1024];
-        let read = async {
-            loop {
-                let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-                line.extend_from_slice(&buf[..n]);
-                if n == 0 || line.contains(&b'\n') || line.len() > MAX_REPORT {
-                    return Ok::<_, String>(());
-                }
-            }
-        };
-        tokio::time::timeout(REPORT_TIMEOUT, read).await.map_err(|_| "report timed out".to_owned())??;
-        let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
-        let report = Report::parse(&line[..end]).map_err(|e| e.to_string())?;
+        let mut reader = tokio::io::BufReader::new((&mut stream).take(MAX_REPORT as u64 + 1));
+        let read = tokio::io::AsyncBufReadExt::read_until(&mut reader, b'\n', &mut line);
+        tokio::time::timeout(REPORT_TIMEOUT, read)
+            .await
+            .map_err(|_| "report timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        let report = Report::parse(&line).map_err(|e| e.to_string())?;
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
         tokio::task::spawn_blocking(move || store.lock().expect("store lock poisoned").add(&report, now))
             .await

@@ -163,6 +163,14 @@ pub struct Answer {
     pub bytes: Vec<u8>,
 }
 
+/// An address attribute's size on the wire: header, family and port, address.
+fn address_attribute_len(addr: SocketAddr) -> usize {
+    4 + 4 + if addr.is_ipv4() { 4 } else { 16 }
+}
+
+/// The SOFTWARE attribute's size on the wire: header and value, padded to 4 bytes.
+const SOFTWARE_ATTRIBUTE_LEN: usize = 4 + SOFTWARE.len().div_ceil(4) * 4;
+
 /// Largest answer to a request smaller than it: the bare RFC 5780 answer (XOR-MAPPED-ADDRESS,
 /// OTHER-ADDRESS, RESPONSE-ORIGIN) for IPv6, 20 + 3 x 24 bytes (56 for IPv4).
 pub const BASE_ANSWER_MAX: usize = 20 + 3 * 24;
@@ -198,20 +206,19 @@ pub fn answer(
     let tid = *request.transaction_id();
     let origin = from.addr(primary, alternate);
     let other = on.other().addr(primary, alternate);
-    let base = || {
-        StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
-            .with_transaction_id(tid)
-            .with_attribute(XorMappedAddress::from(source))
-    };
-    let software = Software::new(SOFTWARE).ok()?;
-    let full = base()
+    let mut message = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
+        .with_transaction_id(tid)
+        .with_attribute(XorMappedAddress::from(source))
         .with_attribute(OtherAddress::from(other))
-        .with_attribute(ResponseOrigin::from(origin))
-        .with_attribute(software);
-    let bare = base().with_attribute(OtherAddress::from(other)).with_attribute(ResponseOrigin::from(origin));
-    let (full, bare) = (encode(&full.build()).ok()?, encode(&bare.build()).ok()?);
-    // The full answer if it fits in the request's size; else the bare RFC 5780 one.
-    let bytes = if full.len() <= datagram.len() { full } else { bare };
+        .with_attribute(ResponseOrigin::from(origin));
+    // The full answer (with SOFTWARE) if it fits in the request's size; else the bare RFC 5780
+    // one. Sizes are known before encoding, so only one message is encoded.
+    let bare_len = 20 + address_attribute_len(source) + address_attribute_len(other) + address_attribute_len(origin);
+    if bare_len + SOFTWARE_ATTRIBUTE_LEN <= datagram.len() {
+        message = message.with_attribute(Software::new(SOFTWARE).ok()?);
+    }
+    let bytes = encode(&message.build()).ok()?;
+    debug_assert!(bytes.len() == bare_len || bytes.len() == bare_len + SOFTWARE_ATTRIBUTE_LEN);
     debug_assert!(bytes.len() <= datagram.len().max(BASE_ANSWER_MAX));
     Some(Answer { from, to, bytes })
 }
@@ -277,13 +284,21 @@ mod tests {
             },
             vec![0u8; MAX_DATAGRAM + 1],
         ];
-        // A request padded with 60,000 bytes: answered, but never with more than it holds.
+        // A request padded with 60,000 bytes: over MAX_DATAGRAM, so not even read.
         let huge = StunMessageBuilder::new(BINDING, MessageClass::Request)
             .with_attribute(Padding::new("p".repeat(60_000)).unwrap())
             .build();
         let mut buffer = vec![0u8; 70_000];
         let len = MessageEncoderBuilder::default().build().encode(&mut buffer, &huge).unwrap();
-        cases.push(buffer[..len].to_vec());
+        assert!(answer(&buffer[..len], Slot::PRIMARY, client, primary, alternate).is_none());
+        // A request padded to just under MAX_DATAGRAM: the full answer, far smaller.
+        let padded = StunMessageBuilder::new(BINDING, MessageClass::Request)
+            .with_attribute(Padding::new("p".repeat(MAX_DATAGRAM - 40)).unwrap())
+            .build();
+        let padded = encode(&padded).unwrap();
+        let full = answer(&padded, Slot::PRIMARY, client, primary, alternate).unwrap();
+        assert_eq!(full.bytes.len(), 56 + SOFTWARE_ATTRIBUTE_LEN);
+        cases.push(padded);
         // An unpadded minimal request (20 bytes) gets the bare RFC 5780 answer: 56 bytes.
         let bare = encode(&StunMessageBuilder::new(BINDING, MessageClass::Request).build()).unwrap();
         assert_eq!(bare.len(), 20);

@@ -51,9 +51,6 @@ pub const BYTE_LIMIT_WINDOW: Duration = Duration::from_secs(3600);
 /// TCP connections that have not registered yet, at most; more are closed at once.
 pub const MAX_PENDING_TCP: usize = 256;
 
-/// TCP keepalive: a silent TCP node is found dead after about 15 + 3 x 5 s.
-const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
-
 /// How long a node may take to send its registration after the handshake.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -232,6 +229,11 @@ impl Shared {
         let mut spent = registry.spent(&id, now);
         if let Some(old) = registry.remove(&id) {
             spent = spent.max(old.forwarded);
+            // Kept even if this registration is refused: the old one's task will find nothing
+            // to record when it ends.
+            if self.config.max_bytes.is_some() {
+                registry.remember_spent(id, spent, old.window);
+            }
         }
         if self.config.max_bytes.is_some_and(|max| spent >= max) {
             return Err("over the relay's byte limit");
@@ -549,12 +551,6 @@ impl Relay {
     }
 }
 
-/// IPv4-mapped IPv6 addresses (a relay on `[::]`) as plain IPv4, as nodes on IPv4 sockets
-/// see them.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
 /// Checks a node's identity and token and registers it. Err: the reason it is refused.
 fn admit(shared: &Shared, node: Option<RemoteIdentity>, request: Request) -> Result<RemoteIdentity, &'static str> {
     let node = node.ok_or("no identity")?;
@@ -580,7 +576,8 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
     else {
         return;
     };
-    let mut addr = canonical(conn.remote_address());
+    // As the socket reports it (IPv4-mapped on a dual-stack socket), as frames will arrive.
+    let mut addr = conn.remote_address();
     let refuse = |reason: &str| {
         refused(shared, addr, reason);
         conn.close(REFUSED, reason.as_bytes());
@@ -612,7 +609,10 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
         }
     };
     tracing::debug!(%node, %addr, "node registered over QUIC");
-    if control::write(&mut send, &Response::Registered { observed: addr }).await.is_ok() {
+    if control::write(&mut send, &Response::Registered { observed: warren::transport::paths::unmap(addr) })
+        .await
+        .is_ok()
+    {
         let _ = send.finish();
         loop {
             tokio::select! {
@@ -624,7 +624,7 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
                     let _ = send.finish();
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    let now = canonical(conn.remote_address());
+                    let now = conn.remote_address();
                     if now != addr {
                         shared.moved(node.as_bytes(), registration, now);
                         addr = now;
@@ -647,7 +647,7 @@ async fn serve_tcp(
 ) {
     let shared = &shared.0;
     let _ = stream.set_nodelay(true);
-    warren::relay::stream::keepalive(&stream, TCP_KEEPALIVE_IDLE);
+    warren::relay::stream::keepalive(&stream);
     let Ok(Ok(tls)) = tokio::time::timeout(warren::p2p::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
         return;
     };
@@ -677,19 +677,11 @@ async fn serve_tcp(
     };
     drop(pending);
     tracing::debug!(%node, %addr, "node registered over TCP");
-    let Ok(welcome) = stream::control(&Response::Registered { observed: addr }) else { return };
-    let _ = queue.try_send(welcome);
-    let writing = async {
-        while let Some(record) = queued.recv().await {
-            if writer.write_all(&record).await.is_err() {
-                break;
-            }
-            // rustls holds what the socket did not take yet: flush when the queue is empty.
-            if queued.is_empty() && writer.flush().await.is_err() {
-                break;
-            }
-        }
+    let Ok(welcome) = stream::control(&Response::Registered { observed: warren::transport::paths::unmap(addr) }) else {
+        return;
     };
+    let _ = queue.try_send(welcome);
+    let writing = stream::write_queued(&mut writer, &mut queued);
     let reading = async {
         loop {
             match stream::read(&mut reader).await {

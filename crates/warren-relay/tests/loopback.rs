@@ -109,6 +109,16 @@ async fn wait_for<T>(events: &mut broadcast::Receiver<Event>, mut pick: impl FnM
     .expect("event did not arrive")
 }
 
+/// Waits (at most HANG) until `done` holds: for state no event reports.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let polled = tokio::time::timeout(HANG, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    polled.await.unwrap_or_else(|_| panic!("never: {what}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_by_identity_through_the_relay_then_direct() {
     let relay = relay(RelayConfig::default()).await;
@@ -136,13 +146,8 @@ async fn dial_by_identity_through_the_relay_then_direct() {
     // Both sides end their punch session (b may confirm a moment after a) before counting.
     wait_for(&mut events, |e| matches!(e, Event::HolePunch { .. }).then_some(())).await;
     let b_conn = b.open_connection(&a.remote_identity()).unwrap();
-    tokio::time::timeout(HANG, async {
-        while !matches!(b_conn.path(), Path::Direct { .. }) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    wait_until("b's path turns direct", || matches!(b_conn.path(), Path::Direct { .. })).await;
+    // Frames already on their way still reach the relay (on loopback, well within this).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = relay.stats().forwarded_frames;
     warren::ping::ping(&a, b.remote_identity(), 5).await.unwrap();
@@ -360,13 +365,7 @@ async fn a_restarted_node_finds_its_relay_in_the_bootstrap_cache() {
     RelayClient::spawn(&p2p, &quic, ClientConfig::new(relay.identity(), relay.local_addr()));
     wait_for(&mut events, |e| matches!(e, Event::RelayConnected { .. }).then_some(())).await;
     // The hook records it from the event.
-    tokio::time::timeout(HANG, async {
-        while cache.relays().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .unwrap();
+    wait_until("the cache records the relay", || !cache.relays().is_empty()).await;
     p2p.shutdown().await;
 
     // Restart: no relay given.
@@ -470,13 +469,7 @@ async fn simultaneous_dials_both_succeed_and_end_direct() {
     wait_for(&mut a_events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
     assert!(matches!(ab.path(), Path::Direct { .. }), "{:?}", ab.path());
     // b's side confirms too (its own acknowledgement, or the winning session's).
-    tokio::time::timeout(HANG, async {
-        while !matches!(ba.path(), Path::Direct { .. }) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("b's path turns direct");
+    wait_until("b's path turns direct", || matches!(ba.path(), Path::Direct { .. })).await;
     warren::ping::ping(&a, b.remote_identity(), 2).await.unwrap();
     warren::ping::ping(&b, a.remote_identity(), 2).await.unwrap();
     a.shutdown().await;
@@ -509,5 +502,34 @@ async fn a_peer_restarted_elsewhere_is_reached_again() {
     assert_eq!(rtts.len(), 2);
     a.shutdown().await;
     b2.shutdown().await;
+    relay.shutdown().await;
+}
+
+/// A relay on a dual-stack socket (`[::]`) serves IPv4 nodes: it sees them at IPv4-mapped
+/// addresses (frames arrive from those too), tells them their plain IPv4 address, and
+/// forwards between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_relay_serves_ipv4_nodes() {
+    let relay = Relay::spawn(Identity::generate(), "[::]:0".parse().unwrap(), RelayConfig::default()).await.unwrap();
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], relay.local_addr().port()));
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let p2p = P2P::new("warren-test", Identity::generate());
+        let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        quic.set_hole_punching(false);
+        warren::ping::register(&p2p).unwrap();
+        let config = ClientConfig { transport: RelayTransport::Udp, ..ClientConfig::new(relay.identity(), at) };
+        let client = RelayClient::spawn(&p2p, &quic, config);
+        let observed = client.wait_registered(HANG).await.unwrap();
+        assert_eq!(observed, quic.local_addr(), "observed as plain IPv4");
+        nodes.push((p2p, client));
+    }
+    let rtts = warren::ping::ping(&nodes[0].0, nodes[1].0.remote_identity(), 3).await.unwrap();
+    assert_eq!(rtts.len(), 3);
+    let stats = relay.stats();
+    assert!(stats.forwarded_frames > 0 && stats.dropped_frames == 0, "every frame forwarded: {stats:?}");
+    for (p2p, _) in &nodes {
+        p2p.shutdown().await;
+    }
     relay.shutdown().await;
 }

@@ -184,8 +184,12 @@ fn a_direct_path_that_dies_hands_the_connection_back_to_the_relay() {
             direct.await?;
             // A transfer under way when the direct path dies.
             let data = pseudo_random(LEN, 9);
+            let sent_before = conn.quic().stats().udp_tx.bytes;
             let (sent, cut_at) = tokio::join!(send(&p2p, a, &data), async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Cut once the transfer is under way: 256 KiB of it sent.
+                while conn.quic().stats().udp_tx.bytes < sent_before + 256 * 1024 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 faults.block(PUBLIC_IPS[0], PUBLIC_IPS[1]);
                 Instant::now()
             });

@@ -241,9 +241,9 @@ async fn punch(
     let start = tokio::time::Instant::now();
     // A node bound to loopback can only reach loopback anyway (tests, one-machine setups).
     let on_loopback = paths.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    let usable = |a: &SocketAddr| usable(*a) || (on_loopback && a.ip().is_loopback() && a.port() != 0);
-    let mut targets: Vec<SocketAddr> = candidates.iter().copied().filter(usable).take(MAX_CANDIDATES).collect();
-    let reflexive = reflexive.filter(usable);
+    let target_ok = |a: &SocketAddr| usable(*a) || (on_loopback && a.ip().is_loopback() && a.port() != 0);
+    let mut targets: Vec<SocketAddr> = candidates.iter().copied().filter(target_ok).take(MAX_CANDIDATES).collect();
+    let reflexive = reflexive.filter(target_ok);
     if let Some(reflexive) = reflexive.filter(|r| !targets.contains(r)) {
         // The reflexive address first: it is the one most likely to work across NATs.
         targets.insert(0, reflexive);

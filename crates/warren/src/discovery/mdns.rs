@@ -535,7 +535,6 @@ impl MdnsDiscovery {
             }
             let Ok(mut stream) = self.inner.p2p.connect(contact, METADATA_PROTOCOL).await else { continue };
             let _ = stream.finish();
-            body.clear();
             if (&mut stream).take(MAX_METADATA_REPLY).read_to_end(&mut body).await.is_ok() {
                 break;
             }

@@ -242,7 +242,7 @@ impl RelayClient {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(config.addr).await.map_err(|e| failed(&e))?;
             let _ = tcp.set_nodelay(true);
-            stream::keepalive(&tcp, Duration::from_secs(15));
+            stream::keepalive(&tcp);
             let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(p2p.identity())));
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).map_err(|e| failed(&e))?;
             connector.connect(name, tcp).await.map_err(|e| failed(&e))
@@ -282,15 +282,7 @@ impl RelayClient {
         let (closed_tx, closed) = oneshot::channel::<String>();
         let cancel = self.inner.cancel.clone();
         p2p.spawn(self.inner.tasks.track_future(async move {
-            while let Some(record) = queued.recv().await {
-                if writer.write_all(&record).await.is_err() {
-                    break;
-                }
-                // rustls holds what the socket did not take yet: flush when the queue is empty.
-                if queued.is_empty() && writer.flush().await.is_err() {
-                    break;
-                }
-            }
+            stream::write_queued(&mut writer, &mut queued).await;
             let _ = writer.shutdown().await;
         }));
         let (paths, answers) = (transport.paths().clone(), lookups.clone());

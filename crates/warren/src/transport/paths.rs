@@ -77,7 +77,7 @@ fn placeholder(index: u32) -> SocketAddr {
 }
 
 /// IPv4-mapped IPv6 addresses as plain IPv4.
-fn unmap(addr: SocketAddr) -> SocketAddr {
+pub fn unmap(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),
@@ -107,6 +107,22 @@ struct PeerPath {
     fallen_back: bool,
     /// When the direct path was punched.
     direct_at: std::time::Instant,
+}
+
+impl PeerPath {
+    /// The direct address packets go to now: none after the path went silent, while a relay
+    /// can carry them instead.
+    fn live_direct(&self, has_relay: bool) -> Option<SocketAddr> {
+        self.direct.filter(|_| !self.fallen_back || !has_relay)
+    }
+
+    /// A direct path punched now (Some) or forgotten (None), with no silence counted.
+    fn set_direct(&mut self, direct: Option<SocketAddr>) {
+        self.direct = direct;
+        self.direct_at = std::time::Instant::now();
+        self.unanswered = None;
+        self.fallen_back = false;
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -166,6 +182,8 @@ struct State {
     /// When each peer's last offer was answered (bounded: entries older than
     /// [`MIN_OFFER_INTERVAL`] are dropped).
     answered: HashMap<RawIdentity, std::time::Instant>,
+    /// The placeholder table is full and no entry can be reclaimed before this.
+    no_room_until: Option<std::time::Instant>,
 }
 
 /// Offers to punch answered per peer at most this often (the dialler's own schedule retries
@@ -182,9 +200,15 @@ impl State {
         let addr = if self.peers.len() < MAX_PEERS {
             placeholder(self.peers.len() as u32 + 1)
         } else {
-            // Full: the longest-unused entry makes room, if it has been idle long enough.
+            // Full: the longest-unused entry makes room, if it has been idle long enough. When
+            // none has, none can before the stalest could: no scan (under the lock every
+            // datagram takes) until then.
+            if self.no_room_until.is_some_and(|until| now < until) {
+                return None;
+            }
             let (&stale, entry) = self.peers.iter().min_by_key(|(_, p)| p.last_used)?;
             if now.duration_since(entry.last_used) < PLACEHOLDER_IDLE {
+                self.no_room_until = Some(entry.last_used + PLACEHOLDER_IDLE);
                 return None;
             }
             let addr = entry.placeholder;
@@ -304,7 +328,7 @@ impl Paths {
         }
         let state = self.state();
         let peer = state.by_placeholder.get(&addr).and_then(|id| state.peers.get(id.as_bytes()));
-        let direct = peer.filter(|p| !p.fallen_back || state.relay.is_none()).and_then(|p| p.direct);
+        let direct = peer.and_then(|p| p.live_direct(state.relay.is_some()));
         match (direct, &state.relay) {
             (Some(addr), _) => Path::Direct { addr },
             (None, Some(relay)) => Path::Relayed { relay: relay.identity, addr: relay.addr },
@@ -350,9 +374,11 @@ impl Paths {
     /// forgotten.
     pub(crate) fn end_punch(&self, peer: &RemoteIdentity, nonce: u64) {
         let mut state = self.state();
-        if state.punches.get(peer.as_bytes()).is_some_and(|p| p.nonce == nonce) {
-            state.punches.remove(peer.as_bytes());
+        // A session another one replaced leaves the winner's addresses alone.
+        if state.punches.get(peer.as_bytes()).is_none_or(|p| p.nonce != nonce) {
+            return;
         }
+        state.punches.remove(peer.as_bytes());
         let direct = state.peers.get(peer.as_bytes()).and_then(|p| p.direct);
         state.by_direct.retain(|addr, id| id != peer.as_bytes() || Some(*addr) == direct);
         self.any_direct.store(!state.by_direct.is_empty(), Ordering::Relaxed);
@@ -375,9 +401,7 @@ impl Paths {
     pub(crate) fn forget_direct(&self, peer: &RemoteIdentity) {
         let mut state = self.state();
         if let Some(entry) = state.peers.get_mut(peer.as_bytes()) {
-            entry.direct = None;
-            entry.unanswered = None;
-            entry.fallen_back = false;
+            entry.set_direct(None);
         }
         state.by_direct.retain(|_, id| id != peer.as_bytes());
         self.any_direct.store(!state.by_direct.is_empty(), Ordering::Relaxed);
@@ -440,10 +464,7 @@ impl Paths {
                 state.by_direct.insert(from, sender);
                 self.any_direct.store(true, Ordering::Relaxed);
                 let Some(peer) = state.peers.get_mut(&sender) else { return };
-                peer.direct = Some(from);
-                peer.direct_at = std::time::Instant::now();
-                peer.unanswered = None;
-                peer.fallen_back = false;
+                peer.set_direct(Some(from));
                 let placeholder = peer.placeholder;
                 let remote = state.by_placeholder[&placeholder];
                 drop(state);
@@ -609,7 +630,7 @@ impl AsyncUdpSocket for PathSocket {
                 peer.fallen_back = true;
                 fell_back = Some(remote);
             }
-            let peer_direct = peer.direct.filter(|_| !peer.fallen_back || !has_relay);
+            let peer_direct = peer.live_direct(has_relay);
             match (peer_direct, &state.relay) {
                 (Some(addr), _) => Route::Direct(addr),
                 (None, Some(relay)) => match &relay.link {
