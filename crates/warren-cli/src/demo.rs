@@ -30,7 +30,7 @@ pub struct DemoArgs {
 
 async fn start(name: &str, listen: SocketAddr) -> anyhow::Result<(P2P, QuicTransport)> {
     let p2p = P2P::new("warren-demo", Identity::generate());
-    p2p.metadata_mut().insert(warren::p2p::NAME, name)?;
+    p2p.metadata_mut().insert(warren::node::NAME, name)?;
     warren::ping::register(&p2p)?;
     p2p.register_protocol(SINK, sink)?;
     let quic = QuicTransport::spawn(&p2p, listen).await?;

@@ -72,7 +72,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let identity = Identity::load_or_create(&dir)?;
     let p2p = P2P::new("warren", identity);
     if let Some(name) = &args.name {
-        p2p.metadata_mut().insert(warren::p2p::NAME, name.as_str()).context("--name")?;
+        p2p.metadata_mut().insert(warren::node::NAME, name.as_str()).context("--name")?;
     }
     warren::ping::register(&p2p)?;
     let mut events = p2p.subscribe();

@@ -28,7 +28,7 @@ pub fn describe(event: &Event) -> String {
         Event::PeerExpired { remote, source, .. } => format!("{source} no longer knows {remote}"),
         Event::PeerConnected { remote, path, direction, metadata, .. } => format!(
             "connected {remote} ({}), {path}, {}",
-            metadata.get(warren::p2p::NAME).map(String::as_str).unwrap_or("unnamed"),
+            metadata.get(warren::node::NAME).map(String::as_str).unwrap_or("unnamed"),
             match direction {
                 warren::Direction::Inbound => "they dialled",
                 warren::Direction::Outbound => "we dialled",

@@ -110,7 +110,7 @@ async fn ping(
     let started = Instant::now();
     let conn = p2p.connection(remote).await?;
     let connect_time = started.elapsed();
-    let name = conn.remote_metadata().get(warren::p2p::NAME).cloned().unwrap_or_default();
+    let name = conn.remote_metadata().get(warren::node::NAME).cloned().unwrap_or_default();
     if !args.json {
         println!("connected to {remote} ({name}) in {} ms, identity verified, path: {}", ms(connect_time), conn.path());
     }

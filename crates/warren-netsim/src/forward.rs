@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::link::{Link, LinkStats};
 use crate::nat::{Nat, NatStats, NatVerdict};
 use crate::packet::{MAX_PACKET, Packet, VNET_HEADER_LEN};
-use crate::sim::{Capture, Node};
+use crate::topology::{Capture, Node};
 
 /// The MAC address the forwarder answers every ARP request with: to a host, every other
 /// address is on its link, behind this one "router".

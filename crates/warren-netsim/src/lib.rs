@@ -18,6 +18,7 @@ pub mod pcap;
 pub mod scenario;
 pub mod sim;
 mod sys;
+mod topology;
 
 pub use forward::Faults;
 pub use sim::{AsNode, Device, Host, KernelNatConfig, KernelPorts, Node, SimError, Simulation};

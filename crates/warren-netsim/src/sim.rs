@@ -23,6 +23,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::forward::{Faults, Forwarder, Port, SharedStats};
+pub use crate::topology::Node;
+use crate::topology::Capture;
 use crate::link::{Link, LinkConfig, LinkStats};
 use crate::nat::{Nat, NatConfig, NatStats};
 use crate::pcap::PcapWriter;
@@ -166,20 +168,6 @@ pub(crate) fn command_in(namespace: &File, program: &str) -> std::process::Comma
     command
 }
 
-/// A device of the topology.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Node {
-    /// A host, by index.
-    Host(usize),
-    /// A simulated NAT, by index.
-    Nat(usize),
-    /// A router, by index.
-    Router(usize),
-    /// A switch, by index.
-    Switch(usize),
-    /// A kernel NAT (a router namespace running nftables masquerade), by index.
-    KernelNat(usize),
-}
 
 /// Something links can join.
 pub trait AsNode {
@@ -318,8 +306,6 @@ struct KernelNatParts {
     _namespace: Arc<File>,
 }
 
-/// A pcap file shared by the two directions of a captured link or interface.
-pub(crate) type Capture = Arc<Mutex<PcapWriter<io::BufWriter<File>>>>;
 
 impl Simulation {
     /// An empty simulation; `seed` drives every random choice of its devices.

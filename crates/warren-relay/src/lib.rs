@@ -1,7 +1,7 @@
 //! The warren relay: what lets two nodes behind NATs reach each other by identity.
 //!
 //! One UDP socket carries both QUIC (each node's registration connection) and the nodes'
-//! relayed data frames ([`warren::relay::frame`]). For each node it serves, the relay
+//! relayed data frames ([`warren::wire::frame`]). For each node it serves, the relay
 //!
 //! - reports the node's reflexive address (the address its packets arrive from),
 //! - answers lookups ("is this identity registered here?"),
@@ -34,13 +34,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use warren::relay::control::{self, Request, Response};
-use warren::relay::frame::{self, Frame, RawIdentity};
-use warren::relay::stream::{self, Record};
+use warren::wire::control::{self, Request, Response};
+use warren::wire::frame::{self, Frame, RawIdentity};
+use warren::wire::record::{self as stream, Record};
 use warren::transport::{quic, tls};
 use warren::{Identity, RemoteIdentity};
 
-pub use warren::relay::control::{OVER_LIMIT, REFUSED};
+pub use warren::wire::control::{OVER_LIMIT, REFUSED};
 
 /// Nodes served at once; further registrations are refused.
 pub const MAX_NODES: usize = 10_000;
@@ -383,7 +383,7 @@ impl AsyncUdpSocket for RelaySocket {
             let now = Instant::now();
             // A QUIC packet that shares a GRO buffer with frames is dropped (rare: a node's
             // control traffic is a few packets a minute; QUIC resends it).
-            let kept = frame::sort_received(
+            let kept = warren::transport::gro::sort_received(
                 bufs,
                 meta,
                 n,
@@ -572,7 +572,7 @@ fn refused(shared: &Shared, addr: SocketAddr, reason: &str) {
 /// Serves one node's QUIC connection: registration, then lookups until it closes.
 async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
     let shared = &shared.0;
-    let Ok(Ok(conn)) = tokio::time::timeout(warren::p2p::HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await
+    let Ok(Ok(conn)) = tokio::time::timeout(warren::node::HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await
     else {
         return;
     };
@@ -647,8 +647,8 @@ async fn serve_tcp(
 ) {
     let shared = &shared.0;
     let _ = stream.set_nodelay(true);
-    warren::relay::stream::keepalive(&stream);
-    let Ok(Ok(tls)) = tokio::time::timeout(warren::p2p::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
+    warren::relay::tcp::keepalive(&stream);
+    let Ok(Ok(tls)) = tokio::time::timeout(warren::node::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await else {
         return;
     };
     let identity = tls::peer_identity_tls(tls.get_ref().1);
@@ -681,7 +681,7 @@ async fn serve_tcp(
         return;
     };
     let _ = queue.try_send(welcome);
-    let writing = stream::write_queued(&mut writer, &mut queued);
+    let writing = warren::relay::tcp::write_queued(&mut writer, &mut queued);
     let reading = async {
         loop {
             match stream::read(&mut reader).await {

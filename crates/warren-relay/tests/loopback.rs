@@ -393,7 +393,7 @@ async fn a_restarted_node_finds_its_relay_in_the_bootstrap_cache() {
 /// back to the sender, the relay keeps serving, registered nodes keep talking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_changes_nothing() {
-    use warren::relay::frame;
+    use warren::wire::frame;
     let relay = relay(RelayConfig::default()).await;
     let (a, ca) = relay_only_node(&relay).await;
     let (b, _cb) = relay_only_node(&relay).await;

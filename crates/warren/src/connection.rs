@@ -12,7 +12,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::RemoteIdentity;
 use crate::error::ConnectError;
-use crate::p2p::Direction;
 use crate::transport::paths::{Path, Paths};
 use crate::wire::{self, Hello};
 
@@ -41,6 +40,16 @@ pub mod codes {
 /// How long a new stream may take to send its header before it is reset: long enough for a slow
 /// link, short enough that a peer opening idle streams cannot hold slots for long.
 pub const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The remote dialled us.
+    Inbound,
+    /// We dialled the remote.
+    Outbound,
+}
 
 /// A live, mutually authenticated connection to a peer, after the hello. Cheap to clone.
 #[derive(Clone, Debug)]

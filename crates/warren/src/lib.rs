@@ -54,9 +54,8 @@ pub mod connection;
 pub mod discovery;
 pub mod error;
 pub mod identity;
-pub mod p2p;
+pub mod node;
 pub mod ping;
-pub mod punch;
 pub mod relay;
 pub mod transport;
 pub mod wire;
@@ -64,7 +63,7 @@ pub mod wire;
 pub use connection::{Connection, Stream};
 pub use error::{ConnectError, RegisterError};
 pub use identity::{Identity, IdentityError, PeerId, RemoteIdentity};
-pub use p2p::{ConnectionState, Direction, Event, P2P, PeerInfo, ProtocolHandler};
+pub use node::{ConnectionState, Direction, Event, P2P, PeerInfo, ProtocolHandler};
 
 /// The README's code, compiled as a doc test so that it cannot rot.
 #[cfg(doctest)]

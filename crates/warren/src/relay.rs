@@ -4,13 +4,13 @@
 //! peers ([`client::RelayClient`]). The relay tells it its reflexive address, answers "is this
 //! peer here?", and forwards [`frame`]s between the nodes it serves: end-to-end encrypted QUIC
 //! packets it cannot read. Two peers connected through the relay then punch a hole
-//! ([`crate::punch`]) and move the connection to the direct path when it opens. The server is
+//! ([`crate::node::punch`]) and move the connection to the direct path when it opens. The server is
 //! the `warren-relay` crate.
 
 pub mod client;
-pub mod control;
-pub mod frame;
-pub mod stream;
+pub mod tcp;
+
+use crate::wire::{control, frame, record as stream};
 
 /// Fuzzing entry point (the `relay_wire` target): `data` as a datagram, as a control message
 /// either way, as a hole-punching message and as a TCP relay stream. Never panics; a data frame that parses
@@ -32,7 +32,7 @@ pub fn fuzz_relay_wire(data: &[u8]) {
             assert!(warren_proto::encode_to_vec(&response).is_ok_and(|b| b.len() <= control::MAX_MESSAGE));
         }
     }
-    crate::punch::fuzz_message(data);
+    crate::wire::punch::fuzz_message(data);
     // As the bytes of a TCP relay stream: records until the bytes run out or one is refused.
     let mut input = data;
     while let Ok(record) = futures_lite::future::block_on(stream::read(&mut input)) {

@@ -311,12 +311,12 @@ impl BootstrapHook {
     }
 }
 
-impl crate::p2p::Hook for BootstrapHook {
+impl crate::node::Hook for BootstrapHook {
     fn name(&self) -> &str {
         SOURCE
     }
 
-    fn shutdown(&self) -> crate::p2p::BoxFuture<'_, ()> {
+    fn shutdown(&self) -> crate::node::BoxFuture<'_, ()> {
         Box::pin(async move {
             self.inner.hook.stop().await;
             self.change(|_| {});

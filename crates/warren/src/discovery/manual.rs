@@ -13,7 +13,7 @@ use crate::RemoteIdentity;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::HookTasks;
-use crate::p2p::{BoxFuture, Hook, P2P};
+use crate::node::{BoxFuture, Hook, P2P};
 
 /// Name of this hook, and the source of the peers it reports.
 pub const SOURCE: &str = "manual";

@@ -21,14 +21,14 @@ use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 use crate::discovery::HookTasks;
-use crate::p2p::{BoxFuture, Event, Hook, P2P};
-use crate::{RemoteIdentity, p2p};
+use crate::node::{BoxFuture, Event, Hook, P2P};
+use crate::{RemoteIdentity, node};
 
 /// Name of this hook, and the source of the peers it reports.
 pub const SOURCE: &str = "mdns";
 
 /// Metadata keys announced in the TXT record.
-pub const TXT_KEYS: [&str; 4] = [p2p::NAME, p2p::OS, p2p::DEVICE_MODEL, p2p::VERSION];
+pub const TXT_KEYS: [&str; 4] = [node::NAME, node::OS, node::DEVICE_MODEL, node::VERSION];
 
 /// Largest TXT record announced: the whole answer must fit one mDNS packet (RFC 6762 section
 /// 17 allows 9000 bytes, but 1,300 keeps it inside a 1500-byte Ethernet frame with the other
@@ -580,7 +580,7 @@ impl Hook for MdnsDiscovery {
 
 /// Serves [`METADATA_PROTOCOL`]: the metadata (TXT keys) and libraries, to contacts only;
 /// anyone else gets an empty answer.
-async fn serve_metadata(node: crate::p2p::WeakP2P, mut stream: crate::Stream) {
+async fn serve_metadata(node: crate::node::WeakP2P, mut stream: crate::Stream) {
     use tokio::io::AsyncWriteExt;
     let Some(p2p) = node.upgrade() else { return };
     if p2p.is_contact(&stream.remote()) {

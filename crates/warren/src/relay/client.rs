@@ -10,11 +10,13 @@ use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::control::{self, Request, Response};
-use super::frame::Frame;
-use super::stream::{self, Record};
-use crate::p2p::{BoxFuture, Event, Hook};
-use crate::transport::paths::RelayRoute;
+use super::tcp;
+use crate::wire::control::{self, Request, Response};
+use crate::wire::frame::Frame;
+use crate::wire::record::{self as stream, Record};
+use crate::node::{BoxFuture, Event, Hook};
+use crate::node::Rendezvous;
+use crate::transport::paths::{RelayEgress, RelayRoute};
 use crate::transport::quic::QuicTransport;
 use crate::transport::tls;
 use crate::{P2P, RemoteIdentity};
@@ -106,6 +108,8 @@ struct ClientInner {
     cancel: CancellationToken,
     tasks: TaskTracker,
     last_error: Mutex<Option<RelayError>>,
+    /// The link while registered.
+    link: Mutex<Option<RelayLink>>,
 }
 
 /// Where the client stands.
@@ -119,7 +123,6 @@ enum Status {
 impl RelayClient {
     /// Starts keeping a registration with the relay in `config`, on `transport`'s socket.
     pub fn spawn(p2p: &P2P, transport: &QuicTransport, config: RelayConfig) -> Self {
-        crate::punch::register(p2p);
         let (state, _) = watch::channel(Status::Connecting);
         let client = Self {
             inner: Arc::new(ClientInner {
@@ -129,6 +132,7 @@ impl RelayClient {
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 last_error: Mutex::new(None),
+                link: Mutex::new(None),
             }),
         };
         let (me, node, transport) = (client.clone(), p2p.clone(), transport.clone());
@@ -138,6 +142,7 @@ impl RelayClient {
         }));
         client.inner.tasks.close();
         p2p.register_hook(Arc::new(client.clone()));
+        p2p.set_rendezvous(Some(Arc::new(client.clone())));
         client
     }
 
@@ -190,13 +195,15 @@ impl RelayClient {
                         identity: config.identity,
                         addr: config.addr,
                         observed,
-                        link: link.clone(),
+                        egress: link.egress(),
                     }));
+                    *self.inner.link.lock().expect("relay lock poisoned") = Some(link.clone());
                     self.inner.state.send_replace(Status::Registered(observed));
                     tracing::info!(relay = %config.addr, %observed, over, "registered with relay");
                     p2p.emit_event(Event::RelayConnected { relay: config.identity, addr: config.addr, observed });
                     let reason = closed.await;
                     transport.paths().set_relay(None);
+                    self.inner.link.lock().expect("relay lock poisoned").take();
                     link.close();
                     self.inner.state.send_replace(Status::Connecting);
                     tracing::info!(relay = %config.addr, %reason, "lost the relay");
@@ -224,7 +231,7 @@ impl RelayClient {
     async fn register(&self, p2p: &P2P, transport: &QuicTransport) -> Result<Registration, RelayError> {
         let config = &self.inner.config;
         match config.transport {
-            RelayTransport::Udp => register_quic(transport, config, crate::p2p::HANDSHAKE_TIMEOUT).await,
+            RelayTransport::Udp => register_quic(transport, config, crate::node::HANDSHAKE_TIMEOUT).await,
             RelayTransport::Tcp => self.register_tcp(p2p, transport).await,
             RelayTransport::Auto => match register_quic(transport, config, UDP_FIRST).await {
                 Err(RelayError::Failed(udp)) => self.register_tcp(p2p, transport).await.map_err(|e| match e {
@@ -242,12 +249,12 @@ impl RelayClient {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(config.addr).await.map_err(|e| failed(&e))?;
             let _ = tcp.set_nodelay(true);
-            stream::keepalive(&tcp);
+            tcp::keepalive(&tcp);
             let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(p2p.identity())));
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).map_err(|e| failed(&e))?;
             connector.connect(name, tcp).await.map_err(|e| failed(&e))
         };
-        let tls = tokio::time::timeout(crate::p2p::HANDSHAKE_TIMEOUT, connect)
+        let tls = tokio::time::timeout(crate::node::HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| RelayError::Failed("TCP/TLS handshake timed out".into()))??;
         if tls::peer_identity_tls(tls.get_ref().1) != Some(config.identity) {
@@ -282,7 +289,7 @@ impl RelayClient {
         let (closed_tx, closed) = oneshot::channel::<String>();
         let cancel = self.inner.cancel.clone();
         p2p.spawn(self.inner.tasks.track_future(async move {
-            stream::write_queued(&mut writer, &mut queued).await;
+            tcp::write_queued(&mut writer, &mut queued).await;
             let _ = writer.shutdown().await;
         }));
         let (paths, answers) = (transport.paths().clone(), lookups.clone());
@@ -345,6 +352,14 @@ pub(crate) struct TcpLink {
 impl RelayLink {
     pub(crate) fn is_tcp(&self) -> bool {
         matches!(self, RelayLink::Tcp(_))
+    }
+
+    /// How the path table sends data frames over this link.
+    fn egress(&self) -> RelayEgress {
+        match self {
+            RelayLink::Quic(_) => RelayEgress::Udp,
+            RelayLink::Tcp(tcp) => RelayEgress::Tcp(tcp.records.clone()),
+        }
     }
 
     /// Asks the relay whether it serves `peer`.
@@ -413,6 +428,20 @@ async fn register_quic(
     }
 }
 
+impl Rendezvous for RelayClient {
+    fn resolve(&self, remote: RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>> {
+        Box::pin(async move {
+            let paths = self.inner.transport.paths();
+            let Some(relay) = paths.relay() else { return Ok(None) };
+            let Some(link) = self.inner.link.lock().expect("relay lock poisoned").clone() else { return Ok(None) };
+            if !link.lookup(remote).await? {
+                return Err(format!("the relay {} does not serve {remote}", relay.addr));
+            }
+            paths.placeholder_for(remote).map(Some).ok_or_else(|| "too many relayed peers".to_owned())
+        })
+    }
+}
+
 /// Sends one request on a stream of its own and reads the answer.
 pub(crate) async fn request(conn: &quinn::Connection, request: &Request) -> Result<Response, String> {
     let exchange = async {
@@ -441,10 +470,10 @@ impl Hook for RelayClient {
         Box::pin(async move {
             self.inner.cancel.cancel();
             let paths = self.inner.transport.paths();
-            if let Some(relay) = paths.relay() {
-                relay.link.close();
-                paths.set_relay(None);
+            if let Some(link) = self.inner.link.lock().expect("relay lock poisoned").take() {
+                link.close();
             }
+            paths.set_relay(None);
             self.inner.tasks.wait().await;
         })
     }

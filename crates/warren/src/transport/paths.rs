@@ -3,7 +3,7 @@
 //! A peer reached through a relay gets a stable placeholder address in `240.0.0.0/8` (reserved,
 //! never routed) and quinn only ever sees that address. Underneath, [`Paths`] sends each packet
 //! for it either straight to the peer's punched address or, wrapped in a data frame
-//! ([`crate::relay::frame`]), to the relay; packets coming back either way are handed to quinn
+//! ([`crate::wire::frame`]), to the relay; packets coming back either way are handed to quinn
 //! as coming from the placeholder. So when a hole punch succeeds, the connection moves from the
 //! relay to the direct path without quinn noticing: no stream fails, nothing is re-sent but
 //! what was in flight (QUIC's loss recovery covers it).
@@ -16,7 +16,7 @@ use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use quinn::udp::{RecvMeta, Transmit};
@@ -25,9 +25,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::RemoteIdentity;
-use crate::p2p::{Event, WeakP2P};
-use crate::relay::client::RelayLink;
-use crate::relay::frame::{self, Frame, RawIdentity};
+use crate::wire::frame::{self, Frame, RawIdentity};
 
 /// The path a connection's packets take right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,8 +91,39 @@ pub(crate) struct RelayRoute {
     pub(crate) identity: RemoteIdentity,
     pub(crate) addr: SocketAddr,
     pub(crate) observed: SocketAddr,
-    pub(crate) link: crate::relay::client::RelayLink,
+    pub(crate) egress: RelayEgress,
 }
+
+/// How data frames reach the relay.
+#[derive(Debug, Clone)]
+pub(crate) enum RelayEgress {
+    /// Beside QUIC on the node's UDP socket.
+    Udp,
+    /// As records on the TLS/TCP link (the writer task's queue).
+    Tcp(tokio::sync::mpsc::Sender<Vec<u8>>),
+}
+
+impl RelayRoute {
+    pub(crate) fn is_tcp(&self) -> bool {
+        matches!(self.egress, RelayEgress::Tcp(_))
+    }
+}
+
+/// What the path table reports; the node turns these into its own events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathEvent {
+    /// The packets of the connections to `remote` through its placeholder now take `path`.
+    Changed {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// The path now.
+        path: Path,
+    },
+}
+
+/// Where the path table reports its events, synchronously and in order (the node maps them to
+/// its own events; a `PathChanged` always comes before the `HolePunch` that caused it).
+pub type PathEvents = Box<dyn Fn(PathEvent) + Send + Sync>;
 
 struct PeerPath {
     placeholder: SocketAddr,
@@ -247,7 +276,7 @@ pub struct Paths {
     any_direct: AtomicBool,
     punching: AtomicBool,
     inbox: Mutex<Inbox>,
-    p2p: OnceLock<WeakP2P>,
+    events: PathEvents,
 }
 
 impl fmt::Debug for Paths {
@@ -257,9 +286,9 @@ impl fmt::Debug for Paths {
 }
 
 impl Paths {
-    pub(crate) fn new(me: RemoteIdentity, socket: Arc<dyn AsyncUdpSocket>) -> io::Result<Arc<Self>> {
+    pub(crate) fn new(me: RemoteIdentity, socket: Arc<dyn AsyncUdpSocket>, events: PathEvents) -> io::Result<Arc<Self>> {
         let ipv6 = socket.local_addr()?.is_ipv6();
-        Ok(Arc::new(Self {
+        let paths = Arc::new(Self {
             me,
             socket,
             ipv6,
@@ -267,22 +296,17 @@ impl Paths {
             any_direct: AtomicBool::new(false),
             punching: AtomicBool::new(true),
             inbox: Mutex::default(),
-            p2p: OnceLock::new(),
-        }))
-    }
-
-    pub(crate) fn set_node(&self, p2p: WeakP2P) {
-        let _ = self.p2p.set(p2p);
+            events,
+        });
+        Ok(paths)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("path lock poisoned")
     }
 
-    fn emit(&self, event: Event) {
-        if let Some(p2p) = self.p2p.get().and_then(WeakP2P::upgrade) {
-            p2p.emit_event(event);
-        }
+    fn emit(&self, event: PathEvent) {
+        (self.events)(event);
     }
 
     /// `addr` in the socket's address family (IPv4-mapped on an IPv6 socket).
@@ -433,7 +457,7 @@ impl Paths {
         };
         match frame {
             Frame::Data { peer, payload } => {
-                let from_relay = self.state().relay.as_ref().is_some_and(|r| !r.link.is_tcp() && r.addr == from);
+                let from_relay = self.state().relay.as_ref().is_some_and(|r| !r.is_tcp() && r.addr == from);
                 if from_relay {
                     self.deliver_relayed(&peer, payload);
                 }
@@ -469,7 +493,7 @@ impl Paths {
                 let remote = state.by_placeholder[&placeholder];
                 drop(state);
                 tracing::debug!(%remote, %from, "hole punched: path is direct");
-                self.emit(Event::PathChanged { remote, path: Path::Direct { addr: from } });
+                self.emit(PathEvent::Changed { remote, path: Path::Direct { addr: from } });
             }
         }
     }
@@ -516,7 +540,7 @@ impl Paths {
     fn fell_back(&self, remote: RemoteIdentity, placeholder: SocketAddr) {
         tracing::debug!(%remote, "direct path given up; back to the relay");
         if let path @ Path::Relayed { .. } = self.path_of(placeholder) {
-            self.emit(Event::PathChanged { remote, path });
+            self.emit(PathEvent::Changed { remote, path });
         }
     }
 
@@ -566,7 +590,7 @@ impl Paths {
                     let remote = by_placeholder[&placeholder];
                     drop(state);
                     tracing::debug!(%remote, %from, "direct path heard again");
-                    self.emit(Event::PathChanged { remote, path: Path::Direct { addr: from } });
+                    self.emit(PathEvent::Changed { remote, path: Path::Direct { addr: from } });
                 }
                 return self.in_family(placeholder);
             }
@@ -578,7 +602,7 @@ impl Paths {
     /// packets from punched addresses are re-addressed to the peer's placeholder. Returns how
     /// many are left for quinn (compacted to the front).
     fn filter(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta], n: usize) -> usize {
-        frame::sort_received(
+        super::gro::sort_received(
             bufs,
             meta,
             n,
@@ -633,9 +657,9 @@ impl AsyncUdpSocket for PathSocket {
             let peer_direct = peer.live_direct(has_relay);
             match (peer_direct, &state.relay) {
                 (Some(addr), _) => Route::Direct(addr),
-                (None, Some(relay)) => match &relay.link {
-                    RelayLink::Tcp(tcp) => Route::RelayTcp { records: tcp.records.clone(), peer: *remote.as_bytes() },
-                    RelayLink::Quic(_) => Route::Relay { relay: relay.addr, peer: *remote.as_bytes() },
+                (None, Some(relay)) => match &relay.egress {
+                    RelayEgress::Tcp(records) => Route::RelayTcp { records: records.clone(), peer: *remote.as_bytes() },
+                    RelayEgress::Udp => Route::Relay { relay: relay.addr, peer: *remote.as_bytes() },
                 },
                 // No path at the moment (relay reconnecting): the packet is lost; QUIC resends.
                 (None, None) => return Ok(()),
@@ -659,7 +683,7 @@ impl AsyncUdpSocket for PathSocket {
                     frame::write_data_header(&mut frame, &peer);
                     frame[frame::DATA_HEADER_LEN..].copy_from_slice(segment);
                     // A full queue loses the packet, as a congested link would.
-                    let _ = records.try_send(crate::relay::stream::encode(crate::relay::stream::DATA, &frame));
+                    let _ = records.try_send(crate::wire::record::encode(crate::wire::record::DATA, &frame));
                 }
                 Ok(())
             }

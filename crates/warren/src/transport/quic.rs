@@ -14,11 +14,11 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
 
-use super::paths::{PathSocket, Paths};
+use super::paths::{PathEvent, PathSocket, Paths};
 use super::tls;
 use crate::connection::codes;
-use crate::p2p::{BoxFuture, Hook, Listener, P2P};
-use crate::{Identity, RemoteIdentity};
+use crate::Identity;
+use crate::node::{BoxFuture, Event, Hook, Listener, P2P};
 
 /// Name of this hook, as shown in `ListenerStarted`.
 pub const HOOK_NAME: &str = "quic";
@@ -73,14 +73,14 @@ pub fn transport_config() -> TransportConfig {
 pub fn endpoint_config() -> quinn::EndpointConfig {
     let mut config = quinn::EndpointConfig::default();
     // Relay frames and hole punches share the socket; they start with a byte whose QUIC fixed
-    // bit is clear, which only greased QUIC packets could have (see `relay::frame`).
+    // bit is clear, which only greased QUIC packets could have (see `wire::frame`).
     config.grease_quic_bit(false);
     config
 }
 
 /// The largest UDP payload warren's QUIC sends: path MTU discovery stops here, so that any
 /// packet still fits a relay's data frame on a 1,500-byte link.
-pub const MAX_UDP_PAYLOAD: u16 = crate::relay::frame::MAX_PAYLOAD as u16;
+pub const MAX_UDP_PAYLOAD: u16 = crate::wire::frame::MAX_PAYLOAD as u16;
 
 /// quinn server configuration for `identity`, with warren's transport parameters.
 pub fn server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
@@ -136,8 +136,13 @@ impl QuicTransport {
         enlarge_socket_buffers(&socket);
         let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
         let udp = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
-        let paths = Paths::new(p2p.remote_identity(), udp).map_err(bind_err)?;
-        paths.set_node(p2p.downgrade());
+        let node = p2p.downgrade();
+        let events = Box::new(move |PathEvent::Changed { remote, path }| {
+            if let Some(p2p) = node.upgrade() {
+                p2p.emit_event(Event::PathChanged { remote, path });
+            }
+        });
+        let paths = Paths::new(p2p.remote_identity(), udp, events).map_err(bind_err)?;
         p2p.set_paths(&paths);
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
@@ -216,16 +221,6 @@ impl Listener for QuicTransport {
             let endpoint = self.endpoint().ok_or("the QUIC transport is shut down")?;
             let connecting = endpoint.connect(addr, tls::SERVER_NAME).map_err(|e| e.to_string())?;
             connecting.await.map_err(|e| e.to_string())
-        })
-    }
-
-    fn relay_addr(&self, remote: RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>> {
-        Box::pin(async move {
-            let Some(relay) = self.inner.paths.relay() else { return Ok(None) };
-            if !relay.link.lookup(remote).await? {
-                return Err(format!("the relay {} does not serve {remote}", relay.addr));
-            }
-            self.inner.paths.placeholder_for(remote).map(Some).ok_or_else(|| "too many relayed peers".to_owned())
         })
     }
 }

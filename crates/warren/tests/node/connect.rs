@@ -156,7 +156,7 @@ async fn a_subscriber_that_never_reads_does_not_stall_the_node() {
     let (alice, _) = node().await;
     let (bob, bob_addr) = node().await;
     let mut stalled = alice.subscribe();
-    for i in 0..(warren::p2p::EVENT_BUFFER * 2) {
+    for i in 0..(warren::node::EVENT_BUFFER * 2) {
         alice.metadata_mut().insert("counter", i.to_string()).unwrap();
     }
     introduce(&alice, &bob, bob_addr);

@@ -37,7 +37,7 @@ fn lan(count: u8, capture: Option<&std::path::Path>) -> (Simulation, Vec<Host>) 
 
 async fn start(name: &str, ip: Ipv4Addr, mode: DiscoveryMode) -> (P2P, MdnsDiscovery) {
     let p2p = P2P::new("warren", Identity::generate());
-    p2p.metadata_mut().insert(warren::p2p::NAME, name).unwrap();
+    p2p.metadata_mut().insert(warren::node::NAME, name).unwrap();
     warren::ping::register(&p2p).unwrap();
     let quic = QuicTransport::spawn(&p2p, SocketAddr::from((ip, 0))).await.unwrap();
     let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), mode);
@@ -73,7 +73,7 @@ fn nodes_on_a_lan_find_each_other_connect_by_identity_and_follow_changes() {
                     "rename" => {
                         // A name the hello allows but a TXT entry cannot hold (5 + 252 > 255
                         // bytes) is refused by discovery with a reason, never cut...
-                        p2p.metadata_mut().insert(warren::p2p::NAME, "x".repeat(252)).unwrap();
+                        p2p.metadata_mut().insert(warren::node::NAME, "x".repeat(252)).unwrap();
                         let deadline = Instant::now() + HANG;
                         while mdns.last_error().is_none() {
                             assert!(Instant::now() < deadline, "the oversized name was not refused");
@@ -82,7 +82,7 @@ fn nodes_on_a_lan_find_each_other_connect_by_identity_and_follow_changes() {
                         let error = mdns.last_error().unwrap();
                         assert!(error.contains("an entry holds 255"), "{error}");
                         // ...and a name that fits is announced again.
-                        p2p.metadata_mut().insert(warren::p2p::NAME, "renamed").unwrap();
+                        p2p.metadata_mut().insert(warren::node::NAME, "renamed").unwrap();
                     }
                     "join" => {
                         p2p.add_library(library);
@@ -383,7 +383,7 @@ fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() 
             let (ip, ids, all_seen) = (host.ip(), ids.clone(), all_seen.clone());
             host.spawn(move || async move {
                 let p2p = P2P::new("warren", Identity::from_secret_bytes(&secret));
-                p2p.metadata_mut().insert(warren::p2p::NAME, name).unwrap();
+                p2p.metadata_mut().insert(warren::node::NAME, name).unwrap();
                 for contact in contacts {
                     p2p.add_contact(contact);
                 }

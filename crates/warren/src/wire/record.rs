@@ -58,21 +58,6 @@ pub fn control<M: Message>(message: &M) -> Result<Vec<u8>, ControlError> {
     Ok(encode(CONTROL, &body))
 }
 
-/// Idle time before TCP keepalive probes start on a relay link.
-pub const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
-
-/// Turns on TCP keepalive (probes every 5 s after [`KEEPALIVE_IDLE`], 3 tries), so that a
-/// relay link whose other end vanished silently is found dead instead of waited on forever.
-pub fn keepalive(stream: &tokio::net::TcpStream) {
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(std::time::Duration::from_secs(5))
-        .with_retries(3);
-    if let Err(error) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
-        tracing::debug!(%error, "could not turn on TCP keepalive");
-    }
-}
-
 /// Reads one record; refuses lengths over the limit before allocating.
 pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Record, ControlError> {
     let mut len = [0; 2];
@@ -96,28 +81,11 @@ pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Record, Control
     }
 }
 
-/// Writes queued records to `writer` until the queue closes or a write fails. rustls holds
-/// what the socket did not take yet, so the writer is flushed whenever the queue is empty.
-pub async fn write_queued(
-    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
-    queued: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
-) {
-    use tokio::io::AsyncWriteExt;
-    while let Some(record) = queued.recv().await {
-        if writer.write_all(&record).await.is_err() {
-            return;
-        }
-        if queued.is_empty() && writer.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Identity;
-    use crate::relay::control::Request;
+    use crate::wire::control::Request;
 
     #[tokio::test]
     async fn records_round_trip_and_hostile_ones_are_refused() {

@@ -26,13 +26,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use warren_proto::{Decode, Encode};
-
-use crate::connection::Connection;
-use crate::p2p::{Direction, Event};
-use crate::relay::control;
-use crate::transport::paths::{Path, Paths};
-use crate::{P2P, Stream};
+use super::event::Event;
+use crate::connection::{Connection, Stream};
+use crate::transport::paths::Paths;
+use crate::wire::control;
+use crate::wire::punch::Message;
 
 /// The protocol of the signalling stream.
 pub const PROTOCOL: &str = "warren/punch/1";
@@ -65,45 +63,11 @@ pub const RETRY_AFTER: [Duration; 3] = [Duration::from_secs(30), Duration::from_
 /// How long a side waits for the other's `Finished`.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
-enum Message {
-    Offer {
-        nonce: u64,
-        /// What the dialler's acknowledgements carry, then the answerer's.
-        acks: (u64, u64),
-        #[proto(max_len = 16)]
-        candidates: Vec<SocketAddr>,
-        reflexive: Option<SocketAddr>,
-    },
-    Answer {
-        #[proto(max_len = 16)]
-        candidates: Vec<SocketAddr>,
-        reflexive: Option<SocketAddr>,
-    },
-    Sync,
-    Finished {
-        ok: bool,
-    },
-}
-
-/// Registers the signalling protocol's handler on `p2p` (once; later calls do nothing).
-pub(crate) fn register(p2p: &P2P) {
-    let node = p2p.downgrade();
-    let _ = p2p.register_protocol(PROTOCOL, move |stream: Stream| {
-        let node = node.clone();
-        async move {
-            if let Some(p2p) = node.upgrade() {
-                respond(p2p, stream).await;
-            }
-        }
-    });
-}
-
 /// This node's candidate addresses: the socket's addresses on each interface, and the
 /// reflexive address the relay reported.
 fn candidates(paths: &Paths) -> (Vec<SocketAddr>, Option<SocketAddr>) {
     // Over TCP the relay sees a TCP mapping, which says nothing about the UDP one.
-    let reflexive = paths.relay().filter(|r| !r.link.is_tcp()).map(|r| r.observed);
+    let reflexive = paths.relay().filter(|r| !r.is_tcp()).map(|r| r.observed);
     let Ok(local) = paths.local_addr() else { return (Vec::new(), reflexive) };
     let mut out = Vec::new();
     if local.ip().is_unspecified() {
@@ -117,40 +81,30 @@ fn candidates(paths: &Paths) -> (Vec<SocketAddr>, Option<SocketAddr>) {
     (out, reflexive)
 }
 
-/// Starts punching for a connection this node dialled through a relay, with retries.
-pub(crate) fn spawn_initiator(p2p: &P2P, conn: &Connection) {
-    if conn.direction != Direction::Outbound || !matches!(conn.path(), Path::Relayed { .. }) {
-        return;
-    }
-    if !p2p.paths().is_some_and(|p| p.hole_punching()) {
-        return;
-    }
-    let (node, conn) = (p2p.clone(), conn.clone());
-    p2p.spawn(async move {
-        for wait in std::iter::once(Duration::ZERO).chain(RETRY_AFTER) {
-            tokio::time::sleep(wait).await;
-            if conn.close_reason().is_some() || !matches!(conn.path(), Path::Relayed { .. }) {
-                return;
-            }
-            match initiate(&node, &conn).await {
-                Ok(true) => return,
-                Ok(false) => {}
-                Err(error) => tracing::debug!(remote = %conn.remote, %error, "hole punching failed"),
-            }
-        }
-    });
+/// How one attempt went, as this side saw it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Attempt {
+    direct: Option<SocketAddr>,
+    rounds: u32,
+    elapsed: Duration,
 }
 
-/// One attempt from the dialler's side. Ok(true) if the path is now direct.
-async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
-    let paths = p2p.paths().ok_or("no QUIC transport")?;
+/// The node's event for an attempt on `conn`.
+pub(crate) fn event(conn: &Connection, attempt: Attempt) -> Event {
+    let elapsed_ms = attempt.elapsed.as_millis() as u64;
+    Event::HolePunch { remote: conn.remote, direct: attempt.direct, rounds: attempt.rounds, elapsed_ms }
+}
+
+/// One attempt from the dialler's side. Ok(true) if the path is now direct. `report` hears of
+/// the attempt as soon as this side's schedule is over.
+pub(crate) async fn initiate(paths: &Paths, conn: &Connection, report: &(dyn Fn(Attempt) + Sync)) -> Result<bool, String> {
     let started = Instant::now();
     let mut stream = conn.open_stream(PROTOCOL).await.map_err(|e| e.to_string())?;
     let nonce = u64::from_le_bytes(random_bytes());
     let acks = (u64::from_le_bytes(random_bytes()), u64::from_le_bytes(random_bytes()));
-    let (candidates, reflexive) = candidates(&paths);
+    let (candidates, reflexive) = candidates(paths);
     let done = paths.begin_punch(conn.remote, nonce, acks, true).ok_or("a punch with this peer is under way")?;
-    let _end = EndPunch(&paths, conn.remote, nonce);
+    let _end = EndPunch(paths, conn.remote, nonce);
     write(&mut stream, &Message::Offer { nonce, acks, candidates, reflexive }).await?;
     let Message::Answer { candidates, reflexive } = read(&mut stream).await? else {
         return Err("expected an answer".into());
@@ -158,46 +112,43 @@ async fn initiate(p2p: &P2P, conn: &Connection) -> Result<bool, String> {
     let rtt = started.elapsed();
     write(&mut stream, &Message::Sync).await?;
     tokio::time::sleep(rtt / 2).await;
-    let outcome = punch(&paths, conn, &done, nonce, &candidates, reflexive).await;
-    finish(p2p, &mut stream, conn, outcome, started).await
+    let outcome = punch(paths, conn, &done, nonce, &candidates, reflexive).await;
+    finish(report, &mut stream, outcome, started).await
 }
 
-/// The acceptor's side of one attempt.
-async fn respond(p2p: P2P, mut stream: Stream) {
-    let result = async {
-        let paths = p2p.paths().ok_or("no QUIC transport")?;
-        if !paths.hole_punching() {
-            return Err("hole punching is off on this node".to_owned());
-        }
-        let started = Instant::now();
-        let Message::Offer { nonce, acks: (theirs_ack, ours_ack), candidates: theirs, reflexive: their_reflexive } =
-            read(&mut stream).await?
-        else {
-            return Err("expected an offer".to_owned());
-        };
-        let conn = p2p.open_connection(&stream.remote()).ok_or("no connection")?;
-        // Punching is for connections through a relay, once per offer interval: a peer cannot
-        // use this node to send datagrams at will.
-        if !matches!(conn.path(), Path::Relayed { .. }) {
-            return Err("the connection is not relayed".to_owned());
-        }
-        if !paths.may_answer_offer(&conn.remote) {
-            return Err("offers come too often".to_owned());
-        }
-        let Some(done) = paths.begin_punch(conn.remote, nonce, (ours_ack, theirs_ack), false) else {
-            return Err("our own offer to this peer goes first".to_owned());
-        };
-        let _end = EndPunch(&paths, conn.remote, nonce);
-        let (candidates, reflexive) = candidates(&paths);
-        write(&mut stream, &Message::Answer { candidates, reflexive }).await?;
-        let Message::Sync = read(&mut stream).await? else { return Err("expected sync".to_owned()) };
-        let outcome = punch(&paths, &conn, &done, nonce, &theirs, their_reflexive).await;
-        finish(&p2p, &mut stream, &conn, outcome, started).await
+/// The acceptor's side of one attempt, on the signalling `stream` of `conn`.
+pub(crate) async fn respond(
+    paths: &Paths,
+    conn: &Connection,
+    mut stream: Stream,
+    report: &(dyn Fn(Attempt) + Sync),
+) -> Result<bool, String> {
+    if !paths.hole_punching() {
+        return Err("hole punching is off on this node".to_owned());
     }
-    .await;
-    if let Err(error) = result {
-        tracing::debug!(remote = %stream.remote(), %error, "hole punching (answering) failed");
+    let started = Instant::now();
+    let Message::Offer { nonce, acks: (theirs_ack, ours_ack), candidates: theirs, reflexive: their_reflexive } =
+        read(&mut stream).await?
+    else {
+        return Err("expected an offer".to_owned());
+    };
+    // Punching is for connections through a relay, once per offer interval: a peer cannot
+    // use this node to send datagrams at will.
+    if !matches!(conn.path(), crate::transport::paths::Path::Relayed { .. }) {
+        return Err("the connection is not relayed".to_owned());
     }
+    if !paths.may_answer_offer(&conn.remote) {
+        return Err("offers come too often".to_owned());
+    }
+    let Some(done) = paths.begin_punch(conn.remote, nonce, (ours_ack, theirs_ack), false) else {
+        return Err("our own offer to this peer goes first".to_owned());
+    };
+    let _end = EndPunch(paths, conn.remote, nonce);
+    let (candidates, reflexive) = candidates(paths);
+    write(&mut stream, &Message::Answer { candidates, reflexive }).await?;
+    let Message::Sync = read(&mut stream).await? else { return Err("expected sync".to_owned()) };
+    let outcome = punch(paths, conn, &done, nonce, &theirs, their_reflexive).await;
+    finish(report, &mut stream, outcome, started).await
 }
 
 /// Forgets the punch session when the attempt ends, however it ends.
@@ -212,15 +163,13 @@ impl Drop for EndPunch<'_> {
 /// Tells the peer we are done, waits until it is too (answering its punches meanwhile), and
 /// reports the attempt.
 async fn finish(
-    p2p: &P2P,
+    report: &(dyn Fn(Attempt) + Sync),
     stream: &mut Stream,
-    conn: &Connection,
     outcome: (Option<SocketAddr>, u32),
     started: Instant,
 ) -> Result<bool, String> {
     let (direct, rounds) = outcome;
-    let elapsed_ms = started.elapsed().as_millis() as u64;
-    p2p.emit_event(Event::HolePunch { remote: conn.remote, direct, rounds, elapsed_ms });
+    report(Attempt { direct, rounds, elapsed: started.elapsed() });
     write(stream, &Message::Finished { ok: direct.is_some() }).await?;
     let theirs = tokio::time::timeout(FINISH_TIMEOUT, read(stream)).await;
     let _ = stream.finish();
@@ -277,15 +226,6 @@ async fn punch(
         let _ = tokio::time::timeout_at(deadline, done.notified()).await;
     }
     (paths.punched(&conn.remote), rounds)
-}
-
-/// Fuzzing: `data` as a signalling message body. Never panics; what decodes re-encodes.
-pub(crate) fn fuzz_message(data: &[u8]) {
-    if data.len() <= control::MAX_MESSAGE
-        && let Ok(message) = control::decode::<Message>(data)
-    {
-        assert!(warren_proto::encode_to_vec(&message).is_ok());
-    }
 }
 
 /// Whether a candidate may be punched: never loopback (unless this node itself is bound to

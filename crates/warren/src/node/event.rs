@@ -5,18 +5,9 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+pub use crate::connection::Direction;
 use crate::RemoteIdentity;
 use crate::transport::paths::Path;
-
-/// Which side opened a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    /// The remote dialled us.
-    Inbound,
-    /// We dialled the remote.
-    Outbound,
-}
 
 /// Something that happened on a node. Serialises to JSON with an `event` tag, one object per
 /// event (`warren node --json` prints them).
@@ -84,7 +75,7 @@ pub enum Event {
         remote: RemoteIdentity,
         /// The address that answered, or `None` if none did (the connection stays relayed).
         direct: Option<SocketAddr>,
-        /// Rounds of punches sent (see `warren::punch::SCHEDULE`).
+        /// Rounds of punches sent (see `warren::node::punch::SCHEDULE`).
         rounds: u32,
         /// Milliseconds from the start of signalling to the end of the attempt.
         elapsed_ms: u64,

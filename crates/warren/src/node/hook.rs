@@ -34,11 +34,12 @@ pub trait Listener: Hook {
     /// Dials `addr` and completes the transport's handshake. The node then checks the identity
     /// and exchanges hellos.
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, String>>;
+}
 
-    /// The address to dial to reach `remote` through a relay, if this listener has one and the
-    /// relay serves `remote` (`Ok(None)`: no relay; `Err`: the relay does not know `remote`).
-    fn relay_addr(&self, remote: crate::RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>> {
-        let _ = remote;
-        Box::pin(async { Ok(None) })
-    }
+/// Finds a path to a peer through a rendezvous point (today: the relay this node is registered
+/// with), for peers with no known address or none that answers.
+pub trait Rendezvous: Send + Sync + 'static {
+    /// The address to dial to reach `remote` through the rendezvous point: `Ok(None)` if there is
+    /// none right now, `Err` with the reason if it does not know `remote`.
+    fn resolve(&self, remote: crate::RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>>;
 }

@@ -9,6 +9,7 @@ mod event;
 mod hook;
 mod metadata;
 mod peer;
+pub mod punch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -21,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::event::{Direction, Event};
-pub use self::hook::{BoxFuture, Hook, HookId, Listener};
+pub use self::hook::{BoxFuture, Hook, HookId, Listener, Rendezvous};
 pub use self::metadata::{DEVICE_MODEL, MetadataGuard, NAME, OS, VERSION};
 use self::peer::PeerTable;
 pub use self::peer::{ConnectionState, PeerInfo};
 use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
 use crate::error::{ConnectError, RegisterError};
 use crate::identity::{Identity, RemoteIdentity};
-use crate::transport::paths::Paths;
+use crate::transport::paths::{Path, Paths};
 use crate::transport::tls;
 use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError};
 
@@ -119,6 +120,7 @@ struct Inner {
     tasks: TaskTracker,
     cancel: CancellationToken,
     paths: std::sync::OnceLock<std::sync::Weak<Paths>>,
+    rendezvous: RwLock<Option<Arc<dyn Rendezvous>>>,
 }
 
 impl std::fmt::Debug for P2P {
@@ -156,6 +158,7 @@ impl P2P {
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
                 paths: std::sync::OnceLock::new(),
+                rendezvous: RwLock::new(None),
             }),
         }
     }
@@ -405,6 +408,58 @@ impl P2P {
         self.inner.paths.get()?.upgrade()
     }
 
+    /// Sets (or clears) the rendezvous point used to reach peers with no known address (the
+    /// relay client sets itself), and answers hole-punching offers from then on.
+    pub fn set_rendezvous(&self, rendezvous: Option<Arc<dyn Rendezvous>>) {
+        if rendezvous.is_some() {
+            self.serve_hole_punching();
+        }
+        *self.inner.rendezvous.write().expect("rendezvous lock poisoned") = rendezvous;
+    }
+
+    fn rendezvous(&self) -> Option<Arc<dyn Rendezvous>> {
+        self.inner.rendezvous.read().expect("rendezvous lock poisoned").clone()
+    }
+
+    /// Registers the hole-punching signalling handler (once; later calls do nothing).
+    fn serve_hole_punching(&self) {
+        let node = self.downgrade();
+        let _ = self.register_protocol(punch::PROTOCOL, move |stream: Stream| {
+            let node = node.clone();
+            async move {
+                let Some(p2p) = node.upgrade() else { return };
+                let (Some(paths), Some(conn)) = (p2p.paths(), p2p.open_connection(&stream.remote())) else { return };
+                let report = |attempt| p2p.emit(punch::event(&conn, attempt));
+                if let Err(error) = punch::respond(&paths, &conn, stream, &report).await {
+                    tracing::debug!(remote = %conn.remote, %error, "hole punching (answering) failed");
+                }
+            }
+        });
+    }
+
+    /// Starts punching for a connection this node dialled through a relay, with retries.
+    fn start_hole_punching(&self, conn: &Connection) {
+        if conn.direction != Direction::Outbound || !matches!(conn.path(), Path::Relayed { .. }) {
+            return;
+        }
+        let Some(paths) = self.paths().filter(|p| p.hole_punching()) else { return };
+        let (node, conn) = (self.clone(), conn.clone());
+        self.spawn(async move {
+            for wait in std::iter::once(Duration::ZERO).chain(punch::RETRY_AFTER) {
+                tokio::time::sleep(wait).await;
+                if conn.close_reason().is_some() || !matches!(conn.path(), Path::Relayed { .. }) {
+                    return;
+                }
+                let report = |attempt| node.emit(punch::event(&conn, attempt));
+                match punch::initiate(&paths, &conn, &report).await {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(error) => tracing::debug!(remote = %conn.remote, %error, "hole punching failed"),
+                }
+            }
+        });
+    }
+
     /// True once [`P2P::shutdown`] has started.
     pub fn is_shutting_down(&self) -> bool {
         self.inner.cancel.is_cancelled()
@@ -439,8 +494,11 @@ impl P2P {
                 return Ok(conn);
             }
             let addrs = self.peer(&remote).map(|p| p.addresses()).unwrap_or_default();
-            let listener = self.listeners().into_iter().next().ok_or(ConnectError::NoTransport)?;
-            let relay = self.paths().and_then(|p| p.relay()).is_some();
+            if self.listeners().is_empty() {
+                return Err(ConnectError::NoTransport);
+            }
+            let rendezvous = self.rendezvous();
+            let relay = self.paths().and_then(|p| p.relay()).is_some() && rendezvous.is_some();
             if addrs.is_empty() && !relay {
                 return Err(ConnectError::NoAddress { remote });
             }
@@ -455,7 +513,11 @@ impl P2P {
                     Err(error) => attempts.push((addr, error)),
                 }
             }
-            match listener.relay_addr(remote).await {
+            let resolved = match &rendezvous {
+                Some(rendezvous) => rendezvous.resolve(remote).await,
+                None => Ok(None),
+            };
+            match resolved {
                 Ok(Some(placeholder)) => {
                     // A new connection starts on the relay; an old punched path may be dead.
                     if let Some(paths) = self.paths() {
@@ -463,7 +525,7 @@ impl P2P {
                     }
                     match self.dial(placeholder, Some(remote)).await {
                         Ok(conn) => {
-                            crate::punch::spawn_initiator(self, &conn);
+                            self.start_hole_punching(&conn);
                             return Ok(conn);
                         }
                         Err(error) => attempts.push((placeholder, error)),

@@ -1,0 +1,53 @@
+//! The hole-punching signalling two peers exchange on a `warren/punch/1` stream of their
+//! (relayed, end-to-end encrypted) connection; see [`crate::state::punch`] for what each
+//! message means. Each message is a [`control`](super::control) message: a two-byte length,
+//! then a warren-proto body, at most [`control::MAX_MESSAGE`](super::control::MAX_MESSAGE)
+//! bytes; at most 16 candidates each.
+
+use std::net::SocketAddr;
+
+use warren_proto::{Decode, Encode};
+
+use super::control;
+
+/// One signalling message.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum Message {
+    /// The dialler's offer: its candidate addresses and the session's secrets.
+    Offer {
+        /// The session's nonce, carried by every punch.
+        nonce: u64,
+        /// What the dialler's acknowledgements carry, then the answerer's.
+        acks: (u64, u64),
+        /// The sender's local addresses.
+        #[proto(max_len = 16)]
+        candidates: Vec<SocketAddr>,
+        /// The sender's address as its relay sees it.
+        reflexive: Option<SocketAddr>,
+    },
+    /// The answerer's candidates.
+    Answer {
+        /// The sender's local addresses.
+        #[proto(max_len = 16)]
+        candidates: Vec<SocketAddr>,
+        /// The sender's address as its relay sees it.
+        reflexive: Option<SocketAddr>,
+    },
+    /// "Start punching in half a round trip."
+    Sync,
+    /// The sender's schedule is over.
+    Finished {
+        /// Whether it found a direct path.
+        ok: bool,
+    },
+}
+
+/// Fuzzing: `data` as a signalling message body. Never panics; what decodes re-encodes.
+pub fn fuzz_message(data: &[u8]) {
+    if data.len() <= control::MAX_MESSAGE
+        && let Ok(message) = control::decode::<Message>(data)
+    {
+        assert!(warren_proto::encode_to_vec(&message).is_ok());
+    }
+}
+
