@@ -23,12 +23,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::forward::{Faults, Forwarder, Port, SharedStats};
-pub use crate::topology::Node;
-use crate::topology::Capture;
 use crate::link::{Link, LinkConfig, LinkStats};
 use crate::nat::{Nat, NatConfig, NatStats};
 use crate::pcap::PcapWriter;
 use crate::sys;
+use crate::topology::Capture;
+pub use crate::topology::Node;
 
 /// Name of the interface inside every host.
 pub const INTERFACE_NAME: &str = "sim0";
@@ -168,7 +168,6 @@ pub(crate) fn command_in(namespace: &File, program: &str) -> std::process::Comma
     command
 }
 
-
 /// Something links can join.
 pub trait AsNode {
     /// Its node.
@@ -305,7 +304,6 @@ struct KernelNatParts {
     lan: File,
     _namespace: Arc<File>,
 }
-
 
 impl Simulation {
     /// An empty simulation; `seed` drives every random choice of its devices.

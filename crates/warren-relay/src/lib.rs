@@ -34,10 +34,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warren::transport::{quic, tls};
 use warren::wire::control::{self, Request, Response};
 use warren::wire::frame::{self, Frame, RawIdentity};
 use warren::wire::record::{self as stream, Record};
-use warren::transport::{quic, tls};
 use warren::{Identity, RemoteIdentity};
 
 pub use warren::wire::control::{OVER_LIMIT, REFUSED};
@@ -618,9 +618,9 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
             tokio::select! {
                 stream = conn.accept_bi() => {
                     let Ok((mut send, mut recv)) = stream else { break };
-                    let Ok(Request::Lookup { peer }) = control::read::<_, Request>(&mut recv).await else { continue };
+                    let Ok(Request::Lookup { id, peer }) = control::read::<_, Request>(&mut recv).await else { continue };
                     let online = shared.online(peer.as_bytes());
-                    let _ = control::write(&mut send, &Response::Lookup { online }).await;
+                    let _ = control::write(&mut send, &Response::Lookup { id, online }).await;
                     let _ = send.finish();
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
@@ -691,9 +691,9 @@ async fn serve_tcp(
                     }
                 }
                 Ok(Record::Control(body)) => {
-                    let Ok(Request::Lookup { peer }) = control::decode::<Request>(&body) else { continue };
+                    let Ok(Request::Lookup { id, peer }) = control::decode::<Request>(&body) else { continue };
                     let online = shared.online(peer.as_bytes());
-                    let Ok(answer) = stream::control(&Response::Lookup { online }) else { continue };
+                    let Ok(answer) = stream::control(&Response::Lookup { id, online }) else { continue };
                     if queue.send(answer).await.is_err() {
                         break;
                     }

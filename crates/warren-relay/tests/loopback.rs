@@ -389,7 +389,7 @@ async fn a_restarted_node_finds_its_relay_in_the_bootstrap_cache() {
 
 /// Garbage at the relay (datagrams: random, truncated frames, frames for nobody, from nobody,
 /// oversized; TCP: junk, a huge length, a TLS stream that never registers) and at a node
-/// (data frames not from its relay, punches with no session) changes nothing: nothing is sent
+/// (data frames not from its relay, challenges and responses under a key nobody agreed on) changes nothing: nothing is sent
 /// back to the sender, the relay keeps serving, registered nodes keep talking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_changes_nothing() {
@@ -412,7 +412,7 @@ async fn hostile_input_changes_nothing() {
         frame::data(&b.remote_identity(), b"from someone never registered"),
         frame::data(&stranger, b"for nobody"),
         [&frame::data(&b.remote_identity(), b"")[..], &vec![0x55; frame::MAX_PAYLOAD + 1]].concat(),
-        frame::punch(1, &stranger).to_vec(),
+        frame::challenge(&[0; 32], 1, relay.local_addr(), stranger.as_bytes(), b.remote_identity().as_bytes()).to_vec(),
         vec![0xc0; 1200],
     ];
     hostile.extend((0..200u32).map(|i| i.to_le_bytes().repeat(1 + i as usize % 300)));
@@ -421,8 +421,16 @@ async fn hostile_input_changes_nothing() {
         // And at node b itself, straight at its socket.
         attacker.send_to(datagram, b.listen_addrs()[0]).await.unwrap();
     }
-    // Punches for b with a nonce nobody agreed on.
-    attacker.send_to(&frame::punch(42, &a.remote_identity()), b.listen_addrs()[0]).await.unwrap();
+    // Challenges and responses for b "from a", under a key nobody agreed on.
+    let (a_raw, b_raw) = (a.remote_identity().as_bytes().to_owned(), b.remote_identity().as_bytes().to_owned());
+    attacker
+        .send_to(&frame::challenge(&[7; 32], 42, b.listen_addrs()[0], &a_raw, &b_raw), b.listen_addrs()[0])
+        .await
+        .unwrap();
+    attacker
+        .send_to(&frame::response(&[7; 32], 1, b.listen_addrs()[0], &a_raw, &b_raw), b.listen_addrs()[0])
+        .await
+        .unwrap();
 
     // TCP: junk, a record of the maximum length that never comes, a TLS handshake that stops.
     let mut junk = tokio::net::TcpStream::connect(relay.local_addr()).await.unwrap();

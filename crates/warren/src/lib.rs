@@ -57,6 +57,7 @@ pub mod identity;
 pub mod node;
 pub mod ping;
 pub mod relay;
+pub mod state;
 pub mod transport;
 pub mod wire;
 

@@ -121,6 +121,7 @@ struct Inner {
     cancel: CancellationToken,
     paths: std::sync::OnceLock<std::sync::Weak<Paths>>,
     rendezvous: RwLock<Option<Arc<dyn Rendezvous>>>,
+    attempts: Mutex<punch::Attempts>,
 }
 
 impl std::fmt::Debug for P2P {
@@ -159,6 +160,7 @@ impl P2P {
                 cancel: CancellationToken::new(),
                 paths: std::sync::OnceLock::new(),
                 rendezvous: RwLock::new(None),
+                attempts: Mutex::default(),
             }),
         }
     }
@@ -428,13 +430,55 @@ impl P2P {
             let node = node.clone();
             async move {
                 let Some(p2p) = node.upgrade() else { return };
-                let (Some(paths), Some(conn)) = (p2p.paths(), p2p.open_connection(&stream.remote())) else { return };
-                let report = |attempt| p2p.emit(punch::event(&conn, attempt));
-                if let Err(error) = punch::respond(&paths, &conn, stream, &report).await {
-                    tracing::debug!(remote = %conn.remote, %error, "hole punching (answering) failed");
+                let remote = stream.remote();
+                if let Err(error) = p2p.answer_punch(stream).await {
+                    tracing::debug!(%remote, %error, "hole punching (answering) failed");
                 }
             }
         });
+    }
+
+    /// Answers a peer's offer to punch, on its signalling stream.
+    async fn answer_punch(&self, stream: Stream) -> Result<bool, String> {
+        let remote = stream.remote();
+        let paths = self.paths().ok_or("no QUIC transport")?;
+        let conn = self.open_connection(&remote).ok_or("no connection")?;
+        if !paths.hole_punching() {
+            return Err("hole punching is off on this node".into());
+        }
+        // Punching is for connections through a relay, once per offer interval: a peer cannot
+        // use this node to send datagrams at will.
+        if !matches!(conn.path(), Path::Relayed { .. }) {
+            return Err("the connection is not relayed".into());
+        }
+        let begun = self.inner.attempts.lock().expect("punch lock poisoned").begin_theirs(
+            std::time::Instant::now(),
+            &self.inner.remote_identity,
+            remote,
+        );
+        let (generation, cancel) = begun.map_err(|e| e.to_string())?;
+        let report = |attempt| self.emit(punch::event(remote, attempt));
+        let result = cancel
+            .run_until_cancelled(punch::run(&paths, &conn, stream, punch::Role::Responder, &report))
+            .await
+            .unwrap_or_else(|| Err("superseded".into()));
+        self.inner.attempts.lock().expect("punch lock poisoned").end(&remote, generation);
+        result
+    }
+
+    /// One attempt of our own on `conn`.
+    async fn offer_punch(&self, paths: &Paths, conn: &Connection) -> Result<bool, String> {
+        let begun = self.inner.attempts.lock().expect("punch lock poisoned").begin_ours(conn.remote);
+        let (generation, cancel) = begun.map_err(|e| e.to_string())?;
+        let attempt = async {
+            let stream = conn.open_stream(punch::PROTOCOL).await.map_err(|e| e.to_string())?;
+            let report = |attempt| self.emit(punch::event(conn.remote, attempt));
+            punch::run(paths, conn, stream, punch::Role::Initiator, &report).await
+        };
+        // Cancelled when the peer's crossing offer won: its attempt decides.
+        let result = cancel.run_until_cancelled(attempt).await.unwrap_or(Ok(false));
+        self.inner.attempts.lock().expect("punch lock poisoned").end(&conn.remote, generation);
+        result
     }
 
     /// Starts punching for a connection this node dialled through a relay, with retries.
@@ -450,8 +494,7 @@ impl P2P {
                 if conn.close_reason().is_some() || !matches!(conn.path(), Path::Relayed { .. }) {
                     return;
                 }
-                let report = |attempt| node.emit(punch::event(&conn, attempt));
-                match punch::initiate(&paths, &conn, &report).await {
+                match node.offer_punch(&paths, &conn).await {
                     Ok(true) => return,
                     Ok(false) => {}
                     Err(error) => tracing::debug!(remote = %conn.remote, %error, "hole punching failed"),
@@ -717,6 +760,17 @@ impl P2P {
             }
         };
         let paths = self.inner.paths.get().cloned();
+        if crate::transport::paths::is_placeholder(quic.remote_address())
+            && let Some(table) = self.paths()
+        {
+            // The key both ends derive from this connection's TLS session authenticates its
+            // path challenges: only the two of them can validate a direct path for it.
+            let mut key = [0; 32];
+            match quic.export_keying_material(&mut key, crate::wire::frame::PATH_KEY_LABEL, b"") {
+                Ok(()) => table.add_key(remote, quic.stable_id() as u64, key),
+                Err(error) => tracing::debug!(%remote, ?error, "no path key: the connection stays relayed"),
+            }
+        }
         let conn = Connection { quic, remote, direction, hello: Arc::new(theirs), paths };
         self.register_connection(conn.clone())?;
         Ok(conn)
@@ -783,11 +837,12 @@ impl P2P {
             (count, newest)
         };
         self.inner.peers.lock().expect("peer lock poisoned").set_connected(conn.remote, count, newest, None);
-        if count == 0 && crate::transport::paths::is_placeholder(conn.remote_address()) {
-            // The punched path (if any) belonged to that connection; the next one starts over.
-            if let Some(paths) = self.paths() {
-                paths.forget_direct(&conn.remote);
-            }
+        if crate::transport::paths::is_placeholder(conn.remote_address())
+            && let Some(paths) = self.paths()
+        {
+            // With the peer's last relayed connection its punched path (if any) is forgotten:
+            // the next one starts over.
+            paths.remove_key(&conn.remote, conn.quic.stable_id() as u64);
         }
         if count == 0 {
             self.emit(Event::PeerDisconnected { remote: conn.remote, reason });

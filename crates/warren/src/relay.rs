@@ -33,6 +33,26 @@ pub fn fuzz_relay_wire(data: &[u8]) {
         }
     }
     crate::wire::punch::fuzz_message(data);
+    // As a datagram at a node's path table, from the peer's address, from its relay and over
+    // the TCP link: refused or taken, never a panic, and never more sent back than came in.
+    {
+        use crate::state::path_table::{PathTable, RelayInfo};
+        let peer = crate::Identity::from_secret_bytes(&[0x11; 32]).to_remote_identity();
+        let me = crate::Identity::from_secret_bytes(&[0x22; 32]).to_remote_identity();
+        {
+            let now = std::time::Instant::now();
+            let relay: std::net::SocketAddr = ([203, 0, 113, 1], 3478).into();
+            let mut table = PathTable::new(me);
+            table.set_relay(Some(RelayInfo { identity: peer, addr: relay, tcp: false }));
+            table.add_key(now, peer, 1, [0x33; 32]);
+            for from in [Some(([198, 51, 100, 2], 5000).into()), Some(relay), None] {
+                let _ = table.handle_frame(now, from, data);
+            }
+            while let Some((_, out)) = table.poll_transmit() {
+                assert!(out.len() <= data.len().max(frame::CHALLENGE_LEN));
+            }
+        }
+    }
     // As the bytes of a TCP relay stream: records until the bytes run out or one is refused.
     let mut input = data;
     while let Ok(record) = futures_lite::future::block_on(stream::read(&mut input)) {

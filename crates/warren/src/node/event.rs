@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
-pub use crate::connection::Direction;
 use crate::RemoteIdentity;
+pub use crate::connection::Direction;
 use crate::transport::paths::Path;
 
 /// Something that happened on a node. Serialises to JSON with an `event` tag, one object per

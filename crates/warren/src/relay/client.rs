@@ -1,6 +1,6 @@
 //! The node's side of a relay: register, keep the registration, reconnect with backoff.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,14 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tcp;
-use crate::wire::control::{self, Request, Response};
-use crate::wire::frame::Frame;
-use crate::wire::record::{self as stream, Record};
-use crate::node::{BoxFuture, Event, Hook};
 use crate::node::Rendezvous;
+use crate::node::{BoxFuture, Event, Hook};
+use crate::state::relay::RelayState;
 use crate::transport::paths::{RelayEgress, RelayRoute};
 use crate::transport::quic::QuicTransport;
 use crate::transport::tls;
+use crate::wire::control::{self, Request, Response};
+use crate::wire::record::{self as stream, Record};
 use crate::{P2P, RemoteIdentity};
 
 /// Name of this hook.
@@ -27,11 +27,7 @@ pub const HOOK_NAME: &str = "relay";
 /// How long a relay request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// First wait before reconnecting to a relay; it doubles up to [`MAX_BACKOFF`].
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-
-/// Longest wait between reconnection attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub use crate::state::relay::{FIRST_BACKOFF, MAX_BACKOFF, Registration as RelayStatus};
 
 /// How to reach the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,7 +100,11 @@ pub struct RelayClient {
 struct ClientInner {
     config: RelayConfig,
     transport: QuicTransport,
-    state: watch::Sender<Status>,
+    /// Registration and lookups (sans-IO); `status` mirrors its registration for watchers.
+    relay: Mutex<RelayState>,
+    status: watch::Sender<RelayStatus>,
+    /// Lookups over TCP waiting for their answers, by request id.
+    waiting: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     last_error: Mutex<Option<RelayError>>,
@@ -112,23 +112,17 @@ struct ClientInner {
     link: Mutex<Option<RelayLink>>,
 }
 
-/// Where the client stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Status {
-    Connecting,
-    Registered(SocketAddr),
-    Refused(String),
-}
-
 impl RelayClient {
     /// Starts keeping a registration with the relay in `config`, on `transport`'s socket.
     pub fn spawn(p2p: &P2P, transport: &QuicTransport, config: RelayConfig) -> Self {
-        let (state, _) = watch::channel(Status::Connecting);
+        let (status, _) = watch::channel(RelayStatus::Connecting);
         let client = Self {
             inner: Arc::new(ClientInner {
                 config,
                 transport: transport.clone(),
-                state,
+                relay: Mutex::new(RelayState::new(std::time::Instant::now())),
+                status,
+                waiting: Mutex::default(),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 last_error: Mutex::new(None),
@@ -153,10 +147,25 @@ impl RelayClient {
 
     /// This node's address as the relay sees it, while registered.
     pub fn observed(&self) -> Option<SocketAddr> {
-        match *self.inner.state.borrow() {
-            Status::Registered(addr) => Some(addr),
+        match *self.inner.status.borrow() {
+            RelayStatus::Registered { observed } => Some(observed),
             _ => None,
         }
+    }
+
+    /// Where the registration stands now, and each change after: `borrow()` for the current
+    /// value, `changed().await` for the next.
+    pub fn watch_status(&self) -> watch::Receiver<RelayStatus> {
+        self.inner.status.subscribe()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, RelayState> {
+        self.inner.relay.lock().expect("relay lock poisoned")
+    }
+
+    fn publish(&self) {
+        let status = self.state().registration().clone();
+        self.inner.status.send_replace(status);
     }
 
     /// The last error, if the latest attempt failed.
@@ -166,13 +175,13 @@ impl RelayClient {
 
     /// Waits until registered (returns the observed address) or refused.
     pub async fn wait_registered(&self, timeout: Duration) -> Result<SocketAddr, RelayError> {
-        let mut state = self.inner.state.subscribe();
+        let mut state = self.inner.status.subscribe();
         let wait = async {
             loop {
                 match state.borrow_and_update().clone() {
-                    Status::Registered(addr) => return Ok(addr),
-                    Status::Refused(reason) => return Err(RelayError::Refused(reason)),
-                    Status::Connecting => {}
+                    RelayStatus::Registered { observed } => return Ok(observed),
+                    RelayStatus::Refused { reason } => return Err(RelayError::Refused(reason)),
+                    RelayStatus::Connecting => {}
                 }
                 if state.changed().await.is_err() {
                     return Err(RelayError::Failed("the relay client stopped".into()));
@@ -184,11 +193,14 @@ impl RelayClient {
 
     async fn run(self, p2p: P2P, transport: QuicTransport) {
         let config = &self.inner.config;
-        let mut backoff = FIRST_BACKOFF;
         loop {
+            let due = self.state().next_attempt();
+            if let Some(due) = due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            self.state().attempting();
             match self.register(&p2p, &transport).await {
                 Ok(Registration { link, observed, closed }) => {
-                    backoff = FIRST_BACKOFF;
                     *self.inner.last_error.lock().expect("relay lock poisoned") = None;
                     let over = if link.is_tcp() { "TCP" } else { "UDP" };
                     transport.paths().set_relay(Some(RelayRoute {
@@ -198,34 +210,67 @@ impl RelayClient {
                         egress: link.egress(),
                     }));
                     *self.inner.link.lock().expect("relay lock poisoned") = Some(link.clone());
-                    self.inner.state.send_replace(Status::Registered(observed));
+                    self.state().registered(observed);
+                    self.publish();
                     tracing::info!(relay = %config.addr, %observed, over, "registered with relay");
                     p2p.emit_event(Event::RelayConnected { relay: config.identity, addr: config.addr, observed });
                     let reason = closed.await;
                     transport.paths().set_relay(None);
                     self.inner.link.lock().expect("relay lock poisoned").take();
                     link.close();
-                    self.inner.state.send_replace(Status::Connecting);
+                    let failed = self.state().lost(std::time::Instant::now());
+                    self.inner.waiting.lock().expect("lookup lock poisoned").retain(|id, _| !failed.contains(id));
+                    self.publish();
                     tracing::info!(relay = %config.addr, %reason, "lost the relay");
                     p2p.emit_event(Event::RelayDisconnected { relay: config.identity, reason });
                 }
                 Err(RelayError::Refused(reason)) => {
                     tracing::warn!(relay = %config.addr, %reason, "relay refused this node");
-                    self.inner.state.send_replace(Status::Refused(reason.clone()));
+                    self.state().refused(std::time::Instant::now(), reason.clone());
+                    self.publish();
                     *self.inner.last_error.lock().expect("relay lock poisoned") =
                         Some(RelayError::Refused(reason.clone()));
                     p2p.emit_event(Event::RelayDisconnected { relay: config.identity, reason });
-                    // Asking again will not change the answer soon.
-                    backoff = MAX_BACKOFF;
                 }
                 Err(error) => {
                     tracing::debug!(relay = %config.addr, %error, "relay unreachable");
+                    self.state().failed(std::time::Instant::now());
                     *self.inner.last_error.lock().expect("relay lock poisoned") = Some(error);
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Asks the relay whether it serves `peer` (the request carries an id its answer echoes).
+    async fn lookup(&self, peer: RemoteIdentity) -> Result<bool, String> {
+        let link =
+            self.inner.link.lock().expect("relay lock poisoned").clone().ok_or("not registered with the relay")?;
+        let id = self.state().lookup(std::time::Instant::now(), peer).map_err(|e| e.to_string())?;
+        let answer = match &link {
+            RelayLink::Quic(conn) => match request(conn, &Request::Lookup { id, peer }).await {
+                Ok(Response::Lookup { id: answered, online }) if answered == id => Ok(online),
+                Ok(other) => Err(format!("unexpected answer from the relay: {other:?}")),
+                Err(error) => Err(error),
+            },
+            RelayLink::Tcp(tcp) => {
+                let record = stream::control(&Request::Lookup { id, peer }).map_err(|e| e.to_string())?;
+                let (tx, rx) = oneshot::channel();
+                self.inner.waiting.lock().expect("lookup lock poisoned").insert(id, tx);
+                match tcp.records.try_send(record) {
+                    Err(_) => Err("the relay link is congested".to_owned()),
+                    Ok(()) => tokio::time::timeout(REQUEST_TIMEOUT, rx)
+                        .await
+                        .map_err(|_| "the relay did not answer".to_owned())
+                        .and_then(|r| r.map_err(|_| "the relay link closed".to_owned())),
+                }
+            }
+        };
+        // Answered, failed or timed out: nobody waits for this id any more.
+        self.inner.waiting.lock().expect("lookup lock poisoned").remove(&id);
+        let mut state = self.state();
+        let _ = state.answered(id);
+        state.expire(std::time::Instant::now());
+        answer
     }
 
     async fn register(&self, p2p: &P2P, transport: &QuicTransport) -> Result<Registration, RelayError> {
@@ -268,11 +313,7 @@ impl RelayClient {
                 match stream::read(&mut reader).await {
                     Ok(Record::Control(body)) => break control::decode::<Response>(&body).map_err(|e| failed(&e)),
                     // A peer's frame can overtake the answer: registration is already done.
-                    Ok(Record::Data(frame)) => {
-                        if let Ok(Frame::Data { peer, payload }) = Frame::parse(&frame) {
-                            transport.paths().deliver_relayed(&peer, payload);
-                        }
-                    }
+                    Ok(Record::Data(frame)) => transport.paths().deliver_tcp_frame(&frame),
                     Err(error) => break Err(RelayError::Failed(format!("no registration answer: {error}"))),
                 }
             }
@@ -285,27 +326,24 @@ impl RelayClient {
             Ok(Ok(other)) => return Err(RelayError::Failed(format!("unexpected answer {other:?}"))),
         };
         let (records, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(stream::QUEUE);
-        let lookups: Arc<Mutex<VecDeque<oneshot::Sender<bool>>>> = Arc::default();
         let (closed_tx, closed) = oneshot::channel::<String>();
         let cancel = self.inner.cancel.clone();
         p2p.spawn(self.inner.tasks.track_future(async move {
             tcp::write_queued(&mut writer, &mut queued).await;
             let _ = writer.shutdown().await;
         }));
-        let (paths, answers) = (transport.paths().clone(), lookups.clone());
+        let (paths, client) = (transport.paths().clone(), self.clone());
         p2p.spawn(self.inner.tasks.track_future(async move {
             let reason = cancel
                 .run_until_cancelled(async {
                     loop {
                         match stream::read(&mut reader).await {
-                            Ok(Record::Data(frame)) => {
-                                if let Ok(Frame::Data { peer, payload }) = Frame::parse(&frame) {
-                                    paths.deliver_relayed(&peer, payload);
-                                }
-                            }
+                            Ok(Record::Data(frame)) => paths.deliver_tcp_frame(&frame),
                             Ok(Record::Control(body)) => {
-                                if let Ok(Response::Lookup { online }) = control::decode::<Response>(&body) {
-                                    let waiting = answers.lock().expect("lookup lock poisoned").pop_front();
+                                // Matched by id: an answer nobody waits for is dropped.
+                                if let Ok(Response::Lookup { id, online }) = control::decode::<Response>(&body) {
+                                    let waiting =
+                                        client.inner.waiting.lock().expect("lookup lock poisoned").remove(&id);
                                     if let Some(waiting) = waiting {
                                         let _ = waiting.send(online);
                                     }
@@ -319,7 +357,7 @@ impl RelayClient {
             let _ = closed_tx.send(reason.unwrap_or_else(|| "shutting down".into()));
         }));
         let closed = Box::pin(async move { closed.await.unwrap_or_else(|_| "relay stream closed".into()) });
-        Ok(Registration { link: RelayLink::Tcp(TcpLink { records, lookups }), observed, closed })
+        Ok(Registration { link: RelayLink::Tcp(TcpLink { records }), observed, closed })
     }
 }
 
@@ -345,8 +383,6 @@ pub(crate) enum RelayLink {
 pub(crate) struct TcpLink {
     /// Records for the writer task.
     pub(crate) records: tokio::sync::mpsc::Sender<Vec<u8>>,
-    /// Lookups waiting for their answers, in order.
-    lookups: Arc<Mutex<VecDeque<oneshot::Sender<bool>>>>,
 }
 
 impl RelayLink {
@@ -359,27 +395,6 @@ impl RelayLink {
         match self {
             RelayLink::Quic(_) => RelayEgress::Udp,
             RelayLink::Tcp(tcp) => RelayEgress::Tcp(tcp.records.clone()),
-        }
-    }
-
-    /// Asks the relay whether it serves `peer`.
-    pub(crate) async fn lookup(&self, peer: RemoteIdentity) -> Result<bool, String> {
-        match self {
-            RelayLink::Quic(conn) => lookup(conn, peer).await,
-            RelayLink::Tcp(tcp) => {
-                let record = stream::control(&Request::Lookup { peer }).map_err(|e| e.to_string())?;
-                let (tx, rx) = oneshot::channel();
-                {
-                    // Queued and sent under one lock, so answers come back in queue order.
-                    let mut waiting = tcp.lookups.lock().expect("lookup lock poisoned");
-                    tcp.records.try_send(record).map_err(|_| "the relay link is congested".to_owned())?;
-                    waiting.push_back(tx);
-                }
-                tokio::time::timeout(REQUEST_TIMEOUT, rx)
-                    .await
-                    .map_err(|_| "the relay did not answer".to_owned())?
-                    .map_err(|_| "the relay link closed".to_owned())
-            }
         }
     }
 
@@ -433,8 +448,7 @@ impl Rendezvous for RelayClient {
         Box::pin(async move {
             let paths = self.inner.transport.paths();
             let Some(relay) = paths.relay() else { return Ok(None) };
-            let Some(link) = self.inner.link.lock().expect("relay lock poisoned").clone() else { return Ok(None) };
-            if !link.lookup(remote).await? {
+            if !self.lookup(remote).await? {
                 return Err(format!("the relay {} does not serve {remote}", relay.addr));
             }
             paths.placeholder_for(remote).map(Some).ok_or_else(|| "too many relayed peers".to_owned())
@@ -451,14 +465,6 @@ pub(crate) async fn request(conn: &quinn::Connection, request: &Request) -> Resu
         control::read::<_, Response>(&mut recv).await.map_err(|e| e.to_string())
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(|_| "the relay did not answer".to_owned())?
-}
-
-/// Asks the relay on `conn` whether it serves `peer`.
-pub(crate) async fn lookup(conn: &quinn::Connection, peer: RemoteIdentity) -> Result<bool, String> {
-    match request(conn, &Request::Lookup { peer }).await? {
-        Response::Lookup { online } => Ok(online),
-        other => Err(format!("unexpected answer from the relay: {other:?}")),
-    }
 }
 
 impl Hook for RelayClient {

@@ -36,4 +36,3 @@ pub fn sort_received(
     }
     kept
 }
-

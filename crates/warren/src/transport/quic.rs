@@ -16,8 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use super::paths::{PathEvent, PathSocket, Paths};
 use super::tls;
-use crate::connection::codes;
 use crate::Identity;
+use crate::connection::codes;
 use crate::node::{BoxFuture, Event, Hook, Listener, P2P};
 
 /// Name of this hook, as shown in `ListenerStarted`.
@@ -137,13 +137,14 @@ impl QuicTransport {
         let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
         let udp = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
         let node = p2p.downgrade();
-        let events = Box::new(move |PathEvent::Changed { remote, path }| {
-            if let Some(p2p) = node.upgrade() {
+        let events = Box::new(move |event| {
+            if let (PathEvent::Changed { remote, path }, Some(p2p)) = (event, node.upgrade()) {
                 p2p.emit_event(Event::PathChanged { remote, path });
             }
         });
         let paths = Paths::new(p2p.remote_identity(), udp, events).map_err(bind_err)?;
         p2p.set_paths(&paths);
+        p2p.spawn(paths.clone().drive_timers());
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
             Some(server_config(p2p.identity())),

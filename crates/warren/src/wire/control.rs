@@ -33,6 +33,8 @@ pub enum Request {
     },
     /// "Is this peer registered with you?"
     Lookup {
+        /// Echoed in the answer, so answers match their requests in any order.
+        id: u64,
         /// The peer.
         peer: RemoteIdentity,
     },
@@ -55,6 +57,8 @@ pub enum Response {
     },
     /// Answer to `Lookup`.
     Lookup {
+        /// The request's id.
+        id: u64,
         /// Whether the peer is registered now.
         online: bool,
     },
@@ -113,7 +117,7 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_limits() {
         let peer = Identity::generate().to_remote_identity();
-        for request in [Request::Register { token: Some("t".into()) }, Request::Lookup { peer }] {
+        for request in [Request::Register { token: Some("t".into()) }, Request::Lookup { id: u64::MAX, peer }] {
             let mut buf = Vec::new();
             write(&mut buf, &request).await.unwrap();
             assert_eq!(read::<_, Request>(&mut &buf[..]).await.unwrap(), request);

@@ -1,4 +1,4 @@
-//! The hole-punching signalling two peers exchange on a `warren/punch/1` stream of their
+//! The hole-punching signalling two peers exchange on a [`PROTOCOL`] stream of their
 //! (relayed, end-to-end encrypted) connection; see [`crate::state::punch`] for what each
 //! message means. Each message is a [`control`](super::control) message: a two-byte length,
 //! then a warren-proto body, at most [`control::MAX_MESSAGE`](super::control::MAX_MESSAGE)
@@ -10,15 +10,15 @@ use warren_proto::{Decode, Encode};
 
 use super::control;
 
+/// The protocol of the signalling stream. Version 2: challenges and responses authenticated
+/// with a key of the connection (see [`super::frame`]) replaced version 1's nonces.
+pub const PROTOCOL: &str = "warren/punch/2";
+
 /// One signalling message.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Message {
-    /// The dialler's offer: its candidate addresses and the session's secrets.
+    /// The dialler's offer: its candidate addresses.
     Offer {
-        /// The session's nonce, carried by every punch.
-        nonce: u64,
-        /// What the dialler's acknowledgements carry, then the answerer's.
-        acks: (u64, u64),
         /// The sender's local addresses.
         #[proto(max_len = 16)]
         candidates: Vec<SocketAddr>,
@@ -50,4 +50,3 @@ pub fn fuzz_message(data: &[u8]) {
         assert!(warren_proto::encode_to_vec(&message).is_ok());
     }
 }
-

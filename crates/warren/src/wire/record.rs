@@ -90,7 +90,7 @@ mod tests {
     #[tokio::test]
     async fn records_round_trip_and_hostile_ones_are_refused() {
         let id = Identity::generate().to_remote_identity();
-        let request = Request::Lookup { peer: id };
+        let request = Request::Lookup { id: 7, peer: id };
         let bytes = control(&request).unwrap();
         let Record::Control(body) = read(&mut &bytes[..]).await.unwrap() else { panic!() };
         assert_eq!(control::decode::<Request>(&body).unwrap(), request);

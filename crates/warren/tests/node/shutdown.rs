@@ -79,7 +79,9 @@ async fn hooks_stop_in_reverse_order_and_a_hanging_hook_cannot_block_shutdown() 
     p2p.shutdown().await;
     assert_eq!(*log.lock().unwrap(), ["last", "hangs", "first"]);
     let waited = started.elapsed();
-    assert!(waited >= warren::node::SHUTDOWN_TIMEOUT && waited < warren::node::SHUTDOWN_TIMEOUT + Duration::from_secs(1));
+    assert!(
+        waited >= warren::node::SHUTDOWN_TIMEOUT && waited < warren::node::SHUTDOWN_TIMEOUT + Duration::from_secs(1)
+    );
     assert_eq!(events.try_recv().unwrap(), Event::Shutdown);
     // A second shutdown is a no-op.
     p2p.shutdown().await;

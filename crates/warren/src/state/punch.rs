@@ -1,0 +1,646 @@
+//! One hole-punching attempt between two peers connected through a relay, sans-IO.
+//!
+//! The dialler of a relayed connection opens a signalling stream on it (end-to-end encrypted;
+//! the relay carries it without reading it) and the two sides swap candidates, DCUtR-style:
+//!
+//! 1. initiator → `Offer { candidates, reflexive }`;
+//! 2. responder → `Answer { candidates, reflexive }`; the initiator takes the time this took as
+//!    the round trip;
+//! 3. initiator → `Sync`, waits half that round trip, and both start punching at about the same
+//!    moment on [`SCHEDULE`]: each round asks the path table to challenge every target
+//!    ([`PunchSession::poll_punch`]);
+//! 4. the first address the path table validates ([`PunchSession::handle_validated`]) ends the
+//!    punching; the connection's packets already take it;
+//! 5. each side says `Finished { ok }` when its schedule is over (or it found the path) and
+//!    waits up to [`FINISH_TIMEOUT`] for the other's.
+//!
+//! Port prediction: from the third round on, the [`PREDICTED_PORTS`] ports above the peer's
+//! reflexive port are challenged too, which is where a NAT that allocates ports sequentially
+//! puts the peer's next mapping (Crust's delta prediction, with a delta of one). Bounded: at most
+//! `(MAX_CANDIDATES + PREDICTED_PORTS) x rounds` challenges per attempt.
+//!
+//! States: `AwaitOffer` (responder) / `AwaitAnswer` (initiator) → `Waiting` (initiator, half an
+//! RTT) / `AwaitSync` (responder) → `Punching { round }` → `Grace` → `Finishing` → `Done`.
+//! Inputs: messages, validations, timeouts, the stream closing. Outputs: messages to send,
+//! addresses to challenge, one [`Attempt`] report, the outcome.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::RemoteIdentity;
+use crate::state::path_table::is_placeholder;
+use crate::wire::punch::Message;
+
+/// When each round of challenges goes out, from the start of punching. Stops at the first
+/// validated address.
+pub const SCHEDULE: [Duration; 8] = [
+    Duration::from_millis(0),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_millis(1000),
+    Duration::from_millis(1750),
+    Duration::from_millis(2750),
+    Duration::from_millis(4000),
+];
+
+/// How long after the last round a validation may still arrive.
+pub const LAST_ROUND_GRACE: Duration = Duration::from_millis(750);
+
+/// Ports above the peer's reflexive port also challenged (from the third round on).
+pub const PREDICTED_PORTS: u16 = 16;
+
+/// Candidates taken from each side at most.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// Waits before each retry of a failed attempt.
+pub const RETRY_AFTER: [Duration; 3] = [Duration::from_secs(30), Duration::from_secs(120), Duration::from_secs(480)];
+
+/// How long a side waits for the other's `Finished`.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a side waits for the other's next signalling message before giving up.
+pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Offers to punch answered per peer at most this often (the dialler's own schedule retries
+/// after 30 s at the soonest): a peer cannot make this node send challenge after challenge.
+pub const MIN_OFFER_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Peers whose last offer time is remembered at most.
+pub const MAX_OFFER_PEERS: usize = 4096;
+
+/// This side's addresses: the socket's on each interface, and the one its relay sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Candidates {
+    /// Local addresses.
+    pub local: Vec<SocketAddr>,
+    /// The reflexive address (from the relay over UDP).
+    pub reflexive: Option<SocketAddr>,
+}
+
+/// Which side of the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The dialler of the relayed connection: sends the offer.
+    Initiator,
+    /// Answers the offer.
+    Responder,
+}
+
+/// How one attempt went, as this side saw it (reported once, when its schedule ended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// The address validated, if any.
+    pub direct: Option<SocketAddr>,
+    /// Rounds of challenges sent.
+    pub rounds: u32,
+    /// From the start of signalling.
+    pub elapsed: Duration,
+}
+
+/// Why an attempt ended early.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PunchError {
+    /// The peer sent a message out of turn.
+    #[error("unexpected signalling message {0}")]
+    Unexpected(&'static str),
+    /// The peer stopped answering.
+    #[error("the peer did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The signalling stream closed before the attempt ended.
+    #[error("the signalling stream closed")]
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitOffer { until: Instant },
+    AwaitAnswer { sent: Instant },
+    Waiting { until: Instant },
+    AwaitSync { until: Instant },
+    Punching { start: Instant, round: usize },
+    Grace { until: Instant },
+    Finishing { until: Instant },
+    Done,
+}
+
+/// One attempt. See the module docs.
+#[derive(Debug)]
+pub struct PunchSession {
+    role: Role,
+    phase: Phase,
+    started: Instant,
+    ours: Candidates,
+    on_loopback: bool,
+    targets: Vec<SocketAddr>,
+    predicted: Vec<SocketAddr>,
+    direct: Option<SocketAddr>,
+    rounds: u32,
+    outbox: VecDeque<Message>,
+    punches: VecDeque<SocketAddr>,
+    report: Option<Attempt>,
+    reported: bool,
+    their_ok: Option<bool>,
+    error: Option<PunchError>,
+}
+
+impl PunchSession {
+    /// The initiator's side, starting now: the offer is ready in [`PunchSession::poll_message`].
+    /// `on_loopback`: this node is bound to loopback, so loopback candidates are fine.
+    pub fn initiator(now: Instant, ours: Candidates, on_loopback: bool) -> Self {
+        let mut session = Self::new(Role::Initiator, now, ours, on_loopback);
+        let (candidates, reflexive) = session.our_candidates();
+        session.outbox.push_back(Message::Offer { candidates, reflexive });
+        session.phase = Phase::AwaitAnswer { sent: now };
+        session
+    }
+
+    /// The responder's side, waiting for the offer.
+    pub fn responder(now: Instant, ours: Candidates, on_loopback: bool) -> Self {
+        Self::new(Role::Responder, now, ours, on_loopback)
+    }
+
+    fn new(role: Role, now: Instant, ours: Candidates, on_loopback: bool) -> Self {
+        PunchSession {
+            role,
+            phase: Phase::AwaitOffer { until: now + SIGNAL_TIMEOUT },
+            started: now,
+            ours,
+            on_loopback,
+            targets: Vec::new(),
+            predicted: Vec::new(),
+            direct: None,
+            rounds: 0,
+            outbox: VecDeque::new(),
+            punches: VecDeque::new(),
+            report: None,
+            reported: false,
+            their_ok: None,
+            error: None,
+        }
+    }
+
+    fn our_candidates(&self) -> (Vec<SocketAddr>, Option<SocketAddr>) {
+        let mut local = self.ours.local.clone();
+        local.truncate(MAX_CANDIDATES - 1);
+        (local, self.ours.reflexive)
+    }
+
+    /// Which side this is.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Takes the peer's candidates in: what will be challenged.
+    fn learn(&mut self, candidates: &[SocketAddr], reflexive: Option<SocketAddr>) {
+        let (targets, predicted) = targets(candidates, reflexive, self.on_loopback);
+        self.targets = targets;
+        self.predicted = predicted;
+    }
+
+    /// A signalling message from the peer.
+    pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), PunchError> {
+        match (self.phase, message) {
+            (Phase::AwaitOffer { .. }, Message::Offer { candidates, reflexive }) if self.role == Role::Responder => {
+                self.learn(&candidates, reflexive);
+                let (candidates, reflexive) = self.our_candidates();
+                self.outbox.push_back(Message::Answer { candidates, reflexive });
+                self.phase = Phase::AwaitSync { until: now + SIGNAL_TIMEOUT };
+            }
+            (Phase::AwaitAnswer { sent }, Message::Answer { candidates, reflexive }) => {
+                self.learn(&candidates, reflexive);
+                self.outbox.push_back(Message::Sync);
+                let rtt = now.saturating_duration_since(sent);
+                self.phase = Phase::Waiting { until: now + rtt / 2 };
+            }
+            (Phase::AwaitSync { .. }, Message::Sync) => self.phase = Phase::Punching { start: now, round: 0 },
+            (_, Message::Finished { ok }) if self.their_ok.is_none() => {
+                self.their_ok = Some(ok);
+                if matches!(self.phase, Phase::Finishing { .. }) {
+                    self.phase = Phase::Done;
+                }
+            }
+            (_, message) => {
+                let name = match message {
+                    Message::Offer { .. } => "offer",
+                    Message::Answer { .. } => "answer",
+                    Message::Sync => "sync",
+                    Message::Finished { .. } => "second finished",
+                };
+                return Err(self.fail(PunchError::Unexpected(name)));
+            }
+        }
+        self.handle_timeout(now);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: PunchError) -> PunchError {
+        if !self.reported && self.report.is_none() {
+            self.report = Some(Attempt { direct: self.direct, rounds: self.rounds, elapsed: Duration::ZERO });
+        }
+        self.phase = Phase::Done;
+        self.error = Some(error.clone());
+        error
+    }
+
+    /// The path table validated `addr` for this peer: punching is over, with success.
+    pub fn handle_validated(&mut self, now: Instant, addr: SocketAddr) {
+        if self.direct.is_some() || matches!(self.phase, Phase::Done | Phase::Finishing { .. }) {
+            return;
+        }
+        self.direct = Some(addr);
+        if matches!(
+            self.phase,
+            Phase::Punching { .. } | Phase::Grace { .. } | Phase::Waiting { .. } | Phase::AwaitSync { .. }
+        ) {
+            self.end_schedule(now);
+        }
+    }
+
+    /// The signalling stream closed (or failed).
+    pub fn handle_closed(&mut self) {
+        if !matches!(self.phase, Phase::Done) {
+            let finishing = matches!(self.phase, Phase::Finishing { .. });
+            let _ = self.fail(PunchError::Closed);
+            if finishing {
+                // Our side was done; the peer just left without its `Finished`.
+                self.error = None;
+            }
+        }
+    }
+
+    fn end_schedule(&mut self, now: Instant) {
+        if !self.reported && self.report.is_none() {
+            self.report = Some(Attempt {
+                direct: self.direct,
+                rounds: self.rounds,
+                elapsed: now.saturating_duration_since(self.started),
+            });
+        }
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        self.outbox.push_back(Message::Finished { ok: self.direct.is_some() });
+        self.phase =
+            if self.their_ok.is_some() { Phase::Done } else { Phase::Finishing { until: now + FINISH_TIMEOUT } };
+    }
+
+    /// Time passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        loop {
+            match self.phase {
+                Phase::AwaitOffer { until } | Phase::AwaitSync { until } if now >= until => {
+                    let _ = self.fail(PunchError::Timeout(SIGNAL_TIMEOUT));
+                }
+                Phase::AwaitAnswer { sent } if now >= sent + SIGNAL_TIMEOUT => {
+                    let _ = self.fail(PunchError::Timeout(SIGNAL_TIMEOUT));
+                }
+                Phase::Waiting { until } if now >= until => self.phase = Phase::Punching { start: until, round: 0 },
+                Phase::Punching { start, round } if now >= start + SCHEDULE[round] => {
+                    self.rounds += 1;
+                    self.punches.extend(self.targets.iter().copied());
+                    if round >= 2 {
+                        self.punches.extend(self.predicted.iter().copied());
+                    }
+                    self.phase = match SCHEDULE.get(round + 1) {
+                        Some(_) => Phase::Punching { start, round: round + 1 },
+                        None => Phase::Grace { until: start + SCHEDULE[round] + LAST_ROUND_GRACE },
+                    };
+                }
+                Phase::Grace { until } if now >= until => self.end_schedule(now),
+                Phase::Finishing { until } if now >= until => self.phase = Phase::Done,
+                _ => return,
+            }
+        }
+    }
+
+    /// When [`PunchSession::handle_timeout`] wants to run next (None once done).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::AwaitOffer { until } | Phase::AwaitSync { until } | Phase::Waiting { until } => Some(until),
+            Phase::AwaitAnswer { sent } => Some(sent + SIGNAL_TIMEOUT),
+            Phase::Punching { start, round } => Some(start + SCHEDULE[round]),
+            Phase::Grace { until } | Phase::Finishing { until } => Some(until),
+            Phase::Done => None,
+        }
+    }
+
+    /// The next message to send the peer.
+    pub fn poll_message(&mut self) -> Option<Message> {
+        self.outbox.pop_front()
+    }
+
+    /// The next address to challenge.
+    pub fn poll_punch(&mut self) -> Option<SocketAddr> {
+        if self.direct.is_some() {
+            self.punches.clear();
+        }
+        self.punches.pop_front()
+    }
+
+    /// This side's report, once, when its schedule ended (found, exhausted or failed).
+    pub fn poll_report(&mut self) -> Option<Attempt> {
+        let report = self.report.take();
+        if report.is_some() {
+            self.reported = true;
+        }
+        report
+    }
+
+    /// Is the attempt over (nothing more to send or wait for)?
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done) && self.outbox.is_empty()
+    }
+
+    /// Once done: did either side find a direct path? `Err` if the attempt broke off.
+    pub fn outcome(&self) -> Option<Result<bool, PunchError>> {
+        if !matches!(self.phase, Phase::Done) {
+            return None;
+        }
+        if let Some(error) = &self.error {
+            return Some(Err(error.clone()));
+        }
+        Some(Ok(self.direct.is_some() || self.their_ok == Some(true)))
+    }
+}
+
+/// The addresses to challenge for a peer's candidates: the reflexive address first (the one most
+/// likely to work across NATs), then the usable candidates, at most [`MAX_CANDIDATES`]; and the
+/// predicted ports above the reflexive one.
+pub fn targets(
+    candidates: &[SocketAddr],
+    reflexive: Option<SocketAddr>,
+    on_loopback: bool,
+) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let ok = |a: &SocketAddr| usable(*a) || (on_loopback && a.ip().is_loopback() && a.port() != 0);
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    let reflexive = reflexive.filter(ok);
+    for addr in reflexive.iter().chain(candidates.iter().filter(|a| ok(a))) {
+        if targets.len() < MAX_CANDIDATES && !targets.contains(addr) {
+            targets.push(*addr);
+        }
+    }
+    let predicted = reflexive
+        .map(|r| {
+            (1..=PREDICTED_PORTS).filter_map(|d| r.port().checked_add(d).map(|p| SocketAddr::new(r.ip(), p))).collect()
+        })
+        .unwrap_or_default();
+    (targets, predicted)
+}
+
+/// Whether a candidate may be challenged: never loopback, unspecified, multicast, broadcast, a
+/// relay placeholder or port 0 (the peer chooses the candidates; this node sends to them).
+pub fn usable(addr: SocketAddr) -> bool {
+    let ip = addr.ip();
+    let broadcast = matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    addr.port() != 0
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && !broadcast
+        && !is_placeholder(addr)
+}
+
+/// When both peers dialled each other through the relay at once, both offers cross: the one
+/// from the smaller identity goes on, the other side's is refused. True if `sender`'s offer
+/// wins over `receiver`'s own.
+pub fn offer_wins(sender: &RemoteIdentity, receiver: &RemoteIdentity) -> bool {
+    sender.as_bytes() < receiver.as_bytes()
+}
+
+/// Answers offers from each peer at most once per [`MIN_OFFER_INTERVAL`].
+#[derive(Debug, Default)]
+pub struct OfferLimiter {
+    answered: HashMap<RemoteIdentity, Instant>,
+}
+
+impl OfferLimiter {
+    /// May an offer from `peer` be answered at `now`? Records it if so.
+    pub fn may_answer(&mut self, now: Instant, peer: RemoteIdentity) -> bool {
+        self.answered.retain(|_, at| now.saturating_duration_since(*at) < MIN_OFFER_INTERVAL);
+        if self.answered.contains_key(&peer) || self.answered.len() >= MAX_OFFER_PEERS {
+            return false;
+        }
+        self.answered.insert(peer, now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Identity;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn hostile_candidates_are_not_challenged() {
+        for bad in [
+            "127.0.0.1:5",
+            "0.0.0.0:5",
+            "224.0.0.251:5353",
+            "255.255.255.255:9",
+            "240.0.0.1:9",
+            "192.0.2.1:0",
+            "[::1]:5",
+        ] {
+            assert!(!usable(addr(bad)), "{bad}");
+        }
+        for good in ["192.168.1.2:4000", "203.0.113.9:51000", "[2001:db8::1]:9"] {
+            assert!(usable(addr(good)), "{good}");
+        }
+        // Loopback only for a node bound to loopback; never more than MAX_CANDIDATES.
+        let many: Vec<_> = (1..100).map(|p| addr(&format!("192.0.2.1:{p}"))).collect();
+        let (t, p) = targets(&many, Some(addr("203.0.113.9:65530")), false);
+        assert_eq!(t.len(), MAX_CANDIDATES);
+        assert_eq!(t[0], addr("203.0.113.9:65530"), "reflexive first");
+        assert_eq!(p.len(), 5, "no port past 65535");
+        assert!(targets(&[addr("127.0.0.1:5")], None, false).0.is_empty());
+        assert_eq!(targets(&[addr("127.0.0.1:5")], None, true).0, [addr("127.0.0.1:5")]);
+    }
+
+    #[test]
+    fn schedule_backs_off_and_is_bounded() {
+        assert!(SCHEDULE.windows(2).all(|w| w[1] > w[0]));
+        let gaps: Vec<_> = SCHEDULE.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "gaps grow: {gaps:?}");
+        assert!(RETRY_AFTER.windows(2).all(|w| w[1] > w[0]));
+        let per_attempt = (MAX_CANDIDATES + usize::from(PREDICTED_PORTS)) * SCHEDULE.len();
+        assert!(per_attempt <= 256, "{per_attempt}");
+    }
+
+    #[test]
+    fn crossing_offers_have_one_winner_and_offers_are_limited() {
+        let (a, b) = (Identity::generate().to_remote_identity(), Identity::generate().to_remote_identity());
+        assert_ne!(offer_wins(&a, &b), offer_wins(&b, &a));
+        let mut limiter = OfferLimiter::default();
+        let now = Instant::now();
+        assert!(limiter.may_answer(now, a));
+        assert!(!limiter.may_answer(now + Duration::from_secs(9), a));
+        assert!(limiter.may_answer(now + Duration::from_secs(9), b));
+        assert!(limiter.may_answer(now + MIN_OFFER_INTERVAL, a));
+    }
+
+    /// A simulated pair of sessions: messages take `one_way`, and the peer is found at `open`
+    /// (an address among the targets) if a challenge to it goes out at or after `opens_at`.
+    struct Run {
+        i: PunchSession,
+        r: PunchSession,
+        now: Instant,
+        /// Messages in flight: (arrival, to initiator?, message).
+        flight: Vec<(Instant, bool, Message)>,
+        challenges: (usize, usize),
+    }
+
+    fn cands(s: &str) -> Candidates {
+        Candidates { local: vec![addr(s)], reflexive: Some(addr(s)) }
+    }
+
+    impl Run {
+        fn new(start: Instant) -> Self {
+            Run {
+                i: PunchSession::initiator(start, cands("198.51.100.1:4000"), false),
+                r: PunchSession::responder(start, cands("198.51.100.2:5000"), false),
+                now: start,
+                flight: Vec::new(),
+                challenges: (0, 0),
+            }
+        }
+
+        /// Runs until both are done or 60 s passed. `found(side_is_initiator, target, now)`
+        /// says whether a challenge validates.
+        fn run(&mut self, one_way: Duration, mut found: impl FnMut(bool, SocketAddr, Instant) -> bool) {
+            let end = self.now + Duration::from_secs(60);
+            while !(self.i.is_done() && self.r.is_done()) && self.now < end {
+                for (to_i, session) in [(false, &mut self.i), (true, &mut self.r)] {
+                    while let Some(m) = session.poll_message() {
+                        self.flight.push((self.now + one_way, to_i, m));
+                    }
+                }
+                for (is_i, session) in [(true, &mut self.i), (false, &mut self.r)] {
+                    while let Some(target) = session.poll_punch() {
+                        if is_i {
+                            self.challenges.0 += 1
+                        } else {
+                            self.challenges.1 += 1
+                        }
+                        if found(is_i, target, self.now) {
+                            session.handle_validated(self.now + one_way * 2, target);
+                        }
+                    }
+                }
+                let next_msg = self.flight.iter().map(|f| f.0).min();
+                let next = [self.i.poll_timeout(), self.r.poll_timeout(), next_msg].into_iter().flatten().min();
+                let Some(next) = next else { break };
+                self.now = next.max(self.now);
+                let (due, rest): (Vec<_>, Vec<_>) = self.flight.drain(..).partition(|f| f.0 <= self.now);
+                self.flight = rest;
+                for (_, to_i, m) in due {
+                    let session = if to_i { &mut self.i } else { &mut self.r };
+                    let _ = session.handle_message(self.now, m);
+                }
+                self.i.handle_timeout(self.now);
+                self.r.handle_timeout(self.now);
+            }
+        }
+    }
+
+    #[test]
+    fn an_open_path_is_found_in_the_first_round_about_one_and_a_half_rtt_after_the_offer() {
+        let start = Instant::now();
+        let mut run = Run::new(start);
+        let rtt = Duration::from_millis(100);
+        run.run(rtt / 2, |_, target, _| target == addr("198.51.100.2:5000") || target == addr("198.51.100.1:4000"));
+        let (ri, rr) = (run.i.poll_report().unwrap(), run.r.poll_report().unwrap());
+        assert_eq!(ri.direct, Some(addr("198.51.100.2:5000")));
+        assert_eq!(rr.direct, Some(addr("198.51.100.1:4000")));
+        assert_eq!(ri.rounds, 1);
+        // Offer + answer (1 RTT), half an RTT's wait, then the challenge's own round trip.
+        assert!(ri.elapsed <= rtt * 3, "{:?}", ri.elapsed);
+        assert_eq!(run.i.outcome(), Some(Ok(true)));
+        assert_eq!(run.r.outcome(), Some(Ok(true)));
+    }
+
+    #[test]
+    fn a_closed_path_runs_the_whole_schedule_then_reports_failure() {
+        let mut run = Run::new(Instant::now());
+        run.run(Duration::from_millis(50), |_, _, _| false);
+        let report = run.i.poll_report().unwrap();
+        assert_eq!((report.direct, report.rounds), (None, SCHEDULE.len() as u32));
+        assert_eq!(run.i.outcome(), Some(Ok(false)));
+        assert_eq!(run.r.outcome(), Some(Ok(false)));
+        // Two targets (reflexive = local here, so one) and 16 predicted ports from round 3.
+        let per_side = SCHEDULE.len() + (SCHEDULE.len() - 2) * usize::from(PREDICTED_PORTS);
+        assert_eq!(run.challenges, (per_side, per_side));
+        assert!(run.i.poll_report().is_none(), "reported once");
+    }
+
+    #[test]
+    fn out_of_turn_and_timeouts_end_the_attempt() {
+        let now = Instant::now();
+        let mut r = PunchSession::responder(now, Candidates::default(), false);
+        assert_eq!(r.handle_message(now, Message::Sync), Err(PunchError::Unexpected("sync")));
+        assert_eq!(r.outcome(), Some(Err(PunchError::Unexpected("sync"))));
+        let mut i = PunchSession::initiator(now, Candidates::default(), false);
+        assert!(matches!(i.poll_message(), Some(Message::Offer { .. })));
+        i.handle_timeout(now + SIGNAL_TIMEOUT);
+        assert_eq!(i.outcome(), Some(Err(PunchError::Timeout(SIGNAL_TIMEOUT))));
+        let mut i = PunchSession::initiator(now, Candidates::default(), false);
+        i.handle_closed();
+        assert_eq!(i.outcome(), Some(Err(PunchError::Closed)));
+    }
+
+    /// A tiny deterministic generator.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn thousands_of_random_runs_end_bounded_and_agree() {
+        // Random RTTs, random moments at which the path opens (a NAT mapping appearing),
+        // random loss of challenges: every run ends within the schedule's bound, reports
+        // once, never challenges more than the bound, and finds the path whenever it opened
+        // early enough for a round to hit it.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let (mut opened_early, mut found_early) = (0, 0);
+        let real = [addr("198.51.100.1:4000"), addr("198.51.100.2:5000")];
+        let bound = (MAX_CANDIDATES + usize::from(PREDICTED_PORTS)) * SCHEDULE.len();
+        for _ in 0..3000 {
+            let start = Instant::now();
+            let mut run = Run::new(start);
+            let one_way = Duration::from_millis(1 + xorshift(&mut seed) % 300);
+            let opens_after = Duration::from_millis(xorshift(&mut seed) % 8000);
+            let mut loss = xorshift(&mut seed);
+            run.run(one_way, |_, target, now| {
+                loss = loss.rotate_left(7) ^ 0x9e37;
+                let lost = loss % 4 == 0;
+                !lost && now >= start + opens_after && real.contains(&target)
+            });
+            assert!(run.i.is_done() && run.r.is_done());
+            assert!(run.challenges.0 <= bound && run.challenges.1 <= bound);
+            let ri = run.i.poll_report().expect("initiator reported");
+            let rr = run.r.poll_report().expect("responder reported");
+            assert!(ri.rounds as usize <= SCHEDULE.len() && rr.rounds as usize <= SCHEDULE.len());
+            let outcome = run.i.outcome().unwrap().unwrap();
+            // Either both see success (each found it, or heard the other did), or neither did.
+            assert_eq!(outcome, run.r.outcome().unwrap().unwrap());
+            assert_eq!(outcome, ri.direct.is_some() || rr.direct.is_some());
+            // Opened before the fifth round: three rounds or more still hit it, each lost one
+            // time in four per side, so nearly every such run succeeds.
+            if opens_after + one_way * 4 < SCHEDULE[4] {
+                opened_early += 1;
+                found_early += usize::from(outcome);
+            }
+            assert!(run.now <= start + Duration::from_secs(60));
+        }
+        assert!(opened_early > 100, "{opened_early}");
+        assert!(found_early * 100 >= opened_early * 98, "{found_early} of {opened_early}");
+    }
+}
