@@ -15,7 +15,7 @@ use anyhow::{Context, ensure};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren::transport::quic::{self, QuicTransport};
+use warren::transport::quic::{self};
 use warren::transport::tls;
 use warren::{Identity, P2P, Stream};
 
@@ -188,7 +188,7 @@ async fn plain_quinn_setup(client: &quinn::Endpoint, addr: SocketAddr) -> anyhow
 }
 
 async fn warren_round(alice: &P2P, bob: &P2P, bytes: u64) -> anyhow::Result<Duration> {
-    let (mut send, mut recv) = alice.connect(bob.remote_identity(), SINK).await?.into_split();
+    let (mut send, mut recv) = alice.connect(bob.id(), SINK).await?.into_split();
     let started = Instant::now();
     let count = send_to_sink(&mut send, &mut recv, bytes).await?;
     let elapsed = started.elapsed();
@@ -198,7 +198,7 @@ async fn warren_round(alice: &P2P, bob: &P2P, bytes: u64) -> anyhow::Result<Dura
 
 async fn warren_setup(alice: &P2P, bob: &P2P, bob_addr: SocketAddr) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let conn = alice.dial(bob_addr, Some(bob.remote_identity())).await?;
+    let conn = alice.dial(bob_addr, Some(bob.id())).await?;
     let (mut send, mut recv) = conn.open_stream(ECHO_BYTE).await?.into_split();
     send.write_all(&[1]).await?;
     recv.read_u8().await?;
@@ -245,11 +245,11 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     ensure!(args.rounds > 0 && args.bytes > 0 && args.setups > 0, "--bytes, --rounds and --setups must be positive");
     let alice = P2P::new("warren-bench", Identity::generate());
     let bob = P2P::new("warren-bench", Identity::generate());
-    QuicTransport::spawn(&alice, "127.0.0.1:0".parse()?).await?;
-    let bob_addr = QuicTransport::spawn(&bob, "127.0.0.1:0".parse()?).await?.local_addr();
+    alice.listen_quic("127.0.0.1:0".parse()?).await?;
+    let bob_addr = bob.listen_quic("127.0.0.1:0".parse()?).await?.local_addr();
     bob.register_protocol(SINK, sink)?;
     bob.register_protocol(ECHO_BYTE, echo_byte)?;
-    alice.discovered("bench", bob.remote_identity(), [bob_addr], Default::default());
+    alice.discovered("bench", bob.id(), [bob_addr], Default::default());
 
     let server_id = Arc::new(Identity::generate());
     let client_id = Arc::new(Identity::generate());
@@ -288,7 +288,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     let tcp_gbps = median(tcp_runs);
     let setup_ms_warren = median(warren_setups);
     let setup_ms_quinn = median(quinn_setups);
-    let warren_path_mtu = alice.open_connection(&bob.remote_identity()).map(|c| c.quic().stats().path.current_mtu);
+    let warren_path_mtu = alice.open_connection(&bob.id()).map(|c| c.quic().stats().path.current_mtu);
     let report = serde_json::json!({
         "bytes": args.bytes,
         "rounds": args.rounds,

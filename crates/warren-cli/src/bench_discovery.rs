@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
 use warren_netsim::Simulation;
 use warren_netsim::link::LinkConfig;
@@ -30,7 +29,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(20);
 
 async fn node(ip: Ipv4Addr) -> anyhow::Result<P2P> {
     let p2p = P2P::new("warren", Identity::generate());
-    let quic = QuicTransport::spawn(&p2p, SocketAddr::from((ip, 0))).await?;
+    let quic = p2p.listen_quic(SocketAddr::from((ip, 0))).await?;
     MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
     Ok(p2p)
 }

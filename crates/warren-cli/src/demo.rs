@@ -33,7 +33,7 @@ async fn start(name: &str, listen: SocketAddr) -> anyhow::Result<(P2P, QuicTrans
     p2p.metadata_mut().insert(warren::node::NAME, name)?;
     warren::ping::register(&p2p)?;
     p2p.register_protocol(SINK, sink)?;
-    let quic = QuicTransport::spawn(&p2p, listen).await?;
+    let quic = p2p.listen_quic(listen).await?;
     Ok((p2p, quic))
 }
 
@@ -112,7 +112,7 @@ fn across_nats() -> anyhow::Result<Vec<NatDial>> {
         let (ids_tx, mut stop, relay) = (ids_tx.clone(), stop.clone(), relay.clone());
         tasks.push(host.spawn(move || async move {
             let (p2p, _) = crate::nat_matrix::node(relay).await?;
-            ids_tx.send((index, p2p.remote_identity()))?;
+            ids_tx.send((index, p2p.id()))?;
             let _ = stop.wait_for(|s| *s).await;
             p2p.shutdown().await;
             anyhow::Ok(())
@@ -268,7 +268,7 @@ fn on_lan() -> anyhow::Result<OnLan> {
     let desk_task = desk.spawn(move || async move {
         let (p2p, quic) = start("desk", SocketAddr::from((desk_ip, 0))).await?;
         MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
-        ready_tx.send(p2p.remote_identity()).map_err(|_| anyhow::anyhow!("the demo stopped"))?;
+        ready_tx.send(p2p.id()).map_err(|_| anyhow::anyhow!("the demo stopped"))?;
         let _ = done.await;
         p2p.shutdown().await;
         anyhow::Ok(())
@@ -321,7 +321,7 @@ fn across_nat(bytes: u64) -> anyhow::Result<AcrossNat> {
     let server_task = server.spawn(move || async move {
         let (p2p, _quic) = start("server", SocketAddr::from((SERVER, 7000))).await?;
         let mut events = p2p.subscribe();
-        ready_tx.send(p2p.remote_identity()).map_err(|_| anyhow::anyhow!("the demo stopped"))?;
+        ready_tx.send(p2p.id()).map_err(|_| anyhow::anyhow!("the demo stopped"))?;
         let seen_at = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 if let Ok(Event::PeerConnected { addr, .. }) = events.recv().await {
@@ -370,11 +370,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let (bob, bob_quic) = start("bob", LOOPBACK).await?;
     let mut bob_events = bob.subscribe();
     for (name, node, quic) in [("alice", &alice, &alice_quic), ("bob", &bob, &bob_quic)] {
-        say(format!("  {name:<5} {}  listening on {}", node.remote_identity(), quic.local_addr()));
+        say(format!("  {name:<5} {}  listening on {}", node.id(), quic.local_addr()));
     }
 
     say("\n1. alice connects to bob by his identity (his address given by hand, like --peer)".into());
-    let bob_id = bob.remote_identity();
+    let bob_id = bob.id();
     alice.discovered("demo", bob_id, [bob_quic.local_addr()], Default::default());
     let started = Instant::now();
     let conn = alice.connection(bob_id).await?;
@@ -403,7 +403,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let there = warren::ping::ping(&alice, bob_id, 5).await?;
     say(format!("   5 round trips: {:?} ms", there.iter().map(|d| ms(*d)).collect::<Vec<_>>()));
     say("   bob pings alice back over the same connection (he never learned her address)".into());
-    let back = warren::ping::ping(&bob, alice.remote_identity(), 5).await?;
+    let back = warren::ping::ping(&bob, alice.id(), 5).await?;
     say(format!("   5 round trips: {:?} ms", back.iter().map(|d| ms(*d)).collect::<Vec<_>>()));
 
     say(format!("\n3. alice streams {} MiB to bob on one stream", args.bytes / (1024 * 1024)));
@@ -530,7 +530,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let avg = |rtts: &[Duration]| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32);
     if args.json {
         json_line(&serde_json::json!({
-            "alice": alice.remote_identity(),
+            "alice": alice.id(),
             "bob": bob_id,
             "connect_ms": ms(connect_time),
             "ping_alice_to_bob_avg_ms": avg(&there),

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
 
 use crate::output::json_line;
@@ -29,7 +28,7 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     // A throwaway identity: browsing is all this does, and it must be a node to take part.
     let p2p = P2P::new("warren", Identity::generate());
     let mut events = p2p.subscribe();
-    let quic = QuicTransport::spawn(&p2p, "0.0.0.0:0".parse()?).await?;
+    let quic = p2p.listen_quic("0.0.0.0:0".parse()?).await?;
     let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
     let started = Instant::now();
     let mut seen: BTreeMap<warren::RemoteIdentity, Instant> = BTreeMap::new();

@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren::relay::client::{RelayClient, RelayConfig};
+use warren::relay::client::RelayConfig;
 use warren::transport::paths::Path;
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P, Stream};
 pub use warren_netsim::pair::NatKind;
 use warren_netsim::pair::{self, Pair, PairLinks, RELAY_IP};
@@ -62,11 +61,11 @@ pub(crate) async fn node(relay: RelayConfig) -> anyhow::Result<(P2P, SocketAddr)
 
 async fn node_with(relay: RelayConfig, punching: bool) -> anyhow::Result<(P2P, SocketAddr)> {
     let p2p = P2P::new("warren-matrix", Identity::generate());
-    let quic = QuicTransport::spawn(&p2p, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+    let quic = p2p.listen_quic(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
     p2p.register_protocol(ECHO, echo)?;
     p2p.register_protocol(crate::bench::SINK, crate::bench::sink)?;
     quic.set_hole_punching(punching);
-    let client = RelayClient::spawn(&p2p, &quic, relay);
+    let client = p2p.add_relay(&quic, relay);
     let observed = client.wait_registered(Duration::from_secs(10)).await?;
     Ok((p2p, observed))
 }
@@ -168,7 +167,7 @@ fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Socket
     let a_task = a_host.spawn(move || async move {
         match node(config).await {
             Ok((p2p, observed)) => {
-                let _ = a_ready.send(Ok((p2p.remote_identity(), observed)));
+                let _ = a_ready.send(Ok((p2p.id(), observed)));
                 let _ = a_stop.await;
                 p2p.shutdown().await;
             }
@@ -288,7 +287,7 @@ pub fn relay_bench(bytes: u64, rounds: usize, seed: u64) -> anyhow::Result<Relay
     let (a_relay, mut a_stop) = (relay.clone(), stop.clone());
     let a_task = a_host.spawn(move || async move {
         let (p2p, _) = node(a_relay).await?;
-        id_tx.send(p2p.remote_identity())?;
+        id_tx.send(p2p.id())?;
         let _ = a_stop.wait_for(|s| *s).await;
         p2p.shutdown().await;
         anyhow::Ok(())

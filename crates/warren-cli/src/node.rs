@@ -9,7 +9,6 @@ use warren::discovery::cache::BootstrapHook;
 use warren::discovery::manual::{ManualDiscovery, ManualPeer};
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::relay::client::RelayConfig;
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
 
 use crate::output::{self, describe, json_line, ms};
@@ -76,8 +75,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     warren::ping::register(&p2p)?;
     let mut events = p2p.subscribe();
-    let quic = QuicTransport::spawn(&p2p, args.listen).await?;
-    let me = p2p.remote_identity();
+    let quic = p2p.listen_quic(args.listen).await?;
+    let me = p2p.id();
     if args.json {
         json_line(&serde_json::json!({
             "event": "NodeStarted",

@@ -34,7 +34,7 @@ pub fn describe(event: &Event) -> String {
                 warren::Direction::Outbound => "we dialled",
             }
         ),
-        Event::PathChanged { remote, path } => format!("path to {remote} is now {path}"),
+        Event::PathChanged { remote, path, .. } => format!("path to {remote} is now {path}"),
         Event::HolePunch { remote, direct: Some(addr), rounds, elapsed_ms } => {
             format!("hole punched to {remote} at {addr} ({rounds} rounds, {elapsed_ms} ms)")
         }

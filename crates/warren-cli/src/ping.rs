@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use warren::discovery::manual::{ManualAddr, ManualPeer};
-use warren::transport::quic::QuicTransport;
 use warren::{Identity, P2P};
 
 use crate::output::{json_line, ms};
@@ -78,7 +77,7 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
         Some(ManualAddr::Socket(addr)) if addr.is_ipv6() => "[::]:0",
         _ => "0.0.0.0:0",
     };
-    let quic = QuicTransport::spawn(&p2p, unspecified.parse()?).await?;
+    let quic = p2p.listen_quic(unspecified.parse()?).await?;
     if let Some(client) = args.relay.start(&p2p, &quic, || None) {
         if let Err(error) = client.wait_registered(Duration::from_secs(10)).await {
             p2p.shutdown().await;

@@ -65,7 +65,7 @@ impl UseRelay {
         let mut relay = self.relay.clone().or_else(fallback)?;
         relay.token = self.relay_token.clone();
         relay.transport = self.relay_over.into();
-        Some(warren::relay::client::RelayClient::spawn(p2p, quic, relay))
+        Some(p2p.add_relay(quic, relay))
     }
 }
 

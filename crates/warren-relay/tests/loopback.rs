@@ -7,7 +7,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 use warren::relay::client::{RelayClient, RelayConfig as ClientConfig, RelayError, RelayTransport};
 use warren::transport::paths::Path;
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P};
 use warren_relay::{Relay, RelayConfig};
 
@@ -51,7 +50,7 @@ async fn sink(mut stream: warren::Stream) {
 /// Sends `len` bytes to `to`'s sink; returns how long it took until the sink confirmed.
 async fn send(from: &P2P, to: &P2P, len: usize) -> anyhow::Result<Duration> {
     let started = std::time::Instant::now();
-    let (mut send, mut recv) = from.connect(to.remote_identity(), SINK).await?.into_split();
+    let (mut send, mut recv) = from.connect(to.id(), SINK).await?.into_split();
     let chunk = vec![7u8; 64 * 1024];
     let mut left = len;
     while left > 0 {
@@ -82,7 +81,7 @@ async fn node_over(
     transport: RelayTransport,
 ) -> (P2P, RelayClient) {
     let p2p = P2P::new("warren-test", identity);
-    let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let quic = p2p.listen_quic("127.0.0.1:0".parse().unwrap()).await.unwrap();
     quic.set_hole_punching(punching);
     p2p.register_protocol(SINK, sink).unwrap();
     warren::ping::register(&p2p).unwrap();
@@ -91,7 +90,7 @@ async fn node_over(
         transport,
         ..ClientConfig::new(relay.identity(), relay.local_addr())
     };
-    let client = RelayClient::spawn(&p2p, &quic, config);
+    let client = p2p.add_relay(&quic, config);
     (p2p, client)
 }
 
@@ -130,13 +129,13 @@ async fn dial_by_identity_through_the_relay_then_direct() {
 
     let mut events = a.subscribe();
     // A knows nothing about B but its identity.
-    let rtts = warren::ping::ping(&a, b.remote_identity(), 3).await.unwrap();
+    let rtts = warren::ping::ping(&a, b.id(), 3).await.unwrap();
     assert_eq!(rtts.len(), 3);
-    let conn = a.open_connection(&b.remote_identity()).unwrap();
+    let conn = a.open_connection(&b.id()).unwrap();
     assert!(warren::transport::paths::is_placeholder(conn.remote_address()));
     // On loopback nothing blocks the punch: the path becomes direct, to B's socket.
     let path = wait_for(&mut events, |e| match e {
-        Event::PathChanged { remote, path } if *remote == b.remote_identity() => Some(*path),
+        Event::PathChanged { remote, path, .. } if *remote == b.id() => Some(*path),
         _ => None,
     })
     .await;
@@ -145,12 +144,12 @@ async fn dial_by_identity_through_the_relay_then_direct() {
     assert_eq!(conn.path(), path);
     // Both sides end their punch session (b may confirm a moment after a) before counting.
     wait_for(&mut events, |e| matches!(e, Event::HolePunch { .. }).then_some(())).await;
-    let b_conn = b.open_connection(&a.remote_identity()).unwrap();
+    let b_conn = b.open_connection(&a.id()).unwrap();
     wait_until("b's path turns direct", || matches!(b_conn.path(), Path::Direct { .. })).await;
     // Frames already on their way still reach the relay (on loopback, well within this).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = relay.stats().forwarded_frames;
-    warren::ping::ping(&a, b.remote_identity(), 5).await.unwrap();
+    warren::ping::ping(&a, b.id(), 5).await.unwrap();
     assert_eq!(relay.stats().forwarded_frames, before, "pings after the upgrade bypass the relay");
     assert!(before > 0);
 
@@ -279,19 +278,19 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
     ca.wait_registered(HANG).await.unwrap();
     cb.wait_registered(HANG).await.unwrap();
     let mut a_events = a.subscribe();
-    warren::ping::ping(&a, b.remote_identity(), 1).await.unwrap();
+    warren::ping::ping(&a, b.id(), 1).await.unwrap();
     wait_for(&mut a_events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
-    let direct = a.open_connection(&b.remote_identity()).unwrap();
+    let direct = a.open_connection(&b.id()).unwrap();
     let (c, _cc) = relay_only_node(&first).await;
     let (d, _cd) = relay_only_node(&first).await;
-    warren::ping::ping(&c, d.remote_identity(), 1).await.unwrap();
-    let relayed = c.open_connection(&d.remote_identity()).unwrap();
+    warren::ping::ping(&c, d.id(), 1).await.unwrap();
+    let relayed = c.open_connection(&d.id()).unwrap();
     assert!(matches!(relayed.path(), Path::Relayed { .. }));
 
     let mut c_events = c.subscribe();
     first.shutdown().await;
     // While the relay is down the direct connection carries on.
-    warren::ping::ping(&a, b.remote_identity(), 3).await.unwrap();
+    warren::ping::ping(&a, b.id(), 3).await.unwrap();
     // Same identity, same address.
     let second = loop {
         match Relay::spawn(Identity::from_secret_bytes(&secret), addr, RelayConfig::default()).await {
@@ -303,7 +302,7 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
     // c and d talk again through the new relay (d re-registers too).
     let again = tokio::time::timeout(HANG, async {
         loop {
-            if let Ok(rtts) = warren::ping::ping(&c, d.remote_identity(), 1).await {
+            if let Ok(rtts) = warren::ping::ping(&c, d.id(), 1).await {
                 break rtts;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -313,7 +312,7 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
     .unwrap();
     assert_eq!(again.len(), 1);
     // The direct connection is the one from before the restart.
-    let still = a.open_connection(&b.remote_identity()).unwrap();
+    let still = a.open_connection(&b.id()).unwrap();
     assert_eq!(still.quic().stable_id(), direct.quic().stable_id());
     assert!(second.stats().forwarded_frames > 0, "c and d went through the new relay");
     for node in [a, b, c, d] {
@@ -332,9 +331,9 @@ async fn relay_over_tcp() {
     let observed = ca.wait_registered(HANG).await.unwrap();
     cb.wait_registered(HANG).await.unwrap();
     assert_eq!(observed.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
-    warren::ping::ping(&a, b.remote_identity(), 2).await.unwrap();
-    warren::ping::ping(&b, a.remote_identity(), 2).await.unwrap();
-    assert!(matches!(a.open_connection(&b.remote_identity()).unwrap().path(), Path::Relayed { .. }));
+    warren::ping::ping(&a, b.id(), 2).await.unwrap();
+    warren::ping::ping(&b, a.id(), 2).await.unwrap();
+    assert!(matches!(a.open_connection(&b.id()).unwrap().path(), Path::Relayed { .. }));
     let took = send(&a, &b, 2 * 1024 * 1024).await.unwrap();
     let took_back = send(&b, &a, 2 * 1024 * 1024).await.unwrap();
     println!("2 MiB over TCP+UDP relay: {:.0} and {:.0} Mbit/s", mbps(2 << 20, took), mbps(2 << 20, took_back));
@@ -358,11 +357,11 @@ async fn a_restarted_node_finds_its_relay_in_the_bootstrap_cache() {
     let secret = identity.to_secret_bytes();
 
     let p2p = P2P::new("warren-test", identity);
-    let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let quic = p2p.listen_quic("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (cache, warning) = BootstrapHook::spawn(&p2p, &path);
     assert!(warning.is_none() || !path.exists());
     let mut events = p2p.subscribe();
-    RelayClient::spawn(&p2p, &quic, ClientConfig::new(relay.identity(), relay.local_addr()));
+    p2p.add_relay(&quic, ClientConfig::new(relay.identity(), relay.local_addr()));
     wait_for(&mut events, |e| matches!(e, Event::RelayConnected { .. }).then_some(())).await;
     // The hook records it from the event.
     wait_until("the cache records the relay", || !cache.relays().is_empty()).await;
@@ -371,16 +370,16 @@ async fn a_restarted_node_finds_its_relay_in_the_bootstrap_cache() {
     // Restart: no relay given.
     let p2p = P2P::new("warren-test", Identity::from_secret_bytes(&secret));
     warren::ping::register(&p2p).unwrap();
-    let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let quic = p2p.listen_quic("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let (cache, warning) = BootstrapHook::spawn(&p2p, &path);
     assert!(warning.is_none(), "{warning:?}");
     let cached = cache.relays().into_iter().next().expect("the relay is cached");
     assert_eq!(cached.identity, relay.identity());
     let config = ClientConfig::new(cached.identity, cached.addrs[0]);
-    RelayClient::spawn(&p2p, &quic, config).wait_registered(HANG).await.unwrap();
+    p2p.add_relay(&quic, config).wait_registered(HANG).await.unwrap();
     let (other, other_client) = node(&relay, None).await;
     other_client.wait_registered(HANG).await.unwrap();
-    warren::ping::ping(&other, p2p.remote_identity(), 1).await.unwrap();
+    warren::ping::ping(&other, p2p.id(), 1).await.unwrap();
     other.shutdown().await;
     p2p.shutdown().await;
     relay.shutdown().await;
@@ -398,7 +397,7 @@ async fn hostile_input_changes_nothing() {
     let (a, ca) = relay_only_node(&relay).await;
     let (b, _cb) = relay_only_node(&relay).await;
     let _ = ca;
-    warren::ping::ping(&a, b.remote_identity(), 1).await.unwrap();
+    warren::ping::ping(&a, b.id(), 1).await.unwrap();
     let before = relay.stats();
 
     let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -409,10 +408,10 @@ async fn hostile_input_changes_nothing() {
         frame::MAGIC.to_vec(),
         [&frame::MAGIC[..], &[1]].concat(),
         [&frame::MAGIC[..], &[9], &[0; 40]].concat(),
-        frame::data(&b.remote_identity(), b"from someone never registered"),
+        frame::data(&b.id(), b"from someone never registered"),
         frame::data(&stranger, b"for nobody"),
-        [&frame::data(&b.remote_identity(), b"")[..], &vec![0x55; frame::MAX_PAYLOAD + 1]].concat(),
-        frame::challenge(&[0; 32], 1, relay.local_addr(), stranger.as_bytes(), b.remote_identity().as_bytes()).to_vec(),
+        [&frame::data(&b.id(), b"")[..], &vec![0x55; frame::MAX_PAYLOAD + 1]].concat(),
+        frame::challenge(&[0; 32], 1, relay.local_addr(), stranger.as_bytes(), b.id().as_bytes()).to_vec(),
         vec![0xc0; 1200],
     ];
     hostile.extend((0..200u32).map(|i| i.to_le_bytes().repeat(1 + i as usize % 300)));
@@ -422,7 +421,7 @@ async fn hostile_input_changes_nothing() {
         attacker.send_to(datagram, b.listen_addrs()[0]).await.unwrap();
     }
     // Challenges and responses for b "from a", under a key nobody agreed on.
-    let (a_raw, b_raw) = (a.remote_identity().as_bytes().to_owned(), b.remote_identity().as_bytes().to_owned());
+    let (a_raw, b_raw) = (a.id().as_bytes().to_owned(), b.id().as_bytes().to_owned());
     attacker
         .send_to(&frame::challenge(&[7; 32], 42, b.listen_addrs()[0], &a_raw, &b_raw), b.listen_addrs()[0])
         .await
@@ -450,8 +449,8 @@ async fn hostile_input_changes_nothing() {
     }
 
     // Everything still works, and the frames were counted as dropped.
-    warren::ping::ping(&a, b.remote_identity(), 3).await.unwrap();
-    warren::ping::ping(&b, a.remote_identity(), 1).await.unwrap();
+    warren::ping::ping(&a, b.id(), 3).await.unwrap();
+    warren::ping::ping(&b, a.id(), 1).await.unwrap();
     let after = relay.stats();
     assert!(after.dropped_frames >= before.dropped_frames + 4, "{before:?} -> {after:?}");
     assert_eq!(after.nodes, 2);
@@ -472,14 +471,14 @@ async fn simultaneous_dials_both_succeed_and_end_direct() {
     ca.wait_registered(HANG).await.unwrap();
     cb.wait_registered(HANG).await.unwrap();
     let mut a_events = a.subscribe();
-    let (ab, ba) = tokio::join!(a.connection(b.remote_identity()), b.connection(a.remote_identity()));
+    let (ab, ba) = tokio::join!(a.connection(b.id()), b.connection(a.id()));
     let (ab, ba) = (ab.unwrap(), ba.unwrap());
     wait_for(&mut a_events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
     assert!(matches!(ab.path(), Path::Direct { .. }), "{:?}", ab.path());
     // b's side confirms too (its own acknowledgement, or the winning session's).
     wait_until("b's path turns direct", || matches!(ba.path(), Path::Direct { .. })).await;
-    warren::ping::ping(&a, b.remote_identity(), 2).await.unwrap();
-    warren::ping::ping(&b, a.remote_identity(), 2).await.unwrap();
+    warren::ping::ping(&a, b.id(), 2).await.unwrap();
+    warren::ping::ping(&b, a.id(), 2).await.unwrap();
     a.shutdown().await;
     b.shutdown().await;
     relay.shutdown().await;
@@ -497,7 +496,7 @@ async fn a_peer_restarted_elsewhere_is_reached_again() {
     ca.wait_registered(HANG).await.unwrap();
     cb.wait_registered(HANG).await.unwrap();
     let mut events = a.subscribe();
-    warren::ping::ping(&a, b.remote_identity(), 1).await.unwrap();
+    warren::ping::ping(&a, b.id(), 1).await.unwrap();
     wait_for(&mut events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
     let old_addr = b.listen_addrs()[0];
     b.shutdown().await;
@@ -506,7 +505,7 @@ async fn a_peer_restarted_elsewhere_is_reached_again() {
     let (b2, cb2) = node_with(Identity::from_secret_bytes(&b_secret), &relay, None).await;
     cb2.wait_registered(HANG).await.unwrap();
     assert_ne!(b2.listen_addrs()[0], old_addr);
-    let rtts = tokio::time::timeout(HANG, warren::ping::ping(&a, b2.remote_identity(), 2)).await.unwrap().unwrap();
+    let rtts = tokio::time::timeout(HANG, warren::ping::ping(&a, b2.id(), 2)).await.unwrap().unwrap();
     assert_eq!(rtts.len(), 2);
     a.shutdown().await;
     b2.shutdown().await;
@@ -523,16 +522,16 @@ async fn a_dual_stack_relay_serves_ipv4_nodes() {
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let p2p = P2P::new("warren-test", Identity::generate());
-        let quic = QuicTransport::spawn(&p2p, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let quic = p2p.listen_quic("127.0.0.1:0".parse().unwrap()).await.unwrap();
         quic.set_hole_punching(false);
         warren::ping::register(&p2p).unwrap();
         let config = ClientConfig { transport: RelayTransport::Udp, ..ClientConfig::new(relay.identity(), at) };
-        let client = RelayClient::spawn(&p2p, &quic, config);
+        let client = p2p.add_relay(&quic, config);
         let observed = client.wait_registered(HANG).await.unwrap();
         assert_eq!(observed, quic.local_addr(), "observed as plain IPv4");
         nodes.push((p2p, client));
     }
-    let rtts = warren::ping::ping(&nodes[0].0, nodes[1].0.remote_identity(), 3).await.unwrap();
+    let rtts = warren::ping::ping(&nodes[0].0, nodes[1].0.id(), 3).await.unwrap();
     assert_eq!(rtts.len(), 3);
     let stats = relay.stats();
     assert!(stats.forwarded_frames > 0 && stats.dropped_frames == 0, "every frame forwarded: {stats:?}");

@@ -7,9 +7,8 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren::relay::client::{RelayClient, RelayConfig as ClientConfig};
+use warren::relay::client::RelayConfig as ClientConfig;
 use warren::transport::paths::Path;
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P, RemoteIdentity, Stream};
 use warren_netsim::Faults;
 use warren_netsim::link::{LinkConfig, Loss};
@@ -40,9 +39,9 @@ async fn sink(mut stream: Stream) {
 
 async fn node(relay: ClientConfig) -> anyhow::Result<P2P> {
     let p2p = P2P::new("warren-test", Identity::generate());
-    let quic = QuicTransport::spawn(&p2p, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+    let quic = p2p.listen_quic(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
     p2p.register_protocol(SINK, sink)?;
-    RelayClient::spawn(&p2p, &quic, relay).wait_registered(HANG).await?;
+    p2p.add_relay(&quic, relay).wait_registered(HANG).await?;
     Ok(p2p)
 }
 
@@ -95,7 +94,7 @@ where
     let a_config = config.clone();
     let a_task = a_host.spawn(move || async move {
         let p2p = node(a_config).await.unwrap();
-        a_tx.send(p2p.remote_identity()).unwrap();
+        a_tx.send(p2p.id()).unwrap();
         let _ = a_stop.await;
         p2p.shutdown().await;
     });

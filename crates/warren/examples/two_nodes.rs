@@ -4,7 +4,6 @@
 //! Run it with: `cargo run -p warren --example two_nodes`
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P, Stream};
 
 #[tokio::main]
@@ -26,12 +25,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
 
     let mut bob_events = bob.subscribe();
-    let bob_addr = QuicTransport::spawn(&bob, "127.0.0.1:0".parse()?).await?.local_addr();
-    QuicTransport::spawn(&alice, "127.0.0.1:0".parse()?).await?;
+    let bob_addr = bob.listen_quic("127.0.0.1:0".parse()?).await?.local_addr();
+    alice.listen_quic("127.0.0.1:0".parse()?).await?;
 
     // Alice learns where Bob is (here by hand; discovery hooks do this for real).
-    alice.discovered("manual", bob.remote_identity(), [bob_addr], Default::default());
-    let mut stream = alice.connect(bob.remote_identity(), "greet/1").await?;
+    alice.discovered("manual", bob.id(), [bob_addr], Default::default());
+    let mut stream = alice.connect(bob.id(), "greet/1").await?;
     stream.write_all(b"alice").await?;
     stream.finish()?;
     let mut reply = String::new();

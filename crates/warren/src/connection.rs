@@ -59,6 +59,8 @@ pub struct Connection {
     pub(crate) direction: Direction,
     pub(crate) hello: Arc<Hello>,
     pub(crate) paths: Option<std::sync::Weak<Paths>>,
+    /// The path now, and each change (updated by the node as the path table reports them).
+    pub(crate) path: Arc<tokio::sync::watch::Sender<Path>>,
 }
 
 impl Connection {
@@ -79,6 +81,19 @@ impl Connection {
             Some(paths) => paths.path_of(self.quic.remote_address()),
             None => Path::Direct { addr: self.quic.remote_address() },
         }
+    }
+
+    /// The path now and each change after it: `borrow()` for the current value,
+    /// `changed().await` for the next (a relayed connection turning direct after a hole punch,
+    /// or handed back to the relay when its direct path went silent).
+    pub fn watch_path(&self) -> tokio::sync::watch::Receiver<Path> {
+        self.path.subscribe()
+    }
+
+    /// This connection's id, unique among the node's connections while it lives (events such as
+    /// `PathChanged` name it).
+    pub fn id(&self) -> u64 {
+        self.quic.stable_id() as u64
     }
 
     /// Who dialled.

@@ -21,8 +21,8 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let alice = P2P::new("example", Identity::generate());
 //! let bob = P2P::new("example", Identity::generate());
-//! let bob_quic = QuicTransport::spawn(&bob, "127.0.0.1:0".parse()?).await?;
-//! QuicTransport::spawn(&alice, "127.0.0.1:0".parse()?).await?;
+//! let bob_quic = bob.listen_quic("127.0.0.1:0".parse()?).await?;
+//! alice.listen_quic("127.0.0.1:0".parse()?).await?;
 //!
 //! // Bob echoes whatever arrives on "echo/1".
 //! bob.register_protocol("echo/1", |mut stream: warren::Stream| async move {
@@ -34,8 +34,8 @@
 //! })?;
 //!
 //! // Alice knows Bob's identity and an address (from discovery, or given by hand).
-//! alice.discovered("manual", bob.remote_identity(), [bob_quic.local_addr()], Default::default());
-//! let mut stream = alice.connect(bob.remote_identity(), "echo/1").await?;
+//! alice.discovered("manual", bob.id(), [bob_quic.local_addr()], Default::default());
+//! let mut stream = alice.connect(bob.id(), "echo/1").await?;
 //! stream.write_all(b"hello").await?;
 //! stream.finish()?;
 //! let mut echoed = Vec::new();
@@ -53,6 +53,7 @@
 pub mod connection;
 pub mod discovery;
 pub mod error;
+pub mod hook;
 pub mod identity;
 pub mod node;
 pub mod ping;

@@ -6,7 +6,6 @@
 //! protocol handlers and tells subscribers what happened.
 
 mod event;
-mod hook;
 mod metadata;
 mod peer;
 pub mod punch;
@@ -22,14 +21,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::event::{Direction, Event};
-pub use self::hook::{BoxFuture, Hook, HookId, Listener, Rendezvous};
 pub use self::metadata::{DEVICE_MODEL, MetadataGuard, NAME, OS, VERSION};
 use self::peer::PeerTable;
 pub use self::peer::{ConnectionState, PeerInfo};
 use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
 use crate::error::{ConnectError, RegisterError};
+pub use crate::hook::{BoxFuture, Hook, HookId, Listener, Rendezvous};
 use crate::identity::{Identity, RemoteIdentity};
-use crate::transport::paths::{Path, Paths};
+use crate::relay::client::{RelayClient, RelayConfig, RelayEvent};
+use crate::transport::paths::{Path, PathEvent, Paths};
+use crate::transport::quic::{ListenError, QuicTransport};
 use crate::transport::tls;
 use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError};
 
@@ -37,8 +38,7 @@ use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError
 /// events (its next `recv` reports how many, as `RecvError::Lagged`) and never slows the node.
 pub const EVENT_BUFFER: usize = 1024;
 
-/// How long a transport handshake may take.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::transport::quic::HANDSHAKE_TIMEOUT;
 
 /// How long a known address may take to answer when a relay can carry the connection instead.
 pub const DIRECT_TIMEOUT_WITH_RELAY: Duration = Duration::from_secs(2);
@@ -75,8 +75,8 @@ where
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// use warren::{Identity, P2P, transport::quic::QuicTransport};
 /// let p2p = P2P::new("my-app", Identity::generate());
-/// QuicTransport::spawn(&p2p, "0.0.0.0:0".parse()?).await?;
-/// println!("I am {}", p2p.remote_identity());
+/// p2p.listen_quic("0.0.0.0:0".parse()?).await?;
+/// println!("I am {}", p2p.id());
 /// p2p.shutdown().await;
 /// # Ok(()) }
 /// ```
@@ -175,8 +175,9 @@ impl P2P {
         &self.inner.identity
     }
 
-    /// This node's public identity.
-    pub fn remote_identity(&self) -> RemoteIdentity {
+    /// This node's own identity: the public key peers dial it by (its secret half is
+    /// [`P2P::identity`]).
+    pub fn id(&self) -> RemoteIdentity {
         self.inner.remote_identity
     }
 
@@ -186,8 +187,68 @@ impl P2P {
         self.inner.events.subscribe()
     }
 
-    pub(crate) fn emit_event(&self, event: Event) {
-        self.emit(event);
+    /// Listens for QUIC on `addr` (port 0 picks a free port): binds the node's UDP socket,
+    /// registers the transport as a listener (dials go through it too) and starts accepting.
+    /// Call it once per socket; several (an IPv4 and an IPv6 one, say) are fine.
+    pub async fn listen_quic(&self, addr: SocketAddr) -> Result<QuicTransport, ListenError> {
+        let node = self.downgrade();
+        let on_path = Box::new(move |event| {
+            if let (PathEvent::Changed { remote, path }, Some(p2p)) = (event, node.upgrade()) {
+                p2p.path_changed(remote, path);
+            }
+        });
+        let quic = QuicTransport::bind(self.identity(), addr, &self.inner.tasks, on_path)?;
+        self.set_paths(quic.paths());
+        self.spawn(quic.paths().clone().drive_timers());
+        let node = self.clone();
+        let accept_loop = quic.run_accept_loop(|endpoint| async move {
+            while let Some(incoming) = endpoint.accept().await {
+                node.accept(incoming);
+            }
+        });
+        if let Some(accept_loop) = accept_loop {
+            self.spawn(accept_loop);
+        }
+        self.register_listener(Arc::new(quic.clone()));
+        Ok(quic)
+    }
+
+    /// Registers with the relay in `config` from `quic`'s socket and keeps the registration:
+    /// peers registered there reach this node by identity alone (relayed, then punched
+    /// direct), and this node reaches them. Sends `RelayConnected` / `RelayDisconnected`.
+    pub fn add_relay(&self, quic: &QuicTransport, config: RelayConfig) -> RelayClient {
+        let node = self.downgrade();
+        let on_event = Box::new(move |event| {
+            let Some(p2p) = node.upgrade() else { return };
+            p2p.emit(match event {
+                RelayEvent::Connected { relay, addr, observed } => Event::RelayConnected { relay, addr, observed },
+                RelayEvent::Disconnected { relay, reason } => Event::RelayDisconnected { relay, reason },
+            });
+        });
+        let client = RelayClient::start(self.identity().clone(), quic, config, &self.inner.tasks, on_event);
+        self.register_hook(Arc::new(client.clone()));
+        self.set_rendezvous(Some(Arc::new(client.clone())));
+        client
+    }
+
+    /// The path table moved `remote`'s packets to `path`: each connection through its
+    /// placeholder says so.
+    fn path_changed(&self, remote: RemoteIdentity, path: Path) {
+        let affected: Vec<Connection> = self
+            .inner
+            .connections
+            .lock()
+            .expect("connection lock poisoned")
+            .get(&remote)
+            .into_iter()
+            .flatten()
+            .filter(|c| crate::transport::paths::is_placeholder(c.remote_address()))
+            .cloned()
+            .collect();
+        for conn in affected {
+            conn.path.send_replace(path);
+            self.emit(Event::PathChanged { remote, connection: conn.id(), path });
+        }
     }
 
     fn emit(&self, event: Event) {
@@ -771,7 +832,10 @@ impl P2P {
                 Err(error) => tracing::debug!(%remote, ?error, "no path key: the connection stays relayed"),
             }
         }
-        let conn = Connection { quic, remote, direction, hello: Arc::new(theirs), paths };
+        let path = paths.as_ref().and_then(std::sync::Weak::upgrade).map(|p| p.path_of(quic.remote_address()));
+        let path =
+            Arc::new(tokio::sync::watch::Sender::new(path.unwrap_or(Path::Direct { addr: quic.remote_address() })));
+        let conn = Connection { quic, remote, direction, hello: Arc::new(theirs), paths, path };
         self.register_connection(conn.clone())?;
         Ok(conn)
     }

@@ -404,7 +404,7 @@ impl MdnsDiscovery {
     /// (Re-)registers this node's service; on refusal keeps the previous registration.
     fn announce(&self, daemon: &ServiceDaemon, registered: Option<String>, salt: Option<&[u8; 10]>) -> Option<String> {
         let p2p = &self.inner.p2p;
-        let identity = p2p.remote_identity();
+        let identity = p2p.id();
         // ContactsOnly: a tag instead of the identity (in the instance and host names), and
         // nothing in TXT but the salt.
         let (instance, txt) = match salt {
@@ -451,7 +451,7 @@ impl MdnsDiscovery {
             ServiceEvent::ServiceResolved(service) => {
                 let contact = self.recognise(&service);
                 let Some(id) = contact.or_else(|| self.identity_of(&service.fullname)) else { return };
-                if id == self.inner.p2p.remote_identity() {
+                if id == self.inner.p2p.id() {
                     return;
                 }
                 let entries = service.txt_properties.iter().map(|p| (p.key(), p.val()));

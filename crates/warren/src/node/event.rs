@@ -62,10 +62,13 @@ pub enum Event {
         /// The metadata the peer sent in its hello.
         metadata: BTreeMap<String, String>,
     },
-    /// A connection's packets to a peer took another path (a hole punch succeeded).
+    /// A connection's packets to a peer took another path (a hole punch succeeded, or a
+    /// silent direct path was given up for the relay, or it answered again).
     PathChanged {
         /// The peer.
         remote: RemoteIdentity,
+        /// The connection ([`Connection::id`](crate::Connection::id)).
+        connection: u64,
         /// The path now.
         path: Path,
     },

@@ -11,15 +11,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tcp;
-use crate::node::Rendezvous;
-use crate::node::{BoxFuture, Event, Hook};
+use crate::hook::{BoxFuture, Hook, Rendezvous};
 use crate::state::relay::RelayState;
 use crate::transport::paths::{RelayEgress, RelayRoute};
+use crate::transport::quic::HANDSHAKE_TIMEOUT;
 use crate::transport::quic::QuicTransport;
 use crate::transport::tls;
 use crate::wire::control::{self, Request, Response};
 use crate::wire::record::{self as stream, Record};
-use crate::{P2P, RemoteIdentity};
+use crate::{Identity, RemoteIdentity};
 
 /// Name of this hook.
 pub const HOOK_NAME: &str = "relay";
@@ -91,6 +91,30 @@ pub enum RelayError {
     Timeout(Duration),
 }
 
+/// What the relay client reports; the node turns these into its own events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayEvent {
+    /// Registered with the relay.
+    Connected {
+        /// The relay.
+        relay: RemoteIdentity,
+        /// Its address.
+        addr: SocketAddr,
+        /// This node's address as the relay sees it.
+        observed: SocketAddr,
+    },
+    /// The registration was lost or refused.
+    Disconnected {
+        /// The relay.
+        relay: RemoteIdentity,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where the relay client reports its events.
+pub type RelayEvents = Box<dyn Fn(RelayEvent) + Send + Sync>;
+
 /// A node's relay client hook. Cheap to clone.
 #[derive(Clone)]
 pub struct RelayClient {
@@ -100,6 +124,9 @@ pub struct RelayClient {
 struct ClientInner {
     config: RelayConfig,
     transport: QuicTransport,
+    identity: Arc<Identity>,
+    node_tasks: TaskTracker,
+    on_event: RelayEvents,
     /// Registration and lookups (sans-IO); `status` mirrors its registration for watchers.
     relay: Mutex<RelayState>,
     status: watch::Sender<RelayStatus>,
@@ -113,31 +140,45 @@ struct ClientInner {
 }
 
 impl RelayClient {
-    /// Starts keeping a registration with the relay in `config`, on `transport`'s socket.
-    pub fn spawn(p2p: &P2P, transport: &QuicTransport, config: RelayConfig) -> Self {
+    /// Starts keeping a registration with the relay in `config`, on `transport`'s socket, as
+    /// `identity`. Its tasks run on `tasks`; what happens is told to `on_event`. A node starts
+    /// one with [`P2P::add_relay`](crate::P2P::add_relay).
+    pub(crate) fn start(
+        identity: Arc<Identity>,
+        transport: &QuicTransport,
+        config: RelayConfig,
+        tasks: &TaskTracker,
+        on_event: RelayEvents,
+    ) -> Self {
         let (status, _) = watch::channel(RelayStatus::Connecting);
         let client = Self {
             inner: Arc::new(ClientInner {
                 config,
+                identity,
                 transport: transport.clone(),
                 relay: Mutex::new(RelayState::new(std::time::Instant::now())),
                 status,
                 waiting: Mutex::default(),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                node_tasks: tasks.clone(),
                 last_error: Mutex::new(None),
                 link: Mutex::new(None),
+                on_event,
             }),
         };
-        let (me, node, transport) = (client.clone(), p2p.clone(), transport.clone());
-        let cancel = client.inner.cancel.clone();
-        p2p.spawn(client.inner.tasks.track_future(async move {
-            cancel.run_until_cancelled(me.run(node, transport)).await;
-        }));
+        let me = client.clone();
+        client.spawn(async move { me.run().await });
         client.inner.tasks.close();
-        p2p.register_hook(Arc::new(client.clone()));
-        p2p.set_rendezvous(Some(Arc::new(client.clone())));
         client
+    }
+
+    /// Runs `future` as a task of this client: cancelled by its shutdown, which waits for it.
+    fn spawn(&self, future: impl std::future::Future<Output = ()> + Send + 'static) {
+        let cancel = self.inner.cancel.clone();
+        self.inner.node_tasks.spawn(self.inner.tasks.track_future(async move {
+            cancel.run_until_cancelled(future).await;
+        }));
     }
 
     /// The relay this client uses.
@@ -191,15 +232,16 @@ impl RelayClient {
         tokio::time::timeout(timeout, wait).await.unwrap_or(Err(RelayError::Timeout(timeout)))
     }
 
-    async fn run(self, p2p: P2P, transport: QuicTransport) {
+    async fn run(self) {
         let config = &self.inner.config;
+        let transport = &self.inner.transport;
         loop {
             let due = self.state().next_attempt();
             if let Some(due) = due {
                 tokio::time::sleep_until(due.into()).await;
             }
             self.state().attempting();
-            match self.register(&p2p, &transport).await {
+            match self.register().await {
                 Ok(Registration { link, observed, closed }) => {
                     *self.inner.last_error.lock().expect("relay lock poisoned") = None;
                     let over = if link.is_tcp() { "TCP" } else { "UDP" };
@@ -213,7 +255,11 @@ impl RelayClient {
                     self.state().registered(observed);
                     self.publish();
                     tracing::info!(relay = %config.addr, %observed, over, "registered with relay");
-                    p2p.emit_event(Event::RelayConnected { relay: config.identity, addr: config.addr, observed });
+                    (self.inner.on_event)(RelayEvent::Connected {
+                        relay: config.identity,
+                        addr: config.addr,
+                        observed,
+                    });
                     let reason = closed.await;
                     transport.paths().set_relay(None);
                     self.inner.link.lock().expect("relay lock poisoned").take();
@@ -222,7 +268,7 @@ impl RelayClient {
                     self.inner.waiting.lock().expect("lookup lock poisoned").retain(|id, _| !failed.contains(id));
                     self.publish();
                     tracing::info!(relay = %config.addr, %reason, "lost the relay");
-                    p2p.emit_event(Event::RelayDisconnected { relay: config.identity, reason });
+                    (self.inner.on_event)(RelayEvent::Disconnected { relay: config.identity, reason });
                 }
                 Err(RelayError::Refused(reason)) => {
                     tracing::warn!(relay = %config.addr, %reason, "relay refused this node");
@@ -230,7 +276,7 @@ impl RelayClient {
                     self.publish();
                     *self.inner.last_error.lock().expect("relay lock poisoned") =
                         Some(RelayError::Refused(reason.clone()));
-                    p2p.emit_event(Event::RelayDisconnected { relay: config.identity, reason });
+                    (self.inner.on_event)(RelayEvent::Disconnected { relay: config.identity, reason });
                 }
                 Err(error) => {
                     tracing::debug!(relay = %config.addr, %error, "relay unreachable");
@@ -273,13 +319,13 @@ impl RelayClient {
         answer
     }
 
-    async fn register(&self, p2p: &P2P, transport: &QuicTransport) -> Result<Registration, RelayError> {
-        let config = &self.inner.config;
+    async fn register(&self) -> Result<Registration, RelayError> {
+        let (config, transport) = (&self.inner.config, &self.inner.transport);
         match config.transport {
-            RelayTransport::Udp => register_quic(transport, config, crate::node::HANDSHAKE_TIMEOUT).await,
-            RelayTransport::Tcp => self.register_tcp(p2p, transport).await,
+            RelayTransport::Udp => register_quic(transport, config, HANDSHAKE_TIMEOUT).await,
+            RelayTransport::Tcp => self.register_tcp().await,
             RelayTransport::Auto => match register_quic(transport, config, UDP_FIRST).await {
-                Err(RelayError::Failed(udp)) => self.register_tcp(p2p, transport).await.map_err(|e| match e {
+                Err(RelayError::Failed(udp)) => self.register_tcp().await.map_err(|e| match e {
                     RelayError::Failed(tcp) => RelayError::Failed(format!("over UDP: {udp}; over TCP: {tcp}")),
                     other => other,
                 }),
@@ -288,18 +334,18 @@ impl RelayClient {
         }
     }
 
-    async fn register_tcp(&self, p2p: &P2P, transport: &QuicTransport) -> Result<Registration, RelayError> {
-        let config = &self.inner.config;
+    async fn register_tcp(&self) -> Result<Registration, RelayError> {
+        let (config, transport) = (&self.inner.config, &self.inner.transport);
         let failed = |e: &dyn std::fmt::Display| RelayError::Failed(e.to_string());
         let connect = async {
             let tcp = tokio::net::TcpStream::connect(config.addr).await.map_err(|e| failed(&e))?;
             let _ = tcp.set_nodelay(true);
             tcp::keepalive(&tcp);
-            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(p2p.identity())));
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(&self.inner.identity)));
             let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).map_err(|e| failed(&e))?;
             connector.connect(name, tcp).await.map_err(|e| failed(&e))
         };
-        let tls = tokio::time::timeout(crate::node::HANDSHAKE_TIMEOUT, connect)
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connect)
             .await
             .map_err(|_| RelayError::Failed("TCP/TLS handshake timed out".into()))??;
         if tls::peer_identity_tls(tls.get_ref().1) != Some(config.identity) {
@@ -328,12 +374,12 @@ impl RelayClient {
         let (records, mut queued) = tokio::sync::mpsc::channel::<Vec<u8>>(stream::QUEUE);
         let (closed_tx, closed) = oneshot::channel::<String>();
         let cancel = self.inner.cancel.clone();
-        p2p.spawn(self.inner.tasks.track_future(async move {
+        self.inner.node_tasks.spawn(self.inner.tasks.track_future(async move {
             tcp::write_queued(&mut writer, &mut queued).await;
             let _ = writer.shutdown().await;
         }));
         let (paths, client) = (transport.paths().clone(), self.clone());
-        p2p.spawn(self.inner.tasks.track_future(async move {
+        self.inner.node_tasks.spawn(self.inner.tasks.track_future(async move {
             let reason = cancel
                 .run_until_cancelled(async {
                     loop {

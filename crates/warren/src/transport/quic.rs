@@ -1,8 +1,8 @@
 //! The QUIC transport (quinn + rustls), as a listener hook.
 //!
 //! One UDP socket both accepts and dials. Both sides authenticate with their Ed25519 identity
-//! (see [`tls`](super::tls)). quinn's endpoint and connection drivers run as tasks of the node,
-//! so [`P2P::shutdown`] waits for them and the port is free when it returns.
+//! (see [`tls`](super::tls)). quinn's endpoint and connection drivers run on the node's task
+//! tracker, so the node's shutdown waits for them and the port is free when it returns.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,11 +14,14 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, TransportConfig, VarInt};
 use tokio_util::task::TaskTracker;
 
-use super::paths::{PathEvent, PathSocket, Paths};
+use super::paths::{PathEvents, PathSocket, Paths};
 use super::tls;
 use crate::Identity;
 use crate::connection::codes;
-use crate::node::{BoxFuture, Event, Hook, Listener, P2P};
+use crate::hook::{BoxFuture, Hook, Listener};
+
+/// How long a transport handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Name of this hook, as shown in `ListenerStarted`.
 pub const HOOK_NAME: &str = "quic";
@@ -114,7 +117,8 @@ pub enum ListenError {
     },
 }
 
-/// The QUIC listener hook. Cheap to clone.
+/// The QUIC transport: one UDP socket that accepts and dials, with the path table in front of
+/// it. Cheap to clone. A node makes one with [`P2P::listen_quic`](crate::P2P::listen_quic).
 #[derive(Clone)]
 pub struct QuicTransport {
     inner: Arc<QuicInner>,
@@ -124,51 +128,57 @@ struct QuicInner {
     endpoint: Mutex<Option<quinn::Endpoint>>,
     paths: Arc<Paths>,
     local_addr: SocketAddr,
+    /// The node's accept loop, waited for at shutdown (then the port is free).
     accept_loop: TaskTracker,
 }
 
 impl QuicTransport {
-    /// Binds a UDP socket on `addr` (port 0 picks a free port), registers the transport with
-    /// `p2p` as a listener and starts accepting.
-    pub async fn spawn(p2p: &P2P, addr: SocketAddr) -> Result<Self, ListenError> {
+    /// Binds a UDP socket on `addr` (port 0 picks a free port) for `identity`. quinn's drivers
+    /// run on `tasks`; the path table reports its changes to `on_path`.
+    pub(crate) fn bind(
+        identity: &Arc<Identity>,
+        addr: SocketAddr,
+        tasks: &TaskTracker,
+        on_path: PathEvents,
+    ) -> Result<Self, ListenError> {
         let bind_err = |source| ListenError::Bind { addr, source };
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
         enlarge_socket_buffers(&socket);
-        let runtime = Arc::new(NodeRuntime { tasks: p2p.task_tracker().clone() });
+        let runtime = Arc::new(NodeRuntime { tasks: tasks.clone() });
         let udp = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
-        let node = p2p.downgrade();
-        let events = Box::new(move |event| {
-            if let (PathEvent::Changed { remote, path }, Some(p2p)) = (event, node.upgrade()) {
-                p2p.emit_event(Event::PathChanged { remote, path });
-            }
-        });
-        let paths = Paths::new(p2p.remote_identity(), udp, events).map_err(bind_err)?;
-        p2p.set_paths(&paths);
-        p2p.spawn(paths.clone().drive_timers());
+        let paths = Paths::new(identity.to_remote_identity(), udp, on_path).map_err(bind_err)?;
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
-            Some(server_config(p2p.identity())),
+            Some(server_config(identity)),
             Arc::new(PathSocket(paths.clone())),
             runtime,
         )
         .map_err(bind_err)?;
-        endpoint.set_default_client_config(client_config(p2p.identity()));
+        endpoint.set_default_client_config(client_config(identity));
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        Ok(Self {
+            inner: Arc::new(QuicInner {
+                endpoint: Mutex::new(Some(endpoint.clone())),
+                paths,
+                local_addr,
+                accept_loop: TaskTracker::new(),
+            }),
+        })
+    }
 
-        let accept_loop = TaskTracker::new();
-        let (accepting, node) = (endpoint.clone(), p2p.clone());
-        p2p.spawn(accept_loop.track_future(async move {
-            while let Some(incoming) = accepting.accept().await {
-                node.accept(incoming);
-            }
-        }));
-        accept_loop.close();
-
-        let transport = Self {
-            inner: Arc::new(QuicInner { endpoint: Mutex::new(Some(endpoint)), paths, local_addr, accept_loop }),
-        };
-        p2p.register_listener(Arc::new(transport.clone()));
-        Ok(transport)
+    /// Runs `accept_loop` (the node's, handing each incoming connection on) until the endpoint
+    /// closes; shutdown waits for it.
+    pub(crate) fn run_accept_loop<F>(
+        &self,
+        accept_loop: impl FnOnce(quinn::Endpoint) -> F,
+    ) -> Option<impl Future<Output = ()> + Send + 'static>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let endpoint = self.endpoint()?;
+        let tracked = self.inner.accept_loop.track_future(accept_loop(endpoint));
+        self.inner.accept_loop.close();
+        Some(tracked)
     }
 
     /// The bound address.
@@ -183,8 +193,13 @@ impl QuicTransport {
     }
 
     /// The path table of this transport's socket.
-    pub fn paths(&self) -> &Arc<Paths> {
+    pub(crate) fn paths(&self) -> &Arc<Paths> {
         &self.inner.paths
+    }
+
+    /// What the path table refused and sent so far (forged, replayed, unsolicited frames).
+    pub fn path_stats(&self) -> crate::state::path_table::Stats {
+        self.inner.paths.stats()
     }
 
     pub(crate) fn endpoint(&self) -> Option<quinn::Endpoint> {

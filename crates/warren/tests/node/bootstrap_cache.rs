@@ -12,7 +12,7 @@ async fn a_restarted_node_reconnects_to_the_peers_its_cache_remembers() {
     let _ = std::fs::remove_dir_all(&dir);
     let path = dir.join("bootstrap-cache");
     let (bob, bob_addr) = node().await;
-    let bob_id = bob.remote_identity();
+    let bob_id = bob.id();
     let alice_secret = Identity::generate().to_secret_bytes();
 
     // First life: alice reaches bob once (address given), and the cache records it.

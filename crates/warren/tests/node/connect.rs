@@ -17,7 +17,7 @@ async fn connect_by_identity_over_loopback_and_ping_both_ways() {
     let mut bob_events = bob.subscribe();
 
     introduce(&alice, &bob, bob_addr);
-    let rtts = warren::ping::ping(&alice, bob.remote_identity(), 3).await.unwrap();
+    let rtts = warren::ping::ping(&alice, bob.id(), 3).await.unwrap();
     assert_eq!(rtts.len(), 3);
     assert!(rtts.iter().all(|rtt| *rtt < Duration::from_secs(5)), "{rtts:?}");
 
@@ -26,7 +26,7 @@ async fn connect_by_identity_over_loopback_and_ping_both_ways() {
         _ => None,
     })
     .await;
-    assert_eq!((remote, direction), (bob.remote_identity(), Direction::Outbound));
+    assert_eq!((remote, direction), (bob.id(), Direction::Outbound));
     // Bob learned Alice's identity from the handshake and her metadata from the hello.
     let (remote, direction, name) = wait_for(&mut bob_events, |e| match e {
         Event::PeerConnected { remote, direction, metadata, .. } => {
@@ -35,15 +35,15 @@ async fn connect_by_identity_over_loopback_and_ping_both_ways() {
         _ => None,
     })
     .await;
-    assert_eq!((remote, direction, name.as_deref()), (alice.remote_identity(), Direction::Inbound, Some("alice")));
+    assert_eq!((remote, direction, name.as_deref()), (alice.id(), Direction::Inbound, Some("alice")));
 
     // Bob knows no address of Alice, but reuses the connection she opened.
-    assert!(bob.peer(&alice.remote_identity()).unwrap().addrs.is_empty());
-    let rtts = warren::ping::ping(&bob, alice.remote_identity(), 3).await.unwrap();
+    assert!(bob.peer(&alice.id()).unwrap().addrs.is_empty());
+    let rtts = warren::ping::ping(&bob, alice.id(), 3).await.unwrap();
     assert_eq!(rtts.len(), 3);
     assert_eq!(alice.connections().len(), 1);
     assert_eq!(bob.connections().len(), 1);
-    let state = alice.peer(&bob.remote_identity()).unwrap().state;
+    let state = alice.peer(&bob.id()).unwrap().state;
     assert_eq!(state, ConnectionState::Connected { addr: bob_addr, direction: Direction::Outbound, connections: 1 });
 
     alice.shutdown().await;
@@ -55,7 +55,7 @@ async fn several_streams_at_once_share_one_connection() {
     let (alice, _) = node().await;
     let (bob, bob_addr) = node().await;
     introduce(&alice, &bob, bob_addr);
-    let remote = bob.remote_identity();
+    let remote = bob.id();
 
     let tasks: Vec<_> = (0..32u8)
         .map(|i| {
@@ -82,7 +82,7 @@ async fn unknown_protocol_gets_a_clear_error_and_the_connection_keeps_working() 
     introduce(&alice, &bob, bob_addr);
 
     // Opening costs no round trip; the refusal arrives on the first read.
-    let mut stream = alice.connect(bob.remote_identity(), "nope/1").await.unwrap();
+    let mut stream = alice.connect(bob.id(), "nope/1").await.unwrap();
     stream.write_all(b"hello?").await.unwrap();
     let err = stream.read_u8().await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
@@ -92,9 +92,9 @@ async fn unknown_protocol_gets_a_clear_error_and_the_connection_keeps_working() 
     // Writing on it fails the same way once the refusal has arrived.
     let err = stream.write_all(b"more").await.unwrap_err();
     assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
-    assert_eq!(echo_once(&alice, bob.remote_identity(), b"still here").await, b"still here");
+    assert_eq!(echo_once(&alice, bob.id(), b"still here").await, b"still here");
 
-    let err = alice.connect(bob.remote_identity(), "has space").await.unwrap_err();
+    let err = alice.connect(bob.id(), "has space").await.unwrap_err();
     assert!(matches!(err, ConnectError::InvalidProtocol(_)), "{err}");
     alice.shutdown().await;
     bob.shutdown().await;
@@ -138,7 +138,7 @@ async fn hello_carries_metadata_and_protocols_and_the_guard_reports_only_changes
     assert_eq!(modified[1].get("library"), None);
 
     introduce(&alice, &bob, bob_addr);
-    let conn = alice.connection(bob.remote_identity()).await.unwrap();
+    let conn = alice.connection(bob.id()).await.unwrap();
     let metadata = conn.remote_metadata();
     assert_eq!(metadata.get("name").map(String::as_str), Some("bob"));
     assert_eq!(metadata.get("os").map(String::as_str), Some(std::env::consts::OS));
@@ -146,7 +146,7 @@ async fn hello_carries_metadata_and_protocols_and_the_guard_reports_only_changes
     assert!(metadata.contains_key("device_model"));
     assert_eq!(conn.remote_protocols(), ["echo/1", "ping/1"]);
     assert_eq!(conn.remote_wire_version(), (warren::wire::WIRE_VERSION_MAJOR, warren::wire::WIRE_VERSION_MINOR));
-    assert_eq!(alice.peer(&bob.remote_identity()).unwrap().metadata, *metadata);
+    assert_eq!(alice.peer(&bob.id()).unwrap().metadata, *metadata);
     alice.shutdown().await;
     bob.shutdown().await;
 }
@@ -160,7 +160,7 @@ async fn a_subscriber_that_never_reads_does_not_stall_the_node() {
         alice.metadata_mut().insert("counter", i.to_string()).unwrap();
     }
     introduce(&alice, &bob, bob_addr);
-    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap().len(), 1);
+    assert_eq!(warren::ping::ping(&alice, bob.id(), 1).await.unwrap().len(), 1);
     // The stalled subscriber lost the oldest events and is told how many.
     match stalled.try_recv() {
         Err(tokio::sync::broadcast::error::TryRecvError::Lagged(lost)) => assert!(lost >= 1024, "{lost}"),

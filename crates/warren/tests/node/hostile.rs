@@ -32,7 +32,7 @@ async fn garbage_and_oversized_stream_headers_are_reset_and_others_keep_being_se
     let (hostile, _) = node().await;
     introduce(&alice, &bob, bob_addr);
     introduce(&hostile, &bob, bob_addr);
-    let conn = hostile.connection(bob.remote_identity()).await.unwrap();
+    let conn = hostile.connection(bob.id()).await.unwrap();
     let raw = conn.quic();
 
     let mut oversized = vec![200u8];
@@ -43,9 +43,9 @@ async fn garbage_and_oversized_stream_headers_are_reset_and_others_keep_being_se
     assert_eq!(reset_code(raw_stream(raw, b"\x05ping").await), codes::BAD_STREAM_HEADER, "truncated header");
     assert_eq!(reset_code(raw_stream(raw, b"\x07nope/99").await), codes::UNKNOWN_PROTOCOL);
 
-    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 3).await.unwrap().len(), 3);
+    assert_eq!(warren::ping::ping(&alice, bob.id(), 3).await.unwrap().len(), 3);
     // The hostile peer's connection itself is still open: a bad stream costs only that stream.
-    assert_eq!(warren::ping::ping(&hostile, bob.remote_identity(), 1).await.unwrap().len(), 1);
+    assert_eq!(warren::ping::ping(&hostile, bob.id(), 1).await.unwrap().len(), 1);
     for node in [alice, bob, hostile] {
         node.shutdown().await;
     }
@@ -59,9 +59,9 @@ async fn ten_thousand_streams_at_once_do_not_stop_another_peer() {
     let (hostile, _) = node().await;
     introduce(&alice, &bob, bob_addr);
     introduce(&hostile, &bob, bob_addr);
-    let conn = hostile.connection(bob.remote_identity()).await.unwrap();
+    let conn = hostile.connection(bob.id()).await.unwrap();
     // Alice is connected before the flood starts.
-    warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap();
+    warren::ping::ping(&alice, bob.id(), 1).await.unwrap();
 
     let refused = Arc::new(AtomicUsize::new(0));
     let flood: Vec<_> = (0..STREAMS)
@@ -81,7 +81,7 @@ async fn ten_thousand_streams_at_once_do_not_stop_another_peer() {
 
     // While the flood runs, Alice's pings keep working.
     for _ in 0..20 {
-        let rtts = warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap();
+        let rtts = warren::ping::ping(&alice, bob.id(), 1).await.unwrap();
         assert_eq!(rtts.len(), 1);
     }
     tokio::time::timeout(HANG * 4, async {
@@ -92,7 +92,7 @@ async fn ten_thousand_streams_at_once_do_not_stop_another_peer() {
     .await
     .expect("flood did not finish");
     assert_eq!(refused.load(Ordering::Relaxed), STREAMS);
-    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 1).await.unwrap().len(), 1);
+    assert_eq!(warren::ping::ping(&alice, bob.id(), 1).await.unwrap().len(), 1);
     for node in [alice, bob, hostile] {
         node.shutdown().await;
     }
@@ -113,7 +113,7 @@ async fn a_garbage_hello_closes_that_connection_only() {
     assert_eq!(close_code(conn.closed().await), codes::BAD_HELLO);
     let reason = next_rejection(&mut events).await;
     assert_eq!(reason, "hello failed: HelloBody.metadata: length 4223 exceeds max 255");
-    assert_eq!(warren::ping::ping(&alice, bob.remote_identity(), 2).await.unwrap().len(), 2);
+    assert_eq!(warren::ping::ping(&alice, bob.id(), 2).await.unwrap().len(), 2);
     endpoint.close(0u32.into(), b"");
     alice.shutdown().await;
     bob.shutdown().await;
@@ -124,7 +124,7 @@ async fn a_second_unidirectional_stream_after_the_hello_closes_the_connection() 
     let (bob, bob_addr) = node().await;
     let (hostile, _) = node().await;
     introduce(&hostile, &bob, bob_addr);
-    let conn = hostile.connection(bob.remote_identity()).await.unwrap();
+    let conn = hostile.connection(bob.id()).await.unwrap();
     let mut send = conn.quic().open_uni().await.unwrap();
     send.write_all(b"unasked for").await.unwrap();
     assert_eq!(close_code(conn.quic().closed().await), codes::PROTOCOL_VIOLATION);

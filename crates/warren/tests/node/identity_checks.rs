@@ -22,7 +22,7 @@ async fn dialling_an_identity_where_another_answers_fails_with_wrong_identity() 
     match err {
         ConnectError::WrongIdentity { expected, got } => {
             assert_eq!(expected, carol);
-            assert_eq!(got, bob.remote_identity());
+            assert_eq!(got, bob.id());
         }
         other => panic!("expected WrongIdentity, got {other}"),
     }

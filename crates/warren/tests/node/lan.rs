@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 
 use crate::support::{HANG, wait_for};
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P, RemoteIdentity};
 use warren_netsim::link::LinkConfig;
 use warren_netsim::{Host, Simulation};
@@ -39,7 +38,7 @@ async fn start(name: &str, ip: Ipv4Addr, mode: DiscoveryMode) -> (P2P, MdnsDisco
     let p2p = P2P::new("warren", Identity::generate());
     p2p.metadata_mut().insert(warren::node::NAME, name).unwrap();
     warren::ping::register(&p2p).unwrap();
-    let quic = QuicTransport::spawn(&p2p, SocketAddr::from((ip, 0))).await.unwrap();
+    let quic = p2p.listen_quic(SocketAddr::from((ip, 0))).await.unwrap();
     let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), mode);
     (p2p, mdns)
 }
@@ -67,7 +66,7 @@ fn nodes_on_a_lan_find_each_other_connect_by_identity_and_follow_changes() {
         let (ids_tx, ip, name) = (ids_tx.clone(), host.ip(), format!("peer{i}"));
         peers.push(host.spawn(move || async move {
             let (p2p, mdns) = start(&name, ip, DiscoveryMode::Enabled).await;
-            ids_tx.send((name, p2p.remote_identity())).unwrap();
+            ids_tx.send((name, p2p.id())).unwrap();
             while let Some(command) = rx.recv().await {
                 match command {
                     "rename" => {
@@ -173,7 +172,7 @@ fn a_disabled_node_is_silent_and_modes_switch_at_runtime() {
     let quiet_ip = hosts[1].ip();
     let quiet = hosts[1].spawn(move || async move {
         let (p2p, mdns) = start("quiet", quiet_ip, DiscoveryMode::Disabled).await;
-        id_tx.send(p2p.remote_identity()).unwrap();
+        id_tx.send(p2p.id()).unwrap();
         while let Some(mode) = commands.recv().await {
             mdns.set_mode(mode);
         }
@@ -339,7 +338,7 @@ fn a_flood_of_fake_services_and_garbage_is_survived() {
     let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
     let real = hosts[1].spawn(move || async move {
         let (p2p, _mdns) = start("real", real_ip, DiscoveryMode::Enabled).await;
-        peer_tx.send(p2p.remote_identity()).unwrap();
+        peer_tx.send(p2p.id()).unwrap();
         let _ = stop.await;
         p2p.shutdown().await;
     });
@@ -387,7 +386,7 @@ fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() 
                 for contact in contacts {
                     p2p.add_contact(contact);
                 }
-                let quic = QuicTransport::spawn(&p2p, SocketAddr::from((ip, 0))).await.unwrap();
+                let quic = p2p.listen_quic(SocketAddr::from((ip, 0))).await.unwrap();
                 let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), mode);
                 let started = Instant::now();
                 let settled = || {

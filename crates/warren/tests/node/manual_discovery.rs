@@ -12,9 +12,9 @@ async fn a_manual_peer_is_connected_and_reconnected_after_it_restarts() {
     let (alice, _) = node().await;
     let mut events = alice.subscribe();
     let mut bob_events = bob.subscribe();
-    let peer: ManualPeer = format!("{}@{bob_addr}", bob.remote_identity()).parse().unwrap();
+    let peer: ManualPeer = format!("{}@{bob_addr}", bob.id()).parse().unwrap();
     let manual = ManualDiscovery::spawn(&alice, [peer.clone()]);
-    let bob_id = bob.remote_identity();
+    let bob_id = bob.id();
 
     let connected = |e: &Event| matches!(e, Event::PeerConnected { remote, .. } if *remote == bob_id).then_some(());
     wait_for(&mut events, connected).await;
@@ -50,7 +50,7 @@ async fn a_manual_address_without_identity_learns_who_answers() {
         _ => None,
     })
     .await;
-    assert_eq!((remote, source.as_str(), addrs), (bob.remote_identity(), SOURCE, vec![bob_addr]));
+    assert_eq!((remote, source.as_str(), addrs), (bob.id(), SOURCE, vec![bob_addr]));
     alice.shutdown().await;
     bob.shutdown().await;
 }

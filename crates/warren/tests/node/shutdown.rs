@@ -15,15 +15,15 @@ async fn after_shutdown_no_task_is_left_and_the_port_is_free() {
     let baseline = metrics.num_alive_tasks();
     let (alice, alice_addr) = node().await;
     let (bob, bob_addr) = node().await;
-    let peer: ManualPeer = format!("{}@{bob_addr}", bob.remote_identity()).parse().unwrap();
+    let peer: ManualPeer = format!("{}@{bob_addr}", bob.id()).parse().unwrap();
     // Subscribe first: the connection may complete before the next statement runs.
     let mut events = alice.subscribe();
     ManualDiscovery::spawn(&alice, [peer]);
     wait_for(&mut events, |e| matches!(e, Event::PeerConnected { .. }).then_some(())).await;
-    assert_eq!(echo_once(&alice, bob.remote_identity(), b"x").await, b"x");
-    warren::ping::ping(&bob, alice.remote_identity(), 2).await.unwrap();
+    assert_eq!(echo_once(&alice, bob.id(), b"x").await, b"x");
+    warren::ping::ping(&bob, alice.id(), 2).await.unwrap();
     // A handler in the middle of a stream when shutdown comes.
-    let _open = alice.connect(bob.remote_identity(), ECHO).await.unwrap();
+    let _open = alice.connect(bob.id(), ECHO).await.unwrap();
     assert!(metrics.num_alive_tasks() > baseline);
 
     alice.shutdown().await;
@@ -43,7 +43,7 @@ async fn after_shutdown_no_task_is_left_and_the_port_is_free() {
     })
     .await
     .unwrap_or_else(|_| panic!("{} tasks alive, {baseline} before", metrics.num_alive_tasks()));
-    assert!(matches!(alice.connect(bob.remote_identity(), "ping/1").await, Err(warren::ConnectError::ShuttingDown)));
+    assert!(matches!(alice.connect(bob.id(), "ping/1").await, Err(warren::ConnectError::ShuttingDown)));
 }
 
 struct RecordingHook {

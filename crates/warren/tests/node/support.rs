@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
-use warren::transport::quic::QuicTransport;
 use warren::{Event, Identity, P2P, Stream};
 
 /// Bound on any wait in these tests: only catches hangs, never paces the test.
@@ -21,7 +20,7 @@ pub async fn node() -> (P2P, SocketAddr) {
 
 pub async fn node_with(identity: Identity, addr: SocketAddr) -> (P2P, SocketAddr) {
     let p2p = P2P::new("warren-test", identity);
-    let quic = QuicTransport::spawn(&p2p, addr).await.expect("bind loopback");
+    let quic = p2p.listen_quic(addr).await.expect("bind loopback");
     warren::ping::register(&p2p).unwrap();
     p2p.register_protocol(ECHO, echo).unwrap();
     (p2p, quic.local_addr())
@@ -45,7 +44,7 @@ pub async fn echo(mut stream: Stream) {
 
 /// Tells `from` where `to` is, as manual discovery would.
 pub fn introduce(from: &P2P, to: &P2P, addr: SocketAddr) {
-    from.discovered("test", to.remote_identity(), [addr], Default::default());
+    from.discovered("test", to.id(), [addr], Default::default());
 }
 
 /// Waits for the first event that `pick` accepts.

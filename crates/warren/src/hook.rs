@@ -1,5 +1,7 @@
-//! Hooks: actors registered with a [`P2P`](crate::P2P) that feed it (discovery) or carry its
-//! connections (listeners).
+//! The interfaces between the node and what plugs into it: hooks (actors the node shuts down in
+//! order), listeners (transports that accept and dial) and rendezvous points (ways to reach a
+//! peer with no known address). They name no node type, so transports and the relay client
+//! implement them without importing the node.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,8 +27,8 @@ pub trait Hook: Send + Sync + 'static {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
-/// A hook that also carries connections: it accepts them (handing each to
-/// [`P2P::accept`](crate::P2P::accept)) and dials when asked.
+/// A hook that also carries connections: it dials when asked, and the node accepts what it
+/// brings in.
 pub trait Listener: Hook {
     /// The addresses it accepts on.
     fn local_addrs(&self) -> Vec<SocketAddr>;
