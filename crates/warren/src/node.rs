@@ -200,10 +200,11 @@ impl P2P {
         let quic = QuicTransport::bind(self.identity(), addr, &self.inner.tasks, on_path)?;
         self.set_paths(quic.paths());
         self.spawn(quic.paths().clone().drive_timers());
-        let node = self.clone();
+        let (node, quic_handle) = (self.clone(), quic.clone());
         let accept_loop = quic.run_accept_loop(|endpoint| async move {
             while let Some(incoming) = endpoint.accept().await {
-                node.accept(incoming);
+                let config = quic_handle.server_config_for(incoming.remote_address());
+                node.accept(incoming, config);
             }
         });
         if let Some(accept_loop) = accept_loop {
@@ -694,13 +695,18 @@ impl P2P {
 
     /// Called by listener hooks for each incoming connection: completes the handshake, checks
     /// the peer's identity and hello in a task of the node. Failures become `IncomingRejected`.
-    pub fn accept(&self, incoming: quinn::Incoming) {
+    /// `config` overrides the listener's server configuration (a relayed attempt's own).
+    pub(crate) fn accept(&self, incoming: quinn::Incoming, config: Option<Arc<quinn::ServerConfig>>) {
         let p2p = self.clone();
         self.spawn(async move {
             let addr = incoming.remote_address();
             let result = async {
                 let transport_err = |reason: String| ConnectError::Transport { addr, reason };
-                let connecting = incoming.accept().map_err(|e| transport_err(e.to_string()))?;
+                let connecting = match config {
+                    Some(config) => incoming.accept_with(config),
+                    None => incoming.accept(),
+                }
+                .map_err(|e| transport_err(e.to_string()))?;
                 // Our hello goes out as 0.5-RTT data, with our handshake reply, so the dialler
                 // has it as soon as its handshake completes. It is sent before the dialler's key
                 // is verified, so it must never hold anything reserved for authenticated peers

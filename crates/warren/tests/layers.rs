@@ -69,7 +69,15 @@ fn nothing_below_the_node_imports_the_node_or_its_events() {
 fn wire_formats_know_nothing_above_them() {
     forbid(
         &["wire"],
-        &["crate::state", "crate::transport", "crate::relay", "crate::connection", "crate::hook", "tokio::net", "quinn::Endpoint"],
+        &[
+            "crate::state",
+            "crate::transport",
+            "crate::relay",
+            "crate::connection",
+            "crate::hook",
+            "tokio::net",
+            "quinn::Endpoint",
+        ],
         "a wire format depends on a layer above it",
     );
 }

@@ -50,9 +50,35 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// See [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The QUIC transport parameters warren uses; public so that benchmarks can give plain quinn
-/// exactly the same.
+/// Which path a connection starts on, which decides its transport parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathKind {
+    /// Dialled to (or accepted from) a real address: quinn's congestion controller (Cubic) and
+    /// path MTU discovery up to quinn's default ceiling. On loopback this is as fast as plain
+    /// quinn; BBR costs about 15 % there (docs/benchmarks.md).
+    Direct,
+    /// Through a relay placeholder (it may be punched direct later): BBR, which keeps a lossy
+    /// internet path usable (10 MB at 100 ms RTT and 1 % loss: 49 Mbit/s against Cubic's 1.2),
+    /// and path MTU discovery capped at [`MAX_UDP_PAYLOAD`] so that every packet fits a relay
+    /// frame.
+    Relayed,
+}
+
+impl PathKind {
+    /// The kind of a connection to `remote`.
+    pub fn of(remote: SocketAddr) -> Self {
+        if super::paths::is_placeholder(remote) { PathKind::Relayed } else { PathKind::Direct }
+    }
+}
+
+/// The QUIC transport parameters warren uses on a direct path; public so that benchmarks can
+/// give plain quinn exactly the same.
 pub fn transport_config() -> TransportConfig {
+    transport_config_for(PathKind::Direct)
+}
+
+/// The QUIC transport parameters warren uses for connections of `kind`.
+pub fn transport_config_for(kind: PathKind) -> TransportConfig {
     let mut config = TransportConfig::default();
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS))
@@ -62,10 +88,12 @@ pub fn transport_config() -> TransportConfig {
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(RECEIVE_WINDOW))
         .send_window(SEND_WINDOW);
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MAX_UDP_PAYLOAD);
-    config.mtu_discovery_config(Some(mtu));
-    config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    if kind == PathKind::Relayed {
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_UDP_PAYLOAD);
+        config.mtu_discovery_config(Some(mtu));
+        config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
     config
 }
 
@@ -85,21 +113,33 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
 /// packet still fits a relay's data frame on a 1,500-byte link.
 pub const MAX_UDP_PAYLOAD: u16 = crate::wire::frame::MAX_PAYLOAD as u16;
 
-/// quinn server configuration for `identity`, with warren's transport parameters.
+/// quinn server configuration for `identity`, with warren's transport parameters for a direct
+/// path.
 pub fn server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
+    server_config_for(identity, PathKind::Direct)
+}
+
+/// quinn server configuration for `identity` and connections of `kind`.
+pub fn server_config_for(identity: &Arc<Identity>, kind: PathKind) -> quinn::ServerConfig {
     let crypto = QuicServerConfig::try_from(tls::server_config(identity))
         .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config_for(kind)));
     config
 }
 
-/// quinn client configuration for `identity`, with warren's transport parameters.
+/// quinn client configuration for `identity`, with warren's transport parameters for a direct
+/// path.
 pub fn client_config(identity: &Arc<Identity>) -> quinn::ClientConfig {
+    client_config_for(identity, PathKind::Direct)
+}
+
+/// quinn client configuration for `identity` and connections of `kind`.
+pub fn client_config_for(identity: &Arc<Identity>, kind: PathKind) -> quinn::ClientConfig {
     let crypto = QuicClientConfig::try_from(tls::client_config(identity))
         .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config_for(kind)));
     config
 }
 
@@ -130,6 +170,9 @@ struct QuicInner {
     local_addr: SocketAddr,
     /// The node's accept loop, waited for at shutdown (then the port is free).
     accept_loop: TaskTracker,
+    /// For connections through a relay placeholder (the endpoint's defaults are for direct ones).
+    relayed_server: Arc<quinn::ServerConfig>,
+    relayed_client: quinn::ClientConfig,
 }
 
 impl QuicTransport {
@@ -162,6 +205,8 @@ impl QuicTransport {
                 paths,
                 local_addr,
                 accept_loop: TaskTracker::new(),
+                relayed_server: Arc::new(server_config_for(identity, PathKind::Relayed)),
+                relayed_client: client_config_for(identity, PathKind::Relayed),
             }),
         })
     }
@@ -179,6 +224,12 @@ impl QuicTransport {
         let tracked = self.inner.accept_loop.track_future(accept_loop(endpoint));
         self.inner.accept_loop.close();
         Some(tracked)
+    }
+
+    /// The server configuration for a connection attempt from `remote`: the relayed one for a
+    /// placeholder, else None (the endpoint's default, for a direct path).
+    pub(crate) fn server_config_for(&self, remote: SocketAddr) -> Option<Arc<quinn::ServerConfig>> {
+        (PathKind::of(remote) == PathKind::Relayed).then(|| self.inner.relayed_server.clone())
     }
 
     /// The bound address.
@@ -235,8 +286,11 @@ impl Listener for QuicTransport {
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, String>> {
         Box::pin(async move {
             let endpoint = self.endpoint().ok_or("the QUIC transport is shut down")?;
-            let connecting = endpoint.connect(addr, tls::SERVER_NAME).map_err(|e| e.to_string())?;
-            connecting.await.map_err(|e| e.to_string())
+            let connecting = match PathKind::of(addr) {
+                PathKind::Direct => endpoint.connect(addr, tls::SERVER_NAME),
+                PathKind::Relayed => endpoint.connect_with(self.inner.relayed_client.clone(), addr, tls::SERVER_NAME),
+            };
+            connecting.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())
         })
     }
 }
