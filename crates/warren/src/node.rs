@@ -43,6 +43,10 @@ pub use crate::transport::quic::HANDSHAKE_TIMEOUT;
 /// How long a known address may take to answer when a relay can carry the connection instead.
 pub const DIRECT_TIMEOUT_WITH_RELAY: Duration = Duration::from_secs(2);
 
+/// When a peer has several known addresses, each dial starts this long after the previous one
+/// (happy eyeballs, RFC 8305's 250 ms), all under one deadline.
+pub const DIAL_STAGGER: Duration = Duration::from_millis(250);
+
 /// How long the hello exchange may take after the handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -416,6 +420,20 @@ impl P2P {
         self.inner.hooks.lock().expect("hook lock poisoned").iter().filter_map(|r| r.listener.clone()).collect()
     }
 
+    /// The listener to dial `addr` with: one bound to the same address family, else a dual-stack
+    /// one (bound to `[::]`), else the first.
+    fn listener_for(&self, addr: SocketAddr) -> Option<Arc<dyn Listener>> {
+        let listeners = self.listeners();
+        let family = |l: &Arc<dyn Listener>| l.local_addrs().iter().any(|a| a.is_ipv4() == addr.is_ipv4());
+        let dual = |l: &Arc<dyn Listener>| l.local_addrs().iter().any(|a| a.is_ipv6() && a.ip().is_unspecified());
+        listeners
+            .iter()
+            .find(|l| family(l))
+            .or_else(|| listeners.iter().find(|l| dual(l)))
+            .or(listeners.first())
+            .cloned()
+    }
+
     /// The addresses this node's listeners accept on.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listeners().iter().flat_map(|l| l.local_addrs()).collect()
@@ -607,16 +625,15 @@ impl P2P {
             if addrs.is_empty() && !relay {
                 return Err(ConnectError::NoAddress { remote });
             }
-            // Known addresses first (LAN, manual, cache); with a relay to fall back on, an
-            // address that does not answer soon is given up on sooner.
+            // Known addresses first (LAN, manual, cache), raced; with a relay to fall back on,
+            // addresses that do not answer soon are given up on sooner.
             let timeout = if relay { DIRECT_TIMEOUT_WITH_RELAY } else { HANDSHAKE_TIMEOUT };
-            let mut attempts = Vec::new();
-            for addr in addrs {
-                match self.dial_within(addr, Some(remote), timeout).await {
-                    Ok(conn) => return Ok(conn),
-                    Err(ConnectError::ShuttingDown) => return Err(ConnectError::ShuttingDown),
-                    Err(error) => attempts.push((addr, error)),
-                }
+            let mut attempts = match self.race(remote, addrs, timeout).await {
+                Ok(conn) => return Ok(conn),
+                Err(attempts) => attempts,
+            };
+            if attempts.iter().any(|(_, e)| matches!(e, ConnectError::ShuttingDown)) {
+                return Err(ConnectError::ShuttingDown);
             }
             let resolved = match &rendezvous {
                 Some(rendezvous) => rendezvous.resolve(remote).await,
@@ -676,6 +693,51 @@ impl P2P {
         self.dial_within(addr, expected, HANDSHAKE_TIMEOUT).await
     }
 
+    /// Dials `addrs` for `remote` happy-eyeballs style: the first at once, each next one
+    /// [`DIAL_STAGGER`] later (sooner when there are many, so that all start within half the
+    /// deadline), all under one deadline `timeout`. The first to complete the handshake and
+    /// hello wins; the others are cancelled (or closed, if they completed too).
+    async fn race(
+        &self,
+        remote: RemoteIdentity,
+        addrs: Vec<SocketAddr>,
+        timeout: Duration,
+    ) -> Result<Connection, Vec<(SocketAddr, ConnectError)>> {
+        if addrs.is_empty() {
+            return Err(Vec::new());
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stagger = DIAL_STAGGER.min(timeout / 2 / addrs.len() as u32);
+        let mut racing = tokio::task::JoinSet::new();
+        for (index, addr) in addrs.into_iter().enumerate() {
+            let node = self.clone();
+            let start = tokio::time::Instant::now() + stagger * index as u32;
+            racing.spawn(async move {
+                tokio::time::sleep_until(start).await;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                (addr, node.dial_within(addr, Some(remote), left).await)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(joined) = racing.join_next().await {
+            let Ok((addr, result)) = joined else { continue };
+            match result {
+                Ok(conn) => {
+                    racing.abort_all();
+                    // Attempts that completed meanwhile are surplus connections: closed.
+                    while let Some(late) = racing.join_next().await {
+                        if let Ok((_, Ok(extra))) = late {
+                            extra.close();
+                        }
+                    }
+                    return Ok(conn);
+                }
+                Err(error) => failed.push((addr, error)),
+            }
+        }
+        Err(failed)
+    }
+
     async fn dial_within(
         &self,
         addr: SocketAddr,
@@ -685,7 +747,7 @@ impl P2P {
         if self.is_shutting_down() {
             return Err(ConnectError::ShuttingDown);
         }
-        let listener = self.listeners().into_iter().next().ok_or(ConnectError::NoTransport)?;
+        let listener = self.listener_for(addr).ok_or(ConnectError::NoTransport)?;
         let quic = tokio::time::timeout(timeout, listener.dial(addr))
             .await
             .map_err(|_| ConnectError::Transport { addr, reason: format!("no answer within {timeout:?}") })?

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use warren::{ConnectError, ConnectionState, Direction, Event};
+use warren::{ConnectError, ConnectionState, Direction, Event, Identity, P2P};
 
 use crate::support::*;
 
@@ -166,6 +166,51 @@ async fn a_subscriber_that_never_reads_does_not_stall_the_node() {
         Err(tokio::sync::broadcast::error::TryRecvError::Lagged(lost)) => assert!(lost >= 1024, "{lost}"),
         other => panic!("expected a lag report, got {other:?}"),
     }
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// A peer's known addresses are raced, not tried in turn: a dead one listed first does not
+/// hold up the live one (tried in turn, the dead one would take the whole 10 s handshake
+/// timeout first).
+#[tokio::test]
+async fn a_dead_address_listed_first_does_not_delay_a_live_one() {
+    let (alice, _) = node().await;
+    let (bob, bob_addr) = node().await;
+    // Bound and silent: every packet sent to it is swallowed.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dead = silent.local_addr().unwrap();
+    alice.discovered("test", bob.id(), [dead, bob_addr], Default::default());
+    assert_eq!(alice.peer(&bob.id()).unwrap().addresses(), vec![dead, bob_addr], "the dead one is tried first");
+    let started = std::time::Instant::now();
+    let conn = tokio::time::timeout(HANG, alice.connection(bob.id())).await.unwrap().unwrap();
+    let took = started.elapsed();
+    assert_eq!(conn.remote(), bob.id());
+    assert_eq!(conn.remote_address(), bob_addr);
+    assert!(took < warren::node::HANDSHAKE_TIMEOUT / 2, "took {took:?}");
+    // The losing attempt left no connection behind.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(alice.connections().len(), 1);
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// A node can listen on several sockets at once; a dial goes out through the one of the
+/// address's family.
+#[tokio::test]
+async fn several_listeners_dial_through_the_one_of_the_right_family() {
+    let alice = P2P::new("warren-test", Identity::generate());
+    alice.listen_quic("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let v6 = alice.listen_quic("[::1]:0".parse().unwrap()).await.unwrap();
+    assert_eq!(alice.listen_addrs().len(), 2);
+    let (bob, _) = node_with(Identity::generate(), "[::1]:0".parse().unwrap()).await;
+    let bob_addr = bob.listen_addrs()[0];
+    introduce(&alice, &bob, bob_addr);
+    let rtts = warren::ping::ping(&alice, bob.id(), 2).await.unwrap();
+    assert_eq!(rtts.len(), 2);
+    // Bob saw alice come from her IPv6 socket.
+    let seen = bob.open_connection(&alice.id()).unwrap().remote_address();
+    assert_eq!(seen.port(), v6.local_addr().port(), "{seen}");
     alice.shutdown().await;
     bob.shutdown().await;
 }
