@@ -144,9 +144,11 @@ impl Connection {
     /// [`Stream::into_split`], with the code [`codes::UNKNOWN_PROTOCOL`]).
     pub async fn open_stream(&self, protocol: &str) -> Result<Stream, ConnectError> {
         let header = wire::encode_stream_header(protocol).map_err(ConnectError::InvalidProtocol)?;
-        let stream_err = |e: &dyn std::fmt::Display| ConnectError::Stream(e.to_string());
-        let (mut send, recv) = self.quic.open_bi().await.map_err(|e| stream_err(&e))?;
-        send.write_all(&header).await.map_err(|e| stream_err(&e))?;
+        let (mut send, recv) = self.quic.open_bi().await.map_err(ConnectError::Stream)?;
+        send.write_all(&header).await.map_err(|e| match e {
+            quinn::WriteError::ConnectionLost(lost) => ConnectError::Stream(lost),
+            _ => ConnectError::Stream(quinn::ConnectionError::LocallyClosed),
+        })?;
         Ok(Stream { remote: self.remote, protocol: protocol.into(), send, recv })
     }
 }

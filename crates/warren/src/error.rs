@@ -30,15 +30,15 @@ pub enum ConnectError {
         /// The peer.
         remote: RemoteIdentity,
         /// Each address tried and why it failed.
-        attempts: Vec<(SocketAddr, String)>,
+        attempts: Vec<(SocketAddr, ConnectError)>,
     },
     /// The transport could not connect or the handshake failed.
-    #[error("connecting to {addr} failed: {reason}")]
+    #[error("connecting to {addr} failed: {error}")]
     Transport {
         /// The address dialled.
         addr: SocketAddr,
         /// What went wrong.
-        reason: String,
+        error: TransportError,
     },
     /// The peer speaks another major wire version.
     #[error("incompatible wire version: we speak {ours}.x, the peer speaks {theirs}.x")]
@@ -48,9 +48,9 @@ pub enum ConnectError {
         /// The peer's major version.
         theirs: u16,
     },
-    /// The peer's hello could not be read.
+    /// The hello exchange failed.
     #[error("hello failed: {0}")]
-    Hello(String),
+    Hello(HelloError),
     /// The peer has no handler for the protocol.
     #[error("the peer does not speak protocol {protocol:?}")]
     UnknownProtocol {
@@ -60,10 +60,9 @@ pub enum ConnectError {
     /// The protocol name is not valid on the wire.
     #[error("invalid protocol name: {0}")]
     InvalidProtocol(WireError),
-    /// Opening the stream failed (the connection closed meanwhile, or the peer answered
-    /// nonsense).
+    /// Opening the stream failed (the connection closed meanwhile).
     #[error("opening a stream failed: {0}")]
-    Stream(String),
+    Stream(quinn::ConnectionError),
     /// The node has no listener to dial with.
     #[error("no transport to dial with: spawn a listener first")]
     NoTransport,
@@ -82,4 +81,47 @@ pub enum RegisterError {
     /// A handler for the name already exists.
     #[error("a handler for {0:?} is already registered")]
     Duplicate(String),
+}
+
+/// Why a transport could not connect.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No handshake within the time given.
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The connection could not be started (bad address, the endpoint is stopping).
+    #[error(transparent)]
+    Connect(#[from] quinn::ConnectError),
+    /// The handshake failed or the connection closed during it (refused, wrong key, reset).
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// The transport was shut down.
+    #[error("the transport is shut down")]
+    ShutDown,
+    /// The rendezvous point (the relay) could not help: it does not know the peer, or could
+    /// not be asked.
+    #[error("rendezvous: {0}")]
+    Rendezvous(String),
+}
+
+/// Why the hello exchange failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum HelloError {
+    /// The peer presented no identity in the handshake.
+    #[error("the peer presented no identity")]
+    NoIdentity,
+    /// No hello within the time given.
+    #[error("no hello within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The connection failed during the exchange.
+    #[error(transparent)]
+    Connection(#[from] quinn::ConnectionError),
+    /// A hello stream could not be written.
+    #[error("sending the hello: {0}")]
+    Write(String),
+    /// The peer's hello broke the wire format (or ours could not be encoded).
+    #[error(transparent)]
+    Wire(#[from] WireError),
 }

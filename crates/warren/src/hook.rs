@@ -35,7 +35,7 @@ pub trait Listener: Hook {
 
     /// Dials `addr` and completes the transport's handshake. The node then checks the identity
     /// and exchanges hellos.
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, String>>;
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, crate::error::TransportError>>;
 }
 
 /// Finds a path to a peer through a rendezvous point (today: the relay this node is registered

@@ -52,6 +52,7 @@
 
 pub mod connection;
 pub mod discovery;
+pub mod endpoint;
 pub mod error;
 pub mod hook;
 pub mod identity;
@@ -63,7 +64,8 @@ pub mod transport;
 pub mod wire;
 
 pub use connection::{Connection, Stream};
-pub use error::{ConnectError, RegisterError};
+pub use endpoint::{BuildError, Builder};
+pub use error::{ConnectError, HelloError, RegisterError, TransportError};
 pub use identity::{Identity, IdentityError, PeerId, RemoteIdentity};
 pub use node::{ConnectionState, Direction, Event, P2P, PeerInfo, ProtocolHandler};
 

@@ -25,7 +25,7 @@ pub use self::metadata::{DEVICE_MODEL, MetadataGuard, NAME, OS, VERSION};
 use self::peer::PeerTable;
 pub use self::peer::{ConnectionState, PeerInfo};
 use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
-use crate::error::{ConnectError, RegisterError};
+use crate::error::{ConnectError, HelloError, RegisterError, TransportError};
 pub use crate::hook::{BoxFuture, Hook, HookId, Listener, Rendezvous};
 use crate::identity::{Identity, RemoteIdentity};
 use crate::relay::client::{RelayClient, RelayConfig, RelayEvent};
@@ -126,6 +126,7 @@ struct Inner {
     paths: std::sync::OnceLock<std::sync::Weak<Paths>>,
     rendezvous: RwLock<Option<Arc<dyn Rendezvous>>>,
     attempts: Mutex<punch::Attempts>,
+    relay: Mutex<Option<RelayClient>>,
 }
 
 impl std::fmt::Debug for P2P {
@@ -165,6 +166,7 @@ impl P2P {
                 paths: std::sync::OnceLock::new(),
                 rendezvous: RwLock::new(None),
                 attempts: Mutex::default(),
+                relay: Mutex::new(None),
             }),
         }
     }
@@ -233,7 +235,14 @@ impl P2P {
         let client = RelayClient::start(self.identity().clone(), quic, config, &self.inner.tasks, on_event);
         self.register_hook(Arc::new(client.clone()));
         self.set_rendezvous(Some(Arc::new(client.clone())));
+        *self.inner.relay.lock().expect("relay lock poisoned") = Some(client.clone());
         client
+    }
+
+    /// The relay client, if the node was given a relay: its registration now and each change
+    /// ([`RelayClient::watch_status`]), its observed address.
+    pub fn relay(&self) -> Option<RelayClient> {
+        self.inner.relay.lock().expect("relay lock poisoned").clone()
     }
 
     /// The path table moved `remote`'s packets to `path`: each connection through its
@@ -441,12 +450,21 @@ impl P2P {
 
     /// Routes incoming streams that name `protocol` to `handler`.
     pub fn register_protocol(&self, protocol: &str, handler: impl ProtocolHandler) -> Result<(), RegisterError> {
+        self.register_shared_protocol(protocol, Arc::new(handler))
+    }
+
+    /// [`P2P::register_protocol`] with a handler already shared.
+    pub fn register_shared_protocol(
+        &self,
+        protocol: &str,
+        handler: Arc<dyn ProtocolHandler>,
+    ) -> Result<(), RegisterError> {
         wire::check_protocol_name(protocol).map_err(RegisterError::InvalidName)?;
         let mut protocols = self.inner.protocols.write().expect("protocol lock poisoned");
         if protocols.contains_key(protocol) {
             return Err(RegisterError::Duplicate(protocol.to_owned()));
         }
-        protocols.insert(protocol.to_owned(), Arc::new(handler));
+        protocols.insert(protocol.to_owned(), handler);
         Ok(())
     }
 
@@ -473,10 +491,10 @@ impl P2P {
         });
     }
 
-    /// The tracker of this node's tasks; transports run their drivers on it so that shutdown
-    /// waits for them.
-    pub fn task_tracker(&self) -> &TaskTracker {
-        &self.inner.tasks
+    /// How many tasks of the node are still running (connection drivers, handlers, hooks):
+    /// zero after [`P2P::shutdown`] returned.
+    pub fn running_tasks(&self) -> usize {
+        self.inner.tasks.len()
     }
 
     /// Set by the QUIC transport: the path table of its socket.
@@ -657,7 +675,7 @@ impl P2P {
                 Err(reason) => {
                     let relay = self.paths().and_then(|p| p.relay()).map(|r| r.addr);
                     let addr = relay.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    attempts.push((addr, ConnectError::Transport { addr, reason }));
+                    attempts.push((addr, ConnectError::Transport { addr, error: TransportError::Rendezvous(reason) }));
                 }
             }
             if attempts.is_empty() {
@@ -666,10 +684,7 @@ impl P2P {
             if attempts.len() == 1 {
                 return Err(attempts.pop().expect("one attempt").1);
             }
-            Err(ConnectError::Unreachable {
-                remote,
-                attempts: attempts.into_iter().map(|(a, e)| (a, e.to_string())).collect(),
-            })
+            Err(ConnectError::Unreachable { remote, attempts })
         }
         .await;
         self.inner.dialing.lock().await.remove(&remote);
@@ -750,8 +765,8 @@ impl P2P {
         let listener = self.listener_for(addr).ok_or(ConnectError::NoTransport)?;
         let quic = tokio::time::timeout(timeout, listener.dial(addr))
             .await
-            .map_err(|_| ConnectError::Transport { addr, reason: format!("no answer within {timeout:?}") })?
-            .map_err(|reason| ConnectError::Transport { addr, reason })?;
+            .map_err(|_| ConnectError::Transport { addr, error: TransportError::Timeout(timeout) })?
+            .map_err(|error| ConnectError::Transport { addr, error })?;
         self.establish(quic, Direction::Outbound, expected, None).await
     }
 
@@ -763,12 +778,12 @@ impl P2P {
         self.spawn(async move {
             let addr = incoming.remote_address();
             let result = async {
-                let transport_err = |reason: String| ConnectError::Transport { addr, reason };
+                let transport_err = |error: TransportError| ConnectError::Transport { addr, error };
                 let connecting = match config {
                     Some(config) => incoming.accept_with(config),
                     None => incoming.accept(),
                 }
-                .map_err(|e| transport_err(e.to_string()))?;
+                .map_err(|e| transport_err(e.into()))?;
                 // Our hello goes out as 0.5-RTT data, with our handshake reply, so the dialler
                 // has it as soon as its handshake completes. It is sent before the dialler's key
                 // is verified, so it must never hold anything reserved for authenticated peers
@@ -779,8 +794,8 @@ impl P2P {
                     Err(connecting) => {
                         let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
                             .await
-                            .map_err(|_| transport_err("handshake timed out".into()))?
-                            .map_err(|e| transport_err(e.to_string()))?;
+                            .map_err(|_| transport_err(TransportError::Timeout(HANDSHAKE_TIMEOUT)))?
+                            .map_err(|e| transport_err(e.into()))?;
                         (quic, None)
                     }
                 };
@@ -797,9 +812,9 @@ impl P2P {
                     // succeeded: the close reason tells that.
                     tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted)
                         .await
-                        .map_err(|_| transport_err("handshake timed out".into()))?;
+                        .map_err(|_| transport_err(TransportError::Timeout(HANDSHAKE_TIMEOUT)))?;
                     if let Some(reason) = quic.close_reason() {
-                        return Err(transport_err(reason.to_string()));
+                        return Err(transport_err(reason.into()));
                     }
                 }
                 p2p.establish(quic, Direction::Inbound, None, Some(hello_out)).await
@@ -826,11 +841,11 @@ impl P2P {
 
     /// Opens a unidirectional stream and sends our hello on it.
     async fn send_hello(&self, quic: &quinn::Connection) -> Result<quinn::SendStream, ConnectError> {
-        let hello_err = |e: &dyn std::fmt::Display| ConnectError::Hello(e.to_string());
-        let ours = self.hello().to_bytes().map_err(|e| ConnectError::Hello(format!("our own hello: {e}")))?;
-        let mut send = quic.open_uni().await.map_err(|e| hello_err(&e))?;
-        send.write_all(&ours).await.map_err(|e| hello_err(&e))?;
-        send.finish().map_err(|e| hello_err(&e))?;
+        let write_err = |e: &dyn std::fmt::Display| ConnectError::Hello(HelloError::Write(e.to_string()));
+        let ours = self.hello().to_bytes().map_err(|e| ConnectError::Hello(e.into()))?;
+        let mut send = quic.open_uni().await.map_err(|e| ConnectError::Hello(e.into()))?;
+        send.write_all(&ours).await.map_err(|e| write_err(&e))?;
+        send.finish().map_err(|e| write_err(&e))?;
         Ok(send)
     }
 
@@ -846,25 +861,24 @@ impl P2P {
     ) -> Result<Connection, ConnectError> {
         let remote = tls::peer_identity(&quic).ok_or_else(|| {
             quic.close(codes::BAD_HELLO, b"no identity");
-            ConnectError::Hello("the peer presented no identity".into())
+            ConnectError::Hello(HelloError::NoIdentity)
         })?;
         if let Some(expected) = expected.filter(|e| *e != remote) {
             quic.close(codes::WRONG_IDENTITY, b"wrong identity");
             return Err(ConnectError::WrongIdentity { expected, got: remote });
         }
         let exchange = async {
-            let hello_err = |e: &dyn std::fmt::Display| ConnectError::Hello(e.to_string());
             let sent = match our_hello {
                 Some(sent) => sent,
                 None => self.send_hello(&quic).await?,
             };
-            let recv = quic.accept_uni().await.map_err(|e| hello_err(&e))?;
+            let recv = quic.accept_uni().await.map_err(|e| ConnectError::Hello(e.into()))?;
             // Decoded straight off the stream; fields of a newer minor version after the ones we
             // know are left unread.
             match wire::read_hello(&mut warren_proto::Reader::new(recv)).await {
                 Ok(theirs) => Ok((sent, Ok(theirs))),
                 Err(WireError::IncompatibleVersion { theirs }) => Ok((sent, Err(theirs.major))),
-                Err(error) => Err(hello_err(&error)),
+                Err(error) => Err(ConnectError::Hello(error.into())),
             }
         };
         let (sent, theirs): (quinn::SendStream, Result<Hello, u16>) =
@@ -876,7 +890,7 @@ impl P2P {
                 }
                 Err(_) => {
                     quic.close(codes::BAD_HELLO, b"hello timed out");
-                    return Err(ConnectError::Hello(format!("no hello within {HELLO_TIMEOUT:?}")));
+                    return Err(ConnectError::Hello(HelloError::Timeout(HELLO_TIMEOUT)));
                 }
             };
         let theirs = match theirs {

@@ -65,7 +65,7 @@ struct Inbox {
 }
 
 /// The path table's driver around the node's UDP socket. See the module docs.
-pub struct Paths {
+pub(crate) struct Paths {
     socket: Arc<dyn AsyncUdpSocket>,
     ipv6: bool,
     table: Mutex<PathTable>,

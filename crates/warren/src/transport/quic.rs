@@ -18,6 +18,7 @@ use super::paths::{PathEvents, PathSocket, Paths};
 use super::tls;
 use crate::Identity;
 use crate::connection::codes;
+use crate::error::TransportError;
 use crate::hook::{BoxFuture, Hook, Listener};
 
 /// How long a transport handshake may take.
@@ -283,14 +284,14 @@ impl Listener for QuicTransport {
         vec![self.inner.local_addr]
     }
 
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, String>> {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, TransportError>> {
         Box::pin(async move {
-            let endpoint = self.endpoint().ok_or("the QUIC transport is shut down")?;
+            let endpoint = self.endpoint().ok_or(TransportError::ShutDown)?;
             let connecting = match PathKind::of(addr) {
                 PathKind::Direct => endpoint.connect(addr, tls::SERVER_NAME),
                 PathKind::Relayed => endpoint.connect_with(self.inner.relayed_client.clone(), addr, tls::SERVER_NAME),
             };
-            connecting.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())
+            Ok(connecting?.await?)
         })
     }
 }

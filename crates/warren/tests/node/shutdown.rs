@@ -28,8 +28,8 @@ async fn after_shutdown_no_task_is_left_and_the_port_is_free() {
 
     alice.shutdown().await;
     bob.shutdown().await;
-    assert!(alice.task_tracker().is_empty(), "{} alice tasks left", alice.task_tracker().len());
-    assert!(bob.task_tracker().is_empty(), "{} bob tasks left", bob.task_tracker().len());
+    assert_eq!(alice.running_tasks(), 0, "alice tasks left");
+    assert_eq!(bob.running_tasks(), 0, "bob tasks left");
     drop(_open);
     // Both UDP ports can be bound again at once.
     std::net::UdpSocket::bind(alice_addr).expect("alice's port is free");
