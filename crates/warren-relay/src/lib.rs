@@ -527,6 +527,24 @@ impl Relay {
         self.local_addr
     }
 
+    /// What a malicious relay operator can do, for tests of what nodes make of it: sends the
+    /// registered node `to` a data frame claiming to come from `from`, carrying `payload`
+    /// (counted as forwarded). False if `to` is not registered.
+    #[doc(hidden)]
+    pub fn send_forged(&self, to: RemoteIdentity, from: RemoteIdentity, payload: &[u8]) -> bool {
+        let shared = &self.shared.0;
+        let dest = match shared.registry().nodes.get(to.as_bytes()) {
+            Some(node) => match &node.dest {
+                Dest::Udp(addr) => Forward::Udp(*addr),
+                Dest::Tcp(writer) => Forward::Tcp(writer.clone()),
+            },
+            None => return false,
+        };
+        shared.counters.forwarded_frames.fetch_add(1, Ordering::Relaxed);
+        shared.forward(dest, &frame::data(&from, payload), None);
+        true
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> RelayStats {
         let c = &self.shared.0.counters;

@@ -540,3 +540,41 @@ async fn a_dual_stack_relay_serves_ipv4_nodes() {
     }
     relay.shutdown().await;
 }
+
+/// A relay operator forges a data frame "from b" to a while a and b talk directly. Before the
+/// core redesign one such frame, once 3 s had passed since the punch, made a give the direct
+/// path up (the peer "had fallen back"), and b followed on a's first relayed packet: the
+/// connection stayed relayed for good. Now a side falls back on its own silence only: the
+/// frame makes a probe the direct path, b answers, and a stays direct.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_forging_a_frame_cannot_pull_a_direct_connection_back() {
+    let relay = relay(RelayConfig::default()).await;
+    let (a, ca) = node(&relay, None).await;
+    let (b, cb) = node(&relay, None).await;
+    ca.wait_registered(HANG).await.unwrap();
+    cb.wait_registered(HANG).await.unwrap();
+    let mut events = a.subscribe();
+    warren::ping::ping(&a, b.id(), 1).await.unwrap();
+    wait_for(&mut events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
+    let conn = a.open_connection(&b.id()).unwrap();
+    // Past the window in which the old rule ignored relayed packets (sent before the punch).
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for _ in 0..3 {
+        warren::ping::ping(&a, b.id(), 2).await.unwrap();
+        assert!(relay.send_forged(a.id(), b.id(), b"\x40forged, not from b"));
+    }
+    warren::ping::ping(&a, b.id(), 5).await.unwrap();
+    assert!(matches!(conn.path(), Path::Direct { .. }), "{:?}", conn.path());
+    while let Ok(event) = events.try_recv() {
+        assert!(!matches!(event, Event::PathChanged { path: Path::Relayed { .. }, .. }), "{event:?}");
+    }
+    // And the pings still bypass the relay.
+    let before = relay.stats().forwarded_frames;
+    warren::ping::ping(&a, b.id(), 3).await.unwrap();
+    assert_eq!(relay.stats().forwarded_frames, before);
+    assert_eq!(conn.id(), a.open_connection(&b.id()).unwrap().id(), "the same connection");
+    for node in [a, b] {
+        node.shutdown().await;
+    }
+    relay.shutdown().await;
+}

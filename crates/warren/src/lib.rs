@@ -3,38 +3,45 @@
 //! A tour:
 //! - [`Identity`] is a node's Ed25519 secret key; [`RemoteIdentity`] is the public key that
 //!   names a node (52 characters of lowercase base32) and [`PeerId`] a hash of it.
-//! - [`P2P`] is the node: a peer table, an event bus ([`Event`]), hooks, protocol routing and
-//!   shutdown. It does no networking itself.
-//! - [`transport::quic::QuicTransport`] is a listener hook carrying QUIC connections, mutually
-//!   authenticated with TLS 1.3 raw public keys bound to the identities.
-//! - [`discovery::manual::ManualDiscovery`] dials addresses given by hand and keeps them
-//!   connected.
-//! - Every connection starts with a hello ([`wire::Hello`]: metadata, protocols, wire version);
-//!   every stream with a header naming its protocol, routed to the handler registered with
-//!   [`P2P::register_protocol`].
+//! - [`P2P`] is the node. [`P2P::builder`] says everything it is made of (identity, QUIC
+//!   sockets, relay, discovery sources, protocol handlers); [`P2P::id`] is its own identity.
+//!   It keeps a peer table, one connection per peer (reused, dialled on demand, the known
+//!   addresses raced), routes each incoming stream to the handler of the protocol the stream
+//!   names, and tells subscribers what happened ([`Event`]).
+//! - Every connection is QUIC with TLS 1.3 raw public keys bound to both identities; dialling
+//!   identity X yields X or [`ConnectError::WrongIdentity`]. It starts with a hello
+//!   ([`wire::Hello`]: metadata, protocols, wire version). [`Connection::watch_path`] says
+//!   whether its packets go direct or through a relay, now and at each change.
+//! - Through a relay ([`relay`]) peers reach each other by identity alone; a hole punch then
+//!   moves the connection to a direct path validated with keys of the connection itself
+//!   ([`state::path_table`]).
+//!
+//! The crate is layered (docs/architecture.md): [`wire`] (byte formats) → [`state`] (sans-IO
+//! state machines) → [`transport`], [`relay`], [`connection`] (drivers) → [`node`] (and
+//! [`discovery`], [`endpoint`]).
 //!
 //! ```
 //! use tokio::io::{AsyncReadExt, AsyncWriteExt};
-//! use warren::{Identity, P2P, transport::quic::QuicTransport};
+//! use warren::{Identity, P2P, Stream};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let alice = P2P::new("example", Identity::generate());
-//! let bob = P2P::new("example", Identity::generate());
-//! let bob_quic = bob.listen_quic("127.0.0.1:0".parse()?).await?;
-//! alice.listen_quic("127.0.0.1:0".parse()?).await?;
-//!
 //! // Bob echoes whatever arrives on "echo/1".
-//! bob.register_protocol("echo/1", |mut stream: warren::Stream| async move {
-//!     let mut buf = Vec::new();
-//!     if stream.read_to_end(&mut buf).await.is_ok() {
-//!         let _ = stream.write_all(&buf).await;
-//!         let _ = stream.finish();
-//!     }
-//! })?;
+//! let bob = P2P::builder("example", Identity::generate())
+//!     .listen_quic("127.0.0.1:0".parse()?)
+//!     .protocol("echo/1", |mut stream: Stream| async move {
+//!         let mut buf = Vec::new();
+//!         if stream.read_to_end(&mut buf).await.is_ok() {
+//!             let _ = stream.write_all(&buf).await;
+//!             let _ = stream.finish();
+//!         }
+//!     })
+//!     .spawn()
+//!     .await?;
+//! let alice = P2P::builder("example", Identity::generate()).listen_quic("127.0.0.1:0".parse()?).spawn().await?;
 //!
 //! // Alice knows Bob's identity and an address (from discovery, or given by hand).
-//! alice.discovered("manual", bob.id(), [bob_quic.local_addr()], Default::default());
+//! alice.discovered("manual", bob.id(), bob.listen_addrs(), Default::default());
 //! let mut stream = alice.connect(bob.id(), "echo/1").await?;
 //! stream.write_all(b"hello").await?;
 //! stream.finish()?;

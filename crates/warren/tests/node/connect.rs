@@ -176,7 +176,9 @@ async fn a_subscriber_that_never_reads_does_not_stall_the_node() {
 #[tokio::test]
 async fn a_dead_address_listed_first_does_not_delay_a_live_one() {
     let (alice, _) = node().await;
-    let (bob, bob_addr) = node().await;
+    // Bob on 127.0.0.2, the silent socket on 127.0.0.1: the peer table keeps addresses sorted,
+    // so the dead one comes first.
+    let (bob, bob_addr) = node_with(Identity::generate(), "127.0.0.2:0".parse().unwrap()).await;
     // Bound and silent: every packet sent to it is swallowed.
     let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let dead = silent.local_addr().unwrap();
