@@ -565,6 +565,12 @@ impl Relay {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        // A node's task cancelled before it saw its connection close leaves its closer (a
+        // quinn connection) registered; that connection holds the endpoint, which holds the
+        // socket, which holds this registry: a cycle that kept the UDP port bound after
+        // shutdown (a restart on the same port then failed with "address in use", about one
+        // run in five of the relay-restart test). Cleared here, the cycle is gone.
+        self.shared.0.closers.lock().expect("closer lock poisoned").clear();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.endpoint.wait_idle()).await;
     }
 }

@@ -292,12 +292,16 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
     // While the relay is down the direct connection carries on.
     warren::ping::ping(&a, b.id(), 3).await.unwrap();
     // Same identity, same address.
-    let second = loop {
-        match Relay::spawn(Identity::from_secret_bytes(&secret), addr, RelayConfig::default()).await {
-            Ok(relay) => break relay,
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+    let second = tokio::time::timeout(HANG, async {
+        loop {
+            match Relay::spawn(Identity::from_secret_bytes(&secret), addr, RelayConfig::default()).await {
+                Ok(relay) => break relay,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
         }
-    };
+    })
+    .await
+    .expect("the old relay's port is free again after its shutdown");
     wait_for(&mut c_events, |e| matches!(e, Event::RelayConnected { .. }).then_some(())).await;
     // c and d talk again through the new relay (d re-registers too).
     let again = tokio::time::timeout(HANG, async {

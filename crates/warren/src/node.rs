@@ -123,7 +123,9 @@ struct Inner {
     dialing: tokio::sync::Mutex<HashMap<RemoteIdentity, Arc<tokio::sync::Mutex<()>>>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
-    paths: std::sync::OnceLock<std::sync::Weak<Paths>>,
+    /// The path table relaying and hole punching use: the first QUIC transport's, or the one
+    /// given to `add_relay`.
+    paths: RwLock<Option<std::sync::Weak<Paths>>>,
     rendezvous: RwLock<Option<Arc<dyn Rendezvous>>>,
     attempts: Mutex<punch::Attempts>,
     relay: Mutex<Option<RelayClient>>,
@@ -163,7 +165,7 @@ impl P2P {
                 dialing: tokio::sync::Mutex::default(),
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
-                paths: std::sync::OnceLock::new(),
+                paths: RwLock::new(None),
                 rendezvous: RwLock::new(None),
                 attempts: Mutex::default(),
                 relay: Mutex::new(None),
@@ -204,8 +206,8 @@ impl P2P {
             }
         });
         let quic = QuicTransport::bind(self.identity(), addr, &self.inner.tasks, on_path)?;
-        self.set_paths(quic.paths());
-        self.spawn(quic.paths().clone().drive_timers());
+        self.set_paths(quic.paths(), false);
+        self.spawn(Paths::drive_timers(Arc::downgrade(quic.paths())));
         let (node, quic_handle) = (self.clone(), quic.clone());
         let accept_loop = quic.run_accept_loop(|endpoint| async move {
             while let Some(incoming) = endpoint.accept().await {
@@ -232,6 +234,8 @@ impl P2P {
                 RelayEvent::Disconnected { relay, reason } => Event::RelayDisconnected { relay, reason },
             });
         });
+        // Relaying and punching happen on this transport's socket.
+        self.set_paths(quic.paths(), true);
         let client = RelayClient::start(self.identity().clone(), quic, config, &self.inner.tasks, on_event);
         self.register_hook(Arc::new(client.clone()));
         self.set_rendezvous(Some(Arc::new(client.clone())));
@@ -497,15 +501,18 @@ impl P2P {
         self.inner.tasks.len()
     }
 
-    /// Set by the QUIC transport: the path table of its socket.
+    /// The path table relaying and punching use: `paths` if `replace` or if there is none yet.
     /// (Weak: the transport owns its socket, and shutting the transport down closes it.)
-    pub(crate) fn set_paths(&self, paths: &Arc<Paths>) {
-        let _ = self.inner.paths.set(Arc::downgrade(paths));
+    fn set_paths(&self, paths: &Arc<Paths>, replace: bool) {
+        let mut current = self.inner.paths.write().expect("paths lock poisoned");
+        if replace || current.as_ref().is_none_or(|p| p.upgrade().is_none()) {
+            *current = Some(Arc::downgrade(paths));
+        }
     }
 
-    /// The path table of the node's socket, while a QUIC transport runs.
+    /// The path table relaying and punching use, while its QUIC transport runs.
     pub(crate) fn paths(&self) -> Option<Arc<Paths>> {
-        self.inner.paths.get()?.upgrade()
+        self.inner.paths.read().expect("paths lock poisoned").as_ref()?.upgrade()
     }
 
     /// Sets (or clears) the rendezvous point used to reach peers with no known address (the
@@ -730,7 +737,10 @@ impl P2P {
             racing.spawn(async move {
                 tokio::time::sleep_until(start).await;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                (addr, node.dial_within(addr, Some(remote), left).await)
+                // The whole dial, hello included, is under the deadline.
+                let dialled = tokio::time::timeout_at(deadline, node.dial_within(addr, Some(remote), left)).await;
+                let error = ConnectError::Transport { addr, error: TransportError::Timeout(timeout) };
+                (addr, dialled.unwrap_or(Err(error)))
             });
         }
         let mut failed = Vec::new();
@@ -775,6 +785,13 @@ impl P2P {
     /// `config` overrides the listener's server configuration (a relayed attempt's own).
     pub(crate) fn accept(&self, incoming: quinn::Incoming, config: Option<Arc<quinn::ServerConfig>>) {
         let p2p = self.clone();
+        if crate::transport::paths::is_placeholder(incoming.remote_address())
+            && let Some(paths) = self.paths()
+        {
+            // A new connection from a relayed peer: its old direct address may be dead, and
+            // our handshake answer must not go there. It punches afresh.
+            paths.forget_direct_at(incoming.remote_address());
+        }
         self.spawn(async move {
             let addr = incoming.remote_address();
             let result = async {
@@ -902,7 +919,7 @@ impl P2P {
                 return Err(ConnectError::IncompatibleVersion { ours: WIRE_VERSION_MAJOR, theirs: their_major });
             }
         };
-        let paths = self.inner.paths.get().cloned();
+        let paths = self.inner.paths.read().expect("paths lock poisoned").clone();
         if crate::transport::paths::is_placeholder(quic.remote_address())
             && let Some(table) = self.paths()
         {
@@ -919,6 +936,8 @@ impl P2P {
             Arc::new(tokio::sync::watch::Sender::new(path.unwrap_or(Path::Direct { addr: quic.remote_address() })));
         let conn = Connection { quic, remote, direction, hello: Arc::new(theirs), paths, path };
         self.register_connection(conn.clone())?;
+        // A path change between computing the first value and registering would be lost.
+        conn.path.send_replace(conn.path());
         Ok(conn)
     }
 

@@ -42,7 +42,7 @@ pub fn fuzz_relay_wire(data: &[u8]) {
         {
             let now = std::time::Instant::now();
             let relay: std::net::SocketAddr = ([203, 0, 113, 1], 3478).into();
-            let mut table = PathTable::new(me);
+            let mut table = PathTable::new(me, [0x44; 32]);
             table.set_relay(Some(RelayInfo { identity: peer, addr: relay, tcp: false }));
             table.add_key(now, peer, 1, [0x33; 32]);
             for from in [Some(([198, 51, 100, 2], 5000).into()), Some(relay), None] {

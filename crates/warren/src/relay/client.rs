@@ -91,6 +91,16 @@ pub enum RelayError {
     Timeout(Duration),
 }
 
+/// Forgets a lookup when dropped.
+struct ForgetLookup<'a>(&'a RelayClient, u64);
+
+impl Drop for ForgetLookup<'_> {
+    fn drop(&mut self) {
+        self.0.inner.waiting.lock().expect("lookup lock poisoned").remove(&self.1);
+        self.0.state().forget(self.1);
+    }
+}
+
 /// What the relay client reports; the node turns these into its own events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayEvent {
@@ -291,8 +301,18 @@ impl RelayClient {
     async fn lookup(&self, peer: RemoteIdentity) -> Result<bool, String> {
         let link =
             self.inner.link.lock().expect("relay lock poisoned").clone().ok_or("not registered with the relay")?;
-        let id = self.state().lookup(std::time::Instant::now(), peer).map_err(|e| e.to_string())?;
-        let answer = match &link {
+        let id = {
+            let mut state = self.state();
+            let now = std::time::Instant::now();
+            for expired in state.expire(now) {
+                self.inner.waiting.lock().expect("lookup lock poisoned").remove(&expired);
+            }
+            state.lookup(now, peer).map_err(|e| e.to_string())?
+        };
+        // However this ends (answered, failed, timed out, or the caller gave up and dropped
+        // this future), nobody waits for the id any more.
+        let _forget = ForgetLookup(self, id);
+        match &link {
             RelayLink::Quic(conn) => match request(conn, &Request::Lookup { id, peer }).await {
                 Ok(Response::Lookup { id: answered, online }) if answered == id => Ok(online),
                 Ok(other) => Err(format!("unexpected answer from the relay: {other:?}")),
@@ -310,13 +330,7 @@ impl RelayClient {
                         .and_then(|r| r.map_err(|_| "the relay link closed".to_owned())),
                 }
             }
-        };
-        // Answered, failed or timed out: nobody waits for this id any more.
-        self.inner.waiting.lock().expect("lookup lock poisoned").remove(&id);
-        let mut state = self.state();
-        let _ = state.answered(id);
-        state.expire(std::time::Instant::now());
-        answer
+        }
     }
 
     async fn register(&self) -> Result<Registration, RelayError> {

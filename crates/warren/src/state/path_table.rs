@@ -13,7 +13,8 @@
 //! the response must come from that very address, and both are tagged with a key only the two
 //! peers hold ([`PathKey`], exported from their connection's TLS session), over both identities.
 //! So a LAN neighbour, an on-path router or the relay can neither forge a response, nor replay
-//! one from another address, nor replay a challenge (ids are checked against a window).
+//! one from another address, nor replay a challenge (ids are unpredictable and remembered per
+//! key), nor make an address count as a peer's before this side's challenge there is answered.
 //!
 //! # Liveness, fallback, re-probing
 //!
@@ -128,9 +129,20 @@ pub const RESPONSE_BURST: u32 = 64;
 /// See [`RESPONSE_BURST`].
 pub const RESPONSES_PER_SECOND: u32 = 32;
 
-/// Challenge ids below the highest seen from a peer by this much or more are refused, as are ids
-/// seen before: a replayed challenge gets no answer.
-pub const REPLAY_WINDOW: u64 = 64;
+/// Challenge ids seen under each key are remembered (the last this many): a replayed challenge
+/// gets no answer. Ids are unpredictable (keyed BLAKE3 of a counter under a secret of the
+/// table's), so a response cannot be prepared for a challenge one did not see.
+pub const REPLAY_MEMORY: usize = 1024;
+
+/// Challenges back (to an address a valid challenge came from) per peer: a burst, then this many
+/// per second. With the response, a challenge back makes 138 bytes answer 78: bounded here.
+pub const CHALLENGE_BACK_BURST: u32 = 8;
+/// See [`CHALLENGE_BACK_BURST`].
+pub const CHALLENGE_BACKS_PER_SECOND: u32 = 4;
+
+/// A placeholder whose peer never brought a key (no connection was established through it)
+/// may be taken by another peer after this: past the handshake and hello timeouts.
+pub const KEYLESS_IDLE: Duration = Duration::from_secs(30);
 
 /// Is `addr` a placeholder for a relayed peer?
 pub fn is_placeholder(addr: SocketAddr) -> bool {
@@ -271,50 +283,56 @@ impl Direct {
     }
 }
 
-/// Ids of the peer's challenges seen: the highest, and a bitmap of the [`REPLAY_WINDOW`] below.
-#[derive(Debug, Clone, Copy, Default)]
-struct ReplayWindow {
-    highest: u64,
-    seen: u64,
+/// Ids of challenges seen under one key, the last [`REPLAY_MEMORY`] of them.
+#[derive(Debug, Clone, Default)]
+struct SeenIds {
+    order: VecDeque<u64>,
+    set: std::collections::HashSet<u64>,
 }
 
-impl ReplayWindow {
-    /// Records `id`; false if it was seen before or is too old.
+impl SeenIds {
+    /// Records `id`; false if it was seen before.
     fn check(&mut self, id: u64) -> bool {
-        if id > self.highest {
-            let shift = id - self.highest;
-            self.seen = if shift >= 64 { 0 } else { self.seen << shift };
-            // Bit 0 stands for `highest` itself.
-            self.seen |= 1;
-            self.highest = id;
-            return true;
-        }
-        let age = self.highest - id;
-        if age >= REPLAY_WINDOW || self.seen & (1 << age) != 0 {
+        if !self.set.insert(id) {
             return false;
         }
-        self.seen |= 1 << age;
+        self.order.push_back(id);
+        if self.order.len() > REPLAY_MEMORY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
         true
     }
+}
+
+/// One relayed connection's key and the challenge ids seen under it.
+#[derive(Debug, Clone)]
+struct Key {
+    connection: u64,
+    key: PathKey,
+    seen: SeenIds,
 }
 
 /// A token bucket in whole tokens.
 #[derive(Debug, Clone, Copy)]
 struct Budget {
     tokens: u32,
+    burst: u32,
+    per_second: u32,
     refilled: Instant,
 }
 
 impl Budget {
-    fn new(now: Instant) -> Self {
-        Budget { tokens: RESPONSE_BURST, refilled: now }
+    fn new(now: Instant, burst: u32, per_second: u32) -> Self {
+        Budget { tokens: burst, burst, per_second, refilled: now }
     }
 
     fn take(&mut self, now: Instant) -> bool {
-        let earned =
-            now.saturating_duration_since(self.refilled).as_millis() as u64 * u64::from(RESPONSES_PER_SECOND) / 1000;
+        let elapsed_ms = now.saturating_duration_since(self.refilled).as_millis() as u64;
+        let earned = elapsed_ms * u64::from(self.per_second) / 1000;
         if earned > 0 {
-            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(RESPONSE_BURST)) as u32;
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(self.burst)) as u32;
             self.refilled = now;
         }
         if self.tokens == 0 {
@@ -331,14 +349,14 @@ struct PeerPath {
     placeholder: SocketAddr,
     /// Last packet either way: idle entries make room when the table is full.
     last_used: Instant,
-    /// One per relayed connection, `(connection id, key)`, newest last.
-    keys: Vec<(u64, PathKey)>,
+    /// One per relayed connection, newest last.
+    keys: Vec<Key>,
     pending: VecDeque<Pending>,
     /// Addresses whose authenticated frames attribute their QUIC packets to this peer.
     heard: VecDeque<SocketAddr>,
     direct: Option<Direct>,
-    window: ReplayWindow,
     budget: Budget,
+    back_budget: Budget,
     /// When the last challenge back went to each address (bounded like `heard`).
     challenged_back: VecDeque<(SocketAddr, Instant)>,
 }
@@ -352,6 +370,8 @@ pub struct PathTable {
     by_heard: HashMap<SocketAddr, RawIdentity>,
     relay: Option<RelayInfo>,
     punching: bool,
+    /// Challenge ids are keyed BLAKE3 of a counter under this secret: unpredictable.
+    id_secret: [u8; 32],
     next_id: u64,
     /// The table is full and no entry can be reclaimed before this.
     no_room_until: Option<Instant>,
@@ -370,8 +390,9 @@ const CHALLENGE_BACK_INTERVAL: Duration = Duration::from_millis(250);
 const SWITCH_GRACE: Duration = Duration::from_secs(1);
 
 impl PathTable {
-    /// An empty table for the node `me`, with hole punching on.
-    pub fn new(me: RemoteIdentity) -> Self {
+    /// An empty table for the node `me`, with hole punching on. `id_secret` makes challenge
+    /// ids unpredictable: give it 32 random bytes (tests may give a constant).
+    pub fn new(me: RemoteIdentity, id_secret: [u8; 32]) -> Self {
         PathTable {
             me,
             peers: HashMap::new(),
@@ -379,7 +400,8 @@ impl PathTable {
             by_heard: HashMap::new(),
             relay: None,
             punching: true,
-            next_id: 1,
+            id_secret,
+            next_id: 0,
             no_room_until: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -433,9 +455,12 @@ impl PathTable {
             if self.no_room_until.is_some_and(|until| now < until) {
                 return None;
             }
-            let (&stale, entry) = self.peers.iter().min_by_key(|(_, p)| p.last_used)?;
-            if now.saturating_duration_since(entry.last_used) < PLACEHOLDER_IDLE {
-                self.no_room_until = Some(entry.last_used + PLACEHOLDER_IDLE);
+            // Entries that never brought a key go sooner: nobody connected through them.
+            let idle_for = |p: &PeerPath| if p.keys.is_empty() { KEYLESS_IDLE } else { PLACEHOLDER_IDLE };
+            let (&stale, entry) = self.peers.iter().min_by_key(|(_, p)| p.last_used + idle_for(p))?;
+            let free_at = entry.last_used + idle_for(entry);
+            if now < free_at {
+                self.no_room_until = Some(free_at);
                 return None;
             }
             let addr = entry.placeholder;
@@ -450,8 +475,8 @@ impl PathTable {
             pending: VecDeque::new(),
             heard: VecDeque::new(),
             direct: None,
-            window: ReplayWindow::default(),
-            budget: Budget::new(now),
+            budget: Budget::new(now, RESPONSE_BURST, RESPONSES_PER_SECOND),
+            back_budget: Budget::new(now, CHALLENGE_BACK_BURST, CHALLENGE_BACKS_PER_SECOND),
             challenged_back: VecDeque::new(),
         };
         self.peers.insert(*remote.as_bytes(), entry);
@@ -481,18 +506,18 @@ impl PathTable {
             return;
         }
         let peer = self.peers.get_mut(remote.as_bytes()).expect("just made");
-        peer.keys.retain(|(k, _)| *k != id);
+        peer.keys.retain(|k| k.connection != id);
         if peer.keys.len() >= MAX_KEYS {
             peer.keys.remove(0);
         }
-        peer.keys.push((id, key));
+        peer.keys.push(Key { connection: id, key, seen: SeenIds::default() });
     }
 
     /// Removes a connection's key. With the last one gone, the direct path is forgotten: the
     /// next connection starts on the relay and punches afresh (the peer may have moved).
     pub fn remove_key(&mut self, remote: &RemoteIdentity, id: u64) {
         let Some(peer) = self.peers.get_mut(remote.as_bytes()) else { return };
-        peer.keys.retain(|(k, _)| *k != id);
+        peer.keys.retain(|k| k.connection != id);
         if peer.keys.is_empty() {
             self.forget_direct(remote);
         }
@@ -572,11 +597,12 @@ impl PathTable {
         if !self.punching {
             return false;
         }
-        let id = self.next_id;
         let me = *self.me.as_bytes();
         let Some(peer) = self.peers.get_mut(remote.as_bytes()) else { return false };
-        let Some(&(_, key)) = peer.keys.last() else { return false };
+        let Some(key) = peer.keys.last().map(|k| k.key) else { return false };
         self.next_id += 1;
+        let id_hash = blake3::keyed_hash(&self.id_secret, &self.next_id.to_le_bytes());
+        let id = u64::from_le_bytes(id_hash.as_bytes()[..8].try_into().expect("8 bytes"));
         let target = unmap(target);
         if peer.pending.len() >= MAX_PENDING {
             peer.pending.pop_front();
@@ -584,6 +610,8 @@ impl PathTable {
         peer.pending.push_back(Pending { id, target, key, sent: now });
         self.transmits.push_back((target, frame::challenge(&key, id, target, &me, remote.as_bytes()).to_vec()));
         self.stats.challenges += 1;
+        // Its expiry may come before whatever the driver waits for now.
+        self.timer_moved = true;
         true
     }
 
@@ -678,32 +706,31 @@ impl PathTable {
         }
         let me = *self.me.as_bytes();
         let peer = self.peers.get_mut(&sender).ok_or(Refused::UnknownPeer)?;
-        let key = peer
+        let entry = peer
             .keys
-            .iter()
+            .iter_mut()
             .rev()
-            .map(|(_, key)| *key)
-            .find(|key| frame::tags_equal(&tag, &frame::tag(key, TagKind::Challenge, id, target, &sender, &me)))
+            .find(|k| frame::tags_equal(&tag, &frame::tag(&k.key, TagKind::Challenge, id, target, &sender, &me)))
             .ok_or(Refused::BadTag)?;
-        if !peer.window.check(id) {
+        if !entry.seen.check(id) {
             return Err(Refused::Replayed);
         }
+        let key = entry.key;
         if !peer.budget.take(now) {
             return Err(Refused::RateLimited);
         }
         peer.last_used = now;
         self.transmits.push_back((from, frame::response(&key, id, target, &me, &sender).to_vec()));
         self.stats.responses += 1;
-        self.hear(sender, from);
         // The peer is at `from`, as far as it knows: challenge it there too (that is how a
         // punch from one side opens the way for the other), unless that path is ours already.
-        let peer = self.peers.get_mut(&sender).expect("checked above");
+        // `from` counts as the peer's only once our own challenge there is answered.
         let live = peer.direct.is_some_and(|d| d.addr == from && !d.fallen_back);
         let recent = peer
             .challenged_back
             .iter()
             .any(|(addr, at)| *addr == from && now.saturating_duration_since(*at) < CHALLENGE_BACK_INTERVAL);
-        if !live && !recent && peer.budget.take(now) {
+        if !live && !recent && peer.back_budget.take(now) {
             if peer.challenged_back.len() >= MAX_HEARD {
                 peer.challenged_back.pop_front();
             }
@@ -731,7 +758,7 @@ impl PathTable {
         }
         // The answer must come from the address challenged: one from elsewhere proves nothing
         // about that address (and the real answer may still come).
-        if pending.target != from {
+        if pending.target != from || now.saturating_duration_since(pending.sent) >= CHALLENGE_LIFETIME {
             return Err(Refused::Unsolicited);
         }
         peer.pending.remove(index);
@@ -746,6 +773,7 @@ impl PathTable {
                 direct.reprobes = 0;
                 if back {
                     direct.next_probe = direct.last_sent.map(|_| now + PROBE_INTERVAL);
+                    self.timer_moved = true;
                 }
                 back && has_relay
             }
@@ -764,8 +792,17 @@ impl PathTable {
         Ok(())
     }
 
-    /// Attributes QUIC packets from `addr` to the peer `raw` from now on.
+    /// Attributes QUIC packets from `addr` (validated: our challenge there was answered) to the
+    /// peer `raw` from now on. Never the relay's address, never another peer's live direct one.
     fn hear(&mut self, raw: RawIdentity, addr: SocketAddr) {
+        if self.relay.is_some_and(|r| unmap(r.addr) == addr) {
+            return;
+        }
+        if let Some(other) = self.by_heard.get(&addr).filter(|o| **o != raw)
+            && self.peers.get(other).and_then(|p| p.direct).is_some_and(|d| d.addr == addr && !d.fallen_back)
+        {
+            return;
+        }
         let Some(peer) = self.peers.get_mut(&raw) else { return };
         if peer.heard.contains(&addr) {
             return;
@@ -895,7 +932,7 @@ mod tests {
         fn new() -> Self {
             let (a_id, b_id) = (id(), id());
             let now = Instant::now();
-            let (mut a, mut b) = (PathTable::new(a_id), PathTable::new(b_id));
+            let (mut a, mut b) = (PathTable::new(a_id, [1; 32]), PathTable::new(b_id, [2; 32]));
             let relay = relay_info();
             a.set_relay(Some(relay));
             b.set_relay(Some(relay));
@@ -1204,7 +1241,7 @@ mod tests {
         assert!(!is_placeholder("10.0.0.1:9".parse().unwrap()));
         assert!(!is_placeholder("[::1]:9".parse().unwrap()));
 
-        let mut table = PathTable::new(id());
+        let mut table = PathTable::new(id(), [3; 32]);
         let start = Instant::now();
         let first = id();
         let addr = table.placeholder_for(start, first).unwrap();
@@ -1219,17 +1256,67 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_window_takes_reordered_ids_once() {
-        let mut w = ReplayWindow::default();
-        assert!(w.check(5));
-        assert!(w.check(3));
-        assert!(!w.check(3));
-        assert!(w.check(70));
-        assert!(!w.check(5), "too old");
-        assert!(w.check(69));
-        assert!(!w.check(70));
-        assert!(w.check(1000));
-        assert!(!w.check(69));
+    fn seen_ids_take_each_id_once_within_their_memory() {
+        let mut seen = SeenIds::default();
+        assert!(seen.check(5));
+        assert!(seen.check(3));
+        assert!(!seen.check(3));
+        for id in 100..100 + REPLAY_MEMORY as u64 {
+            assert!(seen.check(id));
+        }
+        assert!(seen.check(5), "forgotten past its memory");
+        assert!(!seen.check(100 + REPLAY_MEMORY as u64 - 1));
+    }
+
+    #[test]
+    fn a_restarted_peer_is_not_taken_for_a_replayer() {
+        // The peer restarts (a new table, so its counter starts again) and connects anew: its
+        // challenges under the new connection's key are answered.
+        let mut p = Pair::new();
+        p.punch();
+        p.b.remove_key(&p.a_id, 1);
+        let mut a2 = PathTable::new(p.a_id, [1; 32]);
+        a2.set_relay(p.a.relay());
+        a2.add_key(p.now, p.b_id, 7, [44; 32]);
+        p.b.add_key(p.now, p.a_id, 7, [44; 32]);
+        p.a = a2;
+        p.punch();
+        assert_eq!(p.a.direct(&p.b_id), Some(p.b_addr));
+        assert_eq!(p.b.direct(&p.a_id), Some(p.a_addr));
+    }
+
+    #[test]
+    fn a_challenge_alone_does_not_make_its_source_the_peers() {
+        // A valid challenge from a (spoofed) address gets an answer there, and a challenge
+        // back, but QUIC packets from it are not the peer's until that challenge is answered.
+        let mut p = Pair::new();
+        let spoofed: SocketAddr = "192.168.1.66:4444".parse().unwrap();
+        assert!(p.a.challenge(p.now, &p.b_id, p.b_addr));
+        let (_, challenge) = p.a.poll_transmit().unwrap();
+        p.b.handle_frame(p.now, Some(spoofed), &challenge).unwrap();
+        assert_eq!(p.b.quic_source(spoofed), spoofed);
+        assert_eq!(p.b.direct(&p.a_id), None);
+        let sent: Vec<_> = std::iter::from_fn(|| p.b.poll_transmit()).collect();
+        assert_eq!(sent.len(), 2, "a response and a challenge back");
+        assert!(sent.iter().all(|(to, _)| *to == spoofed));
+    }
+
+    #[test]
+    fn challenges_back_are_bounded_per_peer() {
+        // A hostile peer (it has the key) sends valid challenges from ever new source ports:
+        // answered within the response budget, challenged back within a smaller one.
+        let mut p = Pair::new();
+        let mut backs = 0;
+        for port in 0..200u16 {
+            p.a.challenge(p.now, &p.b_id, p.b_addr);
+            let (_, challenge) = p.a.poll_transmit().unwrap();
+            let from = SocketAddr::new("192.168.1.66".parse().unwrap(), 10_000 + port);
+            let _ = p.b.handle_frame(p.now, Some(from), &challenge);
+            while let Some((_, datagram)) = p.b.poll_transmit() {
+                backs += usize::from(matches!(Frame::parse(&datagram), Ok(Frame::Challenge { .. })));
+            }
+        }
+        assert_eq!(backs, CHALLENGE_BACK_BURST as usize);
     }
 
     /// A tiny deterministic generator for the randomised test below.

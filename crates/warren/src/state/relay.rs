@@ -152,6 +152,11 @@ impl RelayState {
         found
     }
 
+    /// Lookup `id` is over (answered, failed or given up): nobody waits for it.
+    pub fn forget(&mut self, id: u64) {
+        self.lookups.remove(&id);
+    }
+
     /// Lookups whose time ran out by `now` (they fail).
     pub fn expire(&mut self, now: Instant) -> Vec<u64> {
         let expired: Vec<u64> =

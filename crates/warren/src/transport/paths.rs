@@ -27,6 +27,13 @@ pub use crate::state::path_table::{Path, PathEvent, is_placeholder, unmap};
 use crate::state::path_table::{PathTable, RelayInfo, Route, Stats};
 use crate::wire::frame::{self, PathKey};
 
+/// 32 bytes from the operating system's random source.
+fn random_secret() -> [u8; 32] {
+    let mut secret = [0; 32];
+    getrandom::fill(&mut secret).expect("the operating system's random source works");
+    secret
+}
+
 /// Relayed datagrams waiting for quinn; more are dropped, as a full socket buffer would.
 pub const INBOX: usize = 4096;
 
@@ -75,7 +82,8 @@ pub(crate) struct Paths {
     inbox: Mutex<Inbox>,
     events: PathEvents,
     validated: broadcast::Sender<(RemoteIdentity, SocketAddr)>,
-    timer: Notify,
+    /// Wakes the timer task early (its own `Arc`: the task holds the table only weakly).
+    timer: Arc<Notify>,
 }
 
 impl fmt::Debug for Paths {
@@ -94,13 +102,13 @@ impl Paths {
         Ok(Arc::new(Self {
             socket,
             ipv6,
-            table: Mutex::new(PathTable::new(me)),
+            table: Mutex::new(PathTable::new(me, random_secret())),
             relay: Mutex::new(None),
             any_heard: AtomicBool::new(false),
             inbox: Mutex::default(),
             events,
             validated: broadcast::channel(64).0,
-            timer: Notify::new(),
+            timer: Arc::new(Notify::new()),
         }))
     }
 
@@ -134,22 +142,38 @@ impl Paths {
 
     /// Runs the table's timers (probes, fallback, re-probes) until the node's tasks are
     /// cancelled.
-    pub(crate) async fn drive_timers(self: Arc<Self>) {
+    /// Holds the table only weakly: it ends when the transport is gone.
+    pub(crate) async fn drive_timers(paths: std::sync::Weak<Self>) {
+        let Some(timer) = paths.upgrade().map(|p| p.timer.clone()) else { return };
         loop {
-            let deadline = self.table().poll_timeout();
-            let moved = self.timer.notified();
-            match deadline {
-                Some(at) => tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {
-                        let mut table = self.table();
-                        table.handle_timeout(Instant::now());
-                        self.flush(table);
-                    }
-                    _ = moved => {}
-                },
-                None => moved.await,
+            let Some(deadline) = paths.upgrade().map(|p| p.table().poll_timeout()) else { return };
+            let moved = timer.notified();
+            let wait = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = wait => {
+                    let Some(this) = paths.upgrade() else { return };
+                    let mut table = this.table();
+                    table.handle_timeout(Instant::now());
+                    this.flush(table);
+                }
+                _ = moved => {}
             }
         }
+    }
+
+    /// Forgets the direct path of the peer behind `placeholder` (a new connection from it is
+    /// arriving through the relay: its old address may be dead).
+    pub(crate) fn forget_direct_at(&self, placeholder: SocketAddr) {
+        let mut table = self.table();
+        if let Some(remote) = table.peer_of(placeholder) {
+            table.forget_direct(&remote);
+        }
+        self.flush(table);
     }
 
     /// `addr` in the socket's address family (IPv4-mapped on an IPv6 socket).

@@ -129,6 +129,15 @@ pub fn server_config_for(identity: &Arc<Identity>, kind: PathKind) -> quinn::Ser
     config
 }
 
+/// The server configuration for connections through a placeholder: migration off, so that a
+/// packet from an address the path table has not validated never moves the connection off its
+/// placeholder (it is dropped; QUIC resends).
+fn relayed_server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
+    let mut config = server_config_for(identity, PathKind::Relayed);
+    config.migration(false);
+    config
+}
+
 /// quinn client configuration for `identity`, with warren's transport parameters for a direct
 /// path.
 pub fn client_config(identity: &Arc<Identity>) -> quinn::ClientConfig {
@@ -206,7 +215,7 @@ impl QuicTransport {
                 paths,
                 local_addr,
                 accept_loop: TaskTracker::new(),
-                relayed_server: Arc::new(server_config_for(identity, PathKind::Relayed)),
+                relayed_server: Arc::new(relayed_server_config(identity)),
                 relayed_client: client_config_for(identity, PathKind::Relayed),
             }),
         })
