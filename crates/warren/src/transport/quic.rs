@@ -54,28 +54,39 @@ pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// Which path a connection starts on, which decides its transport parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
-    /// Dialled to (or accepted from) a real address: quinn's congestion controller (Cubic) and
-    /// path MTU discovery up to quinn's default ceiling. On loopback this is as fast as plain
-    /// quinn; BBR costs about 15 % there (docs/benchmarks.md).
-    Direct,
-    /// Through a relay placeholder (it may be punched direct later): BBR, which keeps a lossy
-    /// internet path usable (10 MB at 100 ms RTT and 1 % loss: 49 Mbit/s against Cubic's 1.2),
-    /// and path MTU discovery capped at [`MAX_UDP_PAYLOAD`] so that every packet fits a relay
-    /// frame.
+    /// Dialled to (or accepted from) a loopback, private, link-local or unique-local address:
+    /// a LAN, where loss means congestion. quinn's congestion controller (Cubic) and path MTU
+    /// ceiling: as fast as plain quinn on loopback, where BBR costs about 15 %
+    /// (docs/benchmarks.md).
+    Local,
+    /// Dialled to (or accepted from) any other (public) address: the internet, where random
+    /// loss is common. BBR, which does not read it as congestion (10 MB at 100 ms RTT and 1 %
+    /// loss: 49 Mbit/s against Cubic's 1.2), and quinn's MTU ceiling.
+    Internet,
+    /// Through a relay placeholder (it may be punched across the internet later): BBR, and path
+    /// MTU discovery capped at [`MAX_UDP_PAYLOAD`] so that every packet fits a relay frame.
     Relayed,
 }
 
 impl PathKind {
     /// The kind of a connection to `remote`.
     pub fn of(remote: SocketAddr) -> Self {
-        if super::paths::is_placeholder(remote) { PathKind::Relayed } else { PathKind::Direct }
+        let remote = super::paths::unmap(remote);
+        if super::paths::is_placeholder(remote) {
+            return PathKind::Relayed;
+        }
+        let local = match remote.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private() || ip.is_link_local(),
+            std::net::IpAddr::V6(ip) => ip.is_loopback() || ip.is_unique_local() || ip.is_unicast_link_local(),
+        };
+        if local { PathKind::Local } else { PathKind::Internet }
     }
 }
 
-/// The QUIC transport parameters warren uses on a direct path; public so that benchmarks can
-/// give plain quinn exactly the same.
+/// The QUIC transport parameters warren uses on a LAN (and loopback); public so that
+/// benchmarks can give plain quinn exactly the same.
 pub fn transport_config() -> TransportConfig {
-    transport_config_for(PathKind::Direct)
+    transport_config_for(PathKind::Local)
 }
 
 /// The QUIC transport parameters warren uses for connections of `kind`.
@@ -93,6 +104,8 @@ pub fn transport_config_for(kind: PathKind) -> TransportConfig {
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(MAX_UDP_PAYLOAD);
         config.mtu_discovery_config(Some(mtu));
+    }
+    if kind != PathKind::Local {
         config.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
     }
     config
@@ -114,10 +127,9 @@ pub fn endpoint_config() -> quinn::EndpointConfig {
 /// packet still fits a relay's data frame on a 1,500-byte link.
 pub const MAX_UDP_PAYLOAD: u16 = crate::wire::frame::MAX_PAYLOAD as u16;
 
-/// quinn server configuration for `identity`, with warren's transport parameters for a direct
-/// path.
+/// quinn server configuration for `identity`, with warren's transport parameters for a LAN.
 pub fn server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
-    server_config_for(identity, PathKind::Direct)
+    server_config_for(identity, PathKind::Local)
 }
 
 /// quinn server configuration for `identity` and connections of `kind`.
@@ -138,10 +150,9 @@ fn relayed_server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
     config
 }
 
-/// quinn client configuration for `identity`, with warren's transport parameters for a direct
-/// path.
+/// quinn client configuration for `identity`, with warren's transport parameters for a LAN.
 pub fn client_config(identity: &Arc<Identity>) -> quinn::ClientConfig {
-    client_config_for(identity, PathKind::Direct)
+    client_config_for(identity, PathKind::Local)
 }
 
 /// quinn client configuration for `identity` and connections of `kind`.
@@ -180,9 +191,12 @@ struct QuicInner {
     local_addr: SocketAddr,
     /// The node's accept loop, waited for at shutdown (then the port is free).
     accept_loop: TaskTracker,
-    /// For connections through a relay placeholder (the endpoint's defaults are for direct ones).
+    /// For connections through a relay placeholder and to public addresses (the endpoint's
+    /// defaults are for a LAN).
     relayed_server: Arc<quinn::ServerConfig>,
     relayed_client: quinn::ClientConfig,
+    internet_server: Arc<quinn::ServerConfig>,
+    internet_client: quinn::ClientConfig,
 }
 
 impl QuicTransport {
@@ -217,6 +231,8 @@ impl QuicTransport {
                 accept_loop: TaskTracker::new(),
                 relayed_server: Arc::new(relayed_server_config(identity)),
                 relayed_client: client_config_for(identity, PathKind::Relayed),
+                internet_server: Arc::new(server_config_for(identity, PathKind::Internet)),
+                internet_client: client_config_for(identity, PathKind::Internet),
             }),
         })
     }
@@ -237,9 +253,14 @@ impl QuicTransport {
     }
 
     /// The server configuration for a connection attempt from `remote`: the relayed one for a
-    /// placeholder, else None (the endpoint's default, for a direct path).
+    /// placeholder, the internet one for a public address, else None (the endpoint's default,
+    /// for a LAN).
     pub(crate) fn server_config_for(&self, remote: SocketAddr) -> Option<Arc<quinn::ServerConfig>> {
-        (PathKind::of(remote) == PathKind::Relayed).then(|| self.inner.relayed_server.clone())
+        match PathKind::of(remote) {
+            PathKind::Local => None,
+            PathKind::Internet => Some(self.inner.internet_server.clone()),
+            PathKind::Relayed => Some(self.inner.relayed_server.clone()),
+        }
     }
 
     /// The bound address.
@@ -297,7 +318,8 @@ impl Listener for QuicTransport {
         Box::pin(async move {
             let endpoint = self.endpoint().ok_or(TransportError::ShutDown)?;
             let connecting = match PathKind::of(addr) {
-                PathKind::Direct => endpoint.connect(addr, tls::SERVER_NAME),
+                PathKind::Local => endpoint.connect(addr, tls::SERVER_NAME),
+                PathKind::Internet => endpoint.connect_with(self.inner.internet_client.clone(), addr, tls::SERVER_NAME),
                 PathKind::Relayed => endpoint.connect_with(self.inner.relayed_client.clone(), addr, tls::SERVER_NAME),
             };
             Ok(connecting?.await?)
@@ -343,5 +365,30 @@ impl Runtime for NodeRuntime {
 
     fn now(&self) -> Instant {
         TokioRuntime.now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_kinds_follow_the_address() {
+        for (addr, kind) in [
+            ("127.0.0.1:5", PathKind::Local),
+            ("192.168.1.2:5", PathKind::Local),
+            ("10.0.0.1:5", PathKind::Local),
+            ("169.254.0.1:5", PathKind::Local),
+            ("[::1]:5", PathKind::Local),
+            ("[fd00::1]:5", PathKind::Local),
+            ("[fe80::1]:5", PathKind::Local),
+            ("203.0.113.9:5", PathKind::Internet),
+            ("[2001:db8::1]:5", PathKind::Internet),
+            ("[::ffff:192.168.1.2]:5", PathKind::Local),
+            ("240.0.0.1:9", PathKind::Relayed),
+            ("[::ffff:240.0.0.1]:9", PathKind::Relayed),
+        ] {
+            assert_eq!(PathKind::of(addr.parse().unwrap()), kind, "{addr}");
+        }
     }
 }
