@@ -245,6 +245,14 @@ pub fn data(peer: &RemoteIdentity, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The 44 bytes a challenge and a response start with: magic, kind, sender, id.
+fn write_path_head(frame: &mut [u8], kind: u8, sender: &RawIdentity, id: u64) {
+    frame[..3].copy_from_slice(&MAGIC);
+    frame[3] = kind;
+    frame[4..36].copy_from_slice(sender);
+    frame[36..44].copy_from_slice(&id.to_be_bytes());
+}
+
 /// A challenge from `sender` to `receiver` at `target`, tagged with `key`.
 pub fn challenge(
     key: &PathKey,
@@ -254,10 +262,7 @@ pub fn challenge(
     receiver: &RawIdentity,
 ) -> [u8; CHALLENGE_LEN] {
     let mut frame = [0; CHALLENGE_LEN];
-    frame[..3].copy_from_slice(&MAGIC);
-    frame[3] = KIND_CHALLENGE;
-    frame[4..36].copy_from_slice(sender);
-    frame[36..44].copy_from_slice(&id.to_be_bytes());
+    write_path_head(&mut frame, KIND_CHALLENGE, sender, id);
     frame[44..62].copy_from_slice(&encode_addr(target));
     frame[62..].copy_from_slice(&tag(key, TagKind::Challenge, id, target, sender, receiver));
     frame
@@ -272,10 +277,7 @@ pub fn response(
     receiver: &RawIdentity,
 ) -> [u8; RESPONSE_LEN] {
     let mut frame = [0; RESPONSE_LEN];
-    frame[..3].copy_from_slice(&MAGIC);
-    frame[3] = KIND_RESPONSE;
-    frame[4..36].copy_from_slice(sender);
-    frame[36..44].copy_from_slice(&id.to_be_bytes());
+    write_path_head(&mut frame, KIND_RESPONSE, sender, id);
     frame[44..].copy_from_slice(&tag(key, TagKind::Response, id, target, sender, receiver));
     frame
 }

@@ -190,8 +190,8 @@ async fn a_dead_address_listed_first_does_not_delay_a_live_one() {
     assert_eq!(conn.remote(), bob.id());
     assert_eq!(conn.remote_address(), bob_addr);
     assert!(took < warren::node::HANDSHAKE_TIMEOUT / 2, "took {took:?}");
-    // The losing attempt left no connection behind.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The losing attempt left no connection behind (the race cancels or closes the others
+    // before it returns, and a dial to a silent address never registers one).
     assert_eq!(alice.connections().len(), 1);
     alice.shutdown().await;
     bob.shutdown().await;
