@@ -62,35 +62,71 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 
 /// Counts what arrives on a sink stream, then answers with the count.
 pub async fn sink(stream: Stream) {
-    let (mut send, mut recv) = stream.into_split();
-    if let Ok(count) = count_until_finished(&mut recv).await {
-        let _ = send.write_all(&count.to_le_bytes()).await;
-        let _ = send.finish();
+    let mut halves = stream.into_split();
+    if let Ok(count) = count_until_finished(&mut halves).await {
+        let _ = halves.0.write_all(&count.to_le_bytes()).await;
+        let _ = halves.0.finish();
     }
 }
 
-async fn count_until_finished(recv: &mut quinn::RecvStream) -> anyhow::Result<u64> {
+/// What the sink and its sender use of a stream: zero-copy chunks, on a warren stream and on a
+/// plain quinn one alike.
+pub trait Chunks {
+    /// Writes all of `chunk`.
+    async fn put(&mut self, chunk: Bytes) -> anyhow::Result<()>;
+    /// Finishes the sending half.
+    fn end(&mut self) -> anyhow::Result<()>;
+    /// The length of the next chunk read, or `None` at the end.
+    async fn take(&mut self) -> anyhow::Result<Option<usize>>;
+}
+
+impl Chunks for (warren::transport::SendStream, warren::transport::RecvStream) {
+    async fn put(&mut self, chunk: Bytes) -> anyhow::Result<()> {
+        Ok(self.0.write_chunk(chunk).await?)
+    }
+    fn end(&mut self) -> anyhow::Result<()> {
+        Ok(self.0.finish()?)
+    }
+    async fn take(&mut self) -> anyhow::Result<Option<usize>> {
+        Ok(self.1.read_chunk(usize::MAX).await?.map(|c| c.len()))
+    }
+}
+
+impl Chunks for (quinn::SendStream, quinn::RecvStream) {
+    async fn put(&mut self, chunk: Bytes) -> anyhow::Result<()> {
+        Ok(self.0.write_chunk(chunk).await?)
+    }
+    fn end(&mut self) -> anyhow::Result<()> {
+        Ok(self.0.finish()?)
+    }
+    async fn take(&mut self) -> anyhow::Result<Option<usize>> {
+        Ok(self.1.read_chunk(usize::MAX, true).await?.map(|c| c.bytes.len()))
+    }
+}
+
+async fn count_until_finished(stream: &mut impl Chunks) -> anyhow::Result<u64> {
     let mut count = 0u64;
-    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-        count += chunk.bytes.len() as u64;
+    while let Some(len) = stream.take().await? {
+        count += len as u64;
     }
     Ok(count)
 }
 
 /// Sends `bytes` bytes in 1 MiB chunks, finishes, and returns the count the sink reports.
-pub async fn send_to_sink(
-    send: &mut quinn::SendStream,
-    recv: &mut quinn::RecvStream,
-    bytes: u64,
-) -> anyhow::Result<u64> {
+pub async fn send_to_sink<S, R>(stream: &mut (S, R), bytes: u64) -> anyhow::Result<u64>
+where
+    (S, R): Chunks,
+    R: tokio::io::AsyncRead + Unpin,
+{
     let chunk = Bytes::from(vec![0xa5; CHUNK]);
     let mut left = bytes;
     while left > 0 {
         let n = left.min(CHUNK as u64) as usize;
-        send.write_chunk(chunk.slice(..n)).await?;
+        stream.put(chunk.slice(..n)).await?;
         left -= n as u64;
     }
-    send.finish()?;
+    stream.end()?;
+    let recv = &mut stream.1;
     let mut count = [0u8; 8];
     recv.read_exact(&mut count).await.context("reading the sink's count")?;
     Ok(u64::from_le_bytes(count))
@@ -146,16 +182,16 @@ fn plain_quinn_server(
         while let Some(incoming) = accepting.accept().await {
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                while let Ok(mut halves) = conn.accept_bi().await {
                     tokio::spawn(async move {
                         // The first byte says what the stream is for: 0 = sink, 1 = echo.
-                        let Ok(kind) = recv.read_u8().await else { return };
+                        let Ok(kind) = halves.1.read_u8().await else { return };
                         if kind == 1 {
-                            let _ = send.write_all(&[kind]).await;
-                        } else if let Ok(count) = count_until_finished(&mut recv).await {
-                            let _ = send.write_all(&count.to_le_bytes()).await;
+                            let _ = halves.0.write_all(&[kind]).await;
+                        } else if let Ok(count) = count_until_finished(&mut halves).await {
+                            let _ = halves.0.write_all(&count.to_le_bytes()).await;
                         }
-                        let _ = send.finish();
+                        let _ = halves.0.finish();
                     });
                 }
             });
@@ -166,10 +202,10 @@ fn plain_quinn_server(
 
 async fn plain_quinn_round(client: &quinn::Endpoint, addr: SocketAddr, bytes: u64) -> anyhow::Result<Duration> {
     let conn = client.connect(addr, tls::SERVER_NAME)?.await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut halves = conn.open_bi().await?;
     let started = Instant::now();
-    send.write_all(&[0]).await?;
-    let count = send_to_sink(&mut send, &mut recv, bytes).await?;
+    halves.0.write_all(&[0]).await?;
+    let count = send_to_sink(&mut halves, bytes).await?;
     let elapsed = started.elapsed();
     ensure!(count == bytes, "plain quinn sink counted {count}");
     conn.close(0u32.into(), b"done");
@@ -188,9 +224,9 @@ async fn plain_quinn_setup(client: &quinn::Endpoint, addr: SocketAddr) -> anyhow
 }
 
 async fn warren_round(alice: &P2P, bob: &P2P, bytes: u64) -> anyhow::Result<Duration> {
-    let (mut send, mut recv) = alice.connect(bob.id(), SINK).await?.into_split();
+    let mut halves = alice.connect(bob.id(), SINK).await?.into_split();
     let started = Instant::now();
-    let count = send_to_sink(&mut send, &mut recv, bytes).await?;
+    let count = send_to_sink(&mut halves, bytes).await?;
     let elapsed = started.elapsed();
     ensure!(count == bytes, "warren sink counted {count}");
     Ok(elapsed)
@@ -288,7 +324,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     let tcp_gbps = median(tcp_runs);
     let setup_ms_warren = median(warren_setups);
     let setup_ms_quinn = median(quinn_setups);
-    let warren_path_mtu = alice.open_connection(&bob.id()).map(|c| c.quic().stats().path.current_mtu);
+    let warren_path_mtu = alice.open_connection(&bob.id()).and_then(|c| c.quic().map(|q| q.stats().path.current_mtu));
     let report = serde_json::json!({
         "bytes": args.bytes,
         "rounds": args.rounds,

@@ -342,12 +342,12 @@ fn across_nat(bytes: u64) -> anyhow::Result<AcrossNat> {
         let conn = p2p.connection(server_id).await?;
         let connect = started.elapsed();
         let rtts = warren::ping::ping(&p2p, server_id, 5).await?;
-        let (mut send, mut recv) = p2p.connect(server_id, SINK).await?.into_split();
+        let mut halves = p2p.connect(server_id, SINK).await?.into_split();
         let started = Instant::now();
-        let received = send_to_sink(&mut send, &mut recv, bytes).await?;
+        let received = send_to_sink(&mut halves, bytes).await?;
         let transfer = started.elapsed();
         anyhow::ensure!(received == bytes, "the server counted {received} bytes of {bytes}");
-        drop((send, recv, conn));
+        drop((halves, conn));
         p2p.shutdown().await;
         anyhow::Ok((connect, rtts, transfer))
     });
@@ -407,9 +407,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     say(format!("   5 round trips: {:?} ms", back.iter().map(|d| ms(*d)).collect::<Vec<_>>()));
 
     say(format!("\n3. alice streams {} MiB to bob on one stream", args.bytes / (1024 * 1024)));
-    let (mut send, mut recv) = alice.connect(bob_id, SINK).await?.into_split();
+    let mut halves = alice.connect(bob_id, SINK).await?.into_split();
     let started = Instant::now();
-    let received = send_to_sink(&mut send, &mut recv, args.bytes).await?;
+    let received = send_to_sink(&mut halves, args.bytes).await?;
     let elapsed = started.elapsed();
     anyhow::ensure!(received == args.bytes, "bob counted {received} bytes, alice sent {}", args.bytes);
     let gbps = args.bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9;
@@ -430,7 +430,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     say(format!("   refused: {}", unknown.err().map(|e| e.to_string()).unwrap_or_else(|| "NOT REFUSED".into())));
     anyhow::ensure!(unknown_refused, "an unknown protocol was not refused");
 
-    drop((send, recv, chat, conn));
+    drop((halves, chat, conn));
     let started = Instant::now();
     alice.shutdown().await;
     bob.shutdown().await;

@@ -313,9 +313,9 @@ pub fn relay_bench(bytes: u64, rounds: usize, seed: u64) -> anyhow::Result<Relay
                     .await?;
                     punch_ms.push(punched.ok_or_else(|| anyhow::anyhow!("the hole punch failed"))?);
                 }
-                let (mut send, mut recv) = p2p.connect(a_id, crate::bench::SINK).await?.into_split();
+                let mut halves = p2p.connect(a_id, crate::bench::SINK).await?.into_split();
                 let started = Instant::now();
-                let received = crate::bench::send_to_sink(&mut send, &mut recv, bytes).await?;
+                let received = crate::bench::send_to_sink(&mut halves, bytes).await?;
                 let took = started.elapsed();
                 anyhow::ensure!(received == bytes, "the sink counted {received} of {bytes} bytes");
                 let path = p2p.open_connection(&a_id).map(|c| c.path());
@@ -327,7 +327,7 @@ pub fn relay_bench(bytes: u64, rounds: usize, seed: u64) -> anyhow::Result<Relay
                 } else {
                     relayed.push(mbps)
                 }
-                drop((send, recv));
+                drop(halves);
                 p2p.shutdown().await;
             }
         }

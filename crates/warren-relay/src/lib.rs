@@ -507,7 +507,9 @@ impl Relay {
         tasks.spawn(async move {
             while let Some(Some(registration)) = stop.run_until_cancelled(cut_rx.recv()).await {
                 match closing.0.closers.lock().expect("closer lock poisoned").get(&registration) {
-                    Some(Closer::Quic(conn)) => conn.close(OVER_LIMIT, b"over the relay's byte limit"),
+                    Some(Closer::Quic(conn)) => {
+                        conn.close(quinn::VarInt::from_u32(OVER_LIMIT), b"over the relay's byte limit")
+                    }
                     Some(Closer::Tcp(token)) => token.cancel(),
                     None => {}
                 }
@@ -604,7 +606,7 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
     let mut addr = conn.remote_address();
     let refuse = |reason: &str| {
         refused(shared, addr, reason);
-        conn.close(REFUSED, reason.as_bytes());
+        conn.close(quinn::VarInt::from_u32(REFUSED), reason.as_bytes());
     };
     let identity = tls::peer_identity(&conn);
     if let (Some(node), false) = (identity, shared.config.allow.is_empty())

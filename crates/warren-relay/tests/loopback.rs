@@ -317,7 +317,7 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
     assert_eq!(again.len(), 1);
     // The direct connection is the one from before the restart.
     let still = a.open_connection(&b.id()).unwrap();
-    assert_eq!(still.quic().stable_id(), direct.quic().stable_id());
+    assert_eq!(still.id(), direct.id());
     assert!(second.stats().forwarded_frames > 0, "c and d went through the new relay");
     for node in [a, b, c, d] {
         node.shutdown().await;

@@ -183,10 +183,11 @@ fn a_direct_path_that_dies_hands_the_connection_back_to_the_relay() {
             direct.await?;
             // A transfer under way when the direct path dies.
             let data = pseudo_random(LEN, 9);
-            let sent_before = conn.quic().stats().udp_tx.bytes;
+            let quic = conn.quic().expect("a QUIC connection").clone();
+            let sent_before = quic.stats().udp_tx.bytes;
             let (sent, cut_at) = tokio::join!(send(&p2p, a, &data), async {
                 // Cut once the transfer is under way: 256 KiB of it sent.
-                while conn.quic().stats().udp_tx.bytes < sent_before + 256 * 1024 {
+                while quic.stats().udp_tx.bytes < sent_before + 256 * 1024 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 faults.block(PUBLIC_IPS[0], PUBLIC_IPS[1]);
@@ -195,7 +196,7 @@ fn a_direct_path_that_dies_hands_the_connection_back_to_the_relay() {
             let (hash, count) = sent?;
             anyhow::ensure!(count == LEN as u64 && hash == *blake3::hash(&data).as_bytes(), "corrupted");
             let now = p2p.open_connection(&a).ok_or_else(|| anyhow::anyhow!("the connection is gone"))?;
-            anyhow::ensure!(now.quic().stable_id() == conn.quic().stable_id(), "a new connection replaced the old one");
+            anyhow::ensure!(now.id() == conn.id(), "a new connection replaced the old one");
             anyhow::ensure!(matches!(now.path(), Path::Relayed { .. }), "ended on {:?}", now.path());
             anyhow::ensure!(faults.dropped() > 0, "the block dropped nothing: the path was not cut under way");
             println!("the transfer finished {:?} after the direct path was cut", cut_at.elapsed());

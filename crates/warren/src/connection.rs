@@ -8,34 +8,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::RemoteIdentity;
-use crate::error::ConnectError;
-use crate::transport::paths::{Path, Paths};
+use crate::error::{ConnectError, ConnectionError, StreamError};
+use crate::transport::paths::Path;
+use crate::transport::quic::QuicConnection;
+use crate::transport::{RecvStream, SendStream, TransportConnection};
 use crate::wire::{self, Hello};
 
-/// QUIC application error codes warren closes connections and streams with.
-pub mod codes {
-    use quinn::VarInt;
-
-    /// Closed normally (shutdown, or the application closed it).
-    pub const CLOSED: VarInt = VarInt::from_u32(0);
-    /// The dialler expected another identity.
-    pub const WRONG_IDENTITY: VarInt = VarInt::from_u32(1);
-    /// The peers speak different major wire versions.
-    pub const INCOMPATIBLE_VERSION: VarInt = VarInt::from_u32(2);
-    /// The hello was malformed or did not arrive in time.
-    pub const BAD_HELLO: VarInt = VarInt::from_u32(3);
-    /// The peer broke the protocol (e.g. a second unidirectional stream).
-    pub const PROTOCOL_VIOLATION: VarInt = VarInt::from_u32(4);
-    /// A stream header was malformed.
-    pub const BAD_STREAM_HEADER: VarInt = VarInt::from_u32(16);
-    /// A stream header did not arrive in time.
-    pub const STREAM_HEADER_TIMEOUT: VarInt = VarInt::from_u32(17);
-    /// No handler for the stream's protocol.
-    pub const UNKNOWN_PROTOCOL: VarInt = VarInt::from_u32(18);
-}
+pub use crate::transport::connection::codes;
 
 /// How long a new stream may take to send its header before it is reset: long enough for a slow
 /// link, short enough that a peer opening idle streams cannot hold slots for long.
@@ -51,15 +33,15 @@ pub enum Direction {
     Outbound,
 }
 
-/// A live, mutually authenticated connection to a peer, after the hello. Cheap to clone.
+/// A live, mutually authenticated connection to a peer, after the hello, on whichever transport
+/// carries it. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    pub(crate) quic: quinn::Connection,
+    pub(crate) inner: Arc<dyn TransportConnection>,
     pub(crate) remote: RemoteIdentity,
     pub(crate) direction: Direction,
     pub(crate) hello: Arc<Hello>,
-    pub(crate) paths: Option<std::sync::Weak<Paths>>,
-    /// The path now, and each change (updated by the node as the path table reports them).
+    /// The path now, and each change (updated by the node as the transport reports them).
     pub(crate) path: Arc<tokio::sync::watch::Sender<Path>>,
 }
 
@@ -72,15 +54,12 @@ impl Connection {
     /// The peer's address on this connection: for a connection through a relay, a placeholder
     /// in `240.0.0.0/8` that stays the same when the path changes (see [`Connection::path`]).
     pub fn remote_address(&self) -> SocketAddr {
-        self.quic.remote_address()
+        self.inner.remote_address()
     }
 
     /// Where the connection's packets go now: straight to the peer, or through a relay.
     pub fn path(&self) -> Path {
-        match self.paths.as_ref().and_then(std::sync::Weak::upgrade) {
-            Some(paths) => paths.path_of(self.quic.remote_address()),
-            None => Path::Direct { addr: self.quic.remote_address() },
-        }
+        self.inner.path()
     }
 
     /// The path now and each change after it: `borrow()` for the current value,
@@ -93,7 +72,12 @@ impl Connection {
     /// This connection's id, unique among the node's connections while it lives (events such as
     /// `PathChanged` name it).
     pub fn id(&self) -> u64 {
-        self.quic.stable_id() as u64
+        self.inner.id()
+    }
+
+    /// The transport that carries it (`"quic"`).
+    pub fn transport_name(&self) -> &'static str {
+        self.inner.transport()
     }
 
     /// Who dialled.
@@ -118,60 +102,66 @@ impl Connection {
 
     /// The current round-trip time estimate.
     pub fn rtt(&self) -> Duration {
-        self.quic.rtt()
+        self.inner.rtt()
     }
 
     /// Why the connection closed, or `None` while it is open.
-    pub fn close_reason(&self) -> Option<String> {
-        self.quic.close_reason().map(|e| e.to_string())
+    pub fn close_reason(&self) -> Option<ConnectionError> {
+        self.inner.close_reason()
+    }
+
+    /// Completes when the connection closes, with the reason.
+    pub async fn closed(&self) -> ConnectionError {
+        self.inner.closed().await
     }
 
     /// Closes the connection; open streams fail.
     pub fn close(&self) {
-        self.quic.close(codes::CLOSED, b"closed");
+        self.inner.close(codes::CLOSED, b"closed");
     }
 
-    /// The QUIC connection underneath, for what warren does not wrap (datagrams, stats).
-    /// Streams opened on it directly bypass protocol routing: the peer will treat their first
-    /// bytes as a stream header.
-    pub fn quic(&self) -> &quinn::Connection {
-        &self.quic
+    /// The transport's connection underneath.
+    pub fn transport(&self) -> &dyn TransportConnection {
+        &*self.inner
+    }
+
+    /// The QUIC connection underneath, if QUIC carries this one, for what warren does not wrap
+    /// (datagrams, statistics). Streams opened on it directly bypass protocol routing: the peer
+    /// will treat their first bytes as a stream header.
+    pub fn quic(&self) -> Option<&quinn::Connection> {
+        self.inner.as_any().downcast_ref::<QuicConnection>().map(QuicConnection::quinn)
     }
 
     /// Opens a stream for `protocol`. No round trip: the header goes out with the first data.
     /// If the peer has no handler for `protocol`, the stream's first read or write fails with an
     /// [`io::Error`] wrapping [`ConnectError::UnknownProtocol`] (on the raw halves of
-    /// [`Stream::into_split`], with the code [`codes::UNKNOWN_PROTOCOL`]).
+    /// [`Stream::into_split`], with [`StreamError::Reset`] or [`StreamError::Stopped`] of
+    /// [`codes::UNKNOWN_PROTOCOL`]).
     pub async fn open_stream(&self, protocol: &str) -> Result<Stream, ConnectError> {
         let header = wire::encode_stream_header(protocol).map_err(ConnectError::InvalidProtocol)?;
-        let (mut send, recv) = self.quic.open_bi().await.map_err(ConnectError::Stream)?;
-        send.write_all(&header).await.map_err(|e| match e {
-            quinn::WriteError::ConnectionLost(lost) => ConnectError::Stream(lost),
-            _ => ConnectError::Stream(quinn::ConnectionError::LocallyClosed),
+        let (mut send, recv) = self.inner.open_bi().await.map_err(ConnectError::Stream)?;
+        send.write_all(&header).await.map_err(|e| match StreamError::of(&e) {
+            Some(StreamError::Connection(lost)) => ConnectError::Stream(lost.clone()),
+            _ => ConnectError::Stream(ConnectionError::LocallyClosed),
         })?;
         Ok(Stream { remote: self.remote, protocol: protocol.into(), send, recv })
     }
 }
 
-/// A bi-directional stream of one protocol with a peer. Reads and writes go straight to QUIC;
-/// use [`Stream::into_split`] to read and write from different tasks. A peer that does not
-/// speak the protocol makes reads and writes fail with an [`io::Error`] of kind
+/// A bi-directional stream of one protocol with a peer. Reads and writes go straight to the
+/// transport; use [`Stream::into_split`] to read and write from different tasks. A peer that
+/// does not speak the protocol makes reads and writes fail with an [`io::Error`] of kind
 /// [`io::ErrorKind::Unsupported`] wrapping [`ConnectError::UnknownProtocol`].
 #[derive(Debug)]
 pub struct Stream {
     remote: RemoteIdentity,
     protocol: Arc<str>,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    send: SendStream,
+    recv: RecvStream,
 }
 
 impl Stream {
-    pub(crate) fn new(
-        remote: RemoteIdentity,
-        protocol: Arc<str>,
-        send: quinn::SendStream,
-        recv: quinn::RecvStream,
-    ) -> Self {
+    pub(crate) fn new(remote: RemoteIdentity, protocol: Arc<str>, send: SendStream, recv: RecvStream) -> Self {
         Self { remote, protocol, send, recv }
     }
 
@@ -187,38 +177,30 @@ impl Stream {
 
     /// Signals that nothing more will be written. Data already written is still delivered.
     pub fn finish(&mut self) -> io::Result<()> {
-        self.send.finish().map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e))
+        self.send.finish().map_err(StreamError::into_io)
     }
 
-    /// Splits into the QUIC send and receive halves.
-    pub fn into_split(self) -> (quinn::SendStream, quinn::RecvStream) {
+    /// Splits into the send and receive halves.
+    pub fn into_split(self) -> (SendStream, RecvStream) {
         (self.send, self.recv)
     }
 
-    /// The QUIC send half, for zero-copy writes of `Bytes` chunks.
-    pub fn send_mut(&mut self) -> &mut quinn::SendStream {
+    /// The send half, for zero-copy writes of `Bytes` chunks ([`SendStream::write_chunk`]).
+    pub fn send_mut(&mut self) -> &mut SendStream {
         &mut self.send
     }
 
-    /// The QUIC receive half, for zero-copy chunk reads.
-    pub fn recv_mut(&mut self) -> &mut quinn::RecvStream {
+    /// The receive half, for zero-copy chunk reads ([`RecvStream::read_chunk`]).
+    pub fn recv_mut(&mut self) -> &mut RecvStream {
         &mut self.recv
     }
 }
 
 impl Stream {
-    /// Turns quinn's "reset/stopped with UNKNOWN_PROTOCOL" into an error that says so.
+    /// Turns "reset/stopped with UNKNOWN_PROTOCOL" into an error that says so.
     fn explain(&self, error: io::Error) -> io::Error {
-        let code = error.get_ref().and_then(|inner| {
-            if let Some(quinn::ReadError::Reset(code)) = inner.downcast_ref::<quinn::ReadError>() {
-                Some(*code)
-            } else if let Some(quinn::WriteError::Stopped(code)) = inner.downcast_ref::<quinn::WriteError>() {
-                Some(*code)
-            } else {
-                None
-            }
-        });
-        if code == Some(codes::UNKNOWN_PROTOCOL) {
+        let unknown = u64::from(codes::UNKNOWN_PROTOCOL);
+        if matches!(StreamError::of(&error), Some(StreamError::Reset(c) | StreamError::Stopped(c)) if *c == unknown) {
             let refused = ConnectError::UnknownProtocol { protocol: self.protocol.to_string() };
             return io::Error::new(io::ErrorKind::Unsupported, refused);
         }

@@ -1,5 +1,6 @@
 //! Errors of the node's operations, one enum per operation.
 
+use std::io;
 use std::net::SocketAddr;
 
 use crate::RemoteIdentity;
@@ -62,7 +63,7 @@ pub enum ConnectError {
     InvalidProtocol(WireError),
     /// Opening the stream failed (the connection closed meanwhile).
     #[error("opening a stream failed: {0}")]
-    Stream(quinn::ConnectionError),
+    Stream(ConnectionError),
     /// The node has no listener to dial with.
     #[error("no transport to dial with: spawn a listener first")]
     NoTransport,
@@ -90,12 +91,15 @@ pub enum TransportError {
     /// No handshake within the time given.
     #[error("no answer within {0:?}")]
     Timeout(std::time::Duration),
-    /// The connection could not be started (bad address, the endpoint is stopping).
-    #[error(transparent)]
-    Connect(#[from] quinn::ConnectError),
+    /// The transport cannot dial that address (say, an IPv6 address from an IPv4 socket).
+    #[error("cannot dial {0} from this transport")]
+    InvalidAddress(SocketAddr),
+    /// The connection could not be started for another reason of the transport's.
+    #[error("the connection could not be started: {0}")]
+    Start(String),
     /// The handshake failed or the connection closed during it (refused, wrong key, reset).
     #[error(transparent)]
-    Connection(#[from] quinn::ConnectionError),
+    Connection(#[from] ConnectionError),
     /// The transport was shut down.
     #[error("the transport is shut down")]
     ShutDown,
@@ -117,11 +121,85 @@ pub enum HelloError {
     Timeout(std::time::Duration),
     /// The connection failed during the exchange.
     #[error(transparent)]
-    Connection(#[from] quinn::ConnectionError),
+    Connection(#[from] ConnectionError),
     /// A hello stream could not be written.
     #[error("sending the hello: {0}")]
     Write(String),
     /// The peer's hello broke the wire format (or ours could not be encoded).
     #[error(transparent)]
     Wire(#[from] WireError),
+}
+
+/// Why a connection closed (or could not carry on).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// This side closed it.
+    #[error("closed by this side")]
+    LocallyClosed,
+    /// The peer closed it, with an application code (see [`crate::connection::codes`]).
+    #[error("closed by the peer (code {code}): {reason}")]
+    Closed {
+        /// The peer's code.
+        code: u64,
+        /// The peer's reason, lossily decoded.
+        reason: String,
+    },
+    /// Nothing was heard from the peer for the idle timeout.
+    #[error("timed out")]
+    TimedOut,
+    /// The peer lost the connection's state (it restarted) and reset it.
+    #[error("reset by the peer")]
+    Reset,
+    /// The transport failed: a handshake refused, a protocol violation, an incompatible
+    /// version of the transport itself.
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl ConnectionError {
+    /// The peer's application code, if the peer closed the connection.
+    pub fn peer_code(&self) -> Option<u64> {
+        match self {
+            ConnectionError::Closed { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Why a stream's read or write failed; carried inside the [`io::Error`]s of [`SendStream`](crate::transport::SendStream)
+/// and [`RecvStream`](crate::transport::RecvStream) (`error.get_ref()` and downcast, or [`StreamError::of`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The peer reset the stream: it will send nothing more.
+    #[error("the peer reset the stream (code {0})")]
+    Reset(u64),
+    /// The peer stopped reading: nothing more written will be read.
+    #[error("the peer stopped reading the stream (code {0})")]
+    Stopped(u64),
+    /// The stream was already finished or reset on this side.
+    #[error("the stream is closed on this side")]
+    ClosedLocally,
+    /// The connection closed.
+    #[error(transparent)]
+    Connection(ConnectionError),
+}
+
+impl StreamError {
+    /// The stream error inside `error`, if it carries one.
+    pub fn of(error: &io::Error) -> Option<&StreamError> {
+        error.get_ref()?.downcast_ref::<StreamError>()
+    }
+
+    /// This error as an [`io::Error`] of the matching kind.
+    pub fn into_io(self) -> io::Error {
+        let kind = match self {
+            StreamError::Reset(_) => io::ErrorKind::ConnectionReset,
+            StreamError::Stopped(_) | StreamError::ClosedLocally => io::ErrorKind::BrokenPipe,
+            StreamError::Connection(ConnectionError::TimedOut) => io::ErrorKind::TimedOut,
+            StreamError::Connection(_) => io::ErrorKind::ConnectionAborted,
+        };
+        io::Error::new(kind, self)
+    }
 }

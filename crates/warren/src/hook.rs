@@ -1,7 +1,7 @@
 //! The interfaces between the node and what plugs into it: hooks (actors the node shuts down in
-//! order), listeners (transports that accept and dial) and rendezvous points (ways to reach a
-//! peer with no known address). They name no node type, so transports and the relay client
-//! implement them without importing the node.
+//! order) and rendezvous points (ways to reach a peer with no known address). Transports are
+//! hooks too ([`Listener`](crate::transport::Listener)). They name no node type, so transports
+//! and the relay client implement them without importing the node.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,17 +25,6 @@ pub trait Hook: Send + Sync + 'static {
 
     /// Stops the hook and waits for its tasks to end.
     fn shutdown(&self) -> BoxFuture<'_, ()>;
-}
-
-/// A hook that also carries connections: it dials when asked, and the node accepts what it
-/// brings in.
-pub trait Listener: Hook {
-    /// The addresses it accepts on.
-    fn local_addrs(&self) -> Vec<SocketAddr>;
-
-    /// Dials `addr` and completes the transport's handshake. The node then checks the identity
-    /// and exchanges hellos.
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, crate::error::TransportError>>;
 }
 
 /// Finds a path to a peer through a rendezvous point (today: the relay this node is registered

@@ -26,12 +26,13 @@ use self::peer::PeerTable;
 pub use self::peer::{ConnectionState, PeerInfo};
 use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
 use crate::error::{ConnectError, HelloError, RegisterError, TransportError};
-pub use crate::hook::{BoxFuture, Hook, HookId, Listener, Rendezvous};
+pub use crate::hook::{BoxFuture, Hook, HookId, Rendezvous};
 use crate::identity::{Identity, RemoteIdentity};
 use crate::relay::client::{RelayClient, RelayConfig, RelayEvent};
 use crate::transport::paths::{Path, PathEvent, Paths};
 use crate::transport::quic::{ListenError, QuicTransport};
-use crate::transport::tls;
+pub use crate::transport::{Incoming, Listener};
+use crate::transport::{RecvStream, SendStream, TransportConnection};
 use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError};
 
 /// Events kept for each subscriber. A subscriber that falls further behind loses the oldest
@@ -208,16 +209,6 @@ impl P2P {
         let quic = QuicTransport::bind(self.identity(), addr, &self.inner.tasks, on_path)?;
         self.set_paths(quic.paths(), false);
         self.spawn(Paths::drive_timers(Arc::downgrade(quic.paths())));
-        let (node, quic_handle) = (self.clone(), quic.clone());
-        let accept_loop = quic.run_accept_loop(|endpoint| async move {
-            while let Some(incoming) = endpoint.accept().await {
-                let config = quic_handle.server_config_for(incoming.remote_address());
-                node.accept(incoming, config);
-            }
-        });
-        if let Some(accept_loop) = accept_loop {
-            self.spawn(accept_loop);
-        }
         self.register_listener(Arc::new(quic.clone()));
         Ok(quic)
     }
@@ -398,9 +389,16 @@ impl P2P {
         id
     }
 
-    /// Registers a listener hook: it is also used to dial. Sends `ListenerStarted`.
+    /// Registers a transport: the node dials with it and takes what it accepts (any
+    /// [`Listener`]: QUIC, or another transport of the application's). Sends `ListenerStarted`.
     pub fn register_listener(&self, listener: Arc<dyn Listener>) -> HookId {
         let id = self.next_hook_id();
+        let node = self.downgrade();
+        listener.start(Arc::new(move |incoming| {
+            if let Some(p2p) = node.upgrade() {
+                p2p.accept(incoming);
+            }
+        }));
         let event = Event::ListenerStarted { hook: listener.name().to_owned(), addrs: listener.local_addrs() };
         let hook: Arc<dyn Hook> = listener.clone();
         self.inner.hooks.lock().expect("hook lock poisoned").push(Registered { id, hook, listener: Some(listener) });
@@ -701,7 +699,7 @@ impl P2P {
     /// An open connection to `remote`, if there is one.
     pub fn open_connection(&self, remote: &RemoteIdentity) -> Option<Connection> {
         let connections = self.inner.connections.lock().expect("connection lock poisoned");
-        connections.get(remote)?.iter().rev().find(|c| c.quic.close_reason().is_none()).cloned()
+        connections.get(remote)?.iter().rev().find(|c| c.close_reason().is_none()).cloned()
     }
 
     /// Every open connection.
@@ -773,68 +771,39 @@ impl P2P {
             return Err(ConnectError::ShuttingDown);
         }
         let listener = self.listener_for(addr).ok_or(ConnectError::NoTransport)?;
-        let quic = tokio::time::timeout(timeout, listener.dial(addr))
+        let conn = tokio::time::timeout(timeout, listener.dial(addr))
             .await
             .map_err(|_| ConnectError::Transport { addr, error: TransportError::Timeout(timeout) })?
             .map_err(|error| ConnectError::Transport { addr, error })?;
-        self.establish(quic, Direction::Outbound, expected, None).await
+        self.establish(conn, Direction::Outbound, expected, None).await
     }
 
-    /// Called by listener hooks for each incoming connection: completes the handshake, checks
-    /// the peer's identity and hello in a task of the node. Failures become `IncomingRejected`.
-    /// `config` overrides the listener's server configuration (a relayed attempt's own).
-    pub(crate) fn accept(&self, incoming: quinn::Incoming, config: Option<Arc<quinn::ServerConfig>>) {
+    /// Takes a connection a listener brings in: waits for it, sends our hello as soon as it can
+    /// carry data, waits for the rest of the handshake, then checks the peer's identity and
+    /// hello, in a task of the node. Failures become `IncomingRejected`.
+    fn accept(&self, incoming: Incoming) {
         let p2p = self.clone();
-        if crate::transport::paths::is_placeholder(incoming.remote_address())
-            && let Some(paths) = self.paths()
-        {
-            // A new connection from a relayed peer: its old direct address may be dead, and
-            // our handshake answer must not go there. It punches afresh.
-            paths.forget_direct_at(incoming.remote_address());
-        }
         self.spawn(async move {
-            let addr = incoming.remote_address();
+            let addr = incoming.addr;
             let result = async {
                 let transport_err = |error: TransportError| ConnectError::Transport { addr, error };
-                let connecting = match config {
-                    Some(config) => incoming.accept_with(config),
-                    None => incoming.accept(),
-                }
-                .map_err(|e| transport_err(e.into()))?;
-                // Our hello goes out as 0.5-RTT data, with our handshake reply, so the dialler
-                // has it as soon as its handshake completes. It is sent before the dialler's key
-                // is verified, so it must never hold anything reserved for authenticated peers
-                // (any client can make itself a key and get it anyway).
-                let (quic, handshake) = match connecting.into_0rtt() {
-                    Ok((quic, accepted)) => (quic, Some(accepted)),
-                    // Not expected for incoming connections; fall back to a full handshake.
-                    Err(connecting) => {
-                        let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
-                            .await
-                            .map_err(|_| transport_err(TransportError::Timeout(HANDSHAKE_TIMEOUT)))?
-                            .map_err(|e| transport_err(e.into()))?;
-                        (quic, None)
-                    }
-                };
-                let hello_out = match p2p.send_hello(&quic).await {
+                let accepted = incoming.connecting.await.map_err(transport_err)?;
+                let conn = accepted.connection;
+                // With QUIC our hello goes out as 0.5-RTT data, with our handshake reply, so the
+                // dialler has it as soon as its handshake completes. It is sent before the
+                // dialler's key is verified, so it must never hold anything reserved for
+                // authenticated peers (any client can make itself a key and get it anyway).
+                let hello_out = match p2p.send_hello(&*conn).await {
                     Ok(sent) => sent,
                     Err(error) => {
-                        quic.close(codes::BAD_HELLO, b"hello failed");
+                        conn.close(codes::BAD_HELLO, b"hello failed");
                         return Err(error);
                     }
                 };
-                if let Some(accepted) = handshake {
-                    // Resolves when the handshake completes or fails. Its value says whether the
-                    // client's 0-RTT data was accepted (never, here), not whether the handshake
-                    // succeeded: the close reason tells that.
-                    tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted)
-                        .await
-                        .map_err(|_| transport_err(TransportError::Timeout(HANDSHAKE_TIMEOUT)))?;
-                    if let Some(reason) = quic.close_reason() {
-                        return Err(transport_err(reason.into()));
-                    }
+                if let Some(handshake) = accepted.handshake {
+                    handshake.await.map_err(transport_err)?;
                 }
-                p2p.establish(quic, Direction::Inbound, None, Some(hello_out)).await
+                p2p.establish(conn, Direction::Inbound, None, Some(hello_out)).await
             }
             .await;
             if let Err(error) = result {
@@ -857,10 +826,11 @@ impl P2P {
     }
 
     /// Opens a unidirectional stream and sends our hello on it.
-    async fn send_hello(&self, quic: &quinn::Connection) -> Result<quinn::SendStream, ConnectError> {
+    async fn send_hello(&self, conn: &dyn TransportConnection) -> Result<SendStream, ConnectError> {
+        use tokio::io::AsyncWriteExt;
         let write_err = |e: &dyn std::fmt::Display| ConnectError::Hello(HelloError::Write(e.to_string()));
         let ours = self.hello().to_bytes().map_err(|e| ConnectError::Hello(e.into()))?;
-        let mut send = quic.open_uni().await.map_err(|e| ConnectError::Hello(e.into()))?;
+        let mut send = conn.open_uni().await.map_err(|e| ConnectError::Hello(e.into()))?;
         send.write_all(&ours).await.map_err(|e| write_err(&e))?;
         send.finish().map_err(|e| write_err(&e))?;
         Ok(send)
@@ -871,25 +841,25 @@ impl P2P {
     /// hello already sent, if any: the acceptor sends it as 0.5-RTT data.
     async fn establish(
         &self,
-        quic: quinn::Connection,
+        transport: Arc<dyn TransportConnection>,
         direction: Direction,
         expected: Option<RemoteIdentity>,
-        our_hello: Option<quinn::SendStream>,
+        our_hello: Option<SendStream>,
     ) -> Result<Connection, ConnectError> {
-        let remote = tls::peer_identity(&quic).ok_or_else(|| {
-            quic.close(codes::BAD_HELLO, b"no identity");
+        let remote = transport.peer_identity().ok_or_else(|| {
+            transport.close(codes::BAD_HELLO, b"no identity");
             ConnectError::Hello(HelloError::NoIdentity)
         })?;
         if let Some(expected) = expected.filter(|e| *e != remote) {
-            quic.close(codes::WRONG_IDENTITY, b"wrong identity");
+            transport.close(codes::WRONG_IDENTITY, b"wrong identity");
             return Err(ConnectError::WrongIdentity { expected, got: remote });
         }
         let exchange = async {
             let sent = match our_hello {
                 Some(sent) => sent,
-                None => self.send_hello(&quic).await?,
+                None => self.send_hello(&*transport).await?,
             };
-            let recv = quic.accept_uni().await.map_err(|e| ConnectError::Hello(e.into()))?;
+            let recv = transport.accept_uni().await.map_err(|e| ConnectError::Hello(e.into()))?;
             // Decoded straight off the stream; fields of a newer minor version after the ones we
             // know are left unread.
             match wire::read_hello(&mut warren_proto::Reader::new(recv)).await {
@@ -898,43 +868,29 @@ impl P2P {
                 Err(error) => Err(ConnectError::Hello(error.into())),
             }
         };
-        let (sent, theirs): (quinn::SendStream, Result<Hello, u16>) =
-            match tokio::time::timeout(HELLO_TIMEOUT, exchange).await {
-                Ok(Ok(exchanged)) => exchanged,
-                Ok(Err(error)) => {
-                    quic.close(codes::BAD_HELLO, b"bad hello");
-                    return Err(error);
-                }
-                Err(_) => {
-                    quic.close(codes::BAD_HELLO, b"hello timed out");
-                    return Err(ConnectError::Hello(HelloError::Timeout(HELLO_TIMEOUT)));
-                }
-            };
+        let (sent, theirs): (SendStream, Result<Hello, u16>) = match tokio::time::timeout(HELLO_TIMEOUT, exchange).await
+        {
+            Ok(Ok(exchanged)) => exchanged,
+            Ok(Err(error)) => {
+                transport.close(codes::BAD_HELLO, b"bad hello");
+                return Err(error);
+            }
+            Err(_) => {
+                transport.close(codes::BAD_HELLO, b"hello timed out");
+                return Err(ConnectError::Hello(HelloError::Timeout(HELLO_TIMEOUT)));
+            }
+        };
         let theirs = match theirs {
             Ok(theirs) => theirs,
             Err(their_major) => {
                 // Let our hello arrive first, so the peer can report the mismatch too.
                 let _ = tokio::time::timeout(Duration::from_secs(2), sent.stopped()).await;
-                quic.close(codes::INCOMPATIBLE_VERSION, b"incompatible wire version");
+                transport.close(codes::INCOMPATIBLE_VERSION, b"incompatible wire version");
                 return Err(ConnectError::IncompatibleVersion { ours: WIRE_VERSION_MAJOR, theirs: their_major });
             }
         };
-        let paths = self.inner.paths.read().expect("paths lock poisoned").clone();
-        if crate::transport::paths::is_placeholder(quic.remote_address())
-            && let Some(table) = self.paths()
-        {
-            // The key both ends derive from this connection's TLS session authenticates its
-            // path challenges: only the two of them can validate a direct path for it.
-            let mut key = [0; 32];
-            match quic.export_keying_material(&mut key, crate::wire::frame::PATH_KEY_LABEL, b"") {
-                Ok(()) => table.add_key(remote, quic.stable_id() as u64, key),
-                Err(error) => tracing::debug!(%remote, ?error, "no path key: the connection stays relayed"),
-            }
-        }
-        let path = paths.as_ref().and_then(std::sync::Weak::upgrade).map(|p| p.path_of(quic.remote_address()));
-        let path =
-            Arc::new(tokio::sync::watch::Sender::new(path.unwrap_or(Path::Direct { addr: quic.remote_address() })));
-        let conn = Connection { quic, remote, direction, hello: Arc::new(theirs), paths, path };
+        let path = Arc::new(tokio::sync::watch::Sender::new(transport.path()));
+        let conn = Connection { inner: transport, remote, direction, hello: Arc::new(theirs), path };
         self.register_connection(conn.clone())?;
         // A path change between computing the first value and registering would be lost.
         conn.path.send_replace(conn.path());
@@ -943,7 +899,7 @@ impl P2P {
 
     fn register_connection(&self, conn: Connection) -> Result<(), ConnectError> {
         if self.is_shutting_down() {
-            conn.quic.close(codes::CLOSED, b"shutting down");
+            conn.inner.close(codes::CLOSED, b"shutting down");
             return Err(ConnectError::ShuttingDown);
         }
         let count = {
@@ -971,7 +927,7 @@ impl P2P {
         self.spawn(async move {
             let reason = loop {
                 tokio::select! {
-                    stream = conn.quic.accept_bi() => match stream {
+                    stream = conn.inner.accept_bi() => match stream {
                         Ok((send, recv)) => {
                             let (p2p2, remote) = (p2p.clone(), conn.remote);
                             p2p.spawn(async move { p2p2.serve_stream(remote, send, recv).await });
@@ -979,8 +935,8 @@ impl P2P {
                         Err(error) => break error.to_string(),
                     },
                     // Unidirectional streams carry only the hello.
-                    Ok(_) = conn.quic.accept_uni() => {
-                        conn.quic.close(codes::PROTOCOL_VIOLATION, b"unexpected unidirectional stream");
+                    Ok(_) = conn.inner.accept_uni() => {
+                        conn.inner.close(codes::PROTOCOL_VIOLATION, b"unexpected unidirectional stream");
                     }
                 }
             };
@@ -993,7 +949,7 @@ impl P2P {
         let (count, newest) = {
             let mut connections = self.inner.connections.lock().expect("connection lock poisoned");
             let Some(list) = connections.get_mut(&conn.remote) else { return };
-            list.retain(|c| c.quic.stable_id() != conn.quic.stable_id());
+            list.retain(|c| c.id() != conn.id());
             let newest = list.last().map(|c| (c.remote_address(), c.direction));
             let count = list.len();
             if count == 0 {
@@ -1002,40 +958,33 @@ impl P2P {
             (count, newest)
         };
         self.inner.peers.lock().expect("peer lock poisoned").set_connected(conn.remote, count, newest, None);
-        if crate::transport::paths::is_placeholder(conn.remote_address())
-            && let Some(paths) = self.paths()
-        {
-            // With the peer's last relayed connection its punched path (if any) is forgotten:
-            // the next one starts over.
-            paths.remove_key(&conn.remote, conn.quic.stable_id() as u64);
-        }
         if count == 0 {
             self.emit(Event::PeerDisconnected { remote: conn.remote, reason });
         }
     }
 
-    async fn serve_stream(&self, remote: RemoteIdentity, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    async fn serve_stream(&self, remote: RemoteIdentity, mut send: SendStream, mut recv: RecvStream) {
         let header = tokio::time::timeout(STREAM_HEADER_TIMEOUT, wire::read_stream_header(&mut recv)).await;
         let protocol = match header {
             Ok(Ok(protocol)) => protocol,
             Ok(Err(error)) => {
                 tracing::debug!(%remote, %error, "bad stream header");
-                let _ = send.reset(codes::BAD_STREAM_HEADER);
-                let _ = recv.stop(codes::BAD_STREAM_HEADER);
+                send.reset(codes::BAD_STREAM_HEADER);
+                recv.stop(codes::BAD_STREAM_HEADER);
                 return;
             }
             Err(_) => {
                 tracing::debug!(%remote, "stream header timed out");
-                let _ = send.reset(codes::STREAM_HEADER_TIMEOUT);
-                let _ = recv.stop(codes::STREAM_HEADER_TIMEOUT);
+                send.reset(codes::STREAM_HEADER_TIMEOUT);
+                recv.stop(codes::STREAM_HEADER_TIMEOUT);
                 return;
             }
         };
         let handler = self.inner.protocols.read().expect("protocol lock poisoned").get(&protocol).cloned();
         let Some(handler) = handler else {
             tracing::debug!(%remote, %protocol, "stream for an unknown protocol");
-            let _ = send.reset(codes::UNKNOWN_PROTOCOL);
-            let _ = recv.stop(codes::UNKNOWN_PROTOCOL);
+            send.reset(codes::UNKNOWN_PROTOCOL);
+            recv.stop(codes::UNKNOWN_PROTOCOL);
             return;
         };
         handler.handle(Stream::new(remote, protocol.into(), send, recv)).await;
@@ -1058,7 +1007,7 @@ impl P2P {
         let connections: Vec<_> =
             self.inner.connections.lock().expect("connection lock poisoned").drain().flat_map(|(_, c)| c).collect();
         for conn in &connections {
-            conn.quic.close(codes::CLOSED, b"shutting down");
+            conn.inner.close(codes::CLOSED, b"shutting down");
         }
         drop(connections);
         let hooks = std::mem::take(&mut *self.inner.hooks.lock().expect("hook lock poisoned"));

@@ -1,6 +1,16 @@
-//! Transports: listener hooks that carry authenticated, encrypted connections.
+//! Transports: listener hooks that carry authenticated, encrypted, multiplexed connections.
+//!
+//! [`connection`] is the interface every transport implements ([`Listener`] to dial and accept,
+//! [`TransportConnection`] and its streams); [`quic`] is the first implementation, on the
+//! [`paths`] socket (relaying and path validation) with [`tls`] identities.
 
+pub mod connection;
 pub mod gro;
 pub mod paths;
 pub mod quic;
 pub mod tls;
+
+pub use connection::{
+    Accept, Accepted, ConnectionError, Incoming, Listener, RecvHalf, RecvStream, SendHalf, SendStream, StreamError,
+    TransportConnection,
+};

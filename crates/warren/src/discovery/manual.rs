@@ -243,7 +243,7 @@ async fn keep_connected(p2p: P2P, peer: ManualPeer) {
             Ok(conn) => {
                 backoff.reset();
                 identity = Some(conn.remote());
-                let reason = conn.quic().closed().await;
+                let reason = conn.closed().await;
                 tracing::debug!(peer = %peer, %reason, "manual peer disconnected");
                 if p2p.is_shutting_down() {
                     return;

@@ -461,7 +461,7 @@ impl RelayLink {
     /// Closes the link.
     pub(crate) fn close(&self) {
         if let RelayLink::Quic(conn) = self {
-            conn.close(crate::connection::codes::CLOSED, b"closed");
+            conn.close(quinn::VarInt::from_u32(crate::transport::connection::codes::CLOSED), b"closed");
         }
         // A TCP link closes when its last sender is dropped (the writer then shuts it down).
     }
@@ -480,13 +480,15 @@ async fn register_quic(
         .map_err(|_| RelayError::Failed("QUIC handshake timed out".into()))?
         .map_err(|e| failed(&e))?;
     if tls::peer_identity(&conn) != Some(config.identity) {
-        conn.close(crate::connection::codes::WRONG_IDENTITY, b"wrong identity");
+        conn.close(quinn::VarInt::from_u32(crate::transport::connection::codes::WRONG_IDENTITY), b"wrong identity");
         return Err(RelayError::Failed(format!("{} is not the relay {}", config.addr, config.identity)));
     }
     let response = request(&conn, &Request::Register { token: config.token.clone() }).await.map_err(|e| {
         // A refusal closes the connection; its reason says why.
         match conn.close_reason() {
-            Some(quinn::ConnectionError::ApplicationClosed(close)) if close.error_code == control::REFUSED => {
+            Some(quinn::ConnectionError::ApplicationClosed(close))
+                if close.error_code == quinn::VarInt::from_u32(control::REFUSED) =>
+            {
                 RelayError::Refused(String::from_utf8_lossy(&close.reason).into_owned())
             }
             _ => RelayError::Failed(e),

@@ -4,22 +4,30 @@
 //! (see [`tls`](super::tls)). quinn's endpoint and connection drivers run on the node's task
 //! tracker, so the node's shutdown waits for them and the port is free when it returns.
 
+use std::any::Any;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{AsyncTimer, AsyncUdpSocket, Runtime, TokioRuntime, TransportConfig, VarInt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::task::TaskTracker;
 
-use super::paths::{PathEvents, PathSocket, Paths};
+use super::connection::{
+    Accept, Accepted, ConnectionError, Incoming, Listener, RecvHalf, RecvStream, SendHalf, SendStream, StreamError,
+    TransportConnection, codes,
+};
+use super::paths::{Path, PathEvents, PathSocket, Paths, is_placeholder};
 use super::tls;
-use crate::Identity;
-use crate::connection::codes;
 use crate::error::TransportError;
-use crate::hook::{BoxFuture, Hook, Listener};
+use crate::hook::{BoxFuture, Hook};
+use crate::{Identity, RemoteIdentity};
 
 /// How long a transport handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,7 +197,10 @@ struct QuicInner {
     endpoint: Mutex<Option<quinn::Endpoint>>,
     paths: Arc<Paths>,
     local_addr: SocketAddr,
-    /// The node's accept loop, waited for at shutdown (then the port is free).
+    /// The node's tasks: quinn's drivers, the accept loop and the per-connection watchers run
+    /// there.
+    tasks: TaskTracker,
+    /// The accept loop, waited for at shutdown (then the port is free).
     accept_loop: TaskTracker,
     /// For connections through a relay placeholder and to public addresses (the endpoint's
     /// defaults are for a LAN).
@@ -228,6 +239,7 @@ impl QuicTransport {
                 endpoint: Mutex::new(Some(endpoint.clone())),
                 paths,
                 local_addr,
+                tasks: tasks.clone(),
                 accept_loop: TaskTracker::new(),
                 relayed_server: Arc::new(relayed_server_config(identity)),
                 relayed_client: client_config_for(identity, PathKind::Relayed),
@@ -237,25 +249,10 @@ impl QuicTransport {
         })
     }
 
-    /// Runs `accept_loop` (the node's, handing each incoming connection on) until the endpoint
-    /// closes; shutdown waits for it.
-    pub(crate) fn run_accept_loop<F>(
-        &self,
-        accept_loop: impl FnOnce(quinn::Endpoint) -> F,
-    ) -> Option<impl Future<Output = ()> + Send + 'static>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let endpoint = self.endpoint()?;
-        let tracked = self.inner.accept_loop.track_future(accept_loop(endpoint));
-        self.inner.accept_loop.close();
-        Some(tracked)
-    }
-
     /// The server configuration for a connection attempt from `remote`: the relayed one for a
     /// placeholder, the internet one for a public address, else None (the endpoint's default,
     /// for a LAN).
-    pub(crate) fn server_config_for(&self, remote: SocketAddr) -> Option<Arc<quinn::ServerConfig>> {
+    fn server_config_for(&self, remote: SocketAddr) -> Option<Arc<quinn::ServerConfig>> {
         match PathKind::of(remote) {
             PathKind::Local => None,
             PathKind::Internet => Some(self.inner.internet_server.clone()),
@@ -287,6 +284,85 @@ impl QuicTransport {
     pub(crate) fn endpoint(&self) -> Option<quinn::Endpoint> {
         self.inner.endpoint.lock().expect("endpoint lock poisoned").clone()
     }
+
+    /// An incoming connection attempt, as the node takes it.
+    fn incoming(&self, incoming: quinn::Incoming) -> Incoming {
+        let addr = incoming.remote_address();
+        if is_placeholder(addr) {
+            // A new connection from a relayed peer: its old direct address may be dead, and our
+            // handshake answer must not go there. It punches afresh.
+            self.inner.paths.forget_direct_at(addr);
+        }
+        let config = self.server_config_for(addr);
+        let this = self.clone();
+        let connecting = Box::pin(async move {
+            let connecting = match config {
+                Some(config) => incoming.accept_with(config),
+                None => incoming.accept(),
+            }
+            .map_err(|e| TransportError::Connection(e.into()))?;
+            // The connection can carry 0.5-RTT data (the node's hello, say) before the handshake
+            // completes, that is before the dialler's key is verified.
+            match connecting.into_0rtt() {
+                Ok((quic, accepted)) => {
+                    let connection = this.wrap(quic.clone());
+                    let handshake: BoxFuture<'static, _> = Box::pin(async move {
+                        // Resolves when the handshake completes or fails. Its value says whether
+                        // the client's 0-RTT data was accepted (never, here), not whether the
+                        // handshake succeeded: the close reason tells that.
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted)
+                            .await
+                            .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))?;
+                        if let Some(reason) = quic.close_reason() {
+                            return Err(TransportError::Connection(reason.into()));
+                        }
+                        this.established(&quic);
+                        Ok(())
+                    });
+                    Ok(Accepted { connection, handshake: Some(handshake) })
+                }
+                // Not expected for incoming connections; fall back to a full handshake.
+                Err(connecting) => {
+                    let quic = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
+                        .await
+                        .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))?
+                        .map_err(|e| TransportError::Connection(e.into()))?;
+                    this.established(&quic);
+                    Ok(Accepted { connection: this.wrap(quic), handshake: None })
+                }
+            }
+        });
+        Incoming { addr, connecting }
+    }
+
+    fn wrap(&self, quic: quinn::Connection) -> Arc<dyn TransportConnection> {
+        Arc::new(QuicConnection { quic, paths: Arc::downgrade(&self.inner.paths) })
+    }
+
+    /// The handshake of `quic` completed. A connection through a relay placeholder brings the
+    /// path table the key both ends derive from its TLS session: it authenticates the
+    /// connection's path challenges, so only the two of them can validate a direct path for it.
+    /// The key goes when the connection closes (with the peer's last one, its direct path).
+    fn established(&self, quic: &quinn::Connection) {
+        if !is_placeholder(quic.remote_address()) {
+            return;
+        }
+        let Some(remote) = tls::peer_identity(quic) else { return };
+        let mut key = [0; 32];
+        let id = quic.stable_id() as u64;
+        if let Err(error) = quic.export_keying_material(&mut key, crate::wire::frame::PATH_KEY_LABEL, b"") {
+            tracing::debug!(%remote, ?error, "no path key: the connection stays relayed");
+            return;
+        }
+        self.inner.paths.add_key(remote, id, key);
+        let (paths, closed) = (Arc::downgrade(&self.inner.paths), quic.clone());
+        self.inner.tasks.spawn(async move {
+            closed.closed().await;
+            if let Some(paths) = paths.upgrade() {
+                paths.remove_key(&remote, id);
+            }
+        });
+    }
 }
 
 impl Hook for QuicTransport {
@@ -300,7 +376,7 @@ impl Hook for QuicTransport {
             // Refuse new handshakes first: a peer redialling during shutdown must not keep the
             // endpoint busy.
             endpoint.set_server_config(None);
-            endpoint.close(codes::CLOSED, b"shutting down");
+            endpoint.close(VarInt::from_u32(codes::CLOSED), b"shutting down");
             // Lets the peers learn of the close; bounded by the node's shutdown timeout.
             endpoint.wait_idle().await;
             drop(endpoint);
@@ -314,7 +390,7 @@ impl Listener for QuicTransport {
         vec![self.inner.local_addr]
     }
 
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<quinn::Connection, TransportError>> {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>> {
         Box::pin(async move {
             let endpoint = self.endpoint().ok_or(TransportError::ShutDown)?;
             let connecting = match PathKind::of(addr) {
@@ -322,8 +398,226 @@ impl Listener for QuicTransport {
                 PathKind::Internet => endpoint.connect_with(self.inner.internet_client.clone(), addr, tls::SERVER_NAME),
                 PathKind::Relayed => endpoint.connect_with(self.inner.relayed_client.clone(), addr, tls::SERVER_NAME),
             };
-            Ok(connecting?.await?)
+            let quic = connecting?.await.map_err(|e| TransportError::Connection(e.into()))?;
+            self.established(&quic);
+            Ok(self.wrap(quic))
         })
+    }
+
+    fn start(&self, accept: Accept) {
+        let Some(endpoint) = self.endpoint() else { return };
+        let this = self.clone();
+        let accept_loop = self.inner.accept_loop.track_future(async move {
+            while let Some(incoming) = endpoint.accept().await {
+                accept(this.incoming(incoming));
+            }
+        });
+        self.inner.accept_loop.close();
+        self.inner.tasks.spawn(accept_loop);
+    }
+}
+
+impl From<quinn::ConnectError> for TransportError {
+    fn from(error: quinn::ConnectError) -> Self {
+        match error {
+            quinn::ConnectError::EndpointStopping => TransportError::ShutDown,
+            quinn::ConnectError::InvalidRemoteAddress(addr) => TransportError::InvalidAddress(addr),
+            other => TransportError::Start(other.to_string()),
+        }
+    }
+}
+
+impl From<quinn::ConnectionError> for ConnectionError {
+    fn from(error: quinn::ConnectionError) -> Self {
+        match error {
+            quinn::ConnectionError::ApplicationClosed(close) => ConnectionError::Closed {
+                code: close.error_code.into_inner(),
+                reason: String::from_utf8_lossy(&close.reason).into_owned(),
+            },
+            quinn::ConnectionError::LocallyClosed => ConnectionError::LocallyClosed,
+            quinn::ConnectionError::TimedOut => ConnectionError::TimedOut,
+            quinn::ConnectionError::Reset => ConnectionError::Reset,
+            other => ConnectionError::Transport(other.to_string()),
+        }
+    }
+}
+
+fn write_error(error: quinn::WriteError) -> io::Error {
+    match error {
+        quinn::WriteError::Stopped(code) => StreamError::Stopped(code.into_inner()),
+        quinn::WriteError::ConnectionLost(lost) => StreamError::Connection(lost.into()),
+        quinn::WriteError::ClosedStream => StreamError::ClosedLocally,
+        quinn::WriteError::ZeroRttRejected => {
+            StreamError::Connection(ConnectionError::Transport("0-RTT rejected".into()))
+        }
+    }
+    .into_io()
+}
+
+fn read_error(error: quinn::ReadError) -> io::Error {
+    match error {
+        quinn::ReadError::Reset(code) => StreamError::Reset(code.into_inner()),
+        quinn::ReadError::ConnectionLost(lost) => StreamError::Connection(lost.into()),
+        quinn::ReadError::ClosedStream | quinn::ReadError::IllegalOrderedRead => StreamError::ClosedLocally,
+        quinn::ReadError::ZeroRttRejected => {
+            StreamError::Connection(ConnectionError::Transport("0-RTT rejected".into()))
+        }
+    }
+    .into_io()
+}
+
+/// A QUIC connection, as the node holds it. [`QuicConnection::quinn`] is the quinn connection
+/// underneath, for statistics and datagrams.
+#[derive(Debug)]
+pub struct QuicConnection {
+    quic: quinn::Connection,
+    paths: Weak<Paths>,
+}
+
+impl QuicConnection {
+    /// The quinn connection. Streams opened on it directly bypass protocol routing: the peer
+    /// treats their first bytes as a stream header.
+    pub fn quinn(&self) -> &quinn::Connection {
+        &self.quic
+    }
+}
+
+fn streams((send, recv): (quinn::SendStream, quinn::RecvStream)) -> (SendStream, RecvStream) {
+    (SendStream::new(QuicSend(send)), RecvStream::new(QuicRecv(recv)))
+}
+
+impl TransportConnection for QuicConnection {
+    fn transport(&self) -> &'static str {
+        HOOK_NAME
+    }
+
+    fn id(&self) -> u64 {
+        self.quic.stable_id() as u64
+    }
+
+    fn peer_identity(&self) -> Option<RemoteIdentity> {
+        tls::peer_identity(&self.quic)
+    }
+
+    fn remote_address(&self) -> SocketAddr {
+        self.quic.remote_address()
+    }
+
+    fn path(&self) -> Path {
+        match self.paths.upgrade() {
+            Some(paths) => paths.path_of(self.quic.remote_address()),
+            None => Path::Direct { addr: self.quic.remote_address() },
+        }
+    }
+
+    fn rtt(&self) -> Duration {
+        self.quic.rtt()
+    }
+
+    fn open_bi(&self) -> BoxFuture<'_, Result<(SendStream, RecvStream), ConnectionError>> {
+        Box::pin(async move { self.quic.open_bi().await.map(streams).map_err(Into::into) })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, Result<(SendStream, RecvStream), ConnectionError>> {
+        Box::pin(async move { self.quic.accept_bi().await.map(streams).map_err(Into::into) })
+    }
+
+    fn open_uni(&self) -> BoxFuture<'_, Result<SendStream, ConnectionError>> {
+        Box::pin(async move { Ok(SendStream::new(QuicSend(self.quic.open_uni().await?))) })
+    }
+
+    fn accept_uni(&self) -> BoxFuture<'_, Result<RecvStream, ConnectionError>> {
+        Box::pin(async move { Ok(RecvStream::new(QuicRecv(self.quic.accept_uni().await?))) })
+    }
+
+    fn close(&self, code: u32, reason: &[u8]) {
+        self.quic.close(VarInt::from_u32(code), reason);
+    }
+
+    fn close_reason(&self) -> Option<ConnectionError> {
+        self.quic.close_reason().map(Into::into)
+    }
+
+    fn closed(&self) -> BoxFuture<'_, ConnectionError> {
+        Box::pin(async move { self.quic.closed().await.into() })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// A QUIC send stream behind [`SendStream`]; chunk writes are zero-copy.
+#[derive(Debug)]
+struct QuicSend(quinn::SendStream);
+
+impl AsyncWrite for QuicSend {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        quinn::SendStream::poll_write(Pin::new(&mut self.0), cx, buf).map_err(write_error)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.0.finish().map_err(|_| StreamError::ClosedLocally.into_io()))
+    }
+}
+
+impl SendHalf for QuicSend {
+    fn poll_write_chunk(&mut self, cx: &mut Context<'_>, chunk: &mut Bytes) -> Poll<io::Result<()>> {
+        // quinn's future holds no state of its own between polls, so a fresh one each time is
+        // the same future; it advances the chunk past what it took.
+        let mut chunks = [std::mem::take(chunk)];
+        let polled = pin!(self.0.write_chunks(&mut chunks)).poll(cx);
+        *chunk = std::mem::take(&mut chunks[0]);
+        polled.map(|written| written.map(|_| ()).map_err(write_error))
+    }
+
+    fn finish(&mut self) -> Result<(), StreamError> {
+        self.0.finish().map_err(|_| StreamError::ClosedLocally)
+    }
+
+    fn reset(&mut self, code: u32) {
+        let _ = self.0.reset(VarInt::from_u32(code));
+    }
+
+    fn stopped(&self) -> BoxFuture<'static, Option<u64>> {
+        let stopped = self.0.stopped();
+        Box::pin(async move { stopped.await.ok().flatten().map(VarInt::into_inner) })
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        &mut self.0
+    }
+}
+
+/// A QUIC receive stream behind [`RecvStream`]; chunk reads are zero-copy.
+#[derive(Debug)]
+struct QuicRecv(quinn::RecvStream);
+
+impl AsyncRead for QuicRecv {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        self.0.poll_read_buf(cx, buf).map_err(read_error)
+    }
+}
+
+impl RecvHalf for QuicRecv {
+    fn poll_read_chunk(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<Option<Bytes>>> {
+        // As for writes: quinn's future is a stateless wrapper of its poll.
+        pin!(self.0.read_chunk(max, true)).poll(cx).map(|chunk| match chunk {
+            Ok(chunk) => Ok(chunk.map(|c| c.bytes)),
+            Err(error) => Err(read_error(error)),
+        })
+    }
+
+    fn stop(&mut self, code: u32) {
+        let _ = self.0.stop(VarInt::from_u32(code));
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        &mut self.0
     }
 }
 

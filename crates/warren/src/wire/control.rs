@@ -10,10 +10,10 @@ use warren_proto::{Decode, Encode, Message};
 use crate::RemoteIdentity;
 
 /// QUIC close code of a relay refusing a node (allow-list, token, limits).
-pub const REFUSED: quinn::VarInt = quinn::VarInt::from_u32(0x52_01);
+pub const REFUSED: u32 = 0x52_01;
 
 /// QUIC close code of a relay cutting a node off at its byte limit.
-pub const OVER_LIMIT: quinn::VarInt = quinn::VarInt::from_u32(0x52_02);
+pub const OVER_LIMIT: u32 = 0x52_02;
 
 /// Largest control message, either way.
 pub const MAX_MESSAGE: usize = 4096;

@@ -4,23 +4,26 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use quinn::{ReadError, ReadToEndError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::connection::codes;
+use warren::transport::{StreamError, TransportConnection};
 
 use crate::support::raw::dial_as_new_identity;
 use crate::support::*;
 
-/// Writes `bytes` on a fresh raw stream and returns how the node answered.
-async fn raw_stream(conn: &quinn::Connection, bytes: &[u8]) -> Result<Vec<u8>, ReadToEndError> {
+/// Writes `bytes` on a fresh raw stream (below protocol routing, on the transport's connection)
+/// and returns how the node answered.
+async fn raw_stream(conn: &dyn TransportConnection, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
     let (mut send, mut recv) = conn.open_bi().await.expect("open raw stream");
     send.write_all(bytes).await.expect("write raw header");
     let _ = send.finish();
-    recv.read_to_end(1024).await
+    let mut answer = Vec::new();
+    recv.read_to_end(&mut answer).await.map(|_| answer)
 }
 
-fn reset_code(result: Result<Vec<u8>, ReadToEndError>) -> quinn::VarInt {
-    match result {
-        Err(ReadToEndError::Read(ReadError::Reset(code))) => code,
+fn reset_code(result: std::io::Result<Vec<u8>>) -> u32 {
+    match result.as_ref().map_err(StreamError::of) {
+        Err(Some(StreamError::Reset(code))) => u32::try_from(*code).unwrap(),
         other => panic!("expected the stream to be reset, got {other:?}"),
     }
 }
@@ -33,7 +36,7 @@ async fn garbage_and_oversized_stream_headers_are_reset_and_others_keep_being_se
     introduce(&alice, &bob, bob_addr);
     introduce(&hostile, &bob, bob_addr);
     let conn = hostile.connection(bob.id()).await.unwrap();
-    let raw = conn.quic();
+    let raw = conn.transport();
 
     let mut oversized = vec![200u8];
     oversized.extend_from_slice(&[b'x'; 200]);
@@ -66,14 +69,11 @@ async fn ten_thousand_streams_at_once_do_not_stop_another_peer() {
     let refused = Arc::new(AtomicUsize::new(0));
     let flood: Vec<_> = (0..STREAMS)
         .map(|i| {
-            let (quic, refused) = (conn.quic().clone(), refused.clone());
+            let (conn, refused) = (conn.clone(), refused.clone());
             tokio::spawn(async move {
                 let header: &[u8] = if i % 2 == 0 { b"\xffgarbage" } else { b"\x07nope/99" };
-                match raw_stream(&quic, header).await {
-                    Err(ReadToEndError::Read(ReadError::Reset(code)))
-                        if code == codes::BAD_STREAM_HEADER || code == codes::UNKNOWN_PROTOCOL => {}
-                    other => panic!("stream {i}: unexpected outcome {other:?}"),
-                }
+                let code = reset_code(raw_stream(conn.transport(), header).await);
+                assert!(code == codes::BAD_STREAM_HEADER || code == codes::UNKNOWN_PROTOCOL, "stream {i}: code {code}");
                 refused.fetch_add(1, Ordering::Relaxed);
             })
         })
@@ -125,9 +125,9 @@ async fn a_second_unidirectional_stream_after_the_hello_closes_the_connection() 
     let (hostile, _) = node().await;
     introduce(&hostile, &bob, bob_addr);
     let conn = hostile.connection(bob.id()).await.unwrap();
-    let mut send = conn.quic().open_uni().await.unwrap();
+    let mut send = conn.transport().open_uni().await.unwrap();
     send.write_all(b"unasked for").await.unwrap();
-    assert_eq!(close_code(conn.quic().closed().await), codes::PROTOCOL_VIOLATION);
+    assert_eq!(close_code(conn.closed().await), codes::PROTOCOL_VIOLATION);
     hostile.shutdown().await;
     bob.shutdown().await;
 }

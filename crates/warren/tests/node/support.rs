@@ -67,9 +67,10 @@ pub async fn wait_for<T>(events: &mut broadcast::Receiver<Event>, mut pick: impl
 }
 
 /// The application error code a connection was closed with (panics on any other ending).
-pub fn close_code(ending: quinn::ConnectionError) -> quinn::VarInt {
-    match ending {
-        quinn::ConnectionError::ApplicationClosed(close) => close.error_code,
+/// Takes warren's connection errors and raw quinn ones alike.
+pub fn close_code(ending: impl Into<warren::transport::ConnectionError>) -> u32 {
+    match ending.into() {
+        warren::transport::ConnectionError::Closed { code, .. } => u32::try_from(code).expect("a warren code"),
         other => panic!("expected an application close, got {other}"),
     }
 }
