@@ -8,6 +8,7 @@ mod hostile;
 mod identity_checks;
 mod lan;
 mod manual_discovery;
+mod memory;
 mod shutdown;
 mod support;
 mod version;
