@@ -1,7 +1,7 @@
 //! The interfaces between the node and what plugs into it: hooks (actors the node shuts down in
-//! order) and rendezvous points (ways to reach a peer with no known address). Transports are
-//! hooks too ([`Listener`](crate::transport::Listener)). They name no node type, so transports
-//! and the relay client implement them without importing the node.
+//! order) and discovery sources ([`Discovery`]: publish this node, resolve a peer). Transports
+//! are hooks too ([`Listener`](crate::transport::Listener)). They name no node type, so
+//! transports and the relay client implement them without importing the node.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,10 +27,44 @@ pub trait Hook: Send + Sync + 'static {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Finds a path to a peer through a rendezvous point (today: the relay this node is registered
-/// with), for peers with no known address or none that answers.
-pub trait Rendezvous: Send + Sync + 'static {
-    /// The address to dial to reach `remote` through the rendezvous point: `Ok(None)` if there is
-    /// none right now, `Err` with the reason if it does not know `remote`.
-    fn resolve(&self, remote: crate::RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>>;
+/// This node as discovery sources publish it: its identity, the addresses it accepts on, its
+/// metadata and libraries. Each source decides how much of it goes out (mDNS in ContactsOnly
+/// mode, say, publishes a salted tag and nothing else).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The node's identity.
+    pub id: crate::RemoteIdentity,
+    /// Where its listeners accept.
+    pub addrs: Vec<SocketAddr>,
+    /// Its metadata (name, version, ...).
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The libraries it announces.
+    pub libraries: Vec<uuid::Uuid>,
+}
+
+/// A discovery source: one interface for every way a node learns where its peers are and tells
+/// them where it is (mDNS, manual addresses, the bootstrap cache, the relay's lookup, later a
+/// DHT).
+///
+/// Three flows, all optional:
+/// - *publish*: the node hands the source its [`Record`] when the source is registered and again
+///   whenever it changes (metadata, libraries, listeners); sources that announce (mDNS, a DHT)
+///   put it out, the others ignore it.
+/// - *resolve*: when a peer's known addresses fail (or there are none), the node asks every
+///   source for addresses to dial; sources that look up on demand (the relay, a DHT) answer,
+///   the others return nothing.
+/// - *push*: a source that hears of peers by itself (mDNS answers, a manual address, the cache at
+///   start) tells the node with `P2P::discovered` and `P2P::expired`.
+pub trait Discovery: Hook {
+    /// Puts this node's record out (again); the default does nothing.
+    fn publish(&self, record: &Record) {
+        let _ = record;
+    }
+
+    /// Addresses to dial `remote` at, found now; empty if the source knows none. An error says
+    /// why the source could not help (it is reported with the other failed attempts).
+    fn resolve(&self, remote: crate::RemoteIdentity) -> BoxFuture<'_, Result<Vec<SocketAddr>, String>> {
+        let _ = remote;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }

@@ -26,7 +26,7 @@ use self::peer::PeerTable;
 pub use self::peer::{ConnectionState, PeerInfo};
 use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
 use crate::error::{ConnectError, HelloError, RegisterError, TransportError};
-pub use crate::hook::{BoxFuture, Hook, HookId, Rendezvous};
+pub use crate::hook::{BoxFuture, Discovery, Hook, HookId, Record};
 use crate::identity::{Identity, RemoteIdentity};
 use crate::relay::client::{RelayClient, RelayConfig, RelayEvent};
 use crate::transport::paths::{Path, PathEvent, Paths};
@@ -105,6 +105,7 @@ struct Registered {
     id: HookId,
     hook: Arc<dyn Hook>,
     listener: Option<Arc<dyn Listener>>,
+    discovery: Option<Arc<dyn Discovery>>,
 }
 
 struct Inner {
@@ -127,7 +128,8 @@ struct Inner {
     /// The path table relaying and hole punching use: the first QUIC transport's, or the one
     /// given to `add_relay`.
     paths: RwLock<Option<std::sync::Weak<Paths>>>,
-    rendezvous: RwLock<Option<Arc<dyn Rendezvous>>>,
+    /// Whether the task that republishes the record on changes runs.
+    publishing: std::sync::atomic::AtomicBool,
     attempts: Mutex<punch::Attempts>,
     relay: Mutex<Option<RelayClient>>,
 }
@@ -167,7 +169,7 @@ impl P2P {
                 tasks: TaskTracker::new(),
                 cancel: CancellationToken::new(),
                 paths: RwLock::new(None),
-                rendezvous: RwLock::new(None),
+                publishing: std::sync::atomic::AtomicBool::new(false),
                 attempts: Mutex::default(),
                 relay: Mutex::new(None),
             }),
@@ -228,8 +230,8 @@ impl P2P {
         // Relaying and punching happen on this transport's socket.
         self.set_paths(quic.paths(), true);
         let client = RelayClient::start(self.identity().clone(), quic, config, &self.inner.tasks, on_event);
-        self.register_hook(Arc::new(client.clone()));
-        self.set_rendezvous(Some(Arc::new(client.clone())));
+        self.serve_hole_punching();
+        self.register_discovery(Arc::new(client.clone()));
         *self.inner.relay.lock().expect("relay lock poisoned") = Some(client.clone());
         client
     }
@@ -385,7 +387,12 @@ impl P2P {
     /// [`P2P::shutdown`].
     pub fn register_hook(&self, hook: Arc<dyn Hook>) -> HookId {
         let id = self.next_hook_id();
-        self.inner.hooks.lock().expect("hook lock poisoned").push(Registered { id, hook, listener: None });
+        self.inner.hooks.lock().expect("hook lock poisoned").push(Registered {
+            id,
+            hook,
+            listener: None,
+            discovery: None,
+        });
         id
     }
 
@@ -401,9 +408,72 @@ impl P2P {
         }));
         let event = Event::ListenerStarted { hook: listener.name().to_owned(), addrs: listener.local_addrs() };
         let hook: Arc<dyn Hook> = listener.clone();
-        self.inner.hooks.lock().expect("hook lock poisoned").push(Registered { id, hook, listener: Some(listener) });
+        self.inner.hooks.lock().expect("hook lock poisoned").push(Registered {
+            id,
+            hook,
+            listener: Some(listener),
+            discovery: None,
+        });
         self.emit(event);
         id
+    }
+
+    /// Registers a discovery source (see [`Discovery`]): it gets this node's [`Record`] now and
+    /// whenever it changes, and is asked to resolve peers whose known addresses fail.
+    pub fn register_discovery(&self, discovery: Arc<dyn Discovery>) -> HookId {
+        let id = self.next_hook_id();
+        let hook: Arc<dyn Hook> = discovery.clone();
+        self.inner.hooks.lock().expect("hook lock poisoned").push(Registered {
+            id,
+            hook,
+            listener: None,
+            discovery: Some(discovery.clone()),
+        });
+        discovery.publish(&self.record());
+        if !self.inner.publishing.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.republish_on_changes();
+        }
+        id
+    }
+
+    /// This node's record, as discovery sources publish it.
+    pub fn record(&self) -> Record {
+        Record { id: self.id(), addrs: self.listen_addrs(), metadata: self.metadata(), libraries: self.libraries() }
+    }
+
+    fn discoveries(&self) -> Vec<Arc<dyn Discovery>> {
+        self.inner.hooks.lock().expect("hook lock poisoned").iter().filter_map(|r| r.discovery.clone()).collect()
+    }
+
+    /// Hands every discovery source the new record when metadata, libraries or listeners
+    /// change (or, having fallen behind the event bus, in case they did).
+    fn republish_on_changes(&self) {
+        let (node, mut events) = (self.downgrade(), self.subscribe());
+        self.spawn(async move {
+            loop {
+                let changed = match events.recv().await {
+                    Ok(event) => matches!(
+                        event,
+                        Event::MetadataModified { .. }
+                            | Event::LibrariesModified { .. }
+                            | Event::ListenerStarted { .. }
+                            | Event::ListenerStopped { .. }
+                    ),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let Some(p2p) = node.upgrade() else { return };
+                if p2p.is_shutting_down() {
+                    return;
+                }
+                if changed {
+                    let record = p2p.record();
+                    for discovery in p2p.discoveries() {
+                        discovery.publish(&record);
+                    }
+                }
+            }
+        });
     }
 
     /// Unregisters a hook and shuts it down. Returns false if there was no such hook.
@@ -511,19 +581,6 @@ impl P2P {
     /// The path table relaying and punching use, while its QUIC transport runs.
     pub(crate) fn paths(&self) -> Option<Arc<Paths>> {
         self.inner.paths.read().expect("paths lock poisoned").as_ref()?.upgrade()
-    }
-
-    /// Sets (or clears) the rendezvous point used to reach peers with no known address (the
-    /// relay client sets itself), and answers hole-punching offers from then on.
-    pub fn set_rendezvous(&self, rendezvous: Option<Arc<dyn Rendezvous>>) {
-        if rendezvous.is_some() {
-            self.serve_hole_punching();
-        }
-        *self.inner.rendezvous.write().expect("rendezvous lock poisoned") = rendezvous;
-    }
-
-    fn rendezvous(&self) -> Option<Arc<dyn Rendezvous>> {
-        self.inner.rendezvous.read().expect("rendezvous lock poisoned").clone()
     }
 
     /// Registers the hole-punching signalling handler (once; later calls do nothing).
@@ -643,11 +700,7 @@ impl P2P {
             if self.listeners().is_empty() {
                 return Err(ConnectError::NoTransport);
             }
-            let rendezvous = self.rendezvous();
-            let relay = self.paths().and_then(|p| p.relay()).is_some() && rendezvous.is_some();
-            if addrs.is_empty() && !relay {
-                return Err(ConnectError::NoAddress { remote });
-            }
+            let relay = self.paths().and_then(|p| p.relay()).is_some();
             // Known addresses first (LAN, manual, cache), raced; with a relay to fall back on,
             // addresses that do not answer soon are given up on sooner.
             let timeout = if relay { DIRECT_TIMEOUT_WITH_RELAY } else { HANDSHAKE_TIMEOUT };
@@ -658,30 +711,32 @@ impl P2P {
             if attempts.iter().any(|(_, e)| matches!(e, ConnectError::ShuttingDown)) {
                 return Err(ConnectError::ShuttingDown);
             }
-            let resolved = match &rendezvous {
-                Some(rendezvous) => rendezvous.resolve(remote).await,
-                None => Ok(None),
-            };
-            match resolved {
-                Ok(Some(placeholder)) => {
-                    // A new connection starts on the relay; an old punched path may be dead.
-                    if let Some(paths) = self.paths() {
-                        paths.forget_direct(&remote);
-                    }
-                    match self.dial(placeholder, Some(remote)).await {
-                        Ok(conn) => {
-                            self.start_hole_punching(&conn);
-                            return Ok(conn);
+            // Then whatever the discovery sources resolve now (the relay: a placeholder it
+            // carries; later a DHT), raced with the full handshake time.
+            let mut resolved = Vec::new();
+            for discovery in self.discoveries() {
+                match discovery.resolve(remote).await {
+                    Ok(addrs) => {
+                        for addr in addrs {
+                            if !resolved.contains(&addr) {
+                                resolved.push(addr);
+                            }
                         }
-                        Err(error) => attempts.push((placeholder, error)),
+                    }
+                    Err(reason) => {
+                        let addr = self.paths().and_then(|p| p.relay()).map(|r| r.addr);
+                        let addr = addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                        let error = TransportError::Rendezvous(format!("{}: {reason}", discovery.name()));
+                        attempts.push((addr, ConnectError::Transport { addr, error }));
                     }
                 }
-                Ok(None) => {}
-                Err(reason) => {
-                    let relay = self.paths().and_then(|p| p.relay()).map(|r| r.addr);
-                    let addr = relay.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                    attempts.push((addr, ConnectError::Transport { addr, error: TransportError::Rendezvous(reason) }));
+            }
+            match self.race(remote, resolved, HANDSHAKE_TIMEOUT).await {
+                Ok(conn) => {
+                    self.start_hole_punching(&conn);
+                    return Ok(conn);
                 }
+                Err(failed) => attempts.extend(failed),
             }
             if attempts.is_empty() {
                 return Err(ConnectError::NoAddress { remote });

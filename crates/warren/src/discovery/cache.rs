@@ -282,7 +282,7 @@ impl BootstrapHook {
             }
         });
         p2p.spawn(task);
-        p2p.register_hook(std::sync::Arc::new(hook.clone()));
+        p2p.register_discovery(std::sync::Arc::new(hook.clone()));
         (hook, warning)
     }
 
@@ -310,6 +310,9 @@ impl BootstrapHook {
         }
     }
 }
+
+/// Pushes the cached peers at start; it neither publishes nor resolves on demand.
+impl crate::node::Discovery for BootstrapHook {}
 
 impl crate::node::Hook for BootstrapHook {
     fn name(&self) -> &str {

@@ -13,7 +13,7 @@ use crate::RemoteIdentity;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::HookTasks;
-use crate::node::{BoxFuture, Hook, P2P};
+use crate::node::{BoxFuture, Discovery, Hook, P2P};
 
 /// Name of this hook, and the source of the peers it reports.
 pub const SOURCE: &str = "manual";
@@ -152,7 +152,7 @@ impl ManualDiscovery {
         for peer in peers {
             hook.add(peer);
         }
-        p2p.register_hook(Arc::new(hook.clone()));
+        p2p.register_discovery(Arc::new(hook.clone()));
         hook
     }
 
@@ -188,6 +188,9 @@ impl ManualDiscovery {
         peers
     }
 }
+
+/// Pushes the configured addresses as it reaches them; it neither publishes nor resolves.
+impl Discovery for ManualDiscovery {}
 
 impl Hook for ManualDiscovery {
     fn name(&self) -> &str {

@@ -17,11 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mdns_sd::{ServiceDaemon, ServiceEvent, ServiceInfo};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::discovery::HookTasks;
-use crate::node::{BoxFuture, Event, Hook, P2P};
+use crate::node::{BoxFuture, Discovery, Hook, P2P, Record};
 use crate::{RemoteIdentity, node};
 
 /// Name of this hook, and the source of the peers it reports.
@@ -214,6 +214,8 @@ struct MdnsInner {
     service_type: String,
     port: u16,
     mode: watch::Sender<DiscoveryMode>,
+    /// The node's record as last published to this source (announced again when it changes).
+    record: watch::Sender<Option<Record>>,
     /// Peers this hook reports, with their libraries and when their record was last seen.
     peers: Mutex<HashMap<RemoteIdentity, Seen>>,
     /// ContactsOnly records recognised, by full name.
@@ -234,6 +236,7 @@ impl MdnsDiscovery {
                 service_type: format!("_{}._udp.local.", p2p.app_name()),
                 port,
                 mode: watch::Sender::new(mode),
+                record: watch::Sender::new(None),
                 peers: Mutex::default(),
                 hashed: Mutex::default(),
                 ignored: Arc::default(),
@@ -245,9 +248,10 @@ impl MdnsDiscovery {
         let weak = p2p.downgrade();
         // Another hook may have registered it already; one handler serves them all.
         let _ = p2p.register_protocol(METADATA_PROTOCOL, move |stream| serve_metadata(weak.clone(), stream));
+        // Registered first: the record is published before the first announcement.
+        p2p.register_discovery(Arc::new(hook.clone()));
         let task = hook.inner.hook.tasks.track_future(hook.clone().run());
         p2p.spawn(task);
-        p2p.register_hook(Arc::new(hook.clone()));
         hook
     }
 
@@ -337,7 +341,7 @@ impl MdnsDiscovery {
         current: DiscoveryMode,
     ) -> Result<(), MdnsError> {
         let daemon = ServiceDaemon::new().map_err(|e| MdnsError::Daemon(e.to_string()))?;
-        let mut events = self.inner.p2p.subscribe();
+        let mut record = self.inner.record.subscribe();
         // One salt per session: records of different sessions cannot be linked.
         let salt = (current == DiscoveryMode::ContactsOnly).then(|| {
             let mut salt = [0u8; 10];
@@ -371,14 +375,10 @@ impl MdnsDiscovery {
                             }
                         }
                     },
-                    event = events.recv() => match event {
-                        Ok(Event::MetadataModified { .. } | Event::LibrariesModified { .. })
-                        | Err(broadcast::error::RecvError::Lagged(_)) => {
-                            registered = self.announce(&daemon, registered, salt.as_ref());
-                        }
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Closed) => break Ok(()),
-                    },
+                    // The node published a new record (metadata or libraries changed).
+                    Ok(()) = record.changed() => {
+                        registered = self.announce(&daemon, registered, salt.as_ref());
+                    }
                 }
             },
             Err(e) => Err(e),
@@ -405,13 +405,14 @@ impl MdnsDiscovery {
     fn announce(&self, daemon: &ServiceDaemon, registered: Option<String>, salt: Option<&[u8; 10]>) -> Option<String> {
         let p2p = &self.inner.p2p;
         let identity = p2p.id();
+        let record = self.inner.record.borrow().clone().unwrap_or_else(|| p2p.record());
         // ContactsOnly: a tag instead of the identity (in the instance and host names), and
         // nothing in TXT but the salt.
         let (instance, txt) = match salt {
             Some(salt) => {
                 (contact_tag(&identity, salt), Ok(vec![(SALT_KEY.to_owned(), data_encoding::HEXLOWER.encode(salt))]))
             }
-            None => (identity.to_string(), txt_record(&identity, &p2p.metadata(), &p2p.libraries())),
+            None => (identity.to_string(), txt_record(&identity, &record.metadata, &record.libraries)),
         };
         let attempt = txt.and_then(|txt| {
             let host = format!("{instance}.local.");
@@ -565,6 +566,21 @@ impl MdnsDiscovery {
                 None
             }
         }
+    }
+}
+
+/// mDNS publishes the record (in `Enabled` mode its TXT keys and libraries; in `ContactsOnly` a
+/// salted tag) and pushes the peers it hears; it does not resolve on demand (a query would only
+/// repeat what browsing already found).
+impl Discovery for MdnsDiscovery {
+    fn publish(&self, record: &Record) {
+        self.inner.record.send_if_modified(|published| {
+            let changed = published.as_ref() != Some(record);
+            if changed {
+                *published = Some(record.clone());
+            }
+            changed
+        });
     }
 }
 

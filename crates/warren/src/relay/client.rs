@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::tcp;
-use crate::hook::{BoxFuture, Hook, Rendezvous};
+use crate::hook::{BoxFuture, Discovery, Hook};
 use crate::state::relay::RelayState;
 use crate::transport::paths::{RelayEgress, RelayRoute};
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
@@ -505,15 +505,21 @@ async fn register_quic(
     }
 }
 
-impl Rendezvous for RelayClient {
-    fn resolve(&self, remote: RemoteIdentity) -> BoxFuture<'_, Result<Option<SocketAddr>, String>> {
+/// The relay is a discovery source that resolves on demand: a peer it serves gets a placeholder
+/// address, which the QUIC transport carries through the relay (and hole punching later moves
+/// to a direct path). It publishes nothing: registering is the relay client's own job.
+impl Discovery for RelayClient {
+    fn resolve(&self, remote: RemoteIdentity) -> BoxFuture<'_, Result<Vec<SocketAddr>, String>> {
         Box::pin(async move {
             let paths = self.inner.transport.paths();
-            let Some(relay) = paths.relay() else { return Ok(None) };
+            let Some(relay) = paths.relay() else { return Ok(Vec::new()) };
             if !self.lookup(remote).await? {
                 return Err(format!("the relay {} does not serve {remote}", relay.addr));
             }
-            paths.placeholder_for(remote).map(Some).ok_or_else(|| "too many relayed peers".to_owned())
+            let placeholder = paths.placeholder_for(remote).ok_or_else(|| "too many relayed peers".to_owned())?;
+            // A new connection starts on the relay; an old punched path may be dead.
+            paths.forget_direct(&remote);
+            Ok(vec![placeholder])
         })
     }
 }

@@ -384,3 +384,79 @@ async fn the_node_checks_the_identity_a_foreign_transport_verified() {
     alice.shutdown().await;
     bob.shutdown().await;
 }
+
+/// A discovery source that records what it is published and resolves from a fixed table.
+struct Directory {
+    published: watch::Sender<Vec<warren::node::Record>>,
+    table: HashMap<RemoteIdentity, Result<Vec<SocketAddr>, String>>,
+}
+
+impl Hook for Directory {
+    fn name(&self) -> &str {
+        "directory"
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl warren::node::Discovery for Directory {
+    fn publish(&self, record: &warren::node::Record) {
+        self.published.send_modify(|all| all.push(record.clone()));
+    }
+
+    fn resolve(&self, remote: RemoteIdentity) -> BoxFuture<'_, Result<Vec<SocketAddr>, String>> {
+        let answer = self.table.get(&remote).cloned().unwrap_or(Ok(Vec::new()));
+        Box::pin(async move { answer })
+    }
+}
+
+#[tokio::test]
+async fn discovery_sources_get_the_record_as_it_changes_and_resolve_unknown_peers() {
+    let net = Arc::new(Net::default());
+    let (alice, alice_addr) = memory_node(&net, "198.18.0.1:1");
+    let (bob, bob_addr) = memory_node(&net, "198.18.0.2:1");
+    let (carol, _) = memory_node(&net, "198.18.0.3:1");
+    let stranger = Identity::generate().to_remote_identity();
+    let directory = Arc::new(Directory {
+        published: watch::Sender::new(Vec::new()),
+        table: HashMap::from([(bob.id(), Ok(vec![bob_addr])), (carol.id(), Err("carol is away".to_owned()))]),
+    });
+    let mut published = directory.published.subscribe();
+    alice.register_discovery(directory.clone());
+
+    // Published at once, with the node's identity and listeners; again when metadata changes.
+    let first = published.borrow_and_update().last().cloned().expect("published on registration");
+    assert_eq!((first.id, first.addrs), (alice.id(), vec![alice_addr]));
+    alice.metadata_mut().insert("name", "alice").unwrap();
+    let again = tokio::time::timeout(
+        HANG,
+        published.wait_for(|all| all.iter().any(|r| r.metadata.get("name").is_some_and(|n| n == "alice"))),
+    )
+    .await
+    .expect("republished after the metadata changed")
+    .unwrap()
+    .last()
+    .cloned()
+    .unwrap();
+    assert_eq!(again.metadata.get("name").map(String::as_str), Some("alice"));
+
+    // Nobody told alice where bob is: the source resolves him.
+    assert!(alice.peer(&bob.id()).is_none());
+    let mut stream = alice.connect(bob.id(), ECHO).await.unwrap();
+    stream.write_all(b"found").await.unwrap();
+    stream.finish().unwrap();
+    let mut echoed = Vec::new();
+    stream.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"found");
+
+    // A source's refusal is reported, and a peer no source knows has no address.
+    let refused = alice.connection(carol.id()).await.unwrap_err().to_string();
+    assert!(refused.contains("directory: carol is away"), "{refused}");
+    assert!(matches!(alice.connection(stranger).await, Err(ConnectError::NoAddress { remote }) if remote == stranger));
+
+    for node in [alice, bob, carol] {
+        node.shutdown().await;
+    }
+}
