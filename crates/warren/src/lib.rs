@@ -8,10 +8,14 @@
 //!   It keeps a peer table, one connection per peer (reused, dialled on demand, the known
 //!   addresses raced), routes each incoming stream to the handler of the protocol the stream
 //!   names, and tells subscribers what happened ([`Event`]).
-//! - Every connection is QUIC with TLS 1.3 raw public keys bound to both identities; dialling
-//!   identity X yields X or [`ConnectError::WrongIdentity`]. It starts with a hello
+//! - Connections come from transports ([`transport::Listener`], [`transport::TransportConnection`]:
+//!   authenticated, encrypted, multiplexed); the node never learns which. Today's transport is
+//!   QUIC with TLS 1.3 raw public keys bound to both identities; dialling identity X yields X or
+//!   [`ConnectError::WrongIdentity`]. It starts with a hello
 //!   ([`wire::Hello`]: metadata, protocols, wire version). [`Connection::watch_path`] says
 //!   whether its packets go direct or through a relay, now and at each change.
+//! - Discovery sources ([`node::Discovery`]: mDNS, manual addresses, the bootstrap cache, the
+//!   relay) publish this node's [`node::Record`] and resolve peers it has no address for.
 //! - Through a relay ([`relay`]) peers reach each other by identity alone; a hole punch then
 //!   moves the connection to a direct path validated with keys of the connection itself
 //!   ([`state::path_table`]).
