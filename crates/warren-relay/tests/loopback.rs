@@ -504,7 +504,14 @@ async fn a_peer_restarted_elsewhere_is_reached_again() {
     wait_for(&mut events, |e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }).then_some(())).await;
     let old_addr = b.listen_addrs()[0];
     b.shutdown().await;
-    wait_for(&mut events, |e| matches!(e, Event::PeerDisconnected { .. }).then_some(())).await;
+    let reason = wait_for(&mut events, |e| match e {
+        Event::PeerDisconnected { reason, .. } => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    // B's close reached A over the punched path (not A's idle timeout, 30 s later: the path
+    // outlives B's last key for the close to leave by it).
+    assert!(reason.contains("closed by the peer"), "{reason}");
 
     let (b2, cb2) = node_with(Identity::from_secret_bytes(&b_secret), &relay, None).await;
     cb2.wait_registered(HANG).await.unwrap();

@@ -204,6 +204,12 @@ impl RelayClient {
         }
     }
 
+    /// Lookup answers that matched no lookup waiting for one (late, duplicated or forged by the
+    /// relay), dropped.
+    pub fn stray_answers(&self) -> u64 {
+        self.state().stray_answers
+    }
+
     /// Where the registration stands now, and each change after: `borrow()` for the current
     /// value, `changed().await` for the next.
     pub fn watch_status(&self) -> watch::Receiver<RelayStatus> {
@@ -314,7 +320,16 @@ impl RelayClient {
         let _forget = ForgetLookup(self, id);
         match &link {
             RelayLink::Quic(conn) => match request(conn, &Request::Lookup { id, peer }).await {
-                Ok(Response::Lookup { id: answered, online }) if answered == id => Ok(online),
+                Ok(Response::Lookup { id: answered, online }) if answered == id => {
+                    self.state().answered(id);
+                    Ok(online)
+                }
+                // Each lookup has a stream of its own: an answer with another id is a stray,
+                // counted, and this lookup fails.
+                Ok(Response::Lookup { .. }) => {
+                    self.state().stray_answers += 1;
+                    Err("the relay answered another lookup".to_owned())
+                }
                 Ok(other) => Err(format!("unexpected answer from the relay: {other:?}")),
                 Err(error) => Err(error),
             },
@@ -400,8 +415,11 @@ impl RelayClient {
                         match stream::read(&mut reader).await {
                             Ok(Record::Data(frame)) => paths.deliver_tcp_frame(&frame),
                             Ok(Record::Control(body)) => {
-                                // Matched by id: an answer nobody waits for is dropped.
-                                if let Ok(Response::Lookup { id, online }) = control::decode::<Response>(&body) {
+                                // Matched by id: an answer nobody waits for is dropped (and
+                                // counted as a stray).
+                                if let Ok(Response::Lookup { id, online }) = control::decode::<Response>(&body)
+                                    && client.state().answered(id).is_some()
+                                {
                                     let waiting =
                                         client.inner.waiting.lock().expect("lookup lock poisoned").remove(&id);
                                     if let Some(waiting) = waiting {

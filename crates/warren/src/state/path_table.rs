@@ -359,6 +359,8 @@ struct PeerPath {
     back_budget: Budget,
     /// When the last challenge back went to each address (bounded like `heard`).
     challenged_back: VecDeque<(SocketAddr, Instant)>,
+    /// The last key went: the direct path is forgotten at this time (see [`KEYLESS_DRAIN`]).
+    forget_at: Option<Instant>,
 }
 
 /// The path table. See the module docs.
@@ -388,6 +390,16 @@ const CHALLENGE_BACK_INTERVAL: Duration = Duration::from_millis(250);
 /// A relayed packet from a peer whose direct path looks live makes this side probe that path at
 /// once, at most this often (packets sent before the peer switched are common and harmless).
 const SWITCH_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a direct path outlives its peer's last key. Removing the key is the connection's
+/// close, and its CONNECTION_CLOSE (and the answers to the peer's packets while it drains) must
+/// still leave by the path the peer listens on; forgetting at once sent them to the relay, or
+/// nowhere while the relay link was going down too, and the peer waited out its idle timeout.
+pub const KEYLESS_DRAIN: Duration = Duration::from_secs(2);
+
+/// Our direct path is in use if we sent on it this recently: only then does a relayed packet
+/// from the peer make us probe it.
+const RECENTLY_SENT: Duration = Duration::from_secs(10);
 
 impl PathTable {
     /// An empty table for the node `me`, with hole punching on. `id_secret` makes challenge
@@ -478,6 +490,7 @@ impl PathTable {
             budget: Budget::new(now, RESPONSE_BURST, RESPONSES_PER_SECOND),
             back_budget: Budget::new(now, CHALLENGE_BACK_BURST, CHALLENGE_BACKS_PER_SECOND),
             challenged_back: VecDeque::new(),
+            forget_at: None,
         };
         self.peers.insert(*remote.as_bytes(), entry);
         self.by_placeholder.insert(addr, *remote.as_bytes());
@@ -506,6 +519,11 @@ impl PathTable {
             return;
         }
         let peer = self.peers.get_mut(remote.as_bytes()).expect("just made");
+        if peer.forget_at.take().is_some() && peer.keys.is_empty() {
+            // A new connection after the last one closed starts over on the relay.
+            self.forget_direct(&remote);
+        }
+        let peer = self.peers.get_mut(remote.as_bytes()).expect("just made");
         peer.keys.retain(|k| k.connection != id);
         if peer.keys.len() >= MAX_KEYS {
             peer.keys.remove(0);
@@ -513,13 +531,15 @@ impl PathTable {
         peer.keys.push(Key { connection: id, key, seen: SeenIds::default() });
     }
 
-    /// Removes a connection's key. With the last one gone, the direct path is forgotten: the
-    /// next connection starts on the relay and punches afresh (the peer may have moved).
-    pub fn remove_key(&mut self, remote: &RemoteIdentity, id: u64) {
+    /// Removes a connection's key. With the last one gone, the direct path is forgotten
+    /// [`KEYLESS_DRAIN`] later (the closing connection's last packets still take it): the next
+    /// connection starts on the relay and punches afresh (the peer may have moved).
+    pub fn remove_key(&mut self, now: Instant, remote: &RemoteIdentity, id: u64) {
         let Some(peer) = self.peers.get_mut(remote.as_bytes()) else { return };
         peer.keys.retain(|k| k.connection != id);
-        if peer.keys.is_empty() {
-            self.forget_direct(remote);
+        if peer.keys.is_empty() && peer.direct.is_some() {
+            peer.forget_at = Some(now + KEYLESS_DRAIN);
+            self.timer_moved = true;
         }
     }
 
@@ -527,6 +547,7 @@ impl PathTable {
     pub fn forget_direct(&mut self, remote: &RemoteIdentity) {
         let Some(peer) = self.peers.get_mut(remote.as_bytes()) else { return };
         peer.direct = None;
+        peer.forget_at = None;
         peer.pending.clear();
         peer.challenged_back.clear();
         for addr in peer.heard.drain(..) {
@@ -677,7 +698,7 @@ impl PathTable {
             // have gone silent on its side. Probe now (only our own silence makes us leave it).
             if let Some(direct) = peer.direct.as_mut().filter(|d| !d.fallen_back)
                 && direct.next_probe.is_none_or(|at| at > now)
-                && direct.last_sent.is_some_and(|at| now.saturating_duration_since(at) < SWITCH_GRACE * 10)
+                && direct.last_sent.is_some_and(|at| now.saturating_duration_since(at) < RECENTLY_SENT)
                 && !peer
                     .pending
                     .iter()
@@ -830,7 +851,8 @@ impl PathTable {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let probes = self.peers.values().filter_map(|p| p.direct.and_then(|d| d.next_probe));
         let expiries = self.peers.values().filter_map(|p| p.pending.front().map(|c| c.sent + CHALLENGE_LIFETIME));
-        probes.chain(expiries).min()
+        let forgets = self.peers.values().filter_map(|p| p.forget_at);
+        probes.chain(expiries).chain(forgets).min()
     }
 
     /// True (once) if a wake-up time may have moved earlier since the last call: the driver
@@ -839,8 +861,21 @@ impl PathTable {
         std::mem::take(&mut self.timer_moved)
     }
 
-    /// Sends due probes, gives up silent paths, forgets expired challenges.
+    /// Sends due probes, gives up silent paths, forgets expired challenges and the direct
+    /// paths of peers whose last connection closed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let drained: Vec<RemoteIdentity> = self
+            .peers
+            .values_mut()
+            .filter(|p| p.forget_at.is_some_and(|at| at <= now))
+            .map(|p| {
+                p.forget_at = None;
+                p.remote
+            })
+            .collect();
+        for remote in drained {
+            self.forget_direct(&remote);
+        }
         let has_relay = self.relay.is_some();
         let mut probes = Vec::new();
         for peer in self.peers.values_mut() {
@@ -1191,12 +1226,30 @@ mod tests {
         p.b.add_key(p.now, p.a_id, 2, [43; 32]);
         p.punch();
         assert_eq!(p.a.direct(&p.b_id), Some(p.b_addr));
-        p.a.remove_key(&p.b_id, 2);
+        p.a.remove_key(p.now, &p.b_id, 2);
         assert_eq!(p.a.direct(&p.b_id), Some(p.b_addr));
-        p.a.remove_key(&p.b_id, 1);
+        p.a.remove_key(p.now, &p.b_id, 1);
+        // The closing connection's last packets (its CONNECTION_CLOSE) still go direct...
+        let pa = p.a.placeholder_for(p.now, p.b_id).unwrap();
+        assert_eq!(p.a.route(p.now, pa), Route::Direct(p.b_addr));
+        assert!(!p.a.challenge(p.now, &p.b_id, p.b_addr), "no key, no challenge");
+        assert!(p.a.poll_timeout().is_some_and(|at| at <= p.now + KEYLESS_DRAIN), "woken for the drain");
+        // ...until the drain is over.
+        p.a.handle_timeout(p.now + KEYLESS_DRAIN);
         assert_eq!(p.a.direct(&p.b_id), None);
         assert_eq!(p.a.quic_source(p.b_addr), p.b_addr);
-        assert!(!p.a.challenge(p.now, &p.b_id, p.b_addr), "no key, no challenge");
+        assert_eq!(p.a.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_new_connection_during_the_drain_starts_over_on_the_relay() {
+        let mut p = Pair::new();
+        p.punch();
+        p.a.remove_key(p.now, &p.b_id, 1);
+        assert_eq!(p.a.direct(&p.b_id), Some(p.b_addr), "draining");
+        p.a.add_key(p.now, p.b_id, 9, [45; 32]);
+        assert_eq!(p.a.direct(&p.b_id), None, "the new connection punches afresh");
+        assert_eq!(p.a.poll_timeout(), None, "no drain left behind");
     }
 
     #[test]
@@ -1274,7 +1327,7 @@ mod tests {
         // challenges under the new connection's key are answered.
         let mut p = Pair::new();
         p.punch();
-        p.b.remove_key(&p.a_id, 1);
+        p.b.remove_key(p.now, &p.a_id, 1);
         let mut a2 = PathTable::new(p.a_id, [1; 32]);
         a2.set_relay(p.a.relay());
         a2.add_key(p.now, p.b_id, 7, [44; 32]);

@@ -76,7 +76,7 @@ pub(crate) struct Paths {
     socket: Arc<dyn AsyncUdpSocket>,
     ipv6: bool,
     table: Mutex<PathTable>,
-    relay: Mutex<Option<RelayRoute>>,
+    relay: Mutex<Option<Arc<RelayRoute>>>,
     /// Mirrors `PathTable::any_heard`: incoming QUIC packets need no look-up while false.
     any_heard: AtomicBool,
     inbox: Mutex<Inbox>,
@@ -205,11 +205,12 @@ impl Paths {
 
     pub(crate) fn set_relay(&self, relay: Option<RelayRoute>) {
         let info = relay.as_ref().map(|r| RelayInfo { identity: r.identity, addr: r.addr, tcp: r.is_tcp() });
-        *self.relay.lock().expect("relay lock poisoned") = relay;
+        *self.relay.lock().expect("relay lock poisoned") = relay.map(Arc::new);
         self.table().set_relay(info);
     }
 
-    pub(crate) fn relay(&self) -> Option<RelayRoute> {
+    /// The relay route (shared: the send path takes it per relayed packet).
+    pub(crate) fn relay(&self) -> Option<Arc<RelayRoute>> {
         self.relay.lock().expect("relay lock poisoned").clone()
     }
 
@@ -231,7 +232,7 @@ impl Paths {
     /// That connection closed; with the last one, the direct path is forgotten.
     pub(crate) fn remove_key(&self, remote: &RemoteIdentity, id: u64) {
         let mut table = self.table();
-        table.remove_key(remote, id);
+        table.remove_key(Instant::now(), remote, id);
         self.flush(table);
     }
 
@@ -392,7 +393,7 @@ impl AsyncUdpSocket for PathSocket {
             Route::Relay(peer) => {
                 let Some(relay) = paths.relay() else { return Ok(()) };
                 let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
-                match relay.egress {
+                match &relay.egress {
                     RelayEgress::Tcp(records) => {
                         for segment in transmit.contents.chunks(size) {
                             let mut frame = vec![0u8; frame::DATA_HEADER_LEN + segment.len()];
