@@ -195,8 +195,8 @@ fn nat_check(args: NatCheckArgs) -> anyhow::Result<()> {
     let mut results: Vec<Observed> = Vec::new();
     if !args.json {
         println!(
-            "{:<32} {:<4} {:<27} {:<27} {:<6} {:<8} {:<9} {:<4} unsolicited TCP",
-            "NAT", "UDP", "mapping", "filtering", "ports", "hairpin", "lifetime", "TCP"
+            "{:<32} {:<4} {:<27} {:<27} {:<6} {:<8} {:<11} {:<9} {:<4} unsolicited TCP",
+            "NAT", "UDP", "mapping", "filtering", "ports", "hairpin", "stray state", "lifetime", "TCP"
         );
     }
     for (index, subject) in subjects.iter().enumerate() {
@@ -216,13 +216,14 @@ fn nat_check(args: NatCheckArgs) -> anyhow::Result<()> {
                 }
             });
             println!(
-                "{:<32} {:<4} {:<27} {:<27} {:<6} {:<8} {:<9} {:<4} {}",
+                "{:<32} {:<4} {:<27} {:<27} {:<6} {:<8} {:<11} {:<9} {:<4} {}",
                 observed.subject,
                 if observed.udp { "yes" } else { "no" },
                 observed.mapping.map_or("-".into(), |m| name(&m)),
                 observed.filtering.map_or("-".into(), |f| name(&f)),
                 yes_no(observed.port_preserved, "kept", "new"),
                 yes_no(observed.hairpin, "yes", "no"),
+                yes_no(observed.unsolicited_moves_port, "moves port", "none"),
                 life,
                 if observed.tcp { "yes" } else { "no" },
                 name(&observed.unsolicited_tcp),

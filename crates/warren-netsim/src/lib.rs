@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod conntrack;
 pub(crate) mod forward;
 pub mod link;
 pub mod nat;

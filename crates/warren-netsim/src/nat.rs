@@ -5,8 +5,14 @@
 //! networks. Feed it packets with [`Nat::outbound`] (from the inside) and [`Nat::inbound`]
 //! (from the outside) and the current time; it says what to do with each.
 //!
+//! With [`NatConfig::conntrack`] the NAT keeps Linux conntrack's state instead
+//! ([`crate::conntrack`]): an entry per flow, unsolicited inbound packets included, and a new
+//! flow's port moved when its reply tuple is taken. That is what Linux routers (OpenWrt and most
+//! consumer firmware) do, and what breaks naive hole punching between two of them.
+//!
 //! Not modelled: ICMP and IP fragments are dropped (ICMP error translation and reassembly are
 //! out of scope); TCP mappings use one idle timeout, not RFC 5382's separate transitory one.
+//! Expired mappings are swept at most once a second, as packets pass.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -16,7 +22,11 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::conntrack::{self, Conntrack, PortChoice};
 use crate::packet::{Packet, TCP, UDP, tcp_flags};
+
+/// How often expired mappings are swept, at most.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When a NAT reuses a mapping (RFC 4787 section 4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -89,36 +99,56 @@ pub struct NatConfig {
     pub unsolicited_tcp: UnsolicitedTcp,
     /// Drop all UDP (networks that only let TCP out).
     pub block_udp: bool,
+    /// Keep Linux conntrack's per-flow state instead of RFC 4787 mappings (see the module
+    /// docs): `mapping` and `filtering` are then what such a router shows from outside
+    /// (endpoint-independent, address-and-port-dependent) and only describe it; `ports` is
+    /// `Preserve` for `masquerade`, `Random` for `masquerade random`; no hairpinning.
+    pub conntrack: bool,
 }
 
-/// Named NAT types, as commonly called (RFC 3489 terms) plus carrier and corporate setups.
+/// Named NAT types, as commonly called (RFC 3489 terms) plus carrier and corporate setups, each
+/// with the family of real routers it stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NatPreset {
-    /// Endpoint-independent mapping and filtering.
+    /// Endpoint-independent mapping and filtering. Routers with a "full cone" / "open NAT"
+    /// setting (game-console modes of consumer routers, some ISP boxes), and UPnP-style static
+    /// forwarding.
     FullCone,
-    /// Endpoint-independent mapping, address-dependent filtering.
+    /// Endpoint-independent mapping, address-dependent filtering. Rare in the wild; some
+    /// embedded and older consumer NATs.
     RestrictedCone,
-    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    /// Endpoint-independent mapping, address-and-port-dependent filtering, no state for
+    /// unsolicited packets: RFC 4787-behaving NATs such as many ISP CPEs and BSD `pf` with
+    /// `static-port`. (A Linux router filters the same way but keeps state: [`NatPreset::Linux`].)
     PortRestricted,
-    /// Address-and-port-dependent mapping and filtering, random ports, no hairpinning.
+    /// Address-and-port-dependent mapping and filtering, random ports, no hairpinning. BSD `pf`
+    /// and pfSense/OPNsense by default (random source ports), many enterprise firewalls, and
+    /// Linux `masquerade random`.
     Symmetric,
     /// Two layers: a port-restricted home router behind a carrier-grade NAT (endpoint-
-    /// independent mapping, address-and-port-dependent filtering, random ports, RFC 6888).
+    /// independent mapping, address-and-port-dependent filtering, random ports, RFC 6888):
+    /// mobile networks and ISPs short of IPv4 addresses.
     Cgnat,
-    /// UDP blocked, TCP through a symmetric NAT that silently drops unsolicited packets.
+    /// UDP blocked, TCP through a symmetric NAT that silently drops unsolicited packets:
+    /// corporate and guest networks that let only TCP out.
     Corporate,
+    /// Linux conntrack with `masquerade` ([`NatConfig::conntrack`]): OpenWrt and most Linux-based
+    /// consumer firmware. Outwardly port-restricted with port preservation, but unsolicited
+    /// packets leave state behind that moves a later flow's port. Checked against the kernel.
+    Linux,
 }
 
 impl NatPreset {
     /// Every preset.
-    pub const ALL: [NatPreset; 6] = [
+    pub const ALL: [NatPreset; 7] = [
         NatPreset::FullCone,
         NatPreset::RestrictedCone,
         NatPreset::PortRestricted,
         NatPreset::Symmetric,
         NatPreset::Cgnat,
         NatPreset::Corporate,
+        NatPreset::Linux,
     ];
 
     /// How many NATs the preset chains (2 for CGNAT).
@@ -142,6 +172,7 @@ impl NatPreset {
             inbound_refresh: false,
             unsolicited_tcp: UnsolicitedTcp::Reset,
             block_udp: false,
+            conntrack: false,
         };
         use Filtering as F;
         use Mapping as M;
@@ -161,6 +192,11 @@ impl NatPreset {
                     ..home(public_ips[1], M::EndpointIndependent, F::AddressAndPortDependent)
                 },
             ],
+            NatPreset::Linux => vec![NatConfig {
+                hairpinning: false,
+                conntrack: true,
+                ..home(public_ips[0], M::EndpointIndependent, F::AddressAndPortDependent)
+            }],
             NatPreset::Corporate => vec![NatConfig {
                 ports: PortAssignment::Random,
                 hairpinning: false,
@@ -244,12 +280,25 @@ pub struct Nat {
     by_external: HashMap<(u8, u16), MappingKey>,
     next_port: u16,
     stats: NatStats,
+    /// Linux conntrack's table, for a [`NatConfig::conntrack`] NAT.
+    conntrack: Option<Conntrack>,
+    last_sweep: Option<Instant>,
 }
 
 impl Nat {
     /// A NAT with `config`, its random port choices seeded by `seed`.
     pub fn new(config: NatConfig, seed: u64) -> Self {
         let next_port = *config.port_range.start();
+        let conntrack = config.conntrack.then(|| {
+            let choice = if config.ports == PortAssignment::Preserve { PortChoice::Keep } else { PortChoice::Random };
+            Conntrack::new(
+                config.port_range.clone(),
+                choice,
+                config.udp_timeout.min(conntrack::UDP_UNREPLIED),
+                config.udp_timeout,
+                config.tcp_timeout,
+            )
+        });
         Self {
             config,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -257,6 +306,8 @@ impl Nat {
             by_external: HashMap::new(),
             next_port,
             stats: NatStats::default(),
+            conntrack,
+            last_sweep: None,
         }
     }
 
@@ -270,9 +321,20 @@ impl Nat {
         &self.stats
     }
 
-    /// Live mappings.
+    /// Live mappings (for a conntrack NAT: its entries, unsolicited ones included).
     pub fn mapping_count(&self) -> usize {
-        self.mappings.len()
+        match &self.conntrack {
+            Some(table) => table.len(),
+            None => self.mappings.len(),
+        }
+    }
+
+    /// Sweeps expired mappings at most once a second.
+    fn sweep(&mut self, now: Instant) {
+        if self.last_sweep.is_none_or(|at| now.saturating_duration_since(at) >= SWEEP_INTERVAL) {
+            self.last_sweep = Some(now);
+            self.expire(now);
+        }
     }
 
     fn drop(&mut self, reason: DropReason) -> NatVerdict {
@@ -280,12 +342,30 @@ impl Nat {
         NatVerdict::Drop(reason)
     }
 
+    /// The verdict for a packet no NAT here translates: not UDP or TCP, a later fragment, or
+    /// UDP where it is blocked.
+    fn refuse(&mut self, packet: &Packet) -> Option<NatVerdict> {
+        let protocol = packet.protocol();
+        if !matches!(protocol, UDP | TCP) || packet.is_later_fragment() {
+            return Some(self.drop(DropReason::Unsupported));
+        }
+        if protocol == UDP && self.config.block_udp {
+            return Some(self.drop(DropReason::UdpBlocked));
+        }
+        None
+    }
+
     fn timeout(&self, protocol: u8) -> Duration {
         if protocol == TCP { self.config.tcp_timeout } else { self.config.udp_timeout }
     }
 
-    /// Forgets mappings idle for longer than their timeout.
+    /// Forgets mappings idle for longer than their timeout (done as packets pass, at most once
+    /// a second; call it to sweep at a given time).
     pub fn expire(&mut self, now: Instant) {
+        if let Some(table) = self.conntrack.as_mut() {
+            self.stats.mappings_expired += table.expire(now) as u64;
+            return;
+        }
         let (udp, tcp) = (self.config.udp_timeout, self.config.tcp_timeout);
         let mut expired = Vec::new();
         self.mappings.retain(|key, state| {
@@ -368,15 +448,16 @@ impl Nat {
 
     /// A packet from the inside, at `now`.
     pub fn outbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
+        self.sweep(now);
         let protocol = packet.protocol();
-        if !matches!(protocol, UDP | TCP) || packet.is_later_fragment() {
-            return self.drop(DropReason::Unsupported);
-        }
-        if protocol == UDP && self.config.block_udp {
-            return self.drop(DropReason::UdpBlocked);
+        if let Some(refused) = self.refuse(&packet) {
+            return refused;
         }
         let internal = packet.src_endpoint();
         let remote = packet.dst_endpoint();
+        if self.conntrack.is_some() {
+            return self.conntrack_outbound(packet, now);
+        }
         let key = self.key(protocol, internal, remote);
         // An existing mapping that timed out is forgotten first.
         if let Some(port) = self.mappings.get(&key).map(|m| m.external_port) {
@@ -418,20 +499,69 @@ impl Nat {
 
     /// A packet from the outside, at `now`.
     pub fn inbound(&mut self, packet: Packet, now: Instant) -> NatVerdict {
-        let verdict = self.translate_inbound(packet, now);
+        self.sweep(now);
+        let verdict = if self.conntrack.is_some() {
+            self.conntrack_inbound(packet, now)
+        } else {
+            self.translate_inbound(packet, now)
+        };
         if matches!(verdict, NatVerdict::Forward(_)) {
             self.stats.inbound += 1;
         }
         verdict
     }
 
+    fn conntrack_outbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
+        let (protocol, internal, remote) = (packet.protocol(), packet.src_endpoint(), packet.dst_endpoint());
+        if *remote.ip() == self.config.public_ip {
+            // Plain masquerade has no rule to send it back in: the router takes it.
+            return self.drop(DropReason::HairpinDisabled);
+        }
+        let random = self.rng.random();
+        let table = self.conntrack.as_mut().expect("a conntrack NAT");
+        let created = table.len();
+        let Some(port) = table.outbound(protocol, internal, remote, now, random) else {
+            return self.drop(DropReason::PortsExhausted);
+        };
+        if table.len() > created {
+            self.stats.mappings_created += 1;
+        }
+        packet.set_src(SocketAddrV4::new(self.config.public_ip, port));
+        self.stats.outbound += 1;
+        NatVerdict::Forward(packet)
+    }
+
+    fn conntrack_inbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
+        let protocol = packet.protocol();
+        if let Some(refused) = self.refuse(&packet) {
+            return refused;
+        }
+        let port = packet.dst_port().expect("UDP and TCP have ports");
+        let table = self.conntrack.as_mut().expect("a conntrack NAT");
+        match table.inbound(protocol, packet.src_endpoint(), port, now) {
+            conntrack::Inbound::Forward(internal) => {
+                packet.set_dst(internal);
+                NatVerdict::Forward(packet)
+            }
+            // The router's own stack answers: a RST for TCP, for UDP an ICMP port unreachable
+            // (not modelled: dropped).
+            conntrack::Inbound::Local => {
+                if protocol == TCP
+                    && self.config.unsolicited_tcp == UnsolicitedTcp::Reset
+                    && let Some(reset) = reset_for(&packet)
+                {
+                    *self.stats.dropped.entry(DropReason::NoMapping).or_default() += 1;
+                    return NatVerdict::Reply(reset);
+                }
+                self.drop(DropReason::NoMapping)
+            }
+        }
+    }
+
     fn translate_inbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
         let protocol = packet.protocol();
-        if !matches!(protocol, UDP | TCP) || packet.is_later_fragment() {
-            return self.drop(DropReason::Unsupported);
-        }
-        if protocol == UDP && self.config.block_udp {
-            return self.drop(DropReason::UdpBlocked);
+        if let Some(refused) = self.refuse(&packet) {
+            return refused;
         }
         let from = packet.src_endpoint();
         let port = packet.dst_port().expect("UDP and TCP have ports");
@@ -686,7 +816,7 @@ mod tests {
             let expected = match preset {
                 NatPreset::FullCone => (Mapping::EndpointIndependent, Filtering::EndpointIndependent),
                 NatPreset::RestrictedCone => (Mapping::EndpointIndependent, Filtering::AddressDependent),
-                NatPreset::PortRestricted | NatPreset::Cgnat => {
+                NatPreset::PortRestricted | NatPreset::Cgnat | NatPreset::Linux => {
                     (Mapping::EndpointIndependent, Filtering::AddressAndPortDependent)
                 }
                 NatPreset::Symmetric | NatPreset::Corporate => {
@@ -695,6 +825,60 @@ mod tests {
             };
             assert_eq!((outer.mapping, outer.filtering), expected, "{preset:?}");
             assert_eq!(outer.block_udp, preset == NatPreset::Corporate);
+            assert_eq!(outer.conntrack, preset == NatPreset::Linux);
+        }
+    }
+
+    /// Two Linux routers, A at 203.0.113.1 and B at 203.0.114.1, their hosts on port 5000
+    /// behind each: a punch from one side that reaches the other router before that router's
+    /// host has sent its own.
+    fn linux_pair() -> (Nat, Nat) {
+        let a = NatPreset::Linux.configs(&[PUBLIC]).remove(0);
+        let b = NatPreset::Linux.configs(&[Ipv4Addr::new(203, 0, 114, 1)]).remove(0);
+        (Nat::new(a, 1), Nat::new(b, 2))
+    }
+
+    #[test]
+    fn two_linux_routers_break_a_punch_that_arrives_before_the_other_side_sent() {
+        let now = Instant::now();
+        let (mut a, mut b) = linux_pair();
+        // A's punch leaves A's router from 5000 and reaches B's router first: B takes it for
+        // itself, and keeps the entry.
+        let from_a = forwarded(a.outbound(udp("10.0.1.2:5000", "203.0.114.1:5000"), now));
+        assert_eq!(from_a.src_endpoint(), ep("203.0.113.1:5000"));
+        assert_eq!(b.inbound(from_a.clone(), now), NatVerdict::Drop(DropReason::NoMapping));
+        // B's own punch cannot leave from 5000 any more (the tuple is taken)...
+        let from_b = forwarded(b.outbound(udp("10.0.2.2:5000", "203.0.113.1:5000"), now));
+        assert_ne!(from_b.src_endpoint().port(), 5000, "the clash moved B's port");
+        // ...so A's router does not know it, and A's next punches still go to B's router.
+        assert_eq!(a.inbound(from_b, now), NatVerdict::Drop(DropReason::NoMapping));
+        assert_eq!(b.inbound(from_a, now), NatVerdict::Drop(DropReason::NoMapping));
+    }
+
+    #[test]
+    fn two_linux_routers_punch_when_each_sends_before_the_other_arrives() {
+        let now = Instant::now();
+        let (mut a, mut b) = linux_pair();
+        let from_a = forwarded(a.outbound(udp("10.0.1.2:5000", "203.0.114.1:5000"), now));
+        let from_b = forwarded(b.outbound(udp("10.0.2.2:5000", "203.0.113.1:5000"), now));
+        assert_eq!(forwarded(b.inbound(from_a, now)).dst_endpoint(), ep("10.0.2.2:5000"));
+        assert_eq!(forwarded(a.inbound(from_b, now)).dst_endpoint(), ep("10.0.1.2:5000"));
+    }
+
+    #[test]
+    fn expired_mappings_are_swept_as_packets_pass() {
+        let t0 = Instant::now();
+        for preset in [NatPreset::Symmetric, NatPreset::Linux] {
+            let config = NatConfig { udp_timeout: Duration::from_secs(2), ..preset.configs(&[PUBLIC]).remove(0) };
+            let mut nat = Nat::new(config, 3);
+            for port in 0..100u16 {
+                nat.outbound(udp("10.0.0.2:5000", &format!("198.51.100.1:{}", 1000 + port)), t0);
+            }
+            assert_eq!(nat.mapping_count(), 100, "{preset:?}");
+            // Later traffic of one mapping sweeps the others away.
+            nat.outbound(udp("10.0.0.3:5000", "198.51.100.9:1"), t0 + Duration::from_secs(3));
+            assert_eq!(nat.mapping_count(), 1, "{preset:?}");
+            assert_eq!(nat.stats().mappings_expired, 100, "{preset:?}");
         }
     }
 

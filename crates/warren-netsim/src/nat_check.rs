@@ -79,6 +79,10 @@ pub struct Observed {
     pub port_preserved: Option<bool>,
     /// Did a packet to the NAT's own public mapping of another inside socket come back in?
     pub hairpin: Option<bool>,
+    /// Did an unsolicited packet to a port leave state that moved a later flow from that port
+    /// to another (Linux conntrack does; RFC 4787 NATs keep no state for it)? Checked where
+    /// ports are preserved (elsewhere every flow's port moves anyway).
+    pub unsolicited_moves_port: Option<bool>,
     /// Idle-mapping lifetime, when measured.
     pub lifetime: Option<Lifetime>,
     /// Did an outbound TCP connection work?
@@ -160,6 +164,7 @@ pub fn check(subject: &Subject, lifetime: Option<Duration>, seed: u64) -> Result
         filtering: None,
         port_preserved: None,
         hairpin: None,
+        unsolicited_moves_port: None,
         lifetime: None,
         tcp: false,
         unsolicited_tcp: TcpAnswer::Silence,
@@ -207,6 +212,20 @@ pub fn check(subject: &Subject, lifetime: Option<Duration>, seed: u64) -> Result
             client.send(a, mb);
             client.send(b, ma);
             observed.hairpin = Some(!client.drain(a).is_empty() || !client.drain(b).is_empty());
+        }
+
+        // State left by unsolicited packets: server 1 writes to the port the client's next
+        // socket would be mapped to before the client has sent anything from it; then the
+        // client sends to server 1 from that socket.
+        if observed.port_preserved == Some(true) {
+            let public = outermost.ip().expect("a NAT has an address");
+            let socket = client.bind(40006);
+            s1.send(s1a, at(public, 40006));
+            let unsolicited = client.drain(socket);
+            client.send(socket, at(SERVER_1, PORT_1));
+            if unsolicited.is_empty() {
+                observed.unsolicited_moves_port = s1.recv(s1a).map(|mapped| mapped.port() != 40006);
+            }
         }
 
         if let Some(timeout) = lifetime {

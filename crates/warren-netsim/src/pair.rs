@@ -38,6 +38,9 @@ pub enum NatKind {
     KernelFullyRandom,
     /// Symmetric with sequential port allocation (where port prediction can work).
     SymmetricSequential,
+    /// The model of a Linux router (conntrack with `masquerade`, [`NatPreset::Linux`]), checked
+    /// against [`NatKind::KernelMasquerade`].
+    Linux,
     /// UDP blocked, TCP through a symmetric NAT (the corporate preset). Not in [`NatKind::ALL`]:
     /// only a relay over TCP reaches it.
     UdpBlocked,
@@ -45,7 +48,7 @@ pub enum NatKind {
 
 impl NatKind {
     /// Every kind.
-    pub const ALL: [NatKind; 9] = [
+    pub const ALL: [NatKind; 10] = [
         NatKind::None,
         NatKind::FullCone,
         NatKind::RestrictedCone,
@@ -55,6 +58,7 @@ impl NatKind {
         NatKind::KernelMasquerade,
         NatKind::KernelFullyRandom,
         NatKind::SymmetricSequential,
+        NatKind::Linux,
     ];
 
     /// The kebab-case name.
@@ -69,6 +73,7 @@ impl NatKind {
             NatKind::KernelMasquerade => "kernel-masquerade",
             NatKind::KernelFullyRandom => "kernel-fully-random",
             NatKind::SymmetricSequential => "symmetric-sequential",
+            NatKind::Linux => "linux",
             NatKind::UdpBlocked => "udp-blocked",
         }
     }
@@ -186,6 +191,7 @@ fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), 
         NatKind::PortRestricted => behind_nat(sim, preset(NatPreset::PortRestricted)),
         NatKind::Symmetric => behind_nat(sim, preset(NatPreset::Symmetric)),
         NatKind::UdpBlocked => behind_nat(sim, preset(NatPreset::Corporate)),
+        NatKind::Linux => behind_nat(sim, preset(NatPreset::Linux)),
         NatKind::SymmetricSequential => {
             behind_nat(sim, NatConfig { ports: PortAssignment::Sequential, ..preset(NatPreset::Symmetric) })
         }

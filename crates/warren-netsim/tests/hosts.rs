@@ -75,10 +75,15 @@ fn round_trip_time_is_twice_the_link_latency() {
         .join()
         .unwrap();
     assert_eq!(server.join().unwrap(), 20);
-    for rtt in &rtts {
-        let ms = rtt.as_secs_f64() * 1e3;
-        assert!((50.0..=55.0).contains(&ms), "RTT {ms} ms, expected 50 ms ± 5");
-    }
+    // What is stable on a loaded machine: no sample under the configured latency (the link
+    // never delivers early), the median within 3 ms above it and the 90th percentile within 10 ms
+    // (a busy scheduler delays single samples; a fresh-clone CI run once saw 55.1 ms).
+    let mut ms: Vec<f64> = rtts.iter().map(|rtt| rtt.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    assert!(ms[0] >= 50.0, "an RTT under the link's 50 ms: {ms:?}");
+    let (median, p90) = (ms[ms.len() / 2], ms[ms.len() * 9 / 10]);
+    assert!(median <= 53.0, "median RTT {median} ms, expected 50 ms + at most 3: {ms:?}");
+    assert!(p90 <= 60.0, "90th percentile RTT {p90} ms, expected 50 ms + at most 10: {ms:?}");
 }
 
 /// Sends `count` datagrams from a to b through a lossy link; returns (received, link lost count).

@@ -46,6 +46,7 @@ fn expected(subject: &Subject, config: &NatConfig, lifetime: Option<Lifetime>) -
                 && (config.mapping == Mapping::EndpointIndependent
                     || config.filtering == Filtering::EndpointIndependent),
         ),
+        unsolicited_moves_port: (udp && config.ports == PortAssignment::Preserve).then_some(config.conntrack),
         lifetime: if udp { lifetime } else { None },
         tcp: true,
         unsolicited_tcp: match config.unsolicited_tcp {
@@ -82,6 +83,16 @@ fn symmetric() {
     preset(NatPreset::Symmetric);
 }
 
+/// The conntrack model (OpenWrt-style routers) shows from outside exactly what the kernel's
+/// `masquerade` shows (`kernel_masquerade` below), unsolicited state included.
+#[test]
+fn linux_conntrack_model_looks_like_the_kernel() {
+    preset(NatPreset::Linux);
+    let observed = run(Subject::Preset(NatPreset::Linux), Some(TIMEOUT));
+    let kernel = run(Subject::Kernel(KernelPorts::Masquerade), Some(TIMEOUT));
+    assert_eq!(Observed { subject: kernel.subject.clone(), ..observed }, kernel);
+}
+
 #[test]
 fn corporate_blocks_udp_and_lets_tcp_out_but_never_answers_unsolicited_tcp() {
     preset(NatPreset::Corporate);
@@ -100,6 +111,7 @@ fn cgnat_two_layers_compose() {
         filtering: Some(Filtering::AddressAndPortDependent),
         port_preserved: Some(false),
         hairpin: Some(true),
+        unsolicited_moves_port: None,
         lifetime: expired_after_timeout(),
         tcp: true,
         unsolicited_tcp: TcpAnswer::Reset,
@@ -133,7 +145,9 @@ fn every_mapping_and_filtering_combination_is_what_was_configured() {
 /// The real kernel (nftables masquerade in a router namespace, conntrack's UDP timeout set to
 /// one second): endpoint-independent mapping with port preservation, filtering by address and
 /// port (conntrack admits only the exact reply tuple), no hairpinning (no DNAT rule for it),
-/// RST for unsolicited TCP from the router itself.
+/// RST for unsolicited TCP from the router itself; and an unsolicited packet leaves an entry
+/// that moves a later flow to another port (the hole-punching failure between two Linux
+/// routers).
 #[test]
 fn kernel_masquerade() {
     let observed = run(Subject::Kernel(KernelPorts::Masquerade), Some(TIMEOUT));
@@ -144,6 +158,7 @@ fn kernel_masquerade() {
         filtering: Some(Filtering::AddressAndPortDependent),
         port_preserved: Some(true),
         hairpin: Some(false),
+        unsolicited_moves_port: Some(true),
         lifetime: expired_after_timeout(),
         tcp: true,
         unsolicited_tcp: TcpAnswer::Reset,
@@ -164,6 +179,7 @@ fn kernel_masquerade_random_and_fully_random() {
             filtering: Some(Filtering::AddressAndPortDependent),
             port_preserved: Some(false),
             hairpin: Some(false),
+            unsolicited_moves_port: None,
             lifetime: expired_after_timeout(),
             tcp: true,
             unsolicited_tcp: TcpAnswer::Reset,

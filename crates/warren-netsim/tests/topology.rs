@@ -78,11 +78,18 @@ fn round_trip_through_two_25_ms_links_and_a_router_is_100_ms() {
     let server = echo(&b, 20);
     let answers = ask(&a, b.ip(), 20);
     assert_eq!(server.join().unwrap(), 20);
+    let mut ms = Vec::new();
     for (seen_as, rtt) in answers {
         assert!(seen_as.starts_with("10.1.0.2:"), "routers do not translate: {seen_as}");
-        let ms = rtt.as_secs_f64() * 1e3;
-        assert!((95.0..=105.0).contains(&ms), "RTT {ms} ms, expected 100 ms ± 5");
+        ms.push(rtt.as_secs_f64() * 1e3);
     }
+    // As in hosts.rs: never early; median within 3 ms and the 90th percentile within 10 ms above
+    // the configured 100 ms, which a loaded machine's scheduler does not break.
+    ms.sort_by(f64::total_cmp);
+    assert!(ms[0] >= 100.0, "an RTT under the links' 100 ms: {ms:?}");
+    let (median, p90) = (ms[ms.len() / 2], ms[ms.len() * 9 / 10]);
+    assert!(median <= 103.0, "median RTT {median} ms, expected 100 ms + at most 3: {ms:?}");
+    assert!(p90 <= 110.0, "90th percentile RTT {p90} ms, expected 100 ms + at most 10: {ms:?}");
     let stats = sim.link_stats();
     assert_eq!(stats[&("a".into(), "r".into())].delivered, 20);
     assert_eq!(stats[&("r".into(), "b".into())].delivered, 20);
