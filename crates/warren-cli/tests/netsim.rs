@@ -120,12 +120,16 @@ fn nat_check_reports_every_preset_and_the_kernel_nat() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let nats = report["nats"].as_array().unwrap();
     let by_name = |name: &str| nats.iter().find(|n| n["subject"] == name).unwrap_or_else(|| panic!("{name}"));
-    assert_eq!(nats.len(), 9);
+    assert_eq!(nats.len(), 10);
     assert_eq!(by_name("FullCone")["filtering"], "endpoint-independent");
     assert_eq!(by_name("Symmetric")["mapping"], "address-and-port-dependent");
     assert_eq!(by_name("Corporate")["udp"], false);
     assert_eq!(by_name("kernel masquerade")["mapping"], "endpoint-independent");
     assert_eq!(by_name("kernel masquerade fully-random")["mapping"], "address-and-port-dependent");
+    // Stray state: the kernel's masquerade and the Linux model keep it, RFC 4787 models do not.
+    assert_eq!(by_name("kernel masquerade")["unsolicited_moves_port"], true);
+    assert_eq!(by_name("Linux")["unsolicited_moves_port"], true);
+    assert_eq!(by_name("PortRestricted")["unsolicited_moves_port"], false);
 }
 
 /// A short run of the forwarding benchmark (the full one is `warren netsim bench`).

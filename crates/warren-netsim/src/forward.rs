@@ -430,8 +430,30 @@ impl Forwarder {
             }
             Node::Nat(nat) => {
                 let outbound = self.is_child(from, at);
+                // A NAT is a router: what it forwards loses one TTL, and a packet with none left
+                // to lose is dropped before it is translated (Linux's forwarding check comes
+                // before its source NAT, so no mapping is made). A packet for the NAT itself
+                // (an unsolicited one, say) is not forwarded and keeps its state either way.
+                if outbound && packet.ttl() <= 1 {
+                    return;
+                }
                 let verdict =
                     if outbound { self.nats[nat].outbound(packet, now) } else { self.nats[nat].inbound(packet, now) };
+                let verdict = match verdict {
+                    NatVerdict::Forward(mut packet) => {
+                        if !packet.decrement_ttl() {
+                            return;
+                        }
+                        NatVerdict::Forward(packet)
+                    }
+                    NatVerdict::Hairpin(mut packet) => {
+                        if !packet.decrement_ttl() {
+                            return;
+                        }
+                        NatVerdict::Hairpin(packet)
+                    }
+                    other => other,
+                };
                 let (next, packet) = match verdict {
                     NatVerdict::Forward(packet) if outbound => (self.next_hop(at, packet.dst()), packet),
                     NatVerdict::Forward(packet) | NatVerdict::Hairpin(packet) => {

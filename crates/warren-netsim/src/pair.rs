@@ -3,11 +3,17 @@
 //!
 //! ```text
 //!            relay 198.51.100.1
-//!          /  relay link  relay link \
-//!   side a outer gateway ---direct link--- side b outer gateway
-//!          |                               |
+//!          /  relay link      relay link \
+//!   side a outer gateway ---direct link--- isp-b 203.0.114.1 (a router)
+//!          |                                 |
+//!          |                               side b outer gateway
+//!          |                                 |
 //!   host a 192.168.1.2 (or 203.0.113.10)   host b 192.168.2.2 (or 203.0.114.10)
 //! ```
+//!
+//! `isp-b` is side b's provider: a router (it decrements the TTL) that owns b's public subnet,
+//! so that, as on the internet, at least one router lies between the two sides' NATs (a packet
+//! with a TTL of 2 from either host passes its own NAT and dies there). It adds no delay.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -118,6 +124,9 @@ pub fn theory_allows_direct(a: NatKind, b: NatKind) -> bool {
 /// The middle host's address.
 pub const RELAY_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
+/// Side b's provider router (see the module docs).
+pub const ISP_B_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 1);
+
 /// Side a's and side b's public addresses (their outer NAT's, or the host's with no NAT):
 /// block the pair ([`Simulation::faults`]) to cut the direct path and leave the relay's.
 pub const PUBLIC_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 114, 10)];
@@ -169,13 +178,15 @@ fn lan() -> LinkConfig {
     LinkConfig { latency: Duration::from_millis(1), ..Default::default() }
 }
 
-/// Builds one side (index 0 or 1): its host, and the device on the internet to link.
-fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), SimError> {
+/// Builds one side (index 0 or 1) behind `provider` (a router, or the internet itself): its host,
+/// and the device to link to the provider.
+fn side(sim: &mut Simulation, kind: NatKind, index: u8, isp: Option<&Device>) -> Result<(Host, Root), SimError> {
+    let provider = isp.map(|p| p as &dyn crate::AsNode);
     let name = |what: &str| format!("{what}-{}", if index == 0 { 'a' } else { 'b' });
     let public = PUBLIC_IPS[usize::from(index)];
     let private = Ipv4Addr::new(192, 168, 1 + index, 2);
     let behind_nat = |sim: &mut Simulation, config| -> Result<(Host, Root), SimError> {
-        let nat = sim.add_nat(&name("nat"), config, None)?;
+        let nat = sim.add_nat(&name("nat"), config, provider)?;
         let host = sim.add_host_behind(&name("host"), private, 24, &nat)?;
         sim.link(&host, &nat, lan());
         Ok((host, Root::Device(nat)))
@@ -183,7 +194,10 @@ fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), 
     let preset = |p: NatPreset| p.configs(&[public]).remove(0);
     match kind {
         NatKind::None => {
-            let host = sim.add_host(&name("host"), public, 24)?;
+            let host = match isp {
+                Some(isp) => sim.add_host_behind(&name("host"), public, 24, isp)?,
+                None => sim.add_host(&name("host"), public, 24)?,
+            };
             Ok((host.clone(), Root::Host(host)))
         }
         NatKind::FullCone => behind_nat(sim, preset(NatPreset::FullCone)),
@@ -197,7 +211,7 @@ fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), 
         }
         NatKind::Cgnat => {
             let mut layers = NatPreset::Cgnat.configs(&[Ipv4Addr::new(100, 64, index, 2), public]);
-            let carrier = sim.add_nat(&name("carrier"), layers.remove(1), None)?;
+            let carrier = sim.add_nat(&name("carrier"), layers.remove(1), provider)?;
             let home = sim.add_nat(&name("home"), layers.remove(0), Some(&carrier))?;
             let host = sim.add_host_behind(&name("host"), private, 24, &home)?;
             sim.link(&host, &home, lan());
@@ -214,7 +228,7 @@ fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), 
                 ports,
                 udp_timeout: None,
             };
-            let nat = sim.add_kernel_nat(&name("knat"), config, None)?;
+            let nat = sim.add_kernel_nat(&name("knat"), config, provider)?;
             let host = sim.add_host_behind(&name("host"), private, 24, &nat)?;
             sim.link(&host, &nat, lan());
             Ok((host, Root::Device(nat)))
@@ -226,12 +240,14 @@ fn side(sim: &mut Simulation, kind: NatKind, index: u8) -> Result<(Host, Root), 
 pub fn build(a: NatKind, b: NatKind, links: PairLinks, seed: u64) -> Result<Pair, SimError> {
     let mut sim = Simulation::new(seed);
     let relay = sim.add_host("relay", RELAY_IP, 24)?;
-    let (a_host, a_root) = side(&mut sim, a, 0)?;
-    let (b_host, b_root) = side(&mut sim, b, 1)?;
-    let relay_root = Root::Host(relay.clone());
+    let isp = sim.add_router("isp-b", ISP_B_IP, &[(PUBLIC_IPS[1], 24)], None)?;
+    let (a_host, a_root) = side(&mut sim, a, 0, None)?;
+    let (b_host, b_root) = side(&mut sim, b, 1, Some(&isp))?;
+    let (relay_root, isp_root) = (Root::Host(relay.clone()), Root::Device(isp));
     link(&mut sim, &relay_root, &a_root, links.relay.clone());
-    link(&mut sim, &relay_root, &b_root, links.relay);
-    link(&mut sim, &a_root, &b_root, links.direct);
+    link(&mut sim, &relay_root, &isp_root, links.relay);
+    link(&mut sim, &a_root, &isp_root, links.direct);
+    link(&mut sim, &isp_root, &b_root, LinkConfig::default());
     Ok(Pair { sim, relay, a: a_host, b: b_host })
 }
 

@@ -22,12 +22,10 @@ fn links(direct_ms: u64) -> PairLinks {
     PairLinks { relay: latency(1), direct: latency(direct_ms) }
 }
 
-/// The two routers' names in the pair topology.
-fn routers(kind: NatKind) -> (String, String) {
-    match kind {
-        NatKind::KernelMasquerade => ("knat-a".into(), "knat-b".into()),
-        _ => ("nat-a".into(), "nat-b".into()),
-    }
+/// The last link a's punch takes to b's router in the pair topology: from b's provider.
+fn into_b(kind: NatKind) -> (String, String) {
+    let b = if kind == NatKind::KernelMasquerade { "knat-b" } else { "nat-b" };
+    ("isp-b".into(), b.into())
 }
 
 struct Outcome {
@@ -54,7 +52,7 @@ fn punch(kind: NatKind, direct_ms: u64, b_waits: bool) -> Outcome {
     a.send_to(b"a1", to_b).unwrap();
     if b_waits {
         // Until the forwarder has handed a's punch to b's router (which handles it at once).
-        let (ra, rb) = routers(kind);
+        let (ra, rb) = into_b(kind);
         let deadline = Instant::now() + Duration::from_secs(5);
         while built.sim.link_stats().get(&(ra.clone(), rb.clone())).map_or(0, |s| s.delivered) == 0 {
             assert!(Instant::now() < deadline, "a's punch never crossed");

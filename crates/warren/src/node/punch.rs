@@ -143,6 +143,10 @@ pub(crate) async fn run(
     };
     let driver = async {
         loop {
+            // Opens before messages: the initiator's leave before its `Sync`.
+            while let Some(target) = session.poll_open() {
+                paths.open(&conn.remote, target);
+            }
             while let Some(message) = session.poll_message() {
                 if control::write(&mut send, &message).await.is_err() {
                     session.handle_closed();

@@ -378,6 +378,8 @@ pub struct PathTable {
     /// The table is full and no entry can be reclaimed before this.
     no_room_until: Option<Instant>,
     transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Challenges to send with a small TTL ([`OPEN_TTL`]): see [`PathTable::open`].
+    opens: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<PathEvent>,
     /// Set when a new wake-up time may be earlier than what the driver waits for.
     timer_moved: bool,
@@ -390,6 +392,10 @@ const CHALLENGE_BACK_INTERVAL: Duration = Duration::from_millis(250);
 /// A relayed packet from a peer whose direct path looks live makes this side probe that path at
 /// once, at most this often (packets sent before the peer switched are common and harmless).
 const SWITCH_GRACE: Duration = Duration::from_secs(1);
+
+/// The TTL of [`PathTable::open`]'s datagrams: past this side's NAT (the first router), dead at
+/// the next router.
+pub const OPEN_TTL: u8 = 2;
 
 /// How long a direct path outlives its peer's last key. Removing the key is the connection's
 /// close, and its CONNECTION_CLOSE (and the answers to the peer's packets while it drains) must
@@ -416,6 +422,7 @@ impl PathTable {
             next_id: 0,
             no_room_until: None,
             transmits: VecDeque::new(),
+            opens: VecDeque::new(),
             events: VecDeque::new(),
             timer_moved: false,
             stats: Stats::default(),
@@ -615,6 +622,21 @@ impl PathTable {
     /// Sends a challenge to `remote` at `target` (a punch round, or a probe). False if there is
     /// no key for `remote` or punching is off.
     pub fn challenge(&mut self, now: Instant, remote: &RemoteIdentity, target: SocketAddr) -> bool {
+        self.queue_challenge(now, remote, target, false)
+    }
+
+    /// Like [`PathTable::challenge`], but the datagram is to leave with a TTL of [`OPEN_TTL`]
+    /// ([`PathTable::poll_open`]): enough to pass this side's NAT and open its mapping towards
+    /// `target`, too little to reach the peer's router when a router lies between the two (as
+    /// one always does on the internet). A Linux router that saw the peer's punch before its own
+    /// host sent one keeps an entry for it and moves the host's punch to another port (see
+    /// docs/nat-traversal.md); opening first, both ways, avoids that. If it does arrive, it is a
+    /// challenge like any other.
+    pub fn open(&mut self, now: Instant, remote: &RemoteIdentity, target: SocketAddr) -> bool {
+        self.queue_challenge(now, remote, target, true)
+    }
+
+    fn queue_challenge(&mut self, now: Instant, remote: &RemoteIdentity, target: SocketAddr, open: bool) -> bool {
         if !self.punching {
             return false;
         }
@@ -629,7 +651,12 @@ impl PathTable {
             peer.pending.pop_front();
         }
         peer.pending.push_back(Pending { id, target, key, sent: now });
-        self.transmits.push_back((target, frame::challenge(&key, id, target, &me, remote.as_bytes()).to_vec()));
+        let datagram = frame::challenge(&key, id, target, &me, remote.as_bytes()).to_vec();
+        if open {
+            self.opens.push_back((target, datagram));
+        } else {
+            self.transmits.push_back((target, datagram));
+        }
         self.stats.challenges += 1;
         // Its expiry may come before whatever the driver waits for now.
         self.timer_moved = true;
@@ -927,6 +954,12 @@ impl PathTable {
     /// The next datagram to send, and where.
     pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.transmits.pop_front()
+    }
+
+    /// The next datagram to send with a TTL (hop limit) of [`OPEN_TTL`], and where; send these
+    /// before [`PathTable::poll_transmit`]'s.
+    pub fn poll_open(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.opens.pop_front()
     }
 
     /// The next event.

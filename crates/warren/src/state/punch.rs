@@ -6,9 +6,17 @@
 //! 1. initiator → `Offer { candidates, reflexive }`;
 //! 2. responder → `Answer { candidates, reflexive }`; the initiator takes the time this took as
 //!    the round trip;
-//! 3. initiator → `Sync`, waits half that round trip, and both start punching at about the same
-//!    moment on [`SCHEDULE`]: each round asks the path table to challenge every target
-//!    ([`PunchSession::poll_punch`]);
+//! 3. opening, then punching. The initiator first *opens* ([`PunchSession::poll_open`]: the
+//!    path table challenges every target with a TTL too small to reach the peer's router, which
+//!    opens this side's NAT towards it), then sends `Sync` and waits half the round trip plus a
+//!    margin ([`open_margin`]); the responder, on `Sync`, opens and starts punching at once.
+//!    Punching follows [`SCHEDULE`]: each round asks the path table to challenge every target
+//!    ([`PunchSession::poll_punch`]). So each side's NAT has its mapping before the other's
+//!    first full punch arrives, which a Linux router needs: one that sees the peer's punch
+//!    before its own host sent anything keeps an entry for it and moves the host's punch to
+//!    another port. (The responder's opens leave before its first punch, and the initiator's
+//!    before its `Sync`; the initiator's first punch comes after the responder's opens by the
+//!    margin.)
 //! 4. the first address the path table validates ([`PunchSession::handle_validated`]) ends the
 //!    punching; the connection's packets already take it;
 //! 5. each side says `Finished { ok }` when its schedule is over (or it found the path) and
@@ -44,6 +52,13 @@ pub const SCHEDULE: [Duration; 8] = [
     Duration::from_millis(2750),
     Duration::from_millis(4000),
 ];
+
+/// How much longer than half the round trip the initiator waits after `Sync` before its first
+/// punch: the responder's opens must have left its NAT by then, even with a relay path that is
+/// slower one way than the other.
+pub fn open_margin(rtt: Duration) -> Duration {
+    (rtt / 8).max(Duration::from_millis(10))
+}
 
 /// How long after the last round a validation may still arrive.
 pub const LAST_ROUND_GRACE: Duration = Duration::from_millis(750);
@@ -140,6 +155,7 @@ pub struct PunchSession {
     rounds: u32,
     outbox: VecDeque<Message>,
     punches: VecDeque<SocketAddr>,
+    opens: VecDeque<SocketAddr>,
     report: Option<Attempt>,
     reported: bool,
     their_ok: Option<bool>,
@@ -175,6 +191,7 @@ impl PunchSession {
             rounds: 0,
             outbox: VecDeque::new(),
             punches: VecDeque::new(),
+            opens: VecDeque::new(),
             report: None,
             reported: false,
             their_ok: None,
@@ -211,11 +228,16 @@ impl PunchSession {
             }
             (Phase::AwaitAnswer { sent }, Message::Answer { candidates, reflexive }) => {
                 self.learn(&candidates, reflexive);
+                // Opens first: they leave before the `Sync` that sets the responder going.
+                self.queue_opens();
                 self.outbox.push_back(Message::Sync);
                 let rtt = now.saturating_duration_since(sent);
-                self.phase = Phase::Waiting { until: now + rtt / 2 };
+                self.phase = Phase::Waiting { until: now + rtt / 2 + open_margin(rtt) };
             }
-            (Phase::AwaitSync { .. }, Message::Sync) => self.phase = Phase::Punching { start: now, round: 0 },
+            (Phase::AwaitSync { .. }, Message::Sync) => {
+                self.queue_opens();
+                self.phase = Phase::Punching { start: now, round: 0 };
+            }
             (_, Message::Finished { ok }) if self.their_ok.is_none() => {
                 self.their_ok = Some(ok);
                 if matches!(self.phase, Phase::Finishing { .. }) {
@@ -234,6 +256,16 @@ impl PunchSession {
         }
         self.handle_timeout(now);
         Ok(())
+    }
+
+    /// Opens towards every target, if there is a NAT of ours to open: not on loopback, nor with a
+    /// public address (the reflexive address is one of our own), where an open could only
+    /// reach the peer's router early.
+    fn queue_opens(&mut self) {
+        let public = self.ours.reflexive.is_some_and(|r| self.ours.local.contains(&r));
+        if !self.on_loopback && !public {
+            self.opens.extend(self.targets.iter().copied());
+        }
     }
 
     fn fail(&mut self, error: PunchError) -> PunchError {
@@ -330,6 +362,15 @@ impl PunchSession {
     /// The next message to send the peer.
     pub fn poll_message(&mut self) -> Option<Message> {
         self.outbox.pop_front()
+    }
+
+    /// The next address to open (challenge with a small TTL, [`crate::state::path_table::PathTable::open`]);
+    /// take these before [`PunchSession::poll_punch`]'s.
+    pub fn poll_open(&mut self) -> Option<SocketAddr> {
+        if self.direct.is_some() {
+            self.opens.clear();
+        }
+        self.opens.pop_front()
     }
 
     /// The next address to challenge.
@@ -563,6 +604,125 @@ mod tests {
         assert!(ri.elapsed <= rtt * 3, "{:?}", ri.elapsed);
         assert_eq!(run.i.outcome(), Some(Ok(true)));
         assert_eq!(run.r.outcome(), Some(Ok(true)));
+    }
+
+    /// Two Linux routers (see `warren_netsim::conntrack`): a side's NAT opens towards the other
+    /// when it sends there, opens included (which die before the other router); a punch that
+    /// reaches the other router before that router opened leaves an entry that breaks the
+    /// attempt for good. `relay` is each direction's one-way relayed delay (initiator to
+    /// responder, back), `direct` the one-way delay between the routers. Returns whether each
+    /// side validated the direct path.
+    fn linux_routers(relay: (Duration, Duration), direct: Duration, use_opens: bool) -> (bool, bool) {
+        let start = Instant::now();
+        // Each side behind its router: a private local address, a public reflexive one.
+        let behind = |local: &str, public: &str| Candidates { local: vec![addr(local)], reflexive: Some(addr(public)) };
+        let (i_public, r_public) = (addr("198.51.100.1:4000"), addr("198.51.100.2:5000"));
+        let mut run = Run::new(start);
+        run.i = PunchSession::initiator(start, behind("10.0.1.2:4000", "198.51.100.1:4000"), false);
+        run.r = PunchSession::responder(start, behind("10.0.2.2:5000", "198.51.100.2:5000"), false);
+        // [initiator, responder]: when its NAT opened; whether the other's punch poisoned it.
+        let mut opened: [Option<Instant>; 2] = [None, None];
+        let mut poisoned = [false, false];
+        let mut validated = [false, false];
+        // Punches in flight: (arrival at the other router, from the initiator?, moved: the
+        // sender's own router was poisoned, so the punch left from another port).
+        let mut punches: Vec<(Instant, bool, bool)> = Vec::new();
+        let end = start + Duration::from_secs(30);
+        while !(run.i.is_done() && run.r.is_done()) && run.now < end {
+            let now = run.now;
+            for (side, session) in [(0usize, &mut run.i), (1, &mut run.r)] {
+                // Only what goes to the peer's public address reaches (or opens towards) its
+                // router; the private candidates lead nowhere.
+                let peer_public = if side == 0 { r_public } else { i_public };
+                while let Some(target) = session.poll_open() {
+                    if use_opens && target == peer_public {
+                        opened[side].get_or_insert(now);
+                    }
+                }
+                while let Some(m) = session.poll_message() {
+                    let delay = if side == 0 { relay.0 } else { relay.1 };
+                    run.flight.push((now + delay, side == 1, m));
+                }
+                while let Some(target) = session.poll_punch() {
+                    if target == peer_public {
+                        opened[side].get_or_insert(now);
+                        punches.push((now + direct, side == 0, poisoned[side]));
+                    }
+                }
+            }
+            // Punches arriving now: through if the other router opened first and is clean.
+            let (due, rest): (Vec<_>, Vec<_>) = punches.drain(..).partition(|p| p.0 <= now);
+            punches = rest;
+            for (arrival, from_i, moved) in due {
+                let (from, to) = if from_i { (0, 1) } else { (1, 0) };
+                if moved || poisoned[to] || opened[to].is_none_or(|at| at > arrival) {
+                    poisoned[to] = true;
+                    continue;
+                }
+                // The answer comes back the same way: the challenger validates.
+                if !validated[from] {
+                    validated[from] = true;
+                    let session = if from_i { &mut run.i } else { &mut run.r };
+                    let target = if from_i { r_public } else { i_public };
+                    session.handle_validated(arrival + direct, target);
+                }
+            }
+            let next_msg = run.flight.iter().map(|f| f.0).min();
+            let next_punch = punches.iter().map(|p| p.0).min();
+            let next = [run.i.poll_timeout(), run.r.poll_timeout(), next_msg, next_punch].into_iter().flatten().min();
+            let Some(next) = next else { break };
+            run.now = next.max(run.now);
+            let (due, rest): (Vec<_>, Vec<_>) = run.flight.drain(..).partition(|f| f.0 <= run.now);
+            run.flight = rest;
+            for (_, to_i, m) in due {
+                let session = if to_i { &mut run.i } else { &mut run.r };
+                let _ = session.handle_message(run.now, m);
+            }
+            run.i.handle_timeout(run.now);
+            run.r.handle_timeout(run.now);
+        }
+        (validated[0], validated[1])
+    }
+
+    #[test]
+    fn opening_first_beats_the_linux_router_race_whatever_the_delays() {
+        // Routers next to each other (no direct delay at all) or far apart, relay paths
+        // symmetric or lopsided by up to a quarter of the round trip.
+        let ms = Duration::from_millis;
+        for direct in [ms(0), ms(1), ms(10), ms(50)] {
+            for relay in [(ms(25), ms(25)), (ms(30), ms(20)), (ms(20), ms(30)), (ms(1), ms(1)), (ms(100), ms(60))] {
+                assert_eq!(linux_routers(relay, direct, true), (true, true), "direct {direct:?}, relay {relay:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_a_side_behind_a_nat_opens() {
+        let now = Instant::now();
+        let answer =
+            Message::Answer { candidates: vec![addr("198.51.100.2:5000")], reflexive: Some(addr("198.51.100.2:5000")) };
+        let behind = Candidates { local: vec![addr("10.0.0.2:4000")], reflexive: Some(addr("198.51.100.1:4000")) };
+        for (ours, on_loopback, opens) in
+            [(behind.clone(), false, true), (behind, true, false), (cands("198.51.100.1:4000"), false, false)]
+        {
+            let mut i = PunchSession::initiator(now, ours, on_loopback);
+            i.poll_message();
+            i.handle_message(now, answer.clone()).unwrap();
+            assert_eq!(i.poll_open().is_some(), opens, "on loopback {on_loopback}");
+            // The opens are out before the `Sync`, and no punch goes before the wait.
+            assert_eq!(i.poll_message(), Some(Message::Sync));
+            assert_eq!(i.poll_punch(), None);
+        }
+    }
+
+    #[test]
+    fn without_opening_close_routers_lose_the_race() {
+        // What warren did before opening: simultaneous punches; with the routers close, one
+        // side's punch always arrives before the other sent its own.
+        let ms = Duration::from_millis;
+        assert_eq!(linux_routers((ms(25), ms(25)), ms(0), false), (false, false));
+        // Far apart, the simultaneous start was enough.
+        assert_eq!(linux_routers((ms(25), ms(25)), ms(50), false), (true, true));
     }
 
     #[test]

@@ -23,8 +23,8 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::{Notify, broadcast};
 
 use crate::RemoteIdentity;
+use crate::state::path_table::{OPEN_TTL, PathTable, RelayInfo, Route, Stats};
 pub use crate::state::path_table::{Path, PathEvent, is_placeholder, unmap};
-use crate::state::path_table::{PathTable, RelayInfo, Route, Stats};
 use crate::wire::frame::{self, PathKey};
 
 /// 32 bytes from the operating system's random source.
@@ -74,6 +74,8 @@ struct Inbox {
 /// The path table's driver around the node's UDP socket. See the module docs.
 pub(crate) struct Paths {
     socket: Arc<dyn AsyncUdpSocket>,
+    /// The same socket, for the datagrams that leave with a small TTL (path table opens).
+    raw: Option<std::net::UdpSocket>,
     ipv6: bool,
     table: Mutex<PathTable>,
     relay: Mutex<Option<Arc<RelayRoute>>>,
@@ -96,11 +98,13 @@ impl Paths {
     pub(crate) fn new(
         me: RemoteIdentity,
         socket: Arc<dyn AsyncUdpSocket>,
+        raw: Option<std::net::UdpSocket>,
         events: PathEvents,
     ) -> io::Result<Arc<Self>> {
         let ipv6 = socket.local_addr()?.is_ipv6();
         Ok(Arc::new(Self {
             socket,
+            raw,
             ipv6,
             table: Mutex::new(PathTable::new(me, random_secret())),
             relay: Mutex::new(None),
@@ -118,6 +122,7 @@ impl Paths {
 
     /// Sends what the table queued and reports its events, after releasing its lock.
     fn flush(&self, mut table: MutexGuard<'_, PathTable>) {
+        let opens: Vec<_> = std::iter::from_fn(|| table.poll_open()).collect();
         let transmits: Vec<_> = std::iter::from_fn(|| table.poll_transmit()).collect();
         let events: Vec<_> = std::iter::from_fn(|| table.poll_event()).collect();
         self.any_heard.store(table.any_heard(), Ordering::Relaxed);
@@ -125,6 +130,9 @@ impl Paths {
         drop(table);
         if wake {
             self.timer.notify_one();
+        }
+        for (to, datagram) in opens {
+            self.send_with_ttl(&datagram, to, OPEN_TTL);
         }
         for (to, datagram) in transmits {
             self.send_control(&datagram, to);
@@ -236,6 +244,15 @@ impl Paths {
         self.flush(table);
     }
 
+    /// Opens this side's NAT towards `target` for `remote`: a challenge with a small TTL
+    /// ([`PathTable::open`]).
+    pub(crate) fn open(&self, remote: &RemoteIdentity, target: SocketAddr) -> bool {
+        let mut table = self.table();
+        let queued = table.open(Instant::now(), remote, target);
+        self.flush(table);
+        queued
+    }
+
     /// Forgets the direct path to `remote` (it is being dialled again through the relay).
     pub(crate) fn forget_direct(&self, remote: &RemoteIdentity) {
         let mut table = self.table();
@@ -265,6 +282,21 @@ impl Paths {
     /// A data frame that came over the TCP relay link.
     pub(crate) fn deliver_tcp_frame(&self, datagram: &[u8]) {
         self.on_frame(None, datagram);
+    }
+
+    /// Sends `datagram` with the IP TTL (hop limit) `ttl`, as a control message of this one
+    /// datagram (the socket's own TTL, which quinn's packets use, is untouched). Where that is not
+    /// supported it goes with the normal TTL.
+    fn send_with_ttl(&self, datagram: &[u8], to: SocketAddr, ttl: u8) {
+        let to = self.in_family(to);
+        let sent = match &self.raw {
+            Some(raw) => ttl_cmsg::send(raw, datagram, to, ttl),
+            None => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        };
+        if let Err(error) = sent {
+            tracing::trace!(%to, %error, "TTL-limited datagram not sent as such; sending it plainly");
+            self.send_control(datagram, to);
+        }
     }
 
     fn send_control(&self, datagram: &[u8], to: SocketAddr) {
@@ -473,5 +505,80 @@ impl AsyncUdpSocket for PathSocket {
 
     fn may_fragment(&self) -> bool {
         self.0.socket.may_fragment()
+    }
+}
+
+/// One datagram with its own TTL: `sendmsg` with an `IP_TTL` (IPv4, IPv4-mapped) or
+/// `IPV6_HOPLIMIT` control message. Built by hand for 64-bit Linux (a `cmsghdr` of a `size_t`
+/// and two `int`s, then an `int`); elsewhere unsupported, and the caller sends it plainly.
+mod ttl_cmsg {
+    use std::io;
+    use std::net::SocketAddr;
+
+    #[cfg(all(target_os = "linux", target_pointer_width = "64"))]
+    pub(super) fn send(socket: &std::net::UdpSocket, datagram: &[u8], to: SocketAddr, ttl: u8) -> io::Result<()> {
+        let v4 = match to {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some(),
+        };
+        let (level, kind) =
+            if v4 { (libc::IPPROTO_IP, libc::IP_TTL) } else { (libc::IPPROTO_IPV6, libc::IPV6_HOPLIMIT) };
+        // CMSG_LEN(sizeof(int)) = 16 + 4; CMSG_SPACE rounds it up to 24.
+        let mut control = [0u8; 24];
+        control[..8].copy_from_slice(&20usize.to_ne_bytes());
+        control[8..12].copy_from_slice(&level.to_ne_bytes());
+        control[12..16].copy_from_slice(&kind.to_ne_bytes());
+        control[16..20].copy_from_slice(&libc::c_int::from(ttl).to_ne_bytes());
+        let address = socket2::SockAddr::from(to);
+        let buffers = [io::IoSlice::new(datagram)];
+        let message = socket2::MsgHdr::new().with_addr(&address).with_buffers(&buffers).with_control(&control);
+        socket2::SockRef::from(socket).sendmsg(&message, 0).map(|_| ())
+    }
+
+    #[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
+    pub(super) fn send(_: &std::net::UdpSocket, _: &[u8], _: SocketAddr, _: u8) -> io::Result<()> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
+    #[cfg(all(test, target_os = "linux", target_pointer_width = "64"))]
+    mod tests {
+        /// The TTL a receiver sees (`IP_RECVTTL`) is the one asked for; the socket's own is not
+        /// changed.
+        #[test]
+        fn the_datagram_leaves_with_its_own_ttl() {
+            use std::os::fd::AsRawFd;
+            let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let on: libc::c_int = 1;
+            // SAFETY: a valid socket, option and int-sized value.
+            let set = unsafe {
+                libc::setsockopt(
+                    receiver.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_RECVTTL,
+                    (&on as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(set, 0);
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let to = receiver.local_addr().unwrap();
+            super::send(&sender, b"open", to, 2).unwrap();
+            sender.send_to(b"plain", to).unwrap();
+            let ttl_of = |socket: &std::net::UdpSocket| {
+                let mut data = [std::mem::MaybeUninit::new(0u8); 16];
+                let mut control = [std::mem::MaybeUninit::new(0u8); 64];
+                let mut buffers = [socket2::MaybeUninitSlice::new(&mut data)];
+                let mut message = socket2::MsgHdrMut::new().with_buffers(&mut buffers).with_control(&mut control);
+                socket2::SockRef::from(socket).recvmsg(&mut message, 0).unwrap();
+                let len = message.control_len();
+                // SAFETY: recvmsg initialised the first `len` bytes of the control buffer.
+                let control: Vec<u8> = control[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+                assert!(len >= 20, "no TTL control message");
+                assert_eq!(i32::from_ne_bytes(control[12..16].try_into().unwrap()), libc::IP_TTL);
+                i32::from_ne_bytes(control[16..20].try_into().unwrap())
+            };
+            assert_eq!(ttl_of(&receiver), 2);
+            assert_eq!(ttl_of(&receiver), 64, "the socket's own TTL is untouched");
+        }
     }
 }

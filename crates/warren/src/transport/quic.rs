@@ -223,8 +223,10 @@ impl QuicTransport {
         let socket = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
         enlarge_socket_buffers(&socket);
         let runtime = Arc::new(NodeRuntime { tasks: tasks.clone() });
+        // A second handle on the socket for datagrams with a TTL of their own (path opens).
+        let raw = socket.try_clone().ok();
         let udp = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
-        let paths = Paths::new(identity.to_remote_identity(), udp, on_path).map_err(bind_err)?;
+        let paths = Paths::new(identity.to_remote_identity(), udp, raw, on_path).map_err(bind_err)?;
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
             Some(server_config(identity)),
