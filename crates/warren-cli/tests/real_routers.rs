@@ -1,0 +1,30 @@
+//! Hole punching through two real Linux routers (issue 13): `scripts/real-routers`, which
+//! builds plain namespaces with nftables `masquerade` on each router, a relay, and a router
+//! between the two (as on the internet), then runs `warren node --relay` behind one and
+//! `warren ping ID --relay` behind the other. Nothing of warren-netsim is involved. Needs root,
+//! ip and nft (`scripts/setup`).
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/real-routers");
+    let output = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .env("WARREN_BIN", env!("CARGO_BIN_EXE_warren"))
+        .output()
+        .expect("running scripts/real-routers");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), format!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr)))
+}
+
+/// `masquerade` on both routers: the path turns direct, run after run (it stayed relayed every
+/// time before warren opened its own NAT first with TTL-limited challenges).
+#[test]
+fn masquerade_against_masquerade_goes_direct_every_time() {
+    for attempt in 1..=3 {
+        let (direct, output) = run(&["--hop", "--count", "6"]);
+        assert!(direct && output.contains("RESULT: direct"), "run {attempt}:\n{output}");
+        assert!(output.contains("path now direct 198.51.100.10:"), "run {attempt}: direct to router A\n{output}");
+    }
+}
