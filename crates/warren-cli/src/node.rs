@@ -149,12 +149,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the greeting ping may take.
+const GREETING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Pings each newly connected peer once and prints the result, so that two nodes that find
 /// each other show a round trip in each direction.
 fn spawn_greeting_ping(p2p: &P2P, remote: warren::RemoteIdentity, json: bool) {
     let node = p2p.clone();
     p2p.spawn(async move {
-        let result = warren::ping::ping(&node, remote, 1).await;
+        // Bounded: a ping that gets no answer says so instead of waiting for ever.
+        let result = match tokio::time::timeout(GREETING_TIMEOUT, warren::ping::ping(&node, remote, 1)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {GREETING_TIMEOUT:?}")),
+        };
         match (result, json) {
             (Ok(rtts), true) => {
                 json_line(&serde_json::json!({"event": "PingResult", "remote": remote, "rtt_ms": ms(rtts[0])}))

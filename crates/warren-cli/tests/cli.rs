@@ -61,6 +61,8 @@ impl NodeProcess {
             if line["event"] == event && pick(&line) {
                 return line;
             }
+            // A failure the test waits past would only show as a timeout: say it at once.
+            assert_ne!(line["event"], "PingFailed", "while waiting for {event}: {line}");
         }
     }
 

@@ -199,6 +199,21 @@ impl Conntrack {
             .find(|&port| !self.taken(protocol, remote, port, now))
     }
 
+    /// The inside endpoint of the live translated flow between `remote` and the router's `port`
+    /// (for an ICMP error about it), without touching the flow.
+    pub fn internal_of(&self, protocol: u8, remote: SocketAddrV4, port: u16, now: Instant) -> Option<SocketAddrV4> {
+        let key = Outside { protocol, remote, port };
+        let entry = self.entries.get(&key).filter(|e| self.alive(&key, e, now))?;
+        entry.internal
+    }
+
+    /// The router port of the live translated flow from `internal` to `remote`.
+    pub fn port_of(&self, protocol: u8, internal: SocketAddrV4, remote: SocketAddrV4, now: Instant) -> Option<u16> {
+        let port = *self.flows.get(&(protocol, internal, remote))?;
+        let key = Outside { protocol, remote, port };
+        self.entries.get(&key).filter(|e| self.alive(&key, e, now)).map(|_| port)
+    }
+
     /// A packet from `remote` to the router's `port`.
     pub fn inbound(&mut self, protocol: u8, remote: SocketAddrV4, port: u16, now: Instant) -> Inbound {
         let key = Outside { protocol, remote, port };

@@ -10,8 +10,11 @@
 //! flow's port moved when its reply tuple is taken. That is what Linux routers (OpenWrt and most
 //! consumer firmware) do, and what breaks naive hole punching between two of them.
 //!
-//! Not modelled: ICMP and IP fragments are dropped (ICMP error translation and reassembly are
-//! out of scope); TCP mappings use one idle timeout, not RFC 5382's separate transitory one.
+//! ICMP errors (destination unreachable, time exceeded, parameter problem) about a mapped flow
+//! are translated both ways, the quoted header included (RFC 5508), as the kernel's NAT does: a
+//! router beyond the NAT can tell an inside host its packets are too big, so path-MTU discovery
+//! works through it. Other ICMP (echo) and non-first IP fragments are dropped: reassembly is not
+//! modelled. TCP mappings use one idle timeout, not RFC 5382's separate transitory one.
 //! Expired mappings are swept at most once a second, as packets pass.
 
 use std::collections::HashMap;
@@ -23,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::conntrack::{self, Conntrack, PortChoice};
-use crate::packet::{Packet, TCP, UDP, tcp_flags};
+use crate::packet::{ICMP, Packet, TCP, UDP, tcp_flags};
 
 /// How often expired mappings are swept, at most.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -449,6 +452,9 @@ impl Nat {
     /// A packet from the inside, at `now`.
     pub fn outbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
         self.sweep(now);
+        if let Some(error) = IcmpError::of(&packet) {
+            return self.icmp_outbound(&packet, error, now);
+        }
         let protocol = packet.protocol();
         if let Some(refused) = self.refuse(&packet) {
             return refused;
@@ -500,6 +506,9 @@ impl Nat {
     /// A packet from the outside, at `now`.
     pub fn inbound(&mut self, packet: Packet, now: Instant) -> NatVerdict {
         self.sweep(now);
+        if let Some(error) = IcmpError::of(&packet) {
+            return self.icmp_inbound(&packet, error, now);
+        }
         let verdict = if self.conntrack.is_some() {
             self.conntrack_inbound(packet, now)
         } else {
@@ -509,6 +518,43 @@ impl Nat {
             self.stats.inbound += 1;
         }
         verdict
+    }
+
+    /// An ICMP error from outside about a packet this NAT sent out: to the inside host whose
+    /// flow it was, the quoted header translated back (RFC 5508).
+    fn icmp_inbound(&mut self, packet: &Packet, error: IcmpError, now: Instant) -> NatVerdict {
+        let quoted = error.quoted();
+        if *quoted.src.ip() != self.config.public_ip {
+            return self.drop(DropReason::NoMapping);
+        }
+        let internal = match &self.conntrack {
+            Some(table) => table.internal_of(quoted.protocol, quoted.dst, quoted.src.port(), now),
+            None => self
+                .live_mapping(quoted.protocol, quoted.src.port(), now)
+                .filter(|key| self.admitted(key, quoted.dst))
+                .map(|key| key.internal),
+        };
+        let Some(internal) = internal else { return self.drop(DropReason::NoMapping) };
+        self.stats.inbound += 1;
+        NatVerdict::Forward(error.rewritten(packet.src(), *internal.ip(), Some(internal), None))
+    }
+
+    /// An ICMP error from an inside host about a packet that came in through this NAT: out to
+    /// the sender, from the public address, the quoted header translated too.
+    fn icmp_outbound(&mut self, packet: &Packet, error: IcmpError, now: Instant) -> NatVerdict {
+        let quoted = error.quoted();
+        let (internal, remote) = (quoted.dst, quoted.src);
+        let port = match &self.conntrack {
+            Some(table) => table.port_of(quoted.protocol, internal, remote, now),
+            None => {
+                let key = self.key(quoted.protocol, internal, remote);
+                self.mappings.get(&key).map(|m| m.external_port)
+            }
+        };
+        let Some(port) = port else { return self.drop(DropReason::NoMapping) };
+        let public = SocketAddrV4::new(self.config.public_ip, port);
+        self.stats.outbound += 1;
+        NatVerdict::Forward(error.rewritten(self.config.public_ip, packet.dst(), None, Some(public)))
     }
 
     fn conntrack_outbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
@@ -583,6 +629,76 @@ impl Nat {
         }
         packet.set_dst(key.internal);
         NatVerdict::Forward(packet)
+    }
+}
+
+/// An ICMP error message (destination unreachable, time exceeded, parameter problem) quoting a
+/// UDP or TCP packet's IPv4 header and first 8 bytes.
+#[derive(Debug, Clone)]
+struct IcmpError {
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    /// The quoted packet: its IPv4 header, then at least 8 bytes.
+    quote: Vec<u8>,
+    header_len: usize,
+}
+
+/// The quoted packet's protocol and endpoints.
+struct Quoted {
+    protocol: u8,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+}
+
+impl IcmpError {
+    fn of(packet: &Packet) -> Option<Self> {
+        if packet.protocol() != ICMP || packet.is_later_fragment() {
+            return None;
+        }
+        let message = packet.payload();
+        if message.len() < 8 + 20 + 8 || !matches!(message[0], 3 | 11 | 12) {
+            return None;
+        }
+        let quote = message[8..].to_vec();
+        let header_len = usize::from(quote[0] & 0x0f) * 4;
+        if quote[0] >> 4 != 4 || header_len < 20 || quote.len() < header_len + 8 || !matches!(quote[9], UDP | TCP) {
+            return None;
+        }
+        let rest = message[4..8].try_into().expect("4 bytes");
+        Some(Self { kind: message[0], code: message[1], rest, quote, header_len })
+    }
+
+    fn quoted(&self) -> Quoted {
+        let (q, h) = (&self.quote, self.header_len);
+        let ip = |at: usize| Ipv4Addr::new(q[at], q[at + 1], q[at + 2], q[at + 3]);
+        let port = |at: usize| u16::from_be_bytes([q[at], q[at + 1]]);
+        Quoted { protocol: q[9], src: SocketAddrV4::new(ip(12), port(h)), dst: SocketAddrV4::new(ip(16), port(h + 2)) }
+    }
+
+    /// The message from `from` to `to`, its quoted source or destination replaced.
+    fn rewritten(
+        mut self,
+        from: Ipv4Addr,
+        to: Ipv4Addr,
+        quoted_src: Option<SocketAddrV4>,
+        quoted_dst: Option<SocketAddrV4>,
+    ) -> Packet {
+        let h = self.header_len;
+        if let Some(src) = quoted_src {
+            self.quote[12..16].copy_from_slice(&src.ip().octets());
+            self.quote[h..h + 2].copy_from_slice(&src.port().to_be_bytes());
+        }
+        if let Some(dst) = quoted_dst {
+            self.quote[16..20].copy_from_slice(&dst.ip().octets());
+            self.quote[h + 2..h + 4].copy_from_slice(&dst.port().to_be_bytes());
+        }
+        // The quoted IP header's checksum is fixed; the quoted transport checksum cannot be (the
+        // quote is cut short), and no receiver checks it.
+        self.quote[10..12].copy_from_slice(&[0, 0]);
+        let sum = crate::packet::checksum(&self.quote[..h]);
+        self.quote[10..12].copy_from_slice(&sum.to_be_bytes());
+        Packet::icmp(from, to, self.kind, self.code, self.rest, &self.quote)
     }
 }
 
@@ -863,6 +979,54 @@ mod tests {
         let from_b = forwarded(b.outbound(udp("10.0.2.2:5000", "203.0.113.1:5000"), now));
         assert_eq!(forwarded(b.inbound(from_a, now)).dst_endpoint(), ep("10.0.2.2:5000"));
         assert_eq!(forwarded(a.inbound(from_b, now)).dst_endpoint(), ep("10.0.1.2:5000"));
+    }
+
+    #[test]
+    fn icmp_errors_about_a_mapped_flow_are_translated_both_ways() {
+        let now = Instant::now();
+        for preset in [NatPreset::PortRestricted, NatPreset::Symmetric, NatPreset::Linux] {
+            let mut nat = Nat::new(preset.configs(&[PUBLIC]).remove(0), 4);
+            let out = forwarded(nat.outbound(udp("10.0.0.2:5000", "198.51.100.1:3478"), now));
+            let public = out.src_endpoint();
+            // A router beyond the NAT: too big. To the inside host, quoting its own packet.
+            let too_big = out.fragmentation_needed("198.51.100.254".parse().unwrap(), 1280);
+            let back = forwarded(nat.inbound(too_big, now));
+            assert_eq!(back.dst(), Ipv4Addr::new(10, 0, 0, 2), "{preset:?}");
+            assert_eq!(back.src(), Ipv4Addr::new(198, 51, 100, 254));
+            assert!(back.checksums_ok(), "{preset:?}");
+            let quote = &back.payload()[8..];
+            assert_eq!(&quote[12..16], &[10, 0, 0, 2], "the quoted source is the host's again");
+            assert_eq!(u16::from_be_bytes([quote[20], quote[21]]), 5000);
+            assert_eq!(crate::packet::checksum(&quote[..20]), 0, "the quoted header's checksum holds");
+            // The inside host answers a packet with "port unreachable": out from the public
+            // address, quoting the packet as the sender sent it.
+            let inbound = forwarded(nat.inbound(udp("198.51.100.1:3478", &public.to_string()), now));
+            let unreachable = Packet::icmp(
+                Ipv4Addr::new(10, 0, 0, 2),
+                Ipv4Addr::new(198, 51, 100, 1),
+                3,
+                3,
+                [0; 4],
+                &inbound.as_bytes()[..28],
+            );
+            let out = forwarded(nat.outbound(unreachable, now));
+            assert_eq!((out.src(), out.dst()), (PUBLIC, Ipv4Addr::new(198, 51, 100, 1)));
+            let quote = &out.payload()[8..];
+            assert_eq!(&quote[16..20], &PUBLIC.octets());
+            assert_eq!(u16::from_be_bytes([quote[22], quote[23]]), public.port());
+            assert!(out.checksums_ok());
+        }
+    }
+
+    #[test]
+    fn icmp_errors_about_no_flow_of_ours_are_dropped() {
+        let now = Instant::now();
+        let mut nat = Nat::new(NatPreset::Linux.configs(&[PUBLIC]).remove(0), 4);
+        let stray =
+            udp("203.0.113.1:4000", "198.51.100.1:3478").fragmentation_needed("198.51.100.254".parse().unwrap(), 1280);
+        assert_eq!(nat.inbound(stray, now), NatVerdict::Drop(DropReason::NoMapping));
+        let ping = Packet::icmp(Ipv4Addr::new(198, 51, 100, 1), PUBLIC, 8, 0, [0; 4], b"echo");
+        assert_eq!(nat.inbound(ping, now), NatVerdict::Drop(DropReason::Unsupported));
     }
 
     #[test]

@@ -559,7 +559,28 @@ impl Simulation {
                 Node::KernelNat(i) => (4 << 16) | i as u64,
             };
             let seed = self.seed ^ (id(from) << 32) ^ id(to);
-            self.links.insert((from, to), Link::new(config.clone(), seed));
+            // "Fragmentation needed" comes from the node in front of the small link, unless the
+            // configuration names a router: from 0.0.0.0 a Linux host drops it as martian and
+            // path-MTU discovery black-holes.
+            let mut config = config.clone();
+            if config.router.is_unspecified()
+                && let Some(ip) = self.address_of(from)
+            {
+                config.router = ip;
+            }
+            self.links.insert((from, to), Link::new(config, seed));
+        }
+    }
+
+    /// The address a node answers from: a host's, a NAT's public one, a router's; none for a
+    /// switch.
+    fn address_of(&self, node: Node) -> Option<Ipv4Addr> {
+        match node {
+            Node::Host(i) => self.hosts.get(i).map(|(host, _)| host.ip()),
+            Node::Nat(i) => self.nats.get(i).map(|config| config.public_ip),
+            Node::Router(i) => self.routers.get(i).map(|(ip, _)| *ip),
+            Node::KernelNat(i) => self.kernel_nats.get(i).map(|parts| parts.public_ip),
+            Node::Switch(_) => None,
         }
     }
 

@@ -240,3 +240,90 @@ fn a_host_interface_capture_holds_what_the_host_sent_and_received() {
     assert_eq!(listing.lines().filter(|l| l.contains("IP 10.0.0.2.7000 > 10.0.0.1.")).count(), 4, "{listing}");
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Sends 1,400-byte datagrams with DF (and path-MTU discovery on) from `host` to `to` until the
+/// kernel refuses one: `Some(EMSGSIZE)` once an ICMP "fragmentation needed" taught it the path
+/// MTU; `None` if that never happened within 3 s.
+fn learns_path_mtu(host: &Host, to: SocketAddr) -> Option<Option<i32>> {
+    host.spawn_sync(move || {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        // Don't fragment, and learn the path MTU from ICMP (Linux's IP_PMTUDISC_DO).
+        let value: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: a valid socket, option and int-sized value.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0);
+        socket.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into()).unwrap();
+        let big = vec![0u8; 1400];
+        let deadline = Instant::now() + Duration::from_secs(3);
+        // The first sends go out and are refused by the router; once the ICMP is in, the
+        // kernel refuses such sends itself.
+        while Instant::now() < deadline {
+            if let Err(error) = socket.send_to(&big, &to.into()) {
+                return Some(error.raw_os_error());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+    .join()
+    .unwrap()
+}
+
+/// Path-MTU discovery across a small-MTU link: a router in front of a 1,280-byte link answers a
+/// too-big packet with "fragmentation needed" from its own address, and the sender's kernel
+/// takes it (from 0.0.0.0 it was dropped as martian and the path black-holed).
+#[test]
+fn a_small_mtu_link_teaches_the_sender_its_path_mtu() {
+    let _serial = serial();
+    let mut sim = Simulation::new(5);
+    let router = ok(sim.add_router("r", "10.9.0.1".parse().unwrap(), &[("10.1.0.0".parse().unwrap(), 16)], None));
+    let a = ok(sim.add_host_behind("a", "10.1.0.2".parse().unwrap(), 16, &router));
+    let b = ok(sim.add_host("b", "198.51.100.7".parse().unwrap(), 24));
+    sim.link(&a, &router, ms(1));
+    sim.link(&router, &b, LinkConfig { mtu: 1280, latency: Duration::from_millis(1), ..Default::default() });
+    sim.start().unwrap();
+    assert_eq!(learns_path_mtu(&a, SocketAddr::from((b.ip(), 7000))), Some(Some(libc::EMSGSIZE)));
+}
+
+/// The same through a NAT: the ICMP comes back to the NAT's public address, quoting the
+/// translated packet, and reaches the inside host only if the NAT translates it back (RFC 5508)
+/// as the kernel's NAT does; the model and the kernel must agree.
+#[test]
+fn path_mtu_discovery_works_through_the_model_nat_and_the_kernel_nat() {
+    let _serial = serial();
+    for kernel in [false, true] {
+        let mut sim = Simulation::new(6);
+        let public: Ipv4Addr = "203.0.113.1".parse().unwrap();
+        let nat = if kernel {
+            let config = KernelNatConfig {
+                public_ip: public,
+                lan_ip: "192.168.1.1".parse().unwrap(),
+                lan_prefix: 24,
+                ports: KernelPorts::Masquerade,
+                udp_timeout: None,
+            };
+            ok(sim.add_kernel_nat("knat", config, None))
+        } else {
+            let config = warren_netsim::nat::NatPreset::Linux.configs(&[public]).remove(0);
+            ok(sim.add_nat("nat", config, None))
+        };
+        let host = ok(sim.add_host_behind("host", "192.168.1.2".parse().unwrap(), 24, &nat));
+        let router =
+            ok(sim.add_router("r", "198.51.100.254".parse().unwrap(), &[("198.51.100.0".parse().unwrap(), 24)], None));
+        let server = ok(sim.add_host_behind("server", "198.51.100.7".parse().unwrap(), 24, &router));
+        sim.link(&host, &nat, ms(1));
+        sim.link(&nat, &router, ms(1));
+        sim.link(&router, &server, LinkConfig { mtu: 1280, latency: Duration::from_millis(1), ..Default::default() });
+        sim.start().unwrap();
+        let learned = learns_path_mtu(&host, SocketAddr::from((server.ip(), 7000)));
+        assert_eq!(learned, Some(Some(libc::EMSGSIZE)), "kernel NAT: {kernel}");
+    }
+}
