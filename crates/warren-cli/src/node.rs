@@ -128,10 +128,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             _ = sigterm.recv() => break,
             event = events.recv() => match event {
                 Ok(event) => {
+                    // Printed first: the greeting ping's result must never come out before
+                    // the connection it was sent on (on loopback it can be that quick).
+                    if args.json { json_line(&event) } else { println!("{}", describe(&event)) }
                     if let Event::PeerConnected { remote, .. } = &event {
                         spawn_greeting_ping(&p2p, *remote, args.json);
                     }
-                    if args.json { json_line(&event) } else { println!("{}", describe(&event)) }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
                     tracing::warn!("printing fell behind; {lost} events not shown");
