@@ -459,11 +459,11 @@ impl Nat {
         if let Some(refused) = self.refuse(&packet) {
             return refused;
         }
-        let internal = packet.src_endpoint();
-        let remote = packet.dst_endpoint();
         if self.conntrack.is_some() {
             return self.conntrack_outbound(packet, now);
         }
+        let internal = packet.src_endpoint();
+        let remote = packet.dst_endpoint();
         let key = self.key(protocol, internal, remote);
         // An existing mapping that timed out is forgotten first.
         if let Some(port) = self.mappings.get(&key).map(|m| m.external_port) {

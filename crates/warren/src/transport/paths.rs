@@ -237,7 +237,8 @@ impl Paths {
         self.table().add_key(Instant::now(), remote, id, key);
     }
 
-    /// That connection closed; with the last one, the direct path is forgotten.
+    /// That connection closed; with the last one, the direct path is forgotten once its last
+    /// packets are out ([`crate::state::path_table::KEYLESS_DRAIN`]).
     pub(crate) fn remove_key(&self, remote: &RemoteIdentity, id: u64) {
         let mut table = self.table();
         table.remove_key(Instant::now(), remote, id);

@@ -444,14 +444,17 @@ impl From<quinn::ConnectionError> for ConnectionError {
     }
 }
 
+/// warren never sends 0-RTT data; should quinn still say it was rejected, the stream is lost.
+fn zero_rtt_rejected() -> StreamError {
+    StreamError::Connection(ConnectionError::Transport("0-RTT rejected".into()))
+}
+
 fn write_error(error: quinn::WriteError) -> io::Error {
     match error {
         quinn::WriteError::Stopped(code) => StreamError::Stopped(code.into_inner()),
         quinn::WriteError::ConnectionLost(lost) => StreamError::Connection(lost.into()),
         quinn::WriteError::ClosedStream => StreamError::ClosedLocally,
-        quinn::WriteError::ZeroRttRejected => {
-            StreamError::Connection(ConnectionError::Transport("0-RTT rejected".into()))
-        }
+        quinn::WriteError::ZeroRttRejected => zero_rtt_rejected(),
     }
     .into_io()
 }
@@ -461,9 +464,7 @@ fn read_error(error: quinn::ReadError) -> io::Error {
         quinn::ReadError::Reset(code) => StreamError::Reset(code.into_inner()),
         quinn::ReadError::ConnectionLost(lost) => StreamError::Connection(lost.into()),
         quinn::ReadError::ClosedStream | quinn::ReadError::IllegalOrderedRead => StreamError::ClosedLocally,
-        quinn::ReadError::ZeroRttRejected => {
-            StreamError::Connection(ConnectionError::Transport("0-RTT rejected".into()))
-        }
+        quinn::ReadError::ZeroRttRejected => zero_rtt_rejected(),
     }
     .into_io()
 }

@@ -121,6 +121,16 @@ impl MemoryConnection {
     fn reason(&self) -> Option<ConnectionError> {
         self.closed.borrow().clone()
     }
+
+    /// What the peer sends next on `incoming`, or why the connection closed first.
+    async fn next<T>(&self, incoming: &tokio::sync::Mutex<mpsc::UnboundedReceiver<T>>) -> Result<T, ConnectionError> {
+        let mut closed = self.closed.subscribe();
+        let mut incoming = incoming.lock().await;
+        tokio::select! {
+            next = incoming.recv() => next.ok_or(ConnectionError::Reset),
+            reason = closed.wait_for(Option::is_some) => Err(reason.ok().and_then(|r| r.clone()).unwrap_or(ConnectionError::Reset)),
+        }
+    }
 }
 
 /// A one-way pipe and the reset/stop codes its two ends tell each other.
@@ -251,14 +261,7 @@ impl TransportConnection for MemoryConnection {
     }
 
     fn accept_bi(&self) -> BoxFuture<'_, Result<Halves, ConnectionError>> {
-        Box::pin(async move {
-            let mut closed = self.closed.subscribe();
-            let mut incoming = self.bi_in.lock().await;
-            tokio::select! {
-                halves = incoming.recv() => halves.ok_or(ConnectionError::Reset),
-                reason = closed.wait_for(Option::is_some) => Err(reason.ok().and_then(|r| r.clone()).unwrap_or(ConnectionError::Reset)),
-            }
-        })
+        Box::pin(self.next(&self.bi_in))
     }
 
     fn open_uni(&self) -> BoxFuture<'_, Result<SendStream, ConnectionError>> {
@@ -270,14 +273,7 @@ impl TransportConnection for MemoryConnection {
     }
 
     fn accept_uni(&self) -> BoxFuture<'_, Result<RecvStream, ConnectionError>> {
-        Box::pin(async move {
-            let mut closed = self.closed.subscribe();
-            let mut incoming = self.uni_in.lock().await;
-            tokio::select! {
-                recv = incoming.recv() => recv.ok_or(ConnectionError::Reset),
-                reason = closed.wait_for(Option::is_some) => Err(reason.ok().and_then(|r| r.clone()).unwrap_or(ConnectionError::Reset)),
-            }
-        })
+        Box::pin(self.next(&self.uni_in))
     }
 
     fn close(&self, code: u32, reason: &[u8]) {
