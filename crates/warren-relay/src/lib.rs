@@ -440,14 +440,31 @@ pub struct Relay {
     cancel: CancellationToken,
 }
 
+/// A UDP socket on `listen` and a TCP listener on the same port. With port 0 the system picks
+/// the UDP port, and its TCP twin may be taken by someone else: then another UDP port is tried
+/// (a few times), instead of failing at random.
+async fn bind_pair(listen: SocketAddr) -> std::io::Result<(std::net::UdpSocket, tokio::net::TcpListener)> {
+    const TRIES: usize = 8;
+    let mut tries = 0;
+    loop {
+        let socket = std::net::UdpSocket::bind(listen)?;
+        match tokio::net::TcpListener::bind(socket.local_addr()?).await {
+            Ok(tcp) => return Ok((socket, tcp)),
+            Err(error) if listen.port() == 0 && error.kind() == std::io::ErrorKind::AddrInUse && tries < TRIES => {
+                tries += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
 impl Relay {
     /// Starts a relay with `identity` on `listen`: QUIC and data frames on the UDP port, TLS
     /// over TCP on the same port number.
     pub async fn spawn(identity: Identity, listen: SocketAddr, config: RelayConfig) -> Result<Self, ListenError> {
         let bind_err = |source| ListenError { addr: listen, source };
-        let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        let (socket, tcp) = bind_pair(listen).await.map_err(bind_err)?;
         quic::enlarge_socket_buffers(&socket);
-        let tcp = tokio::net::TcpListener::bind(socket.local_addr().map_err(bind_err)?).await.map_err(bind_err)?;
         let inner = TokioRuntime.wrap_udp_socket(socket).map_err(bind_err)?;
         let (cut_tx, mut cut_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(SharedHandle(Shared {
