@@ -7,9 +7,12 @@
 //!   kept by authenticated challenges and responses, given up on silence, re-probed after.
 //! - [`punch`]: one hole-punching attempt (offer, answer, sync, rounds of challenges with port
 //!   prediction, finish) and the limits around attempts.
+//! - [`portmap`]: one port mapping asked of the gateway (PCP, NAT-PMP, UPnP IGD): search,
+//!   renewal at half its lifetime, removal.
 //! - [`relay`]: the relay client's registration (backoff, refusals) and its lookups, matched to
 //!   answers by request id.
 
 pub mod path_table;
+pub mod portmap;
 pub mod punch;
 pub mod relay;

@@ -8,11 +8,15 @@
 //! - [`control`]: what a node and its relay say on their connection's streams.
 //! - [`record`]: the same over the relay's TLS/TCP fallback, as length-prefixed records.
 //! - [`punch`]: the hole-punching signalling two peers exchange inside their connection.
+//! - [`portmap`]: NAT-PMP and PCP, to ask the gateway for a port mapping.
+//! - [`upnp`]: UPnP IGD's search, description and SOAP actions, for the same.
 
 pub mod control;
 pub mod frame;
 pub mod hello;
+pub mod portmap;
 pub mod punch;
 pub mod record;
+pub mod upnp;
 
 pub use self::hello::*;
