@@ -45,6 +45,10 @@ pub fn describe(event: &Event) -> String {
             format!("registered with relay {relay}@{addr}; it sees us at {observed}")
         }
         Event::RelayDisconnected { relay, reason } => format!("relay {relay}: {reason}"),
+        Event::PortMapped { protocol, external, lifetime_s } => {
+            format!("port mapped by the gateway ({protocol}): {external}, for {lifetime_s} s")
+        }
+        Event::PortMapUnavailable { reason } => format!("no port mapping: {reason}"),
         Event::PeerDisconnected { remote, reason } => format!("disconnected {remote}: {reason}"),
         Event::IncomingRejected { addr, reason } => format!("refused a connection from {addr}: {reason}"),
         Event::MetadataModified { metadata } => format!("metadata is now {metadata:?}"),

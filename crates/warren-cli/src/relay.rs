@@ -30,8 +30,8 @@ impl From<Over> for warren::relay::client::RelayTransport {
     }
 }
 
-/// How a node uses a relay: `--relay`, `--relay-token`, `--relay-over`, `--no-hole-punching`
-/// (shared by `warren node` and `warren ping`).
+/// How a node uses a relay and crosses NATs: `--relay`, `--relay-token`, `--relay-over`,
+/// `--no-hole-punching`, `--port-mapping` (shared by `warren node` and `warren ping`).
 #[derive(Args)]
 pub struct UseRelay {
     /// A relay to register with, as ID@HOST:PORT: nodes registered with the same relay reach
@@ -50,11 +50,20 @@ pub struct UseRelay {
     /// addresses.
     #[arg(long)]
     no_hole_punching: bool,
+    /// Ask the gateway (the default route's, or --gateway) to forward a port to this node
+    /// (PCP, NAT-PMP, then UPnP IGD) and offer it to peers: reachable through NATs that punching
+    /// alone cannot pass. The mapping is deleted at exit.
+    #[arg(long)]
+    port_mapping: bool,
+    /// The gateway to ask for a port mapping (default: the default route's).
+    #[arg(long, value_name = "IPV4", requires = "port_mapping")]
+    gateway: Option<std::net::Ipv4Addr>,
 }
 
 impl UseRelay {
-    /// Applies `--no-hole-punching` to `quic` and starts a client for `--relay` (or for
-    /// `fallback` when none was given), with the token and transport asked for.
+    /// Applies `--no-hole-punching` and `--port-mapping` to `quic` and starts a client for
+    /// `--relay` (or for `fallback` when none was given), with the token and transport asked
+    /// for.
     pub fn start(
         &self,
         p2p: &warren::P2P,
@@ -62,6 +71,10 @@ impl UseRelay {
         fallback: impl FnOnce() -> Option<warren::relay::client::RelayConfig>,
     ) -> Option<warren::relay::client::RelayClient> {
         quic.set_hole_punching(!self.no_hole_punching);
+        if self.port_mapping {
+            let config = warren::portmap::PortMapConfig { gateway: self.gateway, ..Default::default() };
+            p2p.add_port_mapping(quic, config);
+        }
         let mut relay = self.relay.clone().or_else(fallback)?;
         relay.token = self.relay_token.clone();
         relay.transport = self.relay_over.into();

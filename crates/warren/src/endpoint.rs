@@ -24,6 +24,7 @@ pub struct Builder {
     listen: Vec<SocketAddr>,
     relay: Option<RelayConfig>,
     hole_punching: bool,
+    port_mapping: Option<crate::portmap::PortMapConfig>,
     mdns: Option<DiscoveryMode>,
     manual: Vec<ManualPeer>,
     bootstrap_cache: Option<PathBuf>,
@@ -69,6 +70,7 @@ impl P2P {
             listen: Vec::new(),
             relay: None,
             hole_punching: true,
+            port_mapping: None,
             mdns: None,
             manual: Vec::new(),
             bootstrap_cache: None,
@@ -96,6 +98,13 @@ impl Builder {
     /// never learn this node's addresses.
     pub fn hole_punching(mut self, enabled: bool) -> Self {
         self.hole_punching = enabled;
+        self
+    }
+
+    /// Asks the gateway for a port mapping of the first QUIC socket (PCP, NAT-PMP or UPnP IGD;
+    /// off by default: see [`crate::portmap`]), and offers it to peers as a candidate.
+    pub fn port_mapping(mut self, config: crate::portmap::PortMapConfig) -> Self {
+        self.port_mapping = Some(config);
         self
     }
 
@@ -130,7 +139,10 @@ impl Builder {
     pub async fn spawn(self) -> Result<P2P, BuildError> {
         let p2p = P2P::new(self.app_name, self.identity);
         match Self::start(&p2p, self.listen, self.relay, self.hole_punching, self.protocols).await {
-            Ok(port) => {
+            Ok((port, first)) => {
+                if let Some(config) = self.port_mapping {
+                    p2p.add_port_mapping(&first, config);
+                }
                 if let Some(path) = &self.bootstrap_cache {
                     let (_, warning) = BootstrapHook::spawn(&p2p, path);
                     if let Some(warning) = warning {
@@ -152,14 +164,15 @@ impl Builder {
         }
     }
 
-    /// The node's sockets and relay; returns the first socket's port (what mDNS announces).
+    /// The node's sockets and relay; returns the first socket's port (what mDNS announces) and
+    /// the first socket.
     async fn start(
         p2p: &P2P,
         mut listen: Vec<SocketAddr>,
         relay: Option<RelayConfig>,
         hole_punching: bool,
         protocols: Vec<(String, Arc<dyn ProtocolHandler>)>,
-    ) -> Result<u16, BuildError> {
+    ) -> Result<(u16, crate::transport::quic::QuicTransport), BuildError> {
         for (name, handler) in protocols {
             p2p.register_shared_protocol(&name, handler)?;
         }
@@ -176,6 +189,6 @@ impl Builder {
         if let Some(relay) = relay {
             p2p.add_relay(&first, relay);
         }
-        Ok(first.local_addr().port())
+        Ok((first.local_addr().port(), first))
     }
 }

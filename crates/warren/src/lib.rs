@@ -69,6 +69,7 @@ pub mod hook;
 pub mod identity;
 pub mod node;
 pub mod ping;
+pub mod portmap;
 pub mod relay;
 pub mod state;
 pub mod transport;

@@ -236,6 +236,38 @@ impl P2P {
         client
     }
 
+    /// Asks the gateway to forward an external UDP port to `quic`'s socket (PCP, NAT-PMP or
+    /// UPnP IGD, see [`crate::portmap`]), keeps the mapping renewed, offers its address to
+    /// peers as a hole-punching candidate, and deletes it at shutdown. Sends `PortMapped` /
+    /// `PortMapUnavailable`.
+    pub fn add_port_mapping(
+        &self,
+        quic: &QuicTransport,
+        config: crate::portmap::PortMapConfig,
+    ) -> crate::portmap::PortMapping {
+        use crate::portmap::PortMapStatus;
+        let node = self.downgrade();
+        let on_status = Box::new(move |status: &PortMapStatus| {
+            let Some(p2p) = node.upgrade() else { return };
+            match status {
+                PortMapStatus::Mapped { mapping, .. } => p2p.emit(Event::PortMapped {
+                    protocol: mapping.protocol.to_string(),
+                    external: SocketAddr::V4(mapping.external),
+                    lifetime_s: mapping.lifetime.as_secs(),
+                }),
+                PortMapStatus::Unavailable(reason) => p2p.emit(Event::PortMapUnavailable { reason: reason.clone() }),
+                PortMapStatus::Searching | PortMapStatus::Removed => {}
+            }
+        });
+        crate::portmap::PortMapping::start(
+            quic.paths().clone(),
+            config,
+            &self.inner.tasks,
+            self.inner.cancel.child_token(),
+            on_status,
+        )
+    }
+
     /// The relay client, if the node was given a relay: its registration now and each change
     /// ([`RelayClient::watch_status`]), its observed address.
     pub fn relay(&self) -> Option<RelayClient> {

@@ -72,3 +72,14 @@ fn relay_wire_corpus_replays_cleanly() {
         assert!(outcome.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn portmap_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("portmap") {
+        let outcome = std::panic::catch_unwind(|| {
+            warren::wire::portmap::fuzz_response(&bytes);
+            warren::wire::upnp::fuzz_upnp(&bytes);
+        });
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}

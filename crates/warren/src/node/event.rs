@@ -99,6 +99,21 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The gateway forwards an external port to this node's socket (PCP, NAT-PMP or UPnP IGD;
+    /// see [`crate::portmap`]); peers get the address as a hole-punching candidate.
+    PortMapped {
+        /// `PCP`, `NAT-PMP` or `UPnP`.
+        protocol: String,
+        /// The external address and port.
+        external: SocketAddr,
+        /// Seconds it lasts (renewed at half; 0: until removed).
+        lifetime_s: u64,
+    },
+    /// No port mapping (no gateway answered, it refused, or a renewal failed).
+    PortMapUnavailable {
+        /// Why.
+        reason: String,
+    },
     /// The last connection to a peer closed.
     PeerDisconnected {
         /// The peer.

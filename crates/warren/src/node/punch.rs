@@ -20,13 +20,13 @@ use crate::wire::control;
 use crate::wire::punch::Message;
 pub use crate::wire::punch::PROTOCOL;
 
-/// This node's candidate addresses: the socket's addresses on each interface, and the
-/// reflexive address the relay reported.
+/// This node's candidate addresses: the external address of a port mapping, the socket's
+/// addresses on each interface, and the reflexive address the relay reported.
 pub(crate) fn candidates(paths: &Paths) -> Candidates {
     // Over TCP the relay sees a TCP mapping, which says nothing about the UDP one.
     let reflexive = paths.relay().filter(|r| !r.is_tcp()).map(|r| r.observed);
     let Ok(local) = paths.local_addr() else { return Candidates { local: Vec::new(), reflexive } };
-    let mut out = Vec::new();
+    let mut out: Vec<std::net::SocketAddr> = paths.mapped().into_iter().collect();
     if local.ip().is_unspecified() {
         let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
         let ips = interfaces.iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback() && (ip.is_ipv4() || local.is_ipv6()));

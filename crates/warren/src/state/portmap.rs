@@ -144,7 +144,10 @@ enum Upnp {
     /// The gateway answered the search; waiting for PCP/NAT-PMP to fail first.
     Found,
     /// An HTTP exchange is under way.
-    Asking { id: u64, action: UpnpAction },
+    Asking {
+        id: u64,
+        action: UpnpAction,
+    },
     /// Nothing under way.
     Ready,
     Failed(String),
@@ -154,7 +157,10 @@ enum Upnp {
 enum Pmp {
     Off,
     /// Waiting for an answer; the next retransmission is due at `next`.
-    Asking { protocol: Protocol, next: Instant },
+    Asking {
+        protocol: Protocol,
+        next: Instant,
+    },
     Failed(String),
 }
 
@@ -348,7 +354,8 @@ impl PortMapper {
         }
         if let Upnp::Searching(next) = self.upnp {
             if now >= self.started + SEARCH_TIMEOUT {
-                self.upnp = Upnp::Failed(format!("UPnP: no answer to the search from {} in {SEARCH_TIMEOUT:?}", self.gateway));
+                self.upnp =
+                    Upnp::Failed(format!("UPnP: no answer to the search from {} in {SEARCH_TIMEOUT:?}", self.gateway));
             } else if let Some(due) = next.filter(|due| now >= *due) {
                 let payload = upnp::m_search();
                 let group = SocketAddrV4::new(upnp::SSDP_GROUP, upnp::SSDP_PORT);
@@ -421,7 +428,8 @@ impl PortMapper {
             }
             Phase::Mapped { mapping, .. } => {
                 self.phase = Phase::Over;
-                self.events.push(Event::Lost(format!("renewing the {protocol} mapping {}: {reason}", mapping.external)));
+                self.events
+                    .push(Event::Lost(format!("renewing the {protocol} mapping {}: {reason}", mapping.external)));
             }
             Phase::Removing { .. } => {
                 self.phase = Phase::Over;
@@ -452,9 +460,10 @@ impl PortMapper {
         let removing = matches!(self.phase, Phase::Removing { .. });
         let port = self.internal.port();
         match (protocol, response) {
-            (Protocol::Pcp, Response::PcpMap { result, lifetime, nonce, protocol: 17, internal_port, external, .. })
-                if nonce == self.nonce && internal_port == port =>
-            {
+            (
+                Protocol::Pcp,
+                Response::PcpMap { result, lifetime, nonce, protocol: 17, internal_port, external, .. },
+            ) if nonce == self.nonce && internal_port == port => {
                 if removing {
                     self.phase = Phase::Over;
                     self.events.push(Event::Removed);
@@ -625,11 +634,16 @@ impl PortMapper {
                     Ok(_) => {
                         let ip = self.upnp_ip.expect("the external address is known before a mapping");
                         let lifetime = if permanent { Duration::ZERO } else { self.lifetime };
-                        self.mapped(now, Mapping { protocol: Protocol::Upnp, external: SocketAddrV4::new(ip, port), lifetime });
+                        self.mapped(
+                            now,
+                            Mapping { protocol: Protocol::Upnp, external: SocketAddrV4::new(ip, port), lifetime },
+                        );
                         return;
                     }
                     // Only permanent leases: ask again without one (removed at shutdown).
-                    Err(UpnpError::Fault { code: 725, .. }) if !permanent => Ok(UpnpAction::Add { port, permanent: true }),
+                    Err(UpnpError::Fault { code: 725, .. }) if !permanent => {
+                        Ok(UpnpAction::Add { port, permanent: true })
+                    }
                     // The port is someone else's: another one, a few times.
                     Err(UpnpError::Fault { code: 718, .. })
                         if matches!(self.phase, Phase::Searching) && self.upnp_tries + 1 < UPNP_PORT_TRIES =>
@@ -720,7 +734,8 @@ mod tests {
     }
 
     fn natpmp_map(internal: u16, external: u16, lifetime: u32) -> Vec<u8> {
-        [&[0u8, 129, 0, 0, 0, 0, 0, 1][..], &internal.to_be_bytes(), &external.to_be_bytes(), &lifetime.to_be_bytes()].concat()
+        [&[0u8, 129, 0, 0, 0, 0, 0, 1][..], &internal.to_be_bytes(), &external.to_be_bytes(), &lifetime.to_be_bytes()]
+            .concat()
     }
 
     fn http(body: &str) -> Result<Vec<u8>, String> {
@@ -775,7 +790,10 @@ mod tests {
         assert!(events(&mut m).is_empty());
         m.handle_pmp(t0, server(), &natpmp_external(EXTERNAL));
         let external = SocketAddrV4::new(EXTERNAL, 4001);
-        assert_eq!(events(&mut m), [Event::Mapped(Mapping { protocol: Protocol::NatPmp, external, lifetime: Duration::from_secs(60) })]);
+        assert_eq!(
+            events(&mut m),
+            [Event::Mapped(Mapping { protocol: Protocol::NatPmp, external, lifetime: Duration::from_secs(60) })]
+        );
         m.shutdown(t0);
         assert_eq!(pmp_only(&drain(&mut m)), [pmp::natpmp_map_udp(4000, 0, 0).to_vec()]);
         // No answer: the deletion is given up after its timeout.
@@ -866,11 +884,15 @@ mod tests {
     }
 
     fn soap(action: &str, inner: &str) -> Result<Vec<u8>, String> {
-        http(&format!("<s:Envelope><s:Body><u:{action}Response xmlns:u=\"x\">{inner}</u:{action}Response></s:Body></s:Envelope>"))
+        http(&format!(
+            "<s:Envelope><s:Body><u:{action}Response xmlns:u=\"x\">{inner}</u:{action}Response></s:Body></s:Envelope>"
+        ))
     }
 
     fn fault(code: u16) -> Result<Vec<u8>, String> {
-        let body = format!("<s:Envelope><s:Body><s:Fault><detail><UPnPError><errorCode>{code}</errorCode><errorDescription>e</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>");
+        let body = format!(
+            "<s:Envelope><s:Body><s:Fault><detail><UPnPError><errorCode>{code}</errorCode><errorDescription>e</errorDescription></UPnPError></detail></s:Fault></s:Body></s:Envelope>"
+        );
         Ok(format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes())
     }
 
@@ -890,7 +912,11 @@ mod tests {
         let mut m = mapper(t0, Protocols { pcp: false, nat_pmp: false, upnp: true });
         let _ = drain(&mut m);
         // A neighbour answering the search, and the gateway pointing elsewhere, are ignored.
-        m.handle_ssdp(t0, SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 66), 1900), &ssdp("http://192.168.1.66:80/d.xml"));
+        m.handle_ssdp(
+            t0,
+            SocketAddrV4::new(Ipv4Addr::new(192, 168, 1, 66), 1900),
+            &ssdp("http://192.168.1.66:80/d.xml"),
+        );
         m.handle_ssdp(t0, SocketAddrV4::new(GW, 1900), &ssdp("http://10.9.9.9:80/d.xml"));
         assert!(drain(&mut m).is_empty());
         m.handle_ssdp(t0, SocketAddrV4::new(GW, 1900), &ssdp("http://192.168.1.1:5000/rootDesc.xml"));
@@ -901,20 +927,32 @@ mod tests {
         assert!(drain(&mut m).is_empty());
         m.handle_http(t0, id, http(DESCRIPTION));
         let (id, request) = http_request(&mut m);
-        assert!(request.starts_with("POST /ctl/IPConn HTTP/1.1") && request.contains("#GetExternalIPAddress\""), "{request}");
+        assert!(
+            request.starts_with("POST /ctl/IPConn HTTP/1.1") && request.contains("#GetExternalIPAddress\""),
+            "{request}"
+        );
         m.handle_http(t0, id, soap("GetExternalIPAddress", "<NewExternalIPAddress>11.0.0.10</NewExternalIPAddress>"));
         let (id, request) = http_request(&mut m);
-        assert!(request.contains("<NewExternalPort>4000</NewExternalPort>") && request.contains("<NewInternalClient>192.168.1.2</NewInternalClient>"));
+        assert!(
+            request.contains("<NewExternalPort>4000</NewExternalPort>")
+                && request.contains("<NewInternalClient>192.168.1.2</NewInternalClient>")
+        );
         m.handle_http(t0, id, fault(718));
         let (id, request) = http_request(&mut m);
         let port = 1024 + u16::from_be_bytes([NONCE[0], NONCE[1]]) % (u16::MAX - 1024);
         assert!(request.contains(&format!("<NewExternalPort>{port}</NewExternalPort>")), "{request}");
         m.handle_http(t0, id, soap("AddPortMapping", ""));
         let external = SocketAddrV4::new(EXTERNAL, port);
-        assert_eq!(events(&mut m), [Event::Mapped(Mapping { protocol: Protocol::Upnp, external, lifetime: Duration::from_secs(60) })]);
+        assert_eq!(
+            events(&mut m),
+            [Event::Mapped(Mapping { protocol: Protocol::Upnp, external, lifetime: Duration::from_secs(60) })]
+        );
         m.shutdown(t0);
         let (id, request) = http_request(&mut m);
-        assert!(request.contains("#DeletePortMapping\"") && request.contains(&format!("<NewExternalPort>{port}</NewExternalPort>")));
+        assert!(
+            request.contains("#DeletePortMapping\"")
+                && request.contains(&format!("<NewExternalPort>{port}</NewExternalPort>"))
+        );
         m.handle_http(t0, id, soap("DeletePortMapping", ""));
         assert_eq!(events(&mut m), [Event::Removed]);
     }

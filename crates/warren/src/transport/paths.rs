@@ -79,6 +79,8 @@ pub(crate) struct Paths {
     ipv6: bool,
     table: Mutex<PathTable>,
     relay: Mutex<Option<Arc<RelayRoute>>>,
+    /// The external address a port mapping on the gateway forwards to this socket.
+    mapped: Mutex<Option<SocketAddr>>,
     /// Mirrors `PathTable::any_heard`: incoming QUIC packets need no look-up while false.
     any_heard: AtomicBool,
     inbox: Mutex<Inbox>,
@@ -108,6 +110,7 @@ impl Paths {
             ipv6,
             table: Mutex::new(PathTable::new(me, random_secret())),
             relay: Mutex::new(None),
+            mapped: Mutex::new(None),
             any_heard: AtomicBool::new(false),
             inbox: Mutex::default(),
             events,
@@ -220,6 +223,16 @@ impl Paths {
     /// The relay route (shared: the send path takes it per relayed packet).
     pub(crate) fn relay(&self) -> Option<Arc<RelayRoute>> {
         self.relay.lock().expect("relay lock poisoned").clone()
+    }
+
+    /// Sets the external address the gateway maps to this socket (`crate::portmap`).
+    pub(crate) fn set_mapped(&self, mapped: Option<SocketAddr>) {
+        *self.mapped.lock().expect("mapped lock poisoned") = mapped;
+    }
+
+    /// The external address the gateway maps to this socket, if a port mapping made one.
+    pub(crate) fn mapped(&self) -> Option<SocketAddr> {
+        *self.mapped.lock().expect("mapped lock poisoned")
     }
 
     /// The placeholder address quinn dials to reach `remote` through the relay.

@@ -37,7 +37,12 @@ pub fn natpmp_map_udp(internal_port: u16, suggested_external: u16, lifetime: u32
 
 /// PCP: MAP UDP `internal` (the client's own address and port), with `nonce` (which the answer
 /// must repeat), asking for `suggested` (None: any), for `lifetime` seconds (0 deletes).
-pub fn pcp_map_udp(internal: SocketAddrV4, nonce: [u8; 12], suggested: Option<SocketAddrV4>, lifetime: u32) -> [u8; 60] {
+pub fn pcp_map_udp(
+    internal: SocketAddrV4,
+    nonce: [u8; 12],
+    suggested: Option<SocketAddrV4>,
+    lifetime: u32,
+) -> [u8; 60] {
     let mut out = [0u8; 60];
     out[0] = PCP_VERSION;
     out[1] = PCP_OP_MAP;
@@ -153,11 +158,9 @@ pub fn parse(b: &[u8]) -> Result<Response, ParseError> {
         0 => {
             let result = u16_at(b, 2);
             match opcode {
-                NATPMP_OP_EXTERNAL if b.len() >= 12 => Ok(Response::NatPmpExternal {
-                    result,
-                    epoch: u32_at(b, 4),
-                    external: Ipv4Addr::from(u32_at(b, 8)),
-                }),
+                NATPMP_OP_EXTERNAL if b.len() >= 12 => {
+                    Ok(Response::NatPmpExternal { result, epoch: u32_at(b, 4), external: Ipv4Addr::from(u32_at(b, 8)) })
+                }
                 NATPMP_OP_MAP_UDP if b.len() >= 16 => Ok(Response::NatPmpMap {
                     result,
                     epoch: u32_at(b, 4),
@@ -259,7 +262,10 @@ mod tests {
         ext[..4].copy_from_slice(&[0, 128, 0, 0]);
         ext[4..8].copy_from_slice(&5u32.to_be_bytes());
         ext[8..].copy_from_slice(&[11, 0, 0, 10]);
-        assert_eq!(parse(&ext), Ok(Response::NatPmpExternal { result: 0, epoch: 5, external: Ipv4Addr::new(11, 0, 0, 10) }));
+        assert_eq!(
+            parse(&ext),
+            Ok(Response::NatPmpExternal { result: 0, epoch: 5, external: Ipv4Addr::new(11, 0, 0, 10) })
+        );
         let map = [0, 129, 0, 0, 0, 0, 0, 9, 0x0f, 0xa0, 0x0f, 0xa1, 0, 0, 0x0e, 0x10];
         assert_eq!(
             parse(&map),
@@ -270,8 +276,15 @@ mod tests {
         let mut pcp = pcp_map_udp(internal, [3; 12], Some(SocketAddrV4::new(Ipv4Addr::new(11, 0, 0, 10), 4001)), 60);
         pcp[1] |= RESPONSE_BIT;
         pcp[8..12].copy_from_slice(&77u32.to_be_bytes()); // epoch
-        let Ok(Response::PcpMap { result: 0, lifetime: 60, epoch: 77, nonce, protocol: 17, internal_port: 4000, external }) =
-            parse(&pcp)
+        let Ok(Response::PcpMap {
+            result: 0,
+            lifetime: 60,
+            epoch: 77,
+            nonce,
+            protocol: 17,
+            internal_port: 4000,
+            external,
+        }) = parse(&pcp)
         else {
             panic!("{:?}", parse(&pcp))
         };
@@ -281,14 +294,20 @@ mod tests {
     #[test]
     fn hostile_answers_are_refused_without_panic() {
         assert_eq!(parse(&[0; 3]), Err(ParseError::TooShort(3)));
-        assert_eq!(parse(&vec![2u8, 0x81].into_iter().chain([0; 1200]).collect::<Vec<_>>()), Err(ParseError::TooLong(1202)));
+        assert_eq!(
+            parse(&vec![2u8, 0x81].into_iter().chain([0; 1200]).collect::<Vec<_>>()),
+            Err(ParseError::TooLong(1202))
+        );
         // Our own request echoed back (response bit clear).
         assert_eq!(parse(&natpmp_map_udp(1, 2, 3)), Err(ParseError::NotAnswer));
         assert_eq!(parse(&[1, 0x80, 0, 0]), Err(ParseError::Version(1)));
         // A successful NAT-PMP map answer cut short.
         assert_eq!(parse(&[0, 129, 0, 0, 0, 0, 0, 9]), Err(ParseError::TooShort(8)));
         // A PCP header without its MAP body.
-        assert_eq!(parse(&[&[2u8, 0x81, 0, 8][..], &[0; 20]].concat()), Ok(Response::PcpOther { opcode: 1, result: 8 }));
+        assert_eq!(
+            parse(&[&[2u8, 0x81, 0, 8][..], &[0; 20]].concat()),
+            Ok(Response::PcpOther { opcode: 1, result: 8 })
+        );
         for len in 0..80 {
             for fill in [0u8, 0x80, 0xff] {
                 let mut b = vec![fill; len];

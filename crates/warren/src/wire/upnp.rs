@@ -111,8 +111,11 @@ pub fn m_search() -> Vec<u8> {
     .into_bytes()
 }
 
+/// An HTTP-like message split: its first line, its header lines, what follows them.
+type Parts<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [u8]);
+
 /// The header lines of an HTTP-like message, after its first line; and what follows them.
-fn headers(b: &[u8]) -> Result<(&str, Vec<(&str, &str)>, &[u8]), UpnpError> {
+fn headers(b: &[u8]) -> Result<Parts<'_>, UpnpError> {
     let end = b.windows(4).position(|w| w == b"\r\n\r\n").ok_or(UpnpError::Malformed("no end of headers"))?;
     let head = std::str::from_utf8(&b[..end]).map_err(|_| UpnpError::Malformed("headers are not UTF-8"))?;
     let mut lines = head.split("\r\n");
@@ -208,7 +211,8 @@ pub fn parse_http_response(b: &[u8]) -> Result<(u16, Vec<u8>), UpnpError> {
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, UpnpError> {
     let mut out = Vec::new();
     loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n").ok_or(UpnpError::Malformed("chunk without size line"))?;
+        let line_end =
+            b.windows(2).position(|w| w == b"\r\n").ok_or(UpnpError::Malformed("chunk without size line"))?;
         let line = std::str::from_utf8(&b[..line_end]).map_err(|_| UpnpError::Malformed("chunk size"))?;
         let size = usize::from_str_radix(line.split(';').next().unwrap_or_default().trim(), 16)
             .map_err(|_| UpnpError::Malformed("chunk size"))?;
@@ -363,7 +367,14 @@ mod tests {
         assert_eq!(location().addr, "192.168.1.1:5000".parse().unwrap());
         assert_eq!(HttpUrl::parse("http://10.0.0.1").unwrap().path, "/");
         assert_eq!(HttpUrl::parse("http://10.0.0.1/x").unwrap().addr.port(), 80);
-        for bad in ["https://10.0.0.1/", "http://router.lan/", "http://[::1]:80/", "http://10.0.0.1:0/", "http://10.0.0.1/a b", "ftp://x"] {
+        for bad in [
+            "https://10.0.0.1/",
+            "http://router.lan/",
+            "http://[::1]:80/",
+            "http://10.0.0.1:0/",
+            "http://10.0.0.1/a b",
+            "ftp://x",
+        ] {
             assert!(HttpUrl::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(location().join("/ctl/IPConn").unwrap().path, "/ctl/IPConn");
@@ -378,7 +389,11 @@ mod tests {
         assert!(parse_ssdp_response(b"HTTP/1.1 200 OK\r\nST: x\r\n\r\n").is_err());
         assert!(parse_ssdp_response(b"NOTIFY * HTTP/1.1\r\nLOCATION: http://1.2.3.4/\r\n\r\n").is_err());
         assert!(matches!(parse_ssdp_response(&vec![b'a'; MAX_SSDP + 1]), Err(UpnpError::TooLong(_))));
-        assert!(std::str::from_utf8(&m_search()).unwrap().contains("ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n"));
+        assert!(
+            std::str::from_utf8(&m_search())
+                .unwrap()
+                .contains("ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n")
+        );
     }
 
     #[test]
@@ -394,9 +409,14 @@ mod tests {
 
     #[test]
     fn http_answers_by_length_chunked_and_to_the_end() {
-        assert_eq!(parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef"), Ok((200, b"abc".to_vec())));
         assert_eq!(
-            parse_http_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n"),
+            parse_http_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef"),
+            Ok((200, b"abc".to_vec()))
+        );
+        assert_eq!(
+            parse_http_response(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x\r\nde\r\n0\r\n\r\n"
+            ),
             Ok((200, b"abcde".to_vec()))
         );
         assert_eq!(parse_http_response(b"HTTP/1.0 500 Oops\r\n\r\nxyz"), Ok((500, b"xyz".to_vec())));
@@ -423,7 +443,12 @@ mod tests {
         assert_eq!(parse_soap_response(500, b"<html/>", "AddPortMapping"), Err(UpnpError::Status(500)));
         let empty = "<s:Envelope><s:Body><u:AddPortMappingResponse xmlns:u=\"x\"/></s:Body></s:Envelope>";
         assert_eq!(parse_soap_response(200, empty.as_bytes(), "AddPortMapping"), Ok(Vec::new()));
-        let request = soap_request(&location(), SERVICES[1], "AddPortMapping", &[("NewProtocol", "UDP".into()), ("D", "a<b".into())]);
+        let request = soap_request(
+            &location(),
+            SERVICES[1],
+            "AddPortMapping",
+            &[("NewProtocol", "UDP".into()), ("D", "a<b".into())],
+        );
         let request = String::from_utf8(request).unwrap();
         assert!(request.contains("SOAPAction: \"urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping\"\r\n"));
         assert!(request.contains("<NewProtocol>UDP</NewProtocol><D>a&lt;b</D>"));
@@ -433,7 +458,17 @@ mod tests {
 
     #[test]
     fn hostile_xml_does_not_panic() {
-        for input in ["<", "<a", "<service>", "<service><serviceType>", "</service>", "<x:service/>", "<<<>>>", "<a b='>'>", "\u{1F600}<é>"] {
+        for input in [
+            "<",
+            "<a",
+            "<service>",
+            "<service><serviceType>",
+            "</service>",
+            "<x:service/>",
+            "<<<>>>",
+            "<a b='>'>",
+            "\u{1F600}<é>",
+        ] {
             fuzz_upnp(input.as_bytes());
             fuzz_upnp(format!("HTTP/1.1 200 OK\r\nLocation: {input}\r\n\r\n{input}").as_bytes());
         }

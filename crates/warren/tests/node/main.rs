@@ -9,6 +9,7 @@ mod identity_checks;
 mod lan;
 mod manual_discovery;
 mod memory;
+mod portmap;
 mod shutdown;
 mod support;
 mod version;
