@@ -2,7 +2,7 @@
 //! builds plain namespaces with nftables `masquerade` on each router, a relay, and a router
 //! between the two (as on the internet), then runs `warren node --relay` behind one and
 //! `warren ping ID --relay` behind the other. Nothing of warren-netsim is involved. Needs root,
-//! ip and nft (`scripts/setup`).
+//! ip, nft and, for the port-mapping case, miniupnpd (`scripts/setup`).
 
 use std::process::Command;
 
@@ -26,5 +26,21 @@ fn masquerade_against_masquerade_goes_direct_every_time() {
         let (direct, output) = run(&["--hop", "--count", "6"]);
         assert!(direct && output.contains("RESULT: direct"), "run {attempt}:\n{output}");
         assert!(output.contains("path now direct 198.51.100.10:"), "run {attempt}: direct to router A\n{output}");
+    }
+}
+
+/// `masquerade fully-random` on both routers (symmetric × symmetric: every destination gets
+/// another random port, so no punch can find the other side): relayed, never failed, without
+/// help; direct once router A runs miniupnpd and node A asks it for a port mapping
+/// (`--port-mapping`), which node A offers as its first candidate.
+#[test]
+fn symmetric_against_symmetric_goes_direct_with_a_port_mapping_from_miniupnpd() {
+    let (direct, output) = run(&["--hop", "--a-ports", "fully-random", "--b-ports", "fully-random", "--count", "4"]);
+    assert!(!direct && output.contains("RESULT: not direct (ping exit 0)"), "without a mapping:\n{output}");
+    for attempt in 1..=2 {
+        let (direct, output) =
+            run(&["--hop", "--a-ports", "fully-random", "--b-ports", "fully-random", "--upnp", "--count", "6"]);
+        assert!(output.contains("port mapped by the gateway (PCP): 11.0.0.10:"), "run {attempt}:\n{output}");
+        assert!(direct && output.contains("path now direct 11.0.0.10:"), "run {attempt}:\n{output}");
     }
 }
