@@ -49,6 +49,9 @@ pub fn describe(event: &Event) -> String {
             format!("port mapped by the gateway ({protocol}): {external}, for {lifetime_s} s")
         }
         Event::PortMapUnavailable { reason } => format!("no port mapping: {reason}"),
+        Event::NatClassified { nat, observed } => {
+            format!("NAT: {nat} (the relay's two ports saw us at {})", list(observed))
+        }
         Event::PeerDisconnected { remote, reason } => format!("disconnected {remote}: {reason}"),
         Event::IncomingRejected { addr, reason } => format!("refused a connection from {addr}: {reason}"),
         Event::MetadataModified { metadata } => format!("metadata is now {metadata:?}"),

@@ -440,30 +440,78 @@ pub struct Relay {
     cancel: CancellationToken,
 }
 
-/// A UDP socket on `listen` and a TCP listener on the same port. With port 0 the system picks
-/// the UDP port, and its TCP twin may be taken by someone else: then another UDP port is tried
-/// (a few times), instead of failing at random.
-async fn bind_pair(listen: SocketAddr) -> std::io::Result<(std::net::UdpSocket, tokio::net::TcpListener)> {
+/// A UDP socket on `listen`, a TCP listener on the same port, and the STUN socket on the next
+/// port. With port 0 the system picks the UDP port, and its TCP or STUN twin may be taken by
+/// someone else: then another UDP port is tried (a few times), instead of failing at random.
+/// With a port given, a taken STUN port only leaves the relay without one (nodes then cannot
+/// test their NAT; a warning says so).
+async fn bind_sockets(
+    listen: SocketAddr,
+) -> std::io::Result<(std::net::UdpSocket, tokio::net::TcpListener, Option<std::net::UdpSocket>)> {
     const TRIES: usize = 8;
     let mut tries = 0;
     loop {
         let socket = std::net::UdpSocket::bind(listen)?;
-        match tokio::net::TcpListener::bind(socket.local_addr()?).await {
-            Ok(tcp) => return Ok((socket, tcp)),
-            Err(error) if listen.port() == 0 && error.kind() == std::io::ErrorKind::AddrInUse && tries < TRIES => {
+        let bound = socket.local_addr()?;
+        let stun = bound.port().checked_add(1).map(|p| std::net::UdpSocket::bind(SocketAddr::new(bound.ip(), p)));
+        let retry = |error: &std::io::Error| {
+            listen.port() == 0 && error.kind() == std::io::ErrorKind::AddrInUse && tries < TRIES
+        };
+        let stun = match stun {
+            Some(Ok(stun)) => Some(stun),
+            Some(Err(error)) if retry(&error) => {
                 tries += 1;
+                continue;
             }
+            Some(Err(error)) => {
+                tracing::warn!(port = bound.port() + 1, %error, "no STUN port: nodes cannot test their NAT here");
+                None
+            }
+            None => None,
+        };
+        match tokio::net::TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((socket, tcp, stun)),
+            Err(error) if retry(&error) => tries += 1,
             Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Binding requests answered per second at most (the answer is a few bytes longer than the
+/// request: a spoofed flood gains the spoofer little, and is cut off here).
+pub const STUN_ANSWERS_PER_SECOND: u32 = 2000;
+
+/// Answers STUN binding requests on the relay's second port with the address each came from:
+/// with the address the main port saw, a node learns whether its NAT maps per destination
+/// (`warren::state::nat`).
+async fn serve_stun(socket: tokio::net::UdpSocket) {
+    let mut buf = vec![0u8; warren::wire::stun::MAX_MESSAGE + 1];
+    let (mut window, mut answered) = (tokio::time::Instant::now(), 0u32);
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if window.elapsed() >= Duration::from_secs(1) {
+            (window, answered) = (tokio::time::Instant::now(), 0);
+        }
+        if answered >= STUN_ANSWERS_PER_SECOND {
+            continue;
+        }
+        if let Some(answer) = warren::wire::stun::answer(&buf[..len], from) {
+            answered += 1;
+            let _ = socket.send_to(&answer, from).await;
         }
     }
 }
 
 impl Relay {
     /// Starts a relay with `identity` on `listen`: QUIC and data frames on the UDP port, TLS
-    /// over TCP on the same port number.
+    /// over TCP on the same port number, STUN binding answers on the next UDP port (the NAT
+    /// test of `warren::state::nat`).
     pub async fn spawn(identity: Identity, listen: SocketAddr, config: RelayConfig) -> Result<Self, ListenError> {
         let bind_err = |source| ListenError { addr: listen, source };
-        let (socket, tcp) = bind_pair(listen).await.map_err(bind_err)?;
+        let (socket, tcp, stun) = bind_sockets(listen).await.map_err(bind_err)?;
         quic::enlarge_socket_buffers(&socket);
         let inner = TokioRuntime.wrap_udp_socket(socket).map_err(bind_err)?;
         let (cut_tx, mut cut_rx) = mpsc::unbounded_channel();
@@ -520,6 +568,14 @@ impl Relay {
                 });
             }
         });
+        if let Some(stun) = stun {
+            stun.set_nonblocking(true).map_err(bind_err)?;
+            let stun = tokio::net::UdpSocket::from_std(stun).map_err(bind_err)?;
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                stop.run_until_cancelled(serve_stun(stun)).await;
+            });
+        }
         let (stop, closing) = (cancel.clone(), shared.clone());
         tasks.spawn(async move {
             while let Some(Some(registration)) = stop.run_until_cancelled(cut_rx.recv()).await {

@@ -225,6 +225,7 @@ impl P2P {
             p2p.emit(match event {
                 RelayEvent::Connected { relay, addr, observed } => Event::RelayConnected { relay, addr, observed },
                 RelayEvent::Disconnected { relay, reason } => Event::RelayDisconnected { relay, reason },
+                RelayEvent::Nat { nat, observed } => Event::NatClassified { nat, observed },
             });
         });
         // Relaying and punching happen on this transport's socket.
@@ -659,7 +660,7 @@ impl P2P {
     }
 
     /// One attempt of our own on `conn`.
-    async fn offer_punch(&self, paths: &Paths, conn: &Connection) -> Result<bool, String> {
+    async fn offer_punch(&self, paths: &Arc<Paths>, conn: &Connection) -> Result<bool, String> {
         let begun = self.inner.attempts.lock().expect("punch lock poisoned").begin_ours(conn.remote);
         let (generation, cancel) = begun.map_err(|e| e.to_string())?;
         let attempt = async {

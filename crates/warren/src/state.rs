@@ -3,6 +3,8 @@
 //! [`crate::transport`] and [`crate::node`] own those, and the tests here run thousands of
 //! cases (lost, duplicated, reordered and forged inputs) in milliseconds.
 //!
+//! - [`nat`]: what kind of NAT this node is behind (RFC 5780's mapping test against the relay's
+//!   two ports).
 //! - [`path_table`]: which path each relayed peer's packets take (relay or direct), found and
 //!   kept by authenticated challenges and responses, given up on silence, re-probed after.
 //! - [`punch`]: one hole-punching attempt (offer, answer, sync, rounds of challenges with port
@@ -12,6 +14,7 @@
 //! - [`relay`]: the relay client's registration (backoff, refusals) and its lookups, matched to
 //!   answers by request id.
 
+pub mod nat;
 pub mod path_table;
 pub mod portmap;
 pub mod punch;

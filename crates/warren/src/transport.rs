@@ -2,8 +2,10 @@
 //!
 //! [`connection`] is the interface every transport implements ([`Listener`] to dial and accept,
 //! [`TransportConnection`] and its streams); [`quic`] is the first implementation, on the
-//! [`paths`] socket (relaying and path validation) with [`tls`] identities.
+//! [`paths`] socket (relaying and path validation, with [`birthday`] probing's extra sockets)
+//! with [`tls`] identities.
 
+pub mod birthday;
 pub mod connection;
 pub mod gro;
 pub mod paths;

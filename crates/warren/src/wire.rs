@@ -9,6 +9,7 @@
 //! - [`record`]: the same over the relay's TLS/TCP fallback, as length-prefixed records.
 //! - [`punch`]: the hole-punching signalling two peers exchange inside their connection.
 //! - [`portmap`]: NAT-PMP and PCP, to ask the gateway for a port mapping.
+//! - [`stun`]: STUN binding requests and answers, for the relay's NAT-mapping test.
 //! - [`upnp`]: UPnP IGD's search, description and SOAP actions, for the same.
 
 pub mod control;
@@ -17,6 +18,7 @@ pub mod hello;
 pub mod portmap;
 pub mod punch;
 pub mod record;
+pub mod stun;
 pub mod upnp;
 
 pub use self::hello::*;

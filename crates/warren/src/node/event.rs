@@ -92,6 +92,14 @@ pub enum Event {
         /// This node's address as the relay sees it (its reflexive address).
         observed: SocketAddr,
     },
+    /// The relay's two ports told what kind of NAT this node is behind (RFC 5780's mapping
+    /// test; see [`crate::state::nat`]); hole punching picks its method from both sides' kinds.
+    NatClassified {
+        /// `open`, `easy`, `hard-sequential`, `hard-random` or `unknown`.
+        nat: crate::state::nat::NatType,
+        /// Where the relay's main port and its second port saw this node.
+        observed: Vec<SocketAddr>,
+    },
     /// This node lost (or was refused by) its relay; it reconnects with backoff unless refused.
     RelayDisconnected {
         /// The relay.

@@ -13,30 +13,12 @@ use super::event::Event;
 use crate::RemoteIdentity;
 use crate::connection::{Connection, Stream};
 pub(crate) use crate::state::punch::Role;
-use crate::state::punch::{Attempt, Candidates, OfferLimiter, PunchSession, offer_wins};
+use crate::state::punch::{Attempt, OfferLimiter, PunchSession, offer_wins};
 pub use crate::state::punch::{LAST_ROUND_GRACE, MAX_CANDIDATES, PREDICTED_PORTS, RETRY_AFTER, SCHEDULE};
 use crate::transport::paths::Paths;
 use crate::wire::control;
 use crate::wire::punch::Message;
 pub use crate::wire::punch::PROTOCOL;
-
-/// This node's candidate addresses: the external address of a port mapping, the socket's
-/// addresses on each interface, and the reflexive address the relay reported.
-pub(crate) fn candidates(paths: &Paths) -> Candidates {
-    // Over TCP the relay sees a TCP mapping, which says nothing about the UDP one.
-    let reflexive = paths.relay().filter(|r| !r.is_tcp()).map(|r| r.observed);
-    let Ok(local) = paths.local_addr() else { return Candidates { local: Vec::new(), reflexive } };
-    let mut out: Vec<std::net::SocketAddr> = paths.mapped().into_iter().collect();
-    if local.ip().is_unspecified() {
-        let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
-        let ips = interfaces.iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback() && (ip.is_ipv4() || local.is_ipv6()));
-        out.extend(ips.map(|ip| std::net::SocketAddr::new(ip, local.port())));
-    } else {
-        out.push(local);
-    }
-    out.truncate(MAX_CANDIDATES - 1);
-    Candidates { local: out, reflexive }
-}
 
 /// The node's event for an attempt with `remote`.
 pub(crate) fn event(remote: RemoteIdentity, attempt: Attempt) -> Event {
@@ -113,7 +95,7 @@ impl Attempts {
 /// responder). `report` hears of the attempt once this side's schedule is over. Ok(true) if
 /// either side found a direct path.
 pub(crate) async fn run(
-    paths: &Paths,
+    paths: &std::sync::Arc<Paths>,
     conn: &Connection,
     stream: Stream,
     role: Role,
@@ -121,10 +103,14 @@ pub(crate) async fn run(
 ) -> Result<bool, String> {
     let now = Instant::now();
     let on_loopback = paths.local_addr().is_ok_and(|a| a.ip().is_loopback());
-    let ours = candidates(paths);
+    // A NAT test under way (just registered with the relay) decides the method: wait for it.
+    paths.settled_nat(crate::state::nat::PROBE_TIMEOUT).await;
+    let ours = paths.candidates();
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("the operating system's random source works");
     let mut session = match role {
-        Role::Initiator => PunchSession::initiator(now, ours, on_loopback),
-        Role::Responder => PunchSession::responder(now, ours, on_loopback),
+        Role::Initiator => PunchSession::initiator(now, ours, on_loopback, seed),
+        Role::Responder => PunchSession::responder(now, ours, on_loopback, seed),
     };
     let mut validated = paths.subscribe_validated();
     let (mut send, mut recv) = stream.into_split();
@@ -146,6 +132,10 @@ pub(crate) async fn run(
             // Opens before messages: the initiator's leave before its `Sync`.
             while let Some(target) = session.poll_open() {
                 paths.open(&conn.remote, target);
+            }
+            while let Some((target, count)) = session.poll_birthday() {
+                let opened = paths.open_birthday(&conn.remote, target, count);
+                tracing::debug!(remote = %conn.remote, %target, opened, "birthday probing: extra sockets open");
             }
             while let Some(message) = session.poll_message() {
                 if control::write(&mut send, &message).await.is_err() {
@@ -184,6 +174,7 @@ pub(crate) async fn run(
             }
         }
         let _ = send.finish();
+        paths.close_birthday(&conn.remote);
         session.outcome().unwrap_or(Ok(false)).map_err(|e| e.to_string())
     };
     futures_lite::future::or(driver, reader).await

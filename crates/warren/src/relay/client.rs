@@ -12,8 +12,9 @@ use tokio_util::task::TaskTracker;
 
 use super::tcp;
 use crate::hook::{BoxFuture, Discovery, Hook};
+use crate::state::nat::{self, NatProbe, NatType};
 use crate::state::relay::RelayState;
-use crate::transport::paths::{RelayEgress, RelayRoute};
+use crate::transport::paths::{Paths, RelayEgress, RelayRoute};
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
 use crate::transport::quic::QuicTransport;
 use crate::transport::tls;
@@ -112,6 +113,13 @@ pub enum RelayEvent {
         addr: SocketAddr,
         /// This node's address as the relay sees it.
         observed: SocketAddr,
+    },
+    /// The relay's two ports told what kind of NAT this node is behind.
+    Nat {
+        /// The kind.
+        nat: crate::state::nat::NatType,
+        /// Where the relay's main port and its second port saw the node.
+        observed: Vec<SocketAddr>,
     },
     /// The registration was lost or refused.
     Disconnected {
@@ -276,6 +284,18 @@ impl RelayClient {
                         addr: config.addr,
                         observed,
                     });
+                    if !link.is_tcp() {
+                        // The mapping test (the relay's second port), beside the registration.
+                        let (paths, client) = (transport.paths().clone(), self.clone());
+                        paths.set_nat(paths.nat(), true);
+                        self.spawn(async move {
+                            let (nat, second) = classify(&paths, config_addr(&client), observed).await;
+                            paths.set_nat(nat, false);
+                            tracing::info!(%nat, %observed, ?second, "NAT test");
+                            let observed = std::iter::once(observed).chain(second).collect();
+                            (client.inner.on_event)(RelayEvent::Nat { nat, observed });
+                        });
+                    }
                     let reason = closed.await;
                     transport.paths().set_relay(None);
                     self.inner.link.lock().expect("relay lock poisoned").take();
@@ -520,6 +540,44 @@ async fn register_quic(
         }
         Response::Refused { reason } => Err(RelayError::Refused(reason)),
         other => Err(RelayError::Failed(format!("unexpected answer {other:?}"))),
+    }
+}
+
+fn config_addr(client: &RelayClient) -> SocketAddr {
+    client.inner.config.addr
+}
+
+/// RFC 5780's mapping test against the relay: its main port saw this node at `observed`; a
+/// binding request from the same socket to its second port (the next port number, see
+/// `warren_relay`) shows the mapping towards another destination. Unknown if that port does
+/// not answer.
+async fn classify(paths: &Paths, relay: SocketAddr, observed: SocketAddr) -> (NatType, Option<SocketAddr>) {
+    let Some(port) = relay.port().checked_add(1) else { return (NatType::Unknown, None) };
+    let mut tid = [0u8; 12];
+    getrandom::fill(&mut tid).expect("the operating system's random source works");
+    let mut stun = paths.subscribe_stun();
+    let mut probe = NatProbe::new(std::time::Instant::now(), SocketAddr::new(relay.ip(), port), tid);
+    loop {
+        while let Some((to, request)) = probe.poll_transmit(std::time::Instant::now()) {
+            paths.send_stun(&request, to);
+        }
+        match probe.outcome() {
+            Some(Some(second)) => {
+                let local = paths.candidates().local;
+                return (nat::classify(&local, observed, second), Some(second));
+            }
+            Some(None) => return (NatType::Unknown, None),
+            None => {}
+        }
+        let Some(deadline) = probe.poll_timeout() else { return (NatType::Unknown, None) };
+        tokio::select! {
+            received = stun.recv() => match received {
+                Ok((from, datagram)) => probe.handle_datagram(from, &datagram),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return (NatType::Unknown, None),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => probe.handle_timeout(std::time::Instant::now()),
+        }
     }
 }
 

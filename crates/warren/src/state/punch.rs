@@ -27,6 +27,20 @@
 //! puts the peer's next mapping (Crust's delta prediction, with a delta of one). Bounded: at most
 //! `(MAX_CANDIDATES + PREDICTED_PORTS) x rounds` challenges per attempt.
 //!
+//! Birthday probing (issue 13): both sides learn each other's [`NatType`] from the offer and
+//! answer. Against a side whose NAT gives each destination a random port ([`NatType::HardRandom`])
+//! no punch to its reflexive address can work; if the other side's NAT is
+//! [`NatType::Easy`] (endpoint-independent mapping), after the first [`BIRTHDAY_AFTER_ROUNDS`]
+//! rounds (cheap, and enough where the easy side's filter ignores ports) the hard side opens
+//! [`BIRTHDAY_SOCKETS`] extra sockets, each with a TTL-limited challenge to the easy side's
+//! reflexive address ([`PunchSession::poll_birthday`]: [`BIRTHDAY_SOCKETS`] random mappings on
+//! its NAT, all admitting the easy side), and the easy side sprays authenticated challenges at
+//! random ports of the hard side's address, [`SPRAY_BURST`] every [`SPRAY_GAP`],
+//! [`SPRAY_BURSTS`] times: each also opens the easy side's filter for that port, and one that
+//! meets an open mapping is answered (Tailscale's numbers: 256 sockets and 1,024 probes find each
+//! other ~98 % of the time). Two hard sides (without a port mapping) do not punch at all: no
+//! round could succeed.
+//!
 //! States: `AwaitOffer` (responder) / `AwaitAnswer` (initiator) → `Waiting` (initiator, half an
 //! RTT) / `AwaitSync` (responder) → `Punching { round }` → `Grace` → `Finishing` → `Done`.
 //! Inputs: messages, validations, timeouts, the stream closing. Outputs: messages to send,
@@ -37,8 +51,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::RemoteIdentity;
+use crate::state::nat::NatType;
 use crate::state::path_table::is_placeholder;
-use crate::wire::punch::Message;
+use crate::wire::punch::{Message, NatInfo};
 
 /// When each round of challenges goes out, from the start of punching. Stops at the first
 /// validated address.
@@ -69,6 +84,73 @@ pub const PREDICTED_PORTS: u16 = 16;
 /// Candidates taken from each side at most.
 pub const MAX_CANDIDATES: usize = 16;
 
+/// Rounds sent before birthday probing starts (0, 100 and 250 ms: where the easy side's filter
+/// ignores ports, these already work).
+pub const BIRTHDAY_AFTER_ROUNDS: usize = 3;
+
+/// When the birthday phase starts, from the start of punching.
+pub const BIRTHDAY_AT: Duration = Duration::from_millis(500);
+
+/// Extra sockets the hard side opens.
+pub const BIRTHDAY_SOCKETS: usize = 256;
+
+/// Challenges per burst of the easy side's spray.
+pub const SPRAY_BURST: usize = 128;
+
+/// Bursts in the spray.
+pub const SPRAY_BURSTS: usize = 8;
+
+/// Gap between bursts.
+pub const SPRAY_GAP: Duration = Duration::from_millis(100);
+
+/// How much after the hard side's opens the spray starts: their clocks started punching a
+/// margin apart, and opening the sockets takes a moment.
+pub fn spray_delay(rtt: Duration) -> Duration {
+    open_margin(rtt) * 2 + Duration::from_millis(50)
+}
+
+/// How this pair punches, decided alike on both sides from both sides' NAT information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Rounds of challenges to the candidates (and predicted ports).
+    Rounds,
+    /// A few rounds, then birthday probing; `opener`: this side is the hard one.
+    Birthday {
+        /// This side opens the extra sockets (else it sprays).
+        opener: bool,
+    },
+    /// Nothing can get through: no rounds (the connection stays relayed).
+    Skip,
+}
+
+/// The plan for a side with `ours` against a peer with `theirs`.
+pub fn plan(ours: NatInfo, theirs: NatInfo) -> Plan {
+    if ours.mapped || theirs.mapped {
+        // A port mapping is reachable from anywhere: a plain round to it works.
+        return Plan::Rounds;
+    }
+    match (ours.kind, theirs.kind) {
+        (NatType::HardRandom, NatType::Easy) => Plan::Birthday { opener: true },
+        (NatType::Easy, NatType::HardRandom) => Plan::Birthday { opener: false },
+        (a, b) if a.is_hard() && b.is_hard() => Plan::Skip,
+        _ => Plan::Rounds,
+    }
+}
+
+/// How a direct path was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// A round of challenges to a candidate.
+    Punched,
+    /// A predicted port.
+    Predicted,
+    /// Birthday probing.
+    Birthday,
+    /// The peer's (or our) port mapping.
+    PortMapping,
+}
+
 /// Waits before each retry of a failed attempt.
 pub const RETRY_AFTER: [Duration; 3] = [Duration::from_secs(30), Duration::from_secs(120), Duration::from_secs(480)];
 
@@ -85,13 +167,16 @@ pub const MIN_OFFER_INTERVAL: Duration = Duration::from_secs(10);
 /// Peers whose last offer time is remembered at most.
 pub const MAX_OFFER_PEERS: usize = 4096;
 
-/// This side's addresses: the socket's on each interface, and the one its relay sees.
+/// This side's addresses: the socket's on each interface, and the one its relay sees; and what
+/// it knows of its NAT.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Candidates {
-    /// Local addresses.
+    /// Local addresses (a port mapping's external address first).
     pub local: Vec<SocketAddr>,
     /// The reflexive address (from the relay over UDP).
     pub reflexive: Option<SocketAddr>,
+    /// This side's NAT.
+    pub nat: NatInfo,
 }
 
 /// Which side of the attempt.
@@ -108,10 +193,16 @@ pub enum Role {
 pub struct Attempt {
     /// The address validated, if any.
     pub direct: Option<SocketAddr>,
-    /// Rounds of challenges sent.
+    /// Rounds of challenges sent (a spray burst counts as one).
     pub rounds: u32,
     /// From the start of signalling.
     pub elapsed: Duration,
+    /// How the path was found (None: it was not, or the other side found it).
+    pub method: Option<Method>,
+    /// Datagrams this side sent for the attempt (opens, challenges, birthday sockets' opens).
+    pub packets: u32,
+    /// The plan both sides followed.
+    pub plan: Plan,
 }
 
 /// Why an attempt ended early.
@@ -136,6 +227,7 @@ enum Phase {
     Waiting { until: Instant },
     AwaitSync { until: Instant },
     Punching { start: Instant, round: usize },
+    Birthday { start: Instant, step: usize },
     Grace { until: Instant },
     Finishing { until: Instant },
     Done,
@@ -149,8 +241,23 @@ pub struct PunchSession {
     started: Instant,
     ours: Candidates,
     on_loopback: bool,
+    seed: [u8; 32],
     targets: Vec<SocketAddr>,
     predicted: Vec<SocketAddr>,
+    /// The peer's reflexive address and NAT, from its offer or answer.
+    their_reflexive: Option<SocketAddr>,
+    their_nat: NatInfo,
+    /// Their mapped candidate, if they said they have one.
+    their_mapped: Option<SocketAddr>,
+    plan: Plan,
+    rtt: Duration,
+    /// When this side sent its answer (responder: the sync's arrival gives the round trip).
+    answered: Option<Instant>,
+    sprayed: std::collections::HashSet<u16>,
+    spray_counter: u64,
+    birthday: Option<(SocketAddr, usize)>,
+    method: Option<Method>,
+    packets: u32,
     direct: Option<SocketAddr>,
     rounds: u32,
     outbox: VecDeque<Message>,
@@ -164,29 +271,42 @@ pub struct PunchSession {
 
 impl PunchSession {
     /// The initiator's side, starting now: the offer is ready in [`PunchSession::poll_message`].
-    /// `on_loopback`: this node is bound to loopback, so loopback candidates are fine.
-    pub fn initiator(now: Instant, ours: Candidates, on_loopback: bool) -> Self {
-        let mut session = Self::new(Role::Initiator, now, ours, on_loopback);
+    /// `on_loopback`: this node is bound to loopback, so loopback candidates are fine. `seed`
+    /// (random) picks the ports a birthday spray tries.
+    pub fn initiator(now: Instant, ours: Candidates, on_loopback: bool, seed: [u8; 32]) -> Self {
+        let mut session = Self::new(Role::Initiator, now, ours, on_loopback, seed);
         let (candidates, reflexive) = session.our_candidates();
-        session.outbox.push_back(Message::Offer { candidates, reflexive });
+        session.outbox.push_back(Message::Offer { candidates, reflexive, nat: session.ours.nat });
         session.phase = Phase::AwaitAnswer { sent: now };
         session
     }
 
     /// The responder's side, waiting for the offer.
-    pub fn responder(now: Instant, ours: Candidates, on_loopback: bool) -> Self {
-        Self::new(Role::Responder, now, ours, on_loopback)
+    pub fn responder(now: Instant, ours: Candidates, on_loopback: bool, seed: [u8; 32]) -> Self {
+        Self::new(Role::Responder, now, ours, on_loopback, seed)
     }
 
-    fn new(role: Role, now: Instant, ours: Candidates, on_loopback: bool) -> Self {
+    fn new(role: Role, now: Instant, ours: Candidates, on_loopback: bool, seed: [u8; 32]) -> Self {
         PunchSession {
             role,
             phase: Phase::AwaitOffer { until: now + SIGNAL_TIMEOUT },
             started: now,
             ours,
             on_loopback,
+            seed,
             targets: Vec::new(),
             predicted: Vec::new(),
+            their_reflexive: None,
+            their_nat: NatInfo::default(),
+            their_mapped: None,
+            plan: Plan::Rounds,
+            rtt: Duration::ZERO,
+            answered: None,
+            sprayed: std::collections::HashSet::new(),
+            spray_counter: 0,
+            birthday: None,
+            method: None,
+            packets: 0,
             direct: None,
             rounds: 0,
             outbox: VecDeque::new(),
@@ -210,31 +330,50 @@ impl PunchSession {
         self.role
     }
 
-    /// Takes the peer's candidates in: what will be challenged.
-    fn learn(&mut self, candidates: &[SocketAddr], reflexive: Option<SocketAddr>) {
+    /// Takes the peer's candidates in: what will be challenged, and how.
+    fn learn(&mut self, candidates: &[SocketAddr], reflexive: Option<SocketAddr>, nat: NatInfo) {
         let (targets, predicted) = targets(candidates, reflexive, self.on_loopback);
         self.targets = targets;
         self.predicted = predicted;
+        self.their_reflexive = reflexive.filter(|r| usable(*r) && r.is_ipv4());
+        self.their_nat = nat;
+        self.their_mapped = if nat.mapped { candidates.first().copied().filter(|a| usable(*a)) } else { None };
+        self.plan = plan(self.ours.nat, nat);
+        if let Plan::Birthday { .. } = self.plan
+            && (self.their_reflexive.is_none() || self.ours.reflexive.is_none())
+        {
+            self.plan = Plan::Rounds;
+        }
+    }
+
+    /// The plan this attempt follows (known once the offer or answer arrived).
+    pub fn plan(&self) -> Plan {
+        self.plan
     }
 
     /// A signalling message from the peer.
     pub fn handle_message(&mut self, now: Instant, message: Message) -> Result<(), PunchError> {
         match (self.phase, message) {
-            (Phase::AwaitOffer { .. }, Message::Offer { candidates, reflexive }) if self.role == Role::Responder => {
-                self.learn(&candidates, reflexive);
+            (Phase::AwaitOffer { .. }, Message::Offer { candidates, reflexive, nat })
+                if self.role == Role::Responder =>
+            {
+                self.learn(&candidates, reflexive, nat);
                 let (candidates, reflexive) = self.our_candidates();
-                self.outbox.push_back(Message::Answer { candidates, reflexive });
+                self.outbox.push_back(Message::Answer { candidates, reflexive, nat: self.ours.nat });
+                self.answered = Some(now);
                 self.phase = Phase::AwaitSync { until: now + SIGNAL_TIMEOUT };
             }
-            (Phase::AwaitAnswer { sent }, Message::Answer { candidates, reflexive }) => {
-                self.learn(&candidates, reflexive);
+            (Phase::AwaitAnswer { sent }, Message::Answer { candidates, reflexive, nat }) => {
+                self.learn(&candidates, reflexive, nat);
                 // Opens first: they leave before the `Sync` that sets the responder going.
                 self.queue_opens();
                 self.outbox.push_back(Message::Sync);
                 let rtt = now.saturating_duration_since(sent);
+                self.rtt = rtt;
                 self.phase = Phase::Waiting { until: now + rtt / 2 + open_margin(rtt) };
             }
             (Phase::AwaitSync { .. }, Message::Sync) => {
+                self.rtt = self.answered.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
                 self.queue_opens();
                 self.phase = Phase::Punching { start: now, round: 0 };
             }
@@ -263,14 +402,44 @@ impl PunchSession {
     /// reach the peer's router early.
     fn queue_opens(&mut self) {
         let public = self.ours.reflexive.is_some_and(|r| self.ours.local.contains(&r));
-        if !self.on_loopback && !public {
+        if !self.on_loopback && !public && self.plan != Plan::Skip {
+            self.packets += self.targets.len() as u32;
             self.opens.extend(self.targets.iter().copied());
         }
     }
 
+    /// The next `burst` ports of the spray: random, each tried once.
+    fn spray_ports(&mut self, burst: usize) -> Vec<u16> {
+        let mut out = Vec::with_capacity(burst);
+        while out.len() < burst && self.sprayed.len() < usize::from(u16::MAX - 1024) {
+            self.spray_counter += 1;
+            let hash = blake3::keyed_hash(&self.seed, &self.spray_counter.to_le_bytes());
+            for pair in hash.as_bytes().chunks(2) {
+                let port = 1024 + u16::from_le_bytes([pair[0], pair[1]]) % (u16::MAX - 1023);
+                if out.len() < burst && self.sprayed.insert(port) {
+                    out.push(port);
+                }
+            }
+        }
+        out
+    }
+
+    /// When birthday step `step` is due, for a phase that started punching at `start`.
+    fn birthday_at(&self, start: Instant, step: usize) -> Instant {
+        match self.plan {
+            Plan::Birthday { opener: true } => start + BIRTHDAY_AT,
+            _ => start + BIRTHDAY_AT + spray_delay(self.rtt) + SPRAY_GAP * step as u32,
+        }
+    }
+
+    /// When the birthday phase is over for both sides.
+    fn birthday_end(&self, start: Instant) -> Instant {
+        start + BIRTHDAY_AT + spray_delay(self.rtt) + SPRAY_GAP * SPRAY_BURSTS as u32 + LAST_ROUND_GRACE
+    }
+
     fn fail(&mut self, error: PunchError) -> PunchError {
         if !self.reported && self.report.is_none() {
-            self.report = Some(Attempt { direct: self.direct, rounds: self.rounds, elapsed: Duration::ZERO });
+            self.report = Some(self.attempt(Duration::ZERO));
         }
         self.phase = Phase::Done;
         self.error = Some(error.clone());
@@ -283,9 +452,25 @@ impl PunchSession {
             return;
         }
         self.direct = Some(addr);
+        self.method =
+            Some(if Some(addr) == self.their_mapped || (self.ours.nat.mapped && !self.targets.contains(&addr)) {
+                Method::PortMapping
+            } else if self.targets.contains(&addr) {
+                Method::Punched
+            } else if self.predicted.contains(&addr) {
+                Method::Predicted
+            } else {
+                // Neither a candidate nor predicted: a sprayed port, or (on the hard side) an
+                // address reached through one of the extra sockets.
+                Method::Birthday
+            });
         if matches!(
             self.phase,
-            Phase::Punching { .. } | Phase::Grace { .. } | Phase::Waiting { .. } | Phase::AwaitSync { .. }
+            Phase::Punching { .. }
+                | Phase::Birthday { .. }
+                | Phase::Grace { .. }
+                | Phase::Waiting { .. }
+                | Phase::AwaitSync { .. }
         ) {
             self.end_schedule(now);
         }
@@ -305,11 +490,7 @@ impl PunchSession {
 
     fn end_schedule(&mut self, now: Instant) {
         if !self.reported && self.report.is_none() {
-            self.report = Some(Attempt {
-                direct: self.direct,
-                rounds: self.rounds,
-                elapsed: now.saturating_duration_since(self.started),
-            });
+            self.report = Some(self.attempt(now.saturating_duration_since(self.started)));
         }
         if matches!(self.phase, Phase::Done) {
             return;
@@ -317,6 +498,17 @@ impl PunchSession {
         self.outbox.push_back(Message::Finished { ok: self.direct.is_some() });
         self.phase =
             if self.their_ok.is_some() { Phase::Done } else { Phase::Finishing { until: now + FINISH_TIMEOUT } };
+    }
+
+    fn attempt(&self, elapsed: Duration) -> Attempt {
+        Attempt {
+            direct: self.direct,
+            rounds: self.rounds,
+            elapsed,
+            method: self.direct.and(self.method),
+            packets: self.packets,
+            plan: self.plan,
+        }
     }
 
     /// Time passed.
@@ -330,16 +522,43 @@ impl PunchSession {
                     let _ = self.fail(PunchError::Timeout(SIGNAL_TIMEOUT));
                 }
                 Phase::Waiting { until } if now >= until => self.phase = Phase::Punching { start: until, round: 0 },
+                Phase::Punching { .. } if self.plan == Plan::Skip => self.end_schedule(now),
                 Phase::Punching { start, round } if now >= start + SCHEDULE[round] => {
                     self.rounds += 1;
                     self.punches.extend(self.targets.iter().copied());
+                    self.packets += self.targets.len() as u32;
                     if round >= 2 {
                         self.punches.extend(self.predicted.iter().copied());
+                        self.packets += self.predicted.len() as u32;
                     }
+                    let birthday = matches!(self.plan, Plan::Birthday { .. }) && round + 1 == BIRTHDAY_AFTER_ROUNDS;
                     self.phase = match SCHEDULE.get(round + 1) {
+                        _ if birthday => Phase::Birthday { start, step: 0 },
                         Some(_) => Phase::Punching { start, round: round + 1 },
                         None => Phase::Grace { until: start + SCHEDULE[round] + LAST_ROUND_GRACE },
                     };
+                }
+                Phase::Birthday { start, step } if now >= self.birthday_at(start, step) => {
+                    let (Some(theirs), Some(_)) = (self.their_reflexive, self.ours.reflexive) else {
+                        self.phase = Phase::Grace { until: now };
+                        continue;
+                    };
+                    if self.plan == (Plan::Birthday { opener: true }) {
+                        self.birthday = Some((theirs, BIRTHDAY_SOCKETS));
+                        self.packets += BIRTHDAY_SOCKETS as u32;
+                        self.rounds += 1;
+                        self.phase = Phase::Grace { until: self.birthday_end(start) };
+                    } else {
+                        let ports = self.spray_ports(SPRAY_BURST);
+                        self.packets += ports.len() as u32;
+                        self.rounds += 1;
+                        self.punches.extend(ports.into_iter().map(|p| SocketAddr::new(theirs.ip(), p)));
+                        self.phase = if step + 1 < SPRAY_BURSTS {
+                            Phase::Birthday { start, step: step + 1 }
+                        } else {
+                            Phase::Grace { until: self.birthday_end(start) }
+                        };
+                    }
                 }
                 Phase::Grace { until } if now >= until => self.end_schedule(now),
                 Phase::Finishing { until } if now >= until => self.phase = Phase::Done,
@@ -353,7 +572,9 @@ impl PunchSession {
         match self.phase {
             Phase::AwaitOffer { until } | Phase::AwaitSync { until } | Phase::Waiting { until } => Some(until),
             Phase::AwaitAnswer { sent } => Some(sent + SIGNAL_TIMEOUT),
+            Phase::Punching { .. } if self.plan == Plan::Skip => Some(self.started),
             Phase::Punching { start, round } => Some(start + SCHEDULE[round]),
+            Phase::Birthday { start, step } => Some(self.birthday_at(start, step)),
             Phase::Grace { until } | Phase::Finishing { until } => Some(until),
             Phase::Done => None,
         }
@@ -371,6 +592,15 @@ impl PunchSession {
             self.opens.clear();
         }
         self.opens.pop_front()
+    }
+
+    /// Birthday probing, on the hard side: open this many extra sockets, each with a
+    /// TTL-limited challenge to this address (the easy side's reflexive one). Once.
+    pub fn poll_birthday(&mut self) -> Option<(SocketAddr, usize)> {
+        if self.direct.is_some() {
+            self.birthday = None;
+        }
+        self.birthday.take()
     }
 
     /// The next address to challenge.
@@ -535,26 +765,38 @@ mod tests {
         /// Messages in flight: (arrival, to initiator?, message).
         flight: Vec<(Instant, bool, Message)>,
         challenges: (usize, usize),
+        /// Birthday sockets opened: (when, by the initiator?, how many).
+        birthday: Option<(Instant, bool, usize)>,
     }
 
     fn cands(s: &str) -> Candidates {
-        Candidates { local: vec![addr(s)], reflexive: Some(addr(s)) }
+        Candidates { local: vec![addr(s)], reflexive: Some(addr(s)), nat: NatInfo::default() }
     }
 
     impl Run {
         fn new(start: Instant) -> Self {
             Run {
-                i: PunchSession::initiator(start, cands("198.51.100.1:4000"), false),
-                r: PunchSession::responder(start, cands("198.51.100.2:5000"), false),
+                i: PunchSession::initiator(start, cands("198.51.100.1:4000"), false, [1; 32]),
+                r: PunchSession::responder(start, cands("198.51.100.2:5000"), false, [2; 32]),
                 now: start,
                 flight: Vec::new(),
                 challenges: (0, 0),
+                birthday: None,
             }
         }
 
         /// Runs until both are done or 60 s passed. `found(side_is_initiator, target, now)`
         /// says whether a challenge validates.
         fn run(&mut self, one_way: Duration, mut found: impl FnMut(bool, SocketAddr, Instant) -> bool) {
+            self.run_with(one_way, |i, t, now, _| found(i, t, now));
+        }
+
+        /// [`Run::run`], with when the birthday sockets opened (and by whom) given to `found`.
+        fn run_with(
+            &mut self,
+            one_way: Duration,
+            mut found: impl FnMut(bool, SocketAddr, Instant, Option<(Instant, bool, usize)>) -> bool,
+        ) {
             let end = self.now + Duration::from_secs(60);
             while !(self.i.is_done() && self.r.is_done()) && self.now < end {
                 for (to_i, session) in [(false, &mut self.i), (true, &mut self.r)] {
@@ -563,13 +805,17 @@ mod tests {
                     }
                 }
                 for (is_i, session) in [(true, &mut self.i), (false, &mut self.r)] {
+                    while let Some((_, count)) = session.poll_birthday() {
+                        assert!(self.birthday.is_none(), "sockets are opened once");
+                        self.birthday = Some((self.now, is_i, count));
+                    }
                     while let Some(target) = session.poll_punch() {
                         if is_i {
                             self.challenges.0 += 1
                         } else {
                             self.challenges.1 += 1
                         }
-                        if found(is_i, target, self.now) {
+                        if found(is_i, target, self.now, self.birthday) {
                             session.handle_validated(self.now + one_way * 2, target);
                         }
                     }
@@ -615,11 +861,15 @@ mod tests {
     fn linux_routers(relay: (Duration, Duration), direct: Duration, use_opens: bool) -> (bool, bool) {
         let start = Instant::now();
         // Each side behind its router: a private local address, a public reflexive one.
-        let behind = |local: &str, public: &str| Candidates { local: vec![addr(local)], reflexive: Some(addr(public)) };
+        let behind = |local: &str, public: &str| Candidates {
+            local: vec![addr(local)],
+            reflexive: Some(addr(public)),
+            nat: NatInfo::default(),
+        };
         let (i_public, r_public) = (addr("198.51.100.1:4000"), addr("198.51.100.2:5000"));
         let mut run = Run::new(start);
-        run.i = PunchSession::initiator(start, behind("10.0.1.2:4000", "198.51.100.1:4000"), false);
-        run.r = PunchSession::responder(start, behind("10.0.2.2:5000", "198.51.100.2:5000"), false);
+        run.i = PunchSession::initiator(start, behind("10.0.1.2:4000", "198.51.100.1:4000"), false, [1; 32]);
+        run.r = PunchSession::responder(start, behind("10.0.2.2:5000", "198.51.100.2:5000"), false, [2; 32]);
         // [initiator, responder]: when its NAT opened; whether the other's punch poisoned it.
         let mut opened: [Option<Instant>; 2] = [None, None];
         let mut poisoned = [false, false];
@@ -699,13 +949,20 @@ mod tests {
     #[test]
     fn only_a_side_behind_a_nat_opens() {
         let now = Instant::now();
-        let answer =
-            Message::Answer { candidates: vec![addr("198.51.100.2:5000")], reflexive: Some(addr("198.51.100.2:5000")) };
-        let behind = Candidates { local: vec![addr("10.0.0.2:4000")], reflexive: Some(addr("198.51.100.1:4000")) };
+        let answer = Message::Answer {
+            candidates: vec![addr("198.51.100.2:5000")],
+            reflexive: Some(addr("198.51.100.2:5000")),
+            nat: NatInfo::default(),
+        };
+        let behind = Candidates {
+            local: vec![addr("10.0.0.2:4000")],
+            reflexive: Some(addr("198.51.100.1:4000")),
+            nat: NatInfo::default(),
+        };
         for (ours, on_loopback, opens) in
             [(behind.clone(), false, true), (behind, true, false), (cands("198.51.100.1:4000"), false, false)]
         {
-            let mut i = PunchSession::initiator(now, ours, on_loopback);
+            let mut i = PunchSession::initiator(now, ours, on_loopback, [1; 32]);
             i.poll_message();
             i.handle_message(now, answer.clone()).unwrap();
             assert_eq!(i.poll_open().is_some(), opens, "on loopback {on_loopback}");
@@ -742,14 +999,14 @@ mod tests {
     #[test]
     fn out_of_turn_and_timeouts_end_the_attempt() {
         let now = Instant::now();
-        let mut r = PunchSession::responder(now, Candidates::default(), false);
+        let mut r = PunchSession::responder(now, Candidates::default(), false, [2; 32]);
         assert_eq!(r.handle_message(now, Message::Sync), Err(PunchError::Unexpected("sync")));
         assert_eq!(r.outcome(), Some(Err(PunchError::Unexpected("sync"))));
-        let mut i = PunchSession::initiator(now, Candidates::default(), false);
+        let mut i = PunchSession::initiator(now, Candidates::default(), false, [1; 32]);
         assert!(matches!(i.poll_message(), Some(Message::Offer { .. })));
         i.handle_timeout(now + SIGNAL_TIMEOUT);
         assert_eq!(i.outcome(), Some(Err(PunchError::Timeout(SIGNAL_TIMEOUT))));
-        let mut i = PunchSession::initiator(now, Candidates::default(), false);
+        let mut i = PunchSession::initiator(now, Candidates::default(), false, [1; 32]);
         i.handle_closed();
         assert_eq!(i.outcome(), Some(Err(PunchError::Closed)));
     }
@@ -802,5 +1059,118 @@ mod tests {
         }
         assert!(opened_early > 100, "{opened_early}");
         assert!(found_early * 100 >= opened_early * 98, "{found_early} of {opened_early}");
+    }
+
+    fn info(kind: NatType) -> NatInfo {
+        NatInfo { kind, mapped: false }
+    }
+
+    #[test]
+    fn the_plan_follows_both_sides_nats() {
+        use NatType::*;
+        assert_eq!(plan(info(HardRandom), info(Easy)), Plan::Birthday { opener: true });
+        assert_eq!(plan(info(Easy), info(HardRandom)), Plan::Birthday { opener: false });
+        for (a, b) in [(HardRandom, HardRandom), (HardRandom, HardSequential), (HardSequential, HardSequential)] {
+            assert_eq!(plan(info(a), info(b)), Plan::Skip, "{a} x {b}");
+            assert_eq!(plan(info(b), info(a)), Plan::Skip, "{b} x {a}");
+        }
+        for (a, b) in
+            [(Easy, Easy), (Easy, HardSequential), (Open, HardRandom), (Unknown, HardRandom), (Unknown, Unknown)]
+        {
+            assert_eq!(plan(info(a), info(b)), Plan::Rounds, "{a} x {b}");
+            assert_eq!(plan(info(b), info(a)), Plan::Rounds, "{b} x {a}");
+        }
+        // A port mapping on either side: plain rounds reach it.
+        assert_eq!(plan(NatInfo { kind: HardRandom, mapped: true }, info(HardRandom)), Plan::Rounds);
+    }
+
+    /// `easy_is_initiator`: which side is easy. The hard side's NAT gives each of its extra
+    /// sockets a random port (from `seed`); a sprayed challenge validates if it goes to one of
+    /// those ports after their opens left (the model NAT admits the easy side there). Returns
+    /// the easy side's report, the hard side's, and the challenges the easy side sent.
+    fn birthday_run(seed: u64, easy_is_initiator: bool, one_way: Duration) -> (Attempt, Attempt, usize) {
+        let start = Instant::now();
+        let easy = Candidates {
+            local: vec![addr("10.0.1.2:4000")],
+            reflexive: Some(addr("198.51.100.1:4000")),
+            nat: info(NatType::Easy),
+        };
+        let hard = Candidates {
+            local: vec![addr("10.0.2.2:5000")],
+            reflexive: Some(addr("198.51.100.2:5000")),
+            nat: info(NatType::HardRandom),
+        };
+        let mut run = Run::new(start);
+        let (i, r) = if easy_is_initiator { (easy, hard) } else { (hard, easy) };
+        let mut seeds = [[0u8; 32]; 2];
+        seeds[0][..8].copy_from_slice(&seed.to_le_bytes());
+        seeds[1][..8].copy_from_slice(&(!seed).to_le_bytes());
+        run.i = PunchSession::initiator(start, i, false, seeds[0]);
+        run.r = PunchSession::responder(start, r, false, seeds[1]);
+        // The hard NAT's random ports for the extra sockets.
+        let mut ports = std::collections::HashSet::new();
+        let mut counter = 0u64;
+        while ports.len() < BIRTHDAY_SOCKETS {
+            counter += 1;
+            let h = blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat());
+            ports.insert(1024 + u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]) % (u16::MAX - 1023));
+        }
+        let hard_ip = addr("198.51.100.2:1").ip();
+        run.run_with(one_way, |from_i, target, now, birthday| {
+            // Through if the hard side's sockets opened before the probe arrives (both take
+            // `one_way` to reach the hard NAT).
+            from_i == easy_is_initiator
+                && target.ip() == hard_ip
+                && ports.contains(&target.port())
+                && birthday.is_some_and(|(at, by_i, _)| by_i != easy_is_initiator && at <= now)
+        });
+        let (ri, rr) = (run.i.poll_report().unwrap(), run.r.poll_report().unwrap());
+        let easy_sent = if easy_is_initiator { run.challenges.0 } else { run.challenges.1 };
+        if easy_is_initiator { (ri, rr, easy_sent) } else { (rr, ri, easy_sent) }
+    }
+
+    #[test]
+    fn birthday_probing_finds_a_random_port_nat_from_an_easy_one_within_its_bound() {
+        let one_way = Duration::from_millis(50);
+        let runs = 200;
+        let mut found = 0;
+        let mut worst = Duration::ZERO;
+        for seed in 0..runs {
+            let (easy, hard, sent) = birthday_run(seed, seed % 2 == 0, one_way);
+            assert_eq!(easy.plan, Plan::Birthday { opener: false });
+            assert_eq!(hard.plan, Plan::Birthday { opener: true });
+            assert!(sent <= BIRTHDAY_AFTER_ROUNDS * MAX_CANDIDATES + SPRAY_BURST * SPRAY_BURSTS, "{sent} challenges");
+            assert!(easy.packets as usize <= 2 * MAX_CANDIDATES * BIRTHDAY_AFTER_ROUNDS + SPRAY_BURST * SPRAY_BURSTS);
+            // Two targets (the easy side's local and reflexive addresses): two opens, three
+            // rounds of two, the predicted ports in the third, the extra sockets' opens.
+            let expected = 2 + 2 * BIRTHDAY_AFTER_ROUNDS + usize::from(PREDICTED_PORTS) + BIRTHDAY_SOCKETS;
+            assert_eq!(hard.packets as usize, expected);
+            if let Some(direct) = easy.direct {
+                found += 1;
+                assert_eq!(easy.method, Some(Method::Birthday), "{direct}");
+                worst = worst.max(easy.elapsed);
+            }
+        }
+        // Tailscale's figure for 256 sockets and 1,024 probes is ~98 %.
+        assert!(found * 100 >= runs * 95, "found in {found} of {runs}");
+        assert!(worst <= Duration::from_secs(3), "{worst:?}");
+    }
+
+    #[test]
+    fn two_hard_sides_send_no_rounds_at_all() {
+        let start = Instant::now();
+        let hard = |local: &str, public: &str| Candidates {
+            local: vec![addr(local)],
+            reflexive: Some(addr(public)),
+            nat: info(NatType::HardRandom),
+        };
+        let mut run = Run::new(start);
+        run.i = PunchSession::initiator(start, hard("10.0.1.2:4000", "198.51.100.1:4000"), false, [1; 32]);
+        run.r = PunchSession::responder(start, hard("10.0.2.2:5000", "198.51.100.2:5000"), false, [2; 32]);
+        run.run(Duration::from_millis(50), |_, _, _| panic!("nothing is challenged"));
+        let (ri, rr) = (run.i.poll_report().unwrap(), run.r.poll_report().unwrap());
+        assert_eq!((ri.plan, ri.rounds, ri.packets, rr.rounds), (Plan::Skip, 0, 0, 0));
+        assert_eq!(run.i.outcome(), Some(Ok(false)));
+        assert!(ri.elapsed < Duration::from_millis(300), "{:?}", ri.elapsed);
     }
 }

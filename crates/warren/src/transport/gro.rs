@@ -3,7 +3,8 @@
 
 use crate::wire::frame::is_frame;
 
-/// Sorts `n` buffers a UDP receive filled: frames are taken out, QUIC packets stay for quinn.
+/// Sorts `n` buffers a UDP receive filled: frames (and STUN messages) are taken out, QUIC
+/// packets stay for quinn.
 ///
 /// With GRO one buffer holds several datagrams (segments of `stride` bytes) from one sender,
 /// so frames and QUIC packets can share a buffer. A buffer holding any frame is handed to
@@ -20,7 +21,7 @@ pub fn sort_received(
     for i in 0..n {
         let len = meta[i].len;
         let stride = meta[i].stride.max(1);
-        if bufs[i][..len].chunks(stride).any(is_frame) {
+        if bufs[i][..len].chunks(stride).any(|s| is_frame(s) || crate::wire::stun::is_stun(s)) {
             for segment in bufs[i][..len].chunks_mut(stride) {
                 mixed(&meta[i], segment);
             }

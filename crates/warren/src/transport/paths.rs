@@ -22,10 +22,14 @@ use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::sync::{Notify, broadcast};
 
+use super::birthday;
 use crate::RemoteIdentity;
+use crate::state::nat::NatType;
 use crate::state::path_table::{OPEN_TTL, PathTable, RelayInfo, Route, Stats};
 pub use crate::state::path_table::{Path, PathEvent, is_placeholder, unmap};
+use crate::state::punch::{Candidates, MAX_CANDIDATES};
 use crate::wire::frame::{self, PathKey};
+use crate::wire::punch::NatInfo;
 
 /// 32 bytes from the operating system's random source.
 fn random_secret() -> [u8; 32] {
@@ -81,6 +85,13 @@ pub(crate) struct Paths {
     relay: Mutex<Option<Arc<RelayRoute>>>,
     /// The external address a port mapping on the gateway forwards to this socket.
     mapped: Mutex<Option<SocketAddr>>,
+    /// This socket's NAT, as the relay's two ports tell it (`crate::state::nat`), and whether a
+    /// test is under way.
+    nat: tokio::sync::watch::Sender<(NatType, bool)>,
+    /// STUN datagrams received (answers from the relay's second port).
+    stun: broadcast::Sender<(SocketAddr, Vec<u8>)>,
+    /// Birthday probing's extra sockets.
+    birthday: birthday::Sockets,
     /// Mirrors `PathTable::any_heard`: incoming QUIC packets need no look-up while false.
     any_heard: AtomicBool,
     inbox: Mutex<Inbox>,
@@ -111,6 +122,9 @@ impl Paths {
             table: Mutex::new(PathTable::new(me, random_secret())),
             relay: Mutex::new(None),
             mapped: Mutex::new(None),
+            nat: tokio::sync::watch::channel((NatType::Unknown, false)).0,
+            stun: broadcast::channel(8).0,
+            birthday: birthday::Sockets::default(),
             any_heard: AtomicBool::new(false),
             inbox: Mutex::default(),
             events,
@@ -146,7 +160,9 @@ impl Paths {
                     // Nobody listening is fine: no punch session is waiting.
                     let _ = self.validated.send((remote, addr));
                 }
-                changed @ PathEvent::Changed { .. } => (self.events)(changed),
+                PathEvent::Changed { remote, path } => {
+                    (self.events)(PathEvent::Changed { remote, path: display_path(path) })
+                }
             }
         }
     }
@@ -242,7 +258,108 @@ impl Paths {
 
     /// The path behind a connection's remote address.
     pub fn path_of(&self, remote_addr: SocketAddr) -> Path {
-        self.table().path_of(remote_addr)
+        display_path(self.table().path_of(remote_addr))
+    }
+
+    /// This node's candidate addresses: the external address of a port mapping, the socket's
+    /// addresses on each interface, and the reflexive address the relay reported.
+    pub(crate) fn candidates(&self) -> Candidates {
+        let paths = self;
+        // Over TCP the relay sees a TCP mapping, which says nothing about the UDP one.
+        let reflexive = paths.relay().filter(|r| !r.is_tcp()).map(|r| r.observed);
+        let nat = NatInfo { kind: paths.nat(), mapped: paths.mapped().is_some() };
+        let Ok(local) = paths.local_addr() else { return Candidates { local: Vec::new(), reflexive, nat } };
+        let mut out: Vec<std::net::SocketAddr> = paths.mapped().into_iter().collect();
+        if local.ip().is_unspecified() {
+            let interfaces = if_addrs::get_if_addrs().unwrap_or_default();
+            let ips =
+                interfaces.iter().map(|i| i.ip()).filter(|ip| !ip.is_loopback() && (ip.is_ipv4() || local.is_ipv6()));
+            out.extend(ips.map(|ip| std::net::SocketAddr::new(ip, local.port())));
+        } else {
+            out.push(local);
+        }
+        out.truncate(MAX_CANDIDATES - 1);
+        Candidates { local: out, reflexive, nat }
+    }
+
+    /// This socket's NAT, as far as it is known.
+    pub fn nat(&self) -> NatType {
+        self.nat.borrow().0
+    }
+
+    /// A NAT test is starting (`testing`) or is over with `nat`.
+    pub(crate) fn set_nat(&self, nat: NatType, testing: bool) {
+        self.nat.send_replace((nat, testing));
+    }
+
+    /// The NAT once no test is under way (waiting at most `bound`).
+    pub(crate) async fn settled_nat(&self, bound: std::time::Duration) -> NatType {
+        let mut watch = self.nat.subscribe();
+        let _ = tokio::time::timeout(bound, watch.wait_for(|(_, testing)| !testing)).await;
+        self.nat()
+    }
+
+    /// STUN datagrams received from now on (with their senders).
+    pub(crate) fn subscribe_stun(&self) -> broadcast::Receiver<(SocketAddr, Vec<u8>)> {
+        self.stun.subscribe()
+    }
+
+    /// Sends a STUN request from this socket.
+    pub(crate) fn send_stun(&self, datagram: &[u8], to: SocketAddr) {
+        self.send_control(datagram, to);
+    }
+
+    /// Birthday probing, the hard side: opens up to `count` extra sockets for `remote`, each
+    /// with a TTL-limited challenge to `target` (the peer's reflexive address). Returns how many
+    /// opened.
+    pub(crate) fn open_birthday(self: &Arc<Self>, remote: &RemoteIdentity, target: SocketAddr, count: usize) -> usize {
+        let SocketAddr::V4(target) = unmap(target) else { return 0 };
+        let ip = match self.local_addr().map(|a| unmap(a).ip()) {
+            Ok(std::net::IpAddr::V4(ip)) => ip,
+            _ => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let opened = self.birthday.open(*remote, ip, count);
+        for birthday::Opened { slot, socket, cancel } in &opened {
+            let (slot, socket, cancel, paths) = (*slot, socket.clone(), cancel.clone(), Arc::downgrade(self));
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                loop {
+                    let received = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        received = socket.recv_from(&mut buf) => received,
+                    };
+                    let (Ok((len, SocketAddr::V4(from))), Some(paths)) = (received, paths.upgrade()) else { break };
+                    paths.on_birthday(slot, from, &buf[..len]);
+                }
+            });
+        }
+        let mut table = self.table();
+        for birthday::Opened { slot, .. } in &opened {
+            table.open(Instant::now(), remote, birthday::alias(*slot, target));
+        }
+        self.flush(table);
+        opened.len()
+    }
+
+    /// A datagram on birthday slot `slot` from `from`: to the table as from the alias.
+    fn on_birthday(&self, slot: u16, from: std::net::SocketAddrV4, datagram: &[u8]) {
+        let alias = birthday::alias(slot, from);
+        if frame::is_frame(datagram) {
+            self.on_frame(Some(alias), datagram);
+        } else {
+            let source = self.table().quic_source(alias);
+            // Only QUIC packets of a peer validated on this socket.
+            if is_placeholder(source) {
+                self.deliver(self.in_family(source), datagram);
+            }
+        }
+    }
+
+    /// Birthday probing is over for `remote`: its extra sockets close, but the one its direct
+    /// path now uses.
+    pub(crate) fn close_birthday(&self, remote: &RemoteIdentity) {
+        let keep = self.table().direct(remote).and_then(birthday::unalias).map(|(slot, _)| slot);
+        self.birthday.close(remote, keep);
     }
 
     /// A relayed connection to `remote` (`id` names it) brings its path key.
@@ -302,6 +419,10 @@ impl Paths {
     /// datagram (the socket's own TTL, which quinn's packets use, is untouched). Where that is not
     /// supported it goes with the normal TTL.
     fn send_with_ttl(&self, datagram: &[u8], to: SocketAddr, ttl: u8) {
+        if let Some((slot, real)) = birthday::unalias(to) {
+            self.birthday.send(slot, datagram, real, Some(ttl));
+            return;
+        }
         let to = self.in_family(to);
         let sent = match &self.raw {
             Some(raw) => ttl_cmsg::send(raw, datagram, to, ttl),
@@ -314,6 +435,10 @@ impl Paths {
     }
 
     fn send_control(&self, datagram: &[u8], to: SocketAddr) {
+        if let Some((slot, real)) = birthday::unalias(to) {
+            self.birthday.send(slot, datagram, real, None);
+            return;
+        }
         let transmit = Transmit {
             destination: self.in_family(to),
             ecn: None,
@@ -394,6 +519,8 @@ impl Paths {
             |meta, segment| {
                 if frame::is_frame(segment) {
                     self.on_frame(Some(unmap(meta.addr)), segment);
+                } else if crate::wire::stun::is_stun(segment) {
+                    let _ = self.stun.send((unmap(meta.addr), segment.to_vec()));
                 } else {
                     self.deliver(self.quic_source(meta.addr), segment);
                 }
@@ -427,6 +554,14 @@ impl AsyncUdpSocket for PathSocket {
             route
         };
         match route {
+            Route::Direct(addr) if birthday::unalias(addr).is_some() => {
+                let (slot, real) = birthday::unalias(addr).expect("an alias");
+                let size = transmit.segment_size.unwrap_or(transmit.contents.len()).max(1);
+                for segment in transmit.contents.chunks(size) {
+                    paths.birthday.send(slot, segment, real, None);
+                }
+                Ok(())
+            }
             Route::Direct(addr) => paths.socket.try_send(&Transmit {
                 destination: paths.in_family(addr),
                 ecn: transmit.ecn,
@@ -520,6 +655,24 @@ impl AsyncUdpSocket for PathSocket {
     fn may_fragment(&self) -> bool {
         self.0.socket.may_fragment()
     }
+}
+
+/// A path as people see it: a birthday alias as the peer's real address.
+fn display_path(path: Path) -> Path {
+    match path {
+        Path::Direct { addr } => Path::Direct { addr: birthday::display(addr) },
+        other => other,
+    }
+}
+
+/// Sends one datagram on `socket` with its own TTL (see `ttl_cmsg`).
+pub(crate) fn send_with_ttl_on(
+    socket: &std::net::UdpSocket,
+    datagram: &[u8],
+    to: SocketAddr,
+    ttl: u8,
+) -> io::Result<()> {
+    ttl_cmsg::send(socket, datagram, to, ttl)
 }
 
 /// One datagram with its own TTL: `sendmsg` with an `IP_TTL` (IPv4, IPv4-mapped) or

@@ -9,10 +9,21 @@ use std::net::SocketAddr;
 use warren_proto::{Decode, Encode};
 
 use super::control;
+use crate::state::nat::NatType;
 
 /// The protocol of the signalling stream. Version 2: challenges and responses authenticated
 /// with a key of the connection (see [`super::frame`]) replaced version 1's nonces.
 pub const PROTOCOL: &str = "warren/punch/2";
+
+/// What a side knows of its own NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
+pub struct NatInfo {
+    /// Its kind (from the relay's two ports).
+    pub kind: NatType,
+    /// Whether its gateway maps a port to it (PCP, NAT-PMP or UPnP): its first candidate is
+    /// then reachable from anywhere.
+    pub mapped: bool,
+}
 
 /// One signalling message.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
@@ -24,6 +35,9 @@ pub enum Message {
         candidates: Vec<SocketAddr>,
         /// The sender's address as its relay sees it.
         reflexive: Option<SocketAddr>,
+        /// The sender's NAT (appended in issue 13; an older peer's offer ends before it).
+        #[proto(default)]
+        nat: NatInfo,
     },
     /// The answerer's candidates.
     Answer {
@@ -32,6 +46,9 @@ pub enum Message {
         candidates: Vec<SocketAddr>,
         /// The sender's address as its relay sees it.
         reflexive: Option<SocketAddr>,
+        /// The sender's NAT.
+        #[proto(default)]
+        nat: NatInfo,
     },
     /// "Start punching in half a round trip."
     Sync,
