@@ -33,10 +33,17 @@ pub struct PairResult {
     pub ttfb_ms: Option<f64>,
     /// Milliseconds from the start of signalling to the direct path, if it became direct.
     pub punch_ms: Option<u64>,
-    /// Punch rounds sent by the dialler.
+    /// Punch rounds sent by the dialler (a birthday spray burst counts as one).
     pub attempts: u32,
-    /// Direct although plain theory says relayed: only port prediction does that.
+    /// Direct although plain theory says relayed (port prediction or birthday probing).
     pub predicted: bool,
+    /// How the path was found: `punched`, `predicted`, `birthday`, `port-mapping` (by either
+    /// side; None if it stayed relayed).
+    pub method: Option<&'static str>,
+    /// Datagrams both sides sent for the punch.
+    pub packets: u32,
+    /// The plan both sides followed: `rounds`, `birthday`, or none.
+    pub plan: String,
     /// What went wrong, for `failed`.
     pub error: Option<String>,
 }
@@ -75,6 +82,10 @@ pub(crate) struct Dialled {
     pub(crate) punch: Option<(SocketAddr, u64)>,
     pub(crate) rounds: u32,
     pub(crate) path: Path,
+    /// The dialler's own report of the attempt.
+    pub(crate) method: Option<warren::state::punch::Method>,
+    pub(crate) packets: u32,
+    pub(crate) plan: String,
 }
 
 /// The dialler's side: connect by identity, first byte, then wait for the punch to end.
@@ -86,12 +97,13 @@ pub(crate) async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::R
     let mut byte = [0u8];
     stream.read_exact(&mut byte).await?;
     let ttfb = started.elapsed();
-    let (direct, rounds, elapsed_ms) = tokio::time::timeout(Duration::from_secs(30), async {
+    let (direct, rounds, elapsed_ms, method, packets, plan) = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            if let Ok(Event::HolePunch { remote, direct, rounds, elapsed_ms }) = events.recv().await
+            if let Ok(Event::HolePunch { remote, direct, rounds, elapsed_ms, method, packets, plan }) =
+                events.recv().await
                 && remote == target
             {
-                return (direct, rounds, elapsed_ms);
+                return (direct, rounds, elapsed_ms, method, packets, plan);
             }
         }
     })
@@ -103,7 +115,7 @@ pub(crate) async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::R
         .await
         .map_err(|_| anyhow::anyhow!("no echo on the final path"))??;
     let path = p2p.open_connection(&target).map(|c| c.path()).ok_or_else(|| anyhow::anyhow!("connection lost"))?;
-    Ok(Dialled { ttfb, punch: direct.map(|d| (d, elapsed_ms)), rounds, path })
+    Ok(Dialled { ttfb, punch: direct.map(|d| (d, elapsed_ms)), rounds, path, method, packets, plan })
 }
 
 /// Runs one pair in a simulation of its own.
@@ -118,12 +130,27 @@ pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
         punch_ms: None,
         attempts: 0,
         predicted: false,
+        method: None,
+        packets: 0,
+        plan: String::new(),
         error: None,
     };
     match run_one(a, b, seed) {
-        Ok((dialled, _)) => {
+        Ok((dialled, other)) => {
             result.ttfb_ms = Some(dialled.ttfb.as_secs_f64() * 1000.0);
             result.attempts = dialled.rounds;
+            result.packets = dialled.packets + other.packets;
+            result.plan = dialled.plan.clone();
+            // Each side names how it found the path; the more specific name wins (a predicted
+            // port validated on one side is the other's plain reflexive address).
+            use warren::state::punch::Method;
+            let rank = |m: &Method| match m {
+                Method::Punched => 0,
+                Method::Predicted => 1,
+                Method::Birthday => 2,
+                Method::PortMapping => 3,
+            };
+            result.method = [dialled.method, other.method].into_iter().flatten().max_by_key(rank).map(|m| m.name());
             result.path = match dialled.path {
                 Path::Direct { .. } => "direct",
                 Path::Relayed { .. } => "relayed",
@@ -138,7 +165,14 @@ pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
     result
 }
 
-fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, SocketAddr)> {
+/// The dialled side's own report of its attempt: how it found the path, datagrams it sent.
+#[derive(Debug, Clone, Copy, Default)]
+struct Answered {
+    method: Option<warren::state::punch::Method>,
+    packets: u32,
+}
+
+fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Answered)> {
     let Pair { mut sim, relay: relay_host, a: a_host, b: b_host } = pair::build(a, b, PairLinks::default(), seed)?;
     sim.start()?;
 
@@ -167,17 +201,28 @@ fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Socket
     let a_task = a_host.spawn(move || async move {
         match node(config).await {
             Ok((p2p, observed)) => {
+                let mut events = p2p.subscribe();
                 let _ = a_ready.send(Ok((p2p.id(), observed)));
                 let _ = a_stop.await;
+                let mut answered = Answered::default();
+                loop {
+                    match events.try_recv() {
+                        Ok(Event::HolePunch { method, packets, .. }) => answered = Answered { method, packets },
+                        Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    }
+                }
                 p2p.shutdown().await;
+                answered
             }
             Err(error) => {
                 let _ = a_ready.send(Err(format!("{error:#}")));
+                Answered::default()
             }
         }
     });
     let outcome = (|| {
-        let (a_id, a_observed) = a_info.recv()?.map_err(|e| anyhow::anyhow!("node a: {e}"))?;
+        let (a_id, _) = a_info.recv()?.map_err(|e| anyhow::anyhow!("node a: {e}"))?;
         let b_task = b_host.spawn(move || async move {
             let (p2p, _) = node(relay_config).await?;
             let dialled = dial(&p2p, a_id).await;
@@ -185,13 +230,13 @@ fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Socket
             dialled
         });
         let dialled = b_task.join().map_err(|_| anyhow::anyhow!("node b panicked"))??;
-        anyhow::Ok((dialled, a_observed))
+        anyhow::Ok(dialled)
     })();
     let _ = stop_a.send(());
     let _ = stop_relay.send(());
-    let _ = a_task.join();
+    let answered = a_task.join().unwrap_or_default();
     let _ = relay_task.join();
-    outcome
+    outcome.map(|dialled| (dialled, answered))
 }
 
 /// Every unordered pair of `kinds` (each kind with itself too), `parallel` at a time.
@@ -226,7 +271,7 @@ pub fn run(kinds: &[NatKind], parallel: usize, seed: u64, mut each: impl FnMut(&
 pub fn row(r: &PairResult) -> String {
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
     format!(
-        "{:<20} {:<20} {:<8} {:<8} {:>8} {:>8} {:>6} {}{}",
+        "{:<20} {:<20} {:<8} {:<8} {:>8} {:>8} {:>6} {:>7} {}{}",
         r.a.name(),
         r.b.name(),
         r.path,
@@ -234,7 +279,8 @@ pub fn row(r: &PairResult) -> String {
         ms(r.ttfb_ms),
         ms(r.punch_ms.map(|v| v as f64)),
         r.attempts,
-        if r.predicted { "predicted port" } else { "" },
+        r.packets,
+        r.method.unwrap_or(if r.path == "relayed" && r.plan.starts_with("none") { "no punch: both hard" } else { "" }),
         r.error.as_deref().map(|e| format!("error: {e}")).unwrap_or_default(),
     )
 }
@@ -242,8 +288,8 @@ pub fn row(r: &PairResult) -> String {
 /// The table's header.
 pub fn header() -> String {
     format!(
-        "{:<20} {:<20} {:<8} {:<8} {:>8} {:>8} {:>6} {}",
-        "a (dialled)", "b (dials)", "path", "theory", "ttfb_ms", "punch_ms", "rounds", "note"
+        "{:<20} {:<20} {:<8} {:<8} {:>8} {:>8} {:>6} {:>7} {}",
+        "a (dialled)", "b (dials)", "path", "theory", "ttfb_ms", "punch_ms", "rounds", "packets", "method"
     )
 }
 

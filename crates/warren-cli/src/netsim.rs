@@ -270,6 +270,12 @@ fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
         "failed": failed,
         "direct_where_theory_allows_missed": missed,
         "direct_beyond_theory": predicted,
+        "methods": {
+            "punched": results.iter().filter(|r| r.method == Some("punched")).count(),
+            "predicted": results.iter().filter(|r| r.method == Some("predicted")).count(),
+            "birthday": results.iter().filter(|r| r.method == Some("birthday")).count(),
+            "port-mapping": results.iter().filter(|r| r.method == Some("port-mapping")).count(),
+        },
         "ttfb_ms_median": median(ttfb),
         "punch_ms_median": median(punch.iter().map(|&v| v as f64).collect()),
     });
@@ -278,7 +284,7 @@ fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "\n{} pairs: {direct} direct, {relayed} relayed, {failed} failed; {missed} not direct where theory allows; \
-             {predicted} direct beyond plain theory (port prediction); median time to first byte {} ms, median punch {} ms",
+             {predicted} direct beyond plain theory (port prediction, birthday probing); median time to first byte {} ms, median punch {} ms",
             results.len(),
             summary["ttfb_ms_median"].as_f64().map_or("-".into(), |v| format!("{v:.0}")),
             summary["punch_ms_median"].as_f64().map_or("-".into(), |v| format!("{v:.0}")),

@@ -35,11 +35,14 @@ pub fn describe(event: &Event) -> String {
             }
         ),
         Event::PathChanged { remote, path, .. } => format!("path to {remote} is now {path}"),
-        Event::HolePunch { remote, direct: Some(addr), rounds, elapsed_ms } => {
-            format!("hole punched to {remote} at {addr} ({rounds} rounds, {elapsed_ms} ms)")
+        Event::HolePunch { remote, direct: Some(addr), rounds, elapsed_ms, method, packets, .. } => {
+            let how = method.map_or_else(|| "found by the peer".to_owned(), |m| m.to_string());
+            format!("hole punched to {remote} at {addr} ({how}; {rounds} rounds, {packets} packets, {elapsed_ms} ms)")
         }
-        Event::HolePunch { remote, direct: None, rounds, elapsed_ms } => {
-            format!("hole punching to {remote} failed ({rounds} rounds, {elapsed_ms} ms): staying relayed")
+        Event::HolePunch { remote, direct: None, rounds, elapsed_ms, plan, packets, .. } => {
+            format!(
+                "hole punching to {remote} failed ({plan}; {rounds} rounds, {packets} packets, {elapsed_ms} ms): staying relayed"
+            )
         }
         Event::RelayConnected { relay, addr, observed } => {
             format!("registered with relay {relay}@{addr}; it sees us at {observed}")

@@ -44,3 +44,16 @@ fn symmetric_against_symmetric_goes_direct_with_a_port_mapping_from_miniupnpd() 
         assert!(direct && output.contains("path now direct 11.0.0.10:"), "run {attempt}:\n{output}");
     }
 }
+
+/// `masquerade` against `masquerade random` and `masquerade fully-random` (per-flow random
+/// ports on router B): the NAT test sees B's second mapping on another port, and the punch goes
+/// to birthday probing (256 sockets on B, random ports sprayed from A), direct every time here.
+#[test]
+fn masquerade_against_masquerade_random_goes_direct_by_birthday_probing() {
+    for ports in ["random", "fully-random"] {
+        for attempt in 1..=2 {
+            let (direct, output) = run(&["--hop", "--b-ports", ports, "--count", "8"]);
+            assert!(direct && output.contains("path now direct 198.51.100.10:"), "{ports}, run {attempt}:\n{output}");
+        }
+    }
+}

@@ -82,6 +82,13 @@ pub enum Event {
         rounds: u32,
         /// Milliseconds from the start of signalling to the end of the attempt.
         elapsed_ms: u64,
+        /// How this side found the path (`punched`, `predicted`, `birthday`, `port-mapping`);
+        /// `None` if it did not (or the peer found it first).
+        method: Option<crate::state::punch::Method>,
+        /// Datagrams this side sent for the attempt.
+        packets: u32,
+        /// The plan the attempt followed (from both sides' NATs).
+        plan: String,
     },
     /// This node registered with a relay.
     RelayConnected {

@@ -23,7 +23,20 @@ pub use crate::wire::punch::PROTOCOL;
 /// The node's event for an attempt with `remote`.
 pub(crate) fn event(remote: RemoteIdentity, attempt: Attempt) -> Event {
     let elapsed_ms = attempt.elapsed.as_millis() as u64;
-    Event::HolePunch { remote, direct: attempt.direct, rounds: attempt.rounds, elapsed_ms }
+    Event::HolePunch {
+        remote,
+        direct: attempt.direct.map(crate::transport::birthday::display),
+        rounds: attempt.rounds,
+        elapsed_ms,
+        method: attempt.method,
+        packets: attempt.packets,
+        plan: match attempt.plan {
+            crate::state::punch::Plan::Rounds => "rounds",
+            crate::state::punch::Plan::Birthday { .. } => "birthday",
+            crate::state::punch::Plan::Skip => "none (both NATs hard)",
+        }
+        .into(),
+    }
 }
 
 /// The attempts under way, one per peer, and the limit on answering offers.

@@ -130,6 +130,8 @@ pub fn plan(ours: NatInfo, theirs: NatInfo) -> Plan {
         return Plan::Rounds;
     }
     match (ours.kind, theirs.kind) {
+        // (A sequential hard side gets rounds, whose predicted ports find it from most easy
+        // sides; see docs/nat-traversal.md for the one pair where neither works.)
         (NatType::HardRandom, NatType::Easy) => Plan::Birthday { opener: true },
         (NatType::Easy, NatType::HardRandom) => Plan::Birthday { opener: false },
         (a, b) if a.is_hard() && b.is_hard() => Plan::Skip,
@@ -149,6 +151,24 @@ pub enum Method {
     Birthday,
     /// The peer's (or our) port mapping.
     PortMapping,
+}
+
+impl Method {
+    /// Its name in output and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Punched => "punched",
+            Method::Predicted => "predicted",
+            Method::Birthday => "birthday",
+            Method::PortMapping => "port-mapping",
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Waits before each retry of a failed attempt.
@@ -256,6 +276,7 @@ pub struct PunchSession {
     sprayed: std::collections::HashSet<u16>,
     spray_counter: u64,
     birthday: Option<(SocketAddr, usize)>,
+    birthday_opened: bool,
     method: Option<Method>,
     packets: u32,
     direct: Option<SocketAddr>,
@@ -305,6 +326,7 @@ impl PunchSession {
             sprayed: std::collections::HashSet::new(),
             spray_counter: 0,
             birthday: None,
+            birthday_opened: false,
             method: None,
             packets: 0,
             direct: None,
@@ -452,18 +474,25 @@ impl PunchSession {
             return;
         }
         self.direct = Some(addr);
-        self.method =
-            Some(if Some(addr) == self.their_mapped || (self.ours.nat.mapped && !self.targets.contains(&addr)) {
-                Method::PortMapping
-            } else if self.targets.contains(&addr) {
-                Method::Punched
-            } else if self.predicted.contains(&addr) {
-                Method::Predicted
-            } else {
-                // Neither a candidate nor predicted: a sprayed port, or (on the hard side) an
-                // address reached through one of the extra sockets.
-                Method::Birthday
-            });
+        let sprayed = self.their_reflexive.is_some_and(|r| r.ip() == addr.ip() && self.sprayed.contains(&addr.port()));
+        let opened = self.plan == (Plan::Birthday { opener: true }) && self.birthday_opened;
+        self.method = Some(if Some(addr) == self.their_mapped {
+            Method::PortMapping
+        } else if self.targets.contains(&addr) {
+            Method::Punched
+        } else if self.predicted.contains(&addr) {
+            Method::Predicted
+        } else if sprayed || opened {
+            // A sprayed port, or (on the hard side, once its extra sockets are open) the peer
+            // reached through one of them.
+            Method::Birthday
+        } else if self.ours.nat.mapped {
+            // The peer's punch reached our port mapping, and its address was challenged back.
+            Method::PortMapping
+        } else {
+            // Where the peer's own punch came from (its NAT's new mapping), challenged back.
+            Method::Punched
+        });
         if matches!(
             self.phase,
             Phase::Punching { .. }
@@ -545,6 +574,7 @@ impl PunchSession {
                     };
                     if self.plan == (Plan::Birthday { opener: true }) {
                         self.birthday = Some((theirs, BIRTHDAY_SOCKETS));
+                        self.birthday_opened = true;
                         self.packets += BIRTHDAY_SOCKETS as u32;
                         self.rounds += 1;
                         self.phase = Phase::Grace { until: self.birthday_end(start) };
