@@ -40,12 +40,12 @@ fn printed_by(lines: &[Value], host: &str) -> Vec<String> {
     lines.iter().filter(|l| l["host"] == host).filter_map(|l| l["line"].as_str().map(str::to_owned)).collect()
 }
 
-/// Every pinging host printed its three round trips and exited 0.
+/// Every pinging host printed its round trips (three at least) and exited 0.
 fn assert_pings(lines: &[Value], summary: &Value, pingers: &[&str]) {
     for host in pingers {
         let printed = printed_by(lines, host);
         assert!(printed.iter().any(|l| l.contains("identity verified")), "{host}: {printed:?}");
-        assert_eq!(printed.iter().filter(|l| l.starts_with("seq=")).count(), 3, "{host}: {printed:?}");
+        assert!(printed.iter().filter(|l| l.starts_with("seq=")).count() >= 3, "{host}: {printed:?}");
     }
     for (name, outcome) in summary["hosts"].as_array().unwrap().iter().map(|h| (&h[0], &h[1])) {
         let status = outcome["status"].as_str().unwrap();
@@ -261,14 +261,15 @@ fn relay_nats_scenario() {
     for printed in [&bob, &carol] {
         assert!(printed.iter().any(|l| l.contains("(alice)") && l.contains("path: relayed via")), "{printed:?}");
     }
-    // ...bob's path turns direct (to alice's NAT), carol's cannot (symmetric against
-    // port-restricted).
+    // ...both paths turn direct (to alice's NAT): bob's by a punch round, carol's (symmetric
+    // against port-restricted, which theory says stays relayed) by birthday probing, within
+    // her ten pings (4 s; birthday probing is over within ~2.3 s of the punch's start).
     assert!(bob.iter().any(|l| l.contains("path now direct 203.0.113.1:")), "{bob:?}");
-    assert!(!carol.iter().any(|l| l.contains("path now")), "{carol:?}");
+    assert!(carol.iter().any(|l| l.contains("path now direct 203.0.113.1:")), "{carol:?}");
     let alice = printed_by(&lines, "alice");
     assert!(alice.iter().any(|l| l.starts_with("registered with relay")), "{alice:?}");
-    // One hole punched: bob's (carol's ping ends before her attempt's schedule does).
-    assert_eq!(alice.iter().filter(|l| l.starts_with("hole punched to")).count(), 1, "{alice:?}");
+    assert!(alice.iter().any(|l| l.starts_with("NAT: easy")), "{alice:?}");
+    assert!(alice.iter().any(|l| l.starts_with("hole punched to")), "{alice:?}");
 }
 
 /// Every pair of NAT kinds: direct wherever RFC 4787 theory allows; beyond it, every pair with
@@ -326,10 +327,9 @@ fn nat_matrix() {
     // iroh's skipped pair port-restricted x symmetric: direct by birthday probing.
     let skipped = all.iter().find(|p| p["a"] == "port-restricted" && p["b"] == "symmetric").unwrap();
     assert_eq!((skipped["path"].as_str(), skipped["method"].as_str()), (Some("direct"), Some("birthday")), "{skipped}");
-    assert_eq!(
-        summary["methods"]["birthday"].as_u64().unwrap() + summary["methods"]["predicted"].as_u64().unwrap(),
-        summary["direct_beyond_theory"].as_u64().unwrap()
-    );
+    let birthday = all.iter().filter(|p| p["method"] == "birthday").count() as u64;
+    assert_eq!(summary["methods"]["birthday"].as_u64(), Some(birthday));
+    assert!(birthday >= 8, "every endpoint-independent kind against each random-port one: {birthday}");
 }
 
 #[test]

@@ -11,6 +11,7 @@ pub mod gro;
 pub mod paths;
 pub mod quic;
 pub mod tls;
+mod ttl;
 
 pub use connection::{
     Accept, Accepted, ConnectionError, Incoming, Listener, RecvHalf, RecvStream, SendHalf, SendStream, StreamError,

@@ -79,6 +79,7 @@ fn portmap_corpus_replays_cleanly() {
         let outcome = std::panic::catch_unwind(|| {
             warren::wire::portmap::fuzz_response(&bytes);
             warren::wire::upnp::fuzz_upnp(&bytes);
+            warren::wire::stun::fuzz_stun(&bytes);
         });
         assert!(outcome.is_ok(), "{} fails", path.display());
     }

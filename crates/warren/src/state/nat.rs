@@ -8,8 +8,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use warren_proto::{Decode, Encode};
-
 use crate::state::punch::PREDICTED_PORTS;
 use crate::wire::stun;
 
@@ -20,47 +18,7 @@ pub const SENDS: u32 = 3;
 /// How long a probe waits for its answer in all.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 
-/// A node's NAT, as far as its relay can tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NatType {
-    /// Not known (no relay, no answer from its second port, an older peer).
-    #[default]
-    Unknown,
-    /// No NAT: the relay sees one of the socket's own addresses.
-    Open,
-    /// Endpoint-independent mapping: every destination sees the same address and port.
-    Easy,
-    /// Endpoint-dependent mapping with ports close together (port prediction may find them).
-    HardSequential,
-    /// Endpoint-dependent mapping with random ports (only birthday probing or a port mapping
-    /// gets through).
-    HardRandom,
-}
-
-impl NatType {
-    /// A short name for people and JSON.
-    pub fn name(self) -> &'static str {
-        match self {
-            NatType::Unknown => "unknown",
-            NatType::Open => "open",
-            NatType::Easy => "easy",
-            NatType::HardSequential => "hard-sequential",
-            NatType::HardRandom => "hard-random",
-        }
-    }
-
-    /// Endpoint-dependent mapping.
-    pub fn is_hard(self) -> bool {
-        matches!(self, NatType::HardSequential | NatType::HardRandom)
-    }
-}
-
-impl std::fmt::Display for NatType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::wire::punch::NatType;
 
 /// The kind of NAT from the two observations: `main` (the relay's main port saw the node
 /// there), `second` (its second port did), with the socket's own addresses `local`.

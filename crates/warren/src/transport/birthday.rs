@@ -119,8 +119,9 @@ impl Sockets {
         let Some(Some(s)) = slots.get(usize::from(slot)) else { return false };
         let to = SocketAddr::V4(to);
         let sent = match ttl {
-            Some(ttl) => super::paths::send_with_ttl_on(&s.raw, datagram, to, ttl)
-                .or_else(|_| s.raw.send_to(datagram, to).map(|_| ())),
+            Some(ttl) => {
+                super::ttl::send(&s.raw, datagram, to, ttl).or_else(|_| s.raw.send_to(datagram, to).map(|_| ()))
+            }
             // On the plain handle: tokio's `try_send_to` refuses until its reactor saw the socket
             // writable once. The socket is non-blocking: a full buffer loses the datagram.
             None => s.raw.send_to(datagram, to).map(|_| ()),

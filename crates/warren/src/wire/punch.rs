@@ -9,11 +9,52 @@ use std::net::SocketAddr;
 use warren_proto::{Decode, Encode};
 
 use super::control;
-use crate::state::nat::NatType;
 
 /// The protocol of the signalling stream. Version 2: challenges and responses authenticated
 /// with a key of the connection (see [`super::frame`]) replaced version 1's nonces.
 pub const PROTOCOL: &str = "warren/punch/2";
+
+/// A node's NAT, as far as its relay can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatType {
+    /// Not known (no relay, no answer from its second port, an older peer).
+    #[default]
+    Unknown,
+    /// No NAT: the relay sees one of the socket's own addresses.
+    Open,
+    /// Endpoint-independent mapping: every destination sees the same address and port.
+    Easy,
+    /// Endpoint-dependent mapping with ports close together (port prediction may find them).
+    HardSequential,
+    /// Endpoint-dependent mapping with random ports (only birthday probing or a port mapping
+    /// gets through).
+    HardRandom,
+}
+
+impl NatType {
+    /// A short name for people and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatType::Unknown => "unknown",
+            NatType::Open => "open",
+            NatType::Easy => "easy",
+            NatType::HardSequential => "hard-sequential",
+            NatType::HardRandom => "hard-random",
+        }
+    }
+
+    /// Endpoint-dependent mapping.
+    pub fn is_hard(self) -> bool {
+        matches!(self, NatType::HardSequential | NatType::HardRandom)
+    }
+}
+
+impl std::fmt::Display for NatType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// What a side knows of its own NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode)]
