@@ -284,6 +284,7 @@ fn nat_matrix() {
     let summary = all.pop().unwrap();
     assert_eq!(summary["summary"], true);
     assert_eq!(all.len(), 55, "10 kinds, 55 unordered pairs");
+    let mut birthday_pairs = Vec::new();
     for pair in &all {
         for field in ["a", "b", "path", "ttfb_ms", "attempts"] {
             assert!(!pair[field].is_null(), "{field} missing: {pair}");
@@ -292,6 +293,7 @@ fn nat_matrix() {
         assert_ne!(path, "failed", "{pair}");
         let hard = ["symmetric", "kernel-fully-random", "symmetric-sequential"];
         let sides = [pair["a"].as_str().unwrap(), pair["b"].as_str().unwrap()];
+        let birthday_pair = pair["plan"] == "birthday" && expected == "relayed";
         let both_hard = hard.contains(&sides[0]) && hard.contains(&sides[1]);
         // A port-preserving Linux router never meets a sequential NAT's predicted ports, and
         // that pair gets rounds, not birthday probing (docs/nat-traversal.md).
@@ -305,6 +307,10 @@ fn nat_matrix() {
             );
         } else if linux_sequential {
             assert_eq!(path, "relayed", "{pair}");
+        } else if birthday_pair {
+            // Birthday probing is a bet (99.97 % per attempt): counted below, not asserted one
+            // by one.
+            birthday_pairs.push(path == "direct");
         } else {
             assert_eq!(path, "direct", "{pair}");
         }
@@ -312,24 +318,28 @@ fn nat_matrix() {
             assert_eq!(pair["predicted"], true, "{pair}");
             let method = pair["method"].as_str().unwrap();
             assert!(method == "predicted" || method == "birthday", "{pair}");
-            // Bounded: three rounds, 256 sockets' opens, 1,024 sprayed challenges, both sides.
-            assert!(pair["packets"].as_u64().unwrap() <= 1500, "{pair}");
+            // Bounded: three rounds, 256 sockets' opens, 2,048 sprayed challenges, both sides.
+            assert!(pair["packets"].as_u64().unwrap() <= 2400, "{pair}");
             assert!(pair["punch_ms"].as_u64().unwrap() <= 3000, "{pair}");
         }
     }
+    // Every endpoint-independent kind against each random-port one (eight pairs) goes to
+    // birthday probing; one of them may lose the bet in a run (1 in ~400 runs would lose one).
+    assert_eq!(birthday_pairs.len(), 8, "{birthday_pairs:?}");
+    assert!(birthday_pairs.iter().filter(|d| **d).count() >= 7, "birthday pairs direct: {birthday_pairs:?}");
     // The issue's eight kinds alone: 27 direct pairs of 36 (relayed: symmetric and fully-random
     // against every kind with port-dependent filtering, themselves included).
     let later = ["symmetric-sequential", "linux"];
     let issue_kinds =
         |p: &&Value| !later.contains(&p["a"].as_str().unwrap()) && !later.contains(&p["b"].as_str().unwrap());
     let direct = all.iter().filter(issue_kinds).filter(|p| p["path"] == "direct").count();
-    assert_eq!(direct, 33, "all but the three pairs of the two random-port kinds");
+    assert!(direct >= 32, "all but the three pairs of the two random-port kinds (and one lost bet): {direct}");
     // iroh's skipped pair port-restricted x symmetric: direct by birthday probing.
     let skipped = all.iter().find(|p| p["a"] == "port-restricted" && p["b"] == "symmetric").unwrap();
-    assert_eq!((skipped["path"].as_str(), skipped["method"].as_str()), (Some("direct"), Some("birthday")), "{skipped}");
+    assert_eq!(skipped["plan"].as_str(), Some("birthday"), "{skipped}");
     let birthday = all.iter().filter(|p| p["method"] == "birthday").count() as u64;
     assert_eq!(summary["methods"]["birthday"].as_u64(), Some(birthday));
-    assert!(birthday >= 8, "every endpoint-independent kind against each random-port one: {birthday}");
+    assert!(birthday >= 7, "endpoint-independent kinds against random-port ones: {birthday}");
 }
 
 #[test]

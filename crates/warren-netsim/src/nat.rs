@@ -13,8 +13,12 @@
 //! ICMP errors (destination unreachable, time exceeded, parameter problem) about a mapped flow
 //! are translated both ways, the quoted header included (RFC 5508), as the kernel's NAT does: a
 //! router beyond the NAT can tell an inside host its packets are too big, so path-MTU discovery
-//! works through it. Other ICMP (echo) and non-first IP fragments are dropped: reassembly is not
-//! modelled. TCP mappings use one idle timeout, not RFC 5382's separate transitory one.
+//! works through it. Other ICMP (echo) is dropped. A fragmented UDP or TCP packet is translated
+//! fragment by fragment: the first (which holds the ports) by its mapping, its transport
+//! checksum updated for the rewritten words (it covers the whole datagram); the later ones by
+//! the address the first was given, found by source, destination, protocol and IP id. (Linux
+//! reassembles, translates and fragments again; what comes out is the same. A later fragment
+//! that comes before its first is dropped, where Linux would wait for it.) TCP mappings use one idle timeout, not RFC 5382's separate transitory one.
 //! Expired mappings are swept at most once a second, as packets pass.
 
 use std::collections::HashMap;
@@ -211,6 +215,18 @@ impl NatPreset {
     }
 }
 
+/// How long a first fragment's translation waits for the rest (Linux's `ipfrag_time`).
+pub const FRAGMENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Fragmented datagrams in flight remembered at most.
+pub const MAX_FRAGMENTED: usize = 1024;
+
+/// A fragmented datagram: direction (inbound?), source, destination, protocol, IP id.
+type FragmentKey = (bool, Ipv4Addr, Ipv4Addr, u8, u16);
+
+fn fragment_key(packet: &Packet, inbound: bool) -> FragmentKey {
+    (inbound, packet.src(), packet.dst(), packet.protocol(), packet.ip_id())
+}
+
 /// Why a NAT dropped a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -286,6 +302,8 @@ pub struct Nat {
     /// Linux conntrack's table, for a [`NatConfig::conntrack`] NAT.
     conntrack: Option<Conntrack>,
     last_sweep: Option<Instant>,
+    /// Where each fragmented datagram's first fragment went (see the module docs).
+    fragments: HashMap<FragmentKey, (Ipv4Addr, Instant)>,
 }
 
 impl Nat {
@@ -311,6 +329,7 @@ impl Nat {
             stats: NatStats::default(),
             conntrack,
             last_sweep: None,
+            fragments: HashMap::new(),
         }
     }
 
@@ -343,6 +362,38 @@ impl Nat {
     fn drop(&mut self, reason: DropReason) -> NatVerdict {
         *self.stats.dropped.entry(reason).or_default() += 1;
         NatVerdict::Drop(reason)
+    }
+
+    /// A later fragment: translated as its first fragment was (`inbound`: its destination, else
+    /// its source), or dropped if that one was not seen.
+    fn later_fragment(&mut self, mut packet: Packet, inbound: bool, now: Instant) -> NatVerdict {
+        let key = fragment_key(&packet, inbound);
+        match self.fragments.get(&key) {
+            Some((ip, at)) if now.saturating_duration_since(*at) < FRAGMENT_TIMEOUT => {
+                if inbound {
+                    packet.set_dst_ip(*ip);
+                    self.stats.inbound += 1;
+                } else {
+                    packet.set_src_ip(*ip);
+                    self.stats.outbound += 1;
+                }
+                NatVerdict::Forward(packet)
+            }
+            _ => self.drop(DropReason::Unsupported),
+        }
+    }
+
+    /// Remembers where a first fragment went, for the rest of its datagram.
+    fn first_fragment(&mut self, key: FragmentKey, verdict: &NatVerdict, inbound: bool, now: Instant) {
+        let NatVerdict::Forward(translated) = verdict else { return };
+        if self.fragments.len() >= MAX_FRAGMENTED {
+            self.fragments.retain(|_, (_, at)| now.saturating_duration_since(*at) < FRAGMENT_TIMEOUT);
+            if self.fragments.len() >= MAX_FRAGMENTED {
+                return;
+            }
+        }
+        let ip = if inbound { translated.dst() } else { translated.src() };
+        self.fragments.insert(key, (ip, now));
     }
 
     /// The verdict for a packet no NAT here translates: not UDP or TCP, a later fragment, or
@@ -450,8 +501,20 @@ impl Nat {
     }
 
     /// A packet from the inside, at `now`.
-    pub fn outbound(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
+    pub fn outbound(&mut self, packet: Packet, now: Instant) -> NatVerdict {
         self.sweep(now);
+        if packet.is_later_fragment() && matches!(packet.protocol(), UDP | TCP) && !self.config.block_udp {
+            return self.later_fragment(packet, false, now);
+        }
+        let first = packet.is_first_fragment().then(|| fragment_key(&packet, false));
+        let verdict = self.outbound_whole(packet, now);
+        if let Some(key) = first {
+            self.first_fragment(key, &verdict, false, now);
+        }
+        verdict
+    }
+
+    fn outbound_whole(&mut self, mut packet: Packet, now: Instant) -> NatVerdict {
         if let Some(error) = IcmpError::of(&packet) {
             return self.icmp_outbound(&packet, error, now);
         }
@@ -509,6 +572,10 @@ impl Nat {
         if let Some(error) = IcmpError::of(&packet) {
             return self.icmp_inbound(&packet, error, now);
         }
+        if packet.is_later_fragment() && matches!(packet.protocol(), UDP | TCP) && !self.config.block_udp {
+            return self.later_fragment(packet, true, now);
+        }
+        let first = packet.is_first_fragment().then(|| fragment_key(&packet, true));
         let verdict = if self.conntrack.is_some() {
             self.conntrack_inbound(packet, now)
         } else {
@@ -516,6 +583,9 @@ impl Nat {
         };
         if matches!(verdict, NatVerdict::Forward(_)) {
             self.stats.inbound += 1;
+        }
+        if let Some(key) = first {
+            self.first_fragment(key, &verdict, true, now);
         }
         verdict
     }

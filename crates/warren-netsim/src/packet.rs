@@ -271,22 +271,73 @@ impl Packet {
 
     /// Rewrites the source address and (for UDP/TCP) port, fixing the checksums.
     pub fn set_src(&mut self, endpoint: SocketAddrV4) {
-        self.bytes[12..16].copy_from_slice(&endpoint.ip().octets());
-        if self.has_ports() {
-            let at = self.header_len;
-            self.bytes[at..at + 2].copy_from_slice(&endpoint.port().to_be_bytes());
-        }
-        self.fix_checksums();
+        self.rewrite(12, 0, endpoint);
     }
 
     /// Rewrites the destination address and (for UDP/TCP) port, fixing the checksums.
     pub fn set_dst(&mut self, endpoint: SocketAddrV4) {
-        self.bytes[16..20].copy_from_slice(&endpoint.ip().octets());
+        self.rewrite(16, 2, endpoint);
+    }
+
+    /// The IP identification field (the fragments of one datagram share it).
+    pub fn ip_id(&self) -> u16 {
+        u16::from_be_bytes([self.bytes[4], self.bytes[5]])
+    }
+
+    /// True for the first fragment of a fragmented packet (offset 0, more to come).
+    pub fn is_first_fragment(&self) -> bool {
+        self.more_fragments() && !self.is_later_fragment()
+    }
+
+    /// Rewrites the source address only (a later fragment has no ports).
+    pub fn set_src_ip(&mut self, ip: Ipv4Addr) {
+        self.bytes[12..16].copy_from_slice(&ip.octets());
+        self.fix_ip_checksum();
+    }
+
+    /// Rewrites the destination address only.
+    pub fn set_dst_ip(&mut self, ip: Ipv4Addr) {
+        self.bytes[16..20].copy_from_slice(&ip.octets());
+        self.fix_ip_checksum();
+    }
+
+    /// Writes `endpoint` at the address offset `ip_at` and the port offset `port_at` (within the
+    /// transport header). A whole segment's transport checksum is recomputed; a first fragment's
+    /// covers bytes it does not hold, so it is updated for the changed words (RFC 1624).
+    fn rewrite(&mut self, ip_at: usize, port_at: usize, endpoint: SocketAddrV4) {
+        let port_at = self.header_len + port_at;
+        let words = |b: &[u8]| -> [u16; 3] {
+            [u16::from_be_bytes([b[ip_at], b[ip_at + 1]]), u16::from_be_bytes([b[ip_at + 2], b[ip_at + 3]]), 0]
+        };
+        let mut old = words(&self.bytes);
         if self.has_ports() {
-            let at = self.header_len + 2;
-            self.bytes[at..at + 2].copy_from_slice(&endpoint.port().to_be_bytes());
+            old[2] = u16::from_be_bytes([self.bytes[port_at], self.bytes[port_at + 1]]);
         }
-        self.fix_checksums();
+        self.bytes[ip_at..ip_at + 4].copy_from_slice(&endpoint.ip().octets());
+        if self.has_ports() {
+            self.bytes[port_at..port_at + 2].copy_from_slice(&endpoint.port().to_be_bytes());
+        }
+        if !(self.has_ports() && self.more_fragments()) {
+            self.fix_checksums();
+            return;
+        }
+        let mut new = words(&self.bytes);
+        new[2] = endpoint.port();
+        let at = self.header_len + if self.protocol() == UDP { 6 } else { 16 };
+        let current = u16::from_be_bytes([self.bytes[at], self.bytes[at + 1]]);
+        if !(self.protocol() == UDP && current == 0) {
+            // HC' = ~(~HC + ~m + m') for each changed word.
+            let mut sum = u32::from(!current);
+            for (m, m2) in old.iter().zip(new) {
+                sum += u32::from(!*m) + u32::from(m2);
+            }
+            let mut value = fold(sum);
+            if self.protocol() == UDP && value == 0 {
+                value = 0xffff;
+            }
+            self.bytes[at..at + 2].copy_from_slice(&value.to_be_bytes());
+        }
+        self.fix_ip_checksum();
     }
 
     /// Decrements the TTL; false if it reached zero (the packet must be dropped).

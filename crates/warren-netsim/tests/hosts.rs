@@ -49,20 +49,19 @@ fn echo_server(host: &Host, count: usize, ready: std::sync::mpsc::Sender<()>) ->
     })
 }
 
-#[test]
-fn round_trip_time_is_twice_the_link_latency() {
-    let _serial = serial();
-    let config = LinkConfig { latency: Duration::from_millis(25), ..Default::default() };
+/// `count` round trips of a small datagram over one link with `config`, in milliseconds,
+/// sorted.
+fn round_trips(config: LinkConfig, count: u32) -> Vec<f64> {
     let (_sim, a, b) = pair(1, config);
     let (ready_tx, ready) = std::sync::mpsc::channel();
-    let server = echo_server(&b, 20, ready_tx);
+    let server = echo_server(&b, count as usize, ready_tx);
     ready.recv().unwrap();
     let rtts = a
-        .spawn(|| async {
+        .spawn(move || async move {
             let socket = UdpSocket::bind((A, 0)).await.unwrap();
             let mut rtts = Vec::new();
             let mut buf = [0u8; 64];
-            for i in 0..20u32 {
+            for i in 0..count {
                 let started = Instant::now();
                 socket.send_to(&i.to_be_bytes(), SocketAddr::from((B, 7000))).await.unwrap();
                 let (n, _) =
@@ -74,16 +73,36 @@ fn round_trip_time_is_twice_the_link_latency() {
         })
         .join()
         .unwrap();
-    assert_eq!(server.join().unwrap(), 20);
+    assert_eq!(server.join().unwrap(), count as usize);
+    let mut ms: Vec<f64> = rtts.iter().map(|rtt| rtt.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
+#[test]
+fn round_trip_time_is_twice_the_link_latency() {
+    let _serial = serial();
+    let ms = round_trips(LinkConfig { latency: Duration::from_millis(25), ..Default::default() }, 20);
     // What is stable on a loaded machine: no sample under the configured latency (the link
     // never delivers early), the median within 3 ms above it and the 90th percentile within 10 ms
     // (a busy scheduler delays single samples; a fresh-clone CI run once saw 55.1 ms).
-    let mut ms: Vec<f64> = rtts.iter().map(|rtt| rtt.as_secs_f64() * 1e3).collect();
-    ms.sort_by(f64::total_cmp);
     assert!(ms[0] >= 50.0, "an RTT under the link's 50 ms: {ms:?}");
     let (median, p90) = (ms[ms.len() / 2], ms[ms.len() * 9 / 10]);
     assert!(median <= 53.0, "median RTT {median} ms, expected 50 ms + at most 3: {ms:?}");
     assert!(p90 <= 60.0, "90th percentile RTT {p90} ms, expected 50 ms + at most 10: {ms:?}");
+}
+
+/// The forwarder keeps sub-millisecond latencies: it waits with `ppoll` to the microsecond
+/// (timer slack 1 µs), where `poll` rounded every wait up to a whole millisecond, so a 0.3 ms
+/// link took at least 1 ms each way (an RTT of 2 ms or more, every sample).
+#[test]
+fn sub_millisecond_latency_is_kept() {
+    let _serial = serial();
+    let ms = round_trips(LinkConfig { latency: Duration::from_micros(300), ..Default::default() }, 40);
+    assert!(ms[0] >= 0.6, "an RTT under the link's 0.6 ms: {ms:?}");
+    let median = ms[ms.len() / 2];
+    println!("0.3 ms each way: median RTT {median:.3} ms");
+    assert!(median < 1.5, "median RTT {median} ms for a 0.6 ms link (whole-millisecond waits give 2 ms+): {ms:?}");
 }
 
 /// Sends `count` datagrams from a to b through a lossy link; returns (received, link lost count).

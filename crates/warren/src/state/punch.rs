@@ -38,7 +38,7 @@
 //! random ports of the hard side's address, [`SPRAY_BURST`] every [`SPRAY_GAP`],
 //! [`SPRAY_BURSTS`] times: each also opens the easy side's filter for that port, and one that
 //! meets an open mapping is answered (Tailscale's numbers: 256 sockets and 1,024 probes find each
-//! other ~98 % of the time). Two hard sides (without a port mapping) do not punch at all: no
+//! other ~98 % of the time; warren sprays twice that, for ~99.97 %). Two hard sides (without a port mapping) do not punch at all: no
 //! round could succeed.
 //!
 //! States: `AwaitOffer` (responder) / `AwaitAnswer` (initiator) → `Waiting` (initiator, half an
@@ -97,8 +97,10 @@ pub const BIRTHDAY_SOCKETS: usize = 256;
 /// Challenges per burst of the easy side's spray.
 pub const SPRAY_BURST: usize = 128;
 
-/// Bursts in the spray.
-pub const SPRAY_BURSTS: usize = 8;
+/// Bursts in the spray: 2,048 challenges in all. (Against 256 open mappings among ~64,500
+/// ports, 1,024 find one 98 % of the time, 2,048 99.97 %: with 1,024 a NAT-matrix run, eight
+/// birthday pairs, lost one pair in seven.)
+pub const SPRAY_BURSTS: usize = 16;
 
 /// Gap between bursts.
 pub const SPRAY_GAP: Duration = Duration::from_millis(100);
@@ -1181,8 +1183,9 @@ mod tests {
                 worst = worst.max(easy.elapsed);
             }
         }
-        // Tailscale's figure for 256 sockets and 1,024 probes is ~98 %.
-        assert!(found * 100 >= runs * 95, "found in {found} of {runs}");
+        // 256 sockets and 2,048 probes: 99.97 % in theory.
+        println!("birthday probing found the path in {found} of {runs} runs, the slowest after {worst:?}");
+        assert!(found * 100 >= runs * 99, "found in {found} of {runs}");
         assert!(worst <= Duration::from_secs(3), "{worst:?}");
     }
 
