@@ -66,7 +66,7 @@ use std::future::Future;
 pub use buffered::Buffered;
 pub use error::{DecodeError, DecodeErrorKind, EncodeError, PathSegment};
 pub use impls::VarInt;
-pub use reader::{READ_BUFFER, Reader, decode_from_slice, decode_prefix};
+pub use reader::{PREALLOC_BYTES, READ_BUFFER, Reader, decode_from_slice, decode_prefix};
 pub use warren_proto_derive::{Decode, Encode};
 pub use writer::{WriteError, Writer, encode_to_vec, write_message};
 

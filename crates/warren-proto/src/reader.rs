@@ -299,8 +299,9 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
         usize::try_from(len).map_err(|_| DecodeError::new(DecodeErrorKind::TooLong { len, max: usize::MAX as u64 }))
     }
 
-    /// Reads `len` bytes into a new vector, after checking they fit the message's budget (so a
-    /// huge length allocates nothing).
+    /// Reads `len` bytes into a new vector, after checking they fit the message's budget. The
+    /// vector grows as the bytes arrive (doubling, from what is buffered or [`PREALLOC_BYTES`]):
+    /// a length prefix alone reserves nothing its sender has not sent.
     pub async fn read_vec(&mut self, len: usize) -> Result<Vec<u8>, DecodeError> {
         self.charge(len as u64)?;
         if self.end - self.pos >= len {
@@ -309,18 +310,29 @@ impl<R: AsyncRead + Unpin + Send> Reader<R> {
             self.consumed += len as u64;
             return Ok(out);
         }
-        let mut out = vec![0u8; len];
-        self.read_exact(&mut out).await?;
+        let mut out = Vec::with_capacity(len.min((self.end - self.pos).max(PREALLOC_BYTES)));
+        while out.len() < len {
+            let start = out.len();
+            let step = (len - start).min(out.capacity().max(PREALLOC_BYTES));
+            out.resize(start + step, 0);
+            self.read_exact(&mut out[start..]).await?;
+        }
         Ok(out)
     }
 
     /// How many elements of `elem_size` bytes (at least 1) may be allocated up front for a
-    /// sequence of `count`: never more than the rest of the budget could fill.
+    /// sequence of `count`: what the bytes already buffered (or [`PREALLOC_BYTES`], if fewer)
+    /// and the rest of the budget could fill. The sequence grows as its elements arrive.
     pub fn prealloc(&self, count: usize, elem_size: usize) -> usize {
         let left = self.budget.saturating_sub(self.consumed) as usize;
-        count.min(left / elem_size.max(1)).min(64 * 1024)
+        let arrived = (self.end - self.pos).max(PREALLOC_BYTES);
+        count.min(left.min(arrived) / elem_size.max(1))
     }
 }
+
+/// Bytes' worth of a sequence reserved before they arrived, at most (issue 14: reserving from
+/// the budget let a 3-byte length on a `Vec<[u8; 256]>` take 16 MiB on any stream).
+pub const PREALLOC_BYTES: usize = 4096;
 
 /// Decodes one `T` from a complete byte slice, refusing trailing bytes.
 pub fn decode_from_slice<T: Message>(bytes: &[u8]) -> Result<T, DecodeError> {
