@@ -143,14 +143,7 @@ pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
             result.plan = dialled.plan.clone();
             // Each side names how it found the path; the more specific name wins (a predicted
             // port validated on one side is the other's plain reflexive address).
-            use warren::state::punch::Method;
-            let rank = |m: &Method| match m {
-                Method::Punched => 0,
-                Method::Predicted => 1,
-                Method::Birthday => 2,
-                Method::PortMapping => 3,
-            };
-            result.method = [dialled.method, other.method].into_iter().flatten().max_by_key(rank).map(|m| m.name());
+            result.method = dialled.method.max(other.method).map(|m| m.name());
             result.path = match dialled.path {
                 Path::Direct { .. } => "direct",
                 Path::Relayed { .. } => "relayed",

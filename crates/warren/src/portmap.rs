@@ -164,8 +164,7 @@ impl Driver {
             }
         };
         loop {
-            let mut nonce = [0u8; 12];
-            getrandom::fill(&mut nonce).expect("the operating system's random source works");
+            let nonce = crate::transport::paths::random_bytes();
             let state =
                 State::new(Instant::now(), gateway, internal, nonce, self.config.lifetime, self.config.protocols);
             if self.search(state, &sockets).await {

@@ -119,8 +119,7 @@ pub(crate) async fn run(
     // A NAT test under way (just registered with the relay) decides the method: wait for it.
     paths.settled_nat(crate::state::nat::PROBE_TIMEOUT).await;
     let ours = paths.candidates();
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).expect("the operating system's random source works");
+    let seed = crate::transport::paths::random_bytes();
     let mut session = match role {
         Role::Initiator => PunchSession::initiator(now, ours, on_loopback, seed),
         Role::Responder => PunchSession::responder(now, ours, on_loopback, seed),

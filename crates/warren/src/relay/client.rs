@@ -553,8 +553,7 @@ fn config_addr(client: &RelayClient) -> SocketAddr {
 /// not answer.
 async fn classify(paths: &Paths, relay: SocketAddr, observed: SocketAddr) -> (NatType, Option<SocketAddr>) {
     let Some(port) = relay.port().checked_add(1) else { return (NatType::Unknown, None) };
-    let mut tid = [0u8; 12];
-    getrandom::fill(&mut tid).expect("the operating system's random source works");
+    let tid = crate::transport::paths::random_bytes();
     let mut stun = paths.subscribe_stun();
     let mut probe = NatProbe::new(std::time::Instant::now(), SocketAddr::new(relay.ip(), port), tid);
     loop {

@@ -141,8 +141,8 @@ pub fn plan(ours: NatInfo, theirs: NatInfo) -> Plan {
     }
 }
 
-/// How a direct path was found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// How a direct path was found, from the plainest to the most specific (the order of `Ord`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// A round of challenges to a candidate.

@@ -31,11 +31,11 @@ use crate::state::punch::{Candidates, MAX_CANDIDATES};
 use crate::wire::frame::{self, PathKey};
 use crate::wire::punch::NatInfo;
 
-/// 32 bytes from the operating system's random source.
-fn random_secret() -> [u8; 32] {
-    let mut secret = [0; 32];
-    getrandom::fill(&mut secret).expect("the operating system's random source works");
-    secret
+/// `N` bytes from the operating system's random source (secrets, nonces, transaction ids).
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    bytes
 }
 
 /// Relayed datagrams waiting for quinn; more are dropped, as a full socket buffer would.
@@ -119,7 +119,7 @@ impl Paths {
             socket,
             raw,
             ipv6,
-            table: Mutex::new(PathTable::new(me, random_secret())),
+            table: Mutex::new(PathTable::new(me, random_bytes())),
             relay: Mutex::new(None),
             mapped: Mutex::new(None),
             nat: tokio::sync::watch::channel((NatType::Unknown, false)).0,
