@@ -382,10 +382,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let meta = conn.remote_metadata();
     let get = |k: &str| meta.get(k).cloned().unwrap_or_default();
     say(format!(
-        "   connected in {} ms; TLS 1.3 with both identities verified; bob's hello: name={} os={} version={} protocols={:?}",
+        "   connected in {} ms; TLS 1.3 with both identities verified; bob's hello (sent once alice was verified; OS and device model opt-in): name={} version={} protocols={:?}",
         ms(connect_time),
         get("name"),
-        get("os"),
         get("version"),
         conn.remote_protocols()
     ));

@@ -29,6 +29,7 @@ pub struct Builder {
     manual: Vec<ManualPeer>,
     bootstrap_cache: Option<PathBuf>,
     protocols: Vec<(String, Arc<dyn ProtocolHandler>)>,
+    device_info: bool,
 }
 
 /// Why a node could not be built.
@@ -75,6 +76,7 @@ impl P2P {
             manual: Vec::new(),
             bootstrap_cache: None,
             protocols: Vec::new(),
+            device_info: false,
         }
     }
 }
@@ -127,6 +129,13 @@ impl Builder {
         self
     }
 
+    /// Sends the operating system and device model to verified peers, in the hello (off by
+    /// default: they fingerprint the device; see [`crate::node::device_info`]).
+    pub fn device_info(mut self, share: bool) -> Self {
+        self.device_info = share;
+        self
+    }
+
     /// Routes incoming streams that name `protocol` to `handler`; the stream it gets knows the
     /// peer's verified identity ([`Stream::remote`](crate::Stream::remote)).
     pub fn protocol(mut self, protocol: &str, handler: impl ProtocolHandler) -> Self {
@@ -138,6 +147,9 @@ impl Builder {
     /// sockets, the relay and the discovery sources. On an error, whatever started is shut down.
     pub async fn spawn(self) -> Result<P2P, BuildError> {
         let p2p = P2P::new(self.app_name, self.identity);
+        if self.device_info {
+            p2p.metadata_mut().extend(crate::node::device_info()).expect("two short entries fit the wire limits");
+        }
         match Self::start(&p2p, self.listen, self.relay, self.hole_punching, self.protocols).await {
             Ok((port, first)) => {
                 if let Some(config) = self.port_mapping {

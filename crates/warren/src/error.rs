@@ -103,6 +103,15 @@ pub enum TransportError {
     /// The transport was shut down.
     #[error("the transport is shut down")]
     ShutDown,
+    /// Another identity answered; the handshake was aborted before this side's identity went
+    /// out.
+    #[error("expected identity {expected}, the peer is {got}")]
+    WrongIdentity {
+        /// The identity dialled.
+        expected: RemoteIdentity,
+        /// The identity that answered.
+        got: RemoteIdentity,
+    },
     /// The rendezvous point (the relay) could not help: it does not know the peer, or could
     /// not be asked.
     #[error("rendezvous: {0}")]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::event::{Direction, Event};
-pub use self::metadata::{DEVICE_MODEL, MetadataGuard, NAME, OS, VERSION};
+pub use self::metadata::{DEVICE_MODEL, MetadataGuard, NAME, OS, VERSION, device_info};
 use self::peer::PeerTable;
 pub use self::peer::{ConnectionState, PeerInfo};
 use crate::connection::{Connection, STREAM_HEADER_TIMEOUT, Stream, codes};
@@ -145,8 +145,9 @@ impl std::fmt::Debug for P2P {
 
 impl P2P {
     /// Creates a node named `app_name` (used by discovery, e.g. `_warren._udp`) with `identity`.
-    /// Its metadata starts with the host name, operating system, device model and warren
-    /// version. It has no transport until a listener hook is spawned.
+    /// Its metadata starts with the host name and the warren version; the operating system and
+    /// device model are sent only if the application adds them ([`device_info`]). It
+    /// has no transport until a listener hook is spawned.
     pub fn new(app_name: impl Into<String>, identity: Identity) -> Self {
         let remote_identity = identity.to_remote_identity();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -859,16 +860,19 @@ impl P2P {
             return Err(ConnectError::ShuttingDown);
         }
         let listener = self.listener_for(addr).ok_or(ConnectError::NoTransport)?;
-        let conn = tokio::time::timeout(timeout, listener.dial(addr))
+        let conn = tokio::time::timeout(timeout, listener.dial(addr, expected))
             .await
             .map_err(|_| ConnectError::Transport { addr, error: TransportError::Timeout(timeout) })?
-            .map_err(|error| ConnectError::Transport { addr, error })?;
+            .map_err(|error| match error {
+                TransportError::WrongIdentity { expected, got } => ConnectError::WrongIdentity { expected, got },
+                error => ConnectError::Transport { addr, error },
+            })?;
         self.establish(conn, Direction::Outbound, expected, None).await
     }
 
-    /// Takes a connection a listener brings in: waits for it, sends our hello as soon as it can
-    /// carry data, waits for the rest of the handshake, then checks the peer's identity and
-    /// hello, in a task of the node. Failures become `IncomingRejected`.
+    /// Takes a connection a listener brings in: waits for its handshake (the dialler's key
+    /// verified), sends our hello, then checks the peer's identity and hello, in a task of the
+    /// node. Failures become `IncomingRejected`.
     fn accept(&self, incoming: Incoming) {
         let p2p = self.clone();
         self.spawn(async move {
@@ -877,10 +881,13 @@ impl P2P {
                 let transport_err = |error: TransportError| ConnectError::Transport { addr, error };
                 let accepted = incoming.connecting.await.map_err(transport_err)?;
                 let conn = accepted.connection;
-                // With QUIC our hello goes out as 0.5-RTT data, with our handshake reply, so the
-                // dialler has it as soon as its handshake completes. It is sent before the
-                // dialler's key is verified, so it must never hold anything reserved for
-                // authenticated peers (any client can make itself a key and get it anyway).
+                // Nothing about this node (metadata, protocols) leaves before the dialler's key
+                // is verified: the hello waits for the end of the handshake instead of going
+                // out as 0.5-RTT data. It costs the dialler one round trip (its connect takes
+                // two, like libp2p's identify), which is the price of point 3 of issue 14.
+                if let Some(handshake) = accepted.handshake {
+                    handshake.await.map_err(transport_err)?;
+                }
                 let hello_out = match p2p.send_hello(&*conn).await {
                     Ok(sent) => sent,
                     Err(error) => {
@@ -888,9 +895,6 @@ impl P2P {
                         return Err(error);
                     }
                 };
-                if let Some(handshake) = accepted.handshake {
-                    handshake.await.map_err(transport_err)?;
-                }
                 p2p.establish(conn, Direction::Inbound, None, Some(hello_out)).await
             }
             .await;
@@ -902,8 +906,9 @@ impl P2P {
     }
 
     fn hello(&self) -> Hello {
-        // Private metadata goes to contacts only, over their authenticated stream (see
-        // `discovery::mdns`); the hello is sent before the other side is verified.
+        // The hello goes to verified peers only, but any key can be made: in ContactsOnly mode
+        // metadata goes to contacts alone, over their authenticated stream (see
+        // `discovery::mdns`).
         let private = self.inner.private_metadata.load(std::sync::atomic::Ordering::Relaxed);
         Hello {
             major: WIRE_VERSION_MAJOR,
@@ -926,7 +931,7 @@ impl P2P {
 
     /// Checks the identity, exchanges hellos (each side sends its own on a unidirectional
     /// stream, without waiting for the other's) and registers the connection. `our_hello` is the
-    /// hello already sent, if any: the acceptor sends it as 0.5-RTT data.
+    /// hello already sent, if any: the acceptor sends it as soon as the handshake completes.
     async fn establish(
         &self,
         transport: Arc<dyn TransportConnection>,

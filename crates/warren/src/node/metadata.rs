@@ -15,13 +15,23 @@ pub const DEVICE_MODEL: &str = "device_model";
 /// Well-known metadata key: the warren version the node runs.
 pub const VERSION: &str = "version";
 
-/// The metadata a node starts with: host name, operating system, device model, warren version.
+/// The metadata a node starts with: host name and warren version. Every verified peer gets it
+/// in the hello (in ContactsOnly mode, contacts only). What else goes is the application's
+/// choice: [`device_info`] is opt-in.
 pub(crate) fn defaults() -> BTreeMap<String, String> {
     let mut metadata = BTreeMap::new();
     metadata.insert(NAME.to_owned(), host_name());
+    metadata.insert(VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    metadata
+}
+
+/// The operating system and device model, for an application that wants its peers to see them
+/// (`p2p.metadata_mut().extend(device_info())` or [`Builder::device_info`](crate::Builder::device_info)).
+/// Not sent by default: they fingerprint the device for every peer it talks to.
+pub fn device_info() -> BTreeMap<String, String> {
+    let mut metadata = BTreeMap::new();
     metadata.insert(OS.to_owned(), std::env::consts::OS.to_owned());
     metadata.insert(DEVICE_MODEL.to_owned(), device_model());
-    metadata.insert(VERSION.to_owned(), env!("CARGO_PKG_VERSION").to_owned());
     metadata
 }
 
@@ -72,6 +82,14 @@ impl MetadataGuard<'_> {
             });
         }
         Ok(self.map.insert(key, value))
+    }
+
+    /// Inserts every entry of `entries`, stopping at the first the wire limits refuse.
+    pub fn extend(&mut self, entries: impl IntoIterator<Item = (String, String)>) -> Result<(), WireError> {
+        for (key, value) in entries {
+            self.insert(key, value)?;
+        }
+        Ok(())
     }
 
     /// Removes `key`, returning its value.

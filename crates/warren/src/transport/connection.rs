@@ -258,9 +258,15 @@ pub trait Listener: Hook {
     /// The addresses it accepts on.
     fn local_addrs(&self) -> Vec<SocketAddr>;
 
-    /// Dials `addr` and completes the transport's handshake. The node then checks the identity
-    /// and exchanges hellos.
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>>;
+    /// Dials `addr` and completes the transport's handshake. With `expected`, the handshake must
+    /// check that the peer is that identity before this side reveals its own, and fail with
+    /// [`TransportError::WrongIdentity`] otherwise. The node then checks the identity again and
+    /// exchanges hellos.
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<RemoteIdentity>,
+    ) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>>;
 
     /// Starts accepting: each incoming connection goes to `accept`. The node calls it once, when
     /// it registers the listener.

@@ -165,8 +165,24 @@ pub fn client_config(identity: &Arc<Identity>) -> quinn::ClientConfig {
 
 /// quinn client configuration for `identity` and connections of `kind`.
 pub fn client_config_for(identity: &Arc<Identity>, kind: PathKind) -> quinn::ClientConfig {
-    let crypto = QuicClientConfig::try_from(tls::client_config(identity))
-        .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
+    quic_client_config(tls::client_config(identity), kind)
+}
+
+/// quinn client configuration for dialling `expected` as `identity` over a path of `kind`: the
+/// handshake aborts before this side's certificate goes out if another key answers (see
+/// [`tls::client_config_expecting`]).
+pub fn client_config_expecting(
+    identity: &Arc<Identity>,
+    kind: PathKind,
+    expected: RemoteIdentity,
+) -> (quinn::ClientConfig, tls::Presented) {
+    let (crypto, presented) = tls::client_config_expecting(identity, expected);
+    (quic_client_config(crypto, kind), presented)
+}
+
+fn quic_client_config(crypto: rustls::ClientConfig, kind: PathKind) -> quinn::ClientConfig {
+    let crypto =
+        QuicClientConfig::try_from(crypto).expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config_for(kind)));
     config
@@ -194,6 +210,7 @@ pub struct QuicTransport {
 }
 
 struct QuicInner {
+    identity: Arc<Identity>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
     paths: Arc<Paths>,
     local_addr: SocketAddr,
@@ -238,6 +255,7 @@ impl QuicTransport {
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
         Ok(Self {
             inner: Arc::new(QuicInner {
+                identity: identity.clone(),
                 endpoint: Mutex::new(Some(endpoint.clone())),
                 paths,
                 local_addr,
@@ -392,15 +410,34 @@ impl Listener for QuicTransport {
         vec![self.inner.local_addr]
     }
 
-    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>> {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<RemoteIdentity>,
+    ) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>> {
         Box::pin(async move {
             let endpoint = self.endpoint().ok_or(TransportError::ShutDown)?;
-            let connecting = match PathKind::of(addr) {
-                PathKind::Local => endpoint.connect(addr, tls::SERVER_NAME),
-                PathKind::Internet => endpoint.connect_with(self.inner.internet_client.clone(), addr, tls::SERVER_NAME),
-                PathKind::Relayed => endpoint.connect_with(self.inner.relayed_client.clone(), addr, tls::SERVER_NAME),
+            let kind = PathKind::of(addr);
+            let (connecting, presented) = match (expected, kind) {
+                (Some(expected), kind) => {
+                    let (config, presented) = client_config_expecting(&self.inner.identity, kind, expected);
+                    (endpoint.connect_with(config, addr, tls::SERVER_NAME), Some((expected, presented)))
+                }
+                (None, PathKind::Local) => (endpoint.connect(addr, tls::SERVER_NAME), None),
+                (None, PathKind::Internet) => {
+                    (endpoint.connect_with(self.inner.internet_client.clone(), addr, tls::SERVER_NAME), None)
+                }
+                (None, PathKind::Relayed) => {
+                    (endpoint.connect_with(self.inner.relayed_client.clone(), addr, tls::SERVER_NAME), None)
+                }
             };
-            let quic = connecting?.await.map_err(|e| TransportError::Connection(e.into()))?;
+            let quic = connecting?.await.map_err(|e| match &presented {
+                Some((expected, presented)) => match presented.get() {
+                    Some(got) if got != expected => TransportError::WrongIdentity { expected: *expected, got: *got },
+                    _ => TransportError::Connection(e.into()),
+                },
+                None => TransportError::Connection(e.into()),
+            })?;
             self.established(&quic);
             Ok(self.wrap(quic))
         })

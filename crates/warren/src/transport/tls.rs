@@ -2,9 +2,12 @@
 //!
 //! Each side presents its Ed25519 [`Identity`] as a raw public key (an X.509
 //! SubjectPublicKeyInfo, no certificate) and proves possession by signing the handshake. Both
-//! sides verify: the verifier accepts any well-formed Ed25519 key whose handshake signature is
-//! valid, and the caller then compares the key with the identity it expected. That split lets a
-//! dialler report `WrongIdentity { expected, got }` instead of an opaque handshake failure.
+//! sides verify that the key is a well-formed Ed25519 key whose handshake signature is valid. A
+//! dialler that knows whom it dials also checks, inside the handshake, that the server's key is
+//! that identity, and aborts before its own certificate goes out: a stale, cached or forged
+//! address learns nothing of who dialled (TLS 1.3 sends the client's certificate only after
+//! the server's has been verified). The key the server presented is kept in a [`Presented`]
+//! slot, so that the dialler still reports `WrongIdentity { expected, got }`.
 
 use std::sync::Arc;
 
@@ -72,19 +75,39 @@ pub fn server_config(identity: &Arc<Identity>) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .with_client_cert_verifier(Arc::new(IdentityVerifier))
+        .with_client_cert_verifier(Arc::new(IdentityVerifier::default()))
         .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(identity))));
     config.alpn_protocols = vec![ALPN.to_vec()];
     config
 }
 
-/// Builds the rustls configuration for dialling as `identity`.
+/// Builds the rustls configuration for dialling as `identity`, any server identity accepted
+/// (the caller compares it afterwards).
 pub fn client_config(identity: &Arc<Identity>) -> rustls::ClientConfig {
+    client_config_with(identity, Arc::new(IdentityVerifier::default()))
+}
+
+/// The server key a dial saw, filled in by the verifier of [`client_config_expecting`].
+pub type Presented = Arc<std::sync::OnceLock<RemoteIdentity>>;
+
+/// Builds the rustls configuration for dialling `expected` as `identity`: the handshake fails
+/// inside TLS, before this side's certificate is sent, when the server's key is another one.
+/// The key it presented is then in the returned slot.
+pub fn client_config_expecting(
+    identity: &Arc<Identity>,
+    expected: RemoteIdentity,
+) -> (rustls::ClientConfig, Presented) {
+    let presented = Presented::default();
+    let verifier = IdentityVerifier { expect: Some((expected, presented.clone())) };
+    (client_config_with(identity, Arc::new(verifier)), presented)
+}
+
+fn client_config_with(identity: &Arc<Identity>, verifier: Arc<dyn ServerCertVerifier>) -> rustls::ClientConfig {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(IdentityVerifier))
+        .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified_key(
             identity,
         ))));
@@ -129,9 +152,13 @@ impl Signer for IdentitySigner {
     }
 }
 
-/// Verifies the peer's raw public key is an Ed25519 identity and that it signed the handshake.
-#[derive(Debug)]
-struct IdentityVerifier;
+/// Verifies the peer's raw public key is an Ed25519 identity and that it signed the handshake;
+/// as a dialler's verifier with `expect`, also that the server's key is the identity expected
+/// (the key presented goes into the slot either way).
+#[derive(Debug, Default)]
+struct IdentityVerifier {
+    expect: Option<(RemoteIdentity, Presented)>,
+}
 
 impl IdentityVerifier {
     fn check_key(end_entity: &CertificateDer<'_>) -> Result<(), rustls::Error> {
@@ -176,7 +203,17 @@ impl ServerCertVerifier for IdentityVerifier {
         if !intermediates.is_empty() {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding));
         }
-        Self::check_key(end_entity).map(|()| ServerCertVerified::assertion())
+        Self::check_key(end_entity)?;
+        if let Some((expected, presented)) = &self.expect {
+            let got = identity_from_spki(end_entity).expect("checked just above");
+            let _ = presented.set(got);
+            if got != *expected {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                ));
+            }
+        }
+        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -271,5 +308,77 @@ mod tests {
         let mut longer = spki;
         longer.push(0);
         assert_eq!(identity_from_spki(&longer), None);
+    }
+
+    /// Runs a TLS handshake in memory until neither side has anything to send or one fails.
+    fn handshake(
+        client: &mut rustls::ClientConnection,
+        server: &mut rustls::ServerConnection,
+    ) -> Result<(), rustls::Error> {
+        for _ in 0..16 {
+            let mut moved = false;
+            let mut bytes = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut bytes).expect("writes to a Vec");
+            }
+            if !bytes.is_empty() {
+                moved = true;
+                server.read_tls(&mut &bytes[..]).expect("reads from a slice");
+                server.process_new_packets()?;
+            }
+            bytes.clear();
+            while server.wants_write() {
+                server.write_tls(&mut bytes).expect("writes to a Vec");
+            }
+            if !bytes.is_empty() {
+                moved = true;
+                client.read_tls(&mut &bytes[..]).expect("reads from a slice");
+                client.process_new_packets()?;
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not settle in 16 flights");
+    }
+
+    fn pair(
+        dialler: &Arc<Identity>,
+        expected: RemoteIdentity,
+        server: &Arc<Identity>,
+    ) -> (rustls::ClientConnection, rustls::ServerConnection, Presented) {
+        let (config, presented) = client_config_expecting(dialler, expected);
+        let name = ServerName::try_from(SERVER_NAME).expect("a valid name");
+        let client = rustls::ClientConnection::new(Arc::new(config), name).expect("client starts");
+        let server = rustls::ServerConnection::new(Arc::new(server_config(server))).expect("server starts");
+        (client, server, presented)
+    }
+
+    /// Issue 14, point 2: the dialler's identity went to whoever answered, since the client
+    /// accepted any server key and compared it after the handshake (then the server already
+    /// held the client's certificate and its signature).
+    #[test]
+    fn a_dialler_reveals_nothing_to_a_server_with_another_key() {
+        let (dialler, wanted, impostor) =
+            (Arc::new(Identity::generate()), Identity::generate(), Arc::new(Identity::generate()));
+        let (mut client, mut server, presented) = pair(&dialler, wanted.to_remote_identity(), &impostor);
+        let error = handshake(&mut client, &mut server).expect_err("the dialler aborts");
+        assert!(
+            matches!(
+                error,
+                rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure)
+            ),
+            "{error:?}"
+        );
+        assert_eq!(presented.get(), Some(&impostor.to_remote_identity()), "the key presented is kept for the error");
+        assert!(server.peer_certificates().is_none(), "the impostor got no certificate from the dialler");
+
+        // The server it meant to reach: the handshake completes and each side has the other's key.
+        let wanted = Arc::new(wanted);
+        let (mut client, mut server, presented) = pair(&dialler, wanted.to_remote_identity(), &wanted);
+        handshake(&mut client, &mut server).expect("the right server is accepted");
+        assert_eq!(presented.get(), Some(&wanted.to_remote_identity()));
+        assert_eq!(peer_identity_tls(&server), Some(dialler.to_remote_identity()));
+        assert_eq!(peer_identity_tls(&client), Some(wanted.to_remote_identity()));
     }
 }

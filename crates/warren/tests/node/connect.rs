@@ -144,12 +144,34 @@ async fn hello_carries_metadata_and_protocols_and_the_guard_reports_only_changes
     let conn = alice.connection(bob.id()).await.unwrap();
     let metadata = conn.remote_metadata();
     assert_eq!(metadata.get("name").map(String::as_str), Some("bob"));
-    assert_eq!(metadata.get("os").map(String::as_str), Some(std::env::consts::OS));
     assert_eq!(metadata.get("version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
-    assert!(metadata.contains_key("device_model"));
+    // OS and device model are opt-in (issue 14, point 3).
+    assert_eq!(metadata.get("os"), None);
+    assert_eq!(metadata.get("device_model"), None);
     assert_eq!(conn.remote_protocols(), ["echo/1", "ping/1"]);
     assert_eq!(conn.remote_wire_version(), (warren::wire::WIRE_VERSION_MAJOR, warren::wire::WIRE_VERSION_MINOR));
     assert_eq!(alice.peer(&bob.id()).unwrap().metadata, *metadata);
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+#[tokio::test]
+async fn device_info_goes_only_when_the_application_opts_in() {
+    let (alice, _) = node().await;
+    let bob = P2P::builder("warren-test", Identity::generate())
+        .listen_quic("127.0.0.1:0".parse().unwrap())
+        .device_info(true)
+        .protocol(ECHO, echo)
+        .spawn()
+        .await
+        .unwrap();
+    let bob_addr = bob.listen_addrs()[0];
+    introduce(&alice, &bob, bob_addr);
+    let conn = alice.connection(bob.id()).await.unwrap();
+    let metadata = conn.remote_metadata();
+    assert_eq!(metadata.get("os").map(String::as_str), Some(std::env::consts::OS));
+    assert!(metadata.contains_key("device_model"));
+    assert_eq!(metadata.get("version").map(String::as_str), Some(env!("CARGO_PKG_VERSION")));
     alice.shutdown().await;
     bob.shutdown().await;
 }

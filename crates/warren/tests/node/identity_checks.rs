@@ -43,12 +43,29 @@ fn tls13_client() -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client:
 
 /// Connects with `crypto` and returns how the connection ended (it must not survive).
 async fn handshake_outcome(crypto: rustls::ClientConfig, addr: std::net::SocketAddr) -> String {
+    let (outcome, hello) = handshake_outcome_and_hello(crypto, addr).await;
+    assert!(hello.is_empty(), "an unverified dialler got {} bytes of hello", hello.len());
+    outcome
+}
+
+/// Connects with `crypto`; returns how the connection ended and what the node sent on a
+/// unidirectional stream (its hello) meanwhile.
+async fn handshake_outcome_and_hello(crypto: rustls::ClientConfig, addr: std::net::SocketAddr) -> (String, Vec<u8>) {
     let (endpoint, config) = client(crypto);
     let outcome = tokio::time::timeout(HANG, async {
         match endpoint.connect_with(config, addr, tls::SERVER_NAME).unwrap().await {
-            Err(e) => e.to_string(),
-            // TLS 1.3 clients finish first; the server's verdict arrives as a close.
-            Ok(conn) => conn.closed().await.to_string(),
+            Err(e) => (e.to_string(), Vec::new()),
+            // TLS 1.3 clients finish first; the server's verdict arrives as a close. A hello
+            // sent as 0.5-RTT data would be readable before it.
+            Ok(conn) => {
+                let mut hello = Vec::new();
+                if let Ok(mut recv) = conn.accept_uni().await {
+                    while let Ok(Some(chunk)) = recv.read_chunk(65536, true).await {
+                        hello.extend_from_slice(&chunk.bytes);
+                    }
+                }
+                (conn.closed().await.to_string(), hello)
+            }
         }
     })
     .await
@@ -101,7 +118,10 @@ async fn a_peer_presenting_a_key_it_cannot_sign_for_is_refused() {
         .with_client_cert_resolver(Arc::new(rustls::client::AlwaysResolvesClientRawPublicKeys::new(certified)));
     crypto.alpn_protocols = vec![tls::ALPN.to_vec()];
 
-    let outcome = handshake_outcome(crypto, bob_addr).await;
+    // Issue 14, point 3: the node's hello (host name, OS, device model, protocols) went out as
+    // 0.5-RTT data, before this key was checked; the impostor read it.
+    let (outcome, hello) = handshake_outcome_and_hello(crypto, bob_addr).await;
+    assert!(hello.is_empty(), "the impostor read {} bytes of the node's hello", hello.len());
     assert!(outcome.contains("certificate") || outcome.contains("signature"), "{outcome}");
     let reason = wait_for(&mut events, |e| match e {
         Event::IncomingRejected { reason, .. } => Some(reason.clone()),
