@@ -35,6 +35,9 @@ pub enum BenchCommand {
     Throughput(ThroughputArgs),
     /// LAN discovery latency in a simulated LAN: median and p95 (needs root).
     Discovery(crate::bench_discovery::DiscoveryArgs),
+    /// A connection flood from throwaway identities at a `warren node`: its RSS and a
+    /// legitimate peer's connect time during the flood (loopback).
+    Flood(crate::bench_flood::FloodArgs),
 }
 
 #[derive(Args)]
@@ -57,6 +60,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Throughput(args) => throughput(args).await,
         BenchCommand::Discovery(args) => tokio::task::spawn_blocking(move || crate::bench_discovery::run(args)).await?,
+        BenchCommand::Flood(args) => crate::bench_flood::run(args).await,
     }
 }
 

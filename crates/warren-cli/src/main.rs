@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_discovery;
+mod bench_flood;
 mod demo;
 mod discover;
 mod nat_matrix;

@@ -101,6 +101,10 @@ pub struct RelayArgs {
     /// refused until the hour is over.
     #[arg(long)]
     max_bytes: Option<u64>,
+    /// Nodes registered at once from one IP address (a host with free identities cannot fill
+    /// the relay; raise it for a relay behind which many nodes share one address).
+    #[arg(long, default_value_t = warren_relay::MAX_NODES_PER_IP)]
+    max_nodes_per_ip: usize,
     /// Where the relay's identity is kept [default: $WARREN_DATA_DIR, else ~/.local/share/warren].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -117,8 +121,13 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         anyhow::bail!("--max-mbps must be a positive number");
     }
     let identity = Identity::load_or_create(&crate::data_dir(args.data_dir)?)?;
-    let config =
-        RelayConfig { allow: args.allow, token: args.token, max_mbps: args.max_mbps, max_bytes: args.max_bytes };
+    let config = RelayConfig {
+        allow: args.allow,
+        token: args.token,
+        max_mbps: args.max_mbps,
+        max_bytes: args.max_bytes,
+        max_nodes_per_ip: args.max_nodes_per_ip,
+    };
     let relay = Relay::spawn(identity, args.listen, config).await?;
     let (id, addr) = (relay.identity(), relay.local_addr());
     if args.json {

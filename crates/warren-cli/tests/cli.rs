@@ -211,3 +211,23 @@ fn bench_throughput_smoke() {
     let ratio = report["warren_gbps"].as_f64().unwrap() / report["quinn_gbps"].as_f64().unwrap();
     assert!((ratio - report["ratio_vs_quinn"].as_f64().unwrap()).abs() < 1e-9);
 }
+
+/// A short run of the flood benchmark (the full one is `warren bench flood`: 10,000
+/// handshakes): 1,000 throwaway identities on 4 addresses, each with a hello. The node keeps at
+/// most 64 connections per address, and a legitimate peer from another address connects.
+#[test]
+fn bench_flood_smoke() {
+    let output = warren()
+        .args(["bench", "flood", "--handshakes", "1000", "--sources", "4", "--connects", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let field = |key: &str| report[key].as_u64().unwrap_or_else(|| panic!("{key} missing: {report}"));
+    assert_eq!(field("handshakes"), 1000, "{report}");
+    assert!(field("completed") <= 4 * 64, "{report}");
+    assert!(field("alive_at_end") <= 4 * 64, "{report}");
+    assert_eq!(field("legit_connect_failures"), 0, "{report}");
+    assert!(report["legit_connect_ms"].as_array().unwrap().len() >= 2, "{report}");
+    assert!(field("rss_peak_kib") > 0, "{report}");
+}

@@ -51,11 +51,27 @@ pub const BYTE_LIMIT_WINDOW: Duration = Duration::from_secs(3600);
 /// TCP connections that have not registered yet, at most; more are closed at once.
 pub const MAX_PENDING_TCP: usize = 256;
 
+/// QUIC connections that have not registered yet, at most; more are refused at once (before,
+/// any number of handshakes could sit unregistered for up to 20 s each).
+pub const MAX_PENDING_QUIC: usize = 256;
+
+/// Nodes registered at once from one IP address (the default of
+/// [`RelayConfig::max_nodes_per_ip`]): a host with free identities cannot fill the relay.
+pub const MAX_NODES_PER_IP: usize = 64;
+
+/// Bytes waiting in all TCP nodes' queues together, at most; frames past it are dropped, as a
+/// congested link would (before, each of 10,000 nodes could queue 1,024 frames: ~15 GB).
+pub const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Lookups answered per registration per second at most (a burst of this many, refilled each
+/// second); more get no answer. "Is X online" is an oracle: this bounds how fast it is asked.
+pub const LOOKUPS_PER_SECOND: u32 = 20;
+
 /// How long a node may take to send its registration after the handshake.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a relay runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RelayConfig {
     /// Only these identities may register (empty: anyone with the token).
     pub allow: Vec<RemoteIdentity>,
@@ -66,6 +82,27 @@ pub struct RelayConfig {
     /// Bytes forwarded per node in each [`BYTE_LIMIT_WINDOW`] before it is cut off and
     /// refused until the window ends (None: unlimited). Counted across reconnections.
     pub max_bytes: Option<u64>,
+    /// Nodes registered at once from one IP address ([`MAX_NODES_PER_IP`] by default).
+    pub max_nodes_per_ip: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { allow: Vec::new(), token: None, max_mbps: None, max_bytes: None, max_nodes_per_ip: MAX_NODES_PER_IP }
+    }
+}
+
+/// Compares a presented token with the relay's in time that depends on the relay's token's
+/// length only, not on where the two first differ (a byte-by-byte `==` told an attacker, by
+/// its timing, how much of a guess was right).
+fn token_matches(presented: Option<&str>, expected: &str) -> bool {
+    let Some(presented) = presented else { return false };
+    let (presented, expected) = (presented.as_bytes(), expected.as_bytes());
+    let mut diff = u8::from(presented.len() != expected.len());
+    for (i, byte) in expected.iter().enumerate() {
+        diff |= std::hint::black_box(presented.get(i).copied().unwrap_or(0) ^ byte);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 /// What a relay has done so far.
@@ -85,6 +122,10 @@ pub struct RelayStats {
     pub dropped_frames: u64,
     /// Nodes cut off for going over their byte limit.
     pub cut_off: u64,
+    /// Lookups not answered: the registration was over [`LOOKUPS_PER_SECOND`].
+    pub throttled_lookups: u64,
+    /// Frames to TCP nodes dropped because all queues together held [`MAX_QUEUED_BYTES`].
+    pub queue_full_frames: u64,
 }
 
 #[derive(Default)]
@@ -95,6 +136,8 @@ struct Counters {
     throttled_frames: AtomicU64,
     dropped_frames: AtomicU64,
     cut_off: AtomicU64,
+    throttled_lookups: AtomicU64,
+    queue_full_frames: AtomicU64,
 }
 
 /// A token bucket in bytes.
@@ -125,6 +168,31 @@ impl Bucket {
     }
 }
 
+/// One registration's lookups: [`LOOKUPS_PER_SECOND`] per second, counted in whole seconds.
+struct Lookups {
+    second: Instant,
+    count: u32,
+}
+
+impl Lookups {
+    fn new() -> Self {
+        Self { second: Instant::now(), count: 0 }
+    }
+
+    /// May one more lookup be answered at `now`? Counts the refusals in `shared`.
+    fn allow(&mut self, shared: &Shared, now: Instant) -> bool {
+        if now.saturating_duration_since(self.second) >= Duration::from_secs(1) {
+            (self.second, self.count) = (now, 0);
+        }
+        self.count += 1;
+        let allowed = self.count <= LOOKUPS_PER_SECOND;
+        if !allowed {
+            shared.counters.throttled_lookups.fetch_add(1, Ordering::Relaxed);
+        }
+        allowed
+    }
+}
+
 /// Where a node's frames go.
 #[derive(Clone)]
 enum Dest {
@@ -144,6 +212,8 @@ enum Sender {
 
 struct Node {
     registration: u64,
+    /// The IP address it registered from (for the per-IP cap).
+    ip: std::net::IpAddr,
     dest: Dest,
     bucket: Option<Bucket>,
     /// Bytes forwarded since `window`.
@@ -157,6 +227,8 @@ struct Node {
 struct Registry {
     nodes: HashMap<RawIdentity, Node>,
     by_addr: HashMap<SocketAddr, RawIdentity>,
+    /// Nodes registered from each IP address.
+    per_ip: HashMap<std::net::IpAddr, usize>,
     /// Bytes each node had forwarded in its current byte-limit window, kept across
     /// registrations (only when there is a byte limit).
     spent: HashMap<RawIdentity, (Instant, u64)>,
@@ -178,6 +250,12 @@ impl Registry {
 
     fn remove(&mut self, id: &RawIdentity) -> Option<Node> {
         let node = self.nodes.remove(id)?;
+        if let Some(count) = self.per_ip.get_mut(&node.ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&node.ip);
+            }
+        }
         if let Dest::Udp(addr) = &node.dest
             && self.by_addr.get(addr) == Some(id)
         {
@@ -204,6 +282,8 @@ struct Shared {
     closers: Mutex<HashMap<u64, Closer>>,
     /// The UDP socket, for frames arriving over TCP for a UDP node.
     udp: OnceLock<Arc<dyn AsyncUdpSocket>>,
+    /// Bytes in all TCP nodes' queues (at most [`MAX_QUEUED_BYTES`]).
+    queued_bytes: AtomicU64,
 }
 
 /// Where to send a forwarded frame.
@@ -217,11 +297,24 @@ impl Shared {
         self.registry.lock().expect("registry lock poisoned")
     }
 
-    /// Registers `id` (replacing an older registration of it). Err: why it is refused.
-    fn register(&self, id: RawIdentity, dest: Dest, registration: u64, closer: Closer) -> Result<(), &'static str> {
+    /// Registers `id` from `ip` (replacing an older registration of it). Err: why it is
+    /// refused.
+    fn register(
+        &self,
+        id: RawIdentity,
+        ip: std::net::IpAddr,
+        dest: Dest,
+        registration: u64,
+        closer: Closer,
+    ) -> Result<(), &'static str> {
+        let ip = warren::transport::paths::unmap(SocketAddr::new(ip, 0)).ip();
         let mut registry = self.registry();
         if registry.nodes.len() >= MAX_NODES && !registry.nodes.contains_key(&id) {
             return Err("the relay is full");
+        }
+        let replacing_here = registry.nodes.get(&id).is_some_and(|n| n.ip == ip);
+        if !replacing_here && registry.per_ip.get(&ip).copied().unwrap_or(0) >= self.config.max_nodes_per_ip {
+            return Err("too many nodes from this address");
         }
         let now = Instant::now();
         // What the node spent in this window: in earlier registrations, and in one still open
@@ -243,7 +336,8 @@ impl Shared {
         }
         let bucket = self.config.max_mbps.map(Bucket::new);
         let window = registry.spent.get(&id).map_or(now, |(since, _)| *since);
-        registry.nodes.insert(id, Node { registration, dest, bucket, forwarded: spent, window, cut: false });
+        registry.nodes.insert(id, Node { registration, ip, dest, bucket, forwarded: spent, window, cut: false });
+        *registry.per_ip.entry(ip).or_default() += 1;
         drop(registry);
         self.closers.lock().expect("closer lock poisoned").insert(registration, closer);
         Ok(())
@@ -338,7 +432,16 @@ impl Shared {
                 }
             }
             Forward::Tcp(writer) => {
-                let _ = writer.try_send(stream::encode(stream::DATA, frame));
+                let record = stream::encode(stream::DATA, frame);
+                let len = record.len() as u64;
+                if self.queued_bytes.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+                    self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                    self.counters.queue_full_frames.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                if writer.try_send(record).is_err() {
+                    self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -523,6 +626,7 @@ impl Relay {
             cut: cut_tx,
             closers: Mutex::default(),
             udp: OnceLock::new(),
+            queued_bytes: AtomicU64::new(0),
         }));
         let _ = shared.0.udp.set(inner.clone());
         let identity = Arc::new(identity);
@@ -539,10 +643,16 @@ impl Relay {
 
         let (accepting, inner_tasks, serving, stop) = (endpoint.clone(), tasks.clone(), shared.clone(), cancel.clone());
         tasks.spawn(async move {
+            let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_QUIC));
             while let Some(Some(incoming)) = stop.run_until_cancelled(accepting.accept()).await {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    refused(&serving.0, incoming.remote_address(), "too many unregistered connections");
+                    incoming.refuse();
+                    continue;
+                };
                 let (shared, stop) = (serving.clone(), stop.clone());
                 inner_tasks.spawn(async move {
-                    stop.run_until_cancelled(serve_quic(incoming, shared)).await;
+                    stop.run_until_cancelled(serve_quic(incoming, shared, permit)).await;
                 });
             }
         });
@@ -631,6 +741,8 @@ impl Relay {
             throttled_frames: c.throttled_frames.load(Ordering::Relaxed),
             dropped_frames: c.dropped_frames.load(Ordering::Relaxed),
             cut_off: c.cut_off.load(Ordering::Relaxed),
+            throttled_lookups: c.throttled_lookups.load(Ordering::Relaxed),
+            queue_full_frames: c.queue_full_frames.load(Ordering::Relaxed),
         }
     }
 
@@ -657,7 +769,11 @@ fn admit(shared: &Shared, node: Option<RemoteIdentity>, request: Request) -> Res
         return Err("not on the relay's allow-list");
     }
     match request {
-        Request::Register { token } if shared.config.token.is_none() || token == shared.config.token => Ok(node),
+        Request::Register { token }
+            if shared.config.token.as_deref().is_none_or(|expected| token_matches(token.as_deref(), expected)) =>
+        {
+            Ok(node)
+        }
         Request::Register { .. } => Err("wrong or missing token"),
         _ => Err("the first request must be a registration"),
     }
@@ -669,7 +785,7 @@ fn refused(shared: &Shared, addr: SocketAddr, reason: &str) {
 }
 
 /// Serves one node's QUIC connection: registration, then lookups until it closes.
-async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
+async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>, pending: tokio::sync::OwnedSemaphorePermit) {
     let shared = &shared.0;
     let Ok(Ok(conn)) = tokio::time::timeout(warren::node::HANDSHAKE_TIMEOUT, async { incoming.accept()?.await }).await
     else {
@@ -697,7 +813,9 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
     let Ok(Ok((mut send, request))) = registration else { return refuse("no registration") };
     let registered = admit(shared, identity, request).and_then(|node| {
         let id = shared.next_registration.fetch_add(1, Ordering::Relaxed);
-        shared.register(*node.as_bytes(), Dest::Udp(addr), id, Closer::Quic(conn.clone())).map(|()| (node, id))
+        shared
+            .register(*node.as_bytes(), addr.ip(), Dest::Udp(addr), id, Closer::Quic(conn.clone()))
+            .map(|()| (node, id))
     });
     let (node, registration) = match registered {
         Ok(registered) => registered,
@@ -707,7 +825,9 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
             return refuse(reason);
         }
     };
+    drop(pending);
     tracing::debug!(%node, %addr, "node registered over QUIC");
+    let mut lookups = Lookups::new();
     if control::write(&mut send, &Response::Registered { observed: warren::transport::paths::unmap(addr) })
         .await
         .is_ok()
@@ -718,6 +838,9 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>) {
                 stream = conn.accept_bi() => {
                     let Ok((mut send, mut recv)) = stream else { break };
                     let Ok(Request::Lookup { id, peer }) = control::read::<_, Request>(&mut recv).await else { continue };
+                    if !lookups.allow(shared, Instant::now()) {
+                        continue;
+                    }
                     let online = shared.online(peer.as_bytes());
                     let _ = control::write(&mut send, &Response::Lookup { id, online }).await;
                     let _ = send.finish();
@@ -762,7 +885,9 @@ async fn serve_tcp(
     let cut = CancellationToken::new();
     let registered = admit(shared, identity, request).and_then(|node| {
         let id = shared.next_registration.fetch_add(1, Ordering::Relaxed);
-        shared.register(*node.as_bytes(), Dest::Tcp(queue.clone()), id, Closer::Tcp(cut.clone())).map(|()| (node, id))
+        shared
+            .register(*node.as_bytes(), addr.ip(), Dest::Tcp(queue.clone()), id, Closer::Tcp(cut.clone()))
+            .map(|()| (node, id))
     });
     let (node, registration) = match registered {
         Ok(registered) => registered,
@@ -780,7 +905,14 @@ async fn serve_tcp(
         return;
     };
     let _ = queue.try_send(welcome);
-    let writing = warren::relay::tcp::write_queued(&mut writer, &mut queued);
+    // Every data record written gives its bytes back to the budget (control records, the
+    // welcome and lookup answers, were never counted).
+    let mut lookups = Lookups::new();
+    let writing = warren::relay::tcp::write_queued_then(&mut writer, &mut queued, |record| {
+        if record.get(2) == Some(&stream::DATA) {
+            shared.queued_bytes.fetch_sub(record.len() as u64, Ordering::Relaxed);
+        }
+    });
     let reading = async {
         loop {
             match stream::read(&mut reader).await {
@@ -791,6 +923,9 @@ async fn serve_tcp(
                 }
                 Ok(Record::Control(body)) => {
                     let Ok(Request::Lookup { id, peer }) = control::decode::<Request>(&body) else { continue };
+                    if !lookups.allow(shared, Instant::now()) {
+                        continue;
+                    }
                     let online = shared.online(peer.as_bytes());
                     let Ok(answer) = stream::control(&Response::Lookup { id, online }) else { continue };
                     if queue.send(answer).await.is_err() {
@@ -807,12 +942,28 @@ async fn serve_tcp(
         _ = cut.cancelled() => {}
     }
     shared.unregister(node.as_bytes(), registration);
+    // What is still queued will never be written: its bytes go back to the budget.
+    queued.close();
+    while let Ok(record) = queued.try_recv() {
+        if record.get(2) == Some(&stream::DATA) {
+            shared.queued_bytes.fetch_sub(record.len() as u64, Ordering::Relaxed);
+        }
+    }
     tracing::debug!(%node, "node left (TCP)");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_match_exactly_and_any_difference_refuses() {
+        assert!(token_matches(Some("sesame"), "sesame"));
+        for wrong in ["", "s", "sesam", "sesamE", "sesame!", "xesame", "sesame\0"] {
+            assert!(!token_matches(Some(wrong), "sesame"), "{wrong:?}");
+        }
+        assert!(!token_matches(None, "sesame"));
+    }
 
     #[test]
     fn bucket_limits_the_rate() {

@@ -589,3 +589,90 @@ async fn a_relay_forging_a_frame_cannot_pull_a_direct_connection_back() {
     }
     relay.shutdown().await;
 }
+
+/// A node listening on `ip` (any port), registered with `relay` or refused.
+async fn node_at(relay: &Relay, ip: &str) -> (P2P, Result<std::net::SocketAddr, RelayError>) {
+    let p2p = P2P::new("warren-test", Identity::generate());
+    let quic = p2p.listen_quic(format!("{ip}:0").parse().unwrap()).await.unwrap();
+    let client = p2p.add_relay(&quic, ClientConfig::new(relay.identity(), relay.local_addr()));
+    let registered = client.wait_registered(HANG).await;
+    (p2p, registered)
+}
+
+/// Issue 14, point 6: with no token or allow-list, one host with free identities could fill
+/// the relay (10,000 registrations). Now one IP address registers `max_nodes_per_ip` nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_identities_from_one_address_cannot_fill_the_relay() {
+    let relay = relay(RelayConfig { max_nodes_per_ip: 3, ..RelayConfig::default() }).await;
+    let mut nodes = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let (p2p, registered) = node_at(&relay, "127.0.0.1").await;
+        match registered {
+            Ok(_) => nodes.push(p2p),
+            Err(error) => {
+                refused.push(error.to_string());
+                p2p.shutdown().await;
+            }
+        }
+    }
+    assert_eq!(nodes.len(), 3, "refused: {refused:?}");
+    assert!(refused.iter().all(|r| r.contains("too many nodes from this address")), "{refused:?}");
+    // Another address is not held back.
+    let (other, registered) = node_at(&relay, "127.0.0.2").await;
+    registered.unwrap();
+    assert_eq!(relay.stats().nodes, 4);
+    // A node that leaves frees its place.
+    nodes.pop().unwrap().shutdown().await;
+    wait_until("the node's place freed", || relay.stats().nodes == 3).await;
+    let (again, registered) = node_at(&relay, "127.0.0.1").await;
+    registered.unwrap();
+    for node in nodes.into_iter().chain([other, again]) {
+        node.shutdown().await;
+    }
+    relay.shutdown().await;
+}
+
+/// Issue 14, point 6: lookups ("is X online?") were an open oracle, answered as fast as they
+/// came. Now a registration gets LOOKUPS_PER_SECOND answers a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_are_rate_limited_per_registration() {
+    use warren::wire::control::{self, Request, Response};
+    let relay = relay(RelayConfig::default()).await;
+    let identity = std::sync::Arc::new(Identity::generate());
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(warren::transport::quic::client_config(&identity));
+    let conn = endpoint.connect(relay.local_addr(), warren::transport::tls::SERVER_NAME).unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    control::write(&mut send, &Request::Register { token: None }).await.unwrap();
+    let registered: Response = control::read(&mut recv).await.unwrap();
+    assert!(matches!(registered, Response::Registered { .. }), "{registered:?}");
+
+    // 100 lookups at once, each waiting a second for its answer.
+    const ASKED: u64 = 100;
+    let started = std::time::Instant::now();
+    let mut asks = tokio::task::JoinSet::new();
+    for id in 0..ASKED {
+        let conn = conn.clone();
+        asks.spawn(async move {
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let peer = Identity::generate().to_remote_identity();
+            control::write(&mut send, &Request::Lookup { id, peer }).await.unwrap();
+            let _ = send.finish();
+            let answer = tokio::time::timeout(Duration::from_secs(1), control::read::<_, Response>(&mut recv)).await;
+            matches!(answer, Ok(Ok(Response::Lookup { online: false, .. })))
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = asks.join_next().await {
+        answered += u64::from(done.unwrap());
+    }
+    // All were asked within the elapsed time: the answers are those of the seconds it spanned.
+    let seconds = started.elapsed().as_secs() + 1;
+    let bound = seconds * u64::from(warren_relay::LOOKUPS_PER_SECOND);
+    assert!(answered <= bound, "{answered} of {ASKED} lookups answered in {seconds} s");
+    assert!(answered >= u64::from(warren_relay::LOOKUPS_PER_SECOND), "{answered}");
+    assert_eq!(relay.stats().throttled_lookups, ASKED - answered);
+    endpoint.close(0u32.into(), b"");
+    relay.shutdown().await;
+}

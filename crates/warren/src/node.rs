@@ -51,6 +51,9 @@ pub const DIAL_STAGGER: Duration = Duration::from_millis(250);
 /// How long the hello exchange may take after the handshake.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections one identity keeps with this node at once; a newer one closes the oldest.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 8;
+
 /// How long [`P2P::shutdown`] waits for each hook, and then for the node's own tasks. A hook
 /// that takes longer is logged and left behind so that shutdown always returns.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -985,6 +988,8 @@ impl P2P {
         let path = Arc::new(tokio::sync::watch::Sender::new(transport.path()));
         let conn = Connection { inner: transport, remote, direction, hello: Arc::new(theirs), path };
         self.register_connection(conn.clone())?;
+        // Identity and hello checked: the peer may open streams and fill the full windows.
+        conn.inner.admit();
         // A path change between computing the first value and registering would be lost.
         conn.path.send_replace(conn.path());
         Ok(conn)
@@ -995,12 +1000,18 @@ impl P2P {
             conn.inner.close(codes::CLOSED, b"shutting down");
             return Err(ConnectError::ShuttingDown);
         }
-        let count = {
+        let (count, oldest) = {
             let mut connections = self.inner.connections.lock().expect("connection lock poisoned");
             let list = connections.entry(conn.remote).or_default();
             list.push(conn.clone());
-            list.len()
+            // One identity keeps at most MAX_CONNECTIONS_PER_PEER: the oldest goes (a peer
+            // reconnecting after its address changed replaces a connection that may be dead).
+            let oldest = (list.len() > MAX_CONNECTIONS_PER_PEER).then(|| list.remove(0));
+            (list.len(), oldest)
         };
+        if let Some(oldest) = oldest {
+            oldest.inner.close(codes::CLOSED, b"too many connections from this identity");
+        }
         self.inner.peers.lock().expect("peer lock poisoned").set_connected(
             conn.remote,
             count,

@@ -3,6 +3,8 @@
 //! [`crate::transport`] and [`crate::node`] own those, and the tests here run thousands of
 //! cases (lost, duplicated, reordered and forged inputs) in milliseconds.
 //!
+//! - [`admission`]: which incoming connection attempts a node takes (caps in handshake, alive,
+//!   per source; Retry under load).
 //! - [`nat`]: what kind of NAT this node is behind (RFC 5780's mapping test against the relay's
 //!   two ports).
 //! - [`path_table`]: which path each relayed peer's packets take (relay or direct), found and
@@ -14,6 +16,7 @@
 //! - [`relay`]: the relay client's registration (backoff, refusals) and its lookups, matched to
 //!   answers by request id.
 
+pub mod admission;
 pub mod nat;
 pub mod path_table;
 pub mod portmap;

@@ -10,7 +10,7 @@
 //! Switchable at runtime with [`MdnsDiscovery::set_mode`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,43 @@ pub const MAX_PEERS: usize = 1024;
 
 /// Most libraries read from one peer's record.
 pub const MAX_LIBRARIES: usize = 64;
+
+/// How long a goodbye waits before it is honoured: RFC 6762 section 10.1 keeps a record one
+/// more second, so that its owner can rescue it from a wrong (or forged) goodbye.
+pub const GOODBYE_GRACE: Duration = Duration::from_secs(1);
+
+/// Can a node dial this address, announced in an mDNS record? Not an unspecified, loopback,
+/// multicast or broadcast address (a LAN neighbour could point dials at this host's own
+/// services or flood a group), nor an IPv6 link-local one (undialable without its interface,
+/// which the record does not carry).
+pub fn dialable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()),
+        IpAddr::V6(ip) => {
+            !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_unicast_link_local())
+                && ip.to_ipv4_mapped().is_none_or(|v4| dialable(IpAddr::V4(v4)))
+        }
+    }
+}
+
+/// What a goodbye said at `said` does, [`GOODBYE_GRACE`] later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Goodbye {
+    /// The peer is connected: wait until that connection closes, then decide again.
+    WaitForClose,
+    /// The record came back since (or is gone already): nothing to do.
+    Ignore,
+    /// Expire the peer's mDNS addresses.
+    Honour,
+}
+
+fn goodbye_verdict(connected: bool, last_seen: Option<std::time::Instant>, said: std::time::Instant) -> Goodbye {
+    match last_seen {
+        _ if connected => Goodbye::WaitForClose,
+        Some(seen) if seen <= said => Goodbye::Honour,
+        _ => Goodbye::Ignore,
+    }
+}
 
 /// How long shutdown waits for the goodbye packets and the daemon to stop.
 const GOODBYE_WAIT: Duration = Duration::from_secs(3);
@@ -221,6 +258,13 @@ struct MdnsInner {
     /// ContactsOnly records recognised, by full name.
     hashed: Mutex<HashMap<String, RemoteIdentity>>,
     evicted: AtomicU64,
+    /// Contacts whose metadata is being fetched: one fetch per contact at a time, however
+    /// many records resolve meanwhile.
+    fetching: Mutex<std::collections::HashSet<RemoteIdentity>>,
+    /// Goodbyes not honoured: the record came back within the grace period.
+    goodbyes_ignored: AtomicU64,
+    /// Goodbyes held back while the peer was connected.
+    goodbyes_deferred: AtomicU64,
     /// Shared with the thread that drains the daemon's events (see [`drain`]).
     ignored: Arc<AtomicU64>,
     last_error: Mutex<Option<String>>,
@@ -241,6 +285,9 @@ impl MdnsDiscovery {
                 hashed: Mutex::default(),
                 ignored: Arc::default(),
                 evicted: AtomicU64::new(0),
+                fetching: Mutex::default(),
+                goodbyes_ignored: AtomicU64::new(0),
+                goodbyes_deferred: AtomicU64::new(0),
                 last_error: Mutex::default(),
                 hook: HookTasks::default(),
             }),
@@ -487,28 +534,97 @@ impl MdnsDiscovery {
                     tracing::debug!(%old, "mDNS peer table full; the stalest record made room");
                     self.inner.p2p.expired(SOURCE, old);
                 }
-                let addrs: Vec<SocketAddr> =
-                    service.addresses.iter().map(|ip| SocketAddr::new(ip.to_ip_addr(), service.port)).collect();
+                let addrs: Vec<SocketAddr> = service
+                    .addresses
+                    .iter()
+                    .map(|ip| ip.to_ip_addr())
+                    .filter(|ip| dialable(*ip))
+                    .map(|ip| SocketAddr::new(ip, service.port))
+                    .collect();
+                if service.port == 0 || addrs.is_empty() {
+                    self.inner.ignored.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 self.inner.p2p.discovered(SOURCE, id, addrs, metadata);
-                if contact.is_some() {
-                    // A contact in ContactsOnly mode: ask it for its metadata.
+                let first_fetch =
+                    contact.is_some() && self.inner.fetching.lock().expect("fetch lock poisoned").insert(id);
+                if first_fetch {
+                    // A contact in ContactsOnly mode: ask it for its metadata (once at a time).
                     let this = self.clone();
                     let task = self.inner.hook.tasks.track_future(async move {
                         let cancel = this.inner.hook.cancel.clone();
                         cancel.run_until_cancelled(this.fetch_metadata(id)).await;
+                        this.inner.fetching.lock().expect("fetch lock poisoned").remove(&id);
                     });
                     self.inner.p2p.spawn(task);
                 }
             }
             ServiceEvent::ServiceRemoved(_, fullname) => {
-                let hashed = self.inner.hashed.lock().expect("hashed lock poisoned").remove(&fullname);
-                let Some(id) = hashed.or_else(|| self.identity_of(&fullname)) else { return };
-                if self.inner.peers.lock().expect("peer lock poisoned").remove(&id).is_some() {
-                    self.inner.p2p.expired(SOURCE, id);
-                }
+                let known = self.inner.hashed.lock().expect("hashed lock poisoned").get(&fullname).copied();
+                let Some(id) = known.or_else(|| self.identity_of(&fullname)) else { return };
+                // Anyone on the LAN can send a goodbye for any name. The record goes a second
+                // later unless it comes back meanwhile (RFC 6762, section 10.1: the rescue
+                // window); a connected peer is there whatever a goodbye says, so for it the
+                // goodbye waits until its connections have closed.
+                let said = std::time::Instant::now();
+                let this = self.clone();
+                let task = self.inner.hook.tasks.track_future(async move {
+                    let cancel = this.inner.hook.cancel.clone();
+                    cancel
+                        .run_until_cancelled(async {
+                            tokio::time::sleep(GOODBYE_GRACE).await;
+                            loop {
+                                let connection = this.inner.p2p.open_connection(&id);
+                                let seen = this.inner.peers.lock().expect("peer lock poisoned").get(&id).map(|s| s.at);
+                                match goodbye_verdict(connection.is_some(), seen, said) {
+                                    Goodbye::WaitForClose => {
+                                        this.inner.goodbyes_deferred.fetch_add(1, Ordering::Relaxed);
+                                        if let Some(connection) = connection {
+                                            connection.closed().await;
+                                        }
+                                    }
+                                    Goodbye::Ignore => {
+                                        this.inner.goodbyes_ignored.fetch_add(1, Ordering::Relaxed);
+                                        break;
+                                    }
+                                    Goodbye::Honour => {
+                                        this.goodbye(&fullname, id, said);
+                                        break;
+                                    }
+                                }
+                            }
+                        })
+                        .await;
+                });
+                self.inner.p2p.spawn(task);
             }
             _ => {}
         }
+    }
+
+    /// Honours a goodbye for `id` (record `fullname`) said at `said`, unless its record was
+    /// seen again since (checked again under the lock).
+    fn goodbye(&self, fullname: &str, id: RemoteIdentity, said: std::time::Instant) {
+        {
+            let mut peers = self.inner.peers.lock().expect("peer lock poisoned");
+            if goodbye_verdict(false, peers.get(&id).map(|s| s.at), said) != Goodbye::Honour {
+                return;
+            }
+            peers.remove(&id);
+        }
+        self.inner.hashed.lock().expect("hashed lock poisoned").remove(fullname);
+        self.inner.p2p.expired(SOURCE, id);
+    }
+
+    /// Goodbyes not honoured so far: the record came back within the grace period.
+    pub fn goodbyes_ignored(&self) -> u64 {
+        self.inner.goodbyes_ignored.load(Ordering::Relaxed)
+    }
+
+    /// Goodbyes held back because the peer was connected (honoured, if still due, once its
+    /// connections close).
+    pub fn goodbyes_deferred(&self) -> u64 {
+        self.inner.goodbyes_deferred.load(Ordering::Relaxed)
     }
 
     /// For a ContactsOnly record (a salt in TXT), the contact whose tag its instance name is.
@@ -644,6 +760,43 @@ fn drain(
 mod tests {
     use super::*;
     use crate::Identity;
+
+    /// Issue 14, point 5: mDNS addresses were used unfiltered; a LAN neighbour could point a
+    /// node's dials at its own loopback services, a multicast group or the broadcast address.
+    #[test]
+    fn only_dialable_lan_addresses_are_taken_from_records() {
+        for ok in ["192.168.1.20", "10.0.0.7", "fd00::5", "2001:db8::1", "::ffff:192.168.1.2"] {
+            assert!(dialable(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.251",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "ff02::fb",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!dialable(bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    /// Issue 14, point 5: anyone on the LAN can send a goodbye for any record, and one expired
+    /// a real peer at once, connected or not. Now a goodbye is honoured only after the grace
+    /// second, only if the record did not come back, and for a connected peer only once its
+    /// connections have closed.
+    #[test]
+    fn goodbyes_wait_for_the_rescue_window_and_for_connections_to_close() {
+        let said = std::time::Instant::now();
+        let before = said - Duration::from_secs(5);
+        let after = said + Duration::from_millis(300);
+        assert_eq!(goodbye_verdict(true, Some(before), said), Goodbye::WaitForClose, "a connected peer stays");
+        assert_eq!(goodbye_verdict(false, Some(before), said), Goodbye::Honour, "a silent record goes");
+        assert_eq!(goodbye_verdict(false, Some(after), said), Goodbye::Ignore, "a rescued record stays");
+        assert_eq!(goodbye_verdict(false, None, said), Goodbye::Ignore, "already gone");
+    }
 
     #[test]
     fn txt_records_round_trip_and_are_never_cut() {

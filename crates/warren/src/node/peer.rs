@@ -8,6 +8,14 @@ use serde::Serialize;
 use super::event::{Direction, Event};
 use crate::RemoteIdentity;
 
+/// Addresses one source may vouch for, for one peer: a longer report keeps its first ones. A
+/// source (an mDNS record, say) cannot make dials to a peer try a hundred dead addresses.
+pub const MAX_ADDRS_PER_SOURCE: usize = 16;
+
+/// Addresses known for one peer, from all sources together; past it new ones are dropped
+/// until some expire.
+pub const MAX_ADDRS_PER_PEER: usize = 32;
+
 /// Whether a peer is connected right now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -73,7 +81,10 @@ impl PeerTable {
     }
 
     /// `source` vouches for `remote` at `addrs` with `metadata` (an empty map leaves the known
-    /// metadata alone). Returns `PeerDiscovered` if anything is new.
+    /// metadata alone). A non-empty `addrs` replaces what `source` said before (its first
+    /// [`MAX_ADDRS_PER_SOURCE`] count, and the peer keeps [`MAX_ADDRS_PER_PEER`] at most); an
+    /// empty one leaves the addresses alone (a metadata-only report). Returns `PeerDiscovered`
+    /// if anything changed.
     pub(crate) fn discovered(
         &mut self,
         source: &str,
@@ -81,9 +92,29 @@ impl PeerTable {
         addrs: impl IntoIterator<Item = SocketAddr>,
         metadata: BTreeMap<String, String>,
     ) -> Option<Event> {
+        let mut report: Vec<SocketAddr> = Vec::new();
+        for addr in addrs {
+            if report.len() == MAX_ADDRS_PER_SOURCE {
+                break;
+            }
+            if !report.contains(&addr) {
+                report.push(addr);
+            }
+        }
         let peer = self.peers.entry(remote).or_insert_with(|| PeerInfo::new(remote));
         let mut changed = false;
-        for addr in addrs {
+        if !report.is_empty() {
+            peer.addrs.retain(|addr, sources| {
+                if !report.contains(addr) {
+                    changed |= sources.remove(source);
+                }
+                !sources.is_empty()
+            });
+        }
+        for addr in report {
+            if peer.addrs.len() >= MAX_ADDRS_PER_PEER && !peer.addrs.contains_key(&addr) {
+                continue;
+            }
             changed |= peer.addrs.entry(addr).or_default().insert(source.to_owned());
         }
         if !metadata.is_empty() && peer.metadata != metadata {
@@ -151,7 +182,7 @@ mod tests {
         assert!(table.discovered("mdns", remote, [addr(1), addr(2)], meta.clone()).is_some());
         assert!(table.discovered("manual", remote, [addr(2), addr(3)], BTreeMap::new()).is_some());
         // Nothing new: no event.
-        assert_eq!(table.discovered("manual", remote, [addr(3)], BTreeMap::new()), None);
+        assert_eq!(table.discovered("manual", remote, [addr(3), addr(2)], BTreeMap::new()), None);
 
         let event = table.expired("mdns", remote).unwrap();
         assert_eq!(
@@ -166,6 +197,40 @@ mod tests {
         // The last source going forgets the disconnected peer.
         assert!(table.expired("manual", remote).is_some());
         assert!(table.get(&remote).is_none());
+    }
+
+    /// Issue 14, point 5: addresses piled up without limit, and a source's new report added to
+    /// its old one instead of replacing it.
+    #[test]
+    fn a_source_report_replaces_its_last_and_addresses_are_capped() {
+        let mut table = PeerTable::default();
+        let remote = Identity::generate().to_remote_identity();
+        table.discovered("manual", remote, [addr(1)], BTreeMap::new());
+        table.discovered("mdns", remote, [addr(1), addr(2)], BTreeMap::new());
+        // mDNS now says 3 only: 2 goes, 1 stays (manual still vouches for it).
+        assert!(table.discovered("mdns", remote, [addr(3)], BTreeMap::new()).is_some());
+        assert_eq!(table.get(&remote).unwrap().addresses(), [addr(1), addr(3)]);
+        // A metadata-only report keeps the addresses.
+        let meta: BTreeMap<_, _> = [("name".to_string(), "bob".to_string())].into();
+        table.discovered("mdns", remote, [], meta);
+        assert_eq!(table.get(&remote).unwrap().addresses(), [addr(1), addr(3)]);
+
+        // 10,000 addresses in one report: the first 16 count.
+        table.discovered("mdns", remote, (1000..11_000).map(addr), BTreeMap::new());
+        let peer = table.get(&remote).unwrap();
+        assert_eq!(peer.addrs.len(), 1 + MAX_ADDRS_PER_SOURCE, "manual's one and mDNS's first 16");
+        assert!(peer.addrs.contains_key(&addr(1000)) && !peer.addrs.contains_key(&addr(1016)));
+        // Many sources: the peer keeps 32 in all, and a source's report still replaces its own.
+        for source in 0..10 {
+            let base = 20_000 + source * 100;
+            table.discovered(&format!("s{source}"), remote, (base..base + 16).map(addr), BTreeMap::new());
+        }
+        assert_eq!(table.get(&remote).unwrap().addrs.len(), MAX_ADDRS_PER_PEER);
+        table.expired("mdns", remote);
+        table.discovered("s0", remote, [addr(7)], BTreeMap::new());
+        let peer = table.get(&remote).unwrap();
+        assert!(peer.addrs.len() <= MAX_ADDRS_PER_PEER);
+        assert!(peer.addrs.contains_key(&addr(7)) && !peer.addrs.contains_key(&addr(20_000)));
     }
 
     #[test]

@@ -22,9 +22,21 @@ pub async fn write_queued(
     writer: &mut (impl tokio::io::AsyncWrite + Unpin),
     queued: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
 ) {
+    write_queued_then(writer, queued, |_| {}).await;
+}
+
+/// [`write_queued`], calling `written` with each record once it is out of the queue (the relay
+/// keeps a byte budget over all its queues with it).
+pub async fn write_queued_then(
+    writer: &mut (impl tokio::io::AsyncWrite + Unpin),
+    queued: &mut tokio::sync::mpsc::Receiver<Vec<u8>>,
+    mut written: impl FnMut(&[u8]),
+) {
     use tokio::io::AsyncWriteExt;
     while let Some(record) = queued.recv().await {
-        if writer.write_all(&record).await.is_err() {
+        let result = writer.write_all(&record).await;
+        written(&record);
+        if result.is_err() {
             return;
         }
         if queued.is_empty() && writer.flush().await.is_err() {

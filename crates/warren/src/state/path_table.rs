@@ -144,6 +144,15 @@ pub const CHALLENGE_BACKS_PER_SECOND: u32 = 4;
 /// may be taken by another peer after this: past the handshake and hello timeouts.
 pub const KEYLESS_IDLE: Duration = Duration::from_secs(30);
 
+/// Can this relayed payload start a connection, so that its unknown sender earns a placeholder?
+/// Only a QUIC version 1 Initial (long header, fixed bit, type 0) padded to 1,200 bytes, as
+/// RFC 9000 requires of a client's first datagram. Anything else from an identity this node
+/// has no placeholder for is dropped before it costs one (identities are free: each junk frame
+/// from a new key took an entry, until the table was full).
+pub fn starts_a_connection(payload: &[u8]) -> bool {
+    payload.len() >= 1200 && payload[0] & 0xf0 == 0xc0 && payload[1..5] == [0, 0, 0, 1]
+}
+
 /// Is `addr` a placeholder for a relayed peer?
 pub fn is_placeholder(addr: SocketAddr) -> bool {
     matches!(unmap(addr).ip(), IpAddr::V4(ip) if ip.octets()[0] == 240)
@@ -701,7 +710,7 @@ impl PathTable {
                 if !from_relay {
                     return Err(Refused::NotFromRelay);
                 }
-                Ok(Some((self.relayed(now, &peer)?, payload)))
+                Ok(Some((self.relayed(now, &peer, payload)?, payload)))
             }
             Frame::Challenge { sender, id, target, tag } => {
                 let from = from.ok_or(Refused::NotFromRelay)?;
@@ -717,8 +726,12 @@ impl PathTable {
     }
 
     /// A relayed packet from `raw`: the placeholder to deliver it as (allocated on first
-    /// contact: the peer is dialling us through the relay).
-    fn relayed(&mut self, now: Instant, raw: &RawIdentity) -> Result<SocketAddr, Refused> {
+    /// contact, and then only for what can start a connection: a QUIC Initial, see
+    /// [`starts_a_connection`]).
+    fn relayed(&mut self, now: Instant, raw: &RawIdentity, payload: &[u8]) -> Result<SocketAddr, Refused> {
+        if !self.peers.contains_key(raw) && !starts_a_connection(payload) {
+            return Err(Refused::UnknownPeer);
+        }
         if let Some(peer) = self.peers.get_mut(raw) {
             peer.last_used = now;
             // The peer sends through the relay although our direct path looks live: it may
@@ -1179,6 +1192,40 @@ mod tests {
         let forged = frame::data(&p.b_id, b"x");
         assert_eq!(p.a.handle_frame(p.now, Some(stranger), &forged), Err(Refused::NotFromRelay));
         assert_eq!(p.a.handle_frame(p.now, None, &forged), Err(Refused::NotFromRelay), "not registered over TCP");
+    }
+
+    /// Issue 14, point 6: each frame from a new identity took a placeholder before any QUIC
+    /// check, so a relay operator (or a node through the relay) with free keys filled the table
+    /// with junk. Now only a QUIC Initial from an unknown identity earns one.
+    #[test]
+    fn junk_from_new_identities_takes_no_placeholder() {
+        let mut table = PathTable::new(id(), [1; 32]);
+        table.set_relay(Some(relay_info()));
+        let relay: SocketAddr = RELAY.parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..1000 {
+            let junk = frame::data(&id(), &[0x40; 1300]);
+            assert_eq!(table.handle_frame(now, Some(relay), &junk), Err(Refused::UnknownPeer));
+        }
+        let mut short_initial = vec![0xc3, 0, 0, 0, 1];
+        short_initial.resize(600, 0);
+        assert_eq!(
+            table.handle_frame(now, Some(relay), &frame::data(&id(), &short_initial)),
+            Err(Refused::UnknownPeer)
+        );
+        let newcomer = id();
+        let mut initial = vec![0xc3, 0, 0, 0, 1];
+        initial.resize(1200, 0);
+        let first = frame::data(&newcomer, &initial);
+        let delivered = table.handle_frame(now, Some(relay), &first).unwrap();
+        let (placeholder, payload) = delivered.expect("a data frame is delivered");
+        assert_eq!(payload.len(), 1200);
+        assert_eq!(table.peer_of(placeholder), Some(newcomer));
+        // Known now: its later (short-header) packets get through.
+        let short = frame::data(&newcomer, &[0x40; 50]);
+        let later = table.handle_frame(now, Some(relay), &short).unwrap();
+        assert_eq!(later.map(|(p, _)| p), Some(placeholder));
+        assert!(starts_a_connection(&initial) && !starts_a_connection(&initial[..1199]));
     }
 
     #[test]

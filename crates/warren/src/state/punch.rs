@@ -189,6 +189,14 @@ pub const MIN_OFFER_INTERVAL: Duration = Duration::from_secs(10);
 /// Peers whose last offer time is remembered at most.
 pub const MAX_OFFER_PEERS: usize = 4096;
 
+/// Offers answered per [`OFFER_BUDGET_WINDOW`] from all peers together: identities are free, so
+/// the per-peer limit alone let a flood of throwaway keys make the node send an attempt's
+/// challenges (up to 256, or 2,048 for birthday probing) for each key.
+pub const OFFER_BUDGET: usize = 30;
+
+/// See [`OFFER_BUDGET`].
+pub const OFFER_BUDGET_WINDOW: Duration = Duration::from_secs(60);
+
 /// This side's addresses: the socket's on each interface, and the one its relay sees; and what
 /// it knows of its NAT.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -713,20 +721,30 @@ pub fn offer_wins(sender: &RemoteIdentity, receiver: &RemoteIdentity) -> bool {
     sender.as_bytes() < receiver.as_bytes()
 }
 
-/// Answers offers from each peer at most once per [`MIN_OFFER_INTERVAL`].
+/// Answers offers from each peer at most once per [`MIN_OFFER_INTERVAL`], and from all peers
+/// at most [`OFFER_BUDGET`] per [`OFFER_BUDGET_WINDOW`].
 #[derive(Debug, Default)]
 pub struct OfferLimiter {
     answered: HashMap<RemoteIdentity, Instant>,
+    /// When the offers of the last window were answered, oldest first.
+    recent: std::collections::VecDeque<Instant>,
 }
 
 impl OfferLimiter {
     /// May an offer from `peer` be answered at `now`? Records it if so.
     pub fn may_answer(&mut self, now: Instant, peer: RemoteIdentity) -> bool {
         self.answered.retain(|_, at| now.saturating_duration_since(*at) < MIN_OFFER_INTERVAL);
-        if self.answered.contains_key(&peer) || self.answered.len() >= MAX_OFFER_PEERS {
+        while self.recent.front().is_some_and(|at| now.saturating_duration_since(*at) >= OFFER_BUDGET_WINDOW) {
+            self.recent.pop_front();
+        }
+        if self.answered.contains_key(&peer)
+            || self.answered.len() >= MAX_OFFER_PEERS
+            || self.recent.len() >= OFFER_BUDGET
+        {
             return false;
         }
         self.answered.insert(peer, now);
+        self.recent.push_back(now);
         true
     }
 }
@@ -786,6 +804,22 @@ mod tests {
         assert!(!limiter.may_answer(now + Duration::from_secs(9), a));
         assert!(limiter.may_answer(now + Duration::from_secs(9), b));
         assert!(limiter.may_answer(now + MIN_OFFER_INTERVAL, a));
+    }
+
+    /// Issue 14, point 6: each throwaway identity could make the node send an attempt's
+    /// challenges (256, or 2,048 birthday probes) to hosts of its choosing; 10,000 keys, 10,000
+    /// attempts. Now all peers together get OFFER_BUDGET answers a minute.
+    #[test]
+    fn offers_from_a_flood_of_identities_meet_a_global_budget() {
+        let mut limiter = OfferLimiter::default();
+        let now = Instant::now();
+        let answered = (0..10_000)
+            .filter(|i| limiter.may_answer(now + Duration::from_millis(*i), Identity::generate().to_remote_identity()))
+            .count();
+        assert_eq!(answered, OFFER_BUDGET);
+        // A minute after the first answers, the budget is back.
+        let later = now + OFFER_BUDGET_WINDOW + Duration::from_secs(10);
+        assert!(limiter.may_answer(later, Identity::generate().to_remote_identity()));
     }
 
     /// A simulated pair of sessions: messages take `one_way`, and the peer is found at `open`

@@ -77,6 +77,11 @@ pub trait TransportConnection: Send + Sync + fmt::Debug + 'static {
     /// The peer's next unidirectional stream.
     fn accept_uni(&self) -> BoxFuture<'_, Result<RecvStream, ConnectionError>>;
 
+    /// The node has checked the peer's identity and hello: lift the limits an unadmitted
+    /// connection has (QUIC: no bidirectional streams, a small receive window). The default
+    /// does nothing, for transports without such limits.
+    fn admit(&self) {}
+
     /// Closes the connection with an application `code` (see [`codes`]).
     fn close(&self, code: u32, reason: &[u8]);
 

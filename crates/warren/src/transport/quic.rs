@@ -27,6 +27,7 @@ use super::paths::{Path, PathEvents, PathSocket, Paths, is_placeholder};
 use super::tls;
 use crate::error::TransportError;
 use crate::hook::{BoxFuture, Hook};
+use crate::state::admission::{self, Admission, Limits, Stats, Verdict};
 use crate::{Identity, RemoteIdentity};
 
 /// How long a transport handshake may take.
@@ -158,6 +159,22 @@ fn relayed_server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
     config
 }
 
+/// Connection-wide receive window of an accepted connection until the node admits it (its
+/// hello checked): a peer that has not said who it is cannot make the node buffer more.
+pub const UNADMITTED_RECEIVE_WINDOW: u32 = 64 * 1024;
+
+/// A node's server configuration: until admitted ([`TransportConnection::admit`]), the peer may
+/// open no bidirectional stream and the connection's receive window is
+/// [`UNADMITTED_RECEIVE_WINDOW`]; admission raises both to the values of `kind`.
+fn unadmitted(mut config: quinn::ServerConfig, kind: PathKind) -> quinn::ServerConfig {
+    let mut transport = transport_config_for(kind);
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .receive_window(VarInt::from_u32(UNADMITTED_RECEIVE_WINDOW));
+    config.transport_config(Arc::new(transport));
+    config
+}
+
 /// quinn client configuration for `identity`, with warren's transport parameters for a LAN.
 pub fn client_config(identity: &Arc<Identity>) -> quinn::ClientConfig {
     client_config_for(identity, PathKind::Local)
@@ -219,6 +236,9 @@ struct QuicInner {
     tasks: TaskTracker,
     /// The accept loop, waited for at shutdown (then the port is free).
     accept_loop: TaskTracker,
+    /// Which incoming attempts are taken (caps per source and in total; see
+    /// [`crate::state::admission`]).
+    admission: Arc<Mutex<Admission>>,
     /// For connections through a relay placeholder and to public addresses (the endpoint's
     /// defaults are for a LAN).
     relayed_server: Arc<quinn::ServerConfig>,
@@ -246,7 +266,7 @@ impl QuicTransport {
         let paths = Paths::new(identity.to_remote_identity(), udp, raw, on_path).map_err(bind_err)?;
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
-            Some(server_config(identity)),
+            Some(unadmitted(server_config(identity), PathKind::Local)),
             Arc::new(PathSocket(paths.clone())),
             runtime,
         )
@@ -256,14 +276,18 @@ impl QuicTransport {
         Ok(Self {
             inner: Arc::new(QuicInner {
                 identity: identity.clone(),
+                admission: Arc::default(),
                 endpoint: Mutex::new(Some(endpoint.clone())),
                 paths,
                 local_addr,
                 tasks: tasks.clone(),
                 accept_loop: TaskTracker::new(),
-                relayed_server: Arc::new(relayed_server_config(identity)),
+                relayed_server: Arc::new(unadmitted(relayed_server_config(identity), PathKind::Relayed)),
                 relayed_client: client_config_for(identity, PathKind::Relayed),
-                internet_server: Arc::new(server_config_for(identity, PathKind::Internet)),
+                internet_server: Arc::new(unadmitted(
+                    server_config_for(identity, PathKind::Internet),
+                    PathKind::Internet,
+                )),
                 internet_client: client_config_for(identity, PathKind::Internet),
             }),
         })
@@ -305,9 +329,52 @@ impl QuicTransport {
         self.inner.endpoint.lock().expect("endpoint lock poisoned").clone()
     }
 
-    /// An incoming connection attempt, as the node takes it.
-    fn incoming(&self, incoming: quinn::Incoming) -> Incoming {
+    /// The admission counts and verdicts so far (for benchmarks and logs).
+    pub fn admission(&self) -> (Stats, (usize, usize)) {
+        let admission = self.inner.admission.lock().expect("admission lock poisoned");
+        (admission.stats(), admission.counts())
+    }
+
+    /// The limits on incoming connections in force.
+    pub fn admission_limits(&self) -> Limits {
+        self.inner.admission.lock().expect("admission lock poisoned").limits()
+    }
+
+    /// Sets the limits on incoming connections (see [`crate::state::admission::Limits`]); the
+    /// counts so far are kept.
+    pub fn set_admission_limits(&self, limits: Limits) {
+        self.inner.admission.lock().expect("admission lock poisoned").set_limits(limits);
+    }
+
+    /// An incoming connection attempt, as the node takes it, or None when it was refused or
+    /// asked for a Retry (the admission limits).
+    fn incoming(&self, incoming: quinn::Incoming) -> Option<Incoming> {
         let addr = incoming.remote_address();
+        let source = admission::source(addr);
+        let verdict = self
+            .inner
+            .admission
+            .lock()
+            .expect("admission lock poisoned")
+            .on_incoming(source, incoming.remote_address_validated());
+        match verdict {
+            Verdict::Accept => {}
+            Verdict::Retry => {
+                // A retry is possible only for a first Initial without a token, which an
+                // unvalidated address sent.
+                if let Err(error) = incoming.retry() {
+                    error.into_incoming().refuse();
+                }
+                return None;
+            }
+            Verdict::Refuse(why) => {
+                tracing::debug!(%addr, ?why, "incoming connection refused");
+                incoming.refuse();
+                return None;
+            }
+        }
+        let handshake_slot = Slot::new(&self.inner.admission, source, SlotKind::Handshake);
+        let connection_slot = Slot::new(&self.inner.admission, source, SlotKind::Connection);
         if is_placeholder(addr) {
             // A new connection from a relayed peer: its old direct address may be dead, and our
             // handshake answer must not go there. It punches afresh.
@@ -326,7 +393,9 @@ impl QuicTransport {
             match connecting.into_0rtt() {
                 Ok((quic, accepted)) => {
                     let connection = this.wrap(quic.clone());
+                    this.hold_until_closed(&quic, connection_slot);
                     let handshake: BoxFuture<'static, _> = Box::pin(async move {
+                        let _slot = handshake_slot;
                         // Resolves when the handshake completes or fails. Its value says whether
                         // the client's 0-RTT data was accepted (never, here), not whether the
                         // handshake succeeded: the close reason tells that.
@@ -347,12 +416,23 @@ impl QuicTransport {
                         .await
                         .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))?
                         .map_err(|e| TransportError::Connection(e.into()))?;
+                    drop(handshake_slot);
+                    this.hold_until_closed(&quic, connection_slot);
                     this.established(&quic);
                     Ok(Accepted { connection: this.wrap(quic), handshake: None })
                 }
             }
         });
-        Incoming { addr, connecting }
+        Some(Incoming { addr, connecting })
+    }
+
+    /// Keeps `slot` (the connection's place in the admission counts) until `quic` closes.
+    fn hold_until_closed(&self, quic: &quinn::Connection, slot: Slot) {
+        let closed = quic.clone();
+        self.inner.tasks.spawn(async move {
+            closed.closed().await;
+            drop(slot);
+        });
     }
 
     fn wrap(&self, quic: quinn::Connection) -> Arc<dyn TransportConnection> {
@@ -382,6 +462,35 @@ impl QuicTransport {
                 paths.remove_key(&remote, id);
             }
         });
+    }
+}
+
+/// A place an accepted connection holds in the admission counts: its handshake's, or its own
+/// (until it closes). Given back when dropped, whatever way the connection ends.
+struct Slot {
+    admission: Arc<Mutex<Admission>>,
+    source: std::net::IpAddr,
+    kind: SlotKind,
+}
+
+enum SlotKind {
+    Handshake,
+    Connection,
+}
+
+impl Slot {
+    fn new(admission: &Arc<Mutex<Admission>>, source: std::net::IpAddr, kind: SlotKind) -> Self {
+        Self { admission: admission.clone(), source, kind }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut admission = self.admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match self.kind {
+            SlotKind::Handshake => admission.handshake_done(self.source),
+            SlotKind::Connection => admission.closed(self.source),
+        }
     }
 }
 
@@ -448,7 +557,9 @@ impl Listener for QuicTransport {
         let this = self.clone();
         let accept_loop = self.inner.accept_loop.track_future(async move {
             while let Some(incoming) = endpoint.accept().await {
-                accept(this.incoming(incoming));
+                if let Some(incoming) = this.incoming(incoming) {
+                    accept(incoming);
+                }
             }
         });
         self.inner.accept_loop.close();
@@ -568,6 +679,11 @@ impl TransportConnection for QuicConnection {
 
     fn accept_uni(&self) -> BoxFuture<'_, Result<RecvStream, ConnectionError>> {
         Box::pin(async move { Ok(RecvStream::new(QuicRecv(self.quic.accept_uni().await?))) })
+    }
+
+    fn admit(&self) {
+        self.quic.set_receive_window(VarInt::from_u32(RECEIVE_WINDOW));
+        self.quic.set_max_concurrent_bi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS));
     }
 
     fn close(&self, code: u32, reason: &[u8]) {
