@@ -47,6 +47,11 @@ pub enum Verdict {
     /// Take it; its handshake counts until [`Admission::handshake_done`] and the connection until
     /// [`Admission::closed`].
     Accept,
+    /// Take it, and close the oldest connection of this source to make room: the node is full
+    /// and that source holds the most connections, more than the newcomer's by two or more.
+    /// (A flood from many addresses fills [`Limits::connections`]; a newcomer then still gets
+    /// in at the expense of the biggest holder, not at nobody's.)
+    Evict(IpAddr),
     /// Ask the address to prove it receives (QUIC Retry); it is not counted.
     Retry,
     /// Refuse it (QUIC CONNECTION_REFUSED); it is not counted.
@@ -88,6 +93,8 @@ pub struct Stats {
     pub retried: u64,
     /// Attempts refused.
     pub refused: u64,
+    /// Connections closed to make room for a newcomer from a smaller source.
+    pub evicted: u64,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -102,6 +109,8 @@ pub struct Admission {
     limits: Limits,
     total: Counts,
     sources: HashMap<IpAddr, Counts>,
+    /// Evicted connections not closed yet, per source (already given back).
+    evicted: HashMap<IpAddr, usize>,
     stats: Stats,
 }
 
@@ -126,14 +135,16 @@ impl Admission {
     /// to receive (a Retry token came back).
     pub fn on_incoming(&mut self, source: IpAddr, validated: bool) -> Verdict {
         let here = self.sources.get(&source).copied().unwrap_or_default();
+        let mut evict = None;
         let refusal = if self.total.handshakes >= self.limits.handshakes {
             Some(Refusal::Handshakes)
         } else if here.handshakes >= self.limits.handshakes_per_source {
             Some(Refusal::HandshakesPerSource)
-        } else if self.total.connections >= self.limits.connections {
-            Some(Refusal::Connections)
         } else if here.connections >= self.limits.connections_per_source {
             Some(Refusal::ConnectionsPerSource)
+        } else if self.total.connections >= self.limits.connections {
+            evict = self.heaviest().filter(|(_, count)| *count >= here.connections + 2).map(|(ip, _)| ip);
+            evict.is_none().then_some(Refusal::Connections)
         } else {
             None
         };
@@ -151,7 +162,27 @@ impl Admission {
         let here = self.sources.entry(source).or_default();
         here.handshakes += 1;
         here.connections += 1;
-        Verdict::Accept
+        match evict {
+            Some(heaviest) => {
+                self.stats.evicted += 1;
+                // Counted as gone now, so that a burst of newcomers evicts from whoever is then
+                // the biggest holder; the connection's own close later finds nothing to count.
+                self.forget_one(heaviest);
+                Verdict::Evict(heaviest)
+            }
+            None => Verdict::Accept,
+        }
+    }
+
+    /// The source with the most connections, and how many.
+    fn heaviest(&self) -> Option<(IpAddr, usize)> {
+        self.sources.iter().map(|(ip, c)| (*ip, c.connections)).max_by_key(|(_, count)| *count)
+    }
+
+    /// One connection of `source` is no longer counted (evicted): its close is not counted again.
+    fn forget_one(&mut self, source: IpAddr) {
+        self.give_back(source);
+        *self.evicted.entry(source).or_default() += 1;
     }
 
     /// The handshake of an accepted attempt from `source` ended (completed or failed). A failed
@@ -165,6 +196,18 @@ impl Admission {
 
     /// An accepted connection from `source` is gone.
     pub fn closed(&mut self, source: IpAddr) {
+        // An evicted connection was given back when it was chosen.
+        if let Some(evicted) = self.evicted.get_mut(&source) {
+            *evicted -= 1;
+            if *evicted == 0 {
+                self.evicted.remove(&source);
+            }
+            return;
+        }
+        self.give_back(source);
+    }
+
+    fn give_back(&mut self, source: IpAddr) {
         self.total.connections = self.total.connections.saturating_sub(1);
         if let Some(here) = self.sources.get_mut(&source) {
             here.connections = here.connections.saturating_sub(1);
@@ -177,6 +220,11 @@ impl Admission {
     /// Handshakes in progress and connections alive, in total.
     pub fn counts(&self) -> (usize, usize) {
         (self.total.handshakes, self.total.connections)
+    }
+
+    /// Connections counted for `source`.
+    pub fn connections_from(&self, source: IpAddr) -> usize {
+        self.sources.get(&source).map_or(0, |c| c.connections)
     }
 
     /// Sources with a connection alive (the map never holds more than [`Limits::connections`]).
@@ -263,6 +311,53 @@ mod tests {
         );
         assert_eq!(admission.counts().1, 80);
         assert!(admission.sources() <= 80);
+    }
+
+    /// A flood from many addresses fills the node's connections; a newcomer from another
+    /// address still gets in, by evicting the oldest connection of the biggest holder. One
+    /// connection apart, nobody is evicted (the newcomer would only take the holder's place).
+    #[test]
+    fn a_full_node_makes_room_for_a_newcomer_at_the_biggest_holders_expense() {
+        let limits = Limits {
+            handshakes: 1000,
+            handshakes_per_source: 1000,
+            retry_above: 1000,
+            connections: 100,
+            connections_per_source: 40,
+        };
+        let mut admission = Admission::new(limits);
+        // Flooders: 40 + 40 + 20 connections, established.
+        for (last, count) in [(1, 40), (2, 40), (3, 20)] {
+            for _ in 0..count {
+                assert_eq!(admission.on_incoming(ip(last), true), Verdict::Accept);
+                admission.handshake_done(ip(last));
+            }
+        }
+        assert_eq!(admission.counts(), (0, 100));
+        let verdict = admission.on_incoming(ip(9), true);
+        assert!(matches!(verdict, Verdict::Evict(from) if from == ip(1) || from == ip(2)), "{verdict:?}");
+        assert_eq!(admission.counts().1, 100, "one in, one out");
+        // A burst of newcomers evicts from whoever holds the most at the time.
+        let mut from = HashMap::new();
+        for i in 10..60u8 {
+            if let Verdict::Evict(source) = admission.on_incoming(ip(i), true) {
+                *from.entry(source).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(from.values().sum::<i32>(), 50, "{from:?}");
+        // The biggest holders lose first, until all three hold about as many: 100 - 51 = 49.
+        let left: Vec<usize> = (1..=3).map(|i| admission.connections_from(ip(i))).collect();
+        assert_eq!(left.iter().sum::<usize>(), 49, "{left:?}");
+        assert!(left.iter().all(|n| (16..=17).contains(n)), "{left:?} after evictions {from:?}");
+        // An evicted connection closing changes no count (it was given back when chosen).
+        admission.closed(ip(1));
+        assert_eq!(admission.counts().1, 100);
+        assert_eq!(admission.stats().evicted, 51);
+        // Equal holders: no eviction for the newcomer's sake.
+        let mut even = Admission::new(Limits { connections: 2, ..limits });
+        assert_eq!(even.on_incoming(ip(1), true), Verdict::Accept);
+        assert_eq!(even.on_incoming(ip(2), true), Verdict::Accept);
+        assert_eq!(even.on_incoming(ip(3), true), Verdict::Refuse(Refusal::Connections));
     }
 
     #[test]

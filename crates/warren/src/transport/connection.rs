@@ -34,6 +34,9 @@ pub mod codes {
     pub const BAD_HELLO: u32 = 3;
     /// The peer broke the protocol (e.g. a second unidirectional stream).
     pub const PROTOCOL_VIOLATION: u32 = 4;
+    /// Closed to make room: the node was full and the peer's address held the most
+    /// connections (see `state::admission`).
+    pub const EVICTED: u32 = 5;
     /// A stream header was malformed.
     pub const BAD_STREAM_HEADER: u32 = 16;
     /// A stream header did not arrive in time.

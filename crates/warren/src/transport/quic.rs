@@ -5,9 +5,10 @@
 //! tracker, so the node's shutdown waits for them and the port is free when it returns.
 
 use std::any::Any;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -239,6 +240,8 @@ struct QuicInner {
     /// Which incoming attempts are taken (caps per source and in total; see
     /// [`crate::state::admission`]).
     admission: Arc<Mutex<Admission>>,
+    /// Accepted connections by source, oldest first: where an eviction takes one from.
+    by_source: Arc<Mutex<HashMap<IpAddr, VecDeque<quinn::Connection>>>>,
     /// For connections through a relay placeholder and to public addresses (the endpoint's
     /// defaults are for a LAN).
     relayed_server: Arc<quinn::ServerConfig>,
@@ -277,6 +280,7 @@ impl QuicTransport {
             inner: Arc::new(QuicInner {
                 identity: identity.clone(),
                 admission: Arc::default(),
+                by_source: Arc::default(),
                 endpoint: Mutex::new(Some(endpoint.clone())),
                 paths,
                 local_addr,
@@ -359,6 +363,19 @@ impl QuicTransport {
             .on_incoming(source, incoming.remote_address_validated());
         match verdict {
             Verdict::Accept => {}
+            Verdict::Evict(from) => {
+                let oldest = self
+                    .inner
+                    .by_source
+                    .lock()
+                    .expect("source lock poisoned")
+                    .get_mut(&from)
+                    .and_then(VecDeque::pop_front);
+                if let Some(oldest) = oldest {
+                    tracing::debug!(%from, "node full: the biggest holder's oldest connection makes room");
+                    oldest.close(VarInt::from_u32(codes::EVICTED), b"evicted: the node is full");
+                }
+            }
             Verdict::Retry => {
                 // A retry is possible only for a first Initial without a token, which an
                 // unvalidated address sent.
@@ -428,9 +445,18 @@ impl QuicTransport {
 
     /// Keeps `slot` (the connection's place in the admission counts) until `quic` closes.
     fn hold_until_closed(&self, quic: &quinn::Connection, slot: Slot) {
-        let closed = quic.clone();
+        let (closed, by_source) = (quic.clone(), self.inner.by_source.clone());
+        by_source.lock().expect("source lock poisoned").entry(slot.source).or_default().push_back(quic.clone());
         self.inner.tasks.spawn(async move {
             closed.closed().await;
+            let mut sources = by_source.lock().expect("source lock poisoned");
+            if let Some(list) = sources.get_mut(&slot.source) {
+                list.retain(|c| c.stable_id() != closed.stable_id());
+                if list.is_empty() {
+                    sources.remove(&slot.source);
+                }
+            }
+            drop(sources);
             drop(slot);
         });
     }
