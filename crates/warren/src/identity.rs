@@ -65,6 +65,27 @@ impl Identity {
         self.key.sign(message).to_bytes()
     }
 
+    /// The secret this node shares with a contact, for ContactsOnly discovery's tags and the
+    /// handshake's contact proof ([`Identity::agree`] under one purpose).
+    pub fn contact_secret(&self, contact: &RemoteIdentity) -> Zeroizing<[u8; 32]> {
+        self.agree(contact, "warren 2026 contacts-only pair secret")
+    }
+
+    /// A secret only this node and `peer` can compute: X25519 of the two identities (each
+    /// Ed25519 key taken to its Montgomery form, RFC 7748), hashed with both public keys in a
+    /// fixed order under a context of `purpose`. What a stranger who knows both public keys
+    /// cannot compute; ContactsOnly discovery keys its tags and proofs with it.
+    pub fn agree(&self, peer: &RemoteIdentity, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let theirs =
+            VerifyingKey::from_bytes(peer.as_bytes()).expect("a RemoteIdentity is a valid key").to_montgomery();
+        let shared = Zeroizing::new(theirs.mul_clamped(self.key.to_scalar_bytes()).to_bytes());
+        let me = self.to_remote_identity();
+        let (low, high) = if me.as_bytes() <= peer.as_bytes() { (me, *peer) } else { (*peer, me) };
+        let mut hasher = blake3::Hasher::new_derive_key(purpose);
+        hasher.update(&shared[..]).update(low.as_bytes()).update(high.as_bytes());
+        Zeroizing::new(*hasher.finalize().as_bytes())
+    }
+
     /// Loads the identity stored in `data_dir`, or creates and stores a new one if there is
     /// none.
     ///
@@ -332,6 +353,17 @@ impl fmt::Debug for PeerId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_sides_agree_and_nobody_else_does() {
+        let (alice, bob, carol) = (Identity::generate(), Identity::generate(), Identity::generate());
+        let (a, b, c) = (alice.to_remote_identity(), bob.to_remote_identity(), carol.to_remote_identity());
+        let ab = alice.agree(&b, "test");
+        assert_eq!(*ab, *bob.agree(&a, "test"), "both sides compute one secret");
+        assert_ne!(*ab, *alice.agree(&c, "test"));
+        assert_ne!(*ab, *carol.agree(&b, "test"), "a third identity gets another");
+        assert_ne!(*ab, *alice.agree(&b, "other purpose"));
+    }
 
     #[test]
     fn remote_identity_text_round_trips_and_fits_a_dns_label() {

@@ -119,12 +119,23 @@ const METADATA_RETRY: Duration = Duration::from_millis(500);
 /// The TXT key carrying a ContactsOnly record's salt.
 const SALT_KEY: &str = "s";
 
-/// The instance name a ContactsOnly record uses for `identity` with `salt`: 26 base32
-/// characters of a keyed BLAKE3 hash. A contact recomputes it for each identity it knows; a
-/// stranger learns nothing, and a new salt per announcement session unlinks the records.
-pub fn contact_tag(identity: &RemoteIdentity, salt: &[u8]) -> String {
-    let mut hasher = blake3::Hasher::new_derive_key("warren 2026 mdns contacts-only instance tag");
-    hasher.update(identity.as_bytes());
+/// How often a ContactsOnly node checks whether its contacts changed (then it announces anew).
+const CONTACTS_CHECK: Duration = Duration::from_secs(2);
+
+/// Contacts a ContactsOnly node announces itself to at once (one record each).
+pub const MAX_ANNOUNCED_CONTACTS: usize = 16;
+
+/// The instance name of the ContactsOnly record that `announcer` publishes for one contact,
+/// with `salt`: 26 base32 characters of BLAKE3 keyed with the secret the two share
+/// ([`crate::Identity::contact_secret`]). Only that contact (and the announcer) can compute it: a
+/// stranger who knows both public keys cannot, so it cannot recognise the node in any session,
+/// nor forge a record the contact would take for the announcer's. A new salt per session
+/// unlinks the records for everyone else. (Before issue 14 the tag was keyed with the
+/// announcer's public key, which anyone who knew the key could recompute.)
+pub fn contact_tag(pair_secret: &[u8; 32], announcer: &RemoteIdentity, salt: &[u8]) -> String {
+    let mut hasher = blake3::Hasher::new_keyed(pair_secret);
+    hasher.update(b"warren 2026 mdns contacts-only instance tag");
+    hasher.update(announcer.as_bytes());
     hasher.update(salt);
     crate::identity::base32().encode(&hasher.finalize().as_bytes()[..16])
 }
@@ -395,7 +406,11 @@ impl MdnsDiscovery {
             getrandom::fill(&mut salt).expect("the system random source works");
             salt
         });
-        let mut registered = self.announce(&daemon, None, salt.as_ref());
+        let mut registered = self.announce(&daemon, Vec::new(), salt.as_ref());
+        // ContactsOnly announces one record per contact: a changed contact list is announced
+        // at the next check.
+        let mut announced_contacts = self.inner.p2p.contacts();
+        let mut contacts_check = tokio::time::interval(CONTACTS_CHECK);
         let browse = || {
             let browser = daemon.browse(&self.inner.service_type).map_err(|e| MdnsError::Daemon(e.to_string()))?;
             drain(browser, self.inner.ignored.clone())
@@ -426,12 +441,19 @@ impl MdnsDiscovery {
                     Ok(()) = record.changed() => {
                         registered = self.announce(&daemon, registered, salt.as_ref());
                     }
+                    _ = contacts_check.tick(), if salt.is_some() => {
+                        let contacts = self.inner.p2p.contacts();
+                        if contacts != announced_contacts {
+                            registered = self.announce(&daemon, registered, salt.as_ref());
+                            announced_contacts = contacts;
+                        }
+                    }
                 }
             },
             Err(e) => Err(e),
         };
         // Goodbye: unregistering sends the records with TTL 0; wait until they are out.
-        if let Some(fullname) = registered {
+        for fullname in registered {
             if let Ok(status) = daemon.unregister(&fullname) {
                 let _ = tokio::time::timeout(GOODBYE_WAIT, status.recv_async()).await;
             }
@@ -448,20 +470,54 @@ impl MdnsDiscovery {
         result
     }
 
-    /// (Re-)registers this node's service; on refusal keeps the previous registration.
-    fn announce(&self, daemon: &ServiceDaemon, registered: Option<String>, salt: Option<&[u8; 10]>) -> Option<String> {
+    /// (Re-)registers this node's service (in ContactsOnly mode, one record per contact, up to
+    /// [`MAX_ANNOUNCED_CONTACTS`]); on refusal keeps the previous registrations.
+    fn announce(&self, daemon: &ServiceDaemon, registered: Vec<String>, salt: Option<&[u8; 10]>) -> Vec<String> {
         let p2p = &self.inner.p2p;
         let identity = p2p.id();
         let record = self.inner.record.borrow().clone().unwrap_or_else(|| p2p.record());
-        // ContactsOnly: a tag instead of the identity (in the instance and host names), and
-        // nothing in TXT but the salt.
-        let (instance, txt) = match salt {
-            Some(salt) => {
-                (contact_tag(&identity, salt), Ok(vec![(SALT_KEY.to_owned(), data_encoding::HEXLOWER.encode(salt))]))
-            }
-            None => (identity.to_string(), txt_record(&identity, &record.metadata, &record.libraries)),
+        // ContactsOnly: a tag only that contact can compute instead of the identity (in the
+        // instance and host names), and nothing in TXT but the salt.
+        let announcements: Vec<(String, Result<Vec<(String, String)>, MdnsError>)> = match salt {
+            Some(salt) => p2p
+                .contacts()
+                .into_iter()
+                .take(MAX_ANNOUNCED_CONTACTS)
+                .map(|contact| {
+                    let secret = p2p.identity().contact_secret(&contact);
+                    let txt = vec![(SALT_KEY.to_owned(), data_encoding::HEXLOWER.encode(salt))];
+                    (contact_tag(&secret, &identity, salt), Ok(txt))
+                })
+                .collect(),
+            None => vec![(identity.to_string(), txt_record(&identity, &record.metadata, &record.libraries))],
         };
-        let attempt = txt.and_then(|txt| {
+        let attempt: Result<Vec<String>, MdnsError> =
+            announcements.into_iter().map(|(instance, txt)| self.register_one(daemon, &instance, txt)).collect();
+        match attempt {
+            Ok(fullnames) => {
+                *self.inner.last_error.lock().expect("error lock poisoned") = None;
+                // Records no longer announced (a contact removed) say goodbye.
+                for old in registered.iter().filter(|old| !fullnames.contains(old)) {
+                    let _ = daemon.unregister(old);
+                }
+                fullnames
+            }
+            Err(error) => {
+                tracing::error!(%error, "not announcing the new metadata");
+                *self.inner.last_error.lock().expect("error lock poisoned") = Some(error.to_string());
+                registered
+            }
+        }
+    }
+
+    /// Registers one record: `instance` with `txt`, at this node's port; its full name.
+    fn register_one(
+        &self,
+        daemon: &ServiceDaemon,
+        instance: &str,
+        txt: Result<Vec<(String, String)>, MdnsError>,
+    ) -> Result<String, MdnsError> {
+        txt.and_then(|txt| {
             let host = format!("{instance}.local.");
             let mut info = ServiceInfo::new(
                 &self.inner.service_type,
@@ -480,18 +536,7 @@ impl MdnsDiscovery {
             let fullname = info.get_fullname().to_owned();
             daemon.register(info).map_err(|e| MdnsError::Daemon(e.to_string()))?;
             Ok(fullname)
-        });
-        match attempt {
-            Ok(fullname) => {
-                *self.inner.last_error.lock().expect("error lock poisoned") = None;
-                Some(fullname)
-            }
-            Err(error) => {
-                tracing::error!(%error, "not announcing the new metadata");
-                *self.inner.last_error.lock().expect("error lock poisoned") = Some(error.to_string());
-                registered
-            }
-        }
+        })
     }
 
     fn handle(&self, event: ServiceEvent) {
@@ -627,12 +672,15 @@ impl MdnsDiscovery {
         self.inner.goodbyes_deferred.load(Ordering::Relaxed)
     }
 
-    /// For a ContactsOnly record (a salt in TXT), the contact whose tag its instance name is.
+    /// For a ContactsOnly record (a salt in TXT), the contact that announced it for us: the one
+    /// whose tag, keyed with the secret we share, its instance name is.
     fn recognise(&self, service: &mdns_sd::ResolvedService) -> Option<RemoteIdentity> {
         let salt = service.txt_properties.get_property_val(SALT_KEY)??;
         let salt = data_encoding::HEXLOWER.decode(salt).ok()?;
         let instance = service.fullname.strip_suffix(&self.inner.service_type)?.strip_suffix('.')?;
-        let contact = self.inner.p2p.contacts().into_iter().find(|c| contact_tag(c, &salt) == instance)?;
+        let me = self.inner.p2p.identity();
+        let contact =
+            self.inner.p2p.contacts().into_iter().find(|c| contact_tag(&me.contact_secret(c), c, &salt) == instance)?;
         self.inner.hashed.lock().expect("hashed lock poisoned").insert(service.fullname.clone(), contact);
         Some(contact)
     }

@@ -352,9 +352,10 @@ fn a_flood_of_fake_services_and_garbage_is_survived() {
     assert!(evicted > 0, "the full table made room for newer records");
 }
 
-/// ContactsOnly: a stranger learns nothing (the record is a keyed hash; the stranger cannot
-/// even tell whose), mutual contacts recognise each other and get the metadata over their
-/// authenticated connection, and a one-sided contact finds the node but gets no metadata.
+/// ContactsOnly: a stranger learns nothing (the records are keyed with secrets it does not
+/// share; it cannot even tell whose), mutual contacts recognise each other and get the
+/// metadata over their authenticated connection, and a one-sided contact does not find the
+/// node (it announces itself only to its own contacts).
 #[test]
 fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() {
     let (_sim, hosts) = lan(4, None);
@@ -370,7 +371,7 @@ fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() 
         ("a", DiscoveryMode::ContactsOnly, vec![ids[1]], (vec![(1, Some("b")), (2, Some("c"))], 0)),
         ("b", DiscoveryMode::ContactsOnly, vec![ids[0]], (vec![(0, Some("a"))], 0)),
         ("c", DiscoveryMode::Enabled, vec![], (vec![(3, Some("d"))], 2)),
-        ("d", DiscoveryMode::Enabled, vec![ids[0]], (vec![(0, None)], 0)),
+        ("d", DiscoveryMode::Enabled, vec![ids[0]], (vec![], 0)),
     ];
     // Nobody leaves (and says goodbye) before everybody has looked.
     let all_seen = std::sync::Arc::new(tokio::sync::Barrier::new(plan.len()));
@@ -417,20 +418,31 @@ fn contacts_only_reveals_nothing_to_strangers_and_metadata_to_mutual_contacts() 
     assert_eq!(seen(2, 0), None, "the stranger does not know a");
     assert_eq!(seen(2, 1), None, "the stranger does not know b");
     assert!(results[2].1 >= 2, "the stranger saw two records it could not read: {}", results[2].1);
-    assert_eq!(seen(3, 0), Some(None), "d found a (its contact) but a shares nothing with a non-contact");
+    // Issue 14, point 4: a announces itself only to its own contacts, so d (which lists a, but
+    // whom a does not list) cannot recognise a's records at all (before: d found a).
+    assert_eq!(seen(3, 0), None, "a one-sided contact does not find a");
     assert_eq!(seen(3, 1), None, "d does not know b");
     assert_eq!(seen(2, 3), Some(Some("d".into())), "Enabled nodes see each other as before");
     assert_eq!(seen(0, 2), Some(Some("c".into())), "a ContactsOnly node still sees public records");
 }
 
+/// Issue 14, point 4: the tag was keyed with the announcer's public key and a clear salt, so
+/// anyone who knew the key recognised the device in every session. Now it is keyed with the
+/// secret the announcer shares with one contact: the contact computes it, a third party who
+/// knows both public keys gets another tag, and the announcer's own record is not taken for
+/// the contact's.
 #[test]
-fn a_contacts_only_tag_is_stable_for_a_salt_and_unlinkable_across_salts() {
-    let id = Identity::generate().to_remote_identity();
-    let other = Identity::generate().to_remote_identity();
-    let tag = warren::discovery::mdns::contact_tag(&id, b"salt-one!!");
-    assert_eq!(tag, warren::discovery::mdns::contact_tag(&id, b"salt-one!!"));
-    assert_ne!(tag, warren::discovery::mdns::contact_tag(&id, b"salt-two!!"));
-    assert_ne!(tag, warren::discovery::mdns::contact_tag(&other, b"salt-one!!"));
+fn a_contacts_only_tag_is_for_one_contact_and_unlinkable_across_salts() {
+    use warren::discovery::mdns::contact_tag;
+    let (alice, bob, mallory) = (Identity::generate(), Identity::generate(), Identity::generate());
+    let (a, b) = (alice.to_remote_identity(), bob.to_remote_identity());
+    // Alice announces herself to Bob.
+    let tag = contact_tag(&alice.contact_secret(&b), &a, b"salt-one!!");
+    assert_eq!(tag, contact_tag(&bob.contact_secret(&a), &a, b"salt-one!!"), "Bob recomputes it");
+    assert_ne!(tag, contact_tag(&alice.contact_secret(&b), &a, b"salt-two!!"), "another session, another tag");
+    assert_ne!(tag, contact_tag(&mallory.contact_secret(&a), &a, b"salt-one!!"), "a stranger cannot");
+    assert_ne!(tag, contact_tag(&mallory.contact_secret(&b), &a, b"salt-one!!"), "not even one who knows both keys");
+    assert_ne!(tag, contact_tag(&bob.contact_secret(&a), &b, b"salt-one!!"), "Bob's record for Alice differs");
     assert_eq!(tag.len(), 26);
-    assert!(!tag.contains(&id.to_string()[..8]), "the tag is not a prefix of the identity");
+    assert!(!tag.contains(&a.to_string()[..8]), "the tag is not a prefix of the identity");
 }
