@@ -125,6 +125,9 @@ pub enum HelloError {
     /// The peer presented no identity in the handshake.
     #[error("the peer presented no identity")]
     NoIdentity,
+    /// This node is in ContactsOnly mode and the peer is not a contact.
+    #[error("the peer is not a contact (contacts only)")]
+    NotAContact,
     /// No hello within the time given.
     #[error("no hello within {0:?}")]
     Timeout(std::time::Duration),

@@ -122,6 +122,8 @@ struct Inner {
     libraries: Mutex<BTreeSet<uuid::Uuid>>,
     contacts: Mutex<BTreeSet<RemoteIdentity>>,
     private_metadata: std::sync::atomic::AtomicBool,
+    /// ContactsOnly's handshake gate, shared with the QUIC transports.
+    gate: Arc<crate::transport::gate::ContactGate>,
     hooks: Mutex<Vec<Registered>>,
     next_hook: Mutex<u64>,
     protocols: RwLock<BTreeMap<String, Arc<dyn ProtocolHandler>>>,
@@ -154,10 +156,12 @@ impl P2P {
     pub fn new(app_name: impl Into<String>, identity: Identity) -> Self {
         let remote_identity = identity.to_remote_identity();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let identity = Arc::new(identity);
         Self {
             inner: Arc::new(Inner {
                 app_name: app_name.into(),
-                identity: Arc::new(identity),
+                gate: Arc::new(crate::transport::gate::ContactGate::new(identity.clone())),
+                identity,
                 remote_identity,
                 metadata: RwLock::new(metadata::defaults()),
                 peers: Mutex::default(),
@@ -212,7 +216,7 @@ impl P2P {
                 p2p.path_changed(remote, path);
             }
         });
-        let quic = QuicTransport::bind(self.identity(), addr, &self.inner.tasks, on_path)?;
+        let quic = QuicTransport::bind(self.identity(), self.inner.gate.clone(), addr, &self.inner.tasks, on_path)?;
         self.set_paths(quic.paths(), false);
         self.spawn(Paths::drive_timers(Arc::downgrade(quic.paths())));
         self.register_listener(Arc::new(quic.clone()));
@@ -367,12 +371,27 @@ impl P2P {
 
     /// Adds a contact; false if it was one already.
     pub fn add_contact(&self, remote: RemoteIdentity) -> bool {
-        self.inner.contacts.lock().expect("contact lock poisoned").insert(remote)
+        let mut contacts = self.inner.contacts.lock().expect("contact lock poisoned");
+        let added = contacts.insert(remote);
+        self.inner.gate.set_contacts(&contacts.iter().copied().collect::<Vec<_>>());
+        added
     }
 
     /// Removes a contact; false if it was not one.
     pub fn remove_contact(&self, remote: &RemoteIdentity) -> bool {
-        self.inner.contacts.lock().expect("contact lock poisoned").remove(remote)
+        let mut contacts = self.inner.contacts.lock().expect("contact lock poisoned");
+        let removed = contacts.remove(remote);
+        self.inner.gate.set_contacts(&contacts.iter().copied().collect::<Vec<_>>());
+        removed
+    }
+
+    /// ContactsOnly (true): the hello carries no metadata, and this node's listeners answer
+    /// only handshakes that prove the secret it shares with one of its contacts (see
+    /// [`crate::transport::gate`]): a stranger who reaches the port learns neither identity,
+    /// metadata nor protocols. Discovery sets it with its mode.
+    pub fn set_contacts_only(&self, contacts_only: bool) {
+        self.set_private_metadata(contacts_only);
+        self.inner.gate.set_enabled(contacts_only);
     }
 
     /// When set, the hello carries no metadata (name, OS, model, version): anyone may open a
@@ -949,6 +968,12 @@ impl P2P {
         if let Some(expected) = expected.filter(|e| *e != remote) {
             transport.close(codes::WRONG_IDENTITY, b"wrong identity");
             return Err(ConnectError::WrongIdentity { expected, got: remote });
+        }
+        // The gate let only a contact's handshake through; a client certificate of another
+        // identity (one that knew a contact's secret?) is refused all the same.
+        if direction == Direction::Inbound && self.inner.gate.enabled() && !self.is_contact(&remote) {
+            transport.close(codes::WRONG_IDENTITY, b"contacts only");
+            return Err(ConnectError::Hello(HelloError::NotAContact));
         }
         let exchange = async {
             let sent = match our_hello {

@@ -3,10 +3,11 @@
 //! [`connection`] is the interface every transport implements ([`Listener`] to dial and accept,
 //! [`TransportConnection`] and its streams); [`quic`] is the first implementation, on the
 //! [`paths`] socket (relaying and path validation, with [`birthday`] probing's extra sockets)
-//! with [`tls`] identities.
+//! with [`tls`] identities and, in ContactsOnly mode, the contact [`gate`] on its handshakes.
 
 pub mod birthday;
 pub mod connection;
+pub mod gate;
 pub mod gro;
 pub mod paths;
 pub mod quic;

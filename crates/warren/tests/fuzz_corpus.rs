@@ -74,6 +74,14 @@ fn relay_wire_corpus_replays_cleanly() {
 }
 
 #[test]
+fn contact_gate_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("contact_gate") {
+        let outcome = std::panic::catch_unwind(|| warren::transport::gate::fuzz_server_name(&bytes));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}
+
+#[test]
 fn portmap_corpus_replays_cleanly() {
     for (path, bytes) in corpus("portmap") {
         let outcome = std::panic::catch_unwind(|| {

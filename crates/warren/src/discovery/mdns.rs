@@ -119,6 +119,9 @@ const METADATA_RETRY: Duration = Duration::from_millis(500);
 /// The TXT key carrying a ContactsOnly record's salt.
 const SALT_KEY: &str = "s";
 
+/// A record's TXT entries, or why they cannot be announced.
+type Txt = Result<Vec<(String, String)>, MdnsError>;
+
 /// How often a ContactsOnly node checks whether its contacts changed (then it announces anew).
 const CONTACTS_CHECK: Duration = Duration::from_secs(2);
 
@@ -373,7 +376,7 @@ impl MdnsDiscovery {
                 return;
             }
             let current = *mode.borrow_and_update();
-            self.inner.p2p.set_private_metadata(current == DiscoveryMode::ContactsOnly);
+            self.inner.p2p.set_contacts_only(current == DiscoveryMode::ContactsOnly);
             if current != DiscoveryMode::Disabled {
                 match self.enabled(&mut mode, current).await {
                     // Shut down or switched mode: look again.
@@ -478,7 +481,7 @@ impl MdnsDiscovery {
         let record = self.inner.record.borrow().clone().unwrap_or_else(|| p2p.record());
         // ContactsOnly: a tag only that contact can compute instead of the identity (in the
         // instance and host names), and nothing in TXT but the salt.
-        let announcements: Vec<(String, Result<Vec<(String, String)>, MdnsError>)> = match salt {
+        let announcements: Vec<(String, Txt)> = match salt {
             Some(salt) => p2p
                 .contacts()
                 .into_iter()
@@ -511,17 +514,12 @@ impl MdnsDiscovery {
     }
 
     /// Registers one record: `instance` with `txt`, at this node's port; its full name.
-    fn register_one(
-        &self,
-        daemon: &ServiceDaemon,
-        instance: &str,
-        txt: Result<Vec<(String, String)>, MdnsError>,
-    ) -> Result<String, MdnsError> {
+    fn register_one(&self, daemon: &ServiceDaemon, instance: &str, txt: Txt) -> Result<String, MdnsError> {
         txt.and_then(|txt| {
             let host = format!("{instance}.local.");
             let mut info = ServiceInfo::new(
                 &self.inner.service_type,
-                &instance,
+                instance,
                 &host,
                 "",
                 self.inner.port,

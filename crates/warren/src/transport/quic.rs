@@ -24,6 +24,7 @@ use super::connection::{
     Accept, Accepted, ConnectionError, Incoming, Listener, RecvHalf, RecvStream, SendHalf, SendStream, StreamError,
     TransportConnection, codes,
 };
+use super::gate::ContactGate;
 use super::paths::{Path, PathEvents, PathSocket, Paths, is_placeholder};
 use super::tls;
 use crate::error::TransportError;
@@ -151,28 +152,29 @@ pub fn server_config_for(identity: &Arc<Identity>, kind: PathKind) -> quinn::Ser
     config
 }
 
-/// The server configuration for connections through a placeholder: migration off, so that a
-/// packet from an address the path table has not validated never moves the connection off its
-/// placeholder (it is dropped; QUIC resends).
-fn relayed_server_config(identity: &Arc<Identity>) -> quinn::ServerConfig {
-    let mut config = server_config_for(identity, PathKind::Relayed);
-    config.migration(false);
-    config
-}
-
 /// Connection-wide receive window of an accepted connection until the node admits it (its
 /// hello checked): a peer that has not said who it is cannot make the node buffer more.
 pub const UNADMITTED_RECEIVE_WINDOW: u32 = 64 * 1024;
 
-/// A node's server configuration: until admitted ([`TransportConnection::admit`]), the peer may
-/// open no bidirectional stream and the connection's receive window is
-/// [`UNADMITTED_RECEIVE_WINDOW`]; admission raises both to the values of `kind`.
-fn unadmitted(mut config: quinn::ServerConfig, kind: PathKind) -> quinn::ServerConfig {
+/// A node's server configuration for connections of `kind`: its handshakes pass `gate` (in
+/// ContactsOnly mode, only contacts' do), and until admitted ([`TransportConnection::admit`])
+/// the peer may open no bidirectional stream and the connection's receive window is
+/// [`UNADMITTED_RECEIVE_WINDOW`]; admission raises both to the values of `kind`. Relayed ones
+/// (through a placeholder) have migration off, so that a packet from an address the path
+/// table has not validated never moves the connection off its placeholder (it is dropped;
+/// QUIC resends).
+fn node_server_config(identity: &Arc<Identity>, gate: &Arc<ContactGate>, kind: PathKind) -> quinn::ServerConfig {
+    let crypto = QuicServerConfig::try_from(tls::server_config_gated(identity, gate.clone()))
+        .expect("the TLS 1.3 configuration has the initial cipher suite QUIC needs");
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = transport_config_for(kind);
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .receive_window(VarInt::from_u32(UNADMITTED_RECEIVE_WINDOW));
     config.transport_config(Arc::new(transport));
+    if kind == PathKind::Relayed {
+        config.migration(false);
+    }
     config
 }
 
@@ -229,6 +231,8 @@ pub struct QuicTransport {
 
 struct QuicInner {
     identity: Arc<Identity>,
+    /// ContactsOnly's handshake gate (servers) and the contact proofs (dials).
+    gate: Arc<ContactGate>,
     endpoint: Mutex<Option<quinn::Endpoint>>,
     paths: Arc<Paths>,
     local_addr: SocketAddr,
@@ -255,6 +259,7 @@ impl QuicTransport {
     /// run on `tasks`; the path table reports its changes to `on_path`.
     pub(crate) fn bind(
         identity: &Arc<Identity>,
+        gate: Arc<ContactGate>,
         addr: SocketAddr,
         tasks: &TaskTracker,
         on_path: PathEvents,
@@ -269,7 +274,7 @@ impl QuicTransport {
         let paths = Paths::new(identity.to_remote_identity(), udp, raw, on_path).map_err(bind_err)?;
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config(),
-            Some(unadmitted(server_config(identity), PathKind::Local)),
+            Some(node_server_config(identity, &gate, PathKind::Local)),
             Arc::new(PathSocket(paths.clone())),
             runtime,
         )
@@ -279,6 +284,7 @@ impl QuicTransport {
         Ok(Self {
             inner: Arc::new(QuicInner {
                 identity: identity.clone(),
+                gate: gate.clone(),
                 admission: Arc::default(),
                 by_source: Arc::default(),
                 endpoint: Mutex::new(Some(endpoint.clone())),
@@ -286,12 +292,9 @@ impl QuicTransport {
                 local_addr,
                 tasks: tasks.clone(),
                 accept_loop: TaskTracker::new(),
-                relayed_server: Arc::new(unadmitted(relayed_server_config(identity), PathKind::Relayed)),
+                relayed_server: Arc::new(node_server_config(identity, &gate, PathKind::Relayed)),
                 relayed_client: client_config_for(identity, PathKind::Relayed),
-                internet_server: Arc::new(unadmitted(
-                    server_config_for(identity, PathKind::Internet),
-                    PathKind::Internet,
-                )),
+                internet_server: Arc::new(node_server_config(identity, &gate, PathKind::Internet)),
                 internet_client: client_config_for(identity, PathKind::Internet),
             }),
         })
@@ -556,7 +559,11 @@ impl Listener for QuicTransport {
             let (connecting, presented) = match (expected, kind) {
                 (Some(expected), kind) => {
                     let (config, presented) = client_config_expecting(&self.inner.identity, kind, expected);
-                    (endpoint.connect_with(config, addr, tls::SERVER_NAME), Some((expected, presented)))
+                    // A contact gets a proof of the secret we share (it may be in ContactsOnly
+                    // mode); anyone else the plain name.
+                    let name = self.inner.gate.server_name_for(&expected, super::gate::unix_now());
+                    let name = name.as_deref().unwrap_or(tls::SERVER_NAME);
+                    (endpoint.connect_with(config, addr, name), Some((expected, presented)))
                 }
                 (None, PathKind::Local) => (endpoint.connect(addr, tls::SERVER_NAME), None),
                 (None, PathKind::Internet) => {

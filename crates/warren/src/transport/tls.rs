@@ -72,13 +72,47 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Builds the rustls configuration for accepting connections as `identity`.
 pub fn server_config(identity: &Arc<Identity>) -> rustls::ServerConfig {
+    server_config_with(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(identity))))
+}
+
+/// Builds a node's rustls configuration for accepting connections as `identity`: the
+/// server's key goes out only to ClientHellos that `gate` admits (see [`super::gate`]).
+pub fn server_config_gated(identity: &Arc<Identity>, gate: Arc<super::gate::ContactGate>) -> rustls::ServerConfig {
+    server_config_with(Arc::new(GatedResolver { key: certified_key(identity), gate }))
+}
+
+fn server_config_with(resolver: Arc<dyn rustls::server::ResolvesServerCert>) -> rustls::ServerConfig {
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .with_client_cert_verifier(Arc::new(IdentityVerifier::default()))
-        .with_cert_resolver(Arc::new(rustls::server::AlwaysResolvesServerRawPublicKeys::new(certified_key(identity))));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![ALPN.to_vec()];
     config
+}
+
+/// Presents the node's key to ClientHellos its contact gate admits; to others nothing, which
+/// fails the handshake before anything about the node has gone out.
+#[derive(Debug)]
+struct GatedResolver {
+    key: Arc<CertifiedKey>,
+    gate: Arc<super::gate::ContactGate>,
+}
+
+impl rustls::server::ResolvesServerCert for GatedResolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match self.gate.admit(hello.server_name(), super::gate::unix_now()) {
+            Ok(_) => Some(self.key.clone()),
+            Err(why) => {
+                tracing::debug!(?why, "handshake refused: contacts only");
+                None
+            }
+        }
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        true
+    }
 }
 
 /// Builds the rustls configuration for dialling as `identity`, any server identity accepted

@@ -4,6 +4,7 @@
 
 mod bootstrap_cache;
 mod connect;
+mod contacts_only;
 mod flood;
 mod hostile;
 mod identity_checks;
