@@ -58,13 +58,15 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
                         "device_model": get("device_model"),
                         "version": get("version"),
                         "libraries": libraries,
+                        // Anyone can announce any library: a claim, not proof of membership.
+                        "libraries_proven": false,
                         "addrs": addrs,
                         "age_ms": first.elapsed().as_millis() as u64,
                         "since_start_ms": started.elapsed().as_millis() as u64,
                     }));
                 } else {
                     println!(
-                        "+ {remote}  {}  {} {}  v{}  libraries {:?}  at {}",
+                        "+ {remote}  {}  {} {}  v{}  claims libraries {:?} (unproven)  at {}",
                         get("name"),
                         get("os"),
                         get("device_model"),

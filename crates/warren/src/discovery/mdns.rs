@@ -340,7 +340,9 @@ impl MdnsDiscovery {
         found
     }
 
-    /// The libraries `remote` announces (empty if mDNS does not know it).
+    /// The libraries `remote` announces (empty if mDNS does not know it). A claim, never proof of
+    /// membership: anyone on the LAN can announce any library UUID (issue 14, point 8; signed
+    /// membership comes with the library tunnel).
     pub fn libraries_of(&self, remote: &RemoteIdentity) -> Vec<Uuid> {
         let peers = self.inner.peers.lock().expect("peer lock poisoned");
         peers.get(remote).map(|seen| seen.libraries.iter().copied().collect()).unwrap_or_default()
