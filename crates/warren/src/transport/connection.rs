@@ -81,7 +81,7 @@ pub trait TransportConnection: Send + Sync + fmt::Debug + 'static {
     fn accept_uni(&self) -> BoxFuture<'_, Result<RecvStream, ConnectionError>>;
 
     /// The node has checked the peer's identity and hello: lift the limits an unadmitted
-    /// connection has (QUIC: no bidirectional streams, a small receive window). The default
+    /// connection has (QUIC: a few bidirectional streams, a small receive window). The default
     /// does nothing, for transports without such limits.
     fn admit(&self) {}
 

@@ -156,10 +156,16 @@ pub fn server_config_for(identity: &Arc<Identity>, kind: PathKind) -> quinn::Ser
 /// hello checked): a peer that has not said who it is cannot make the node buffer more.
 pub const UNADMITTED_RECEIVE_WINDOW: u32 = 64 * 1024;
 
+/// Bidirectional streams a peer may open before the node admits it: a few, so that a dialler's
+/// first stream need not wait for the admission's MAX_STREAMS (a round trip); the node serves
+/// none of them before admission, and together they buffer at most
+/// [`UNADMITTED_RECEIVE_WINDOW`].
+pub const UNADMITTED_STREAMS: u32 = 8;
+
 /// A node's server configuration for connections of `kind`: its handshakes pass `gate` (in
 /// ContactsOnly mode, only contacts' do), and until admitted ([`TransportConnection::admit`])
-/// the peer may open no bidirectional stream and the connection's receive window is
-/// [`UNADMITTED_RECEIVE_WINDOW`]; admission raises both to the values of `kind`. Relayed ones
+/// the peer may open [`UNADMITTED_STREAMS`] bidirectional streams and the connection's receive
+/// window is [`UNADMITTED_RECEIVE_WINDOW`]; admission raises both to the values of `kind`. Relayed ones
 /// (through a placeholder) have migration off, so that a packet from an address the path
 /// table has not validated never moves the connection off its placeholder (it is dropped;
 /// QUIC resends).
@@ -169,7 +175,7 @@ fn node_server_config(identity: &Arc<Identity>, gate: &Arc<ContactGate>, kind: P
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = transport_config_for(kind);
     transport
-        .max_concurrent_bidi_streams(VarInt::from_u32(0))
+        .max_concurrent_bidi_streams(VarInt::from_u32(UNADMITTED_STREAMS))
         .receive_window(VarInt::from_u32(UNADMITTED_RECEIVE_WINDOW));
     config.transport_config(Arc::new(transport));
     if kind == PathKind::Relayed {
