@@ -24,6 +24,10 @@ use zeroize::Zeroizing;
 
 use crate::{Identity, RemoteIdentity};
 
+/// The server name every dial sends ([`super::tls::SERVER_NAME`]); a contact proof is a label
+/// in front of it. Defined here so that the gate does not depend on the TLS module that uses it.
+pub const SERVER_NAME: &str = "warren.invalid";
+
 /// How far a proof's time may be from the server's clock (either way), in seconds.
 pub const PROOF_WINDOW: u64 = 120;
 
@@ -71,7 +75,7 @@ impl ContactGate {
     }
 
     /// The server name to dial `contact` with at `unix_secs`: a fresh proof. None if it is not
-    /// a contact (then the plain [`super::tls::SERVER_NAME`] goes).
+    /// a contact (then the plain [`SERVER_NAME`] goes).
     pub fn server_name_for(&self, contact: &RemoteIdentity, unix_secs: u64) -> Option<String> {
         let contacts = self.contacts.read().expect("contact lock poisoned");
         let (_, secret) = contacts.iter().find(|(c, _)| c == contact)?;
@@ -81,7 +85,7 @@ impl ContactGate {
         proof[NONCE..NONCE + 4].copy_from_slice(&time);
         let nonce: [u8; NONCE] = proof[..NONCE].try_into().expect("16 bytes");
         proof[NONCE + 4..].copy_from_slice(&tag(secret, contact, &nonce, time));
-        Some(format!("{}.{}", crate::identity::base32().encode(&proof), super::tls::SERVER_NAME))
+        Some(format!("{}.{}", crate::identity::base32().encode(&proof), SERVER_NAME))
     }
 
     /// Does a ClientHello naming `server_name` get a handshake at `unix_secs`? Always while the
@@ -98,7 +102,7 @@ impl ContactGate {
     }
 
     fn check(&self, server_name: &str, unix_secs: u64) -> Result<RemoteIdentity, Refusal> {
-        let label = server_name.strip_suffix(super::tls::SERVER_NAME).and_then(|l| l.strip_suffix('.'));
+        let label = server_name.strip_suffix(SERVER_NAME).and_then(|l| l.strip_suffix('.'));
         let label = label.ok_or(Refusal::NoProof)?;
         let proof = crate::identity::base32().decode(label.as_bytes()).map_err(|_| Refusal::Malformed)?;
         let proof: [u8; PROOF] = proof.try_into().map_err(|_| Refusal::Malformed)?;
@@ -195,7 +199,7 @@ mod tests {
         assert_eq!(bob.admit(Some(&name), now + 5), Ok(Some(alice_id)));
         assert_eq!(bob.admit(Some(&name), now + 6), Err(Refusal::Replayed), "a copied proof opens nothing");
         // A stranger: no proof, or one under a secret Bob does not share with it.
-        assert_eq!(bob.admit(Some(super::super::tls::SERVER_NAME), now), Err(Refusal::NoProof));
+        assert_eq!(bob.admit(Some(super::SERVER_NAME), now), Err(Refusal::NoProof));
         assert_eq!(bob.admit(None, now), Err(Refusal::NoProof));
         let forged = mallory.server_name_for(&bob_id, now).unwrap();
         assert_eq!(bob.admit(Some(&forged), now), Err(Refusal::NoContact));

@@ -26,7 +26,7 @@ pub const ALPN: &[u8] = b"warren";
 
 /// Server name sent in the ClientHello. It is the same for every node on purpose: the identity
 /// being dialled is checked after the handshake and is not revealed to on-path observers.
-pub const SERVER_NAME: &str = "warren.invalid";
+pub const SERVER_NAME: &str = super::gate::SERVER_NAME;
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE { SEQUENCE { OID
 /// 1.3.101.112 }, BIT STRING (33 bytes, no unused bits) }. The 32 key bytes follow.
