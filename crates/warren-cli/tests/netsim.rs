@@ -206,8 +206,12 @@ fn avahi_interop_scenario() {
         .iter()
         .find(|l| l.starts_with("=;sim0;IPv4;") && l.contains(";192.168.30.2;7000;"))
         .unwrap_or_else(|| panic!("avahi-browse did not resolve the warren node: {avahi:?}"));
-    for txt in ["\"name=warren-box\"", "\"os=linux\"", "\"version=0.1.0\"", "\"device_model="] {
+    for txt in ["\"name=warren-box\"", "\"version=0.1.0\""] {
         assert!(resolved.contains(txt), "{txt} missing: {resolved}");
+    }
+    // OS and device model are opt-in metadata since issue 14 (point 3).
+    for txt in ["\"os=", "\"device_model="] {
+        assert!(!resolved.contains(txt), "{txt} announced: {resolved}");
     }
     let browser = of("browser");
     let published = browser
