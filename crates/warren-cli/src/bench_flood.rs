@@ -88,16 +88,21 @@ impl Target {
 
     /// Resident set size and its high-water mark, in KiB.
     fn rss_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        let [rss, hwm] = status_kib(self.child.id(), ["VmRSS:", "VmHWM:"]);
+        (rss, hwm)
     }
+}
+
+/// Fields of `/proc/PID/status` in KiB (0 for one that is missing or unreadable).
+fn status_kib<const N: usize>(pid: u32, fields: [&str; N]) -> [u64; N] {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    fields.map(|name| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 impl Drop for Target {
@@ -168,14 +173,8 @@ pub async fn run(args: FloodArgs) -> anyhow::Result<()> {
         let (peak, pid) = (peak.clone(), target.child.id());
         tokio::spawn(async move {
             loop {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                if let Some(kib) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                {
-                    peak.fetch_max(kib, Ordering::Relaxed);
-                }
+                let [rss] = status_kib(pid, ["VmRSS:"]);
+                peak.fetch_max(rss, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })

@@ -420,6 +420,15 @@ impl Shared {
         Some(to)
     }
 
+    /// A record left a TCP node's queue (written, or dropped with the node): a data record gives
+    /// its bytes back to the budget [`forward`](Self::forward) took them from (control records
+    /// were never counted). A record is a 2-byte length, its kind, then its body.
+    fn dequeued(&self, record: &[u8]) {
+        if record.get(2) == Some(&stream::DATA) {
+            self.queued_bytes.fetch_sub(record.len() as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Sends a routed frame on its way; a full queue or socket buffer drops it, as a congested
     /// link would.
     fn forward(&self, to: Forward, frame: &[u8], src_ip: Option<std::net::IpAddr>) {
@@ -908,11 +917,7 @@ async fn serve_tcp(
     // Every data record written gives its bytes back to the budget (control records, the
     // welcome and lookup answers, were never counted).
     let mut lookups = Lookups::new();
-    let writing = warren::relay::tcp::write_queued_then(&mut writer, &mut queued, |record| {
-        if record.get(2) == Some(&stream::DATA) {
-            shared.queued_bytes.fetch_sub(record.len() as u64, Ordering::Relaxed);
-        }
-    });
+    let writing = warren::relay::tcp::write_queued_then(&mut writer, &mut queued, |record| shared.dequeued(record));
     let reading = async {
         loop {
             match stream::read(&mut reader).await {
@@ -945,9 +950,7 @@ async fn serve_tcp(
     // What is still queued will never be written: its bytes go back to the budget.
     queued.close();
     while let Ok(record) = queued.try_recv() {
-        if record.get(2) == Some(&stream::DATA) {
-            shared.queued_bytes.fetch_sub(record.len() as u64, Ordering::Relaxed);
-        }
+        shared.dequeued(&record);
     }
     tracing::debug!(%node, "node left (TCP)");
 }

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::RemoteIdentity;
 
@@ -66,9 +65,8 @@ pub struct CacheWarning {
     pub reason: String,
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+// Unix seconds now.
+use crate::transport::gate::unix_now as now;
 
 impl BootstrapCache {
     /// Loads the cache at `path`. A missing file is an empty cache; an unusable one (too
