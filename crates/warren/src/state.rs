@@ -17,6 +17,7 @@
 //!   answers by request id.
 
 pub mod admission;
+pub mod mux;
 pub mod nat;
 pub mod path_table;
 pub mod portmap;

@@ -15,6 +15,7 @@
 pub mod control;
 pub mod frame;
 pub mod hello;
+pub mod mux;
 pub mod portmap;
 pub mod punch;
 pub mod record;
