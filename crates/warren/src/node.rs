@@ -31,6 +31,7 @@ use crate::identity::{Identity, RemoteIdentity};
 use crate::relay::client::{RelayClient, RelayConfig, RelayEvent};
 use crate::transport::paths::{Path, PathEvent, Paths};
 use crate::transport::quic::{ListenError, QuicTransport};
+use crate::transport::tcp::{TcpListenError, TcpTransport};
 pub use crate::transport::{Incoming, Listener};
 use crate::transport::{RecvStream, SendStream, TransportConnection};
 use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError};
@@ -221,6 +222,15 @@ impl P2P {
         self.spawn(Paths::drive_timers(Arc::downgrade(quic.paths())));
         self.register_listener(Arc::new(quic.clone()));
         Ok(quic)
+    }
+
+    /// Listens for TCP on `addr` (port 0 picks a free port): connections are authenticated with
+    /// Noise and multiplexed ([`crate::transport::tcp`]). Registers the transport as a listener;
+    /// [`P2P::dial_via`] dials through it.
+    pub async fn listen_tcp(&self, addr: SocketAddr) -> Result<TcpTransport, TcpListenError> {
+        let tcp = TcpTransport::bind(self.identity(), self.inner.gate.clone(), addr)?;
+        self.register_listener(Arc::new(tcp.clone()));
+        Ok(tcp)
     }
 
     /// Registers with the relay in `config` from `quic`'s socket and keeps the registration:
@@ -824,6 +834,17 @@ impl P2P {
         self.dial_within(addr, expected, HANDSHAKE_TIMEOUT).await
     }
 
+    /// Like [`P2P::dial`], through the listener named `transport` (`"quic"`, `"tcp"`).
+    pub async fn dial_via(
+        &self,
+        transport: &str,
+        addr: SocketAddr,
+        expected: Option<RemoteIdentity>,
+    ) -> Result<Connection, ConnectError> {
+        let listener = self.listeners().into_iter().find(|l| l.name() == transport).ok_or(ConnectError::NoTransport)?;
+        self.dial_with(listener, addr, expected, HANDSHAKE_TIMEOUT).await
+    }
+
     /// Dials `addrs` for `remote` happy-eyeballs style: the first at once, each next one
     /// [`DIAL_STAGGER`] later (sooner when there are many, so that all start within half the
     /// deadline), all under one deadline `timeout`. The first to complete the handshake and
@@ -878,10 +899,23 @@ impl P2P {
         expected: Option<RemoteIdentity>,
         timeout: Duration,
     ) -> Result<Connection, ConnectError> {
+        match self.listener_for(addr) {
+            Some(listener) => self.dial_with(listener, addr, expected, timeout).await,
+            None if self.is_shutting_down() => Err(ConnectError::ShuttingDown),
+            None => Err(ConnectError::NoTransport),
+        }
+    }
+
+    async fn dial_with(
+        &self,
+        listener: Arc<dyn Listener>,
+        addr: SocketAddr,
+        expected: Option<RemoteIdentity>,
+        timeout: Duration,
+    ) -> Result<Connection, ConnectError> {
         if self.is_shutting_down() {
             return Err(ConnectError::ShuttingDown);
         }
-        let listener = self.listener_for(addr).ok_or(ConnectError::NoTransport)?;
         let conn = tokio::time::timeout(timeout, listener.dial(addr, expected))
             .await
             .map_err(|_| ConnectError::Transport { addr, error: TransportError::Timeout(timeout) })?

@@ -9,8 +9,12 @@ pub mod birthday;
 pub mod connection;
 pub mod gate;
 pub mod gro;
+pub mod muxed;
+pub mod noise;
 pub mod paths;
 pub mod quic;
+mod slot;
+pub mod tcp;
 pub mod tls;
 mod ttl;
 

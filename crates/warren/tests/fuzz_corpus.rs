@@ -92,3 +92,19 @@ fn portmap_corpus_replays_cleanly() {
         assert!(outcome.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn mux_frames_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("mux_frames") {
+        let outcome = std::panic::catch_unwind(|| warren::state::mux::fuzz_messages(std::time::Instant::now(), &bytes));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}
+
+#[test]
+fn noise_handshake_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("noise_handshake") {
+        let outcome = std::panic::catch_unwind(|| warren::transport::noise::fuzz_handshake(&bytes));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}

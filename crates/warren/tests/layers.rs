@@ -31,8 +31,12 @@ fn files(layer: &str) -> Vec<PathBuf> {
     out
 }
 
-/// A file's code without comments and without its `#[cfg(test)]` module (tests may use clocks).
+/// A file's code without comments and without its `#[cfg(test)]` module (tests may use clocks);
+/// nothing of a test module kept in its own `tests.rs`.
 fn code(path: &Path) -> String {
+    if path.file_name().is_some_and(|name| name == "tests.rs") {
+        return String::new();
+    }
     let text = std::fs::read_to_string(path).expect("a readable source file");
     let text = match text.find("#[cfg(test)]\nmod tests") {
         Some(at) => &text[..at],

@@ -52,8 +52,11 @@ pub struct Config {
     pub max_bi: u64,
     /// Concurrent unidirectional streams the peer may have open.
     pub max_uni: u64,
-    /// Largest a stream's receive window grows to (auto-tuning starts at
-    /// [`INITIAL_STREAM_WINDOW`] and doubles while the reader keeps up).
+    /// A new stream's receive window (at least [`INITIAL_STREAM_WINDOW`], what the peer
+    /// assumes before it hears otherwise).
+    pub stream_window: u64,
+    /// Largest a stream's receive window grows to: auto-tuning doubles it while the reader
+    /// keeps up.
     pub max_stream_window: u64,
     /// The connection's receive window over all streams.
     pub conn_window: u64,
@@ -64,12 +67,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// The full limits, the same as warren's QUIC: 128 bidirectional streams, one
-    /// unidirectional, 8 MiB per stream, 32 MiB per connection, keep-alive 10 s, idle 30 s.
+    /// The full limits, as warren's QUIC has them: 128 bidirectional streams, one
+    /// unidirectional, 2 MiB per stream growing to 8 MiB, 32 MiB per connection, keep-alive
+    /// 10 s, idle 30 s.
     pub fn full() -> Self {
         Self {
             max_bi: 128,
             max_uni: 1,
+            stream_window: 2 * 1024 * 1024,
             max_stream_window: 8 * 1024 * 1024,
             conn_window: 32 * 1024 * 1024,
             keep_alive: Duration::from_secs(10),
@@ -315,9 +320,24 @@ impl Mux {
         for kind in [Kind::Bi, Kind::Uni] {
             self.allow_more(kind);
         }
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            self.grow_window(id);
+        }
         if config.conn_window > self.conn_window {
             self.conn_window = config.conn_window;
             self.raise_conn_window(None);
+        }
+    }
+
+    /// Raises stream `id`'s receive window to the configured one, if it is smaller.
+    fn grow_window(&mut self, id: u64) {
+        let window = self.config.stream_window;
+        let Some(recv) = self.streams.get_mut(&id).and_then(|s| s.recv.as_mut()) else { return };
+        if recv.window < window && !recv.fin && !recv.stopped {
+            recv.window = window;
+            recv.max = recv.max.max(recv.consumed + window);
+            self.windows_due.insert(id);
         }
     }
 
@@ -359,7 +379,7 @@ impl Mux {
     }
 
     /// Opens a stream of `kind`, or `None` when the peer allows no more yet (wait for
-    /// [`Event::CanOpen`]). The peer learns of it with the next message.
+    /// [`Event::CanOpen`]). The peer learns of it with its first data (or its window).
     pub fn open(&mut self, kind: Kind) -> Result<Option<u64>, ConnectionError> {
         self.check_open()?;
         let counts = &mut self.ours[slot(kind)];
@@ -371,6 +391,9 @@ impl Mux {
         let send = SendState { max: INITIAL_STREAM_WINDOW, ..SendState::default() };
         let recv = (kind == Kind::Bi).then(RecvState::new);
         self.streams.insert(id, Stream { send: Some(send), recv });
+        // A window beyond the initial one goes out at once (the peer learns of the stream
+        // then, in the same message as its first data if that is written now).
+        self.grow_window(id);
         Ok(Some(id))
     }
 
@@ -394,14 +417,13 @@ impl Mux {
         StreamError::Connection(self.closed.clone().unwrap_or(ConnectionError::LocallyClosed))
     }
 
-    /// Queues the front of `data` on stream `id` (advancing it), as much as flow control allows;
-    /// 0 taken means wait for [`Event::Writable`].
-    pub fn write(&mut self, id: u64, data: &mut Bytes) -> Result<usize, StreamError> {
+    /// How many bytes stream `id` may queue now (0: wait for [`Event::Writable`]), or why it
+    /// cannot take any.
+    pub fn credit(&self, id: u64) -> Result<u64, StreamError> {
         if self.closed.is_some() {
             return Err(self.stream_error());
         }
-        let credit_conn = self.conn_send_max.saturating_sub(self.conn_written);
-        let Some(send) = self.streams.get_mut(&id).and_then(|s| s.send.as_mut()) else {
+        let Some(send) = self.streams.get(&id).and_then(|s| s.send.as_ref()) else {
             return Err(StreamError::ClosedLocally);
         };
         if let Some(code) = send.stopped {
@@ -410,11 +432,17 @@ impl Mux {
         if send.fin || send.reset {
             return Err(StreamError::ClosedLocally);
         }
-        let credit = send.max.saturating_sub(send.written).min(credit_conn);
-        let take = (data.len() as u64).min(credit) as usize;
+        Ok(send.max.saturating_sub(send.written).min(self.conn_send_max.saturating_sub(self.conn_written)))
+    }
+
+    /// Queues the front of `data` on stream `id` (advancing it), as much as flow control allows;
+    /// 0 taken means wait for [`Event::Writable`].
+    pub fn write(&mut self, id: u64, data: &mut Bytes) -> Result<usize, StreamError> {
+        let take = (data.len() as u64).min(self.credit(id)?) as usize;
         if take == 0 {
             return Ok(0);
         }
+        let send = self.streams.get_mut(&id).and_then(|s| s.send.as_mut()).expect("credit checked the stream");
         let chunk = data.split_to(take);
         let was_idle = send.pending.is_empty();
         send.pending.push_back(chunk);
@@ -739,6 +767,7 @@ impl Mux {
             let id = Self::stream_id(self.peer_side(), kind, index);
             let send = (kind == Kind::Bi).then(|| SendState { max: INITIAL_STREAM_WINDOW, ..SendState::default() });
             self.streams.insert(id, Stream { send, recv: Some(RecvState::new()) });
+            self.grow_window(id);
             self.incoming[slot(kind)].push_back(id);
             self.events.push_back(Event::Incoming(kind));
         }
@@ -983,6 +1012,31 @@ impl Mux {
     /// Live streams (for tests and limits).
     pub fn stream_count(&self) -> usize {
         self.streams.len()
+    }
+}
+
+/// Feeds `data` to an acceptor's multiplexer at `now` as its peer's messages (for the fuzz target):
+/// each message is a length byte and that many bytes. Never panics; whatever the peer sends,
+/// the acceptor buffers no more than its connection window and keeps no more streams than it
+/// allowed.
+pub fn fuzz_messages(now: Instant, data: &[u8]) {
+    let mut mux = Mux::new(Side::Acceptor, Config::unadmitted());
+    let mut rest = data;
+    let mut out = Vec::new();
+    while let Some((&len, tail)) = rest.split_first() {
+        let len = usize::from(len).min(tail.len());
+        let (message, tail) = tail.split_at(len);
+        rest = tail;
+        crate::wire::mux::fuzz_frames(message);
+        mux.handle_message(now, message);
+        while mux.poll_transmit(now, &mut out) {
+            assert!(out.len() <= MAX_MESSAGE);
+        }
+        while let Ok(Some(id)) = mux.accept(Kind::Bi) {
+            let _ = mux.read(now, id, 1000);
+        }
+        assert!(mux.buffered() <= INITIAL_CONN_WINDOW, "buffered beyond the window");
+        assert!(mux.stream_count() as u64 <= INITIAL_STREAMS_BI + INITIAL_STREAMS_UNI, "streams beyond the limit");
     }
 }
 

@@ -26,6 +26,7 @@ use super::connection::{
 };
 use super::gate::ContactGate;
 use super::paths::{Path, PathEvents, PathSocket, Paths, is_placeholder};
+use super::slot::{Slot, SlotKind};
 use super::tls;
 use crate::error::TransportError;
 use crate::hook::{BoxFuture, Hook};
@@ -497,35 +498,6 @@ impl QuicTransport {
                 paths.remove_key(&remote, id);
             }
         });
-    }
-}
-
-/// A place an accepted connection holds in the admission counts: its handshake's, or its own
-/// (until it closes). Given back when dropped, whatever way the connection ends.
-struct Slot {
-    admission: Arc<Mutex<Admission>>,
-    source: std::net::IpAddr,
-    kind: SlotKind,
-}
-
-enum SlotKind {
-    Handshake,
-    Connection,
-}
-
-impl Slot {
-    fn new(admission: &Arc<Mutex<Admission>>, source: std::net::IpAddr, kind: SlotKind) -> Self {
-        Self { admission: admission.clone(), source, kind }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut admission = self.admission.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        match self.kind {
-            SlotKind::Handshake => admission.handshake_done(self.source),
-            SlotKind::Connection => admission.closed(self.source),
-        }
     }
 }
 

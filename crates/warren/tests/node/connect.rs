@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use warren::{ConnectError, ConnectionState, Direction, Event, Identity, P2P};
 
 use crate::support::*;
@@ -71,34 +69,6 @@ async fn several_streams_at_once_share_one_connection() {
         task.await.unwrap();
     }
     assert_eq!(alice.connections().len(), 1, "all streams share one connection");
-    alice.shutdown().await;
-    bob.shutdown().await;
-}
-
-#[tokio::test]
-async fn unknown_protocol_gets_a_clear_error_and_the_connection_keeps_working() {
-    let (alice, _) = node().await;
-    let (bob, bob_addr) = node().await;
-    introduce(&alice, &bob, bob_addr);
-
-    // Opening costs no round trip; the refusal arrives on the first read (or already on the
-    // write, when this side was slow enough for it to be in by then).
-    let mut stream = alice.connect(bob.id(), "nope/1").await.unwrap();
-    let err = match stream.write_all(b"hello?").await {
-        Ok(()) => stream.read_u8().await.unwrap_err(),
-        Err(refused) => refused,
-    };
-    assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
-    assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
-    let inner = err.into_inner().unwrap().downcast::<ConnectError>().unwrap();
-    assert!(matches!(*inner, ConnectError::UnknownProtocol { ref protocol } if protocol == "nope/1"));
-    // Writing on it fails the same way once the refusal has arrived.
-    let err = stream.write_all(b"more").await.unwrap_err();
-    assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
-    assert_eq!(echo_once(&alice, bob.id(), b"still here").await, b"still here");
-
-    let err = alice.connect(bob.id(), "has space").await.unwrap_err();
-    assert!(matches!(err, ConnectError::InvalidProtocol(_)), "{err}");
     alice.shutdown().await;
     bob.shutdown().await;
 }

@@ -1,0 +1,295 @@
+//! One connection test suite, run over every transport a node can listen on (QUIC, TCP): the
+//! same identity checks, refusals, hostile peers, limits and shutdown, through the node's
+//! public API alone. Each test is written once and instantiated per transport below.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren::connection::codes;
+use warren::transport::{Listener, StreamError, TransportConnection};
+use warren::{ConnectError, Event, Identity, P2P};
+
+use crate::support::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Quic,
+    Tcp,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// A node listening on `transport` alone, on 127.0.0.1, with ping and echo; its listener.
+async fn node_on(transport: Transport) -> (P2P, SocketAddr, Arc<dyn Listener>) {
+    node_as(transport, Identity::generate()).await
+}
+
+async fn node_as(transport: Transport, identity: Identity) -> (P2P, SocketAddr, Arc<dyn Listener>) {
+    let p2p = P2P::new("warren-test", identity);
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (addr, listener): (_, Arc<dyn Listener>) = match transport {
+        Transport::Quic => {
+            let quic = p2p.listen_quic(lo).await.unwrap();
+            (quic.local_addr(), Arc::new(quic))
+        }
+        Transport::Tcp => {
+            let tcp = p2p.listen_tcp(lo).await.unwrap();
+            (tcp.local_addr(), Arc::new(tcp))
+        }
+    };
+    warren::ping::register(&p2p).unwrap();
+    p2p.register_protocol(ECHO, echo).unwrap();
+    (p2p, addr, listener)
+}
+
+async fn connect_by_identity_ping_and_echo(t: Transport) {
+    let (alice, _, _) = node_on(t).await;
+    let (bob, bob_addr, _) = node_on(t).await;
+    introduce(&alice, &bob, bob_addr);
+    assert_eq!(warren::ping::ping(&alice, bob.id(), 3).await.unwrap().len(), 3);
+    // The other way reuses the connection alice opened.
+    assert_eq!(warren::ping::ping(&bob, alice.id(), 2).await.unwrap().len(), 2);
+    assert_eq!(alice.connections().len(), 1);
+    let conn = alice.open_connection(&bob.id()).unwrap();
+    assert_eq!(conn.transport_name(), t.name());
+    assert_eq!(conn.remote(), bob.id());
+    // A megabyte through echo, and several streams at once.
+    let payload: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
+    assert!(echo_once(&alice, bob.id(), &payload).await == payload);
+    let echoes: Vec<_> = (0..16u8)
+        .map(|i| {
+            let (alice, bob) = (alice.clone(), bob.id());
+            tokio::spawn(async move { echo_once(&alice, bob, &[i; 1000]).await == [i; 1000] })
+        })
+        .collect();
+    for echo in echoes {
+        assert!(echo.await.unwrap());
+    }
+    // Metadata came with the hello.
+    assert_eq!(conn.remote_protocols().len(), 2);
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+async fn unknown_protocol_is_refused_and_the_connection_keeps_working(t: Transport) {
+    let (alice, _, _) = node_on(t).await;
+    let (bob, bob_addr, _) = node_on(t).await;
+    introduce(&alice, &bob, bob_addr);
+    let mut stream = alice.connect(bob.id(), "nope/1").await.unwrap();
+    let err = match stream.write_all(b"hello?").await {
+        Ok(()) => stream.read_u8().await.unwrap_err(),
+        Err(refused) => refused,
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
+    assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
+    let inner = err.into_inner().unwrap().downcast::<ConnectError>().unwrap();
+    assert!(matches!(*inner, ConnectError::UnknownProtocol { ref protocol } if protocol == "nope/1"));
+    // Writing on it fails the same way once the refusal has arrived.
+    let err = stream.write_all(b"more").await.unwrap_err();
+    assert_eq!(err.to_string(), "the peer does not speak protocol \"nope/1\"");
+    assert_eq!(echo_once(&alice, bob.id(), b"still here").await, b"still here");
+    let err = alice.connect(bob.id(), "has space").await.unwrap_err();
+    assert!(matches!(err, ConnectError::InvalidProtocol(_)), "{err}");
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+async fn a_wrong_identity_is_refused_and_the_impostor_learns_nothing(t: Transport) {
+    let (alice, _, _) = node_on(t).await;
+    let (impostor, impostor_addr, _) = node_on(t).await;
+    let wanted = Identity::generate().to_remote_identity();
+    let mut events = impostor.subscribe();
+    alice.discovered("test", wanted, [impostor_addr], Default::default());
+    match alice.connect(wanted, ECHO).await {
+        Err(ConnectError::WrongIdentity { expected, got }) => {
+            assert_eq!(expected, wanted);
+            assert_eq!(got, impostor.id());
+        }
+        other => panic!("expected WrongIdentity, got {other:?}"),
+    }
+    // The impostor's handshake failed: it never had alice's identity, so no connection and no
+    // peer.
+    let reason = next_rejection(&mut events).await;
+    assert!(!reason.is_empty());
+    assert!(impostor.connections().is_empty());
+    assert!(impostor.peer(&alice.id()).is_none());
+    alice.shutdown().await;
+    impostor.shutdown().await;
+}
+
+/// Writes `bytes` on a fresh raw stream and returns how the node answered.
+async fn raw_stream(conn: &dyn TransportConnection, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await.expect("open raw stream");
+    send.write_all(bytes).await.expect("write raw header");
+    let _ = send.finish();
+    let mut answer = Vec::new();
+    recv.read_to_end(&mut answer).await.map(|_| answer)
+}
+
+fn reset_code(result: std::io::Result<Vec<u8>>) -> u32 {
+    match result.as_ref().map_err(StreamError::of) {
+        Err(Some(StreamError::Reset(code))) => u32::try_from(*code).unwrap(),
+        other => panic!("expected the stream to be reset, got {other:?}"),
+    }
+}
+
+async fn garbage_stream_headers_are_reset_and_ten_thousand_streams_do_not_stop_another_peer(t: Transport) {
+    const STREAMS: usize = 10_000;
+    let (bob, bob_addr, _) = node_on(t).await;
+    let (alice, _, _) = node_on(t).await;
+    let (hostile, _, _) = node_on(t).await;
+    introduce(&alice, &bob, bob_addr);
+    introduce(&hostile, &bob, bob_addr);
+    let conn = hostile.connection(bob.id()).await.unwrap();
+    let raw = conn.transport();
+    let mut oversized = vec![200u8];
+    oversized.extend_from_slice(&[b'x'; 200]);
+    assert_eq!(reset_code(raw_stream(raw, &oversized).await), codes::BAD_STREAM_HEADER);
+    assert_eq!(reset_code(raw_stream(raw, b"\x00").await), codes::BAD_STREAM_HEADER);
+    assert_eq!(reset_code(raw_stream(raw, b"\x05ping").await), codes::BAD_STREAM_HEADER);
+    assert_eq!(reset_code(raw_stream(raw, b"\x07nope/99").await), codes::UNKNOWN_PROTOCOL);
+    warren::ping::ping(&alice, bob.id(), 1).await.unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..STREAMS)
+        .map(|i| {
+            let (conn, refused) = (conn.clone(), refused.clone());
+            tokio::spawn(async move {
+                let header: &[u8] = if i % 2 == 0 { b"\xffgarbage" } else { b"\x07nope/99" };
+                let code = reset_code(raw_stream(conn.transport(), header).await);
+                assert!(code == codes::BAD_STREAM_HEADER || code == codes::UNKNOWN_PROTOCOL, "stream {i}: {code}");
+                refused.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    for _ in 0..10 {
+        assert_eq!(warren::ping::ping(&alice, bob.id(), 1).await.unwrap().len(), 1);
+    }
+    tokio::time::timeout(HANG * 4, async {
+        for task in flood {
+            task.await.unwrap();
+        }
+    })
+    .await
+    .expect("the flood did not finish");
+    assert_eq!(refused.load(Ordering::Relaxed), STREAMS);
+    assert_eq!(warren::ping::ping(&hostile, bob.id(), 1).await.unwrap().len(), 1);
+    for node in [alice, bob, hostile] {
+        node.shutdown().await;
+    }
+}
+
+async fn a_garbage_hello_closes_that_connection_only(t: Transport) {
+    let (bob, bob_addr, _) = node_on(t).await;
+    let (alice, _, _) = node_on(t).await;
+    let (hostile, _, hostile_listener) = node_on(t).await;
+    introduce(&alice, &bob, bob_addr);
+    let mut events = bob.subscribe();
+    // Below the node: the transport's handshake, then garbage where the hello goes.
+    let conn = hostile_listener.dial(bob_addr, Some(bob.id())).await.unwrap();
+    let mut send = conn.open_uni().await.unwrap();
+    send.write_all(b"\x01\x00\x00\x00\xff not a hello").await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(close_code(conn.closed().await), codes::BAD_HELLO);
+    let reason = next_rejection(&mut events).await;
+    assert_eq!(reason, "hello failed: HelloBody.metadata: length 4223 exceeds max 255");
+    assert_eq!(warren::ping::ping(&alice, bob.id(), 2).await.unwrap().len(), 2);
+    for node in [alice, bob, hostile] {
+        node.shutdown().await;
+    }
+}
+
+async fn a_second_unidirectional_stream_closes_the_connection(t: Transport) {
+    let (bob, bob_addr, _) = node_on(t).await;
+    let (hostile, _, _) = node_on(t).await;
+    introduce(&hostile, &bob, bob_addr);
+    let conn = hostile.connection(bob.id()).await.unwrap();
+    // The hello's stream is done, so the limit of one lets a second one open; the node takes
+    // it as a violation.
+    let mut send = conn.transport().open_uni().await.unwrap();
+    send.write_all(b"unasked for").await.unwrap();
+    assert_eq!(close_code(conn.closed().await), codes::PROTOCOL_VIOLATION);
+    hostile.shutdown().await;
+    bob.shutdown().await;
+}
+
+async fn one_address_gets_at_most_its_share_of_connections(t: Transport) {
+    let (bob, bob_addr, _) = node_on(t).await;
+    let (hostile, _, hostile_listener) = node_on(t).await;
+    // 100 handshakes from one address, one after the other, each held open without a hello:
+    // the per-source cap (64) lets the first 64 in and refuses the rest.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        let dial = tokio::time::timeout(std::time::Duration::from_secs(5), hostile_listener.dial(bob_addr, None));
+        if let Ok(Ok(conn)) = dial.await {
+            held.push(conn);
+        }
+    }
+    let alive = held.iter().filter(|c| c.close_reason().is_none()).count();
+    assert_eq!(alive, 64, "connections from one address (cap 64)");
+    drop(held);
+    hostile.shutdown().await;
+    bob.shutdown().await;
+}
+
+async fn shutdown_closes_connections_with_the_code_and_frees_the_port(t: Transport) {
+    let (alice, _, _) = node_on(t).await;
+    let identity = Identity::generate();
+    let (bob, bob_addr, _) = node_as(t, identity.clone()).await;
+    introduce(&alice, &bob, bob_addr);
+    warren::ping::ping(&alice, bob.id(), 1).await.unwrap();
+    let conn = alice.open_connection(&bob.id()).unwrap();
+    let mut events = alice.subscribe();
+    bob.shutdown().await;
+    assert_eq!(bob.running_tasks(), 0);
+    assert_eq!(close_code(conn.closed().await), codes::CLOSED);
+    wait_for(&mut events, |e| matches!(e, Event::PeerDisconnected { .. }).then_some(())).await;
+    // The port can be bound again.
+    match t {
+        Transport::Quic => drop(std::net::UdpSocket::bind(bob_addr).expect("the port is free")),
+        Transport::Tcp => drop(std::net::TcpListener::bind(bob_addr).expect("the port is free")),
+    }
+    alice.shutdown().await;
+    assert_eq!(alice.running_tasks(), 0);
+}
+
+/// Instantiates each test once per transport: `transports::quic::name`, `transports::tcp::name`.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod quic {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Transport::Quic).await
+                }
+            )*
+        }
+        mod tcp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Transport::Tcp).await
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    connect_by_identity_ping_and_echo,
+    unknown_protocol_is_refused_and_the_connection_keeps_working,
+    a_wrong_identity_is_refused_and_the_impostor_learns_nothing,
+    garbage_stream_headers_are_reset_and_ten_thousand_streams_do_not_stop_another_peer,
+    a_garbage_hello_closes_that_connection_only,
+    a_second_unidirectional_stream_closes_the_connection,
+    one_address_gets_at_most_its_share_of_connections,
+    shutdown_closes_connections_with_the_code_and_frees_the_port,
+);
