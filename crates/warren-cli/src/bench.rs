@@ -2,8 +2,10 @@
 //!
 //! `throughput` moves the same bytes over one warren stream, over a plain quinn connection
 //! with the same TLS and transport configuration, over plain quinn with quinn's default
-//! transport configuration, and over a plain TCP socket; it also times connection setup (dial
-//! to first echoed byte) for warren and plain quinn. Rounds are interleaved so that a noisy
+//! transport configuration, over a plain TCP socket, over warren's TCP transport (Noise and
+//! warren's multiplexer) and over TLS 1.3 on TCP (rustls, the same keys and suites); it also
+//! times connection setup (dial to first echoed byte) for warren, plain quinn and warren over
+//! TCP. Rounds are interleaved so that a noisy
 //! neighbour hurts every contender alike, and medians are reported.
 
 use std::io::IsTerminal;
@@ -281,6 +283,50 @@ async fn tcp_round(bytes: u64) -> anyhow::Result<Duration> {
     Ok(elapsed)
 }
 
+/// Sends `bytes` over a TLS 1.3 session on TCP (rustls, warren's raw-public-key configuration
+/// and cipher suites) to a sink that answers with its count: the anchor for warren over TCP.
+async fn tls_tcp_round(server: &Arc<Identity>, client: &Arc<Identity>, bytes: u64) -> anyhow::Result<Duration> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(server)));
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        let mut tls = acceptor.accept(socket).await?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut count = 0u64;
+        loop {
+            let n = tls.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            count += n as u64;
+        }
+        tls.write_all(&count.to_le_bytes()).await?;
+        tls.shutdown().await?;
+        anyhow::Ok(())
+    });
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(client)));
+    let socket = tokio::net::TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME)?;
+    let mut tls = connector.connect(name, socket).await?;
+    let chunk = vec![0xa5u8; CHUNK];
+    let started = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        tls.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    tls.shutdown().await?;
+    let count = tls.read_u64_le().await?;
+    let elapsed = started.elapsed();
+    server.await??;
+    ensure!(count == bytes, "tls sink counted {count}");
+    Ok(elapsed)
+}
+
 async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     ensure!(args.rounds > 0 && args.bytes > 0 && args.setups > 0, "--bytes, --rounds and --setups must be positive");
     let alice = P2P::new("warren-bench", Identity::generate());
@@ -290,6 +336,14 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     bob.register_protocol(SINK, sink)?;
     bob.register_protocol(ECHO_BYTE, echo_byte)?;
     alice.discovered("bench", bob.id(), [bob_addr], Default::default());
+    // The same over TCP: Noise and warren's multiplexer.
+    let alice_tcp = P2P::new("warren-bench", Identity::generate());
+    let bob_tcp = P2P::new("warren-bench", Identity::generate());
+    alice_tcp.listen_tcp("127.0.0.1:0".parse()?).await?;
+    let bob_tcp_addr = bob_tcp.listen_tcp("127.0.0.1:0".parse()?).await?.local_addr();
+    bob_tcp.register_protocol(SINK, sink)?;
+    bob_tcp.register_protocol(ECHO_BYTE, echo_byte)?;
+    alice_tcp.discovered("bench", bob_tcp.id(), [bob_tcp_addr], Default::default());
 
     let server_id = Arc::new(Identity::generate());
     let client_id = Arc::new(Identity::generate());
@@ -308,24 +362,34 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     default_client.set_default_client_config(default_client_config);
 
     let (mut warren_runs, mut quinn_runs, mut default_runs, mut tcp_runs) = (vec![], vec![], vec![], vec![]);
+    let (mut warren_tcp_runs, mut tls_tcp_runs) = (vec![], vec![]);
     for round in 1..=args.rounds {
-        progress(&format!("round {round}/{}: warren, quinn, quinn (defaults), tcp", args.rounds));
+        progress(&format!(
+            "round {round}/{}: warren, quinn, quinn (defaults), tcp, warren over tcp, tls over tcp",
+            args.rounds
+        ));
         warren_runs.push(gbps(args.bytes, warren_round(&alice, &bob, args.bytes).await?));
         quinn_runs.push(gbps(args.bytes, plain_quinn_round(&client, server_addr, args.bytes).await?));
         default_runs.push(gbps(args.bytes, plain_quinn_round(&default_client, default_addr, args.bytes).await?));
         tcp_runs.push(gbps(args.bytes, tcp_round(args.bytes).await?));
+        warren_tcp_runs.push(gbps(args.bytes, warren_round(&alice_tcp, &bob_tcp, args.bytes).await?));
+        tls_tcp_runs.push(gbps(args.bytes, tls_tcp_round(&server_id, &client_id, args.bytes).await?));
     }
     progress(&format!("connection setup: {} dials each", args.setups));
-    let (mut warren_setups, mut quinn_setups) = (vec![], vec![]);
+    let (mut warren_setups, mut quinn_setups, mut warren_tcp_setups) = (vec![], vec![], vec![]);
     for _ in 0..args.setups {
         warren_setups.push(warren_setup(&alice, &bob, bob_addr).await?.as_secs_f64() * 1e3);
         quinn_setups.push(plain_quinn_setup(&client, server_addr).await?.as_secs_f64() * 1e3);
+        warren_tcp_setups.push(warren_setup(&alice_tcp, &bob_tcp, bob_tcp_addr).await?.as_secs_f64() * 1e3);
     }
 
     let warren_gbps = median(warren_runs);
     let quinn_gbps = median(quinn_runs);
     let quinn_default_gbps = median(default_runs);
     let tcp_gbps = median(tcp_runs);
+    let warren_tcp_gbps = median(warren_tcp_runs);
+    let tls_tcp_gbps = median(tls_tcp_runs);
+    let setup_ms_warren_tcp = median(warren_tcp_setups);
     let setup_ms_warren = median(warren_setups);
     let setup_ms_quinn = median(quinn_setups);
     let warren_path_mtu = alice.open_connection(&bob.id()).and_then(|c| c.quic().map(|q| q.stats().path.current_mtu));
@@ -339,6 +403,12 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         "ratio_vs_quinn": warren_gbps / quinn_gbps,
         "ratio_vs_quinn_default": warren_gbps / quinn_default_gbps,
         "ratio_vs_tcp": warren_gbps / tcp_gbps,
+        "warren_tcp_gbps": warren_tcp_gbps,
+        "tls_tcp_gbps": tls_tcp_gbps,
+        "warren_tcp_vs_quinn": warren_tcp_gbps / quinn_gbps,
+        "warren_tcp_vs_tcp": warren_tcp_gbps / tcp_gbps,
+        "warren_tcp_vs_tls_tcp": warren_tcp_gbps / tls_tcp_gbps,
+        "setup_ms_warren_tcp": setup_ms_warren_tcp,
         "setup_ms_warren": setup_ms_warren,
         "setup_ms_quinn": setup_ms_quinn,
         "setup_ratio": setup_ms_warren / setup_ms_quinn,
@@ -355,12 +425,21 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
             warren_gbps / quinn_default_gbps
         );
         println!("  tcp                    {tcp_gbps:6.2} Gbit/s   warren/tcp    = {:.3}", warren_gbps / tcp_gbps);
+        println!(
+            "  warren over tcp        {warren_tcp_gbps:6.2} Gbit/s   /quinn = {:.3}, /tcp = {:.3}, /tls-over-tcp = {:.3}",
+            warren_tcp_gbps / quinn_gbps,
+            warren_tcp_gbps / tcp_gbps,
+            warren_tcp_gbps / tls_tcp_gbps
+        );
+        println!("  tls 1.3 over tcp       {tls_tcp_gbps:6.2} Gbit/s   (rustls, same keys and suites)");
         println!("connection setup, dial to first echoed byte ({} dials, median)", args.setups);
         println!("  warren  {setup_ms_warren:.3} ms");
         println!("  quinn   {setup_ms_quinn:.3} ms   warren/quinn = {:.3}", setup_ms_warren / setup_ms_quinn);
+        println!("  warren over tcp  {setup_ms_warren_tcp:.3} ms");
     }
-    alice.shutdown().await;
-    bob.shutdown().await;
+    for node in [alice, bob, alice_tcp, bob_tcp] {
+        node.shutdown().await;
+    }
     for endpoint in [server, client, default_server, default_client] {
         endpoint.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
