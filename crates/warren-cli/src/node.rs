@@ -18,6 +18,10 @@ pub struct NodeArgs {
     /// UDP address to listen on.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
+    /// Also listen for TCP here (Noise and warren's multiplexer; reach it with `warren ping
+    /// --tcp`).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
     /// Where the identity is kept [default: $WARREN_DATA_DIR, else ~/.local/share/warren].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -76,12 +80,17 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     warren::ping::register(&p2p)?;
     let mut events = p2p.subscribe();
     let quic = p2p.listen_quic(args.listen).await?;
+    let tcp = match args.tcp {
+        Some(addr) => Some(p2p.listen_tcp(addr).await?.local_addr()),
+        None => None,
+    };
     let me = p2p.id();
     if args.json {
         json_line(&serde_json::json!({
             "event": "NodeStarted",
             "identity": me,
             "addrs": [quic.local_addr()],
+            "tcp": tcp,
             "metadata": p2p.metadata(),
         }));
     } else {
@@ -95,6 +104,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             );
         } else {
             println!("  listening on {addr} (reach it with: warren ping {me}@{addr})");
+        }
+        if let Some(tcp) = tcp {
+            println!("  and on TCP {tcp} (reach it with: warren ping --tcp {me}@{tcp})");
         }
     }
     ManualDiscovery::spawn(&p2p, args.peers);

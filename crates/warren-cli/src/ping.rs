@@ -26,6 +26,10 @@ pub struct PingArgs {
     /// Use the identity in this data directory instead of a throwaway one.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Connect over TCP (Noise and warren's multiplexer) instead of QUIC: the peer's `warren
+    /// node --tcp` address.
+    #[arg(long)]
+    tcp: bool,
     /// Print one JSON object with the results.
     #[arg(long)]
     json: bool,
@@ -66,6 +70,9 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
+    if args.tcp && (peer.is_none() || args.relay.relay.is_some()) {
+        bail!("--tcp needs the peer's TCP address (ID@ADDR) and no relay: the relay carries QUIC");
+    }
     let identity = match &args.data_dir {
         Some(dir) => Identity::load_or_create(dir)?,
         None => Identity::generate(),
@@ -77,6 +84,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
         Some(ManualAddr::Socket(addr)) if addr.is_ipv6() => "[::]:0",
         _ => "0.0.0.0:0",
     };
+    if args.tcp {
+        p2p.listen_tcp(unspecified.parse()?).await?;
+        let result = ping(&p2p, &args, peer.as_ref(), remote).await;
+        p2p.shutdown().await;
+        return result;
+    }
     let quic = p2p.listen_quic(unspecified.parse()?).await?;
     if let Some(client) = args.relay.start(&p2p, &quic, || None) {
         if let Err(error) = client.wait_registered(Duration::from_secs(10)).await {
@@ -111,7 +124,12 @@ async fn ping(
     let connect_time = started.elapsed();
     let name = conn.remote_metadata().get(warren::node::NAME).cloned().unwrap_or_default();
     if !args.json {
-        println!("connected to {remote} ({name}) in {} ms, identity verified, path: {}", ms(connect_time), conn.path());
+        println!(
+            "connected to {remote} ({name}) in {} ms over {}, identity verified, path: {}",
+            ms(connect_time),
+            conn.transport_name(),
+            conn.path()
+        );
     }
     let mut path = conn.path();
     let mut stream = conn.open_stream(warren::ping::PROTOCOL).await?;

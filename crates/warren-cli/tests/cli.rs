@@ -129,6 +129,30 @@ fn two_node_processes_find_each_other_through_peer_and_exchange_pings() {
 }
 
 #[test]
+fn a_node_listening_on_tcp_too_is_pinged_over_tcp() {
+    let dir = temp_dir("tcp");
+    let node =
+        NodeProcess::spawn(&["--listen", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
+    let started = node.wait_for("NodeStarted", |_| true);
+    let id = started["identity"].as_str().unwrap();
+    let tcp = started["tcp"].as_str().unwrap();
+    let output = warren()
+        .args(["ping", "--tcp", &format!("{id}@{tcp}"), "--count", "2", "--interval-ms", "10"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("over tcp, identity verified"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("seq=")).count(), 2, "{stdout}");
+    // The QUIC address is no TCP listener: the same ping over TCP there fails.
+    let quic = started["addrs"][0].as_str().unwrap();
+    let output = warren().args(["ping", "--tcp", &format!("{id}@{quic}"), "--count", "1"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    node.terminate();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn ping_of_the_wrong_identity_fails_with_a_one_line_reason() {
     let dir = temp_dir("wrong");
     let node = NodeProcess::spawn(&["--listen", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
@@ -202,9 +226,20 @@ fn bench_throughput_smoke() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    for key in
-        ["warren_gbps", "quinn_gbps", "tcp_gbps", "ratio_vs_quinn", "ratio_vs_tcp", "setup_ms_warren", "setup_ms_quinn"]
-    {
+    for key in [
+        "warren_gbps",
+        "quinn_gbps",
+        "tcp_gbps",
+        "ratio_vs_quinn",
+        "ratio_vs_tcp",
+        "setup_ms_warren",
+        "setup_ms_quinn",
+        "warren_tcp_gbps",
+        "tls_tcp_gbps",
+        "warren_tcp_vs_quinn",
+        "warren_tcp_vs_tls_tcp",
+        "setup_ms_warren_tcp",
+    ] {
         let value = report[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
         assert!(value.is_finite() && value > 0.0, "{key} = {value}");
     }

@@ -22,6 +22,7 @@ pub struct Builder {
     app_name: String,
     identity: Identity,
     listen: Vec<SocketAddr>,
+    listen_tcp: Vec<SocketAddr>,
     relay: Option<RelayConfig>,
     hole_punching: bool,
     port_mapping: Option<crate::portmap::PortMapConfig>,
@@ -39,6 +40,9 @@ pub enum BuildError {
     /// A listening socket could not be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// A TCP listener could not be bound.
+    #[error(transparent)]
+    ListenTcp(#[from] crate::transport::tcp::TcpListenError),
     /// A protocol name was invalid or given twice.
     #[error(transparent)]
     Protocol(#[from] RegisterError),
@@ -69,6 +73,7 @@ impl P2P {
             app_name: app_name.into(),
             identity,
             listen: Vec::new(),
+            listen_tcp: Vec::new(),
             relay: None,
             hole_punching: true,
             port_mapping: None,
@@ -86,6 +91,14 @@ impl Builder {
     /// IPv4 and an IPv6 one); with none, the node listens on `0.0.0.0:0`.
     pub fn listen_quic(mut self, addr: SocketAddr) -> Self {
         self.listen.push(addr);
+        self
+    }
+
+    /// Also listens for TCP on `addr` (Noise and warren's multiplexer; see
+    /// [`crate::transport::tcp`]). QUIC stays the transport dials use; [`P2P::dial_via`] dials
+    /// over TCP.
+    pub fn listen_tcp(mut self, addr: SocketAddr) -> Self {
+        self.listen_tcp.push(addr);
         self
     }
 
@@ -150,7 +163,14 @@ impl Builder {
         if self.device_info {
             p2p.metadata_mut().extend(crate::node::device_info()).expect("two short entries fit the wire limits");
         }
-        match Self::start(&p2p, self.listen, self.relay, self.hole_punching, self.protocols).await {
+        let started = async {
+            let started = Self::start(&p2p, self.listen, self.relay, self.hole_punching, self.protocols).await?;
+            for addr in self.listen_tcp {
+                p2p.listen_tcp(addr).await?;
+            }
+            Ok::<_, BuildError>(started)
+        };
+        match started.await {
             Ok((port, first)) => {
                 if let Some(config) = self.port_mapping {
                     p2p.add_port_mapping(&first, config);

@@ -503,8 +503,17 @@ impl P2P {
     }
 
     /// This node's record, as discovery sources publish it.
+    /// Its addresses are those of its QUIC listeners when it has any (peers dial a plain address
+    /// with QUIC), else those of its other listeners.
     pub fn record(&self) -> Record {
-        Record { id: self.id(), addrs: self.listen_addrs(), metadata: self.metadata(), libraries: self.libraries() }
+        let listeners = self.listeners();
+        let quic = listeners.iter().any(|l| l.name() == crate::transport::quic::HOOK_NAME);
+        let addrs = listeners
+            .iter()
+            .filter(|l| !quic || l.name() == crate::transport::quic::HOOK_NAME)
+            .flat_map(|l| l.local_addrs())
+            .collect();
+        Record { id: self.id(), addrs, metadata: self.metadata(), libraries: self.libraries() }
     }
 
     fn discoveries(&self) -> Vec<Arc<dyn Discovery>> {
@@ -570,7 +579,9 @@ impl P2P {
     /// The listener to dial `addr` with: one bound to the same address family, else a dual-stack
     /// one (bound to `[::]`), else the first.
     fn listener_for(&self, addr: SocketAddr) -> Option<Arc<dyn Listener>> {
-        let listeners = self.listeners();
+        let mut listeners = self.listeners();
+        // A plain address is dialled with QUIC when the node has it (see `record`).
+        listeners.sort_by_key(|l| l.name() != crate::transport::quic::HOOK_NAME);
         let family = |l: &Arc<dyn Listener>| l.local_addrs().iter().any(|a| a.is_ipv4() == addr.is_ipv4());
         let dual = |l: &Arc<dyn Listener>| l.local_addrs().iter().any(|a| a.is_ipv6() && a.ip().is_unspecified());
         listeners

@@ -261,6 +261,31 @@ async fn shutdown_closes_connections_with_the_code_and_frees_the_port(t: Transpo
     assert_eq!(alice.running_tasks(), 0);
 }
 
+/// A node with both listeners: a plain address is dialled with QUIC and published as QUIC's,
+/// TCP when asked for by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_both_listeners_dials_quic_by_default_and_tcp_when_asked() {
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let bob = P2P::builder("warren-test", Identity::generate()).listen_quic(lo).listen_tcp(lo).spawn().await.unwrap();
+    warren::ping::register(&bob).unwrap();
+    let alice = P2P::builder("warren-test", Identity::generate()).listen_quic(lo).listen_tcp(lo).spawn().await.unwrap();
+    let addrs = bob.listen_addrs();
+    assert_eq!(addrs.len(), 2);
+    let record = bob.record();
+    assert_eq!(record.addrs.len(), 1, "only the QUIC address is published: {record:?}");
+    let (quic_addr, tcp_addr) = (record.addrs[0], *addrs.iter().find(|a| **a != record.addrs[0]).unwrap());
+    alice.discovered("test", bob.id(), [quic_addr], Default::default());
+    let conn = alice.connection(bob.id()).await.unwrap();
+    assert_eq!(conn.transport_name(), "quic");
+    let over_tcp = alice.dial_via("tcp", tcp_addr, Some(bob.id())).await.unwrap();
+    assert_eq!(over_tcp.transport_name(), "tcp");
+    let mut stream = over_tcp.open_stream(warren::ping::PROTOCOL).await.unwrap();
+    assert_eq!(warren::ping::ping_stream(&mut stream, 2).await.unwrap().len(), 2);
+    assert!(matches!(alice.dial_via("utp", tcp_addr, None).await, Err(ConnectError::NoTransport)));
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
 /// Instantiates each test once per transport: `transports::quic::name`, `transports::tcp::name`.
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
