@@ -261,6 +261,28 @@ async fn shutdown_closes_connections_with_the_code_and_frees_the_port(t: Transpo
     assert_eq!(alice.running_tasks(), 0);
 }
 
+async fn contacts_only_answers_contacts_alone(t: Transport) {
+    let (bob, bob_addr, _) = node_on(t).await;
+    let (alice, _, _) = node_on(t).await;
+    let (mallory, _, mallory_listener) = node_on(t).await;
+    bob.set_contacts_only(true);
+    bob.add_contact(alice.id());
+    alice.add_contact(bob.id());
+    // A stranger who knows bob's identity and address gets no handshake: no key, no identity.
+    mallory.discovered("test", bob.id(), [bob_addr], Default::default());
+    let refused = mallory.connect(bob.id(), ECHO).await.unwrap_err();
+    assert!(!matches!(refused, ConnectError::WrongIdentity { .. }), "{refused}");
+    assert!(!refused.to_string().contains(&bob.id().to_string()[..16]), "bob's identity leaked: {refused}");
+    // Nor does a dial that names nobody (no proof at all).
+    assert!(mallory_listener.dial(bob_addr, None).await.is_err());
+    // A contact proves the shared secret and gets in.
+    introduce(&alice, &bob, bob_addr);
+    assert_eq!(echo_once(&alice, bob.id(), b"friend").await, b"friend");
+    for node in [alice, bob, mallory] {
+        node.shutdown().await;
+    }
+}
+
 /// A node with both listeners: a plain address is dialled with QUIC and published as QUIC's,
 /// TCP when asked for by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,4 +339,5 @@ suite!(
     a_second_unidirectional_stream_closes_the_connection,
     one_address_gets_at_most_its_share_of_connections,
     shutdown_closes_connections_with_the_code_and_frees_the_port,
+    contacts_only_answers_contacts_alone,
 );
