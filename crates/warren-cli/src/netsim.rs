@@ -192,6 +192,7 @@ fn nat_check(args: NatCheckArgs) -> anyhow::Result<()> {
     let lifetime = (args.lifetime > 0).then(|| Duration::from_secs(args.lifetime));
     let mut subjects: Vec<Subject> = NatPreset::ALL.into_iter().map(Subject::Preset).collect();
     subjects.extend(KernelPorts::ALL.into_iter().map(Subject::Kernel));
+    subjects.push(Subject::KernelDropping(KernelPorts::Masquerade));
     let mut results: Vec<Observed> = Vec::new();
     if !args.json {
         println!(

@@ -75,9 +75,16 @@ pub enum PortAssignment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnsolicitedTcp {
-    /// Drop it silently.
+    /// Drop it silently: what RFC 5382 REQ-4 asks of a NAT for at least 6 s (an unsolicited
+    /// SYN may be the first half of a simultaneous open), and what a router whose firewall
+    /// drops unsolicited traffic does (checked against the kernel: `KernelNatConfig` with
+    /// this). The ICMP port unreachable REQ-4 allows after 6 s is not modelled (the
+    /// simulator carries no ICMP): the SYN is dropped for good. The default of every preset
+    /// but [`NatPreset::Linux`].
     Drop,
-    /// Answer with a TCP RST.
+    /// Answer with a TCP RST at once, as a Linux router's own stack does for its public
+    /// address when no firewall rule drops it (checked against the kernel): it kills a
+    /// simultaneous open whose peer's SYN arrives first.
     Reset,
 }
 
@@ -177,7 +184,7 @@ impl NatPreset {
             udp_timeout: Duration::from_secs(120),
             tcp_timeout: Duration::from_secs(7440),
             inbound_refresh: false,
-            unsolicited_tcp: UnsolicitedTcp::Reset,
+            unsolicited_tcp: UnsolicitedTcp::Drop,
             block_udp: false,
             conntrack: false,
         };
@@ -202,12 +209,13 @@ impl NatPreset {
             NatPreset::Linux => vec![NatConfig {
                 hairpinning: false,
                 conntrack: true,
+                // The router's own stack answers an unsolicited SYN (kernel-checked).
+                unsolicited_tcp: UnsolicitedTcp::Reset,
                 ..home(public_ips[0], M::EndpointIndependent, F::AddressAndPortDependent)
             }],
             NatPreset::Corporate => vec![NatConfig {
                 ports: PortAssignment::Random,
                 hairpinning: false,
-                unsolicited_tcp: UnsolicitedTcp::Drop,
                 block_udp: true,
                 ..home(public_ips[0], M::AddressAndPortDependent, F::AddressAndPortDependent)
             }],
@@ -972,7 +980,15 @@ mod tests {
     fn unsolicited_tcp_gets_a_reset_or_nothing() {
         let now = Instant::now();
         let syn = Packet::tcp(ep("198.51.100.1:443"), ep("203.0.113.1:40000"), tcp_flags::SYN, 1000, 0, &[]);
+        // The default (RFC 5382 REQ-4): silence.
         let mut nat = Nat::new(config(Mapping::EndpointIndependent, Filtering::EndpointIndependent), 1);
+        assert_eq!(nat.inbound(syn.clone(), now), NatVerdict::Drop(DropReason::NoMapping));
+        // The RST variant answers at once.
+        let reset = NatConfig {
+            unsolicited_tcp: UnsolicitedTcp::Reset,
+            ..config(Mapping::EndpointIndependent, Filtering::EndpointIndependent)
+        };
+        let mut nat = Nat::new(reset, 1);
         let NatVerdict::Reply(rst) = nat.inbound(syn.clone(), now) else { panic!("expected a RST") };
         assert_eq!(rst.dst_endpoint(), ep("198.51.100.1:443"));
         assert_eq!(rst.tcp_flags(), Some(tcp_flags::RST | tcp_flags::ACK));

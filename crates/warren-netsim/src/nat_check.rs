@@ -22,8 +22,10 @@ pub enum Subject {
     Preset(NatPreset),
     /// A simulated NAT with an explicit configuration (its `public_ip` is replaced).
     Config(NatConfig),
-    /// A real Linux NAT.
+    /// A real Linux NAT, no firewall: the router's own stack answers unsolicited TCP.
     Kernel(KernelPorts),
+    /// A real Linux NAT whose firewall drops new TCP from outside (most consumer firmware).
+    KernelDropping(KernelPorts),
 }
 
 impl Subject {
@@ -39,6 +41,7 @@ impl Subject {
                 if config.hairpinning { "/hairpin" } else { "" }
             ),
             Subject::Kernel(ports) => format!("kernel {}", ports.name()),
+            Subject::KernelDropping(ports) => format!("kernel {}, firewall drops new TCP", ports.name()),
         }
     }
 }
@@ -108,13 +111,18 @@ pub fn check(subject: &Subject, lifetime: Option<Duration>, seed: u64) -> Result
     let link = LinkConfig { latency: Duration::from_millis(1), ..Default::default() };
     // The client sits behind the innermost NAT; the servers talk to the outermost one.
     let (outermost, innermost) = match subject {
-        Subject::Kernel(ports) => {
+        Subject::Kernel(ports) | Subject::KernelDropping(ports) => {
+            let unsolicited_tcp = match subject {
+                Subject::KernelDropping(_) => crate::nat::UnsolicitedTcp::Drop,
+                _ => crate::nat::UnsolicitedTcp::Reset,
+            };
             let config = KernelNatConfig {
                 public_ip: PUBLIC[0],
                 lan_ip: GATEWAY,
                 lan_prefix: 24,
                 ports: *ports,
                 udp_timeout: lifetime,
+                unsolicited_tcp,
             };
             let nat = sim.add_kernel_nat("nat", config, None)?;
             (nat.clone(), nat)
@@ -123,7 +131,7 @@ pub fn check(subject: &Subject, lifetime: Option<Duration>, seed: u64) -> Result
             let mut configs = match subject {
                 Subject::Preset(preset) => preset.configs(&PUBLIC[..preset.layers()]),
                 Subject::Config(config) => vec![NatConfig { public_ip: PUBLIC[0], ..config.clone() }],
-                Subject::Kernel(_) => unreachable!("handled above"),
+                Subject::Kernel(_) | Subject::KernelDropping(_) => unreachable!("handled above"),
             };
             for config in &mut configs {
                 if let Some(timeout) = lifetime {

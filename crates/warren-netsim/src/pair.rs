@@ -227,6 +227,7 @@ fn side(sim: &mut Simulation, kind: NatKind, index: u8, isp: Option<&Device>) ->
                 lan_prefix: 24,
                 ports,
                 udp_timeout: None,
+                unsolicited_tcp: crate::nat::UnsolicitedTcp::Reset,
             };
             let nat = sim.add_kernel_nat(&name("knat"), config, provider)?;
             let host = sim.add_host_behind(&name("host"), private, 24, &nat)?;

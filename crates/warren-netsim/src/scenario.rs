@@ -590,6 +590,7 @@ impl Scenario {
                         lan_prefix,
                         ports: kernel.ports,
                         udp_timeout: kernel.udp_timeout_secs.map(Duration::from_secs),
+                        unsolicited_tcp: crate::nat::UnsolicitedTcp::Reset,
                     };
                     devices.insert(kernel.name.clone(), sim.add_kernel_nat(&kernel.name, config, behind)?);
                     (&kernel.name, Some(kernel.public_ip))

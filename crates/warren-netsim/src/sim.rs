@@ -266,12 +266,22 @@ pub struct KernelNatConfig {
     /// Sets conntrack's UDP timeouts (`nf_conntrack_udp_timeout` and `_stream`) in the router
     /// namespace; `None` keeps the kernel's (30 s and 120 s).
     pub udp_timeout: Option<Duration>,
+    /// What meets a TCP segment from outside that is no reply: `Reset`, the router's own stack
+    /// answers (no firewall); `Drop`, an input rule drops new TCP on `wan0` before conntrack
+    /// confirms it (a router with a firewall, as most consumer firmware has).
+    pub unsolicited_tcp: crate::nat::UnsolicitedTcp,
 }
 
 /// The nftables ruleset of a kernel NAT.
-fn kernel_nat_ruleset(ports: KernelPorts) -> String {
+fn kernel_nat_ruleset(ports: KernelPorts, unsolicited_tcp: crate::nat::UnsolicitedTcp) -> String {
+    let input = match unsolicited_tcp {
+        crate::nat::UnsolicitedTcp::Reset => "",
+        crate::nat::UnsolicitedTcp::Drop => {
+            "  chain input {\n    type filter hook input priority filter; policy accept;\n    iifname \"wan0\" meta l4proto tcp ct state new drop\n  }\n"
+        }
+    };
     format!(
-        "table ip warren_netsim {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade{}\n  }}\n}}\n",
+        "table ip warren_netsim {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade{}\n  }}\n{input}}}\n",
         ports.flag()
     )
 }
@@ -523,7 +533,7 @@ impl Simulation {
             sys::write_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IP forwarding"))?;
             Ok((wan, lan))
         })?;
-        run_nft(&namespace, &kernel_nat_ruleset(config.ports))?;
+        run_nft(&namespace, &kernel_nat_ruleset(config.ports, config.unsolicited_tcp))?;
         if let Some(timeout) = config.udp_timeout {
             let secs = timeout.as_secs().max(1).to_string();
             std::thread::scope(|scope| {

@@ -68,6 +68,7 @@ fn build_and_use(panic: bool) -> Vec<u64> {
                 lan_prefix: 24,
                 ports: KernelPorts::FullyRandom,
                 udp_timeout: Some(Duration::from_secs(5)),
+                unsolicited_tcp: warren_netsim::nat::UnsolicitedTcp::Reset,
             },
             None,
         )

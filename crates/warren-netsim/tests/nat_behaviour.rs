@@ -114,7 +114,7 @@ fn cgnat_two_layers_compose() {
         unsolicited_moves_port: None,
         lifetime: expired_after_timeout(),
         tcp: true,
-        unsolicited_tcp: TcpAnswer::Reset,
+        unsolicited_tcp: TcpAnswer::Silence,
     };
     assert_eq!(observed, expected);
 }
@@ -164,6 +164,18 @@ fn kernel_masquerade() {
         unsolicited_tcp: TcpAnswer::Reset,
     };
     assert_eq!(observed, expected);
+}
+
+/// A kernel NAT whose firewall drops new TCP from outside (an input rule, as most consumer
+/// firmware has) answers an unsolicited SYN with silence, the simulator's default
+/// (`UnsolicitedTcp::Drop`); everything else is plain masquerade's.
+#[test]
+fn kernel_masquerade_behind_a_firewall_is_silent_to_unsolicited_tcp() {
+    let plain = run(Subject::Kernel(KernelPorts::Masquerade), None);
+    let dropping = run(Subject::KernelDropping(KernelPorts::Masquerade), None);
+    assert_eq!(dropping.unsolicited_tcp, TcpAnswer::Silence);
+    assert_eq!(plain.unsolicited_tcp, TcpAnswer::Reset);
+    assert_eq!(Observed { subject: plain.subject.clone(), unsolicited_tcp: TcpAnswer::Reset, ..dropping }, plain);
 }
 
 /// `random` and `fully-random` pick a new port per connection (5-tuple): the mapping depends on

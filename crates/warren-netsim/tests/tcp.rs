@@ -162,6 +162,7 @@ fn tcp_super_segments_cross_unimpaired_links_whole_and_captures_see_wire_packets
                 lan_prefix: 24,
                 ports: KernelPorts::Masquerade,
                 udp_timeout: None,
+                unsolicited_tcp: warren_netsim::nat::UnsolicitedTcp::Reset,
             },
             Some(&router),
         )

@@ -30,6 +30,7 @@ fn kernel_nat(sim: &mut Simulation, public: Ipv4Addr) -> warren_netsim::Device {
         lan_prefix: 24,
         ports: KernelPorts::Masquerade,
         udp_timeout: None,
+        unsolicited_tcp: warren_netsim::nat::UnsolicitedTcp::Reset,
     };
     ok(sim.add_kernel_nat("knat", config, None))
 }
@@ -203,6 +204,7 @@ fn a_host_behind_a_kernel_nat_is_seen_as_the_nat_public_address() {
         lan_prefix: 24,
         ports: KernelPorts::Masquerade,
         udp_timeout: None,
+        unsolicited_tcp: warren_netsim::nat::UnsolicitedTcp::Reset,
     };
     let nat = ok(sim.add_kernel_nat("knat", config, None));
     let client = ok(sim.add_host_behind("client", "192.168.50.2".parse().unwrap(), 24, &nat));

@@ -64,6 +64,7 @@ pub fn topology(behind: Behind) -> (Simulation, Host, Host) {
                 lan_prefix: 24,
                 ports,
                 udp_timeout: None,
+                unsolicited_tcp: warren_netsim::nat::UnsolicitedTcp::Reset,
             };
             let nat = sim.add_kernel_nat("knat", config, None).unwrap();
             sim.link(&nat, &server, link());
