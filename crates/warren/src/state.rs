@@ -17,9 +17,11 @@
 //!   answers by request id.
 
 pub mod admission;
+pub mod ledbat;
 pub mod mux;
 pub mod nat;
 pub mod path_table;
 pub mod portmap;
 pub mod punch;
 pub mod relay;
+pub mod utp;

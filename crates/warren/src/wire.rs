@@ -21,5 +21,6 @@ pub mod punch;
 pub mod record;
 pub mod stun;
 pub mod upnp;
+pub mod utp;
 
 pub use self::hello::*;

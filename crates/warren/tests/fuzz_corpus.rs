@@ -108,3 +108,11 @@ fn noise_handshake_corpus_replays_cleanly() {
         assert!(outcome.is_ok(), "{} fails", path.display());
     }
 }
+
+#[test]
+fn utp_packet_corpus_replays_cleanly() {
+    for (path, bytes) in corpus("utp_packet") {
+        let outcome = std::panic::catch_unwind(|| warren::wire::utp::fuzz_packet(&bytes));
+        assert!(outcome.is_ok(), "{} fails", path.display());
+    }
+}
