@@ -17,6 +17,7 @@ mod slot;
 pub mod tcp;
 pub mod tls;
 mod ttl;
+pub mod utp;
 
 pub use connection::{
     Accept, Accepted, ConnectionError, Incoming, Listener, RecvHalf, RecvStream, SendHalf, SendStream, StreamError,

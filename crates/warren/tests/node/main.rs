@@ -14,4 +14,5 @@ mod portmap;
 mod shutdown;
 mod support;
 mod transports;
+mod utp_raw;
 mod version;
