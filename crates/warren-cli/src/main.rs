@@ -13,6 +13,7 @@ mod output;
 mod ping;
 mod probe;
 mod relay;
+mod utp;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ enum Command {
     /// The network simulator: scenarios, NAT behaviour checks, forwarding benchmark (root).
     #[command(subcommand)]
     Netsim(netsim::NetsimCommand),
+    /// Plain uTP (BEP 29, no encryption) to test against other implementations.
+    #[command(subcommand)]
+    Utp(utp::UtpCommand),
 }
 
 /// The data directory: `--data-dir`, else `$WARREN_DATA_DIR`, else `$XDG_DATA_HOME/warren`,
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
             Command::ProbeServer(args) => probe::run_server(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(command) => bench::run(command).await,
+            Command::Utp(command) => utp::run(command).await,
             // The simulator runs its own threads and runtimes; keep it off this runtime's
             // workers.
             Command::Netsim(command) => tokio::task::spawn_blocking(move || netsim::run(command)).await?,

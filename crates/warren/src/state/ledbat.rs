@@ -20,8 +20,8 @@
 //! - **The latecomer problem.** A flow that starts while another keeps a standing queue takes
 //!   that queue for its base delay. It then pushes its share up and the first flow's down. The
 //!   fix is LEDBAT++'s *periodic slowdown*: two round trips after slow start ends, and then
-//!   again nine times as long after each slowdown as the slowdown lasted, the window drops to
-//!   [`MIN_CWND_PACKETS`] for two round trips. The queue drains, every flow on the bottleneck
+//!   again nine times as long after each slowdown as the slowdown lasted (from its start until
+//!   the window has regrown), the window drops to [`MIN_CWND_PACKETS`] for two round trips. The queue drains, every flow on the bottleneck
 //!   sees the true base delay, and the windows regrow from it.
 
 use std::collections::VecDeque;
@@ -68,8 +68,8 @@ enum Slowdown {
     Due(Instant),
     /// In a slowdown since `since`, back to `regrow_to` after it.
     Active { since: Instant, regrow_to: f64 },
-    /// Regrowing (slow start) to `regrow_to`; the slowdown lasted `lasted`.
-    Regrowing { regrow_to: f64, lasted: Duration, ended: Instant },
+    /// Regrowing (slow start) to `regrow_to`, in a slowdown that started at `since`.
+    Regrowing { regrow_to: f64, since: Instant },
 }
 
 impl Ledbat {
@@ -161,7 +161,10 @@ impl Ledbat {
         self.slow_start = false;
         self.slowdown = match self.slowdown {
             Slowdown::NotYet => Slowdown::Due(now + rtt * 2),
-            Slowdown::Regrowing { lasted, ended, .. } => Slowdown::Due(ended + lasted * 9),
+            // LEDBAT++: the next slowdown comes nine times the last one's length later, the
+            // length counted from its start until the window is back (or a loss ends the
+            // regrowth).
+            Slowdown::Regrowing { since, .. } => Slowdown::Due(now + now.saturating_duration_since(since) * 9),
             other => other,
         };
     }
@@ -175,7 +178,7 @@ impl Ledbat {
             }
             Slowdown::Active { since, regrow_to } if now.saturating_duration_since(since) >= rtt * 2 => {
                 // The queue drained: every flow sees the real base delay now. Regrow fast.
-                self.slowdown = Slowdown::Regrowing { regrow_to, lasted: now - since, ended: now };
+                self.slowdown = Slowdown::Regrowing { regrow_to, since };
                 self.slow_start = true;
             }
             _ => {}

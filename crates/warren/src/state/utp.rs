@@ -284,6 +284,11 @@ impl Connection {
         take
     }
 
+    /// True once the FIN went out and the peer acknowledged it and everything before it.
+    pub fn all_acknowledged(&self) -> bool {
+        self.fin_sent && self.flight.is_empty()
+    }
+
     /// Bytes written and not yet acknowledged.
     pub fn unacknowledged(&self) -> usize {
         self.unsent.len() + self.flight_bytes

@@ -371,6 +371,26 @@ impl UtpStream {
         .await
     }
 
+    /// Completes when the peer has acknowledged everything written and the FIN (after
+    /// `shutdown`), whether or not it has closed its own side; false if the connection ended
+    /// first.
+    pub async fn acknowledged(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let state = self.with(|slot| {
+                if slot.conn.all_acknowledged() {
+                    Poll::Ready(true)
+                } else if slot.conn.close_reason().is_some() {
+                    Poll::Ready(false)
+                } else {
+                    slot.writer = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            });
+            state.unwrap_or(Poll::Ready(false))
+        })
+        .await
+    }
+
     /// Round-trip time and congestion window, for statistics.
     pub fn stats(&self) -> Option<(Option<Duration>, usize, u64)> {
         self.with(|slot| (slot.conn.rtt(), slot.conn.window(), slot.conn.retransmitted()))
