@@ -100,7 +100,8 @@ fn libutp_sends_a_hundred_mebibytes_to_warren_through_loss_and_reordering() {
     });
     let started = Instant::now();
     let sending = a.spawn(move || async move {
-        let context = libutp_rs2::UtpUdpContext::new_udp(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), PORT))).await.unwrap();
+        let context =
+            libutp_rs2::UtpUdpContext::new_udp(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), PORT))).await.unwrap();
         let stream = tokio::time::timeout(Duration::from_secs(10), context.connect(server)).await.unwrap().unwrap();
         tokio::time::timeout(HANG, send_all(stream, 1)).await.expect("libutp sent it all");
         // libutp's shutdown queues the FIN; give it the time to go.
@@ -125,7 +126,8 @@ fn warren_sends_a_hundred_mebibytes_to_libutp_through_loss_and_reordering() {
     });
     let started = Instant::now();
     let sending = a.spawn(move || async move {
-        let socket = UtpSocket::bind(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 0)), Config::default()).await.unwrap();
+        let socket =
+            UtpSocket::bind(SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 0)), Config::default()).await.unwrap();
         let mut stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(server)).await.unwrap().unwrap();
         for index in 0..BYTES / (1 << 20) {
             stream.write_all(&chunk(2, index, 1 << 20)).await.expect("writing");

@@ -169,6 +169,9 @@ pub struct Connection {
     events: VecDeque<Event>,
     /// Bytes sent again (retransmissions), for tests and statistics.
     retransmitted: u64,
+    /// Retransmission timeouts, and losses detected by duplicate or selective ACKs.
+    timeouts: u64,
+    fast_losses: u64,
 }
 
 impl Connection {
@@ -206,6 +209,8 @@ impl Connection {
             last_received: now,
             events: VecDeque::new(),
             retransmitted: 0,
+            timeouts: 0,
+            fast_losses: 0,
         }
     }
 
@@ -258,6 +263,11 @@ impl Connection {
     /// The congestion controller (for statistics and tests).
     pub fn ledbat(&self) -> &Ledbat {
         &self.ledbat
+    }
+
+    /// Retransmission timeouts and fast-retransmit losses so far.
+    pub fn losses(&self) -> (u64, u64) {
+        (self.timeouts, self.fast_losses)
     }
 
     /// Payload bytes sent more than once so far.
@@ -403,6 +413,8 @@ impl Connection {
         let flight_before = self.flight_bytes;
         let mut acked_bytes = 0;
         let mut rtt_sample = None;
+        // When the newest packet this ACK covers was sent (for loss detection, below).
+        let mut newest_acked: Option<Instant> = None;
         // Cumulative: everything up to ack_nr.
         while let Some(first) = self.flight.front() {
             if before(packet.ack_nr, first.seq) {
@@ -413,6 +425,7 @@ impl Connection {
                 break;
             }
             let sent = self.flight.pop_front().expect("a front");
+            newest_acked = newest_acked.max(Some(sent.sent_at));
             self.flight_bytes -= sent.payload.len();
             if !sent.sacked {
                 acked_bytes += sent.payload.len();
@@ -427,6 +440,7 @@ impl Connection {
             for sent in &mut self.flight {
                 let distance = sent.seq.wrapping_sub(packet.ack_nr).wrapping_sub(2) as usize;
                 if distance < mask.len() * 8 && mask[distance / 8] & (1 << (distance % 8)) != 0 {
+                    newest_acked = newest_acked.max(Some(sent.sent_at));
                     if !sent.sacked {
                         sent.sacked = true;
                         sent.resend = false;
@@ -451,16 +465,22 @@ impl Connection {
         } else if packet.kind == Type::State && !self.flight.is_empty() {
             self.dup_acks += 1;
         }
-        // Loss: three duplicate ACKs, or three packets selectively acknowledged past the first
-        // unacknowledged one.
-        if (self.dup_acks >= 3 || sacked_past_hole >= 3)
+        // Loss: three packets selectively acknowledged past the first unacknowledged one, one of
+        // them sent a quarter of a round trip after it (so that reordering on the path is not
+        // taken for loss, as RACK does for TCP); without selective ACKs, three duplicate ACKs.
+        let reorder_window = (self.srtt.unwrap_or(INITIAL_RTO) / 4).max(Duration::from_millis(1));
+        let by_sack = sacked_past_hole >= 3;
+        let by_dups = packet.sack.is_none() && self.dup_acks >= 3;
+        if (by_sack || by_dups)
             && let Some(first) = self.flight.iter_mut().find(|s| !s.sacked)
             && first.transmissions > 0
             && !first.resend
             && !first.fast_resent
+            && (by_dups || newest_acked.is_some_and(|at| at >= first.sent_at + reorder_window))
         {
             first.resend = true;
             first.fast_resent = true;
+            self.fast_losses += 1;
             self.dup_acks = 0;
             let rtt = self.srtt.unwrap_or(INITIAL_RTO);
             self.ledbat.on_loss(now, rtt);
@@ -677,6 +697,7 @@ impl Connection {
                 return;
             }
             self.rto = (self.rto * 2).min(Duration::from_secs(30));
+            self.timeouts += 1;
             let rtt = self.srtt.unwrap_or(INITIAL_RTO);
             self.ledbat.on_timeout(now, rtt);
             if let Some(first) = self.flight.iter_mut().find(|s| !s.sacked) {
