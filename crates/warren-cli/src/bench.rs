@@ -3,7 +3,8 @@
 //! `throughput` moves the same bytes over one warren stream, over a plain quinn connection
 //! with the same TLS and transport configuration, over plain quinn with quinn's default
 //! transport configuration, over a plain TCP socket, over warren's TCP transport (Noise and
-//! warren's multiplexer) and over TLS 1.3 on TCP (rustls, the same keys and suites); it also
+//! warren's multiplexer), over TLS 1.3 on TCP (rustls, the same keys and suites) and over plain
+//! uTP (warren's BEP 29, a tenth of the bytes); it also
 //! times connection setup (dial to first echoed byte) for warren, plain quinn and warren over
 //! TCP. Rounds are interleaved so that a noisy
 //! neighbour hurts every contender alike, and medians are reported.
@@ -249,32 +250,43 @@ async fn warren_setup(alice: &P2P, bob: &P2P, bob_addr: SocketAddr) -> anyhow::R
     Ok(elapsed)
 }
 
+/// Reads `reader` to its end; the bytes it gave.
+async fn count_to_end(reader: &mut (impl tokio::io::AsyncRead + Unpin)) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut count = 0u64;
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(count);
+        }
+        count += n as u64;
+    }
+}
+
+/// Writes `bytes` bytes to `writer` in chunks.
+async fn write_bytes(writer: &mut (impl tokio::io::AsyncWrite + Unpin), bytes: u64) -> std::io::Result<()> {
+    let chunk = vec![0xa5u8; CHUNK];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(CHUNK as u64) as usize;
+        writer.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
 async fn tcp_round(bytes: u64) -> anyhow::Result<Duration> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
         let (mut socket, _) = listener.accept().await?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut count = 0u64;
-        loop {
-            let n = socket.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            count += n as u64;
-        }
+        let count = count_to_end(&mut socket).await?;
         socket.write_all(&count.to_le_bytes()).await?;
         anyhow::Ok(())
     });
     let mut socket = tokio::net::TcpStream::connect(addr).await?;
-    let chunk = vec![0xa5u8; CHUNK];
     let started = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        socket.write_all(&chunk[..n]).await?;
-        left -= n as u64;
-    }
+    write_bytes(&mut socket, bytes).await?;
     socket.shutdown().await?;
     let count = socket.read_u64_le().await?;
     let elapsed = started.elapsed();
@@ -293,15 +305,7 @@ async fn tls_tcp_round(server: &Arc<Identity>, client: &Arc<Identity>, bytes: u6
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
         let mut tls = acceptor.accept(socket).await?;
-        let mut buf = vec![0u8; CHUNK];
-        let mut count = 0u64;
-        loop {
-            let n = tls.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            count += n as u64;
-        }
+        let count = count_to_end(&mut tls).await?;
         tls.write_all(&count.to_le_bytes()).await?;
         tls.shutdown().await?;
         anyhow::Ok(())
@@ -311,19 +315,37 @@ async fn tls_tcp_round(server: &Arc<Identity>, client: &Arc<Identity>, bytes: u6
     socket.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME)?;
     let mut tls = connector.connect(name, socket).await?;
-    let chunk = vec![0xa5u8; CHUNK];
     let started = Instant::now();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        tls.write_all(&chunk[..n]).await?;
-        left -= n as u64;
-    }
+    write_bytes(&mut tls, bytes).await?;
     tls.shutdown().await?;
     let count = tls.read_u64_le().await?;
     let elapsed = started.elapsed();
     server.await??;
     ensure!(count == bytes, "tls sink counted {count}");
+    Ok(elapsed)
+}
+
+/// Sends `bytes` over plain uTP (warren's BEP 29, no Noise) on loopback to a sink counting them.
+async fn utp_round(bytes: u64) -> anyhow::Result<Duration> {
+    use warren::transport::utp::UtpSocket;
+    let config = warren::state::utp::Config::default();
+    let server = UtpSocket::bind("127.0.0.1:0".parse()?, config).await?;
+    server.listen();
+    let addr = server.local_addr()?;
+    let sink = tokio::spawn(async move {
+        let mut stream = server.accept().await?;
+        let count = count_to_end(&mut stream).await?;
+        anyhow::Ok(count)
+    });
+    let client = UtpSocket::bind("127.0.0.1:0".parse()?, config).await?;
+    let mut stream = client.connect(addr).await?;
+    let started = Instant::now();
+    write_bytes(&mut stream, bytes).await?;
+    stream.shutdown().await?;
+    let count = sink.await??;
+    let elapsed = started.elapsed();
+    ensure!(count == bytes, "utp sink counted {count}");
+    client.shutdown().await;
     Ok(elapsed)
 }
 
@@ -362,10 +384,10 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     default_client.set_default_client_config(default_client_config);
 
     let (mut warren_runs, mut quinn_runs, mut default_runs, mut tcp_runs) = (vec![], vec![], vec![], vec![]);
-    let (mut warren_tcp_runs, mut tls_tcp_runs) = (vec![], vec![]);
+    let (mut warren_tcp_runs, mut tls_tcp_runs, mut utp_runs) = (vec![], vec![], vec![]);
     for round in 1..=args.rounds {
         progress(&format!(
-            "round {round}/{}: warren, quinn, quinn (defaults), tcp, warren over tcp, tls over tcp",
+            "round {round}/{}: warren, quinn, quinn (defaults), tcp, warren over tcp, tls over tcp, utp",
             args.rounds
         ));
         warren_runs.push(gbps(args.bytes, warren_round(&alice, &bob, args.bytes).await?));
@@ -374,6 +396,9 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         tcp_runs.push(gbps(args.bytes, tcp_round(args.bytes).await?));
         warren_tcp_runs.push(gbps(args.bytes, warren_round(&alice_tcp, &bob_tcp, args.bytes).await?));
         tls_tcp_runs.push(gbps(args.bytes, tls_tcp_round(&server_id, &client_id, args.bytes).await?));
+        // Plain uTP is far slower: a tenth of the bytes keeps the round short.
+        let utp_bytes = (args.bytes / 10).max(1 << 20);
+        utp_runs.push(gbps(utp_bytes, utp_round(utp_bytes).await?));
     }
     progress(&format!("connection setup: {} dials each", args.setups));
     let (mut warren_setups, mut quinn_setups, mut warren_tcp_setups) = (vec![], vec![], vec![]);
@@ -390,6 +415,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     let warren_tcp_gbps = median(warren_tcp_runs);
     let tls_tcp_gbps = median(tls_tcp_runs);
     let setup_ms_warren_tcp = median(warren_tcp_setups);
+    let utp_gbps = median(utp_runs);
     let setup_ms_warren = median(warren_setups);
     let setup_ms_quinn = median(quinn_setups);
     let warren_path_mtu = alice.open_connection(&bob.id()).and_then(|c| c.quic().map(|q| q.stats().path.current_mtu));
@@ -409,6 +435,8 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         "warren_tcp_vs_tcp": warren_tcp_gbps / tcp_gbps,
         "warren_tcp_vs_tls_tcp": warren_tcp_gbps / tls_tcp_gbps,
         "setup_ms_warren_tcp": setup_ms_warren_tcp,
+        "utp_gbps": utp_gbps,
+        "utp_vs_quinn": utp_gbps / quinn_gbps,
         "setup_ms_warren": setup_ms_warren,
         "setup_ms_quinn": setup_ms_quinn,
         "setup_ratio": setup_ms_warren / setup_ms_quinn,
@@ -432,6 +460,10 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
             warren_tcp_gbps / tls_tcp_gbps
         );
         println!("  tls 1.3 over tcp       {tls_tcp_gbps:6.2} Gbit/s   (rustls, same keys and suites)");
+        println!(
+            "  utp, plain BEP 29      {utp_gbps:6.2} Gbit/s   /quinn = {:.3}   (no Noise yet; a tenth of the bytes)",
+            utp_gbps / quinn_gbps
+        );
         println!("connection setup, dial to first echoed byte ({} dials, median)", args.setups);
         println!("  warren  {setup_ms_warren:.3} ms");
         println!("  quinn   {setup_ms_quinn:.3} ms   warren/quinn = {:.3}", setup_ms_warren / setup_ms_quinn);

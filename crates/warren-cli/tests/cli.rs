@@ -239,6 +239,8 @@ fn bench_throughput_smoke() {
         "warren_tcp_vs_quinn",
         "warren_tcp_vs_tls_tcp",
         "setup_ms_warren_tcp",
+        "utp_gbps",
+        "utp_vs_quinn",
     ] {
         let value = report[key].as_f64().unwrap_or_else(|| panic!("{key} missing: {report}"));
         assert!(value.is_finite() && value > 0.0, "{key} = {value}");
