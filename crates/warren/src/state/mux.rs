@@ -463,8 +463,10 @@ impl Mux {
         let Some(send) = self.streams.get_mut(&id).and_then(|s| s.send.as_mut()) else {
             return Err(StreamError::ClosedLocally);
         };
-        if let Some(code) = send.stopped {
-            return Err(StreamError::Stopped(code));
+        if send.stopped.is_some() {
+            // The peer has all it wants (it read what it needed and stopped): finishing is
+            // moot, not an error (as in quinn, where STOP_SENDING fails writes, not finish).
+            return Ok(());
         }
         if send.fin || send.reset {
             return Err(StreamError::ClosedLocally);

@@ -147,6 +147,8 @@ fn resets_and_stops_carry_their_codes() {
     assert_eq!(pair.dialler.read(pair.now, a, 10), Err(StreamError::Reset(18)));
     assert_eq!(pair.dialler.write(a, &mut Bytes::from_static(b"more")), Err(StreamError::Stopped(18)));
     assert_eq!(pair.dialler.send_settled(a), Some(Some(18)));
+    // Finishing a stopped stream is moot, not an error (the peer read what it needed).
+    assert_eq!(pair.dialler.finish(a), Ok(()));
     // A reset drops what was unsent; the reader sees the code, not the bytes.
     let b = pair.dialler.open(Kind::Uni).unwrap().unwrap();
     pair.dialler.write(b, &mut Bytes::from_static(b"lost")).unwrap();
