@@ -144,7 +144,7 @@ impl Connection {
             Some(StreamError::Connection(lost)) => ConnectError::Stream(lost.clone()),
             _ => ConnectError::Stream(ConnectionError::LocallyClosed),
         })?;
-        Ok(Stream { remote: self.remote, protocol: protocol.into(), send, recv })
+        Ok(Stream::new(self.remote, protocol.into(), send, recv))
     }
 }
 
@@ -158,11 +158,14 @@ pub struct Stream {
     protocol: Arc<str>,
     send: SendStream,
     recv: RecvStream,
+    /// The peer's refusal was seen on one half: both fail with it from then on (the reset of
+    /// one half and the stop of the other may arrive apart).
+    refused: bool,
 }
 
 impl Stream {
     pub(crate) fn new(remote: RemoteIdentity, protocol: Arc<str>, send: SendStream, recv: RecvStream) -> Self {
-        Self { remote, protocol, send, recv }
+        Self { remote, protocol, send, recv, refused: false }
     }
 
     /// The peer at the other end (verified).
@@ -197,25 +200,36 @@ impl Stream {
 }
 
 impl Stream {
-    /// Turns "reset/stopped with UNKNOWN_PROTOCOL" into an error that says so.
-    fn explain(&self, error: io::Error) -> io::Error {
+    /// Turns "reset/stopped with UNKNOWN_PROTOCOL" into an error that says so, and remembers it.
+    fn explain(&mut self, error: io::Error) -> io::Error {
         let unknown = u64::from(codes::UNKNOWN_PROTOCOL);
         if matches!(StreamError::of(&error), Some(StreamError::Reset(c) | StreamError::Stopped(c)) if *c == unknown) {
-            let refused = ConnectError::UnknownProtocol { protocol: self.protocol.to_string() };
-            return io::Error::new(io::ErrorKind::Unsupported, refused);
+            self.refused = true;
+            return self.refusal();
         }
         error
+    }
+
+    fn refusal(&self) -> io::Error {
+        let refused = ConnectError::UnknownProtocol { protocol: self.protocol.to_string() };
+        io::Error::new(io::ErrorKind::Unsupported, refused)
     }
 }
 
 impl AsyncRead for Stream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.refused {
+            return Poll::Ready(Err(self.refusal()));
+        }
         AsyncRead::poll_read(Pin::new(&mut self.recv), cx, buf).map_err(|e| self.explain(e))
     }
 }
 
 impl AsyncWrite for Stream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.refused {
+            return Poll::Ready(Err(self.refusal()));
+        }
         AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf).map_err(|e| self.explain(e))
     }
 
