@@ -120,7 +120,7 @@ fn nat_check_reports_every_preset_and_the_kernel_nat() {
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let nats = report["nats"].as_array().unwrap();
     let by_name = |name: &str| nats.iter().find(|n| n["subject"] == name).unwrap_or_else(|| panic!("{name}"));
-    assert_eq!(nats.len(), 10);
+    assert_eq!(nats.len(), 11);
     assert_eq!(by_name("FullCone")["filtering"], "endpoint-independent");
     assert_eq!(by_name("Symmetric")["mapping"], "address-and-port-dependent");
     assert_eq!(by_name("Corporate")["udp"], false);
@@ -130,6 +130,12 @@ fn nat_check_reports_every_preset_and_the_kernel_nat() {
     assert_eq!(by_name("kernel masquerade")["unsolicited_moves_port"], true);
     assert_eq!(by_name("Linux")["unsolicited_moves_port"], true);
     assert_eq!(by_name("PortRestricted")["unsolicited_moves_port"], false);
+    // Unsolicited TCP: home NATs drop it silently (RFC 5382 REQ-4), a Linux router's own stack
+    // answers with a RST unless its firewall drops new TCP.
+    assert_eq!(by_name("PortRestricted")["unsolicited_tcp"], "silence");
+    assert_eq!(by_name("Linux")["unsolicited_tcp"], "reset");
+    assert_eq!(by_name("kernel masquerade")["unsolicited_tcp"], "reset");
+    assert_eq!(by_name("kernel masquerade, firewall drops new TCP")["unsolicited_tcp"], "silence");
 }
 
 /// A short run of the forwarding benchmark (the full one is `warren netsim bench`).
