@@ -22,6 +22,10 @@ pub struct NodeArgs {
     /// --tcp`).
     #[arg(long, value_name = "ADDR")]
     tcp: Option<SocketAddr>,
+    /// Also listen for uTP here, a UDP port of its own (Noise and warren's multiplexer over
+    /// LEDBAT, which yields to other traffic; reach it with `warren ping --utp`).
+    #[arg(long, value_name = "ADDR")]
+    utp: Option<SocketAddr>,
     /// Where the identity is kept [default: $WARREN_DATA_DIR, else ~/.local/share/warren].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -84,6 +88,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         Some(addr) => Some(p2p.listen_tcp(addr).await?.local_addr()),
         None => None,
     };
+    let utp = match args.utp {
+        Some(addr) => Some(p2p.listen_utp(addr).await?.local_addr()),
+        None => None,
+    };
     let me = p2p.id();
     if args.json {
         json_line(&serde_json::json!({
@@ -91,6 +99,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             "identity": me,
             "addrs": [quic.local_addr()],
             "tcp": tcp,
+            "utp": utp,
             "metadata": p2p.metadata(),
         }));
     } else {
@@ -107,6 +116,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         if let Some(tcp) = tcp {
             println!("  and on TCP {tcp} (reach it with: warren ping --tcp {me}@{tcp})");
+        }
+        if let Some(utp) = utp {
+            println!("  and on uTP {utp} (reach it with: warren ping --utp {me}@{utp})");
         }
     }
     ManualDiscovery::spawn(&p2p, args.peers);

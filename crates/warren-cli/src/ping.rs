@@ -30,6 +30,10 @@ pub struct PingArgs {
     /// node --tcp` address.
     #[arg(long)]
     tcp: bool,
+    /// Connect over uTP (Noise and warren's multiplexer over LEDBAT) instead of QUIC: the
+    /// peer's `warren node --utp` address.
+    #[arg(long, conflicts_with = "tcp")]
+    utp: bool,
     /// Print one JSON object with the results.
     #[arg(long)]
     json: bool,
@@ -70,8 +74,9 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    if args.tcp && (peer.is_none() || args.relay.relay.is_some()) {
-        bail!("--tcp needs the peer's TCP address (ID@ADDR) and no relay: the relay carries QUIC");
+    if (args.tcp || args.utp) && (peer.is_none() || args.relay.relay.is_some()) {
+        let flag = if args.tcp { "--tcp" } else { "--utp" };
+        bail!("{flag} needs the peer's address on that transport (ID@ADDR) and no relay: the relay carries QUIC");
     }
     let identity = match &args.data_dir {
         Some(dir) => Identity::load_or_create(dir)?,
@@ -84,8 +89,12 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
         Some(ManualAddr::Socket(addr)) if addr.is_ipv6() => "[::]:0",
         _ => "0.0.0.0:0",
     };
-    if args.tcp {
-        p2p.listen_tcp(unspecified.parse()?).await?;
+    if args.tcp || args.utp {
+        if args.tcp {
+            p2p.listen_tcp(unspecified.parse()?).await?;
+        } else {
+            p2p.listen_utp(unspecified.parse()?).await?;
+        }
         let result = ping(&p2p, &args, peer.as_ref(), remote).await;
         p2p.shutdown().await;
         return result;

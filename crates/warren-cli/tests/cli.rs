@@ -128,28 +128,39 @@ fn two_node_processes_find_each_other_through_peer_and_exchange_pings() {
     }
 }
 
-#[test]
-fn a_node_listening_on_tcp_too_is_pinged_over_tcp() {
-    let dir = temp_dir("tcp");
+/// `warren node --tcp/--utp ADDR` listens there too; `warren ping --tcp/--utp` reaches it.
+fn a_node_listening_on_another_transport_too_is_pinged_over_it(transport: &str) {
+    let dir = temp_dir(transport);
+    let flag = format!("--{transport}");
     let node =
-        NodeProcess::spawn(&["--listen", "127.0.0.1:0", "--tcp", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
+        NodeProcess::spawn(&["--listen", "127.0.0.1:0", &flag, "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()]);
     let started = node.wait_for("NodeStarted", |_| true);
     let id = started["identity"].as_str().unwrap();
-    let tcp = started["tcp"].as_str().unwrap();
+    let addr = started[transport].as_str().unwrap();
     let output = warren()
-        .args(["ping", "--tcp", &format!("{id}@{tcp}"), "--count", "2", "--interval-ms", "10"])
+        .args(["ping", &flag, &format!("{id}@{addr}"), "--count", "2", "--interval-ms", "10"])
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("over tcp, identity verified"), "{stdout}");
+    assert!(stdout.contains(&format!("over {transport}, identity verified")), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("seq=")).count(), 2, "{stdout}");
-    // The QUIC address is no TCP listener: the same ping over TCP there fails.
+    // The QUIC address is no such listener: the same ping there fails.
     let quic = started["addrs"][0].as_str().unwrap();
-    let output = warren().args(["ping", "--tcp", &format!("{id}@{quic}"), "--count", "1"]).output().unwrap();
+    let output = warren().args(["ping", &flag, &format!("{id}@{quic}"), "--count", "1"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1));
     node.terminate();
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_node_listening_on_tcp_too_is_pinged_over_tcp() {
+    a_node_listening_on_another_transport_too_is_pinged_over_it("tcp");
+}
+
+#[test]
+fn a_node_listening_on_utp_too_is_pinged_over_utp() {
+    a_node_listening_on_another_transport_too_is_pinged_over_it("utp");
 }
 
 #[test]

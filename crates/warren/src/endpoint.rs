@@ -23,6 +23,7 @@ pub struct Builder {
     identity: Identity,
     listen: Vec<SocketAddr>,
     listen_tcp: Vec<SocketAddr>,
+    listen_utp: Vec<SocketAddr>,
     relay: Option<RelayConfig>,
     hole_punching: bool,
     port_mapping: Option<crate::portmap::PortMapConfig>,
@@ -43,6 +44,9 @@ pub enum BuildError {
     /// A TCP listener could not be bound.
     #[error(transparent)]
     ListenTcp(#[from] crate::transport::tcp::TcpListenError),
+    /// A uTP listener could not start.
+    #[error(transparent)]
+    ListenUtp(#[from] crate::transport::utp_listener::UtpListenError),
     /// A protocol name was invalid or given twice.
     #[error(transparent)]
     Protocol(#[from] RegisterError),
@@ -74,6 +78,7 @@ impl P2P {
             identity,
             listen: Vec::new(),
             listen_tcp: Vec::new(),
+            listen_utp: Vec::new(),
             relay: None,
             hole_punching: true,
             port_mapping: None,
@@ -99,6 +104,13 @@ impl Builder {
     /// over TCP.
     pub fn listen_tcp(mut self, addr: SocketAddr) -> Self {
         self.listen_tcp.push(addr);
+        self
+    }
+
+    /// Also listens for uTP on `addr` (Noise and warren's multiplexer over LEDBAT-controlled
+    /// uTP; see [`crate::transport::utp_listener`]), for background traffic.
+    pub fn listen_utp(mut self, addr: SocketAddr) -> Self {
+        self.listen_utp.push(addr);
         self
     }
 
@@ -167,6 +179,9 @@ impl Builder {
             let started = Self::start(&p2p, self.listen, self.relay, self.hole_punching, self.protocols).await?;
             for addr in self.listen_tcp {
                 p2p.listen_tcp(addr).await?;
+            }
+            for addr in self.listen_utp {
+                p2p.listen_utp(addr).await?;
             }
             Ok::<_, BuildError>(started)
         };

@@ -32,6 +32,7 @@ use crate::relay::client::{RelayClient, RelayConfig, RelayEvent};
 use crate::transport::paths::{Path, PathEvent, Paths};
 use crate::transport::quic::{ListenError, QuicTransport};
 use crate::transport::tcp::{TcpListenError, TcpTransport};
+use crate::transport::utp_listener::{UtpListenError, UtpTransport};
 pub use crate::transport::{Incoming, Listener};
 use crate::transport::{RecvStream, SendStream, TransportConnection};
 use crate::wire::{self, Hello, WIRE_VERSION_MAJOR, WIRE_VERSION_MINOR, WireError};
@@ -231,6 +232,16 @@ impl P2P {
         let tcp = TcpTransport::bind(self.identity(), self.inner.gate.clone(), addr)?;
         self.register_listener(Arc::new(tcp.clone()));
         Ok(tcp)
+    }
+
+    /// Listens for uTP on `addr` (port 0 picks a free port; a UDP socket of its own): Noise and
+    /// the multiplexer as on TCP, with LEDBAT's congestion control that yields to other traffic
+    /// ([`crate::transport::utp_listener`]). Registers the transport as a listener;
+    /// [`P2P::dial_via`] dials through it.
+    pub async fn listen_utp(&self, addr: SocketAddr) -> Result<UtpTransport, UtpListenError> {
+        let utp = UtpTransport::bind(self.identity(), self.inner.gate.clone(), addr).await?;
+        self.register_listener(Arc::new(utp.clone()));
+        Ok(utp)
     }
 
     /// Registers with the relay in `config` from `quic`'s socket and keeps the registration:
@@ -845,7 +856,7 @@ impl P2P {
         self.dial_within(addr, expected, HANDSHAKE_TIMEOUT).await
     }
 
-    /// Like [`P2P::dial`], through the listener named `transport` (`"quic"`, `"tcp"`).
+    /// Like [`P2P::dial`], through the listener named `transport` (`"quic"`, `"tcp"`, `"utp"`).
     pub async fn dial_via(
         &self,
         transport: &str,

@@ -1,4 +1,4 @@
-//! One connection test suite, run over every transport a node can listen on (QUIC, TCP): the
+//! One connection test suite, run over every transport a node can listen on (QUIC, TCP, uTP): the
 //! same identity checks, refusals, hostile peers, limits and shutdown, through the node's
 //! public API alone. Each test is written once and instantiated per transport below.
 
@@ -17,6 +17,7 @@ use crate::support::*;
 pub enum Transport {
     Quic,
     Tcp,
+    Utp,
 }
 
 impl Transport {
@@ -24,6 +25,7 @@ impl Transport {
         match self {
             Transport::Quic => "quic",
             Transport::Tcp => "tcp",
+            Transport::Utp => "utp",
         }
     }
 }
@@ -44,6 +46,10 @@ async fn node_as(transport: Transport, identity: Identity) -> (P2P, SocketAddr, 
         Transport::Tcp => {
             let tcp = p2p.listen_tcp(lo).await.unwrap();
             (tcp.local_addr(), Arc::new(tcp))
+        }
+        Transport::Utp => {
+            let utp = p2p.listen_utp(lo).await.unwrap();
+            (utp.local_addr(), Arc::new(utp))
         }
     };
     warren::ping::register(&p2p).unwrap();
@@ -254,7 +260,7 @@ async fn shutdown_closes_connections_with_the_code_and_frees_the_port(t: Transpo
     wait_for(&mut events, |e| matches!(e, Event::PeerDisconnected { .. }).then_some(())).await;
     // The port can be bound again.
     match t {
-        Transport::Quic => drop(std::net::UdpSocket::bind(bob_addr).expect("the port is free")),
+        Transport::Quic | Transport::Utp => drop(std::net::UdpSocket::bind(bob_addr).expect("the port is free")),
         Transport::Tcp => drop(std::net::TcpListener::bind(bob_addr).expect("the port is free")),
     }
     alice.shutdown().await;
@@ -308,7 +314,8 @@ async fn a_node_with_both_listeners_dials_quic_by_default_and_tcp_when_asked() {
     bob.shutdown().await;
 }
 
-/// Instantiates each test once per transport: `transports::quic::name`, `transports::tcp::name`.
+/// Instantiates each test once per transport: `transports::quic::name`, `transports::tcp::name`,
+/// `transports::utp::name`.
 macro_rules! suite {
     ($($test:ident),* $(,)?) => {
         mod quic {
@@ -324,6 +331,14 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     super::$test(super::Transport::Tcp).await
+                }
+            )*
+        }
+        mod utp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Transport::Utp).await
                 }
             )*
         }
