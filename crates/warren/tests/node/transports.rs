@@ -203,7 +203,8 @@ async fn a_garbage_hello_closes_that_connection_only(t: Transport) {
     let conn = hostile_listener.dial(bob_addr, Some(bob.id())).await.unwrap();
     let mut send = conn.open_uni().await.unwrap();
     send.write_all(b"\x01\x00\x00\x00\xff not a hello").await.unwrap();
-    send.finish().unwrap();
+    // The bytes written are enough to judge: bob may close before the finish.
+    let _ = send.finish();
     assert_eq!(close_code(conn.closed().await), codes::BAD_HELLO);
     let reason = next_rejection(&mut events).await;
     assert_eq!(reason, "hello failed: HelloBody.metadata: length 4223 exceeds max 255");
