@@ -6,6 +6,7 @@ mod bench_discovery;
 mod bench_flood;
 mod demo;
 mod discover;
+mod ledbat_bench;
 mod nat_matrix;
 mod netsim;
 mod node;

@@ -32,6 +32,37 @@ pub enum NetsimCommand {
     /// Relayed throughput as a fraction of direct, in one simulation (two full-cone NATs and a
     /// relay, 100 ms RTT either way), and how long hole punching took.
     RelayBench(RelayBenchArgs),
+    /// LEDBAT through one bottleneck (20 Mbit/s, a 250 ms queue, 40 ms RTT by default): uTP
+    /// alone (utilisation, added queueing delay), a TCP flow joining and leaving, two uTP flows
+    /// (Jain's index). Prints each goal of issue 15 and whether it was met; exits 1 if one was
+    /// not.
+    LedbatBench(LedbatBenchArgs),
+}
+
+#[derive(Args)]
+pub struct LedbatBenchArgs {
+    /// The bottleneck's rate in Mbit/s.
+    #[arg(long, default_value_t = 20)]
+    bandwidth_mbit: u64,
+    /// One-way latency of the link, ms.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// The drop-tail queue, in ms at the bottleneck rate.
+    #[arg(long, default_value_t = 250)]
+    queue_ms: u64,
+    /// Seconds of each phase of run 1 (uTP alone, with TCP, alone again).
+    #[arg(long, default_value_t = 20)]
+    phase_secs: u64,
+    /// Seconds of run 2 (two uTP flows); their shares are measured over the second half of the
+    /// time both run (they take 30 s or more to even out).
+    #[arg(long, default_value_t = 90)]
+    fair_secs: u64,
+    /// The second uTP flow of run 2 starts this many seconds after the first.
+    #[arg(long, default_value_t = 5)]
+    latecomer_secs: u64,
+    /// Print one JSON object: the figures and the goals.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -107,7 +138,76 @@ pub fn run(command: NetsimCommand) -> anyhow::Result<()> {
         NetsimCommand::Bench(args) => bench(args),
         NetsimCommand::NatMatrix(args) => nat_matrix(args),
         NetsimCommand::RelayBench(args) => relay_bench(args),
+        NetsimCommand::LedbatBench(args) => ledbat_bench(args),
     }
+}
+
+fn ledbat_bench(args: LedbatBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=1000).contains(&args.bandwidth_mbit), "--bandwidth-mbit must be 1 to 1000");
+    anyhow::ensure!(
+        args.latency_ms <= 500 && (10..=2000).contains(&args.queue_ms),
+        "--latency-ms <= 500, --queue-ms 10 to 2000"
+    );
+    anyhow::ensure!((4..=600).contains(&args.phase_secs), "--phase-secs must be 4 to 600");
+    anyhow::ensure!(
+        args.latecomer_secs < args.fair_secs && args.fair_secs <= 600,
+        "--latecomer-secs must be less than --fair-secs (at most 600)"
+    );
+    let setup = crate::ledbat_bench::Setup {
+        bandwidth_bps: args.bandwidth_mbit * 1_000_000,
+        latency_ms: args.latency_ms,
+        queue_ms: args.queue_ms,
+        phase_secs: args.phase_secs,
+        fair_secs: args.fair_secs,
+        latecomer_secs: args.latecomer_secs,
+    };
+    let report = crate::ledbat_bench::run(setup)?;
+    let goals = report.goals();
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["goals"] = goals.iter().map(|(goal, met)| serde_json::json!({"goal": goal, "met": met})).collect();
+        println!("{value}");
+    } else {
+        let pct = |v: f64| format!("{:.1} %", v * 100.0);
+        let secs = |v: Option<f64>| v.map_or("never".into(), |v| format!("{v:.1} s"));
+        println!(
+            "LEDBAT through {} Mbit/s, {} ms queue, {} ms RTT idle (measured {:.1} ms)",
+            args.bandwidth_mbit,
+            args.queue_ms,
+            2 * args.latency_ms,
+            report.idle_rtt_ms
+        );
+        println!(
+            "  uTP alone          {} of the link, queueing delay added {:.1} ms (median), {:.1} ms (p95)",
+            pct(report.utp_alone_utilisation),
+            report.utp_alone_added_delay_ms,
+            report.utp_alone_added_delay_p95_ms
+        );
+        println!(
+            "  TCP joins          TCP at 80 % after {}, then TCP {} and uTP {}",
+            secs(report.tcp_to_80_percent_secs),
+            pct(report.tcp_utilisation),
+            pct(report.utp_with_tcp_utilisation)
+        );
+        println!(
+            "  TCP leaves         uTP at 80 % after {}, then {}",
+            secs(report.utp_recovery_secs),
+            pct(report.utp_after_tcp_utilisation)
+        );
+        println!(
+            "  two uTP flows      {} and {} (the second {} s late), Jain's index {:.3}",
+            pct(report.two_utp_utilisation[0]),
+            pct(report.two_utp_utilisation[1]),
+            args.latecomer_secs,
+            report.jain_index
+        );
+        for (goal, met) in &goals {
+            println!("  [{}] {goal}", if *met { "met" } else { "NOT met" });
+        }
+    }
+    let missed = goals.iter().filter(|(_, met)| !met).count();
+    anyhow::ensure!(missed == 0, "{missed} of {} LEDBAT goals not met", goals.len());
+    Ok(())
 }
 
 fn run_scenario(args: RunArgs) -> anyhow::Result<()> {

@@ -9,6 +9,7 @@ mod event;
 mod metadata;
 mod peer;
 pub mod punch;
+mod tcp_punch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -139,6 +140,10 @@ struct Inner {
     publishing: std::sync::atomic::AtomicBool,
     attempts: Mutex<punch::Attempts>,
     relay: Mutex<Option<RelayClient>>,
+    /// The first TCP listener (where TCP hole punches start from), and when each peer last
+    /// asked for one.
+    tcp: std::sync::OnceLock<TcpTransport>,
+    tcp_punches: Mutex<HashMap<RemoteIdentity, std::time::Instant>>,
 }
 
 impl std::fmt::Debug for P2P {
@@ -182,6 +187,8 @@ impl P2P {
                 publishing: std::sync::atomic::AtomicBool::new(false),
                 attempts: Mutex::default(),
                 relay: Mutex::new(None),
+                tcp: std::sync::OnceLock::new(),
+                tcp_punches: Mutex::default(),
             }),
         }
     }
@@ -231,6 +238,9 @@ impl P2P {
     pub async fn listen_tcp(&self, addr: SocketAddr) -> Result<TcpTransport, TcpListenError> {
         let tcp = TcpTransport::bind(self.identity(), self.inner.gate.clone(), addr)?;
         self.register_listener(Arc::new(tcp.clone()));
+        if self.inner.tcp.set(tcp.clone()).is_ok() {
+            self.serve_tcp_punching();
+        }
         Ok(tcp)
     }
 

@@ -115,8 +115,19 @@ struct Sent {
     sacked: bool,
     /// Due for retransmission.
     resend: bool,
-    /// Already resent for a duplicate or selective ACK (once only; then the timer's job).
-    fast_resent: bool,
+}
+
+/// Was `sent`, acknowledged at `now`, resent for nothing? Its acknowledgement came sooner after
+/// the retransmission than half the lowest round trip: it must be the first transmission's.
+fn was_spurious(min_rtt: Option<Duration>, now: Instant, sent: &Sent) -> bool {
+    sent.transmissions > 1 && min_rtt.is_some_and(|m| now < sent.sent_at + m / 2)
+}
+
+impl Sent {
+    /// Counted in the pipe: sent, not acknowledged, not taken for lost.
+    fn in_pipe(&self) -> bool {
+        self.transmissions > 0 && !self.sacked && !self.resend
+    }
 }
 
 /// `a` comes before `b` in sequence space.
@@ -141,6 +152,9 @@ pub struct Connection {
     unsent: VecDeque<u8>,
     flight: VecDeque<Sent>,
     flight_bytes: usize,
+    /// Bytes sent and neither acknowledged nor taken for lost: what the window limits (RFC
+    /// 6675's pipe).
+    pipe: usize,
     peer_window: usize,
     ledbat: Ledbat,
     srtt: Option<Duration>,
@@ -149,6 +163,12 @@ pub struct Connection {
     /// When the retransmission timer fires (while something is in flight).
     rto_at: Option<Instant>,
     dup_acks: u32,
+    /// When the newest packet known delivered was sent (RACK's reference for loss).
+    newest_delivered: Option<Instant>,
+    /// The reordering window, in quarters of the smoothed round trip (1 to 4).
+    reorder_quarters: u32,
+    /// The lowest round trip measured.
+    min_rtt: Option<Duration>,
     fin_wanted: bool,
     fin_sent: bool,
     /// A RESET is due (this side aborted).
@@ -169,7 +189,7 @@ pub struct Connection {
     events: VecDeque<Event>,
     /// Bytes sent again (retransmissions), for tests and statistics.
     retransmitted: u64,
-    /// Retransmission timeouts, and losses detected by duplicate or selective ACKs.
+    /// Retransmission timeouts, and packets found lost by selective or duplicate ACKs.
     timeouts: u64,
     fast_losses: u64,
 }
@@ -188,6 +208,7 @@ impl Connection {
             unsent: VecDeque::new(),
             flight: VecDeque::new(),
             flight_bytes: 0,
+            pipe: 0,
             peer_window: config.max_payload,
             ledbat: Ledbat::new(config.max_payload),
             srtt: None,
@@ -195,6 +216,9 @@ impl Connection {
             rto: INITIAL_RTO,
             rto_at: None,
             dup_acks: 0,
+            newest_delivered: None,
+            reorder_quarters: 1,
+            min_rtt: None,
             fin_wanted: false,
             fin_sent: false,
             reset_due: false,
@@ -358,7 +382,6 @@ impl Connection {
             transmissions: 0,
             sacked: false,
             resend: true,
-            fast_resent: false,
         });
         self.seq_nr = self.seq_nr.wrapping_add(1);
     }
@@ -410,11 +433,12 @@ impl Connection {
     }
 
     fn handle_ack(&mut self, now: Instant, packet: &Packet<'_>) {
-        let flight_before = self.flight_bytes;
+        let flight_before = self.pipe;
         let mut acked_bytes = 0;
         let mut rtt_sample = None;
         // When the newest packet this ACK covers was sent (for loss detection, below).
         let mut newest_acked: Option<Instant> = None;
+        let mut spurious = false;
         // Cumulative: everything up to ack_nr.
         while let Some(first) = self.flight.front() {
             if before(packet.ack_nr, first.seq) {
@@ -425,6 +449,9 @@ impl Connection {
                 break;
             }
             let sent = self.flight.pop_front().expect("a front");
+            if sent.in_pipe() {
+                self.pipe -= sent.payload.len();
+            }
             newest_acked = newest_acked.max(Some(sent.sent_at));
             self.flight_bytes -= sent.payload.len();
             if !sent.sacked {
@@ -433,6 +460,7 @@ impl Connection {
             if sent.transmissions == 1 {
                 rtt_sample = Some(now.saturating_duration_since(sent.sent_at));
             }
+            spurious |= was_spurious(self.min_rtt, now, &sent);
         }
         // Selective: bit i says ack_nr + 2 + i arrived.
         let mut sacked_past_hole = 0;
@@ -442,12 +470,16 @@ impl Connection {
                 if distance < mask.len() * 8 && mask[distance / 8] & (1 << (distance % 8)) != 0 {
                     newest_acked = newest_acked.max(Some(sent.sent_at));
                     if !sent.sacked {
+                        if sent.in_pipe() {
+                            self.pipe -= sent.payload.len();
+                        }
                         sent.sacked = true;
                         sent.resend = false;
                         acked_bytes += sent.payload.len();
                         if sent.transmissions == 1 {
                             rtt_sample = Some(now.saturating_duration_since(sent.sent_at));
                         }
+                        spurious |= was_spurious(self.min_rtt, now, sent);
                     }
                     sacked_past_hole += 1;
                 }
@@ -465,22 +497,55 @@ impl Connection {
         } else if packet.kind == Type::State && !self.flight.is_empty() {
             self.dup_acks += 1;
         }
-        // Loss: three packets selectively acknowledged past the first unacknowledged one, one of
-        // them sent a quarter of a round trip after it (so that reordering on the path is not
-        // taken for loss, as RACK does for TCP); without selective ACKs, three duplicate ACKs.
-        let reorder_window = (self.srtt.unwrap_or(INITIAL_RTO) / 4).max(Duration::from_millis(1));
-        let by_sack = sacked_past_hole >= 3;
-        let by_dups = packet.sack.is_none() && self.dup_acks >= 3;
-        if (by_sack || by_dups)
-            && let Some(first) = self.flight.iter_mut().find(|s| !s.sacked)
+        // Loss, as RACK finds it for TCP (RFC 8985): a packet not yet acknowledged that was sent
+        // a reordering window or more before the newest packet known delivered is lost,
+        // every such packet at once (a burst of losses is repaired in one round trip, not one
+        // hole per round trip), a retransmission too (its send time is that of the
+        // retransmission). The window (a quarter of a round trip, widened by a quarter each time
+        // a retransmission proves spurious) keeps reordering on the path from being taken for
+        // loss, and so does asking for three packets selectively acknowledged above a packet
+        // (RFC 6675's DupThresh) before it counts as lost. Without selective ACKs, three
+        // duplicate ACKs mark the first packet.
+        if let Some(at) = newest_acked {
+            self.newest_delivered = self.newest_delivered.max(Some(at));
+        }
+        if spurious {
+            // The path reorders more than the window allowed for: widen it, up to a round trip.
+            self.reorder_quarters = (self.reorder_quarters + 1).min(4);
+        }
+        let reorder_window =
+            (self.srtt.unwrap_or(INITIAL_RTO) * self.reorder_quarters / 4).max(Duration::from_millis(1));
+        let mut lost = 0;
+        if sacked_past_hole >= 3
+            && let Some(delivered) = self.newest_delivered
+        {
+            // From the newest back, counting the packets selectively acknowledged above each.
+            let mut sacked_above = 0;
+            for sent in self.flight.iter_mut().rev() {
+                if sent.sacked {
+                    sacked_above += 1;
+                } else if sacked_above >= 3
+                    && !sent.resend
+                    && sent.transmissions > 0
+                    && sent.sent_at + reorder_window <= delivered
+                {
+                    self.pipe -= sent.payload.len();
+                    sent.resend = true;
+                    lost += 1;
+                }
+            }
+        } else if packet.sack.is_none()
+            && self.dup_acks >= 3
+            && let Some(first) = self.flight.front_mut()
             && first.transmissions > 0
             && !first.resend
-            && !first.fast_resent
-            && (by_dups || newest_acked.is_some_and(|at| at >= first.sent_at + reorder_window))
         {
+            self.pipe -= first.payload.len();
             first.resend = true;
-            first.fast_resent = true;
-            self.fast_losses += 1;
+            lost = 1;
+        }
+        if lost > 0 {
+            self.fast_losses += lost;
             self.dup_acks = 0;
             let rtt = self.srtt.unwrap_or(INITIAL_RTO);
             self.ledbat.on_loss(now, rtt);
@@ -488,6 +553,7 @@ impl Connection {
     }
 
     fn rtt_sample(&mut self, sample: Duration) {
+        self.min_rtt = Some(self.min_rtt.map_or(sample, |m| m.min(sample)));
         match self.srtt {
             None => {
                 self.srtt = Some(sample);
@@ -580,8 +646,10 @@ impl Connection {
             }
             return false;
         }
-        // Retransmissions first (they are in flight already).
-        if let Some(index) = self.flight.iter().position(|s| s.resend && s.transmissions > 0) {
+        let window = self.ledbat.window().min(self.peer_window.max(self.config.max_payload));
+        let room = self.pipe == 0 || self.pipe + self.config.max_payload <= window;
+        // Retransmissions first, as the window allows.
+        if room && let Some(index) = self.flight.iter().position(|s| s.resend && s.transmissions > 0) {
             return self.transmit(now, index, out);
         }
         // The SYN, or new packets queued by `queue` (first transmission).
@@ -589,10 +657,7 @@ impl Connection {
             return self.transmit(now, index, out);
         }
         if self.state == State::Connected {
-            let window = self.ledbat.window().min(self.peer_window.max(self.config.max_payload));
-            if !self.unsent.is_empty()
-                && (self.flight_bytes == 0 || self.flight_bytes + self.config.max_payload <= window)
-            {
+            if !self.unsent.is_empty() && room {
                 let n = self.unsent.len().min(self.config.max_payload);
                 let payload: Vec<u8> = self.unsent.drain(..n).collect();
                 self.queue(now, Type::Data, payload);
@@ -615,7 +680,9 @@ impl Connection {
 
     fn transmit(&mut self, now: Instant, index: usize, out: &mut Vec<u8>) -> bool {
         let sent = &mut self.flight[index];
+        debug_assert!(!sent.in_pipe());
         sent.resend = false;
+        self.pipe += sent.payload.len();
         if sent.transmissions > 0 {
             self.retransmitted += sent.payload.len() as u64;
         }
@@ -698,10 +765,12 @@ impl Connection {
             }
             self.rto = (self.rto * 2).min(Duration::from_secs(30));
             self.timeouts += 1;
-            let rtt = self.srtt.unwrap_or(INITIAL_RTO);
-            self.ledbat.on_timeout(now, rtt);
-            if let Some(first) = self.flight.iter_mut().find(|s| !s.sacked) {
-                first.resend = true;
+            self.ledbat.on_timeout(now);
+            // Everything not acknowledged is taken for lost (as TCP does on a timeout) and goes
+            // again as the window reopens, rather than one packet per timeout.
+            for sent in self.flight.iter_mut().filter(|s| s.in_pipe()) {
+                sent.resend = true;
+                self.pipe -= sent.payload.len();
             }
             self.rto_at = Some(now + self.rto);
         }

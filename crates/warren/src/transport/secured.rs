@@ -112,19 +112,18 @@ impl StreamTransport {
         self.admission.lock().expect("admission lock poisoned").set_limits(limits);
     }
 
-    /// Dials: `connect` makes the byte stream to `addr` (`what` names it in errors), then the
-    /// dialler's handshake, then the connection.
+    /// Dials: `connect` makes the byte stream and says where it goes (`what` names it in
+    /// errors), then the dialler's handshake, then the connection.
     pub(crate) async fn dial<S: ByteStream>(
         &self,
-        addr: SocketAddr,
         expected: Option<RemoteIdentity>,
         what: &str,
-        connect: impl Future<Output = io::Result<S>>,
+        connect: impl Future<Output = io::Result<(S, SocketAddr)>>,
     ) -> Result<Arc<dyn TransportConnection>, TransportError> {
         if self.stop.is_cancelled() {
             return Err(TransportError::ShutDown);
         }
-        let mut stream = connect
+        let (mut stream, addr) = connect
             .await
             .map_err(|error| TransportError::Connection(ConnectionError::Transport(format!("{what}: {error}"))))?;
         let proof = expected.and_then(|e| self.gate.server_name_for(&e, super::gate::unix_now()));
@@ -183,7 +182,7 @@ impl StreamTransport {
     }
 
     /// One accepted byte stream, as the node takes it, or None when admission refuses it.
-    fn incoming<S: ByteStream>(self: &Arc<Self>, mut stream: S, addr: SocketAddr) -> Option<Incoming> {
+    pub(crate) fn incoming<S: ByteStream>(self: &Arc<Self>, mut stream: S, addr: SocketAddr) -> Option<Incoming> {
         let source = admission::source(addr);
         let verdict = self.admission.lock().expect("admission lock poisoned").on_incoming(source, true);
         match verdict {

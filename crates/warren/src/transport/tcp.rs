@@ -9,10 +9,13 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use super::connection::{Accept, Listener, TransportConnection};
+use super::connection::{Accept, Incoming, Listener, TransportConnection};
 use super::gate::ContactGate;
 use super::secured::{StreamAcceptor, StreamTransport};
 use crate::error::TransportError;
@@ -83,6 +86,110 @@ impl TcpTransport {
     }
 }
 
+/// How long the answerer of a punch waits for the offerer's first Noise message on a stream its
+/// connect opened, before taking it that the offerer's listener accepted it (and dialling
+/// itself).
+const PUNCH_FIRST_BYTE: Duration = Duration::from_secs(2);
+
+/// Wait after a refused connect (a RST from the peer's NAT) before the next.
+const PUNCH_RETRY: Duration = Duration::from_millis(100);
+
+/// What the answerer of a TCP hole punch makes of the stream it opened.
+pub(crate) enum Punched {
+    /// The offerer's Noise message came: an incoming connection, for the node to accept.
+    Incoming(Incoming),
+    /// Nothing came: the offerer's listener accepted the connect, so this side dialled.
+    Dialled(Arc<dyn TransportConnection>),
+}
+
+impl TcpTransport {
+    /// Connects to `peer` from the listener's own address and port: the NAT maps this
+    /// connection as it mapped (or will map) the listener's, which is what a simultaneous open
+    /// needs.
+    async fn connect_from_listener(&self, peer: SocketAddr) -> std::io::Result<TcpStream> {
+        let local = self.local_addr;
+        let socket = reusable_socket(local)?;
+        socket.bind(&local.into())?;
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+        let stream = socket.connect(peer).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Connects to any of `candidates` from the listener's port until `deadline` (a TCP hole
+    /// punch): each candidate is tried again after a refusal or a timed-out SYN, all at once;
+    /// the first to connect wins.
+    pub(crate) async fn simultaneous_open(
+        &self,
+        candidates: &[SocketAddr],
+        deadline: Instant,
+    ) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let mut attempts = tokio::task::JoinSet::new();
+        for &peer in candidates {
+            let this = self.clone();
+            attempts.spawn(async move {
+                let mut last = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
+                while Instant::now() < deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, this.connect_from_listener(peer)).await {
+                        Ok(Ok(stream)) => return Ok((stream, peer)),
+                        Ok(Err(error)) => last = error,
+                        Err(_) => break,
+                    }
+                    tokio::time::sleep(PUNCH_RETRY).await;
+                }
+                Err(last)
+            });
+        }
+        let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no candidates");
+        while let Some(joined) = attempts.join_next().await {
+            match joined {
+                Ok(Ok(connected)) => return Ok(connected),
+                Ok(Err(error)) => last = error,
+                Err(error) => last = std::io::Error::other(error),
+            }
+        }
+        Err(last)
+    }
+
+    /// The offerer's side of a punch: a simultaneous open to the answerer's `candidates`, then
+    /// Noise as the dialler.
+    pub(crate) async fn dial_punched(
+        &self,
+        candidates: Vec<SocketAddr>,
+        deadline: Instant,
+        expected: RemoteIdentity,
+    ) -> Result<Arc<dyn TransportConnection>, TransportError> {
+        let opened = self.simultaneous_open(&candidates, deadline);
+        self.secured.dial(Some(expected), "TCP simultaneous open", opened).await
+    }
+
+    /// The answerer's side, on the stream its simultaneous open gave: the offerer dials over it
+    /// (its first Noise message comes), or, if the offerer's listener took our SYN as an
+    /// ordinary connection, nothing comes and this side dials.
+    pub(crate) async fn answer_punched(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        expected: RemoteIdentity,
+    ) -> Result<Punched, TransportError> {
+        let mut byte = [0u8];
+        match tokio::time::timeout(PUNCH_FIRST_BYTE, stream.peek(&mut byte)).await {
+            Ok(Ok(1..)) => self.secured.incoming(stream, addr).map(Punched::Incoming).ok_or_else(|| {
+                TransportError::Connection(crate::error::ConnectionError::Transport("admission refused".into()))
+            }),
+            Ok(Ok(_)) | Ok(Err(_)) => Err(TransportError::Connection(crate::error::ConnectionError::Transport(
+                "the punched TCP connection closed".into(),
+            ))),
+            Err(_) => {
+                let dialled = self.secured.dial(Some(expected), "TCP simultaneous open", async { Ok((stream, addr)) });
+                dialled.await.map(Punched::Dialled)
+            }
+        }
+    }
+}
+
 struct Acceptor(TcpListener);
 
 impl StreamAcceptor for Acceptor {
@@ -114,10 +221,10 @@ impl Listener for TcpTransport {
         addr: SocketAddr,
         expected: Option<RemoteIdentity>,
     ) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>> {
-        Box::pin(self.secured.dial(addr, expected, "TCP connect", async move {
+        Box::pin(self.secured.dial(expected, "TCP connect", async move {
             let stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
-            Ok(stream)
+            Ok((stream, addr))
         }))
     }
 

@@ -1,8 +1,8 @@
 //! uTP for warren peers: the node's uTP listener. Each connection is a [`UtpStream`] of its
 //! own uTP socket ([`super::utp`], LEDBAT's background congestion control), authenticated by
 //! Noise and multiplexed exactly as TCP is ([`super::secured`]): the same identity checks,
-//! admission and limits. A connection over it yields to the user's other traffic, which is what
-//! [`P2P::connect_background`](crate::P2P::connect_background) asks for.
+//! admission and limits. A connection over it yields to the user's other traffic: an
+//! application asks for one with [`P2P::dial_via`](crate::P2P::dial_via)`("utp", …)`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,7 +100,7 @@ impl Listener for UtpTransport {
         addr: SocketAddr,
         expected: Option<RemoteIdentity>,
     ) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>> {
-        Box::pin(self.secured.dial(addr, expected, "uTP connect", self.socket.connect(addr)))
+        Box::pin(self.secured.dial(expected, "uTP connect", async move { Ok((self.socket.connect(addr).await?, addr)) }))
     }
 
     fn start(&self, accept: Accept) {

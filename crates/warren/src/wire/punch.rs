@@ -102,9 +102,39 @@ pub enum Message {
 
 /// Fuzzing: `data` as a signalling message body. Never panics; what decodes re-encodes.
 pub fn fuzz_message(data: &[u8]) {
-    if data.len() <= control::MAX_MESSAGE
-        && let Ok(message) = control::decode::<Message>(data)
-    {
-        assert!(warren_proto::encode_to_vec(&message).is_ok());
+    if data.len() <= control::MAX_MESSAGE {
+        if let Ok(message) = control::decode::<Message>(data) {
+            assert!(warren_proto::encode_to_vec(&message).is_ok());
+        }
+        if let Ok(message) = control::decode::<TcpMessage>(data) {
+            assert!(warren_proto::encode_to_vec(&message).is_ok());
+        }
     }
+}
+
+/// The signalling protocol of a TCP hole punch (simultaneous open; see
+/// `crate::node::tcp_punch`), on a stream of an existing (relayed) connection.
+pub const TCP_PROTOCOL: &str = "warren/tcp-punch/1";
+
+/// A TCP hole punch's messages: the offerer's candidates (its reflexive and local addresses,
+/// each with its TCP listener's port), the answerer's, and the offerer's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum TcpMessage {
+    /// The offerer's TCP candidates.
+    Offer {
+        /// At most 16.
+        #[proto(max_len = 16)]
+        candidates: Vec<SocketAddr>,
+    },
+    /// The answerer's TCP candidates; both sides start connecting when it is sent and read.
+    Answer {
+        /// At most 16.
+        #[proto(max_len = 16)]
+        candidates: Vec<SocketAddr>,
+    },
+    /// The offerer has a direct TCP connection (`ok`) or gave up: the answerer stops trying.
+    Finished {
+        /// Whether it worked.
+        ok: bool,
+    },
 }

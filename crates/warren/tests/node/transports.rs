@@ -357,3 +357,36 @@ suite!(
     shutdown_closes_connections_with_the_code_and_frees_the_port,
     contacts_only_answers_contacts_alone,
 );
+
+/// A TCP hole punch between two nodes on loopback (no NAT: the SYNs cross or meet a listener),
+/// signalled over their QUIC connection: it gives a direct TCP connection that carries streams,
+/// and the node prefers it from then on. A second punch within the interval is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_hole_punch_over_an_existing_connection_gives_a_direct_tcp_connection() {
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let bob = P2P::builder("warren-test", Identity::generate()).listen_quic(lo).listen_tcp(lo).spawn().await.unwrap();
+    warren::ping::register(&bob).unwrap();
+    let alice = P2P::builder("warren-test", Identity::generate()).listen_quic(lo).listen_tcp(lo).spawn().await.unwrap();
+    let quic_addr = bob.record().addrs[0];
+    alice.discovered("test", bob.id(), [quic_addr], Default::default());
+    assert_eq!(alice.connection(bob.id()).await.unwrap().transport_name(), "quic");
+    let tcp = tokio::time::timeout(HANG, alice.punch_tcp(bob.id())).await.expect("the punch ended").unwrap();
+    assert_eq!(tcp.transport_name(), "tcp");
+    assert_eq!(tcp.remote(), bob.id());
+    assert_eq!(alice.open_connection(&bob.id()).unwrap().id(), tcp.id(), "the newest connection is used");
+    assert_eq!(warren::ping::ping(&alice, bob.id(), 2).await.unwrap().len(), 2);
+    // Bob has it too, as a TCP connection from alice.
+    let mut seen = false;
+    for _ in 0..100 {
+        if bob.connections().iter().any(|c| c.remote() == alice.id() && c.transport_name() == "tcp") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen, "bob has the TCP connection");
+    // Another offer from alice within the interval: bob does not answer it.
+    assert!(alice.punch_tcp(bob.id()).await.is_err());
+    alice.shutdown().await;
+    bob.shutdown().await;
+}

@@ -39,6 +39,8 @@ struct Link {
     sides: [Option<Connection>; 2],
     /// Datagrams side 1 gets before it has a connection (the SYN).
     pending_syn: Vec<Vec<u8>>,
+    /// Everything sent in this span is lost.
+    blackout: Option<(Instant, Instant)>,
 }
 
 impl Link {
@@ -57,6 +59,7 @@ impl Link {
             dropped: 0,
             sides: [Some(dialler), None],
             pending_syn: Vec::new(),
+            blackout: None,
         }
     }
 
@@ -70,7 +73,8 @@ impl Link {
             let Some(conn) = self.sides[side].as_mut() else { continue };
             while conn.poll_transmit(self.now, &mut out) {
                 self.sent += 1;
-                if self.rng.chance(self.loss) {
+                let dark = self.blackout.is_some_and(|(from, to)| (from..to).contains(&self.now));
+                if self.rng.chance(self.loss) || dark {
                     self.dropped += 1;
                     continue;
                 }
@@ -202,6 +206,27 @@ fn loss_and_reordering_are_repaired_by_selective_acks_and_timeouts() {
         eprintln!("seed {seed}: resent {:.1} %", resent as f64 * 100.0 / a.len() as f64);
         assert!(resent > 0 && resent < (a.len() as u64) * 5 / 100, "seed {seed}: resent {resent} bytes");
     }
+}
+
+/// A second of blackout in the middle of a transfer loses a whole window. On the timeout every
+/// packet not acknowledged is taken for lost and resent as the window regrows (slow start back
+/// to half the window), not one packet per timeout with the timeout doubling each time (which
+/// took uTP tens of seconds to recover in the LEDBAT bench).
+#[test]
+fn after_a_blackout_the_whole_window_is_resent_and_the_transfer_recovers_within_seconds() {
+    let mut link = Link::new(7, 10, 0, 0.0);
+    let start = link.now;
+    link.blackout = Some((start + Duration::from_millis(100), start + Duration::from_millis(1100)));
+    let data = payload(8 << 20, 9);
+    let (_, at_acceptor) = exchange(&mut link, &data, &[], Duration::from_secs(60));
+    assert!(at_acceptor == data, "{} of {} bytes", at_acceptor.len(), data.len());
+    let took = link.now - start;
+    let (timeouts, _) = link.conn(0).losses();
+    assert!(link.dropped > 50, "the blackout dropped {} packets", link.dropped);
+    // 8 MiB over a clean 20 ms round trip takes about a second; the blackout adds its second and
+    // two or three timeouts (200, 400, 800 ms).
+    assert!(took < Duration::from_secs(5), "took {took:?} with {timeouts} timeouts");
+    assert!(timeouts <= 4, "{timeouts} timeouts");
 }
 
 #[test]
