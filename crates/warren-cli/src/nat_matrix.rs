@@ -46,6 +46,21 @@ pub struct PairResult {
     pub plan: String,
     /// What went wrong, for `failed`.
     pub error: Option<String>,
+    /// The TCP hole punch after it (with `--tcp`).
+    pub tcp: Option<TcpPunch>,
+}
+
+/// A TCP hole punch (simultaneous open) between the pair, signalled over their connection.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpPunch {
+    /// `direct` (a TCP connection that echoed a byte) or `failed`.
+    pub path: &'static str,
+    /// What theory allows: `direct` or `relayed` ([`pair::tcp_theory_allows_direct`]).
+    pub expected: &'static str,
+    /// Milliseconds from the offer to the connection.
+    pub ms: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 pub(crate) const RELAY_PORT: u16 = 3478;
@@ -67,8 +82,15 @@ pub(crate) async fn node(relay: RelayConfig) -> anyhow::Result<(P2P, SocketAddr)
 }
 
 async fn node_with(relay: RelayConfig, punching: bool) -> anyhow::Result<(P2P, SocketAddr)> {
+    node_on(relay, punching, false).await
+}
+
+async fn node_on(relay: RelayConfig, punching: bool, tcp: bool) -> anyhow::Result<(P2P, SocketAddr)> {
     let p2p = P2P::new("warren-matrix", Identity::generate());
     let quic = p2p.listen_quic(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+    if tcp {
+        p2p.listen_tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+    }
     p2p.register_protocol(ECHO, echo)?;
     p2p.register_protocol(crate::bench::SINK, crate::bench::sink)?;
     quic.set_hole_punching(punching);
@@ -86,6 +108,8 @@ pub(crate) struct Dialled {
     pub(crate) method: Option<warren::state::punch::Method>,
     pub(crate) packets: u32,
     pub(crate) plan: String,
+    /// The TCP hole punch's time, or why it failed (when asked for).
+    pub(crate) tcp: Option<Result<u64, String>>,
 }
 
 /// The dialler's side: connect by identity, first byte, then wait for the punch to end.
@@ -115,11 +139,33 @@ pub(crate) async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::R
         .await
         .map_err(|_| anyhow::anyhow!("no echo on the final path"))??;
     let path = p2p.open_connection(&target).map(|c| c.path()).ok_or_else(|| anyhow::anyhow!("connection lost"))?;
-    Ok(Dialled { ttfb, punch: direct.map(|d| (d, elapsed_ms)), rounds, path, method, packets, plan })
+    Ok(Dialled { ttfb, punch: direct.map(|d| (d, elapsed_ms)), rounds, path, method, packets, plan, tcp: None })
 }
 
-/// Runs one pair in a simulation of its own.
-pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
+/// The dialler's TCP hole punch, once its connection (relayed or punched) is up: a byte echoed
+/// over the TCP connection it gives.
+async fn punch_tcp(p2p: &P2P, target: warren::RemoteIdentity) -> Result<u64, String> {
+    let started = Instant::now();
+    let conn = tokio::time::timeout(Duration::from_secs(20), p2p.punch_tcp(target))
+        .await
+        .map_err(|_| "the punch did not end within 20 s".to_string())?
+        .map_err(|e| format!("{e:#}"))?;
+    let ms = started.elapsed().as_millis() as u64;
+    if conn.transport_name() != "tcp" {
+        return Err(format!("the punch gave a {} connection", conn.transport_name()));
+    }
+    let mut stream = conn.open_stream(ECHO).await.map_err(|e| e.to_string())?;
+    stream.write_all(b"t").await.map_err(|e| e.to_string())?;
+    let mut byte = [0u8];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte))
+        .await
+        .map_err(|_| "no echo over TCP".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(ms)
+}
+
+/// Runs one pair in a simulation of its own (with `tcp`, a TCP hole punch after it).
+pub fn run_pair(a: NatKind, b: NatKind, seed: u64, tcp: bool) -> PairResult {
     let expected = if pair::theory_allows_direct(a, b) { "direct" } else { "relayed" };
     let mut result = PairResult {
         a,
@@ -134,9 +180,16 @@ pub fn run_pair(a: NatKind, b: NatKind, seed: u64) -> PairResult {
         packets: 0,
         plan: String::new(),
         error: None,
+        tcp: None,
     };
-    match run_one(a, b, seed) {
+    match run_one(a, b, seed, tcp) {
         Ok((dialled, other)) => {
+            result.tcp = dialled.tcp.clone().map(|punched| TcpPunch {
+                path: if punched.is_ok() { "direct" } else { "failed" },
+                expected: if pair::tcp_theory_allows_direct(a, b) { "direct" } else { "relayed" },
+                ms: punched.as_ref().ok().copied(),
+                error: punched.err(),
+            });
             result.ttfb_ms = Some(dialled.ttfb.as_secs_f64() * 1000.0);
             result.attempts = dialled.rounds;
             result.packets = dialled.packets + other.packets;
@@ -165,7 +218,7 @@ struct Answered {
     packets: u32,
 }
 
-fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Answered)> {
+fn run_one(a: NatKind, b: NatKind, seed: u64, tcp: bool) -> anyhow::Result<(Dialled, Answered)> {
     let Pair { mut sim, relay: relay_host, a: a_host, b: b_host } = pair::build(a, b, PairLinks::default(), seed)?;
     sim.start()?;
 
@@ -192,7 +245,7 @@ fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Answer
     let (stop_a, a_stop) = tokio::sync::oneshot::channel::<()>();
     let config = relay_config.clone();
     let a_task = a_host.spawn(move || async move {
-        match node(config).await {
+        match node_on(config, true, tcp).await {
             Ok((p2p, observed)) => {
                 let mut events = p2p.subscribe();
                 let _ = a_ready.send(Ok((p2p.id(), observed)));
@@ -217,8 +270,11 @@ fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Answer
     let outcome = (|| {
         let (a_id, _) = a_info.recv()?.map_err(|e| anyhow::anyhow!("node a: {e}"))?;
         let b_task = b_host.spawn(move || async move {
-            let (p2p, _) = node(relay_config).await?;
-            let dialled = dial(&p2p, a_id).await;
+            let (p2p, _) = node_on(relay_config, true, tcp).await?;
+            let mut dialled = dial(&p2p, a_id).await;
+            if let (true, Ok(dialled)) = (tcp, dialled.as_mut()) {
+                dialled.tcp = Some(punch_tcp(&p2p, a_id).await);
+            }
             p2p.shutdown().await;
             dialled
         });
@@ -233,7 +289,13 @@ fn run_one(a: NatKind, b: NatKind, seed: u64) -> anyhow::Result<(Dialled, Answer
 }
 
 /// Every unordered pair of `kinds` (each kind with itself too), `parallel` at a time.
-pub fn run(kinds: &[NatKind], parallel: usize, seed: u64, mut each: impl FnMut(&PairResult)) -> Vec<PairResult> {
+pub fn run(
+    kinds: &[NatKind],
+    parallel: usize,
+    seed: u64,
+    tcp: bool,
+    mut each: impl FnMut(&PairResult),
+) -> Vec<PairResult> {
     let mut pairs = Vec::new();
     for (i, a) in kinds.iter().enumerate() {
         for b in &kinds[i..] {
@@ -248,7 +310,7 @@ pub fn run(kinds: &[NatKind], parallel: usize, seed: u64, mut each: impl FnMut(&
             .map(|(i, (a, b))| {
                 let (a, b) = (*a, *b);
                 let seed = seed + (chunk_index * parallel + i) as u64;
-                std::thread::spawn(move || run_pair(a, b, seed))
+                std::thread::spawn(move || run_pair(a, b, seed, tcp))
             })
             .collect();
         for handle in handles {
@@ -264,7 +326,7 @@ pub fn run(kinds: &[NatKind], parallel: usize, seed: u64, mut each: impl FnMut(&
 pub fn row(r: &PairResult) -> String {
     let ms = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
     format!(
-        "{:<20} {:<20} {:<8} {:<8} {:>8} {:>8} {:>6} {:>7} {}{}",
+        "{:<20} {:<20} {:<8} {:<8} {:>8} {:>8} {:>6} {:>7} {}{}{}",
         r.a.name(),
         r.b.name(),
         r.path,
@@ -275,6 +337,16 @@ pub fn row(r: &PairResult) -> String {
         r.packets,
         r.method.unwrap_or(if r.path == "relayed" && r.plan.starts_with("none") { "no punch: both hard" } else { "" }),
         r.error.as_deref().map(|e| format!("error: {e}")).unwrap_or_default(),
+        r.tcp
+            .as_ref()
+            .map(|t| format!(
+                "  tcp: {} (theory {}){}{}",
+                t.path,
+                t.expected,
+                t.ms.map(|ms| format!(" in {ms} ms")).unwrap_or_default(),
+                t.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            ))
+            .unwrap_or_default(),
     )
 }
 

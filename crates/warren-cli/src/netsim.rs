@@ -80,6 +80,10 @@ pub struct RelayBenchArgs {
 
 #[derive(Args)]
 pub struct NatMatrixArgs {
+    /// After each pair's connection, a TCP hole punch (simultaneous open, signalled over it),
+    /// against its own theory (both NATs keep ports, not both answer SYNs with a RST).
+    #[arg(long)]
+    tcp: bool,
     /// One JSON object per pair (fields a, b, path, expected, ttfb_ms, punch_ms, attempts,
     /// predicted, error), then one with the summary.
     #[arg(long)]
@@ -344,7 +348,7 @@ fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
     if !args.json {
         println!("{}", nat_matrix::header());
     }
-    let results = nat_matrix::run(&kinds, args.parallel, args.seed, |result| {
+    let results = nat_matrix::run(&kinds, args.parallel, args.seed, args.tcp, |result| {
         if args.json {
             println!("{}", serde_json::to_string(result).expect("a pair result serialises"));
         } else {
@@ -357,6 +361,12 @@ fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
     let failed = count(&|r| r.path == "failed");
     let missed = count(&|r| r.expected == "direct" && r.path != "direct");
     let predicted = count(&|r| r.expected == "relayed" && r.path == "direct");
+    let tcp = |r: &nat_matrix::PairResult, path: &str, expected: &str| {
+        r.tcp.as_ref().is_some_and(|t| t.path == path && t.expected == expected)
+    };
+    let tcp_direct = count(&|r| r.tcp.as_ref().is_some_and(|t| t.path == "direct"));
+    let tcp_missed = count(&|r| tcp(r, "failed", "direct"));
+    let tcp_beyond = count(&|r| tcp(r, "direct", "relayed"));
     let ttfb: Vec<f64> = results.iter().filter_map(|r| r.ttfb_ms).collect();
     let punch: Vec<u64> = results.iter().filter_map(|r| r.punch_ms).collect();
     let median = |mut v: Vec<f64>| {
@@ -377,6 +387,11 @@ fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
             "birthday": results.iter().filter(|r| r.method == Some("birthday")).count(),
             "port-mapping": results.iter().filter(|r| r.method == Some("port-mapping")).count(),
         },
+        "tcp": args.tcp.then(|| serde_json::json!({
+            "direct": tcp_direct,
+            "direct_where_theory_allows_missed": tcp_missed,
+            "direct_beyond_theory": tcp_beyond,
+        })),
         "ttfb_ms_median": median(ttfb),
         "punch_ms_median": median(punch.iter().map(|&v| v as f64).collect()),
     });
@@ -391,7 +406,14 @@ fn nat_matrix(args: NatMatrixArgs) -> anyhow::Result<()> {
             summary["punch_ms_median"].as_f64().map_or("-".into(), |v| format!("{v:.0}")),
         );
     }
+    if args.tcp && !args.json {
+        println!(
+            "TCP hole punching: {tcp_direct} of {} pairs direct; {tcp_missed} not direct where theory allows; {tcp_beyond} direct beyond it",
+            results.len()
+        );
+    }
     anyhow::ensure!(failed == 0 && missed == 0, "{failed} pairs failed, {missed} not direct where theory allows");
+    anyhow::ensure!(tcp_missed == 0, "{tcp_missed} pairs' TCP hole punch not direct where theory allows");
     Ok(())
 }
 

@@ -284,18 +284,23 @@ fn relay_nats_scenario() {
 
 /// Every pair of NAT kinds: direct wherever RFC 4787 theory allows; beyond it, every pair with
 /// one endpoint-independent side direct too (port prediction or birthday probing), and relayed
-/// (never failed) only where both NATs map per destination, without a punch attempted.
+/// (never failed) only where both NATs map per destination, without a punch attempted. Then
+/// each pair's TCP hole punch: direct exactly where its theory says (33 pairs of 55).
 #[test]
 fn nat_matrix() {
-    let output = warren().args(["netsim", "nat-matrix", "--json"]).output().unwrap();
+    let output = warren().args(["netsim", "nat-matrix", "--json", "--tcp"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}\n{}", String::from_utf8_lossy(&output.stdout));
     let mut all = lines(&output.stdout);
     let summary = all.pop().unwrap();
     assert_eq!(summary["summary"], true);
     assert_eq!(all.len(), 55, "10 kinds, 55 unordered pairs");
+    assert_eq!(summary["tcp"]["direct"], 33, "{summary}");
+    assert_eq!(summary["tcp"]["direct_where_theory_allows_missed"], 0, "{summary}");
     let mut birthday_pairs = Vec::new();
     for pair in &all {
+        let tcp = &pair["tcp"];
+        assert_eq!(tcp["path"].as_str(), Some(if tcp["expected"] == "direct" { "direct" } else { "failed" }), "{pair}");
         for field in ["a", "b", "path", "ttfb_ms", "attempts"] {
             assert!(!pair[field].is_null(), "{field} missing: {pair}");
         }

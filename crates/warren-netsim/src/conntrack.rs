@@ -10,6 +10,11 @@
 //! port, and neither side's packets match what the other's router expects. Checked against the
 //! kernel's own NAT in `tests/conntrack.rs`.
 //!
+//! TCP differs in one way, checked against the kernel by `warren netsim nat-matrix --tcp`: an
+//! unsolicited SYN that the router answers with a RST leaves its entry in `CLOSE`, and the
+//! kernel lets a new flow take that tuple, so the host's own SYN keeps its port (two
+//! `kernel-masquerade` routers punch TCP; the model without this rule did not).
+//!
 //! Timeouts are the kernel's defaults: an unreplied UDP flow lives 30 s
 //! (`nf_conntrack_udp_timeout`), a replied one `stream_timeout` (120 s,
 //! `nf_conntrack_udp_timeout_stream`); every packet of the flow refreshes it.
@@ -53,6 +58,9 @@ struct Entry {
     internal: Option<SocketAddrV4>,
     replied: bool,
     last_seen: Instant,
+    /// A TCP entry the router answered with a RST (the kernel's `CLOSE` state): it no longer
+    /// holds its tuple against a new flow.
+    closed: bool,
 }
 
 /// Where an inbound packet goes.
@@ -176,14 +184,25 @@ impl Conntrack {
         let port = self.choose_port(protocol, internal.port(), remote, now, random)?;
         self.entries.insert(
             Outside { protocol, remote, port },
-            Entry { internal: Some(internal), replied: false, last_seen: now },
+            Entry { internal: Some(internal), replied: false, last_seen: now, closed: false },
         );
         self.flows.insert((protocol, internal, remote), port);
         Some(port)
     }
 
     fn taken(&mut self, protocol: u8, remote: SocketAddrV4, port: u16, now: Instant) -> bool {
-        self.live(Outside { protocol, remote, port }, now).is_some()
+        self.live(Outside { protocol, remote, port }, now).is_some_and(|e| !e.closed)
+    }
+
+    /// The router answered the unsolicited TCP packet from `remote` to its `port` with a RST:
+    /// the entry moves to `CLOSE`, whose tuple the kernel gives to a new flow (the inside host's
+    /// own SYN to that peer keeps its port, and a simultaneous open can still meet).
+    pub fn reset(&mut self, protocol: u8, remote: SocketAddrV4, port: u16, now: Instant) {
+        if let Some(entry) = self.live(Outside { protocol, remote, port }, now)
+            && entry.internal.is_none()
+        {
+            entry.closed = true;
+        }
     }
 
     fn choose_port(&mut self, protocol: u8, own: u16, remote: SocketAddrV4, now: Instant, random: u32) -> Option<u16> {
@@ -228,7 +247,7 @@ impl Conntrack {
             };
         }
         if self.entries.len() < MAX_ENTRIES {
-            self.entries.insert(key, Entry { internal: None, replied: false, last_seen: now });
+            self.entries.insert(key, Entry { internal: None, replied: false, last_seen: now, closed: false });
         }
         Inbound::Local
     }
@@ -237,7 +256,7 @@ impl Conntrack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::UDP;
+    use crate::packet::{TCP, UDP};
 
     fn ep(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
@@ -245,6 +264,23 @@ mod tests {
 
     fn table(choice: PortChoice) -> Conntrack {
         Conntrack::new(1024..=65535, choice, UDP_UNREPLIED, Duration::from_secs(120), Duration::from_secs(7440))
+    }
+
+    #[test]
+    fn a_tcp_tuple_the_router_reset_is_free_for_the_hosts_own_syn() {
+        let mut ct = table(PortChoice::Keep);
+        let now = Instant::now();
+        let (inside, peer) = (ep("10.0.0.2:5000"), ep("203.0.114.10:6000"));
+        // The peer's SYN comes first: the router takes it, and answers with a RST.
+        assert_eq!(ct.inbound(TCP, peer, 5000, now), Inbound::Local);
+        // Without the RST the tuple stays taken: the host's SYN would leave from another port.
+        let mut silent = table(PortChoice::Keep);
+        assert_eq!(silent.inbound(TCP, peer, 5000, now), Inbound::Local);
+        assert_ne!(silent.outbound(TCP, inside, peer, now, 7), Some(5000));
+        ct.reset(TCP, peer, 5000, now);
+        assert_eq!(ct.outbound(TCP, inside, peer, now, 7), Some(5000));
+        // And the peer's next SYN is the reply of the host's flow.
+        assert_eq!(ct.inbound(TCP, peer, 5000, now), Inbound::Forward(inside));
     }
 
     #[test]

@@ -674,6 +674,7 @@ impl Nat {
                     && self.config.unsolicited_tcp == UnsolicitedTcp::Reset
                     && let Some(reset) = reset_for(&packet)
                 {
+                    table.reset(protocol, packet.src_endpoint(), port, now);
                     *self.stats.dropped.entry(DropReason::NoMapping).or_default() += 1;
                     return NatVerdict::Reply(reset);
                 }

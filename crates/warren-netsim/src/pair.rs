@@ -92,6 +92,21 @@ impl NatKind {
         )
     }
 
+    /// A mapping keeps the inner port (while it is free), so a peer can aim at a TCP
+    /// listener's port: no NAT, the home presets with endpoint-independent mapping, Linux's
+    /// `masquerade` and its model.
+    pub fn keeps_ports(self) -> bool {
+        matches!(
+            self,
+            NatKind::None
+                | NatKind::FullCone
+                | NatKind::RestrictedCone
+                | NatKind::PortRestricted
+                | NatKind::KernelMasquerade
+                | NatKind::Linux
+        )
+    }
+
     /// The filter admits only the exact address and port contacted.
     pub fn port_dependent_filtering(self) -> bool {
         !matches!(self, NatKind::None | NatKind::FullCone | NatKind::RestrictedCone)
@@ -119,6 +134,20 @@ pub fn theory_allows_direct(a: NatKind, b: NatKind) -> bool {
         return false;
     }
     a == NatKind::None || b == NatKind::None || (one_way(a, b) && one_way(b, a))
+}
+
+/// Can a TCP hole punch between the two go direct? Each side connects from its listener's
+/// port to the other's public address and listener port, again and again. A SYN from `x`
+/// reaches `y`'s host if `y`'s NAT kept the listener's port (so `x` aims right) and either `x`'s
+/// NAT kept its port too (the SYN comes from the endpoint `y` is sending to: a simultaneous
+/// open) or `y` filters by address alone (a SYN from any port of `x`'s address passes, and `y`'s
+/// listener takes it). No NAT keeps ports and filters nothing. A router that answers an
+/// unsolicited SYN with a RST does not matter: the kernel frees the tuple (see
+/// [`crate::conntrack`]) and the retried SYNs meet, as two real `kernel-masquerade` routers
+/// show.
+pub fn tcp_theory_allows_direct(a: NatKind, b: NatKind) -> bool {
+    let reaches = |x: NatKind, y: NatKind| y.keeps_ports() && (x.keeps_ports() || !y.port_dependent_filtering());
+    reaches(a, b) || reaches(b, a)
 }
 
 /// The middle host's address.

@@ -47,6 +47,10 @@ pub use crate::transport::quic::HANDSHAKE_TIMEOUT;
 /// How long a known address may take to answer when a relay can carry the connection instead.
 pub const DIRECT_TIMEOUT_WITH_RELAY: Duration = Duration::from_secs(2);
 
+/// A candidate to race: a transport by name (None: the listener for the address, QUIC when
+/// there is one) and the address.
+type Target = (Option<&'static str>, SocketAddr);
+
 /// When a peer has several known addresses, each dial starts this long after the previous one
 /// (happy eyeballs, RFC 8305's 250 ms), all under one deadline.
 pub const DIAL_STAGGER: Duration = Duration::from_millis(250);
@@ -455,6 +459,18 @@ impl P2P {
         }
     }
 
+    /// `remote` listens on `transport` (`"tcp"` or `"utp"`) at `addrs` (replacing what was
+    /// known; none forgets them). [`P2P::connection`] dials TCP candidates after the QUIC ones,
+    /// so a node whose UDP is blocked still reaches a peer with a TCP listener directly;
+    /// [`P2P::connect_background`] dials uTP ones.
+    pub fn discovered_on(&self, transport: &str, remote: RemoteIdentity, addrs: impl IntoIterator<Item = SocketAddr>) {
+        if remote == self.inner.remote_identity || transport == crate::transport::quic::HOOK_NAME {
+            return;
+        }
+        let addrs = addrs.into_iter().collect();
+        self.inner.peers.lock().expect("peer lock poisoned").discovered_on(transport, remote, addrs);
+    }
+
     /// Called by discovery hooks: `source` no longer vouches for `remote`. Addresses that other
     /// sources vouch for are kept. Sends `PeerExpired` if the source vouched before.
     pub fn expired(&self, source: &str, remote: RemoteIdentity) {
@@ -785,16 +801,23 @@ impl P2P {
         if self.is_shutting_down() {
             return Err(ConnectError::ShuttingDown);
         }
-        if let Some(conn) = self.open_connection(&remote) {
+        if let Some(conn) = self.foreground_connection(&remote) {
             return Ok(conn);
         }
         let lock = self.inner.dialing.lock().await.entry(remote).or_default().clone();
         let result = async {
             let _dialing = lock.lock().await;
-            if let Some(conn) = self.open_connection(&remote) {
+            if let Some(conn) = self.foreground_connection(&remote) {
                 return Ok(conn);
             }
-            let addrs = self.peer(&remote).map(|p| p.addresses()).unwrap_or_default();
+            let peer = self.peer(&remote);
+            let mut addrs: Vec<Target> = peer.iter().flat_map(|p| p.addresses()).map(|addr| (None, addr)).collect();
+            // TCP candidates after the QUIC ones (the stagger gives QUIC its head start), when
+            // this node has a TCP listener: where UDP is blocked, they are what connects.
+            if self.listeners().iter().any(|l| l.name() == crate::transport::tcp::HOOK_NAME) {
+                let tcp = peer.iter().flat_map(|p| p.addresses_on(crate::transport::tcp::HOOK_NAME));
+                addrs.extend(tcp.map(|addr| (Some(crate::transport::tcp::HOOK_NAME), addr)));
+            }
             if self.listeners().is_empty() {
                 return Err(ConnectError::NoTransport);
             }
@@ -829,6 +852,7 @@ impl P2P {
                     }
                 }
             }
+            let resolved = resolved.into_iter().map(|addr| (None, addr)).collect();
             match self.race(remote, resolved, HANDSHAKE_TIMEOUT).await {
                 Ok(conn) => {
                     self.start_hole_punching(&conn);
@@ -849,10 +873,64 @@ impl P2P {
         result
     }
 
-    /// An open connection to `remote`, if there is one.
+    /// An open connection to `remote`, if there is one: the newest, but not a background (uTP)
+    /// one while another is open.
     pub fn open_connection(&self, remote: &RemoteIdentity) -> Option<Connection> {
+        self.foreground_connection(remote).or_else(|| {
+            let connections = self.inner.connections.lock().expect("connection lock poisoned");
+            connections.get(remote)?.iter().rev().find(|c| c.close_reason().is_none()).cloned()
+        })
+    }
+
+    /// The newest open connection to `remote` that is not a background one: a uTP connection
+    /// is background when the node has another transport (on a uTP-only node, every connection
+    /// is uTP and foreground).
+    fn foreground_connection(&self, remote: &RemoteIdentity) -> Option<Connection> {
+        let utp = crate::transport::utp_listener::HOOK_NAME;
+        let utp_only = self.listeners().iter().all(|l| l.name() == utp);
         let connections = self.inner.connections.lock().expect("connection lock poisoned");
-        connections.get(remote)?.iter().rev().find(|c| c.close_reason().is_none()).cloned()
+        let mut open = connections.get(remote).into_iter().flatten().rev();
+        open.find(|c| c.close_reason().is_none() && (utp_only || c.transport_name() != utp)).cloned()
+    }
+
+    /// Like [`P2P::connect`], for background traffic: the stream goes over a uTP connection,
+    /// whose congestion control (LEDBAT) yields to the user's other traffic, such as bulk sync
+    /// that must not slow down a video call. An open uTP connection to `remote` is reused;
+    /// otherwise its uTP candidates ([`P2P::discovered_on`]) are dialled. Needs a uTP listener
+    /// ([`P2P::listen_utp`]); without one, or without a uTP candidate, it fails
+    /// (`NoTransport`, `NoAddress`) rather than send in the foreground: the caller decides
+    /// whether to fall back to [`P2P::connect`]. Other streams keep using the foreground
+    /// connection.
+    pub async fn connect_background(&self, remote: RemoteIdentity, protocol: &str) -> Result<Stream, ConnectError> {
+        use crate::transport::utp_listener::HOOK_NAME as UTP;
+        wire::check_protocol_name(protocol).map_err(ConnectError::InvalidProtocol)?;
+        if self.is_shutting_down() {
+            return Err(ConnectError::ShuttingDown);
+        }
+        if !self.listeners().iter().any(|l| l.name() == UTP) {
+            return Err(ConnectError::NoTransport);
+        }
+        let open = {
+            let connections = self.inner.connections.lock().expect("connection lock poisoned");
+            let mut list = connections.get(&remote).into_iter().flatten().rev();
+            list.find(|c| c.close_reason().is_none() && c.transport_name() == UTP).cloned()
+        };
+        let conn = match open {
+            Some(conn) => conn,
+            None => {
+                let addrs = self.peer(&remote).map(|p| p.addresses_on(UTP)).unwrap_or_default();
+                if addrs.is_empty() {
+                    return Err(ConnectError::NoAddress { remote });
+                }
+                let targets = addrs.into_iter().map(|addr| (Some(UTP), addr)).collect();
+                match self.race(remote, targets, HANDSHAKE_TIMEOUT).await {
+                    Ok(conn) => conn,
+                    Err(mut attempts) if attempts.len() == 1 => return Err(attempts.pop().expect("one").1),
+                    Err(attempts) => return Err(ConnectError::Unreachable { remote, attempts }),
+                }
+            }
+        };
+        conn.open_stream(protocol).await
     }
 
     /// Every open connection.
@@ -884,7 +962,7 @@ impl P2P {
     async fn race(
         &self,
         remote: RemoteIdentity,
-        addrs: Vec<SocketAddr>,
+        addrs: Vec<Target>,
         timeout: Duration,
     ) -> Result<Connection, Vec<(SocketAddr, ConnectError)>> {
         if addrs.is_empty() {
@@ -893,14 +971,24 @@ impl P2P {
         let deadline = tokio::time::Instant::now() + timeout;
         let stagger = DIAL_STAGGER.min(timeout / 2 / addrs.len() as u32);
         let mut racing = tokio::task::JoinSet::new();
-        for (index, addr) in addrs.into_iter().enumerate() {
+        for (index, (transport, addr)) in addrs.into_iter().enumerate() {
             let node = self.clone();
             let start = tokio::time::Instant::now() + stagger * index as u32;
             racing.spawn(async move {
                 tokio::time::sleep_until(start).await;
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 // The whole dial, hello included, is under the deadline.
-                let dialled = tokio::time::timeout_at(deadline, node.dial_within(addr, Some(remote), left)).await;
+                let dial = async {
+                    match transport {
+                        None => node.dial_within(addr, Some(remote), left).await,
+                        Some(name) => {
+                            let listener = node.listeners().into_iter().find(|l| l.name() == name);
+                            let listener = listener.ok_or(ConnectError::NoTransport)?;
+                            node.dial_with(listener, addr, Some(remote), left).await
+                        }
+                    }
+                };
+                let dialled = tokio::time::timeout_at(deadline, dial).await;
                 let error = ConnectError::Transport { addr, error: TransportError::Timeout(timeout) };
                 (addr, dialled.unwrap_or(Err(error)))
             });

@@ -41,6 +41,11 @@ pub struct PeerInfo {
     /// Candidate addresses, each with the sources (hook names) that vouch for it. An address
     /// is forgotten only when no source vouches for it any more.
     pub addrs: BTreeMap<SocketAddr, BTreeSet<String>>,
+    /// Candidate addresses on transports other than QUIC, by transport name (`"tcp"`,
+    /// `"utp"`): what [`P2P::discovered_on`](crate::P2P::discovered_on) was told last for each,
+    /// at most [`MAX_ADDRS_PER_SOURCE`].
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub transports: BTreeMap<String, Vec<SocketAddr>>,
     /// The newest metadata seen, from a hello or from discovery.
     pub metadata: BTreeMap<String, String>,
     /// Connection state.
@@ -49,7 +54,13 @@ pub struct PeerInfo {
 
 impl PeerInfo {
     fn new(remote: RemoteIdentity) -> Self {
-        Self { remote, addrs: BTreeMap::new(), metadata: BTreeMap::new(), state: ConnectionState::Disconnected }
+        Self {
+            remote,
+            addrs: BTreeMap::new(),
+            transports: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            state: ConnectionState::Disconnected,
+        }
     }
 
     /// The candidate addresses, in a stable order.
@@ -57,8 +68,16 @@ impl PeerInfo {
         self.addrs.keys().copied().collect()
     }
 
+    /// The candidate addresses on `transport` (`"quic"` gives [`PeerInfo::addresses`]).
+    pub fn addresses_on(&self, transport: &str) -> Vec<SocketAddr> {
+        match transport {
+            "quic" => self.addresses(),
+            other => self.transports.get(other).cloned().unwrap_or_default(),
+        }
+    }
+
     fn is_forgettable(&self) -> bool {
-        self.addrs.is_empty() && self.state == ConnectionState::Disconnected
+        self.addrs.is_empty() && self.transports.is_empty() && self.state == ConnectionState::Disconnected
     }
 }
 
@@ -122,6 +141,28 @@ impl PeerTable {
             changed = true;
         }
         changed.then(|| Event::PeerDiscovered { remote, source: source.to_owned(), addrs: peer.addresses(), metadata })
+    }
+
+    /// `remote` listens on `transport` (not QUIC) at `addrs`: replaces what was known for that
+    /// transport (the first [`MAX_ADDRS_PER_SOURCE`]; none forgets them). True if it changed.
+    pub(crate) fn discovered_on(&mut self, transport: &str, remote: RemoteIdentity, addrs: Vec<SocketAddr>) -> bool {
+        let mut report: Vec<SocketAddr> = Vec::new();
+        for addr in addrs {
+            if report.len() < MAX_ADDRS_PER_SOURCE && !report.contains(&addr) {
+                report.push(addr);
+            }
+        }
+        let peer = self.peers.entry(remote).or_insert_with(|| PeerInfo::new(remote));
+        let before = peer.transports.get(transport).cloned().unwrap_or_default();
+        if report.is_empty() {
+            peer.transports.remove(transport);
+        } else {
+            peer.transports.insert(transport.to_owned(), report.clone());
+        }
+        if peer.is_forgettable() {
+            self.peers.remove(&remote);
+        }
+        before != report
     }
 
     /// `source` no longer vouches for `remote`. Returns `PeerExpired` if it did before.

@@ -71,9 +71,10 @@ impl P2P {
         let deadline = tokio::time::Instant::now() + PUNCH_TIME;
         let known: Vec<u64> = self.tcp_connections(&remote).iter().map(Connection::id).collect();
         let ours = async {
-            let dialled = tcp.dial_punched(candidates, deadline, remote).await.map_err(|error| {
-                ConnectError::Transport { addr: SocketAddr::from(([0, 0, 0, 0], 0)), error }
-            })?;
+            let dialled = tcp
+                .dial_punched(candidates, deadline, remote)
+                .await
+                .map_err(|error| ConnectError::Transport { addr: SocketAddr::from(([0, 0, 0, 0], 0)), error })?;
             self.establish(dialled, Direction::Outbound, Some(remote), None).await
         };
         // Or the answerer's connect reached our listener and it dialled us.

@@ -100,7 +100,11 @@ impl Listener for UtpTransport {
         addr: SocketAddr,
         expected: Option<RemoteIdentity>,
     ) -> BoxFuture<'_, Result<Arc<dyn TransportConnection>, TransportError>> {
-        Box::pin(self.secured.dial(expected, "uTP connect", async move { Ok((self.socket.connect(addr).await?, addr)) }))
+        Box::pin(self.secured.dial(
+            expected,
+            "uTP connect",
+            async move { Ok((self.socket.connect(addr).await?, addr)) },
+        ))
     }
 
     fn start(&self, accept: Accept) {

@@ -81,7 +81,11 @@ async fn connect_by_identity_ping_and_echo(t: Transport) {
         assert!(echo.await.unwrap());
     }
     // Metadata came with the hello.
-    assert_eq!(conn.remote_protocols().len(), 2);
+    let protocols = conn.remote_protocols();
+    assert!(
+        protocols.iter().any(|p| p == ECHO) && protocols.iter().any(|p| p == warren::ping::PROTOCOL),
+        "{protocols:?}"
+    );
     alice.shutdown().await;
     bob.shutdown().await;
 }
@@ -387,6 +391,41 @@ async fn a_tcp_hole_punch_over_an_existing_connection_gives_a_direct_tcp_connect
     assert!(seen, "bob has the TCP connection");
     // Another offer from alice within the interval: bob does not answer it.
     assert!(alice.punch_tcp(bob.id()).await.is_err());
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// Background traffic: with a uTP candidate known, `connect_background` opens its stream over
+/// uTP (LEDBAT) while `connect` keeps using QUIC; without one it fails instead of sending in
+/// the foreground.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_background_goes_over_utp_and_foreground_streams_stay_on_quic() {
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let spawn = || P2P::builder("warren-test", Identity::generate()).listen_quic(lo).listen_utp(lo).spawn();
+    let (bob, alice) = (spawn().await.unwrap(), spawn().await.unwrap());
+    bob.register_protocol(ECHO, echo).unwrap();
+    let quic_addr = bob.record().addrs[0];
+    let utp_addr = *bob.listen_addrs().iter().find(|a| **a != quic_addr).unwrap();
+    alice.discovered("test", bob.id(), [quic_addr], Default::default());
+    // No uTP candidate yet: refused, not sent in the foreground.
+    let refused = alice.connect_background(bob.id(), ECHO).await.unwrap_err();
+    assert!(matches!(refused, ConnectError::NoAddress { .. }), "{refused}");
+    alice.discovered_on("utp", bob.id(), [utp_addr]);
+    assert_eq!(alice.peer(&bob.id()).unwrap().addresses_on("utp"), vec![utp_addr]);
+    let mut background = alice.connect_background(bob.id(), ECHO).await.unwrap();
+    background.write_all(b"bulk").await.unwrap();
+    background.finish().unwrap();
+    let mut echoed = Vec::new();
+    background.read_to_end(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"bulk");
+    let transports: Vec<_> = alice.connections().iter().map(|c| c.transport_name()).collect();
+    assert_eq!(transports, ["utp"], "one background connection so far");
+    // A foreground stream does not ride the background connection: it dials QUIC.
+    assert_eq!(echo_once(&alice, bob.id(), b"now").await, b"now");
+    assert_eq!(alice.open_connection(&bob.id()).unwrap().transport_name(), "quic");
+    // The next background stream reuses the uTP connection.
+    let _again = alice.connect_background(bob.id(), ECHO).await.unwrap();
+    assert_eq!(alice.connections().len(), 2);
     alice.shutdown().await;
     bob.shutdown().await;
 }
