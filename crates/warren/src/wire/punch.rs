@@ -138,3 +138,31 @@ pub enum TcpMessage {
         ok: bool,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_punch_messages_round_trip_and_hostile_ones_are_refused() {
+        let candidates: Vec<SocketAddr> = (0..16).map(|i| SocketAddr::from(([203, 0, 113, i], 4000))).collect();
+        for message in [
+            TcpMessage::Offer { candidates: candidates.clone() },
+            TcpMessage::Answer { candidates: Vec::new() },
+            TcpMessage::Finished { ok: true },
+        ] {
+            let bytes = warren_proto::encode_to_vec(&message).unwrap();
+            assert_eq!(control::decode::<TcpMessage>(&bytes).unwrap(), message);
+        }
+        // 17 candidates: refused at decoding, whoever encoded them.
+        let mut too_many = candidates;
+        too_many.push(SocketAddr::from(([198, 51, 100, 1], 1)));
+        assert!(warren_proto::encode_to_vec(&TcpMessage::Offer { candidates: too_many.clone() }).is_err());
+        let mut bytes = warren_proto::encode_to_vec(&TcpMessage::Offer { candidates: too_many[..16].to_vec() }).unwrap();
+        // Truncated, garbage, and an unknown variant.
+        assert!(control::decode::<TcpMessage>(&bytes[..bytes.len() - 1]).is_err());
+        assert!(control::decode::<TcpMessage>(&[0xff; 40]).is_err());
+        bytes[0] = 9;
+        assert!(control::decode::<TcpMessage>(&bytes).is_err());
+    }
+}
