@@ -34,8 +34,11 @@ pub trait Hook: Send + Sync + 'static {
 pub struct Record {
     /// The node's identity.
     pub id: crate::RemoteIdentity,
-    /// Where its listeners accept.
+    /// Where its listeners accept: its QUIC ones, when it has any.
     pub addrs: Vec<SocketAddr>,
+    /// Its other listeners, by transport name (`"tcp"`, `"utp"`), when it also has QUIC:
+    /// candidates that name their transport.
+    pub transports: Vec<(&'static str, SocketAddr)>,
     /// Its metadata (name, version, ...).
     pub metadata: std::collections::BTreeMap<String, String>,
     /// The libraries it announces.

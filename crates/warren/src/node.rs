@@ -47,6 +47,11 @@ pub use crate::transport::quic::HANDSHAKE_TIMEOUT;
 /// How long a known address may take to answer when a relay can carry the connection instead.
 pub const DIRECT_TIMEOUT_WITH_RELAY: Duration = Duration::from_secs(2);
 
+/// The static name of a transport a record may name (its candidates'), if it is one.
+fn transport_name(name: &str) -> Option<&'static str> {
+    [crate::transport::tcp::HOOK_NAME, crate::transport::utp_listener::HOOK_NAME].into_iter().find(|n| *n == name)
+}
+
 /// A candidate to race: a transport by name (None: the listener for the address, QUIC when
 /// there is one) and the address.
 type Target = (Option<&'static str>, SocketAddr);
@@ -541,7 +546,8 @@ impl P2P {
 
     /// This node's record, as discovery sources publish it.
     /// Its addresses are those of its QUIC listeners when it has any (peers dial a plain address
-    /// with QUIC), else those of its other listeners.
+    /// with QUIC), else those of its other listeners; with QUIC, the others go in `transports`,
+    /// named.
     pub fn record(&self) -> Record {
         let listeners = self.listeners();
         let quic = listeners.iter().any(|l| l.name() == crate::transport::quic::HOOK_NAME);
@@ -550,7 +556,13 @@ impl P2P {
             .filter(|l| !quic || l.name() == crate::transport::quic::HOOK_NAME)
             .flat_map(|l| l.local_addrs())
             .collect();
-        Record { id: self.id(), addrs, metadata: self.metadata(), libraries: self.libraries() }
+        let transports = listeners
+            .iter()
+            .filter(|l| quic && l.name() != crate::transport::quic::HOOK_NAME)
+            .filter_map(|l| transport_name(l.name()).map(|name| (name, l.local_addrs())))
+            .flat_map(|(name, addrs)| addrs.into_iter().map(move |addr| (name, addr)))
+            .collect();
+        Record { id: self.id(), addrs, transports, metadata: self.metadata(), libraries: self.libraries() }
     }
 
     fn discoveries(&self) -> Vec<Arc<dyn Discovery>> {

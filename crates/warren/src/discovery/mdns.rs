@@ -191,6 +191,43 @@ pub fn txt_record(
     Ok(entries)
 }
 
+/// TXT keys naming the port of a listener on another transport than the record's own (QUIC):
+/// `tcp=4434`. A peer listens on it at the addresses of the record.
+pub const TRANSPORT_KEYS: [&str; 2] = ["tcp", "utp"];
+
+/// The TXT entries for `record`'s other transports (at most one per transport, the first). They
+/// are a few bytes each: the margin between [`MAX_TXT_BYTES`] and a packet holds them.
+pub fn transport_txt(record: &Record) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (name, addr) in &record.transports {
+        if TRANSPORT_KEYS.contains(name) && !out.iter().any(|(k, _)| k == name) {
+            out.push((name.to_string(), addr.port().to_string()));
+        }
+    }
+    out
+}
+
+/// The other transports a TXT record names, with their ports: known keys only, a port of 1 to
+/// 65,535 in decimal, nothing else.
+pub fn parse_transports<'a>(
+    entries: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Vec<(&'static str, u16)> {
+    let mut out = Vec::new();
+    for (key, value) in entries {
+        let Some(name) = TRANSPORT_KEYS.iter().find(|k| **k == key) else { continue };
+        let port = value
+            .filter(|v| v.len() <= 5)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u16>().ok());
+        if let Some(port) = port.filter(|p| *p != 0)
+            && !out.iter().any(|(n, _)| n == name)
+        {
+            out.push((*name, port));
+        }
+    }
+    out
+}
+
 /// What a TXT record says about a peer: the known metadata keys (values as UTF-8, invalid
 /// bytes replaced) and the libraries whose entry names this very identity. Anything else, and
 /// any value over 255 bytes, is ignored; at most [`MAX_LIBRARIES`] libraries are read.
@@ -236,6 +273,8 @@ pub fn fuzz_txt(data: &[u8]) {
             entries.push((key, value));
         }
     }
+    let transports = parse_transports(entries.iter().copied());
+    assert!(transports.len() <= TRANSPORT_KEYS.len() && transports.iter().all(|(_, port)| *port != 0));
     let (metadata, libraries) = parse_txt(&identity, entries);
     assert!(libraries.len() <= MAX_LIBRARIES);
     assert!(metadata.keys().all(|k| TXT_KEYS.contains(&k.as_str())));
@@ -494,7 +533,13 @@ impl MdnsDiscovery {
                     (contact_tag(&secret, &identity, salt), Ok(txt))
                 })
                 .collect(),
-            None => vec![(identity.to_string(), txt_record(&identity, &record.metadata, &record.libraries))],
+            None => {
+                let txt = txt_record(&identity, &record.metadata, &record.libraries).map(|mut txt| {
+                    txt.extend(transport_txt(&record));
+                    txt
+                });
+                vec![(identity.to_string(), txt)]
+            }
         };
         let attempt: Result<Vec<String>, MdnsError> =
             announcements.into_iter().map(|(instance, txt)| self.register_one(daemon, &instance, txt)).collect();
@@ -547,8 +592,9 @@ impl MdnsDiscovery {
                 if id == self.inner.p2p.id() {
                     return;
                 }
-                let entries = service.txt_properties.iter().map(|p| (p.key(), p.val()));
-                let (metadata, libraries) = parse_txt(&id, entries);
+                let entries: Vec<_> = service.txt_properties.iter().map(|p| (p.key(), p.val())).collect();
+                let (metadata, libraries) = parse_txt(&id, entries.iter().copied());
+                let transports = parse_transports(entries);
                 let evicted = {
                     let mut peers = self.inner.peers.lock().expect("peer lock poisoned");
                     // Full: the peer whose record was seen longest ago and that is not
@@ -589,6 +635,10 @@ impl MdnsDiscovery {
                 if service.port == 0 || addrs.is_empty() {
                     self.inner.ignored.fetch_add(1, Ordering::Relaxed);
                     return;
+                }
+                for (name, port) in transports {
+                    let on = addrs.iter().map(|a| SocketAddr::new(a.ip(), port));
+                    self.inner.p2p.discovered_on(name, id, on);
                 }
                 self.inner.p2p.discovered(SOURCE, id, addrs, metadata);
                 let first_fetch =
@@ -893,5 +943,37 @@ mod tests {
         assert!(!metadata.contains_key("os"), "a key without a value says nothing");
         assert!(!metadata.contains_key("version"), "longer than any TXT string can be: ignored");
         assert_eq!(libraries.len(), 1, "only entries naming this identity count");
+    }
+
+    #[test]
+    fn other_transports_go_in_txt_as_ports_and_hostile_values_are_ignored() {
+        let id = crate::Identity::generate().to_remote_identity();
+        let record = Record {
+            id,
+            addrs: vec!["192.168.1.2:4433".parse().unwrap()],
+            transports: vec![
+                ("tcp", "0.0.0.0:4434".parse().unwrap()),
+                ("utp", "0.0.0.0:4435".parse().unwrap()),
+                ("tcp", "[::]:9999".parse().unwrap()),
+            ],
+            metadata: BTreeMap::new(),
+            libraries: Vec::new(),
+        };
+        let txt = transport_txt(&record);
+        assert_eq!(txt, [("tcp".to_string(), "4434".to_string()), ("utp".to_string(), "4435".to_string())]);
+        let parsed = parse_transports(txt.iter().map(|(k, v)| (k.as_str(), Some(v.as_bytes()))));
+        assert_eq!(parsed, [("tcp", 4434), ("utp", 4435)]);
+        let hostile: [(&str, Option<&[u8]>); 7] = [
+            ("tcp", Some(b"0")),
+            ("tcp", Some(b"65536")),
+            ("tcp", Some(b"-1")),
+            ("utp", Some(b"000000080")),
+            ("utp", None),
+            ("quic", Some(b"1")),
+            ("tcp", Some(b"\xff")),
+        ];
+        assert_eq!(parse_transports(hostile), []);
+        // The first valid one of a kind counts.
+        assert_eq!(parse_transports([("tcp", Some(&b"80"[..])), ("tcp", Some(&b"81"[..]))]), [("tcp", 80)]);
     }
 }

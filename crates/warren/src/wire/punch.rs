@@ -158,7 +158,8 @@ mod tests {
         let mut too_many = candidates;
         too_many.push(SocketAddr::from(([198, 51, 100, 1], 1)));
         assert!(warren_proto::encode_to_vec(&TcpMessage::Offer { candidates: too_many.clone() }).is_err());
-        let mut bytes = warren_proto::encode_to_vec(&TcpMessage::Offer { candidates: too_many[..16].to_vec() }).unwrap();
+        let mut bytes =
+            warren_proto::encode_to_vec(&TcpMessage::Offer { candidates: too_many[..16].to_vec() }).unwrap();
         // Truncated, garbage, and an unknown variant.
         assert!(control::decode::<TcpMessage>(&bytes[..bytes.len() - 1]).is_err());
         assert!(control::decode::<TcpMessage>(&[0xff; 40]).is_err());

@@ -446,3 +446,45 @@ fn a_contacts_only_tag_is_for_one_contact_and_unlinkable_across_salts() {
     assert_eq!(tag.len(), 26);
     assert!(!tag.contains(&a.to_string()[..8]), "the tag is not a prefix of the identity");
 }
+
+/// Candidates that name their transport, on the LAN: a node with QUIC and TCP announces its TCP
+/// port in TXT (`tcp=PORT`); a node that has only TCP finds it, knows the TCP candidate, and
+/// connects to it by identity over TCP.
+#[test]
+fn a_tcp_listener_is_announced_and_a_tcp_only_peer_connects_by_identity() {
+    let (_sim, hosts) = lan(2, None);
+    let (id_tx, id_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ip0 = Ipv4Addr::new(192, 168, 5, 10);
+    let both = hosts[0].spawn(move || async move {
+        let p2p = P2P::new("warren", Identity::generate());
+        warren::ping::register(&p2p).unwrap();
+        let quic = p2p.listen_quic(SocketAddr::from((ip0, 0))).await.unwrap();
+        let tcp = p2p.listen_tcp(SocketAddr::from((ip0, 0))).await.unwrap();
+        let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
+        id_tx.send((p2p.id(), tcp.local_addr())).unwrap();
+        let _ = stop_rx.await;
+        drop(mdns);
+        p2p.shutdown().await;
+    });
+    let (id, tcp_addr) = id_rx.recv().unwrap();
+    let ip1 = Ipv4Addr::new(192, 168, 5, 11);
+    let tcp_only = hosts[1].spawn(move || async move {
+        let p2p = P2P::new("warren", Identity::generate());
+        let tcp = p2p.listen_tcp(SocketAddr::from((ip1, 0))).await.unwrap();
+        let mut events = p2p.subscribe();
+        let _mdns = MdnsDiscovery::spawn(&p2p, tcp.local_addr().port(), DiscoveryMode::Enabled);
+        wait_for(&mut events, discovered(id)).await;
+        let candidates = p2p.peer(&id).unwrap().addresses_on("tcp");
+        let rtts = tokio::time::timeout(HANG, warren::ping::ping(&p2p, id, 2)).await.expect("ping ended");
+        let transport = p2p.open_connection(&id).map(|c| c.transport_name());
+        p2p.shutdown().await;
+        (candidates, rtts.map(|r| r.len()).map_err(|e| e.to_string()), transport)
+    });
+    let (candidates, pinged, transport) = tcp_only.join().unwrap();
+    let _ = stop_tx.send(());
+    both.join().unwrap();
+    assert_eq!(candidates, vec![tcp_addr]);
+    assert_eq!(pinged, Ok(2));
+    assert_eq!(transport, Some("tcp"));
+}
