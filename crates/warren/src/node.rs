@@ -808,7 +808,8 @@ impl P2P {
     }
 
     /// An open connection to `remote`, dialling the known addresses in turn if there is none.
-    /// Concurrent callers share one dial.
+    /// Concurrent callers share one dial. A background (uTP) connection is used only when
+    /// nothing else connects.
     pub async fn connection(&self, remote: RemoteIdentity) -> Result<Connection, ConnectError> {
         if self.is_shutting_down() {
             return Err(ConnectError::ShuttingDown);
@@ -882,7 +883,9 @@ impl P2P {
         }
         .await;
         self.inner.dialing.lock().await.remove(&remote);
-        result
+        // Nothing else reaches the peer, but a background (uTP) connection is open, the peer's
+        // own perhaps: better that than no connection.
+        result.or_else(|error| self.open_connection(&remote).ok_or(error))
     }
 
     /// An open connection to `remote`, if there is one: the newest, but not a background (uTP)
