@@ -23,7 +23,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::UdpSocket;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -69,7 +68,9 @@ pub struct Stats {
 }
 
 struct Inner {
-    udp: UdpSocket,
+    /// quinn's UDP socket: segmentation offload both ways where the kernel has it (GSO sends a
+    /// run of equal-sized datagrams to one peer in one call, GRO hands several over at once).
+    udp: Arc<dyn quinn::AsyncUdpSocket>,
     epoch: Instant,
     config: Config,
     table: Mutex<Table>,
@@ -96,9 +97,10 @@ impl UtpSocket {
     /// Binds `addr` and starts the driver task. It accepts nothing until
     /// [`UtpSocket::listen`].
     pub async fn bind(addr: SocketAddr, config: Config) -> io::Result<Self> {
-        let udp = UdpSocket::bind(addr).await?;
-        let _ = socket2::SockRef::from(&udp).set_recv_buffer_size(4 << 20);
-        let _ = socket2::SockRef::from(&udp).set_send_buffer_size(4 << 20);
+        let std_socket = std::net::UdpSocket::bind(addr)?;
+        let _ = socket2::SockRef::from(&std_socket).set_recv_buffer_size(4 << 20);
+        let _ = socket2::SockRef::from(&std_socket).set_send_buffer_size(4 << 20);
+        let udp = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, std_socket)?;
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let inner = Arc::new(Inner {
             udp,
@@ -231,9 +233,12 @@ fn closed_error(reason: Option<Closed>) -> io::Error {
 /// The driver: datagrams in, timers, datagrams out. It ends at [`UtpSocket::shutdown`], or
 /// when it holds the last handle on the socket (no socket or stream is left).
 async fn drive(inner: Arc<Inner>, stop: CancellationToken) {
-    let mut buf = vec![0u8; 65_536];
+    let segments = inner.udp.max_receive_segments().max(1);
+    let mut buf = vec![0u8; 65_536 * segments.min(4)];
+    let mut meta = [quinn::udp::RecvMeta::default()];
     let mut out: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut scratch = Vec::with_capacity(2048);
+    let mut poller = inner.udp.clone().create_io_poller();
     loop {
         if Arc::strong_count(&inner) == 1 {
             return;
@@ -245,25 +250,30 @@ async fn drive(inner: Arc<Inner>, stop: CancellationToken) {
         // At least once a second: to notice that the last handle went.
         let next = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
         let sleep = tokio::time::sleep_until(next.into());
-        let mut first = None;
+        let mut received = false;
         tokio::select! {
             () = stop.cancelled() => return,
-            received = inner.udp.recv_from(&mut buf) => first = received.ok(),
+            got = std::future::poll_fn(|cx| {
+                let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+                inner.udp.poll_recv(cx, &mut bufs, &mut meta)
+            }) => received = got.is_ok(),
             () = inner.wake.notified() => {}
             () = sleep => {}
         }
         let now = Instant::now();
         {
             let mut table = inner.table.lock().expect("table lock");
-            if let Some((len, from)) = first {
-                handle_datagram(&inner, &mut table, now, from, &buf[..len]);
-                // Whatever else is queued, without waiting.
-                for _ in 0..256 {
-                    match inner.udp.try_recv_from(&mut buf) {
-                        Ok((len, from)) => handle_datagram(&inner, &mut table, now, from, &buf[..len]),
-                        Err(_) => break,
-                    }
+            // What came, then whatever else is queued, without waiting.
+            let mut rounds = 0;
+            while received && rounds < 256 {
+                let m = meta[0];
+                for datagram in buf[..m.len].chunks(m.stride.max(1)) {
+                    handle_datagram(&inner, &mut table, now, m.addr, datagram);
                 }
+                rounds += 1;
+                let mut bufs = [std::io::IoSliceMut::new(&mut buf)];
+                let mut cx = Context::from_waker(Waker::noop());
+                received = matches!(inner.udp.poll_recv(&mut cx, &mut bufs, &mut meta), Poll::Ready(Ok(_)));
             }
             let mut gone = Vec::new();
             for (key, slot) in &mut table.conns {
@@ -271,7 +281,7 @@ async fn drive(inner: Arc<Inner>, stop: CancellationToken) {
                     slot.conn.handle_timeout(now);
                 }
                 while slot.conn.poll_transmit(now, &mut scratch) {
-                    out.push((key.0, scratch.clone()));
+                    out.push((key.0, std::mem::replace(&mut scratch, Vec::with_capacity(2048))));
                 }
                 slot.dispatch(now);
                 if slot.closed_at.is_some_and(|at| now.saturating_duration_since(at) >= LINGER) {
@@ -282,10 +292,58 @@ async fn drive(inner: Arc<Inner>, stop: CancellationToken) {
                 table.conns.remove(&key);
             }
         }
-        for (to, datagram) in out.drain(..) {
-            let _ = inner.udp.send_to(&datagram, to).await;
+        send_batched(&inner, &mut poller, &mut out).await;
+    }
+}
+
+/// Sends `out` (emptying it): each run of datagrams to one peer, all of one size but perhaps the
+/// last, goes in one call (GSO) where the socket can.
+async fn send_batched(
+    inner: &Inner,
+    poller: &mut Pin<Box<dyn quinn::UdpPoller>>,
+    out: &mut Vec<(SocketAddr, Vec<u8>)>,
+) {
+    let max_segments = inner.udp.max_transmit_segments().clamp(1, 64);
+    let mut batch = Vec::with_capacity(64 * 1500);
+    let mut index = 0;
+    while index < out.len() {
+        let (to, size) = (out[index].0, out[index].1.len());
+        batch.clear();
+        let mut count = 0;
+        while index < out.len()
+            && count < max_segments
+            && out[index].0 == to
+            && out[index].1.len() <= size
+            && batch.len() + out[index].1.len() <= 65_000
+        {
+            let last = out[index].1.len() < size;
+            batch.extend_from_slice(&out[index].1);
+            index += 1;
+            count += 1;
+            if last {
+                break;
+            }
+        }
+        let transmit = quinn::udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents: &batch,
+            segment_size: (count > 1).then_some(size),
+            src_ip: None,
+        };
+        loop {
+            match inner.udp.try_send(&transmit) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    if std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)).await.is_err() {
+                        break;
+                    }
+                }
+                // Lost like any datagram: uTP resends.
+                _ => break,
+            }
         }
     }
+    out.clear();
 }
 
 fn handle_datagram(inner: &Arc<Inner>, table: &mut Table, now: Instant, from: SocketAddr, datagram: &[u8]) {
