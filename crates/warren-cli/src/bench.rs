@@ -461,7 +461,7 @@ async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
         );
         println!("  tls 1.3 over tcp       {tls_tcp_gbps:6.2} Gbit/s   (rustls, same keys and suites)");
         println!(
-            "  utp, plain BEP 29      {utp_gbps:6.2} Gbit/s   /quinn = {:.3}   (no Noise yet; a tenth of the bytes)",
+            "  utp, plain BEP 29      {utp_gbps:6.2} Gbit/s   /quinn = {:.3}   (plain BEP 29 without Noise; a tenth of the bytes)",
             utp_gbps / quinn_gbps
         );
         println!("connection setup, dial to first echoed byte ({} dials, median)", args.setups);
