@@ -20,7 +20,8 @@
 //!
 //! Limits: at most [`MAX_TCP_CANDIDATES`] candidates are tried, for at most [`PUNCH_TIME`], and
 //! a peer gets one punch per [`PUNCH_INTERVAL`]: a connected peer cannot make this node send
-//! SYNs at will.
+//! SYNs at will. Either side's whole attempt, handshake and hello included, ends within
+//! [`PUNCH_TIME`] plus the handshake timeout, so a peer that connects and stalls holds nothing.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -86,15 +87,26 @@ impl P2P {
                 }
             }
         };
-        let result = tokio::select! {
-            result = ours => match result {
-                Err(_) if self.new_tcp_connection(&remote, &known).is_some() => {
-                    Ok(self.new_tcp_connection(&remote, &known).expect("checked"))
-                }
-                result => result,
-            },
-            conn = theirs => conn,
+        let raced = async {
+            tokio::select! {
+                result = ours => match result {
+                    Err(_) if self.new_tcp_connection(&remote, &known).is_some() => {
+                        Ok(self.new_tcp_connection(&remote, &known).expect("checked"))
+                    }
+                    result => result,
+                },
+                conn = theirs => conn,
+            }
         };
+        // The connects end at the deadline; a peer that connects and then stalls the handshake
+        // or the hello is cut off too.
+        let limit = PUNCH_TIME + crate::transport::tcp::HANDSHAKE_TIMEOUT;
+        let result = tokio::time::timeout(limit, raced).await.unwrap_or_else(|_| {
+            Err(ConnectError::Transport {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                error: TransportError::Timeout(limit),
+            })
+        });
         let _ = control::write(&mut send, &TcpMessage::Finished { ok: result.is_ok() }).await;
         let _ = send.finish();
         result
@@ -183,9 +195,13 @@ impl P2P {
             }
             Ok::<_, String>(())
         };
-        tokio::select! {
-            result = punch => result,
-            () = finished => Ok(()),
-        }
+        let limit = PUNCH_TIME + crate::transport::tcp::HANDSHAKE_TIMEOUT;
+        let raced = async {
+            tokio::select! {
+                result = punch => result,
+                () = finished => Ok(()),
+            }
+        };
+        tokio::time::timeout(limit, raced).await.unwrap_or_else(|_| Err(format!("no end within {limit:?}")))
     }
 }
