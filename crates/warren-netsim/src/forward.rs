@@ -306,7 +306,12 @@ impl Forwarder {
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong) };
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
-            let next = self.links.values().filter_map(|l| l.next_delivery()).min();
+            let next = self
+                .links
+                .values()
+                .filter_map(|l| l.next_delivery())
+                .chain(self.nats.iter().filter_map(|n| n.poll_timeout()))
+                .min();
             let wait = next.map_or(IDLE_POLL, |at| at.saturating_duration_since(now).min(IDLE_POLL));
             // To the microsecond: `poll`'s whole milliseconds inflated every latency and bunched
             // deliveries at high rates.
@@ -525,6 +530,15 @@ impl Forwarder {
     }
 
     fn deliver(&mut self, now: Instant) {
+        // What the NATs send on their own (late ICMP answers) goes toward its destination.
+        for index in 0..self.nats.len() {
+            while let Some(packet) = self.nats[index].poll_transmit(now) {
+                let at = Node::Nat(index);
+                if let Some(next) = self.next_hop(at, packet.dst()) {
+                    self.send(at, next, packet, now);
+                }
+            }
+        }
         // Deliveries may feed other links (through NATs and routers); repeat until nothing
         // more is due.
         loop {

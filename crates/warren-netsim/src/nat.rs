@@ -1,9 +1,11 @@
 //! A NAT as a sans-IO state machine with RFC 4787 behaviour chosen piece by piece: mapping
 //! (endpoint-independent, address-dependent, address-and-port-dependent), filtering (the same
 //! three), port assignment (preserving, random, sequential), hairpinning, mapping timeouts,
-//! unsolicited TCP (RST or silent drop), a port range, and a UDP block for "corporate"
+//! unsolicited TCP (RFC 5382's drop then ICMP, a RST, or silence), a port range, and a UDP block for "corporate"
 //! networks. Feed it packets with [`Nat::outbound`] (from the inside) and [`Nat::inbound`]
-//! (from the outside) and the current time; it says what to do with each.
+//! (from the outside) and the current time; it says what to do with each. The one thing it
+//! sends on its own, an ICMP port unreachable for an unsolicited SYN 6 s late, comes out of
+//! [`Nat::poll_transmit`] when [`Nat::poll_timeout`] says.
 //!
 //! With [`NatConfig::conntrack`] the NAT keeps Linux conntrack's state instead
 //! ([`crate::conntrack`]): an entry per flow, unsolicited inbound packets included, and a new
@@ -21,7 +23,7 @@
 //! that comes before its first is dropped, where Linux would wait for it.) TCP mappings use one idle timeout, not RFC 5382's separate transitory one.
 //! Expired mappings are swept at most once a second, as packets pass.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::RangeInclusive;
 use std::time::{Duration, Instant};
@@ -75,18 +77,30 @@ pub enum PortAssignment {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnsolicitedTcp {
-    /// Drop it silently: what RFC 5382 REQ-4 asks of a NAT for at least 6 s (an unsolicited
-    /// SYN may be the first half of a simultaneous open), and what a router whose firewall
-    /// drops unsolicited traffic does (checked against the kernel: `KernelNatConfig` with
-    /// this). The ICMP port unreachable REQ-4 allows after 6 s is not modelled (the
-    /// simulator carries no ICMP): the SYN is dropped for good. The default of every preset
-    /// but [`NatPreset::Linux`].
+    /// RFC 5382 REQ-4: drop an unsolicited SYN silently for [`UNSOLICITED_SYN_WAIT`] (it may
+    /// be the first half of a simultaneous open); if the inside host sends its own SYN for that
+    /// connection meanwhile, nothing more is said, otherwise an ICMP port unreachable goes back
+    /// to the SYN's sender (which aborts its connect: ECONNREFUSED from a Linux sender). Other
+    /// unsolicited segments are dropped. The default of every preset but [`NatPreset::Linux`].
+    /// No kernel NAT does this (an nftables `reject` answers at once), so it has no kernel
+    /// twin; the senders' reaction is checked against their real kernels in the tests.
+    #[serde(rename = "rfc5382")]
+    DropThenUnreachable,
+    /// Drop it silently, for good: what a router whose firewall drops unsolicited traffic does
+    /// (checked against the kernel: `KernelNatConfig` with this).
     Drop,
     /// Answer with a TCP RST at once, as a Linux router's own stack does for its public
     /// address when no firewall rule drops it (checked against the kernel): it kills a
     /// simultaneous open whose peer's SYN arrives first.
     Reset,
 }
+
+/// How long an unsolicited SYN waits for the inside host's own SYN before
+/// [`UnsolicitedTcp::DropThenUnreachable`] answers it (RFC 5382 REQ-4: at least 6 s).
+pub const UNSOLICITED_SYN_WAIT: Duration = Duration::from_secs(6);
+/// Unsolicited SYNs waiting for their answer at most; beyond that the oldest is forgotten
+/// (dropped silently), so a SYN flood costs bounded memory.
+pub const MAX_UNSOLICITED_SYNS: usize = 256;
 
 /// A NAT's behaviour and public address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +198,7 @@ impl NatPreset {
             udp_timeout: Duration::from_secs(120),
             tcp_timeout: Duration::from_secs(7440),
             inbound_refresh: false,
-            unsolicited_tcp: UnsolicitedTcp::Drop,
+            unsolicited_tcp: UnsolicitedTcp::DropThenUnreachable,
             block_udp: false,
             conntrack: false,
         };
@@ -312,6 +326,16 @@ pub struct Nat {
     last_sweep: Option<Instant>,
     /// Where each fragmented datagram's first fragment went (see the module docs).
     fragments: HashMap<FragmentKey, (Ipv4Addr, Instant)>,
+    /// Unsolicited SYNs waiting for [`UnsolicitedTcp::DropThenUnreachable`]'s answer, oldest
+    /// first.
+    unsolicited_syns: VecDeque<UnsolicitedSyn>,
+}
+
+/// An unsolicited SYN as it arrived, and when its ICMP is due.
+#[derive(Debug)]
+struct UnsolicitedSyn {
+    due: Instant,
+    syn: Packet,
 }
 
 impl Nat {
@@ -338,6 +362,7 @@ impl Nat {
             conntrack,
             last_sweep: None,
             fragments: HashMap::new(),
+            unsolicited_syns: VecDeque::new(),
         }
     }
 
@@ -357,6 +382,67 @@ impl Nat {
             Some(table) => table.len(),
             None => self.mappings.len(),
         }
+    }
+
+    /// When [`Nat::poll_transmit`] next has something to send, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.unsolicited_syns.front().map(|pending| pending.due)
+    }
+
+    /// The next packet the NAT sends on its own at `now`: the ICMP port unreachable for an
+    /// unsolicited SYN whose wait is over (sent to the outside, toward the SYN's sender).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Packet> {
+        if self.unsolicited_syns.front()?.due > now {
+            return None;
+        }
+        let pending = self.unsolicited_syns.pop_front()?;
+        Some(pending.syn.port_unreachable(self.config.public_ip))
+    }
+
+    /// An unsolicited TCP segment from outside, dropped for `reason`, answered as configured.
+    fn unsolicited_tcp(&mut self, packet: Packet, reason: DropReason, now: Instant) -> NatVerdict {
+        match self.config.unsolicited_tcp {
+            UnsolicitedTcp::Reset => {
+                if let Some(reset) = reset_for(&packet) {
+                    if let Some(table) = self.conntrack.as_mut() {
+                        let port = packet.dst_port().expect("TCP has ports");
+                        table.reset(TCP, packet.src_endpoint(), port, now);
+                    }
+                    *self.stats.dropped.entry(reason).or_default() += 1;
+                    return NatVerdict::Reply(reset);
+                }
+            }
+            UnsolicitedTcp::DropThenUnreachable
+                if packet
+                    .tcp_flags()
+                    .is_some_and(|f| f & (tcp_flags::SYN | tcp_flags::ACK | tcp_flags::RST) == tcp_flags::SYN) =>
+            {
+                // A retransmitted SYN waits with the first one.
+                let same = |p: &UnsolicitedSyn| {
+                    p.syn.src_endpoint() == packet.src_endpoint() && p.syn.dst_port() == packet.dst_port()
+                };
+                if !self.unsolicited_syns.iter().any(same) {
+                    if self.unsolicited_syns.len() >= MAX_UNSOLICITED_SYNS {
+                        self.unsolicited_syns.pop_front();
+                    }
+                    self.unsolicited_syns.push_back(UnsolicitedSyn { due: now + UNSOLICITED_SYN_WAIT, syn: packet });
+                }
+            }
+            UnsolicitedTcp::DropThenUnreachable | UnsolicitedTcp::Drop => {}
+        }
+        self.drop(reason)
+    }
+
+    /// The inside host sent `syn` (translated): an unsolicited SYN of the same connection is
+    /// the other half of a simultaneous open, and is dropped silently (RFC 5382 REQ-4).
+    fn outbound_syn(&mut self, syn: &Packet) {
+        if self.unsolicited_syns.is_empty()
+            || syn.tcp_flags().is_none_or(|f| f & (tcp_flags::SYN | tcp_flags::ACK) != tcp_flags::SYN)
+        {
+            return;
+        }
+        let (from, to) = (syn.src_endpoint(), syn.dst_endpoint());
+        self.unsolicited_syns.retain(|p| !(p.syn.src_endpoint() == to && p.syn.dst_port() == Some(from.port())));
     }
 
     /// Sweeps expired mappings at most once a second.
@@ -519,6 +605,11 @@ impl Nat {
         if let Some(key) = first {
             self.first_fragment(key, &verdict, false, now);
         }
+        if let NatVerdict::Forward(translated) = &verdict
+            && translated.protocol() == TCP
+        {
+            self.outbound_syn(translated);
+        }
         verdict
     }
 
@@ -669,17 +760,8 @@ impl Nat {
             }
             // The router's own stack answers: a RST for TCP, for UDP an ICMP port unreachable
             // (not modelled: dropped).
-            conntrack::Inbound::Local => {
-                if protocol == TCP
-                    && self.config.unsolicited_tcp == UnsolicitedTcp::Reset
-                    && let Some(reset) = reset_for(&packet)
-                {
-                    table.reset(protocol, packet.src_endpoint(), port, now);
-                    *self.stats.dropped.entry(DropReason::NoMapping).or_default() += 1;
-                    return NatVerdict::Reply(reset);
-                }
-                self.drop(DropReason::NoMapping)
-            }
+            conntrack::Inbound::Local if protocol == TCP => self.unsolicited_tcp(packet, DropReason::NoMapping, now),
+            conntrack::Inbound::Local => self.drop(DropReason::NoMapping),
         }
     }
 
@@ -694,11 +776,8 @@ impl Nat {
         let admitted = key.filter(|key| self.admitted(key, from));
         let Some(key) = admitted else {
             let reason = if key.is_some() { DropReason::Filtered } else { DropReason::NoMapping };
-            if protocol == TCP && self.config.unsolicited_tcp == UnsolicitedTcp::Reset {
-                if let Some(reset) = reset_for(&packet) {
-                    *self.stats.dropped.entry(reason).or_default() += 1;
-                    return NatVerdict::Reply(reset);
-                }
+            if protocol == TCP {
+                return self.unsolicited_tcp(packet, reason, now);
             }
             return self.drop(reason);
         };
@@ -975,6 +1054,62 @@ mod tests {
                 assert_eq!(verdict, NatVerdict::Drop(DropReason::HairpinDisabled));
             }
         }
+    }
+
+    #[test]
+    fn an_unsolicited_syn_is_answered_with_port_unreachable_after_6_s() {
+        let start = Instant::now();
+        let syn = Packet::tcp(ep("198.51.100.1:443"), ep("203.0.113.1:40000"), tcp_flags::SYN, 1000, 0, &[]);
+        let mut nat = Nat::new(NatPreset::PortRestricted.configs(&[PUBLIC]).remove(0), 1);
+        assert_eq!(nat.inbound(syn.clone(), start), NatVerdict::Drop(DropReason::NoMapping));
+        // A retransmission waits with the first SYN; a stray ACK is only dropped.
+        assert_eq!(nat.inbound(syn.clone(), start + Duration::from_secs(1)), NatVerdict::Drop(DropReason::NoMapping));
+        let ack = Packet::tcp(ep("198.51.100.2:443"), ep("203.0.113.1:40001"), tcp_flags::ACK, 5, 5, &[]);
+        assert_eq!(nat.inbound(ack, start), NatVerdict::Drop(DropReason::NoMapping));
+        assert_eq!(nat.poll_timeout(), Some(start + UNSOLICITED_SYN_WAIT));
+        assert_eq!(nat.poll_transmit(start + Duration::from_millis(5999)), None, "silent for 6 s");
+        let icmp = nat.poll_transmit(start + UNSOLICITED_SYN_WAIT).expect("the ICMP is due");
+        assert_eq!((icmp.src(), icmp.dst()), (PUBLIC, Ipv4Addr::new(198, 51, 100, 1)));
+        assert_eq!(icmp.icmp_type(), Some(3));
+        assert_eq!(icmp.payload()[1], 3, "port unreachable");
+        assert_eq!(&icmp.payload()[8..36], &syn.as_bytes()[..28], "quotes the SYN as it arrived");
+        assert!(icmp.checksums_ok());
+        assert_eq!(nat.poll_transmit(start + Duration::from_secs(60)), None, "one answer per connection");
+        assert_eq!(nat.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_inside_hosts_own_syn_makes_a_simultaneous_open_and_no_icmp() {
+        let start = Instant::now();
+        let mut nat = Nat::new(NatPreset::PortRestricted.configs(&[PUBLIC]).remove(0), 1);
+        let peer = ep("198.51.100.1:5000");
+        let early = Packet::tcp(peer, ep("203.0.113.1:40000"), tcp_flags::SYN, 1000, 0, &[]);
+        assert_eq!(nat.inbound(early.clone(), start), NatVerdict::Drop(DropReason::NoMapping));
+        // The inside host's SYN leaves from the port the peer aimed at (the preset keeps ports).
+        let own = Packet::tcp(ep("10.0.0.2:40000"), peer, tcp_flags::SYN, 7, 0, &[]);
+        let out = forwarded(nat.outbound(own, start + Duration::from_secs(2)));
+        assert_eq!(out.src_endpoint(), ep("203.0.113.1:40000"));
+        assert_eq!(nat.poll_timeout(), None, "the pending answer is withdrawn");
+        // The peer's retransmitted SYN now gets in: the simultaneous open completes.
+        let again = forwarded(nat.inbound(early, start + Duration::from_secs(3)));
+        assert_eq!(again.dst_endpoint(), ep("10.0.0.2:40000"));
+        assert_eq!(nat.poll_transmit(start + Duration::from_secs(60)), None);
+    }
+
+    #[test]
+    fn a_syn_flood_keeps_a_bounded_queue_of_answers() {
+        let start = Instant::now();
+        let mut nat = Nat::new(NatPreset::FullCone.configs(&[PUBLIC]).remove(0), 1);
+        for i in 0..10_000u32 {
+            let from = SocketAddrV4::new(Ipv4Addr::from(0xc633_6400 + i), 1234);
+            let syn = Packet::tcp(from, ep("203.0.113.1:40000"), tcp_flags::SYN, i, 0, &[]);
+            nat.inbound(syn, start);
+        }
+        let mut answers = 0;
+        while nat.poll_transmit(start + UNSOLICITED_SYN_WAIT).is_some() {
+            answers += 1;
+        }
+        assert_eq!(answers, MAX_UNSOLICITED_SYNS);
     }
 
     #[test]

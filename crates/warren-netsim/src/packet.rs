@@ -561,9 +561,16 @@ impl Packet {
     /// The ICMP "fragmentation needed" (type 3, code 4) a router at `router` sends back for this
     /// packet when the next hop's MTU is `mtu`: it quotes the header and 8 payload bytes.
     pub fn fragmentation_needed(&self, router: Ipv4Addr, mtu: u16) -> Self {
-        let quote_len = (self.header_len + 8).min(self.len());
         let rest = [0, 0, (mtu >> 8) as u8, mtu as u8];
+        let quote_len = (self.header_len + 8).min(self.len());
         Self::icmp(router, self.src(), 3, 4, rest, &self.bytes[..quote_len])
+    }
+
+    /// The ICMP "port unreachable" (type 3, code 3) a host or router at `from` sends back for
+    /// this packet: it quotes the header and 8 payload bytes.
+    pub fn port_unreachable(&self, from: Ipv4Addr) -> Self {
+        let quote_len = (self.header_len + 8).min(self.len());
+        Self::icmp(from, self.src(), 3, 3, [0; 4], &self.bytes[..quote_len])
     }
 
     /// Splits this packet into fragments of at most `mtu` bytes (payload in multiples of 8 bytes,

@@ -71,6 +71,9 @@ pub enum SimError {
     /// Only NATs, routers, switches and kernel NATs can have devices behind them.
     #[error("{0:?} is not a gateway: only NATs, routers, switches and kernel NATs have devices behind them")]
     NotAGateway(String),
+    /// A kernel NAT was asked for a behaviour the kernel has no rule for.
+    #[error("a kernel NAT cannot {0}")]
+    NoKernelEquivalent(&'static str),
     /// The topology cannot change once started.
     #[error("the simulation is already running")]
     Running,
@@ -273,17 +276,22 @@ pub struct KernelNatConfig {
 }
 
 /// The nftables ruleset of a kernel NAT.
-fn kernel_nat_ruleset(ports: KernelPorts, unsolicited_tcp: crate::nat::UnsolicitedTcp) -> String {
+fn kernel_nat_ruleset(ports: KernelPorts, unsolicited_tcp: crate::nat::UnsolicitedTcp) -> Result<String, SimError> {
     let input = match unsolicited_tcp {
+        crate::nat::UnsolicitedTcp::DropThenUnreachable => {
+            return Err(SimError::NoKernelEquivalent(
+                "answer an unsolicited SYN 6 s late (nftables' reject answers at once): use Drop or Reset",
+            ));
+        }
         crate::nat::UnsolicitedTcp::Reset => "",
         crate::nat::UnsolicitedTcp::Drop => {
             "  chain input {\n    type filter hook input priority filter; policy accept;\n    iifname \"wan0\" meta l4proto tcp ct state new drop\n  }\n"
         }
     };
-    format!(
+    Ok(format!(
         "table ip warren_netsim {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    oifname \"wan0\" masquerade{}\n  }}\n{input}}}\n",
         ports.flag()
-    )
+    ))
 }
 
 /// Builds and runs a simulation. Dropping it stops the forwarder; the namespaces and TAP/TUN
@@ -524,6 +532,7 @@ impl Simulation {
         if self.address_taken(config.public_ip, behind.map(|b| b.node())) {
             return Err(SimError::AddressTaken(config.public_ip));
         }
+        let ruleset = kernel_nat_ruleset(config.ports, config.unsolicited_tcp)?;
         let KernelNatConfig { public_ip, lan_ip, lan_prefix, .. } = config;
         let ((wan, lan), namespace) = in_new_namespace(move || {
             let wan = sys::create_offload_tun("wan0").map_err(io_err("creating the kernel NAT's wan0"))?;
@@ -533,7 +542,7 @@ impl Simulation {
             sys::write_sysctl("net/ipv4/ip_forward", "1").map_err(io_err("enabling IP forwarding"))?;
             Ok((wan, lan))
         })?;
-        run_nft(&namespace, &kernel_nat_ruleset(config.ports, config.unsolicited_tcp))?;
+        run_nft(&namespace, &ruleset)?;
         if let Some(timeout) = config.udp_timeout {
             let secs = timeout.as_secs().max(1).to_string();
             std::thread::scope(|scope| {

@@ -51,7 +51,8 @@ fn expected(subject: &Subject, config: &NatConfig, lifetime: Option<Lifetime>) -
         tcp: true,
         unsolicited_tcp: match config.unsolicited_tcp {
             UnsolicitedTcp::Reset => TcpAnswer::Reset,
-            UnsolicitedTcp::Drop => TcpAnswer::Silence,
+            // Within the 1 s the check waits: RFC 5382 answers only after 6 s.
+            UnsolicitedTcp::Drop | UnsolicitedTcp::DropThenUnreachable => TcpAnswer::Silence,
         },
     }
 }

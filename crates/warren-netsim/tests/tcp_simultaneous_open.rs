@@ -3,7 +3,9 @@
 //! same time, and one side's SYN reaches the other's NAT before that NAT has seen its own
 //! host's SYN. A NAT that drops that early SYN (RFC 5382 REQ-4; a router with a firewall) lets
 //! the retransmitted SYN through a second later and the connection opens; a NAT that answers it
-//! with a RST (a Linux router's own stack) kills it. Needs root.
+//! with a RST (a Linux router's own stack) kills it. A SYN nobody answers from inside gets
+//! RFC 5382's ICMP port unreachable after 6 s, which the sender's kernel takes as a refusal.
+//! Needs root.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -104,8 +106,43 @@ fn simultaneous_open(kind: Side, seed: u64) -> (Result<String, ErrorKind>, Resul
 
 #[test]
 fn the_model_drops_an_early_syn_by_default_and_the_simultaneous_open_succeeds() {
-    let (a, b) = simultaneous_open(Side::Model(UnsolicitedTcp::Drop), 1);
-    assert_eq!((a, b), (Ok("b".into()), Ok("a".into())));
+    for (seed, variant) in [(1, UnsolicitedTcp::DropThenUnreachable), (4, UnsolicitedTcp::Drop)] {
+        let (a, b) = simultaneous_open(Side::Model(variant), seed);
+        assert_eq!((a, b), (Ok("b".into()), Ok("a".into())), "{variant:?}");
+    }
+}
+
+#[test]
+fn a_syn_the_inside_never_answers_is_refused_by_icmp_after_6_s() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (_sim, _a, b) = topology(Side::Model(UnsolicitedTcp::DropThenUnreachable), 5);
+    let to_a = SocketAddr::from((PUBLIC[0], PORT));
+    let (result, waited) = b
+        .spawn_sync(move || {
+            let start = std::time::Instant::now();
+            let result = std::net::TcpStream::connect_timeout(&to_a, Duration::from_secs(20)).map(drop);
+            (result.map_err(|e| e.kind()), start.elapsed())
+        })
+        .join()
+        .unwrap();
+    // b's own kernel turns the ICMP into a refusal (a silent NAT would have it time out).
+    assert_eq!(result, Err(ErrorKind::ConnectionRefused), "after {waited:?}");
+    assert!(waited >= Duration::from_secs(6), "refused after {waited:?}: RFC 5382 asks for 6 s of silence first");
+}
+
+#[test]
+fn a_kernel_nat_cannot_be_asked_for_the_late_icmp() {
+    let mut sim = Simulation::new(6);
+    let config = KernelNatConfig {
+        public_ip: PUBLIC[0],
+        lan_ip: Ipv4Addr::new(192, 168, 1, 1),
+        lan_prefix: 24,
+        ports: KernelPorts::Masquerade,
+        udp_timeout: None,
+        unsolicited_tcp: UnsolicitedTcp::DropThenUnreachable,
+    };
+    let Err(error) = sim.add_kernel_nat("nat", config, None) else { panic!("a kernel NAT has no late ICMP") };
+    assert!(error.to_string().contains("6 s late"), "{error}");
 }
 
 #[test]
