@@ -59,6 +59,8 @@ pub struct TcpPunch {
     pub expected: &'static str,
     /// Milliseconds from the offer to the connection.
     pub ms: Option<u64>,
+    /// Did the node punch by itself (its UDP punch had failed), or was it asked to?
+    pub automatic: bool,
     /// Why it failed.
     pub error: Option<String>,
 }
@@ -108,15 +110,17 @@ pub(crate) struct Dialled {
     pub(crate) method: Option<warren::state::punch::Method>,
     pub(crate) packets: u32,
     pub(crate) plan: String,
-    /// The TCP hole punch's time, or why it failed (when asked for).
-    pub(crate) tcp: Option<Result<u64, String>>,
+    /// The TCP hole punch's time, or why it failed (when asked for), and whether it was the
+    /// node's automatic one.
+    pub(crate) tcp: Option<(Result<u64, String>, bool)>,
 }
 
 /// The dialler's side: connect by identity, first byte, then wait for the punch to end.
 pub(crate) async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::Result<Dialled> {
     let mut events = p2p.subscribe();
     let started = Instant::now();
-    let mut stream = p2p.connect(target, ECHO).await?;
+    let conn = p2p.connection(target).await?;
+    let mut stream = conn.open_stream(ECHO).await?;
     stream.write_all(b"x").await?;
     let mut byte = [0u8];
     stream.read_exact(&mut byte).await?;
@@ -138,19 +142,50 @@ pub(crate) async fn dial(p2p: &P2P, target: warren::RemoteIdentity) -> anyhow::R
     tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut byte))
         .await
         .map_err(|_| anyhow::anyhow!("no echo on the final path"))??;
-    let path = p2p.open_connection(&target).map(|c| c.path()).ok_or_else(|| anyhow::anyhow!("connection lost"))?;
+    // The path of the connection the streams went over (a TCP punch after a failed UDP one
+    // makes a connection of its own).
+    anyhow::ensure!(conn.close_reason().is_none(), "connection lost");
+    let path = conn.path();
     Ok(Dialled { ttfb, punch: direct.map(|d| (d, elapsed_ms)), rounds, path, method, packets, plan, tcp: None })
 }
 
 /// The dialler's TCP hole punch, once its connection (relayed or punched) is up: a byte echoed
-/// over the TCP connection it gives.
-async fn punch_tcp(p2p: &P2P, target: warren::RemoteIdentity) -> Result<u64, String> {
-    let started = Instant::now();
-    let conn = tokio::time::timeout(Duration::from_secs(20), p2p.punch_tcp(target))
-        .await
-        .map_err(|_| "the punch did not end within 20 s".to_string())?
-        .map_err(|e| format!("{e:#}"))?;
-    let ms = started.elapsed().as_millis() as u64;
+/// over the TCP connection it gives. Where the UDP punch failed (`udp_failed`), the node
+/// tries TCP by itself: that automatic attempt's outcome is the result (`events` was
+/// subscribed before the dial); elsewhere the punch is asked for.
+async fn punch_tcp(
+    p2p: &P2P,
+    target: warren::RemoteIdentity,
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    udp_failed: bool,
+) -> Result<u64, String> {
+    let (conn, ms) = if udp_failed {
+        let ended = tokio::time::timeout(Duration::from_secs(40), async {
+            loop {
+                match events.recv().await {
+                    Ok(Event::TcpHolePunch { remote, direct, elapsed_ms, error }) if remote == target => {
+                        return Ok((direct, elapsed_ms, error));
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(error) => return Err(error.to_string()),
+                }
+            }
+        });
+        let (direct, ms, error) =
+            ended.await.map_err(|_| "no automatic TCP punch ended within 40 s of the UDP one".to_string())??;
+        if direct.is_none() {
+            return Err(format!("automatic: {}", error.unwrap_or_default()));
+        }
+        let conn = p2p.open_connection(&target).ok_or("the TCP connection closed")?;
+        (conn, ms)
+    } else {
+        let started = Instant::now();
+        let conn = tokio::time::timeout(Duration::from_secs(20), p2p.punch_tcp(target))
+            .await
+            .map_err(|_| "the punch did not end within 20 s".to_string())?
+            .map_err(|e| format!("{e:#}"))?;
+        (conn, started.elapsed().as_millis() as u64)
+    };
     if conn.transport_name() != "tcp" {
         return Err(format!("the punch gave a {} connection", conn.transport_name()));
     }
@@ -184,10 +219,11 @@ pub fn run_pair(a: NatKind, b: NatKind, seed: u64, tcp: bool) -> PairResult {
     };
     match run_one(a, b, seed, tcp) {
         Ok((dialled, other)) => {
-            result.tcp = dialled.tcp.clone().map(|punched| TcpPunch {
+            result.tcp = dialled.tcp.clone().map(|(punched, automatic)| TcpPunch {
                 path: if punched.is_ok() { "direct" } else { "failed" },
                 expected: if pair::tcp_theory_allows_direct(a, b) { "direct" } else { "relayed" },
                 ms: punched.as_ref().ok().copied(),
+                automatic,
                 error: punched.err(),
             });
             result.ttfb_ms = Some(dialled.ttfb.as_secs_f64() * 1000.0);
@@ -271,9 +307,11 @@ fn run_one(a: NatKind, b: NatKind, seed: u64, tcp: bool) -> anyhow::Result<(Dial
         let (a_id, _) = a_info.recv()?.map_err(|e| anyhow::anyhow!("node a: {e}"))?;
         let b_task = b_host.spawn(move || async move {
             let (p2p, _) = node_on(relay_config, true, tcp).await?;
+            let mut events = p2p.subscribe();
             let mut dialled = dial(&p2p, a_id).await;
             if let (true, Ok(dialled)) = (tcp, dialled.as_mut()) {
-                dialled.tcp = Some(punch_tcp(&p2p, a_id).await);
+                let udp_failed = dialled.punch.is_none();
+                dialled.tcp = Some((punch_tcp(&p2p, a_id, &mut events, udp_failed).await, udp_failed));
             }
             p2p.shutdown().await;
             dialled
@@ -340,7 +378,8 @@ pub fn row(r: &PairResult) -> String {
         r.tcp
             .as_ref()
             .map(|t| format!(
-                "  tcp: {} (theory {}){}{}",
+                "  tcp{}: {} (theory {}){}{}",
+                if t.automatic { " (automatic)" } else { "" },
                 t.path,
                 t.expected,
                 t.ms.map(|ms| format!(" in {ms} ms")).unwrap_or_default(),

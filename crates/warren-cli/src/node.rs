@@ -32,7 +32,8 @@ pub struct NodeArgs {
     /// The name other nodes see [default: the host name].
     #[arg(long)]
     name: Option<String>,
-    /// A peer to connect to and keep connected, as ID@HOST:PORT (repeatable).
+    /// A peer to connect to and keep connected, as ID@HOST:PORT (QUIC), ID@tcp://HOST:PORT or
+    /// ID@utp://HOST:PORT (repeatable).
     #[arg(long = "peer", value_name = "ID@ADDR")]
     peers: Vec<ManualPeer>,
     /// LAN discovery over mDNS: announce this node and find others (`disabled`: no mDNS

@@ -26,8 +26,8 @@ pub fn describe(event: &Event) -> String {
             format!("discovered {remote} via {source} at {}", list(addrs))
         }
         Event::PeerExpired { remote, source, .. } => format!("{source} no longer knows {remote}"),
-        Event::PeerConnected { remote, path, direction, metadata, .. } => format!(
-            "connected {remote} ({}), {path}, {}",
+        Event::PeerConnected { remote, path, transport, direction, metadata, .. } => format!(
+            "connected {remote} ({}), {path} over {transport}, {}",
             metadata.get(warren::node::NAME).map(String::as_str).unwrap_or("unnamed"),
             match direction {
                 warren::Direction::Inbound => "they dialled",
@@ -35,6 +35,13 @@ pub fn describe(event: &Event) -> String {
             }
         ),
         Event::PathChanged { remote, path, .. } => format!("path to {remote} is now {path}"),
+        Event::TcpHolePunch { remote, direct: Some(addr), elapsed_ms, .. } => {
+            format!("TCP hole punched to {remote} at {addr} ({elapsed_ms} ms)")
+        }
+        Event::TcpHolePunch { remote, direct: None, elapsed_ms, error, .. } => format!(
+            "TCP hole punching to {remote} failed after {elapsed_ms} ms: {}",
+            error.as_deref().unwrap_or("no path")
+        ),
         Event::HolePunch { remote, direct: Some(addr), rounds, elapsed_ms, method, packets, .. } => {
             let how = method.map_or_else(|| "found by the peer".to_owned(), |m| m.to_string());
             format!("hole punched to {remote} at {addr} ({how}; {rounds} rounds, {packets} packets, {elapsed_ms} ms)")

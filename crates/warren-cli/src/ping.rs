@@ -74,8 +74,15 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
-    if (args.tcp || args.utp) && (peer.is_none() || args.relay.relay.is_some()) {
-        let flag = if args.tcp { "--tcp" } else { "--utp" };
+    // `ID@tcp://ADDR` says what `--tcp` says.
+    let named = peer.as_ref().and_then(|p| p.transport);
+    let tcp = args.tcp || named == Some(warren::transport::tcp::HOOK_NAME);
+    let utp = args.utp || named == Some(warren::transport::utp_listener::HOOK_NAME);
+    if tcp && utp {
+        bail!("the peer's address names one transport and the flag another");
+    }
+    if (tcp || utp) && (peer.is_none() || args.relay.relay.is_some()) {
+        let flag = if tcp { "--tcp" } else { "--utp" };
         bail!("{flag} needs the peer's address on that transport (ID@ADDR) and no relay: the relay carries QUIC");
     }
     let identity = match &args.data_dir {
@@ -89,8 +96,8 @@ pub async fn run(args: PingArgs) -> anyhow::Result<()> {
         Some(ManualAddr::Socket(addr)) if addr.is_ipv6() => "[::]:0",
         _ => "0.0.0.0:0",
     };
-    if args.tcp || args.utp {
-        if args.tcp {
+    if tcp || utp {
+        if tcp {
             p2p.listen_tcp(unspecified.parse()?).await?;
         } else {
             p2p.listen_utp(unspecified.parse()?).await?;

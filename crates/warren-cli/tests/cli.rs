@@ -128,7 +128,8 @@ fn two_node_processes_find_each_other_through_peer_and_exchange_pings() {
     }
 }
 
-/// `warren node --tcp/--utp ADDR` listens there too; `warren ping --tcp/--utp` reaches it.
+/// `warren node --tcp/--utp ADDR` listens there too; `warren ping --tcp/--utp` reaches it, and
+/// so does `warren ping ID@tcp://ADDR` (the address names the transport).
 fn a_node_listening_on_another_transport_too_is_pinged_over_it(transport: &str) {
     let dir = temp_dir(transport);
     let flag = format!("--{transport}");
@@ -145,6 +146,10 @@ fn a_node_listening_on_another_transport_too_is_pinged_over_it(transport: &str) 
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(stdout.contains(&format!("over {transport}, identity verified")), "{stdout}");
     assert_eq!(stdout.lines().filter(|l| l.starts_with("seq=")).count(), 2, "{stdout}");
+    let named = format!("{id}@{transport}://{addr}");
+    let output = warren().args(["ping", &named, "--count", "1"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("over {transport}, identity verified")));
     // The QUIC address is no such listener: the same ping there fails.
     let quic = started["addrs"][0].as_str().unwrap();
     let output = warren().args(["ping", &flag, &format!("{id}@{quic}"), "--count", "1"]).output().unwrap();

@@ -282,6 +282,28 @@ fn relay_nats_scenario() {
     assert!(alice.iter().any(|l| l.starts_with("hole punched to")), "{alice:?}");
 }
 
+/// Where UDP is blocked, the UDP punch cannot work: the node tries a TCP simultaneous open by
+/// itself, and gets a direct TCP connection to a full-cone peer (whose NAT keeps ports and lets
+/// any address in), while the pair stays relayed where theory says TCP cannot meet.
+#[test]
+fn a_failed_udp_punch_falls_back_to_an_automatic_tcp_punch() {
+    let output = warren()
+        .args(["netsim", "nat-matrix", "--json", "--tcp", "--kinds", "full-cone,udp-blocked"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mut all = lines(&output.stdout);
+    all.pop();
+    let pair = |a: &str, b: &str| all.iter().find(|p| p["a"] == a && p["b"] == b).unwrap_or_else(|| panic!("{a}/{b}"));
+    let mixed = pair("full-cone", "udp-blocked");
+    assert_eq!(mixed["path"], "relayed", "{mixed}");
+    assert_eq!((&mixed["tcp"]["path"], &mixed["tcp"]["automatic"]), (&"direct".into(), &true.into()), "{mixed}");
+    let blocked = pair("udp-blocked", "udp-blocked");
+    assert_eq!((&blocked["tcp"]["path"], &blocked["tcp"]["automatic"]), (&"failed".into(), &true.into()), "{blocked}");
+    let open = pair("full-cone", "full-cone");
+    assert_eq!((&open["path"], &open["tcp"]["automatic"]), (&"direct".into(), &false.into()), "{open}");
+}
+
 /// Every pair of NAT kinds: direct wherever RFC 4787 theory allows; beyond it, every pair with
 /// one endpoint-independent side direct too (port prediction or birthday probing), and relayed
 /// (never failed) only where both NATs map per destination, without a punch attempted. Then

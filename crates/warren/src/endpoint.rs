@@ -32,6 +32,7 @@ pub struct Builder {
     bootstrap_cache: Option<PathBuf>,
     protocols: Vec<(String, Arc<dyn ProtocolHandler>)>,
     device_info: bool,
+    background: Vec<String>,
 }
 
 /// Why a node could not be built.
@@ -79,6 +80,7 @@ impl P2P {
             listen: Vec::new(),
             listen_tcp: Vec::new(),
             listen_utp: Vec::new(),
+            background: Vec::new(),
             relay: None,
             hole_punching: true,
             port_mapping: None,
@@ -111,6 +113,12 @@ impl Builder {
     /// uTP; see [`crate::transport::utp_listener`]), for background traffic.
     pub fn listen_utp(mut self, addr: SocketAddr) -> Self {
         self.listen_utp.push(addr);
+        self
+    }
+
+    /// Marks `protocol` as background traffic ([`P2P::set_background`]).
+    pub fn background_protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.background.push(protocol.into());
         self
     }
 
@@ -172,6 +180,9 @@ impl Builder {
     /// sockets, the relay and the discovery sources. On an error, whatever started is shut down.
     pub async fn spawn(self) -> Result<P2P, BuildError> {
         let p2p = P2P::new(self.app_name, self.identity);
+        for protocol in &self.background {
+            p2p.set_background(protocol, true);
+        }
         if self.device_info {
             p2p.metadata_mut().extend(crate::node::device_info()).expect("two short entries fit the wire limits");
         }

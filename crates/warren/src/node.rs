@@ -130,6 +130,8 @@ struct Inner {
     metadata: RwLock<BTreeMap<String, String>>,
     peers: Mutex<PeerTable>,
     connections: Mutex<HashMap<RemoteIdentity, Vec<Connection>>>,
+    /// Woken whenever a connection joins `connections`.
+    connection_added: tokio::sync::Notify,
     events: broadcast::Sender<Event>,
     libraries: Mutex<BTreeSet<uuid::Uuid>>,
     contacts: Mutex<BTreeSet<RemoteIdentity>>,
@@ -153,6 +155,8 @@ struct Inner {
     /// asked for one.
     tcp: std::sync::OnceLock<TcpTransport>,
     tcp_punches: Mutex<HashMap<RemoteIdentity, std::time::Instant>>,
+    /// Protocols whose streams [`P2P::connect`] sends as background traffic.
+    background: RwLock<BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for P2P {
@@ -182,6 +186,7 @@ impl P2P {
                 metadata: RwLock::new(metadata::defaults()),
                 peers: Mutex::default(),
                 connections: Mutex::default(),
+                connection_added: tokio::sync::Notify::new(),
                 events,
                 libraries: Mutex::default(),
                 contacts: Mutex::default(),
@@ -198,6 +203,7 @@ impl P2P {
                 relay: Mutex::new(None),
                 tcp: std::sync::OnceLock::new(),
                 tcp_punches: Mutex::default(),
+                background: RwLock::default(),
             }),
         }
     }
@@ -785,6 +791,15 @@ impl P2P {
                     Ok(false) => {}
                     Err(error) => tracing::debug!(remote = %conn.remote, %error, "hole punching failed"),
                 }
+                // UDP found no path: a TCP simultaneous open may (where both NATs keep ports, or
+                // one keeps them and the other filters by address only), once per connection.
+                let relayed = conn.close_reason().is_none() && matches!(conn.path(), Path::Relayed { .. });
+                if wait.is_zero() && relayed && node.can_punch_tcp() && !node.has_tcp_connection(&conn.remote) {
+                    match node.punch_tcp(conn.remote).await {
+                        Ok(_) => return,
+                        Err(error) => tracing::debug!(remote = %conn.remote, %error, "TCP hole punching failed"),
+                    }
+                }
             }
         });
     }
@@ -802,9 +817,32 @@ impl P2P {
     /// Opens a stream of `protocol` to `remote`, reusing an open connection or connecting with
     /// the addresses discovery found. Opening the stream costs no round trip; see
     /// [`Connection::open_stream`] for how a peer without the protocol refuses it.
+    /// A protocol marked as background ([`P2P::set_background`]) goes over uTP where it can.
     pub async fn connect(&self, remote: RemoteIdentity, protocol: &str) -> Result<Stream, ConnectError> {
         wire::check_protocol_name(protocol).map_err(ConnectError::InvalidProtocol)?;
+        if self.is_background(protocol) {
+            match self.connect_background(remote, protocol).await {
+                Err(ConnectError::NoTransport | ConnectError::NoAddress { .. }) => {}
+                result => return result,
+            }
+        }
         self.connection(remote).await?.open_stream(protocol).await
+    }
+
+    /// Marks `protocol` as background traffic (or not, with `false`): [`P2P::connect`] then
+    /// opens its streams as [`P2P::connect_background`] does, over uTP, whose LEDBAT yields to
+    /// the user's other traffic. Where uTP is not possible (no uTP listener here, no uTP
+    /// candidate for the peer) it falls back to the foreground connection, so marking a
+    /// protocol never makes it unreachable; a uTP dial that fails is an error, as with
+    /// `connect_background`. Returns whether this changed anything.
+    pub fn set_background(&self, protocol: &str, background: bool) -> bool {
+        let mut set = self.inner.background.write().expect("background lock poisoned");
+        if background { set.insert(protocol.to_owned()) } else { set.remove(protocol) }
+    }
+
+    /// Whether `protocol` is marked as background traffic.
+    pub fn is_background(&self, protocol: &str) -> bool {
+        self.inner.background.read().expect("background lock poisoned").contains(protocol)
     }
 
     /// An open connection to `remote`, dialling the known addresses in turn if there is none.
@@ -826,10 +864,16 @@ impl P2P {
             let peer = self.peer(&remote);
             let mut addrs: Vec<Target> = peer.iter().flat_map(|p| p.addresses()).map(|addr| (None, addr)).collect();
             // TCP candidates after the QUIC ones (the stagger gives QUIC its head start), when
-            // this node has a TCP listener: where UDP is blocked, they are what connects.
-            if self.listeners().iter().any(|l| l.name() == crate::transport::tcp::HOOK_NAME) {
-                let tcp = peer.iter().flat_map(|p| p.addresses_on(crate::transport::tcp::HOOK_NAME));
-                addrs.extend(tcp.map(|addr| (Some(crate::transport::tcp::HOOK_NAME), addr)));
+            // this node has a TCP listener: where UDP is blocked, they are what connects. uTP
+            // ones only on a uTP-only node (elsewhere uTP is for background traffic).
+            let listeners = self.listeners();
+            let utp_only = listeners.iter().all(|l| l.name() == crate::transport::utp_listener::HOOK_NAME);
+            for transport in [crate::transport::tcp::HOOK_NAME, crate::transport::utp_listener::HOOK_NAME] {
+                let foreground = transport != crate::transport::utp_listener::HOOK_NAME || utp_only;
+                if foreground && listeners.iter().any(|l| l.name() == transport) {
+                    let candidates = peer.iter().flat_map(|p| p.addresses_on(transport));
+                    addrs.extend(candidates.map(|addr| (Some(transport), addr)));
+                }
             }
             if self.listeners().is_empty() {
                 return Err(ConnectError::NoTransport);
@@ -1203,6 +1247,7 @@ impl P2P {
             let oldest = (list.len() > MAX_CONNECTIONS_PER_PEER).then(|| list.remove(0));
             (list.len(), oldest)
         };
+        self.inner.connection_added.notify_waiters();
         if let Some(oldest) = oldest {
             oldest.inner.close(codes::CLOSED, b"too many connections from this identity");
         }
@@ -1217,6 +1262,7 @@ impl P2P {
                 remote: conn.remote,
                 addr: conn.remote_address(),
                 path: conn.path(),
+                transport: conn.transport_name(),
                 direction: conn.direction,
                 metadata: conn.hello.metadata.clone(),
             });

@@ -5,6 +5,9 @@
 //!
 //! File format: the magic `WRNCACHE`, a format version byte, a BLAKE3 hash of the body (32
 //! bytes), then the body, a warren-proto encoded [`CacheFile`]. At most [`MAX_FILE_BYTES`].
+//! Format 2 (issue 15) adds the addresses on other transports than QUIC
+//! ([`CacheEntry::other`]); a format 1 file is still read (its entries have none) and is
+//! written back as format 2.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,7 +24,9 @@ pub const MAX_ADDRS: usize = 8;
 pub const MAX_FILE_BYTES: usize = 64 * 1024;
 
 const MAGIC: &[u8; 8] = b"WRNCACHE";
-const FORMAT: u8 = 1;
+const FORMAT: u8 = 2;
+/// The format before transport-named addresses, still read.
+const FORMAT_1: u8 = 1;
 const HEADER_LEN: usize = MAGIC.len() + 1 + 32;
 
 /// What the cache knows of one peer.
@@ -29,7 +34,7 @@ const HEADER_LEN: usize = MAGIC.len() + 1 + 32;
 pub struct CacheEntry {
     /// The peer.
     pub identity: RemoteIdentity,
-    /// Addresses it was reached at, newest first.
+    /// QUIC addresses it was reached at, newest first.
     #[proto(max_len = 8)]
     pub addrs: Vec<SocketAddr>,
     /// When it last worked, in seconds since the Unix epoch (0: never).
@@ -38,6 +43,19 @@ pub struct CacheEntry {
     pub failures: u32,
     /// Is it a relay (a rendezvous point)?
     pub relay: bool,
+    /// Addresses on other transports it was reached at (TCP, uTP), newest first.
+    #[proto(max_len = 8)]
+    pub other: Vec<TransportAddr>,
+}
+
+/// An address on a named transport.
+#[derive(Debug, Clone, PartialEq, Eq, warren_proto::Encode, warren_proto::Decode)]
+pub struct TransportAddr {
+    /// The transport (`"tcp"`, `"utp"`).
+    #[proto(max_len = 16)]
+    pub transport: String,
+    /// The address.
+    pub addr: SocketAddr,
 }
 
 /// The body of the file.
@@ -46,6 +64,50 @@ pub struct CacheEntry {
 struct CacheFile {
     #[proto(max_len = 256)]
     entries: Vec<CacheEntry>,
+}
+
+/// A format 1 entry: QUIC addresses only.
+#[derive(Debug, Clone, PartialEq, Eq, warren_proto::Encode, warren_proto::Decode)]
+struct CacheEntryV1 {
+    identity: RemoteIdentity,
+    #[proto(max_len = 8)]
+    addrs: Vec<SocketAddr>,
+    last_success: u64,
+    failures: u32,
+    relay: bool,
+}
+
+/// A format 1 body.
+#[derive(Debug, Default, warren_proto::Encode, warren_proto::Decode)]
+#[proto(max_bytes = 65536)]
+struct CacheFileV1 {
+    #[proto(max_len = 256)]
+    entries: Vec<CacheEntryV1>,
+}
+
+impl From<CacheEntryV1> for CacheEntry {
+    fn from(v1: CacheEntryV1) -> Self {
+        let CacheEntryV1 { identity, addrs, last_success, failures, relay } = v1;
+        Self { identity, addrs, last_success, failures, relay, other: Vec::new() }
+    }
+}
+
+impl CacheEntry {
+    /// The addresses on `transport` (`"quic"` gives [`CacheEntry::addrs`]), newest first.
+    pub fn addresses_on(&self, transport: &str) -> Vec<SocketAddr> {
+        if transport == crate::transport::quic::HOOK_NAME {
+            return self.addrs.clone();
+        }
+        self.other.iter().filter(|a| a.transport == transport).map(|a| a.addr).collect()
+    }
+
+    /// The other transports it has addresses on, each once.
+    pub fn other_transports(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.other.iter().map(|a| a.transport.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
 }
 
 /// The bootstrap cache.
@@ -105,16 +167,23 @@ impl BootstrapCache {
         if bytes.len() < HEADER_LEN || &bytes[..MAGIC.len()] != MAGIC {
             return Err("not a bootstrap cache (bad magic or truncated header)".into());
         }
-        if bytes[MAGIC.len()] != FORMAT {
-            return Err(format!("format {} (this warren reads {FORMAT})", bytes[MAGIC.len()]));
+        let format = bytes[MAGIC.len()];
+        if format != FORMAT && format != FORMAT_1 {
+            return Err(format!("format {format} (this warren reads {FORMAT_1} and {FORMAT})"));
         }
         let (hash, body) = bytes[MAGIC.len() + 1..].split_at(32);
         if blake3::hash(body).as_bytes() != hash {
             return Err("checksum mismatch (truncated or corrupted)".into());
         }
-        let file: CacheFile = warren_proto::decode_from_slice(body).map_err(|e| e.to_string())?;
+        let decoded: Vec<CacheEntry> = if format == FORMAT_1 {
+            let file: CacheFileV1 = warren_proto::decode_from_slice(body).map_err(|e| e.to_string())?;
+            file.entries.into_iter().map(CacheEntry::from).collect()
+        } else {
+            let file: CacheFile = warren_proto::decode_from_slice(body).map_err(|e| e.to_string())?;
+            file.entries
+        };
         let mut entries = BTreeMap::new();
-        for entry in file.entries.into_iter().take(MAX_ENTRIES) {
+        for entry in decoded.into_iter().take(MAX_ENTRIES) {
             entries.insert(entry.identity, entry);
         }
         Ok(entries)
@@ -162,18 +231,26 @@ impl BootstrapCache {
         self.entries().into_iter().filter(|e| e.relay).collect()
     }
 
-    /// `identity` worked at `addr`: it goes first in its addresses, its failures reset.
-    pub fn record_success(&mut self, identity: RemoteIdentity, addr: SocketAddr, relay: bool) {
+    /// `identity` worked at `addr` over `transport` (`"quic"`, `"tcp"`, `"utp"`): it goes first
+    /// in its addresses on that transport, its failures reset.
+    pub fn record_success(&mut self, identity: RemoteIdentity, transport: &str, addr: SocketAddr, relay: bool) {
         let entry = self.entries.entry(identity).or_insert_with(|| CacheEntry {
             identity,
             addrs: Vec::new(),
             last_success: 0,
             failures: 0,
             relay,
+            other: Vec::new(),
         });
-        entry.addrs.retain(|a| *a != addr);
-        entry.addrs.insert(0, addr);
-        entry.addrs.truncate(MAX_ADDRS);
+        if transport == crate::transport::quic::HOOK_NAME {
+            entry.addrs.retain(|a| *a != addr);
+            entry.addrs.insert(0, addr);
+            entry.addrs.truncate(MAX_ADDRS);
+        } else {
+            entry.other.retain(|a| !(a.addr == addr && a.transport == transport));
+            entry.other.insert(0, TransportAddr { transport: transport.to_owned(), addr });
+            entry.other.truncate(MAX_ADDRS);
+        }
         entry.last_success = now();
         entry.failures = 0;
         entry.relay |= relay;
@@ -203,6 +280,9 @@ impl BootstrapCache {
 
 /// Name of the cache hook, and the source of the peers it reports.
 pub const SOURCE: &str = "cache";
+
+/// A relay's address is its QUIC one (its TCP fallback listens on the same address).
+const RELAY_TRANSPORT: &str = crate::transport::quic::HOOK_NAME;
 
 /// How long one reconnection attempt to a cached peer may take.
 const RECONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -241,6 +321,9 @@ impl BootstrapHook {
         // Relays are not peers: the node's relay client picks one (see `relays`).
         for entry in known.into_iter().filter(|e| !e.relay) {
             p2p.discovered(SOURCE, entry.identity, entry.addrs.clone(), BTreeMap::new());
+            for transport in entry.other_transports() {
+                p2p.discovered_on(transport, entry.identity, entry.addresses_on(transport));
+            }
             let this = hook.clone();
             let task = hook.inner.hook.tasks.track_future(async move {
                 let attempt = tokio::time::timeout(RECONNECT_TIMEOUT, this.inner.p2p.connection(entry.identity));
@@ -266,13 +349,14 @@ impl BootstrapHook {
                     Ok(crate::Event::PeerConnected {
                         remote,
                         path: crate::transport::paths::Path::Direct { addr },
+                        transport,
                         direction: crate::Direction::Outbound,
                         ..
                     }) => {
-                        this.change(|cache| cache.record_success(remote, addr, false));
+                        this.change(|cache| cache.record_success(remote, transport, addr, false));
                     }
                     Ok(crate::Event::RelayConnected { relay, addr, .. }) => {
-                        this.change(|cache| cache.record_success(relay, addr, true));
+                        this.change(|cache| cache.record_success(relay, RELAY_TRANSPORT, addr, true));
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
@@ -297,7 +381,7 @@ impl BootstrapHook {
 
     /// Records a relay that worked.
     pub fn record_relay(&self, identity: RemoteIdentity, addr: SocketAddr) {
-        self.change(|cache| cache.record_success(identity, addr, true));
+        self.change(|cache| cache.record_success(identity, RELAY_TRANSPORT, addr, true));
     }
 
     fn change(&self, f: impl FnOnce(&mut BootstrapCache)) {
@@ -369,9 +453,9 @@ mod tests {
         let (mut cache, warning) = BootstrapCache::load(&path);
         assert!(warning.is_none() && cache.entries().is_empty(), "a missing file is an empty cache");
         let (peer, relay) = (id(), id());
-        cache.record_success(peer, "10.0.0.1:7000".parse().unwrap(), false);
-        cache.record_success(peer, "10.0.0.2:7000".parse().unwrap(), false);
-        cache.record_success(relay, "203.0.113.1:443".parse().unwrap(), true);
+        cache.record_success(peer, "quic", "10.0.0.1:7000".parse().unwrap(), false);
+        cache.record_success(peer, "quic", "10.0.0.2:7000".parse().unwrap(), false);
+        cache.record_success(relay, "quic", "203.0.113.1:443".parse().unwrap(), true);
         cache.record_failure(&relay);
         cache.save().unwrap();
         let leftovers: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().flatten().collect();
@@ -386,10 +470,51 @@ mod tests {
     }
 
     #[test]
+    fn addresses_keep_their_transport_and_a_format_1_file_still_loads() {
+        let path = temp("transports");
+        let mut cache = BootstrapCache::load(&path).0;
+        let peer = id();
+        let (quic, tcp, utp) =
+            ("10.0.0.1:7000".parse().unwrap(), "10.0.0.1:7001".parse().unwrap(), "10.0.0.1:7002".parse().unwrap());
+        cache.record_success(peer, "quic", quic, false);
+        cache.record_success(peer, "tcp", tcp, false);
+        cache.record_success(peer, "utp", utp, false);
+        cache.record_success(peer, "tcp", tcp, false);
+        cache.save().unwrap();
+        let entry = BootstrapCache::load(&path).0.entries().remove(0);
+        assert_eq!(entry.addrs, [quic], "QUIC addresses stay where format 1 had them");
+        assert_eq!(entry.addresses_on("quic"), [quic]);
+        assert_eq!(entry.addresses_on("tcp"), [tcp], "recorded twice, kept once");
+        assert_eq!(entry.addresses_on("utp"), [utp]);
+        assert_eq!(entry.other_transports(), ["tcp", "utp"]);
+
+        // A file of the previous format: read, with no other transports, and written back as 2.
+        let v1 = CacheFileV1 {
+            entries: vec![CacheEntryV1 {
+                identity: peer,
+                addrs: vec![quic],
+                last_success: 5,
+                failures: 1,
+                relay: false,
+            }],
+        };
+        let body = warren_proto::encode_to_vec(&v1).unwrap();
+        let file = [&MAGIC[..], &[FORMAT_1], blake3::hash(&body).as_bytes(), &body].concat();
+        std::fs::write(&path, file).unwrap();
+        let (loaded, warning) = BootstrapCache::load(&path);
+        assert!(warning.is_none(), "{warning:?}");
+        let entry = loaded.entries().remove(0);
+        assert_eq!((entry.addrs.clone(), entry.last_success, entry.failures), (vec![quic], 5, 1));
+        assert!(entry.other.is_empty());
+        loaded.save().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap()[MAGIC.len()], FORMAT);
+    }
+
+    #[test]
     fn a_broken_file_is_rebuilt_with_a_warning() {
         let path = temp("broken");
         let mut cache = BootstrapCache::load(&path).0;
-        cache.record_success(id(), "10.0.0.1:7000".parse().unwrap(), false);
+        cache.record_success(id(), "quic", "10.0.0.1:7000".parse().unwrap(), false);
         cache.save().unwrap();
         let good = std::fs::read(&path).unwrap();
         let mut flipped = good.clone();
@@ -417,14 +542,19 @@ mod tests {
     fn the_cache_stays_bounded_and_drops_the_worst() {
         let mut cache = BootstrapCache::load(&temp("bounded")).0;
         let failing = id();
-        cache.record_success(failing, "10.0.0.1:1".parse().unwrap(), false);
+        cache.record_success(failing, "quic", "10.0.0.1:1".parse().unwrap(), false);
         for _ in 0..5 {
             cache.record_failure(&failing);
         }
         for i in 0..(MAX_ENTRIES + 50) {
             let peer = id();
             for port in 0..20u16 {
-                cache.record_success(peer, SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], port)), false);
+                cache.record_success(
+                    peer,
+                    "quic",
+                    SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], port)),
+                    false,
+                );
             }
         }
         let entries = cache.entries();

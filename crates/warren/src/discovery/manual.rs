@@ -1,6 +1,8 @@
 //! Manual discovery: addresses the user gave (`--peer ID@ADDR`, `host:port`), for Docker and
 //! networks where nothing else works. Each target is dialled, kept connected, and retried with
-//! exponential backoff when it fails or drops.
+//! exponential backoff when it fails or drops. An address may name its transport:
+//! `tcp://HOST:PORT` or `utp://HOST:PORT` (dialled through this node's listener of that
+//! transport); plain `HOST:PORT` (or `quic://`) is QUIC.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -65,21 +67,33 @@ impl FromStr for ManualAddr {
 }
 
 /// A peer given by hand: `ID@ADDR` (the identity is checked) or just `ADDR` (whoever answers
-/// is accepted and learned).
+/// is accepted and learned); `ADDR` may start with `tcp://` or `utp://`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ManualPeer {
     /// The identity expected at the address, if known.
     pub identity: Option<RemoteIdentity>,
+    /// The transport to dial it on, other than QUIC (`"tcp"`, `"utp"`); `None` is QUIC.
+    pub transport: Option<&'static str>,
     /// Where to dial.
     pub addr: ManualAddr,
 }
 
+/// The transports an address may name, by scheme.
+const SCHEMES: [(&str, Option<&str>); 3] = [
+    ("quic://", None),
+    ("tcp://", Some(crate::transport::tcp::HOOK_NAME)),
+    ("utp://", Some(crate::transport::utp_listener::HOOK_NAME)),
+];
+
 impl fmt::Display for ManualPeer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.identity {
-            Some(id) => write!(f, "{id}@{}", self.addr),
-            None => self.addr.fmt(f),
+        if let Some(id) = &self.identity {
+            write!(f, "{id}@")?;
         }
+        if let Some(transport) = self.transport {
+            write!(f, "{transport}://")?;
+        }
+        self.addr.fmt(f)
     }
 }
 
@@ -87,13 +101,18 @@ impl FromStr for ManualPeer {
     type Err = ManualParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once('@') {
-            Some((id, addr)) => Ok(Self {
-                identity: Some(id.parse().map_err(|e| ManualParseError(format!("{id:?}: {e}")))?),
-                addr: addr.parse()?,
-            }),
-            None => Ok(Self { identity: None, addr: s.parse()? }),
-        }
+        let (identity, rest) = match s.split_once('@') {
+            Some((id, rest)) => (Some(id.parse().map_err(|e| ManualParseError(format!("{id:?}: {e}")))?), rest),
+            None => (None, s),
+        };
+        let (transport, addr) = match SCHEMES.iter().find(|(scheme, _)| rest.starts_with(scheme)) {
+            Some((scheme, transport)) => (*transport, &rest[scheme.len()..]),
+            None if rest.contains("://") => {
+                return Err(ManualParseError(format!("{s:?}: unknown transport (quic://, tcp:// or utp://)")));
+            }
+            None => (None, rest),
+        };
+        Ok(Self { identity, transport, addr: addr.parse()? })
     }
 }
 
@@ -219,6 +238,36 @@ fn random_u32() -> u32 {
     u32::from_le_bytes(bytes)
 }
 
+/// Reaches a peer given on `transport` (TCP, uTP): an open connection to a known identity is
+/// kept; otherwise each address is dialled through this node's listener of that transport.
+/// The addresses become the peer's candidates on the transport ([`P2P::discovered_on`]).
+async fn dial_on(
+    p2p: &P2P,
+    transport: &'static str,
+    identity: Option<RemoteIdentity>,
+    addrs: Vec<SocketAddr>,
+) -> Result<crate::Connection, String> {
+    if let Some(id) = identity {
+        p2p.discovered_on(transport, id, addrs.iter().copied());
+        if let Some(conn) = p2p.open_connection(&id) {
+            return Ok(conn);
+        }
+    }
+    let mut errors = Vec::new();
+    for addr in addrs {
+        match p2p.dial_via(transport, addr, identity).await {
+            Ok(conn) => {
+                if identity.is_none() {
+                    p2p.discovered_on(transport, conn.remote(), [addr]);
+                }
+                return Ok(conn);
+            }
+            Err(e) => errors.push(format!("{transport}://{addr}: {e}")),
+        }
+    }
+    Err(errors.join("; "))
+}
+
 /// Dials `peer` until connected, waits for the connection to close, and starts again.
 async fn keep_connected(p2p: P2P, peer: ManualPeer) {
     let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
@@ -226,6 +275,9 @@ async fn keep_connected(p2p: P2P, peer: ManualPeer) {
     loop {
         let attempt = async {
             let addrs = resolve(&peer.addr).await?;
+            if let Some(transport) = peer.transport {
+                return dial_on(&p2p, transport, identity, addrs).await;
+            }
             if let Some(id) = identity {
                 p2p.discovered(SOURCE, id, addrs, BTreeMap::new());
                 return p2p.connection(id).await.map_err(|e| e.to_string());
@@ -273,9 +325,23 @@ mod tests {
         let peer: ManualPeer = format!("{id}@127.0.0.1:4433").parse().unwrap();
         assert_eq!(
             peer,
-            ManualPeer { identity: Some(id), addr: ManualAddr::Socket("127.0.0.1:4433".parse().unwrap()) }
+            ManualPeer {
+                identity: Some(id),
+                transport: None,
+                addr: ManualAddr::Socket("127.0.0.1:4433".parse().unwrap())
+            }
         );
         assert_eq!(peer.to_string(), format!("{id}@127.0.0.1:4433"));
+        let tcp: ManualPeer = format!("{id}@tcp://127.0.0.1:4434").parse().unwrap();
+        assert_eq!((tcp.identity, tcp.transport), (Some(id), Some("tcp")));
+        assert_eq!(tcp.to_string(), format!("{id}@tcp://127.0.0.1:4434"), "round trips");
+        let utp: ManualPeer = "utp://host.example:9".parse().unwrap();
+        assert_eq!((utp.transport, utp.addr), (Some("utp"), ManualAddr::Name { host: "host.example".into(), port: 9 }));
+        let quic: ManualPeer = "quic://127.0.0.1:1".parse().unwrap();
+        assert_eq!(quic.transport, None);
+        let error = "sctp://127.0.0.1:1".parse::<ManualPeer>().unwrap_err().to_string();
+        assert!(error.contains("unknown transport"), "{error}");
+        assert!("tcp://".parse::<ManualPeer>().is_err());
         let peer: ManualPeer = "relay.example.org:7000".parse().unwrap();
         assert_eq!(peer.addr, ManualAddr::Name { host: "relay.example.org".into(), port: 7000 });
         let peer: ManualPeer = "[::1]:9".parse().unwrap();

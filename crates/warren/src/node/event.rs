@@ -57,6 +57,8 @@ pub enum Event {
         addr: SocketAddr,
         /// The path the connection's packets take now.
         path: Path,
+        /// The transport that carries it (`"quic"`, `"tcp"`, `"utp"`).
+        transport: &'static str,
         /// Who dialled.
         direction: Direction,
         /// The metadata the peer sent in its hello.
@@ -89,6 +91,18 @@ pub enum Event {
         packets: u32,
         /// The plan the attempt followed (from both sides' NATs).
         plan: String,
+    },
+    /// A TCP hole punch this node offered ([`P2P::punch_tcp`](crate::P2P::punch_tcp), or the
+    /// automatic one after a failed UDP punch) ended.
+    TcpHolePunch {
+        /// The peer.
+        remote: RemoteIdentity,
+        /// The peer's address on the direct TCP connection, or `None` if there is none.
+        direct: Option<SocketAddr>,
+        /// Milliseconds from the offer to the end.
+        elapsed_ms: u64,
+        /// Why it failed, if it did.
+        error: Option<String>,
     },
     /// This node registered with a relay.
     RelayConnected {

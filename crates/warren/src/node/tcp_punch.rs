@@ -54,13 +54,36 @@ impl P2P {
     /// connection the two already have (relayed, say): both sides connect from their TCP
     /// listeners' ports at once, so that each NAT sees the other's SYN as the answer to its
     /// own. Needs a TCP listener on both sides ([`P2P::listen_tcp`]). On success the node has
-    /// the new connection too (it is the one [`P2P::open_connection`] then gives).
+    /// the new connection too (it is the one [`P2P::open_connection`] then gives). Ends with an
+    /// [`Event::TcpHolePunch`](crate::Event::TcpHolePunch) once the offer went out.
     pub async fn punch_tcp(&self, remote: RemoteIdentity) -> Result<Connection, ConnectError> {
         let tcp = self.inner.tcp.get().cloned().ok_or(ConnectError::NoTransport)?;
+        let started = tokio::time::Instant::now();
+        let result = self.offer_tcp_punch(&tcp, remote).await;
+        self.emit(crate::Event::TcpHolePunch {
+            remote,
+            direct: result.as_ref().ok().map(Connection::remote_address),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            error: result.as_ref().err().map(ToString::to_string),
+        });
+        result
+    }
+
+    /// Whether an open TCP connection to `remote` exists.
+    pub(crate) fn has_tcp_connection(&self, remote: &RemoteIdentity) -> bool {
+        !self.tcp_connections(remote).is_empty()
+    }
+
+    /// Whether this node can offer a TCP hole punch (it has a TCP listener).
+    pub(crate) fn can_punch_tcp(&self) -> bool {
+        self.inner.tcp.get().is_some()
+    }
+
+    async fn offer_tcp_punch(&self, tcp: &TcpTransport, remote: RemoteIdentity) -> Result<Connection, ConnectError> {
         let signal = self.open_connection(&remote).ok_or(ConnectError::NoAddress { remote })?;
         let stream = signal.open_stream(TCP_PROTOCOL).await?;
         let (mut send, mut recv) = stream.into_split();
-        let offer = TcpMessage::Offer { candidates: self.tcp_candidates(&tcp) };
+        let offer = TcpMessage::Offer { candidates: self.tcp_candidates(tcp) };
         control::write(&mut send, &offer).await.map_err(signalling)?;
         let candidates = match control::read::<_, TcpMessage>(&mut recv).await.map_err(signalling)? {
             TcpMessage::Answer { mut candidates } => {
@@ -81,19 +104,18 @@ impl P2P {
         // Or the answerer's connect reached our listener and it dialled us.
         let theirs = async {
             loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let added = self.inner.connection_added.notified();
                 if let Some(conn) = self.new_tcp_connection(&remote, &known) {
                     return Ok(conn);
                 }
+                added.await;
             }
         };
         let raced = async {
             tokio::select! {
-                result = ours => match result {
-                    Err(_) if self.new_tcp_connection(&remote, &known).is_some() => {
-                        Ok(self.new_tcp_connection(&remote, &known).expect("checked"))
-                    }
-                    result => result,
+                result = ours => match (result, self.new_tcp_connection(&remote, &known)) {
+                    (Err(_), Some(theirs)) => Ok(theirs),
+                    (result, _) => result,
                 },
                 conn = theirs => conn,
             }

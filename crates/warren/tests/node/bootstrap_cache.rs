@@ -21,11 +21,7 @@ async fn a_restarted_node_reconnects_to_the_peers_its_cache_remembers() {
     assert!(warning.is_none(), "no file yet is not a problem");
     introduce(&alice, &bob, bob_addr);
     alice.connection(bob_id).await.unwrap();
-    let deadline = std::time::Instant::now() + HANG;
-    while !cache.entries().iter().any(|e| e.identity == bob_id) {
-        assert!(std::time::Instant::now() < deadline, "the success was not recorded");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    eventually("the success is recorded", || cache.entries().iter().any(|e| e.identity == bob_id)).await;
     alice.shutdown().await;
 
     // Second life: nothing but the cache file; alice finds and reconnects to bob by itself.

@@ -48,6 +48,16 @@ pub fn introduce(from: &P2P, to: &P2P, addr: SocketAddr) {
 }
 
 /// Waits for the first event that `pick` accepts.
+/// Waits until `condition` holds (checked every 10 ms), for state no event announces; panics
+/// with `what` after [`HANG`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + HANG;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "not within {HANG:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn wait_for<T>(events: &mut broadcast::Receiver<Event>, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
     tokio::time::timeout(HANG, async {
         loop {

@@ -319,6 +319,50 @@ async fn a_node_with_both_listeners_dials_quic_by_default_and_tcp_when_asked() {
     bob.shutdown().await;
 }
 
+/// A peer given by hand on this transport (`tcp://`, `utp://`, or plain for QUIC) is reached
+/// over it; the bootstrap cache remembers the address with its transport, and the node,
+/// restarted with nothing but the cache, reconnects over the same transport.
+async fn a_manual_peer_is_reached_cached_and_reconnected_on_its_transport(t: Transport) {
+    use warren::discovery::cache::BootstrapHook;
+    use warren::discovery::manual::{ManualDiscovery, ManualPeer};
+    let dir = std::env::temp_dir().join(format!("warren-manual-{}-{}", t.name(), std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("bootstrap-cache");
+    let (bob, bob_addr, _) = node_on(t).await;
+    let bob_id = bob.id();
+    let secret = Identity::generate().to_secret_bytes();
+    let over = |transport: &'static str| {
+        move |e: &Event| {
+            matches!(e, Event::PeerConnected { remote, transport: got, .. } if *remote == bob_id && *got == transport)
+                .then_some(())
+        }
+    };
+
+    let (alice, _, _) = node_as(t, Identity::from_secret_bytes(&secret)).await;
+    let mut events = alice.subscribe();
+    let (cache, _) = BootstrapHook::spawn(&alice, &path);
+    let scheme = if t == Transport::Quic { String::new() } else { format!("{}://", t.name()) };
+    let peer: ManualPeer = format!("{bob_id}@{scheme}{bob_addr}").parse().unwrap();
+    assert_eq!(peer.to_string(), format!("{bob_id}@{scheme}{bob_addr}"));
+    let _manual = ManualDiscovery::spawn(&alice, [peer]);
+    wait_for(&mut events, over(t.name())).await;
+    assert_eq!(alice.peer(&bob_id).unwrap().addresses_on(t.name()), [bob_addr]);
+    eventually("cached on its transport", || {
+        cache.entries().iter().any(|e| e.identity == bob_id && e.addresses_on(t.name()) == [bob_addr])
+    })
+    .await;
+    alice.shutdown().await;
+
+    let (alice, _, _) = node_as(t, Identity::from_secret_bytes(&secret)).await;
+    let mut events = alice.subscribe();
+    let _cache = BootstrapHook::spawn(&alice, &path);
+    wait_for(&mut events, over(t.name())).await;
+    assert_eq!(echo_once(&alice, bob_id, b"again").await, b"again");
+    alice.shutdown().await;
+    bob.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Instantiates each test once per transport: `transports::quic::name`, `transports::tcp::name`,
 /// `transports::utp::name`.
 macro_rules! suite {
@@ -360,6 +404,7 @@ suite!(
     one_address_gets_at_most_its_share_of_connections,
     shutdown_closes_connections_with_the_code_and_frees_the_port,
     contacts_only_answers_contacts_alone,
+    a_manual_peer_is_reached_cached_and_reconnected_on_its_transport,
 );
 
 /// A TCP hole punch between two nodes on loopback (no NAT: the SYNs cross or meet a listener),
@@ -380,15 +425,11 @@ async fn a_tcp_hole_punch_over_an_existing_connection_gives_a_direct_tcp_connect
     assert_eq!(alice.open_connection(&bob.id()).unwrap().id(), tcp.id(), "the newest connection is used");
     assert_eq!(warren::ping::ping(&alice, bob.id(), 2).await.unwrap().len(), 2);
     // Bob has it too, as a TCP connection from alice.
-    let mut seen = false;
-    for _ in 0..100 {
-        if bob.connections().iter().any(|c| c.remote() == alice.id() && c.transport_name() == "tcp") {
-            seen = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(seen, "bob has the TCP connection");
+    let alice_id = alice.id();
+    eventually("bob has the TCP connection", || {
+        bob.connections().iter().any(|c| c.remote() == alice_id && c.transport_name() == "tcp")
+    })
+    .await;
     // Another offer from alice within the interval: bob does not answer it.
     assert!(alice.punch_tcp(bob.id()).await.is_err());
     alice.shutdown().await;
@@ -426,6 +467,50 @@ async fn connect_background_goes_over_utp_and_foreground_streams_stay_on_quic() 
     // The next background stream reuses the uTP connection.
     let _again = alice.connect_background(bob.id(), ECHO).await.unwrap();
     assert_eq!(alice.connections().len(), 2);
+    alice.shutdown().await;
+    bob.shutdown().await;
+}
+
+/// Background per protocol: a protocol marked as background (`Builder::background_protocol`,
+/// `P2P::set_background`) goes over uTP through plain `connect`, other protocols stay on QUIC;
+/// where the peer has no uTP candidate, it falls back to the foreground connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_marked_as_background_goes_over_utp_through_connect() {
+    const BULK: &str = "bulk/1";
+    let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let bob = P2P::builder("warren-test", Identity::generate()).listen_quic(lo).listen_utp(lo).spawn().await.unwrap();
+    bob.register_protocol(ECHO, echo).unwrap();
+    bob.register_protocol(BULK, echo).unwrap();
+    let builder = P2P::builder("warren-test", Identity::generate()).listen_quic(lo).listen_utp(lo);
+    let alice = builder.background_protocol(BULK).spawn().await.unwrap();
+    assert!(alice.is_background(BULK) && !alice.is_background(ECHO));
+    let quic_addr = bob.record().addrs[0];
+    let utp_addr = *bob.listen_addrs().iter().find(|a| **a != quic_addr).unwrap();
+    alice.discovered("test", bob.id(), [quic_addr], Default::default());
+    let echoed = |mut stream: warren::Stream, payload: &'static [u8]| async move {
+        stream.write_all(payload).await.unwrap();
+        stream.finish().unwrap();
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await.unwrap();
+        out
+    };
+    // No uTP candidate: the background protocol still works, in the foreground.
+    assert_eq!(echoed(alice.connect(bob.id(), BULK).await.unwrap(), b"early").await, b"early");
+    let transports = |p2p: &P2P| {
+        let mut names: Vec<_> = p2p.connections().iter().map(|c| c.transport_name()).collect();
+        names.sort_unstable();
+        names
+    };
+    assert_eq!(transports(&alice), ["quic"]);
+    alice.discovered_on("utp", bob.id(), [utp_addr]);
+    assert_eq!(echoed(alice.connect(bob.id(), BULK).await.unwrap(), b"bulk").await, b"bulk");
+    assert_eq!(transports(&alice), ["quic", "utp"], "the background protocol dialled uTP");
+    assert_eq!(echoed(alice.connect(bob.id(), ECHO).await.unwrap(), b"now").await, b"now");
+    assert_eq!(alice.open_connection(&bob.id()).unwrap().transport_name(), "quic", "foreground stays on QUIC");
+    // Unmarked, it is foreground again.
+    assert!(alice.set_background(BULK, false));
+    let _ = alice.connect(bob.id(), BULK).await.unwrap();
+    assert_eq!(alice.connections().len(), 2, "no new connection");
     alice.shutdown().await;
     bob.shutdown().await;
 }
