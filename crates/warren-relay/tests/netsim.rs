@@ -129,15 +129,7 @@ where
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    warren::testing::pseudo_random_bytes(seed, len)
 }
 
 /// The seed's scenario: two nodes, each behind its own (port-restricted) NAT, 100 ms RTT, 1 %

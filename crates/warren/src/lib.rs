@@ -72,6 +72,8 @@ pub mod ping;
 pub mod portmap;
 pub mod relay;
 pub mod state;
+#[doc(hidden)]
+pub mod testing;
 pub mod transport;
 pub mod wire;
 

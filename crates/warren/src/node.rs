@@ -47,6 +47,15 @@ pub use crate::transport::quic::HANDSHAKE_TIMEOUT;
 /// How long a known address may take to answer when a relay can carry the connection instead.
 pub const DIRECT_TIMEOUT_WITH_RELAY: Duration = Duration::from_secs(2);
 
+/// The error for failed attempts to reach `remote`: none (no address), the one error, or all.
+fn unreachable(remote: RemoteIdentity, mut attempts: Vec<(SocketAddr, ConnectError)>) -> ConnectError {
+    match attempts.len() {
+        0 => ConnectError::NoAddress { remote },
+        1 => attempts.pop().expect("one attempt").1,
+        _ => ConnectError::Unreachable { remote, attempts },
+    }
+}
+
 /// The static name of a transport a record may name (its candidates'), if it is one.
 fn transport_name(name: &str) -> Option<&'static str> {
     [crate::transport::tcp::HOOK_NAME, crate::transport::utp_listener::HOOK_NAME].into_iter().find(|n| *n == name)
@@ -917,13 +926,7 @@ impl P2P {
                 }
                 Err(failed) => attempts.extend(failed),
             }
-            if attempts.is_empty() {
-                return Err(ConnectError::NoAddress { remote });
-            }
-            if attempts.len() == 1 {
-                return Err(attempts.pop().expect("one attempt").1);
-            }
-            Err(ConnectError::Unreachable { remote, attempts })
+            Err(unreachable(remote, attempts))
         }
         .await;
         self.inner.dialing.lock().await.remove(&remote);
@@ -982,11 +985,7 @@ impl P2P {
                     return Err(ConnectError::NoAddress { remote });
                 }
                 let targets = addrs.into_iter().map(|addr| (Some(UTP), addr)).collect();
-                match self.race(remote, targets, HANDSHAKE_TIMEOUT).await {
-                    Ok(conn) => conn,
-                    Err(mut attempts) if attempts.len() == 1 => return Err(attempts.pop().expect("one").1),
-                    Err(attempts) => return Err(ConnectError::Unreachable { remote, attempts }),
-                }
+                self.race(remote, targets, HANDSHAKE_TIMEOUT).await.map_err(|attempts| unreachable(remote, attempts))?
             }
         };
         conn.open_stream(protocol).await

@@ -21,15 +21,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A reproducible stream of bytes, written in chunks.
 fn chunk(seed: u64, index: usize, len: usize) -> Vec<u8> {
-    let mut state = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    warren::testing::pseudo_random_bytes(seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15), len)
 }
 
 fn expected_hash(seed: u64) -> blake3::Hash {

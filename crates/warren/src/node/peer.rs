@@ -111,15 +111,7 @@ impl PeerTable {
         addrs: impl IntoIterator<Item = SocketAddr>,
         metadata: BTreeMap<String, String>,
     ) -> Option<Event> {
-        let mut report: Vec<SocketAddr> = Vec::new();
-        for addr in addrs {
-            if report.len() == MAX_ADDRS_PER_SOURCE {
-                break;
-            }
-            if !report.contains(&addr) {
-                report.push(addr);
-            }
-        }
+        let report = one_report(addrs);
         let peer = self.peers.entry(remote).or_insert_with(|| PeerInfo::new(remote));
         let mut changed = false;
         if !report.is_empty() {
@@ -146,12 +138,7 @@ impl PeerTable {
     /// `remote` listens on `transport` (not QUIC) at `addrs`: replaces what was known for that
     /// transport (the first [`MAX_ADDRS_PER_SOURCE`]; none forgets them). True if it changed.
     pub(crate) fn discovered_on(&mut self, transport: &str, remote: RemoteIdentity, addrs: Vec<SocketAddr>) -> bool {
-        let mut report: Vec<SocketAddr> = Vec::new();
-        for addr in addrs {
-            if report.len() < MAX_ADDRS_PER_SOURCE && !report.contains(&addr) {
-                report.push(addr);
-            }
-        }
+        let report = one_report(addrs);
         let peer = self.peers.entry(remote).or_insert_with(|| PeerInfo::new(remote));
         let before = peer.transports.get(transport).cloned().unwrap_or_default();
         if report.is_empty() {
@@ -204,6 +191,20 @@ impl PeerTable {
             self.peers.remove(&remote);
         }
     }
+}
+
+/// One source's report: its first [`MAX_ADDRS_PER_SOURCE`] distinct addresses, in order.
+fn one_report(addrs: impl IntoIterator<Item = SocketAddr>) -> Vec<SocketAddr> {
+    let mut report: Vec<SocketAddr> = Vec::new();
+    for addr in addrs {
+        if report.len() == MAX_ADDRS_PER_SOURCE {
+            break;
+        }
+        if !report.contains(&addr) {
+            report.push(addr);
+        }
+    }
+    report
 }
 
 #[cfg(test)]

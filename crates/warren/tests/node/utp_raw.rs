@@ -12,15 +12,7 @@ use warren::wire::utp::{Packet, Type};
 use crate::support::HANG;
 
 fn payload(len: usize) -> Vec<u8> {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    warren::testing::pseudo_random_bytes(0x2545_f491_4f6c_dd1d, len)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
