@@ -200,16 +200,33 @@ impl P2P {
         let answer = TcpMessage::Answer { candidates: self.tcp_candidates(&tcp) };
         control::write(&mut send, &answer).await.map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + PUNCH_TIME;
-        let finished = async {
+        // The offerer's `Finished` (or its stream ending) stops the connects and the wait for
+        // its first byte, but not a handshake under way: dropped midway, that would leave the
+        // offerer a connection it may already have taken, closing under it.
+        let (ended, mut finished) = tokio::sync::watch::channel(false);
+        let read_finished = async {
             while let Ok(message) = control::read::<_, TcpMessage>(&mut recv).await {
                 if matches!(message, TcpMessage::Finished { .. }) {
                     break;
                 }
             }
+            let _ = ended.send(true);
+            std::future::pending::<()>().await
         };
         let punch = async {
-            let (stream, addr) = tcp.simultaneous_open(&candidates, deadline).await.map_err(|e| e.to_string())?;
-            match tcp.answer_punched(stream, addr, remote).await.map_err(|e| e.to_string())? {
+            let stop = async |finished: &mut tokio::sync::watch::Receiver<bool>| {
+                let _ = finished.wait_for(|ended| *ended).await;
+            };
+            let opened = tokio::select! {
+                opened = tcp.simultaneous_open(&candidates, deadline) => opened.map_err(|e| e.to_string())?,
+                () = stop(&mut finished) => return Ok(()),
+            };
+            let spoke = tokio::select! {
+                spoke = TcpTransport::offerer_spoke(&opened.0) => spoke.map_err(|e| e.to_string())?,
+                () = stop(&mut finished) => return Ok(()),
+            };
+            let (stream, addr) = opened;
+            match tcp.answer_punched(stream, addr, remote, spoke).await.map_err(|e| e.to_string())? {
                 Punched::Incoming(incoming) => self.accept(incoming),
                 Punched::Dialled(conn) => {
                     self.establish(conn, Direction::Outbound, Some(remote), None).await.map_err(|e| e.to_string())?;
@@ -221,7 +238,7 @@ impl P2P {
         let raced = async {
             tokio::select! {
                 result = punch => result,
-                () = finished => Ok(()),
+                () = read_finished => unreachable!("pends after the offerer's end"),
             }
         };
         tokio::time::timeout(limit, raced).await.unwrap_or_else(|_| Err(format!("no end within {limit:?}")))

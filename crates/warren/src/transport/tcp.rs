@@ -165,28 +165,36 @@ impl TcpTransport {
         self.secured.dial(Some(expected), "TCP simultaneous open", opened).await
     }
 
-    /// The answerer's side, on the stream its simultaneous open gave: the offerer dials over it
-    /// (its first Noise message comes), or, if the offerer's listener took our SYN as an
-    /// ordinary connection, nothing comes and this side dials.
+    /// The answerer's side, on the stream its simultaneous open gave, first step: did the
+    /// offerer start its Noise handshake on it (its first message came within 2 s)? If not, the
+    /// offerer's listener took our SYN as an ordinary connection, and this side must dial.
+    pub(crate) async fn offerer_spoke(stream: &TcpStream) -> Result<bool, TransportError> {
+        let mut byte = [0u8];
+        match tokio::time::timeout(PUNCH_FIRST_BYTE, stream.peek(&mut byte)).await {
+            Ok(Ok(1..)) => Ok(true),
+            Ok(Ok(_)) | Ok(Err(_)) => Err(TransportError::Connection(crate::error::ConnectionError::Transport(
+                "the punched TCP connection closed".into(),
+            ))),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The answerer's side, second step: accept the offerer's handshake (`spoke`) or dial over
+    /// the stream.
     pub(crate) async fn answer_punched(
         &self,
         stream: TcpStream,
         addr: SocketAddr,
         expected: RemoteIdentity,
+        spoke: bool,
     ) -> Result<Punched, TransportError> {
-        let mut byte = [0u8];
-        match tokio::time::timeout(PUNCH_FIRST_BYTE, stream.peek(&mut byte)).await {
-            Ok(Ok(1..)) => self.secured.incoming(stream, addr).map(Punched::Incoming).ok_or_else(|| {
+        if spoke {
+            return self.secured.incoming(stream, addr).map(Punched::Incoming).ok_or_else(|| {
                 TransportError::Connection(crate::error::ConnectionError::Transport("admission refused".into()))
-            }),
-            Ok(Ok(_)) | Ok(Err(_)) => Err(TransportError::Connection(crate::error::ConnectionError::Transport(
-                "the punched TCP connection closed".into(),
-            ))),
-            Err(_) => {
-                let dialled = self.secured.dial(Some(expected), "TCP simultaneous open", async { Ok((stream, addr)) });
-                dialled.await.map(Punched::Dialled)
-            }
+            });
         }
+        let dialled = self.secured.dial(Some(expected), "TCP simultaneous open", async { Ok((stream, addr)) });
+        dialled.await.map(Punched::Dialled)
     }
 }
 
