@@ -14,6 +14,7 @@ mod output;
 mod ping;
 mod probe;
 mod relay;
+mod transfer;
 mod utp;
 
 use std::path::PathBuf;
@@ -46,6 +47,12 @@ enum Command {
     /// Connect to ID@ADDR (or ID alone, through --relay), verify its identity and measure
     /// round-trip times.
     Ping(ping::PingArgs),
+    /// Send files and folders: prints a ticket (and a QR code on a terminal), then serves
+    /// every receiver that has it until Ctrl-C.
+    Send(transfer::SendArgs),
+    /// Receive what a ticket names into a folder, verified as it streams; running the same
+    /// receive again resumes an interrupted one.
+    Receive(transfer::ReceiveArgs),
     /// Run a relay: tells nodes their public address, lets them find each other by identity
     /// and forwards their end-to-end encrypted traffic when no direct path works.
     Relay(relay::RelayArgs),
@@ -111,6 +118,8 @@ fn main() -> ExitCode {
             Command::Discover(args) => discover::run(args).await,
             Command::Ping(args) => ping::run(args).await,
             Command::Relay(args) => relay::run(args).await,
+            Command::Send(args) => transfer::send(args).await,
+            Command::Receive(args) => transfer::receive(args).await,
             Command::Probe(args) => probe::run(args).await,
             Command::ProbeServer(args) => probe::run_server(args).await,
             Command::Demo(args) => demo::run(args).await,

@@ -1,0 +1,402 @@
+//! The receiver's plan, as a state machine without I/O: which peer is asked for what, what is
+//! verified, and what goes back in the queue when a peer fails or leaves.
+//!
+//! A [`Fetch`] holds a checked manifest, each file's outboard once one is verified, and a bitfield
+//! of verified groups per file. Peers are any `Ord + Clone` key. The driver asks
+//! [`Fetch::next_request`] for each peer with room (at most [`Config::requests_per_peer`] in
+//! flight each), sends it, and feeds back what came: [`Fetch::on_outboard`],
+//! [`Fetch::on_group`] (verified before it is accepted, so nothing unverified is ever written),
+//! [`Fetch::on_failed`]. Different peers get different ranges; a peer that sends a wrong byte is
+//! dropped, its ranges go to the others, and the others keep going.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::manifest::Manifest;
+use crate::tree::{Hash, Outboard, VerifyError, group_count, group_range};
+use crate::wire::{MAX_GROUPS_PER_REQUEST, Request};
+
+/// How requests are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    /// Groups per request (each 16 KiB).
+    pub groups_per_request: u64,
+    /// Requests in flight per peer.
+    pub requests_per_peer: usize,
+}
+
+impl Default for Config {
+    /// 64 groups (1 MiB) per request, 4 requests in flight per peer: 4 MiB per round trip.
+    fn default() -> Self {
+        Self { groups_per_request: 64, requests_per_peer: 4 }
+    }
+}
+
+/// One request handed to the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    /// Its id, for the answers.
+    pub id: u64,
+    /// The file (index in the manifest).
+    pub file: usize,
+    /// What to send.
+    pub request: Request,
+}
+
+/// A group that passed its check: write `data` at `offset` of file `file`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The file.
+    pub file: usize,
+    /// Where in it.
+    pub offset: u64,
+    /// Did this complete the file?
+    pub file_done: bool,
+}
+
+/// What went wrong with a peer's answer. The peer is dropped from the fetch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// It sent something that does not verify.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// It answered a request that is not in flight, or with a group not asked for.
+    #[error("an answer to nothing asked for (request {id}, group {index})")]
+    Unexpected {
+        /// The request.
+        id: u64,
+        /// The group.
+        index: u64,
+    },
+}
+
+#[derive(Debug)]
+struct FileFetch {
+    hash: Hash,
+    size: u64,
+    outboard: Option<Outboard>,
+    /// Verified groups.
+    verified: Bitfield,
+    /// Groups some request is fetching.
+    claimed: Bitfield,
+    /// Is a request for the outboard in flight?
+    outboard_claimed: bool,
+    verified_count: u64,
+}
+
+#[derive(Debug)]
+struct InFlight<P> {
+    peer: P,
+    file: usize,
+    /// `None` for an outboard request; else the groups still to come, in order.
+    groups: Option<std::collections::VecDeque<u64>>,
+}
+
+/// The receiver's state.
+#[derive(Debug)]
+pub struct Fetch<P> {
+    config: Config,
+    files: Vec<FileFetch>,
+    in_flight: HashMap<u64, InFlight<P>>,
+    per_peer: BTreeMap<P, usize>,
+    /// Peers given up: never asked again.
+    removed: std::collections::BTreeSet<P>,
+    next_id: u64,
+    verified_bytes: u64,
+    total_bytes: u64,
+}
+
+impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
+    /// A fetch of `manifest`'s files, none of them verified yet.
+    pub fn new(manifest: &Manifest, config: Config) -> Self {
+        let config = Config {
+            groups_per_request: config.groups_per_request.clamp(1, MAX_GROUPS_PER_REQUEST),
+            requests_per_peer: config.requests_per_peer.max(1),
+        };
+        let files = manifest
+            .entries
+            .iter()
+            .map(|entry| {
+                let groups = group_count(entry.size);
+                FileFetch {
+                    hash: entry.hash,
+                    size: entry.size,
+                    outboard: None,
+                    verified: Bitfield::new(groups),
+                    claimed: Bitfield::new(groups),
+                    outboard_claimed: false,
+                    verified_count: 0,
+                }
+            })
+            .collect();
+        Self {
+            config,
+            files,
+            in_flight: HashMap::new(),
+            per_peer: BTreeMap::new(),
+            removed: Default::default(),
+            next_id: 0,
+            verified_bytes: 0,
+            total_bytes: manifest.total_size(),
+        }
+    }
+
+    /// Gives file `file` its outboard without asking a peer (one kept from before a restart,
+    /// checked again against the file's hash).
+    pub fn set_outboard(&mut self, file: usize, cvs: Vec<[u8; 32]>) -> Result<(), VerifyError> {
+        let state = &mut self.files[file];
+        state.outboard = Some(Outboard::verified(state.size, state.hash, cvs)?);
+        Ok(())
+    }
+
+    /// File `file`'s outboard, once verified.
+    pub fn outboard(&self, file: usize) -> Option<&Outboard> {
+        self.files[file].outboard.as_ref()
+    }
+
+    /// Marks group `index` of `file` as verified without fetching it (the driver checked the
+    /// bytes it kept on disk against the outboard). Returns whether that completed the file.
+    pub fn mark_verified(&mut self, file: usize, index: u64) -> bool {
+        self.verify_done(file, index)
+    }
+
+    /// Is group `index` of `file` verified?
+    pub fn is_verified(&self, file: usize, index: u64) -> bool {
+        self.files[file].verified.get(index)
+    }
+
+    /// The verified groups of `file`, as a bitfield's bytes (for the resume file).
+    pub fn verified_bits(&self, file: usize) -> &[u64] {
+        self.files[file].verified.words()
+    }
+
+    fn verify_done(&mut self, file: usize, index: u64) -> bool {
+        let state = &mut self.files[file];
+        if state.verified.get(index) {
+            return false;
+        }
+        state.verified.set(index, true);
+        state.claimed.set(index, false);
+        state.verified_count += 1;
+        let range = group_range(state.size, index);
+        self.verified_bytes += range.end - range.start;
+        state.verified_count == state.verified.len()
+    }
+
+    /// The next request for `peer`, if it has room and anything is left to ask for.
+    pub fn next_request(&mut self, peer: &P) -> Option<Planned> {
+        if self.removed.contains(peer) || self.per_peer.get(peer).copied().unwrap_or(0) >= self.config.requests_per_peer
+        {
+            return None;
+        }
+        for file in 0..self.files.len() {
+            let state = &mut self.files[file];
+            if state.verified_count == state.verified.len() {
+                continue;
+            }
+            let Some(_) = &state.outboard else {
+                if state.outboard_claimed {
+                    continue;
+                }
+                state.outboard_claimed = true;
+                let request = Request::Outboard { hash: state.hash };
+                return Some(self.start(peer, file, None, request));
+            };
+            // The first run of groups neither verified nor claimed, up to a request's worth.
+            let Some(start) = (0..state.verified.len()).find(|&i| !state.verified.get(i) && !state.claimed.get(i))
+            else {
+                continue;
+            };
+            let mut end = start;
+            while end < state.verified.len()
+                && end - start < self.config.groups_per_request
+                && !state.verified.get(end)
+                && !state.claimed.get(end)
+            {
+                state.claimed.set(end, true);
+                end += 1;
+            }
+            let request = Request::Groups { hash: state.hash, ranges: vec![(start, end)] };
+            return Some(self.start(peer, file, Some((start..end).collect()), request));
+        }
+        None
+    }
+
+    fn start(
+        &mut self,
+        peer: &P,
+        file: usize,
+        groups: Option<std::collections::VecDeque<u64>>,
+        request: Request,
+    ) -> Planned {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.in_flight.insert(id, InFlight { peer: peer.clone(), file, groups });
+        *self.per_peer.entry(peer.clone()).or_default() += 1;
+        Planned { id, file, request }
+    }
+
+    /// The outboard request `id` was answered with `cvs`.
+    pub fn on_outboard(&mut self, peer: &P, id: u64, cvs: Vec<[u8; 32]>) -> Result<(), FetchError> {
+        let file = match self.in_flight.get(&id) {
+            Some(flight) if &flight.peer == peer && flight.groups.is_none() => flight.file,
+            _ => return Err(FetchError::Unexpected { id, index: 0 }),
+        };
+        self.finish(id);
+        self.files[file].outboard_claimed = false;
+        match self.set_outboard(file, cvs) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                self.remove_peer(peer);
+                Err(error.into())
+            }
+        }
+    }
+
+    /// The next group of request `id` came: checked, then accepted for writing, or refused
+    /// (and the peer dropped).
+    pub fn on_group(&mut self, peer: &P, id: u64, data: &[u8]) -> Result<Accepted, FetchError> {
+        let (file, index) = match self.in_flight.get_mut(&id) {
+            Some(InFlight { peer: owner, file, groups: Some(groups) }) if owner == peer => {
+                let Some(index) = groups.front().copied() else {
+                    return Err(FetchError::Unexpected { id, index: u64::MAX });
+                };
+                (*file, index)
+            }
+            _ => return Err(FetchError::Unexpected { id, index: u64::MAX }),
+        };
+        let state = &self.files[file];
+        let outboard = state.outboard.as_ref().expect("groups are asked for after the outboard");
+        if let Err(error) = outboard.verify_group(index, data) {
+            self.remove_peer(peer);
+            return Err(error.into());
+        }
+        let offset = group_range(state.size, index).start;
+        if let Some(InFlight { groups: Some(groups), .. }) = self.in_flight.get_mut(&id) {
+            groups.pop_front();
+            if groups.is_empty() {
+                self.finish(id);
+            }
+        }
+        let file_done = self.verify_done(file, index);
+        Ok(Accepted { file, offset, file_done })
+    }
+
+    /// The byte length of the next group request `id` should bring, if any.
+    pub fn next_group_len(&self, id: u64) -> Option<(u64, u64)> {
+        let flight = self.in_flight.get(&id)?;
+        let index = *flight.groups.as_ref()?.front()?;
+        let range = group_range(self.files[flight.file].size, index);
+        Some((index, range.end - range.start))
+    }
+
+    /// Request `id` failed (the stream broke, the peer refused, a timeout): what it had not
+    /// brought goes back in the queue.
+    pub fn on_failed(&mut self, id: u64) {
+        if let Some(flight) = self.finish(id) {
+            let state = &mut self.files[flight.file];
+            match flight.groups {
+                None => state.outboard_claimed = false,
+                Some(groups) => {
+                    for index in groups {
+                        state.claimed.set(index, false);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `peer` is gone or given up: everything it was asked for goes back in the queue, and it
+    /// is not asked again.
+    pub fn remove_peer(&mut self, peer: &P) {
+        let ids: Vec<u64> = self.in_flight.iter().filter(|(_, f)| &f.peer == peer).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.on_failed(id);
+        }
+        self.per_peer.remove(peer);
+        self.removed.insert(peer.clone());
+    }
+
+    /// Was `peer` given up?
+    pub fn is_removed(&self, peer: &P) -> bool {
+        self.removed.contains(peer)
+    }
+
+    fn finish(&mut self, id: u64) -> Option<InFlight<P>> {
+        let flight = self.in_flight.remove(&id)?;
+        if let Some(count) = self.per_peer.get_mut(&flight.peer) {
+            *count = count.saturating_sub(1);
+        }
+        Some(flight)
+    }
+
+    /// Requests in flight, for `peer`.
+    pub fn in_flight(&self, peer: &P) -> usize {
+        self.per_peer.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Is every group of every file verified?
+    pub fn is_done(&self) -> bool {
+        self.files.iter().all(|f| f.verified_count == f.verified.len())
+    }
+
+    /// Is file `file` complete?
+    pub fn file_done(&self, file: usize) -> bool {
+        let state = &self.files[file];
+        state.verified_count == state.verified.len()
+    }
+
+    /// Verified bytes and total bytes.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.verified_bytes, self.total_bytes)
+    }
+}
+
+/// A fixed-size set of bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitfield {
+    len: u64,
+    words: Vec<u64>,
+}
+
+impl Bitfield {
+    /// `len` bits, all clear.
+    pub fn new(len: u64) -> Self {
+        Self { len, words: vec![0; len.div_ceil(64) as usize] }
+    }
+
+    /// From words saved earlier (`None` if they do not fit `len` bits).
+    pub fn from_words(len: u64, words: Vec<u64>) -> Option<Self> {
+        (words.len() as u64 == len.div_ceil(64)).then_some(Self { len, words })
+    }
+
+    /// How many bits.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// No bits at all?
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bit `i` (false past the end).
+    pub fn get(&self, i: u64) -> bool {
+        i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// Sets bit `i` (ignored past the end).
+    pub fn set(&mut self, i: u64, value: bool) {
+        if i < self.len {
+            let word = &mut self.words[(i / 64) as usize];
+            if value { *word |= 1 << (i % 64) } else { *word &= !(1 << (i % 64)) }
+        }
+    }
+
+    /// The words.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+}
+
+#[cfg(test)]
+mod tests;

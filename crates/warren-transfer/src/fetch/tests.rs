@@ -1,0 +1,203 @@
+use super::*;
+use crate::manifest::Entry;
+use crate::tree::{GROUP, Outboard};
+
+/// Files of these sizes, with their bytes, and their manifest.
+fn content(sizes: &[u64]) -> (Manifest, Vec<Vec<u8>>) {
+    let datas: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(f, &size)| (0..size).map(|i| (i as u8).wrapping_mul(31).wrapping_add(f as u8)).collect())
+        .collect();
+    let entries = datas
+        .iter()
+        .enumerate()
+        .map(|(f, data)| Entry {
+            path: format!("f{f}"),
+            size: data.len() as u64,
+            mode: 0o644,
+            hash: *blake3::hash(data).as_bytes(),
+        })
+        .collect();
+    (Manifest::new(entries).unwrap(), datas)
+}
+
+/// What an honest sender brings for `planned`: the outboard, or each group's bytes.
+enum Answer {
+    Outboard(Vec<[u8; 32]>),
+    Groups(Vec<Vec<u8>>),
+}
+
+fn answer(datas: &[Vec<u8>], planned: &Planned) -> Answer {
+    let data = &datas[planned.file];
+    match &planned.request {
+        Request::Outboard { .. } => Answer::Outboard(Outboard::of(data).cvs().to_vec()),
+        Request::Groups { ranges, .. } => Answer::Groups(
+            ranges
+                .iter()
+                .flat_map(|&(s, e)| s..e)
+                .map(|i| {
+                    let r = group_range(data.len() as u64, i);
+                    data[r.start as usize..r.end as usize].to_vec()
+                })
+                .collect(),
+        ),
+        Request::Manifest { .. } => unreachable!("the fetch never asks for the manifest"),
+    }
+}
+
+/// Runs the fetch to the end with honest `peers`, writing into buffers; returns them and how
+/// many group bytes were fetched.
+fn run(fetch: &mut Fetch<u32>, datas: &[Vec<u8>], peers: &[u32]) -> (Vec<Vec<u8>>, u64) {
+    let mut out: Vec<Vec<u8>> = datas.iter().map(|d| vec![0; d.len()]).collect();
+    let mut fetched = 0;
+    let mut rounds = 0;
+    while !fetch.is_done() {
+        rounds += 1;
+        assert!(rounds < 100_000, "no progress");
+        let mut planned = Vec::new();
+        for peer in peers {
+            while let Some(p) = fetch.next_request(peer) {
+                planned.push((*peer, p));
+            }
+        }
+        assert!(!planned.is_empty(), "nothing to ask for but not done");
+        for (peer, p) in planned {
+            match answer(datas, &p) {
+                Answer::Outboard(cvs) => fetch.on_outboard(&peer, p.id, cvs).unwrap(),
+                Answer::Groups(groups) => {
+                    for group in groups {
+                        let accepted = fetch.on_group(&peer, p.id, &group).unwrap();
+                        let at = accepted.offset as usize;
+                        out[accepted.file][at..at + group.len()].copy_from_slice(&group);
+                        fetched += group.len() as u64;
+                    }
+                }
+            }
+        }
+    }
+    (out, fetched)
+}
+
+#[test]
+fn one_peer_fetches_every_file_and_each_byte_once() {
+    let (manifest, datas) = content(&[0, 100, GROUP, 5 * GROUP + 7, 300 * GROUP]);
+    let mut fetch = Fetch::new(&manifest, Config::default());
+    let (out, fetched) = run(&mut fetch, &datas, &[1]);
+    assert_eq!(out, datas);
+    assert_eq!(fetched, manifest.total_size(), "nothing fetched twice");
+    assert_eq!(fetch.progress(), (manifest.total_size(), manifest.total_size()));
+}
+
+#[test]
+fn peers_get_different_ranges_and_one_leaving_loses_nothing() {
+    let (manifest, datas) = content(&[1000 * GROUP]);
+    let mut fetch = Fetch::new(&manifest, Config::default());
+    // The outboard first (one peer), then groups.
+    let outboard = fetch.next_request(&1).unwrap();
+    assert!(fetch.next_request(&2).is_none(), "one outboard request at a time");
+    let Answer::Outboard(cvs) = answer(&datas, &outboard) else { unreachable!() };
+    fetch.on_outboard(&1, outboard.id, cvs).unwrap();
+    let a = fetch.next_request(&1).unwrap();
+    let b = fetch.next_request(&2).unwrap();
+    let (Request::Groups { ranges: ra, .. }, Request::Groups { ranges: rb, .. }) = (&a.request, &b.request) else {
+        unreachable!()
+    };
+    assert!(ra[0].1 <= rb[0].0 || rb[0].1 <= ra[0].0, "disjoint: {ra:?} {rb:?}");
+    // Peer 2 brings half its request, then leaves; its other requests are released too.
+    while fetch.next_request(&2).is_some() {}
+    let Answer::Groups(groups) = answer(&datas, &b) else { unreachable!() };
+    for group in &groups[..groups.len() / 2] {
+        fetch.on_group(&2, b.id, group).unwrap();
+    }
+    fetch.remove_peer(&2);
+    assert_eq!(fetch.in_flight(&2), 0);
+    // Peer 1 finishes everything; the half peer 2 brought is not asked for again.
+    let Answer::Groups(groups) = answer(&datas, &a) else { unreachable!() };
+    for group in groups {
+        fetch.on_group(&1, a.id, &group).unwrap();
+    }
+    let before = fetch.progress().0;
+    let (_, fetched) = run(&mut fetch, &datas, &[1]);
+    assert_eq!(before + fetched, manifest.total_size());
+    assert!(fetch.is_done());
+}
+
+#[test]
+fn a_lying_peer_is_caught_within_one_group_and_nothing_it_sent_is_accepted() {
+    let (manifest, datas) = content(&[64 * GROUP]);
+    let mut fetch = Fetch::new(&manifest, Config { groups_per_request: 16, requests_per_peer: 1 });
+    let outboard = fetch.next_request(&9).unwrap();
+    let Answer::Outboard(cvs) = answer(&datas, &outboard) else { unreachable!() };
+    fetch.on_outboard(&9, outboard.id, cvs).unwrap();
+    let p = fetch.next_request(&9).unwrap();
+    let Answer::Groups(mut groups) = answer(&datas, &p) else { unreachable!() };
+    groups[3][5] ^= 0x40;
+    for group in &groups[..3] {
+        fetch.on_group(&9, p.id, group).unwrap();
+    }
+    let error = fetch.on_group(&9, p.id, &groups[3]).unwrap_err();
+    assert!(matches!(error, FetchError::Verify(VerifyError::WrongGroup { index: 3 })), "{error}");
+    assert_eq!(fetch.progress().0, 3 * GROUP, "only the three good groups count");
+    assert!(!fetch.is_verified(0, 3));
+    // The liar is gone; what it was asked for goes to an honest peer, which completes the file.
+    assert_eq!(fetch.in_flight(&9), 0);
+    assert!(fetch.on_group(&9, p.id, &groups[4]).is_err(), "its late answers are refused");
+    let (out, _) = run(&mut fetch, &datas, &[1]);
+    assert_eq!(out[0][3 * GROUP as usize..], datas[0][3 * GROUP as usize..]);
+}
+
+#[test]
+fn a_wrong_outboard_or_an_unasked_answer_is_refused() {
+    let (manifest, datas) = content(&[10 * GROUP]);
+    let mut fetch = Fetch::new(&manifest, Config::default());
+    let p = fetch.next_request(&1).unwrap();
+    let Answer::Outboard(mut cvs) = answer(&datas, &p) else { unreachable!() };
+    cvs[2][0] ^= 1;
+    assert!(matches!(fetch.on_outboard(&1, p.id, cvs), Err(FetchError::Verify(VerifyError::WrongRoot))));
+    assert!(fetch.outboard(0).is_none());
+    // Answers to requests never made, or made to someone else.
+    assert!(matches!(fetch.on_group(&1, 999, &[0; 10]), Err(FetchError::Unexpected { .. })));
+    let p = fetch.next_request(&2).unwrap();
+    assert!(fetch.on_outboard(&3, p.id, Vec::new()).is_err());
+    let Answer::Outboard(cvs) = answer(&datas, &p) else { unreachable!() };
+    fetch.on_outboard(&2, p.id, cvs).unwrap();
+    // A group of the wrong length.
+    let p = fetch.next_request(&2).unwrap();
+    assert!(matches!(fetch.on_group(&2, p.id, &[0; 5]), Err(FetchError::Verify(VerifyError::WrongGroupLength { .. }))));
+}
+
+#[test]
+fn a_resumed_fetch_asks_only_for_what_is_not_verified() {
+    let (manifest, datas) = content(&[100 * GROUP + 1]);
+    let mut first = Fetch::new(&manifest, Config::default());
+    let p = first.next_request(&1).unwrap();
+    let Answer::Outboard(cvs) = answer(&datas, &p) else { unreachable!() };
+    first.on_outboard(&1, p.id, cvs.clone()).unwrap();
+    // A restart: the outboard and the groups kept on disk (here every even one) come back.
+    let mut resumed = Fetch::new(&manifest, Config::default());
+    resumed.set_outboard(0, cvs).unwrap();
+    for index in (0..101).step_by(2) {
+        resumed.mark_verified(0, index);
+    }
+    let kept = resumed.progress().0;
+    let (out, fetched) = run(&mut resumed, &datas, &[1]);
+    for index in (1..101).step_by(2) {
+        let r = group_range(datas[0].len() as u64, index);
+        assert_eq!(out[0][r.start as usize..r.end as usize], datas[0][r.start as usize..r.end as usize]);
+    }
+    assert_eq!(kept + fetched, manifest.total_size(), "each missing group fetched once");
+    assert_eq!(fetched, 50 * GROUP, "the odd groups only");
+}
+
+#[test]
+fn a_bitfield_keeps_its_bits_and_ignores_the_outside() {
+    let mut bits = Bitfield::new(130);
+    bits.set(0, true);
+    bits.set(129, true);
+    bits.set(130, true);
+    assert!(bits.get(0) && bits.get(129) && !bits.get(130) && !bits.get(64));
+    let again = Bitfield::from_words(130, bits.words().to_vec()).unwrap();
+    assert_eq!(again, bits);
+    assert!(Bitfield::from_words(130, vec![0; 2]).is_none());
+}

@@ -1,0 +1,315 @@
+//! The sender's side: files and folders added to a [`Provider`] are hashed once (outboards in
+//! memory, the bytes read from disk on each request) and served on `warren/transfer/1` to any
+//! peer that names their hash, many at once, within bounds.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::io::AsyncWriteExt;
+use warren::{P2P, RemoteIdentity, Stream};
+
+use crate::manifest::{Entry, Manifest, ManifestError, check_path};
+use crate::tree::{Hash, Outboard, OutboardBuilder, group_range};
+use crate::wire::{PROTOCOL, Request, Response, check_ranges};
+
+/// Requests served at once, over all peers.
+pub const MAX_CONCURRENT: usize = 64;
+/// Requests served at once for one peer.
+pub const MAX_PER_PEER: usize = 16;
+/// Bytes read from disk at a time.
+const READ_BUF: usize = 256 * 1024;
+
+/// Why paths could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// A path could not be read.
+    #[error("{path}: {error}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// A symbolic link: never sent (its target could be anything on this machine).
+    #[error("{0} is a symbolic link: warren sends files and folders, not links")]
+    Symlink(PathBuf),
+    /// Not a file or a folder (a device, a socket).
+    #[error("{0} is neither a file nor a folder")]
+    Special(PathBuf),
+    /// A name that is not UTF-8 or not a portable path.
+    #[error("{path}: {why}")]
+    Name {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// The manifest would be refused (a clash, too many files).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Nothing to send.
+    #[error("nothing to send")]
+    Empty,
+}
+
+/// A file being served.
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    outboard: Outboard,
+}
+
+/// Counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderStats {
+    /// Requests answered with data.
+    pub served: u64,
+    /// Requests refused (unknown hash, bad ranges, over a limit).
+    pub refused: u64,
+    /// Group bytes written to streams (counted as they go, so an answer cut off midway counts
+    /// what left).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    manifests: RwLock<HashMap<Hash, Arc<Vec<u8>>>>,
+    files: RwLock<HashMap<Hash, Arc<Shared>>>,
+    per_peer: Mutex<HashMap<RemoteIdentity, usize>>,
+    stats: Mutex<ProviderStats>,
+    total: Mutex<usize>,
+}
+
+/// Serves content. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Provider {
+    inner: Arc<Inner>,
+}
+
+/// Frees a request's slots when it ends.
+struct Slot<'a> {
+    inner: &'a Inner,
+    peer: RemoteIdentity,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        *self.inner.total.lock().expect("slot lock") -= 1;
+        let mut per_peer = self.inner.per_peer.lock().expect("slot lock");
+        if let Some(count) = per_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Provider {
+    /// An empty provider.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves this provider's content on `p2p` ([`PROTOCOL`]).
+    pub fn register(&self, p2p: &P2P) -> Result<(), warren::RegisterError> {
+        let this = self.clone();
+        p2p.register_protocol(PROTOCOL, move |stream| {
+            let this = this.clone();
+            async move { this.serve(stream).await }
+        })
+    }
+
+    /// Adds files and folders (each by its own name; a folder with everything under it) and
+    /// returns the manifest and its hash, which a receiver asks for. Hashing reads each file
+    /// once.
+    pub async fn add_paths(&self, paths: &[PathBuf]) -> Result<(Manifest, Hash), AddError> {
+        let paths = paths.to_vec();
+        let (manifest, shared) =
+            tokio::task::spawn_blocking(move || collect(&paths)).await.expect("the hashing task does not panic")?;
+        let hash = manifest.hash();
+        let mut files = self.inner.files.write().expect("provider lock");
+        for file in shared {
+            files.insert(file.outboard.root(), Arc::new(file));
+        }
+        self.inner.manifests.write().expect("provider lock").insert(hash, Arc::new(manifest.to_bytes()));
+        Ok((manifest, hash))
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> ProviderStats {
+        self.inner.stats.lock().expect("stats lock").clone()
+    }
+
+    fn take_slot(&self, peer: RemoteIdentity) -> Option<Slot<'_>> {
+        let mut total = self.inner.total.lock().expect("slot lock");
+        let mut per_peer = self.inner.per_peer.lock().expect("slot lock");
+        let mine = per_peer.entry(peer).or_default();
+        if *total >= MAX_CONCURRENT || *mine >= MAX_PER_PEER {
+            if *mine == 0 {
+                per_peer.remove(&peer);
+            }
+            return None;
+        }
+        *total += 1;
+        *mine += 1;
+        Some(Slot { inner: &self.inner, peer })
+    }
+
+    /// Serves one stream: one request.
+    pub async fn serve(&self, mut stream: Stream) {
+        let peer = stream.remote();
+        let request = match warren::wire::control::read::<_, Request>(&mut stream).await {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::debug!(%peer, %error, "unreadable transfer request");
+                return;
+            }
+        };
+        let Some(_slot) = self.take_slot(peer) else {
+            return self.refuse(&mut stream, "too many requests at once").await;
+        };
+        let result = match request {
+            Request::Manifest { hash } => {
+                let bytes = self.inner.manifests.read().expect("provider lock").get(&hash).cloned();
+                match bytes {
+                    Some(bytes) => send_bytes(&mut stream, &bytes).await,
+                    None => return self.refuse(&mut stream, "no such content here").await,
+                }
+            }
+            Request::Outboard { hash } => match self.file(&hash) {
+                Some(file) => send_bytes(&mut stream, file.outboard.cvs().as_flattened()).await,
+                None => return self.refuse(&mut stream, "no such file here").await,
+            },
+            Request::Groups { hash, ranges } => {
+                let Some(file) = self.file(&hash) else {
+                    return self.refuse(&mut stream, "no such file here").await;
+                };
+                if let Err(error) = check_ranges(&ranges, file.outboard.groups()) {
+                    return self.refuse(&mut stream, &error.to_string()).await;
+                }
+                self.send_groups(&mut stream, &file, &ranges).await
+            }
+        };
+        match result {
+            Ok(()) => self.inner.stats.lock().expect("stats lock").served += 1,
+            Err(error) => tracing::debug!(%peer, %error, "transfer request ended"),
+        }
+        let _ = stream.finish();
+    }
+
+    fn file(&self, hash: &Hash) -> Option<Arc<Shared>> {
+        self.inner.files.read().expect("provider lock").get(hash).cloned()
+    }
+
+    async fn refuse(&self, stream: &mut Stream, reason: &str) {
+        self.inner.stats.lock().expect("stats lock").refused += 1;
+        let _ = warren::wire::control::write(stream, &Response::Refused { reason: reason.to_owned() }).await;
+        let _ = stream.finish();
+    }
+
+    async fn send_groups(&self, stream: &mut Stream, file: &Shared, ranges: &[(u64, u64)]) -> std::io::Result<()> {
+        let size = file.outboard.size();
+        let spans: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|&(start, end)| (group_range(size, start).start, group_range(size, end - 1).end))
+            .collect();
+        let len: u64 = spans.iter().map(|(s, e)| e - s).sum();
+        let handle = std::fs::File::open(&file.path)?;
+        // The file changed since it was hashed: say so rather than send what will not verify.
+        if handle.metadata()?.len() != size {
+            let reason = format!("{} changed since it was added", file.path.display());
+            warren::wire::control::write(stream, &Response::Refused { reason }).await.map_err(std::io::Error::other)?;
+            return Ok(());
+        }
+        warren::wire::control::write(stream, &Response::Ok { len }).await.map_err(std::io::Error::other)?;
+        let mut buf = vec![0u8; READ_BUF];
+        for (start, end) in spans {
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(READ_BUF);
+                handle.read_exact_at(&mut buf[..n], at)?;
+                stream.write_all(&buf[..n]).await?;
+                self.inner.stats.lock().expect("stats lock").bytes += n as u64;
+                at += n as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn send_bytes(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    warren::wire::control::write(stream, &Response::Ok { len: bytes.len() as u64 })
+        .await
+        .map_err(std::io::Error::other)?;
+    stream.write_all(bytes).await
+}
+
+/// Walks `paths`, hashing every file: the manifest and the files to serve.
+fn collect(paths: &[PathBuf]) -> Result<(Manifest, Vec<Shared>), AddError> {
+    let mut entries = Vec::new();
+    let mut shared = Vec::new();
+    for path in paths {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| AddError::Name { path: path.clone(), why: "no UTF-8 file name".into() })?
+            .to_owned();
+        walk(path, &name, &mut entries, &mut shared)?;
+    }
+    if entries.is_empty() {
+        return Err(AddError::Empty);
+    }
+    Ok((Manifest::new(entries)?, shared))
+}
+
+fn walk(path: &Path, name: &str, entries: &mut Vec<Entry>, shared: &mut Vec<Shared>) -> Result<(), AddError> {
+    let io = |error| AddError::Io { path: path.to_owned(), error };
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    if meta.file_type().is_symlink() {
+        return Err(AddError::Symlink(path.to_owned()));
+    }
+    if meta.is_dir() {
+        let mut children: Vec<_> = std::fs::read_dir(path).map_err(io)?.collect::<Result<_, _>>().map_err(io)?;
+        children.sort_by_key(|c| c.file_name());
+        for child in children {
+            let child_name = child.file_name();
+            let child_name = child_name
+                .to_str()
+                .ok_or_else(|| AddError::Name { path: child.path(), why: "not UTF-8".into() })?
+                .to_owned();
+            walk(&child.path(), &format!("{name}/{child_name}"), entries, shared)?;
+        }
+        return Ok(());
+    }
+    if !meta.is_file() {
+        return Err(AddError::Special(path.to_owned()));
+    }
+    check_path(name).map_err(|e| AddError::Name { path: path.to_owned(), why: e.to_string() })?;
+    let outboard = hash_file(path, meta.len()).map_err(io)?;
+    entries.push(Entry {
+        path: name.to_owned(),
+        size: meta.len(),
+        mode: meta.permissions().mode() & 0o777,
+        hash: outboard.root(),
+    });
+    shared.push(Shared { path: path.to_owned(), outboard });
+    Ok(())
+}
+
+/// A file's outboard, read once.
+pub fn hash_file(path: &Path, size: u64) -> std::io::Result<Outboard> {
+    let file = std::fs::File::open(path)?;
+    let mut builder = OutboardBuilder::new(size);
+    let mut buf = vec![0u8; READ_BUF];
+    let mut at = 0u64;
+    while at < size {
+        let n = ((size - at) as usize).min(READ_BUF);
+        file.read_exact_at(&mut buf[..n], at)?;
+        builder.push(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(builder.finish())
+}

@@ -1,0 +1,636 @@
+//! The receiver's driver: fetches a manifest's files from one or more providers into a
+//! destination folder, verifying every group before it is written, durably resumable.
+//!
+//! **Where bytes go.** Everything in flight lives under `DEST/.warren-partial/<hash>/`: the
+//! manifest, and per file its verified outboard, its partial bytes and a bitfield of the groups
+//! known to be on disk. A file appears under its final name only once all of it verified: it is
+//! synced, then renamed into place, so nothing half-written is ever left under a final name.
+//!
+//! **Durability without an fsync per group.** Verified groups are written at once (page cache);
+//! every [`CHECKPOINT_EVERY`] the partial files written since are synced with `fdatasync` and the
+//! bitfields, snapshotted before the sync, are replaced atomically. After a crash of the process
+//! (SIGKILL) the page cache still holds what was written after the last checkpoint, so on resume
+//! every group past the bitfield that the partial file covers is read back and checked against
+//! the outboard: the ones that verify are kept. What is fetched again is what was in flight when
+//! the process died: at most the requests in flight per peer, plus the group being written. After
+//! a power loss the bitfield is at most one checkpoint old and the re-check catches torn data.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use warren::{P2P, RemoteIdentity};
+
+use crate::fetch::{Config, Fetch, FetchError};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
+use crate::tree::{Hash, group_count, group_range};
+use crate::wire::{PROTOCOL, Request, Response};
+
+/// How often written groups are made durable.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How long a provider may stay silent within an answer.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Failed requests after which a provider is given up (a wrong byte gives it up at once).
+pub const MAX_FAILURES: u32 = 3;
+/// The folder under the destination that holds transfers in progress.
+pub const PARTIAL_DIR: &str = ".warren-partial";
+
+/// What a receive reports as it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The manifest is known: this many files and bytes; `kept` bytes were already here.
+    Started {
+        /// Files.
+        files: usize,
+        /// Bytes in all.
+        total: u64,
+        /// Bytes verified from an earlier run.
+        kept: u64,
+    },
+    /// Verified bytes so far.
+    Bytes {
+        /// Done.
+        done: u64,
+        /// In all.
+        total: u64,
+    },
+    /// A file is complete under its final name.
+    FileDone {
+        /// Its path under the destination.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A provider was given up.
+    ProviderFailed {
+        /// Which.
+        provider: RemoteIdentity,
+        /// Why.
+        error: String,
+    },
+}
+
+/// How a receive went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Files received.
+    pub files: usize,
+    /// Bytes of all files.
+    pub total: u64,
+    /// Bytes verified from an earlier, interrupted run.
+    pub kept: u64,
+    /// Group bytes fetched in this run, by provider.
+    pub fetched: HashMap<RemoteIdentity, u64>,
+}
+
+/// Why a receive failed. What verified stays under [`PARTIAL_DIR`] for the next run.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiveError {
+    /// A file could not be read or written.
+    #[error("{}: {}", path.display(), describe_io(error))]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        error: std::io::Error,
+    },
+    /// The manifest was refused.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Something is in the way of a file (another file, a symbolic link).
+    #[error("{0} is in the way: warren does not overwrite it (move it, or receive into another folder)")]
+    InTheWay(PathBuf),
+    /// No provider could give what is left.
+    #[error("no provider could complete the transfer: {}", reasons.join("; "))]
+    Unavailable {
+        /// Each provider's failure.
+        reasons: Vec<String>,
+    },
+}
+
+fn describe_io(error: &std::io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::ENOSPC) => {
+            "no space left on the device (what verified is kept; free space and run the same receive again)".into()
+        }
+        _ => error.to_string(),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReceiveError + '_ {
+    move |error| ReceiveError::Io { path: path.to_owned(), error }
+}
+
+/// Options.
+#[derive(Debug, Clone)]
+pub struct ReceiveOptions {
+    /// The destination folder.
+    pub out: PathBuf,
+    /// How requests are cut.
+    pub config: Config,
+}
+
+type Report = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// One file's place on disk.
+#[derive(Debug)]
+struct Slot {
+    part: PathBuf,
+    bits: PathBuf,
+    outboard: PathBuf,
+    final_path: PathBuf,
+    handle: Option<std::fs::File>,
+    dirty: bool,
+    done: bool,
+}
+
+struct Shared {
+    fetch: Mutex<Fetch<RemoteIdentity>>,
+    slots: Mutex<Vec<Slot>>,
+    manifest: Manifest,
+    out: PathBuf,
+    changed: tokio::sync::Notify,
+    report: Report,
+    fetched: Mutex<HashMap<RemoteIdentity, u64>>,
+}
+
+/// Receives the content `hash` names from `providers` into `options.out`, resuming what an
+/// earlier run left.
+pub async fn receive(
+    p2p: &P2P,
+    hash: Hash,
+    providers: &[RemoteIdentity],
+    options: ReceiveOptions,
+    report: impl Fn(&Progress) + Send + Sync + 'static,
+) -> Result<Summary, ReceiveError> {
+    let out = options.out.clone();
+    std::fs::create_dir_all(&out).map_err(io(&out))?;
+    let state = out.join(PARTIAL_DIR).join(hex(&hash));
+    std::fs::create_dir_all(&state).map_err(io(&state))?;
+    let manifest = manifest(p2p, hash, providers, &state).await?;
+    let mut fetch = Fetch::new(&manifest, options.config);
+    let mut slots = Vec::new();
+    for (index, entry) in manifest.entries.iter().enumerate() {
+        let final_path = out.join(&entry.path);
+        slots.push(Slot {
+            part: state.join(format!("{index}.part")),
+            bits: state.join(format!("{index}.bits")),
+            outboard: state.join(format!("{index}.outboard")),
+            final_path,
+            handle: None,
+            dirty: false,
+            done: false,
+        });
+    }
+    let kept = resume(&manifest, &mut fetch, &mut slots)?;
+    let shared = Arc::new(Shared {
+        fetch: Mutex::new(fetch),
+        slots: Mutex::new(slots),
+        manifest,
+        out: out.clone(),
+        changed: tokio::sync::Notify::new(),
+        report: Arc::new(report),
+        fetched: Mutex::default(),
+    });
+    let total = shared.manifest.total_size();
+    (shared.report)(&Progress::Started { files: shared.manifest.entries.len(), total, kept });
+    // Files that were complete (or empty) go into place now.
+    for index in 0..shared.manifest.entries.len() {
+        if shared.fetch.lock().expect("fetch lock").file_done(index) {
+            finish_file(&shared, index)?;
+        }
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for provider in providers {
+        for _ in 0..options.config.requests_per_peer.max(1) {
+            let (p2p, shared, provider) = (p2p.clone(), shared.clone(), *provider);
+            workers.spawn(async move { (provider, work(&p2p, &shared, provider).await) });
+        }
+    }
+    // Stopped with the receive, even when its future is dropped.
+    let checkpoints = AbortOnDrop({
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CHECKPOINT_EVERY).await;
+                checkpoint(&shared)?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), ReceiveError>(())
+        })
+    });
+    let mut reasons: Vec<String> = Vec::new();
+    let mut fatal = None;
+    while let Some(joined) = workers.join_next().await {
+        let Ok((provider, result)) = joined else { continue };
+        match result {
+            Ok(()) => {}
+            Err(WorkError::Local(error)) => {
+                fatal = Some(error);
+                workers.abort_all();
+            }
+            Err(WorkError::Provider(reason)) => {
+                if !reasons.iter().any(|r| r.starts_with(&provider.to_string())) {
+                    (shared.report)(&Progress::ProviderFailed { provider, error: reason.clone() });
+                    reasons.push(format!("{provider}: {reason}"));
+                }
+            }
+        }
+    }
+    drop(checkpoints);
+    let saved = checkpoint(&shared);
+    if let Some(error) = fatal {
+        return Err(error);
+    }
+    saved?;
+    if !shared.fetch.lock().expect("fetch lock").is_done() {
+        if reasons.is_empty() {
+            reasons.push("no provider given".into());
+        }
+        return Err(ReceiveError::Unavailable { reasons });
+    }
+    for index in 0..shared.manifest.entries.len() {
+        finish_file(&shared, index)?;
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir(out.join(PARTIAL_DIR));
+    let fetched = shared.fetched.lock().expect("fetched lock").clone();
+    Ok(Summary { files: shared.manifest.entries.len(), total, kept, fetched })
+}
+
+/// The manifest: kept from an earlier run, or fetched from the first provider that has it.
+async fn manifest(p2p: &P2P, hash: Hash, providers: &[RemoteIdentity], state: &Path) -> Result<Manifest, ReceiveError> {
+    let path = state.join("manifest");
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(manifest) = Manifest::from_bytes(&bytes, &hash) {
+            return Ok(manifest);
+        }
+    }
+    let mut reasons = Vec::new();
+    for provider in providers {
+        let result = async {
+            let (len, mut stream) = ask(p2p, *provider, &Request::Manifest { hash }).await?;
+            if len > MAX_MANIFEST_BYTES as u64 {
+                return Err(format!("a manifest of {len} bytes, over the {MAX_MANIFEST_BYTES}-byte limit"));
+            }
+            let mut bytes = vec![0; len as usize];
+            read_exact(&mut stream, &mut bytes).await?;
+            Manifest::from_bytes(&bytes, &hash).map(|m| (m, bytes)).map_err(|e| e.to_string())
+        }
+        .await;
+        match result {
+            Ok((manifest, bytes)) => {
+                write_atomic(&path, &bytes)?;
+                return Ok(manifest);
+            }
+            Err(reason) => reasons.push(format!("{provider}: {reason}")),
+        }
+    }
+    if reasons.is_empty() {
+        reasons.push("no provider given".into());
+    }
+    Err(ReceiveError::Unavailable { reasons })
+}
+
+/// Opens a request stream to `provider`: the length of the answer, and the stream to read it.
+async fn ask(p2p: &P2P, provider: RemoteIdentity, request: &Request) -> Result<(u64, warren::Stream), String> {
+    let mut stream = p2p.connect(provider, PROTOCOL).await.map_err(|e| e.to_string())?;
+    warren::wire::control::write(&mut stream, request).await.map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(STALL_TIMEOUT, warren::wire::control::read::<_, Response>(&mut stream))
+        .await
+        .map_err(|_| format!("no answer within {STALL_TIMEOUT:?}"))?
+        .map_err(|e| e.to_string())?;
+    match response {
+        Response::Ok { len } => Ok((len, stream)),
+        Response::Refused { reason } => Err(format!("refused: {reason}")),
+    }
+}
+
+async fn read_exact(stream: &mut warren::Stream, buf: &mut [u8]) -> Result<(), String> {
+    tokio::time::timeout(STALL_TIMEOUT, stream.read_exact(buf))
+        .await
+        .map_err(|_| format!("stalled for {STALL_TIMEOUT:?}"))?
+        .map(drop)
+        .map_err(|e| format!("the stream broke: {e}"))
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+enum WorkError {
+    /// This side cannot go on (disk): the whole receive stops.
+    Local(ReceiveError),
+    /// The provider is given up.
+    Provider(String),
+}
+
+/// One request loop for `provider`, until nothing is left or it is given up.
+async fn work(p2p: &P2P, shared: &Shared, provider: RemoteIdentity) -> Result<(), WorkError> {
+    let mut failures = 0;
+    loop {
+        let changed = shared.changed.notified();
+        let planned = {
+            let mut fetch = shared.fetch.lock().expect("fetch lock");
+            // Done, or this provider was given up (by another of its request loops).
+            if fetch.is_done() || fetch.is_removed(&provider) {
+                return Ok(());
+            }
+            fetch.next_request(&provider)
+        };
+        let Some(planned) = planned else {
+            // Others hold what is left: wait until something changes (a failure frees it).
+            let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
+            continue;
+        };
+        let result = request(p2p, shared, provider, &planned).await;
+        shared.changed.notify_waiters();
+        match result {
+            Ok(()) => failures = 0,
+            Err(RequestError::Local(error)) => {
+                shared.fetch.lock().expect("fetch lock").on_failed(planned.id);
+                return Err(WorkError::Local(error));
+            }
+            Err(RequestError::Lied(error)) => {
+                // Already dropped by the fetch: everything it held goes to the others.
+                shared.fetch.lock().expect("fetch lock").remove_peer(&provider);
+                return Err(WorkError::Provider(error.to_string()));
+            }
+            Err(RequestError::Failed(reason)) => {
+                shared.fetch.lock().expect("fetch lock").on_failed(planned.id);
+                failures += 1;
+                if failures >= MAX_FAILURES {
+                    shared.fetch.lock().expect("fetch lock").remove_peer(&provider);
+                    shared.changed.notify_waiters();
+                    return Err(WorkError::Provider(reason));
+                }
+                tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+            }
+        }
+    }
+}
+
+enum RequestError {
+    Local(ReceiveError),
+    Lied(FetchError),
+    Failed(String),
+}
+
+async fn request(
+    p2p: &P2P,
+    shared: &Shared,
+    provider: RemoteIdentity,
+    planned: &crate::fetch::Planned,
+) -> Result<(), RequestError> {
+    let (len, mut stream) = ask(p2p, provider, &planned.request).await.map_err(RequestError::Failed)?;
+    let entry = &shared.manifest.entries[planned.file];
+    match &planned.request {
+        Request::Outboard { .. } => {
+            let groups = group_count(entry.size);
+            let want = if groups == 1 { 0 } else { groups * 32 };
+            if len != want {
+                let error = crate::tree::VerifyError::WrongLength { size: entry.size, want: want / 32, got: len / 32 };
+                shared.fetch.lock().expect("fetch lock").on_failed(planned.id);
+                return Err(RequestError::Lied(error.into()));
+            }
+            let mut bytes = vec![0u8; want as usize];
+            read_exact(&mut stream, &mut bytes).await.map_err(RequestError::Failed)?;
+            let cvs: Vec<[u8; 32]> = bytes.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect();
+            shared
+                .fetch
+                .lock()
+                .expect("fetch lock")
+                .on_outboard(&provider, planned.id, cvs)
+                .map_err(RequestError::Lied)?;
+            let path = shared.slots.lock().expect("slot lock")[planned.file].outboard.clone();
+            write_atomic(&path, &bytes).map_err(RequestError::Local)?;
+            Ok(())
+        }
+        Request::Groups { ranges, .. } => {
+            let want: u64 = ranges
+                .iter()
+                .map(|&(s, e)| group_range(entry.size, e - 1).end - group_range(entry.size, s).start)
+                .sum();
+            if len != want {
+                return Err(RequestError::Failed(format!("an answer of {len} bytes where {want} were asked for")));
+            }
+            let mut buf = vec![0u8; crate::tree::GROUP as usize];
+            loop {
+                let next = shared.fetch.lock().expect("fetch lock").next_group_len(planned.id);
+                let Some((_, glen)) = next else { return Ok(()) };
+                let buf = &mut buf[..glen as usize];
+                read_exact(&mut stream, buf).await.map_err(RequestError::Failed)?;
+                let accepted = shared
+                    .fetch
+                    .lock()
+                    .expect("fetch lock")
+                    .on_group(&provider, planned.id, buf)
+                    .map_err(RequestError::Lied)?;
+                write_group(shared, accepted.file, accepted.offset, buf).map_err(RequestError::Local)?;
+                *shared.fetched.lock().expect("fetched lock").entry(provider).or_default() += glen;
+                let (done, total) = shared.fetch.lock().expect("fetch lock").progress();
+                (shared.report)(&Progress::Bytes { done, total });
+                if accepted.file_done {
+                    finish_file(shared, accepted.file).map_err(RequestError::Local)?;
+                }
+            }
+        }
+        Request::Manifest { .. } => unreachable!("the fetch never plans a manifest request"),
+    }
+}
+
+fn write_group(shared: &Shared, file: usize, offset: u64, data: &[u8]) -> Result<(), ReceiveError> {
+    let handle = {
+        let mut slots = shared.slots.lock().expect("slot lock");
+        let slot = &mut slots[file];
+        slot.dirty = true;
+        if slot.handle.is_none() {
+            let handle = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&slot.part)
+                .map_err(io(&slot.part))?;
+            slot.handle = Some(handle);
+        }
+        let handle = slot.handle.as_ref().expect("opened").try_clone();
+        handle.map_err(io(&slot.part))?
+    };
+    let part = shared.slots.lock().expect("slot lock")[file].part.clone();
+    handle.write_all_at(data, offset).map_err(io(&part))
+}
+
+/// Makes written groups durable: snapshot the bitfields, sync the partial files, then replace
+/// the bitfields.
+fn checkpoint(shared: &Shared) -> Result<(), ReceiveError> {
+    let dirty: Vec<(usize, PathBuf, PathBuf, Option<std::fs::File>)> = {
+        let mut slots = shared.slots.lock().expect("slot lock");
+        slots
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| s.dirty && !s.done)
+            .map(|(i, s)| {
+                s.dirty = false;
+                (i, s.part.clone(), s.bits.clone(), s.handle.as_ref().and_then(|h| h.try_clone().ok()))
+            })
+            .collect()
+    };
+    for (file, part, bits, handle) in dirty {
+        let words = shared.fetch.lock().expect("fetch lock").verified_bits(file).to_vec();
+        if let Some(handle) = handle {
+            handle.sync_data().map_err(io(&part))?;
+        }
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        write_atomic(&bits, &bytes)?;
+    }
+    Ok(())
+}
+
+/// Puts a complete file under its final name: synced, then renamed, with its mode.
+fn finish_file(shared: &Shared, file: usize) -> Result<(), ReceiveError> {
+    let mut slots = shared.slots.lock().expect("slot lock");
+    let slot = &mut slots[file];
+    if slot.done {
+        return Ok(());
+    }
+    let entry = &shared.manifest.entries[file];
+    if already_there(&slot.final_path, entry)? {
+        slot.done = true;
+    } else {
+        // An empty file, or one verified on disk with no handle open yet.
+        let handle = match slot.handle.take() {
+            Some(handle) => handle,
+            None => std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&slot.part)
+                .map_err(io(&slot.part))?,
+        };
+        handle.set_len(entry.size).map_err(io(&slot.part))?;
+        handle.sync_all().map_err(io(&slot.part))?;
+        drop(handle);
+        make_parents(&shared.out, &entry.path)?;
+        if std::fs::symlink_metadata(&slot.final_path).is_ok() {
+            return Err(ReceiveError::InTheWay(slot.final_path.clone()));
+        }
+        std::fs::rename(&slot.part, &slot.final_path).map_err(io(&slot.final_path))?;
+        let mode = std::fs::Permissions::from_mode(0o644 | (entry.mode & 0o111));
+        std::fs::set_permissions(&slot.final_path, mode).map_err(io(&slot.final_path))?;
+        slot.done = true;
+    }
+    let _ = std::fs::remove_file(&slot.bits);
+    let _ = std::fs::remove_file(&slot.outboard);
+    drop(slots);
+    (shared.report)(&Progress::FileDone { path: entry.path.clone(), size: entry.size });
+    Ok(())
+}
+
+/// Is this exact file already at its final path (a run that stopped after renaming it)?
+/// Anything else there is in the way.
+fn already_there(path: &Path, entry: &crate::manifest::Entry) -> Result<bool, ReceiveError> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(false) };
+    if !meta.is_file() || meta.len() != entry.size {
+        return Err(ReceiveError::InTheWay(path.to_owned()));
+    }
+    let outboard = crate::provider::hash_file(path, entry.size).map_err(io(path))?;
+    if outboard.root() == entry.hash { Ok(true) } else { Err(ReceiveError::InTheWay(path.to_owned())) }
+}
+
+/// Creates the folders of `path` under `out`, refusing any component that is a symbolic link
+/// or not a folder: nothing is written outside `out`.
+fn make_parents(out: &Path, path: &str) -> Result<(), ReceiveError> {
+    let mut dir = out.to_owned();
+    let components: Vec<&str> = path.split('/').collect();
+    for component in &components[..components.len() - 1] {
+        dir.push(component);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(ReceiveError::InTheWay(dir)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(io(&dir))?;
+            }
+            Err(error) => return Err(ReceiveError::Io { path: dir, error }),
+        }
+    }
+    Ok(())
+}
+
+/// Takes back what an earlier run left: outboards, bitfields, and the groups past the bitfield
+/// that the partial file holds and that verify. Returns the bytes kept.
+fn resume(manifest: &Manifest, fetch: &mut Fetch<RemoteIdentity>, slots: &mut [Slot]) -> Result<u64, ReceiveError> {
+    for (file, (entry, slot)) in manifest.entries.iter().zip(slots.iter()).enumerate() {
+        if already_there(&slot.final_path, entry)? {
+            for index in 0..group_count(entry.size) {
+                fetch.mark_verified(file, index);
+            }
+            continue;
+        }
+        if group_count(entry.size) > 1 {
+            let Ok(bytes) = std::fs::read(&slot.outboard) else { continue };
+            let cvs: Vec<[u8; 32]> = bytes.chunks_exact(32).map(|c| c.try_into().expect("32")).collect();
+            if fetch.set_outboard(file, cvs).is_err() {
+                continue;
+            }
+        } else if fetch.set_outboard(file, Vec::new()).is_err() {
+            continue;
+        }
+        let Ok(part) = std::fs::File::open(&slot.part) else {
+            if entry.size == 0 {
+                fetch.mark_verified(file, 0);
+            }
+            continue;
+        };
+        let on_disk = part.metadata().map_err(io(&slot.part))?.len();
+        let outboard = fetch.outboard(file).expect("set above").clone();
+        // The groups the last checkpoint synced need no second look; the others the partial
+        // file covers are read back and checked (they were written after it, or not at all).
+        let groups = group_count(entry.size);
+        let synced = std::fs::read(&slot.bits).ok().and_then(|bytes| {
+            let words = bytes.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8"))).collect();
+            crate::fetch::Bitfield::from_words(groups, words)
+        });
+        let mut buf = vec![0u8; crate::tree::GROUP as usize];
+        for index in 0..groups {
+            let range = group_range(entry.size, index);
+            if range.end > on_disk {
+                continue;
+            }
+            if synced.as_ref().is_some_and(|bits| bits.get(index)) {
+                fetch.mark_verified(file, index);
+                continue;
+            }
+            let buf = &mut buf[..(range.end - range.start) as usize];
+            part.read_exact_at(buf, range.start).map_err(io(&slot.part))?;
+            if outboard.verify_group(index, buf).is_ok() {
+                fetch.mark_verified(file, index);
+            }
+        }
+    }
+    Ok(fetch.progress().0)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, renamed over it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReceiveError> {
+    let temp = path.with_extension("tmp");
+    let result = (|| {
+        let mut file = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    result.map_err(io(path))
+}
+
+/// Lowercase hex.
+pub fn hex(hash: &Hash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
