@@ -14,8 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
-use bytes::Bytes;
+use anyhow::ensure;
 use clap::{Args, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::transport::quic::{self};
@@ -23,15 +22,10 @@ use warren::transport::tls;
 use warren::{Identity, P2P, Stream};
 
 use crate::output::json_line;
+use crate::sink::{CHUNK, SINK, count_until_finished, send_to_sink, sink};
 
-/// Protocol of the byte sink: the dialler sends bytes and finishes; the sink answers with the
-/// count as a little-endian u64.
-pub const SINK: &str = "sink/1";
 /// Protocol of the one-byte echo used to time connection setup.
 const ECHO_BYTE: &str = "echo-byte/1";
-/// Write size: 1 MiB chunks handed to QUIC without copying.
-const CHUNK: usize = 1024 * 1024;
-
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Bulk throughput and connection setup: warren vs plain quinn vs plain TCP on loopback.
@@ -41,6 +35,9 @@ pub enum BenchCommand {
     /// A connection flood from throwaway identities at a `warren node`: its RSS and a
     /// legitimate peer's connect time during the flood (loopback).
     Flood(crate::bench_flood::FloodArgs),
+    /// warren-transfer against a raw warren stream in the same run: one large file, many small
+    /// files (loopback).
+    Transfer(crate::bench_transfer::TransferArgs),
 }
 
 #[derive(Args)]
@@ -64,79 +61,8 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Throughput(args) => throughput(args).await,
         BenchCommand::Discovery(args) => tokio::task::spawn_blocking(move || crate::bench_discovery::run(args)).await?,
         BenchCommand::Flood(args) => crate::bench_flood::run(args).await,
+        BenchCommand::Transfer(args) => crate::bench_transfer::run(args).await,
     }
-}
-
-/// Counts what arrives on a sink stream, then answers with the count.
-pub async fn sink(stream: Stream) {
-    let mut halves = stream.into_split();
-    if let Ok(count) = count_until_finished(&mut halves).await {
-        let _ = halves.0.write_all(&count.to_le_bytes()).await;
-        let _ = halves.0.finish();
-    }
-}
-
-/// What the sink and its sender use of a stream: zero-copy chunks, on a warren stream and on a
-/// plain quinn one alike.
-pub trait Chunks {
-    /// Writes all of `chunk`.
-    async fn put(&mut self, chunk: Bytes) -> anyhow::Result<()>;
-    /// Finishes the sending half.
-    fn end(&mut self) -> anyhow::Result<()>;
-    /// The length of the next chunk read, or `None` at the end.
-    async fn take(&mut self) -> anyhow::Result<Option<usize>>;
-}
-
-impl Chunks for (warren::transport::SendStream, warren::transport::RecvStream) {
-    async fn put(&mut self, chunk: Bytes) -> anyhow::Result<()> {
-        Ok(self.0.write_chunk(chunk).await?)
-    }
-    fn end(&mut self) -> anyhow::Result<()> {
-        Ok(self.0.finish()?)
-    }
-    async fn take(&mut self) -> anyhow::Result<Option<usize>> {
-        Ok(self.1.read_chunk(usize::MAX).await?.map(|c| c.len()))
-    }
-}
-
-impl Chunks for (quinn::SendStream, quinn::RecvStream) {
-    async fn put(&mut self, chunk: Bytes) -> anyhow::Result<()> {
-        Ok(self.0.write_chunk(chunk).await?)
-    }
-    fn end(&mut self) -> anyhow::Result<()> {
-        Ok(self.0.finish()?)
-    }
-    async fn take(&mut self) -> anyhow::Result<Option<usize>> {
-        Ok(self.1.read_chunk(usize::MAX, true).await?.map(|c| c.bytes.len()))
-    }
-}
-
-async fn count_until_finished(stream: &mut impl Chunks) -> anyhow::Result<u64> {
-    let mut count = 0u64;
-    while let Some(len) = stream.take().await? {
-        count += len as u64;
-    }
-    Ok(count)
-}
-
-/// Sends `bytes` bytes in 1 MiB chunks, finishes, and returns the count the sink reports.
-pub async fn send_to_sink<S, R>(stream: &mut (S, R), bytes: u64) -> anyhow::Result<u64>
-where
-    (S, R): Chunks,
-    R: tokio::io::AsyncRead + Unpin,
-{
-    let chunk = Bytes::from(vec![0xa5; CHUNK]);
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(CHUNK as u64) as usize;
-        stream.put(chunk.slice(..n)).await?;
-        left -= n as u64;
-    }
-    stream.end()?;
-    let recv = &mut stream.1;
-    let mut count = [0u8; 8];
-    recv.read_exact(&mut count).await.context("reading the sink's count")?;
-    Ok(u64::from_le_bytes(count))
 }
 
 async fn echo_byte(stream: Stream) {

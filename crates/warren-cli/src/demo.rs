@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren::transport::quic::QuicTransport;
 use warren::{ConnectError, Event, Identity, P2P};
 
-use crate::bench::{SINK, send_to_sink, sink};
 use crate::output::{json_line, ms, short};
+use crate::sink::{SINK, send_to_sink, sink};
 
 #[derive(Args)]
 pub struct DemoArgs {

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_discovery;
 mod bench_flood;
+mod bench_transfer;
 mod demo;
 mod discover;
 mod ledbat_bench;
@@ -14,6 +15,7 @@ mod output;
 mod ping;
 mod probe;
 mod relay;
+mod sink;
 mod transfer;
 mod utp;
 

@@ -94,7 +94,7 @@ async fn node_on(relay: RelayConfig, punching: bool, tcp: bool) -> anyhow::Resul
         p2p.listen_tcp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
     }
     p2p.register_protocol(ECHO, echo)?;
-    p2p.register_protocol(crate::bench::SINK, crate::bench::sink)?;
+    p2p.register_protocol(crate::sink::SINK, crate::sink::sink)?;
     quic.set_hole_punching(punching);
     let client = p2p.add_relay(&quic, relay);
     let observed = client.wait_registered(Duration::from_secs(10)).await?;
@@ -463,9 +463,9 @@ pub fn relay_bench(bytes: u64, rounds: usize, seed: u64) -> anyhow::Result<Relay
                     .await?;
                     punch_ms.push(punched.ok_or_else(|| anyhow::anyhow!("the hole punch failed"))?);
                 }
-                let mut halves = p2p.connect(a_id, crate::bench::SINK).await?.into_split();
+                let mut halves = p2p.connect(a_id, crate::sink::SINK).await?.into_split();
                 let started = Instant::now();
-                let received = crate::bench::send_to_sink(&mut halves, bytes).await?;
+                let received = crate::sink::send_to_sink(&mut halves, bytes).await?;
                 let took = started.elapsed();
                 anyhow::ensure!(received == bytes, "the sink counted {received} of {bytes} bytes");
                 let path = p2p.open_connection(&a_id).map(|c| c.path());

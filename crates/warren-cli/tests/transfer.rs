@@ -70,7 +70,7 @@ fn a_killed_receive_resumes_where_it_was() {
     let sender = Sender::start(&[&file]);
     let out = dir.join("out");
 
-    // The first receive is killed (SIGKILL) once a quarter has arrived.
+    // The first receive is killed (SIGKILL) once an eighth has arrived.
     let mut first = warren()
         .args(["receive", "--json", &sender.ticket, "--out"])
         .arg(&out)
@@ -84,7 +84,7 @@ fn a_killed_receive_resumes_where_it_was() {
         let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
         assert!(Instant::now() < deadline, "no progress");
         assert_ne!(line["event"], "done", "finished before the kill: make the file bigger");
-        if line["event"] == "progress" && line["done"].as_u64().unwrap() >= data.len() as u64 / 4 {
+        if line["event"] == "progress" && line["done"].as_u64().unwrap() >= data.len() as u64 / 8 {
             done_at_kill = line["done"].as_u64().unwrap();
             first.kill().unwrap();
             break;
@@ -103,7 +103,10 @@ fn a_killed_receive_resumes_where_it_was() {
     // Verified before the kill, but not kept: at most the requests in flight and one group.
     let lost = done_at_kill.saturating_sub(kept);
     println!("killed at {done_at_kill} verified bytes; the second run kept {kept}, fetched {fetched}; lost {lost}");
-    assert!(kept >= done_at_kill, "a SIGKILL loses no verified group (the page cache keeps them): {done}");
+    // A group counts as verified a moment before it is written, so a kill can lose the batches
+    // being written: within the in-flight window, never more.
+    let window = warren_transfer::Config::default().max_in_flight();
+    assert!(lost <= window, "lost {lost} verified bytes, over the {window}-byte in-flight window: {done}");
     assert!(!out.join(".warren-partial").exists());
     drop(sender);
     std::fs::remove_dir_all(dir).unwrap();
@@ -138,4 +141,18 @@ fn a_bad_ticket_and_an_unreachable_sender_get_one_line_errors() {
         String::from_utf8_lossy(&output.stderr)
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// `warren bench transfer`, shortened: both contenders run and every ratio is printed.
+#[test]
+fn bench_transfer_smoke() {
+    let output = warren()
+        .args(["bench", "transfer", "--bytes", "8388608", "--files", "50", "--rounds", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for key in ["raw_stream_gbps", "transfer_gbps", "transfer_vs_raw", "small_files_per_sec", "small_transfer_vs_raw"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! A [`Fetch`] holds a checked manifest, each file's outboard once one is verified, and a bitfield
 //! of verified groups per file. Peers are any `Ord + Clone` key. The driver asks
-//! [`Fetch::next_request`] for each peer with room (at most [`Config::requests_per_peer`] in
-//! flight each), sends it, and feeds back what came: [`Fetch::on_outboard`],
+//! [`Fetch::next_request`] for each peer with room (at most [`Config::requests_per_peer`]
+//! requests and [`Config::bytes_per_peer`] bytes in flight each), sends it, and feeds back what came: [`Fetch::on_outboard`],
 //! [`Fetch::on_group`] (verified before it is accepted, so nothing unverified is ever written),
 //! [`Fetch::on_failed`]. Different peers get different ranges; a peer that sends a wrong byte is
 //! dropped, its ranges go to the others, and the others keep going.
@@ -22,12 +22,23 @@ pub struct Config {
     pub groups_per_request: u64,
     /// Requests in flight per peer.
     pub requests_per_peer: usize,
+    /// Group bytes in flight per peer (a request is started while under it).
+    pub bytes_per_peer: u64,
 }
 
 impl Default for Config {
-    /// 64 groups (1 MiB) per request, 4 requests in flight per peer: 4 MiB per round trip.
+    /// 64 groups (1 MiB) per request, 4 MiB in flight per peer, in up to 32 requests (small
+    /// files take one request each).
     fn default() -> Self {
-        Self { groups_per_request: 64, requests_per_peer: 4 }
+        Self { groups_per_request: 64, requests_per_peer: 32, bytes_per_peer: 4 << 20 }
+    }
+}
+
+impl Config {
+    /// The most group bytes a peer has in flight at once: what a crash can make it send again.
+    pub fn max_in_flight(&self) -> u64 {
+        // A request may start just under the byte budget.
+        self.bytes_per_peer + self.groups_per_request * crate::tree::GROUP
     }
 }
 
@@ -81,12 +92,16 @@ struct FileFetch {
     /// Is a request for the outboard in flight?
     outboard_claimed: bool,
     verified_count: u64,
+    /// No group below this is free to ask for (all verified or claimed).
+    cursor: u64,
 }
 
 #[derive(Debug)]
 struct InFlight<P> {
     peer: P,
     file: usize,
+    /// Group bytes asked for.
+    bytes: u64,
     /// `None` for an outboard request; else the groups still to come, in order.
     groups: Option<std::collections::VecDeque<u64>>,
 }
@@ -97,7 +112,10 @@ pub struct Fetch<P> {
     config: Config,
     files: Vec<FileFetch>,
     in_flight: HashMap<u64, InFlight<P>>,
-    per_peer: BTreeMap<P, usize>,
+    /// Requests and group bytes in flight, per peer.
+    per_peer: BTreeMap<P, (usize, u64)>,
+    /// No file below this has anything left to ask for.
+    file_cursor: usize,
     /// Peers given up: never asked again.
     removed: std::collections::BTreeSet<P>,
     next_id: u64,
@@ -111,20 +129,25 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
         let config = Config {
             groups_per_request: config.groups_per_request.clamp(1, MAX_GROUPS_PER_REQUEST),
             requests_per_peer: config.requests_per_peer.max(1),
+            bytes_per_peer: config.bytes_per_peer.max(1),
         };
         let files = manifest
             .entries
             .iter()
             .map(|entry| {
                 let groups = group_count(entry.size);
+                // A file of one group is checked against its hash: it has no outboard to fetch.
+                let outboard =
+                    (groups == 1).then(|| Outboard::verified(entry.size, entry.hash, Vec::new()).ok()).flatten();
                 FileFetch {
                     hash: entry.hash,
                     size: entry.size,
-                    outboard: None,
+                    outboard,
                     verified: Bitfield::new(groups),
                     claimed: Bitfield::new(groups),
                     outboard_claimed: false,
                     verified_count: 0,
+                    cursor: 0,
                 }
             })
             .collect();
@@ -134,6 +157,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
             in_flight: HashMap::new(),
             per_peer: BTreeMap::new(),
             removed: Default::default(),
+            file_cursor: 0,
             next_id: 0,
             verified_bytes: 0,
             total_bytes: manifest.total_size(),
@@ -184,15 +208,27 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
 
     /// The next request for `peer`, if it has room and anything is left to ask for.
     pub fn next_request(&mut self, peer: &P) -> Option<Planned> {
-        if self.removed.contains(peer) || self.per_peer.get(peer).copied().unwrap_or(0) >= self.config.requests_per_peer
+        let (requests, bytes) = self.per_peer.get(peer).copied().unwrap_or_default();
+        if self.removed.contains(peer)
+            || requests >= self.config.requests_per_peer
+            || bytes >= self.config.bytes_per_peer
         {
             return None;
         }
-        for file in 0..self.files.len() {
+        // Files below the cursor have nothing left to ask for; it moves past each file whose
+        // groups are all verified or claimed, and back when a failure frees some.
+        let mut exhausted = true;
+        for file in self.file_cursor..self.files.len() {
             let state = &mut self.files[file];
-            if state.verified_count == state.verified.len() {
+            if state.verified_count == state.verified.len()
+                || (state.outboard.is_some() && state.cursor >= state.verified.len())
+            {
+                if exhausted {
+                    self.file_cursor = file + 1;
+                }
                 continue;
             }
+            exhausted = false;
             let Some(_) = &state.outboard else {
                 if state.outboard_claimed {
                     continue;
@@ -202,8 +238,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
                 return Some(self.start(peer, file, None, request));
             };
             // The first run of groups neither verified nor claimed, up to a request's worth.
-            let Some(start) = (0..state.verified.len()).find(|&i| !state.verified.get(i) && !state.claimed.get(i))
-            else {
+            let free = (state.cursor..state.verified.len()).find(|&i| !state.verified.get(i) && !state.claimed.get(i));
+            let Some(start) = free else {
+                state.cursor = state.verified.len();
                 continue;
             };
             let mut end = start;
@@ -215,6 +252,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
                 state.claimed.set(end, true);
                 end += 1;
             }
+            state.cursor = end;
             let request = Request::Groups { hash: state.hash, ranges: vec![(start, end)] };
             return Some(self.start(peer, file, Some((start..end).collect()), request));
         }
@@ -230,8 +268,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
     ) -> Planned {
         let id = self.next_id;
         self.next_id += 1;
-        self.in_flight.insert(id, InFlight { peer: peer.clone(), file, groups });
-        *self.per_peer.entry(peer.clone()).or_default() += 1;
+        let size = self.files[file].size;
+        let bytes = groups.iter().flatten().map(|&i| group_range(size, i).end - group_range(size, i).start).sum();
+        self.in_flight.insert(id, InFlight { peer: peer.clone(), file, bytes, groups });
+        let count = self.per_peer.entry(peer.clone()).or_default();
+        count.0 += 1;
+        count.1 += bytes;
         Planned { id, file, request }
     }
 
@@ -256,7 +298,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
     /// (and the peer dropped).
     pub fn on_group(&mut self, peer: &P, id: u64, data: &[u8]) -> Result<Accepted, FetchError> {
         let (file, index) = match self.in_flight.get_mut(&id) {
-            Some(InFlight { peer: owner, file, groups: Some(groups) }) if owner == peer => {
+            Some(InFlight { peer: owner, file, groups: Some(groups), .. }) if owner == peer => {
                 let Some(index) = groups.front().copied() else {
                     return Err(FetchError::Unexpected { id, index: u64::MAX });
                 };
@@ -281,12 +323,13 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
         Ok(Accepted { file, offset, file_done })
     }
 
-    /// The byte length of the next group request `id` should bring, if any.
-    pub fn next_group_len(&self, id: u64) -> Option<(u64, u64)> {
-        let flight = self.in_flight.get(&id)?;
-        let index = *flight.groups.as_ref()?.front()?;
-        let range = group_range(self.files[flight.file].size, index);
-        Some((index, range.end - range.start))
+    /// The byte lengths of the next `most` groups request `id` should bring (none when it is
+    /// complete or unknown).
+    pub fn next_group_lens(&self, id: u64, most: usize) -> Vec<u64> {
+        let Some(flight) = self.in_flight.get(&id) else { return Vec::new() };
+        let size = self.files[flight.file].size;
+        let groups = flight.groups.iter().flatten().take(most);
+        groups.map(|&i| group_range(size, i).end - group_range(size, i).start).collect()
     }
 
     /// Request `id` failed (the stream broke, the peer refused, a timeout): what it had not
@@ -299,9 +342,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
                 Some(groups) => {
                     for index in groups {
                         state.claimed.set(index, false);
+                        state.cursor = state.cursor.min(index);
                     }
                 }
             }
+            self.file_cursor = self.file_cursor.min(flight.file);
         }
     }
 
@@ -323,15 +368,16 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
 
     fn finish(&mut self, id: u64) -> Option<InFlight<P>> {
         let flight = self.in_flight.remove(&id)?;
-        if let Some(count) = self.per_peer.get_mut(&flight.peer) {
-            *count = count.saturating_sub(1);
+        if let Some((requests, bytes)) = self.per_peer.get_mut(&flight.peer) {
+            *requests = requests.saturating_sub(1);
+            *bytes = bytes.saturating_sub(flight.bytes);
         }
         Some(flight)
     }
 
     /// Requests in flight, for `peer`.
     pub fn in_flight(&self, peer: &P) -> usize {
-        self.per_peer.get(peer).copied().unwrap_or(0)
+        self.per_peer.get(peer).map_or(0, |(requests, _)| *requests)
     }
 
     /// Is every group of every file verified?

@@ -225,13 +225,15 @@ impl Provider {
             return Ok(());
         }
         warren::wire::control::write(stream, &Response::Ok { len }).await.map_err(std::io::Error::other)?;
-        let mut buf = vec![0u8; READ_BUF];
         for (start, end) in spans {
             let mut at = start;
             while at < end {
                 let n = ((end - at) as usize).min(READ_BUF);
-                handle.read_exact_at(&mut buf[..n], at)?;
-                stream.write_all(&buf[..n]).await?;
+                // Read into a buffer of its own and hand it over: the stream takes it without a
+                // copy.
+                let mut piece = bytes::BytesMut::zeroed(n);
+                handle.read_exact_at(&mut piece, at)?;
+                stream.send_mut().write_chunk(piece.freeze()).await?;
                 self.inner.stats.lock().expect("stats lock").bytes += n as u64;
                 at += n as u64;
             }

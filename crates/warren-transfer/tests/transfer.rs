@@ -177,7 +177,7 @@ async fn a_lying_provider_is_caught_within_one_group_and_nothing_reaches_the_fin
     let (receiver, _) = node().await;
     receiver.discovered("test", sender.id(), [addr], Default::default());
     let out = dir.join("out");
-    let config = Config { groups_per_request: 8, requests_per_peer: 1 };
+    let config = Config { groups_per_request: 8, requests_per_peer: 1, ..Config::default() };
     let error = receive(&receiver, liar.hash(), &[sender.id()], ReceiveOptions { out: out.clone(), config }, |_| {})
         .await
         .unwrap_err();
@@ -280,7 +280,7 @@ async fn an_interrupted_receive_resumes_and_fetches_again_at_most_what_was_in_fl
     assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
     // Everything the provider sent, over both runs, minus the file: sent twice.
     let resent = (provider.stats().bytes - data.len() as u64) as i64;
-    let in_flight = config.requests_per_peer as u64 * config.groups_per_request * GROUP;
+    let in_flight = config.max_in_flight();
     println!(
         "resume: first run sent {sent_first} bytes, kept {} verified, re-sent {resent} bytes (bound: one group + {in_flight} in flight)",
         summary.kept

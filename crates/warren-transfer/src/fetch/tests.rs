@@ -126,7 +126,7 @@ fn peers_get_different_ranges_and_one_leaving_loses_nothing() {
 #[test]
 fn a_lying_peer_is_caught_within_one_group_and_nothing_it_sent_is_accepted() {
     let (manifest, datas) = content(&[64 * GROUP]);
-    let mut fetch = Fetch::new(&manifest, Config { groups_per_request: 16, requests_per_peer: 1 });
+    let mut fetch = Fetch::new(&manifest, Config { groups_per_request: 16, requests_per_peer: 1, ..Config::default() });
     let outboard = fetch.next_request(&9).unwrap();
     let Answer::Outboard(cvs) = answer(&datas, &outboard) else { unreachable!() };
     fetch.on_outboard(&9, outboard.id, cvs).unwrap();

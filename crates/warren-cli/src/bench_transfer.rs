@@ -1,0 +1,169 @@
+//! `warren bench transfer`: warren-transfer against a raw warren stream between the same two
+//! nodes, in the same run: a large file, then many small files. Ratios, not absolute times.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use clap::Args;
+use warren::{Identity, P2P};
+use warren_transfer::{Provider, ReceiveOptions};
+
+use crate::output::json_line;
+use crate::sink::{SINK, send_to_sink, sink};
+
+#[derive(Args)]
+pub struct TransferArgs {
+    /// Size of the large file.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// How many small files.
+    #[arg(long, default_value_t = 10_000)]
+    files: usize,
+    /// Size of each small file.
+    #[arg(long, default_value_t = 4096)]
+    file_size: u64,
+    /// Rounds per contender; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Where to write the files (default: the system's temporary folder).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// One JSON object with the results.
+    #[arg(long)]
+    json: bool,
+}
+
+fn progress(line: &str) {
+    eprintln!("{line}");
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn gbps(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
+}
+
+/// Writes `len` reproducible bytes to `path`, a MiB at a time.
+fn write_file(path: &Path, len: u64, seed: u64) -> std::io::Result<()> {
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut left = len;
+    let mut piece = 0u64;
+    while left > 0 {
+        let n = left.min(1 << 20);
+        std::io::Write::write_all(&mut file, &warren::testing::pseudo_random_bytes(seed ^ piece, n as usize))?;
+        left -= n;
+        piece += 1;
+    }
+    std::io::Write::flush(&mut file)
+}
+
+/// Sends `bytes` over a raw stream from `from` to `to`'s sink.
+async fn raw_round(from: &P2P, to: &P2P, bytes: u64) -> anyhow::Result<Duration> {
+    let mut halves = from.connect(to.id(), SINK).await?.into_split();
+    let started = Instant::now();
+    let count = send_to_sink(&mut halves, bytes).await?;
+    ensure!(count == bytes, "the sink counted {count}");
+    Ok(started.elapsed())
+}
+
+/// Receives `hash` from `provider` into a fresh `out`, and removes it again.
+async fn transfer_round(receiver: &P2P, provider: &P2P, hash: [u8; 32], out: &Path) -> anyhow::Result<Duration> {
+    let _ = std::fs::remove_dir_all(out);
+    let started = Instant::now();
+    let options = ReceiveOptions { out: out.to_owned(), config: Default::default() };
+    let summary = warren_transfer::receive(receiver, hash, &[provider.id()], options, |_| {}).await?;
+    let elapsed = started.elapsed();
+    ensure!(summary.kept == 0, "a fresh receive kept {} bytes", summary.kept);
+    std::fs::remove_dir_all(out)?;
+    Ok(elapsed)
+}
+
+pub async fn run(args: TransferArgs) -> anyhow::Result<()> {
+    ensure!(args.rounds > 0 && args.bytes > 0 && args.files > 0, "--bytes, --files and --rounds must be positive");
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("warren-bench-transfer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = bench(&args, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
+    progress(&format!("writing a {} MiB file and {} files of {} bytes", args.bytes >> 20, args.files, args.file_size));
+    let big = dir.join("big.bin");
+    write_file(&big, args.bytes, 1)?;
+    let small = dir.join("small");
+    for i in 0..args.files {
+        let sub = small.join(format!("{:03}", i / 100));
+        std::fs::create_dir_all(&sub)?;
+        write_file(&sub.join(format!("{i}.dat")), args.file_size, 1000 + i as u64)?;
+    }
+    let provider_node = P2P::new("warren-bench", Identity::generate());
+    let receiver = P2P::new("warren-bench", Identity::generate());
+    let addr = provider_node.listen_quic("127.0.0.1:0".parse()?).await?.local_addr();
+    let receiver_addr = receiver.listen_quic("127.0.0.1:0".parse()?).await?.local_addr();
+    receiver.register_protocol(SINK, sink)?;
+    receiver.discovered("bench", provider_node.id(), [addr], Default::default());
+    provider_node.discovered("bench", receiver.id(), [receiver_addr], Default::default());
+    let provider = Provider::new();
+    provider.register(&provider_node)?;
+    let started = Instant::now();
+    let (_, big_hash) = provider.add_paths(std::slice::from_ref(&big)).await?;
+    let hash_secs = started.elapsed().as_secs_f64();
+    let (small_manifest, small_hash) = provider.add_paths(std::slice::from_ref(&small)).await?;
+    let small_bytes = small_manifest.total_size();
+
+    let out = dir.join("out");
+    let (mut raw, mut file, mut raw_small, mut files) = (vec![], vec![], vec![], vec![]);
+    for round in 1..=args.rounds {
+        progress(&format!("round {round}/{}: raw stream, 1 file, raw stream, {} files", args.rounds, args.files));
+        raw.push(gbps(args.bytes, raw_round(&provider_node, &receiver, args.bytes).await?));
+        file.push(gbps(args.bytes, transfer_round(&receiver, &provider_node, big_hash, &out).await?));
+        raw_small.push(gbps(small_bytes, raw_round(&provider_node, &receiver, small_bytes).await?));
+        let took = transfer_round(&receiver, &provider_node, small_hash, &out).await?;
+        files.push(args.files as f64 / took.as_secs_f64());
+    }
+    let (raw, file, raw_small, files_per_sec) = (median(raw), median(file), median(raw_small), median(files));
+    let small_gbps = files_per_sec * args.file_size as f64 * 8.0 / 1e9;
+    let report = serde_json::json!({
+        "bytes": args.bytes,
+        "rounds": args.rounds,
+        "raw_stream_gbps": raw,
+        "transfer_gbps": file,
+        "transfer_vs_raw": file / raw,
+        "hash_gbps": args.bytes as f64 * 8.0 / hash_secs / 1e9,
+        "small_files": args.files,
+        "small_file_bytes": args.file_size,
+        "small_files_per_sec": files_per_sec,
+        "small_transfer_gbps": small_gbps,
+        "small_raw_stream_gbps": raw_small,
+        "small_transfer_vs_raw": small_gbps / raw_small,
+    });
+    if args.json {
+        json_line(&report);
+    } else {
+        println!("transfer on loopback, {} rounds (median), against a raw warren stream in the same run", args.rounds);
+        println!(
+            "  one {} MiB file      {file:6.2} Gbit/s   raw stream {raw:6.2} Gbit/s   ratio {:.3}",
+            args.bytes >> 20,
+            file / raw
+        );
+        println!(
+            "  {} files of {} B   {files_per_sec:8.0} files/s = {small_gbps:6.3} Gbit/s   raw stream {raw_small:6.2} Gbit/s   ratio {:.3}",
+            args.files,
+            args.file_size,
+            small_gbps / raw_small
+        );
+        println!("  hashing (sender)     {:6.2} Gbit/s", args.bytes as f64 * 8.0 / hash_secs / 1e9);
+    }
+    provider_node.shutdown().await;
+    receiver.shutdown().await;
+    Ok(())
+}
