@@ -163,6 +163,10 @@ struct Shared {
     changed: tokio::sync::Notify,
     report: Report,
     fetched: Mutex<HashMap<RemoteIdentity, u64>>,
+    /// Held shared while a batch goes from verified to written, and exclusively by a
+    /// checkpoint: a checkpoint never syncs or places a file with a verified batch still
+    /// being written, and two checkpoints never run at once.
+    writes: std::sync::RwLock<()>,
 }
 
 /// Receives the content `hash` names from `providers` into `options.out`, resuming what an
@@ -203,6 +207,7 @@ pub async fn receive(
         changed: tokio::sync::Notify::new(),
         report: Arc::new(report),
         fetched: Mutex::default(),
+        writes: std::sync::RwLock::new(()),
     });
     let total = shared.manifest.total_size();
     (shared.report)(&Progress::Started { files: shared.manifest.entries.len(), total, kept });
@@ -444,6 +449,7 @@ async fn request(
                 let mut at = 0usize;
                 let mut first = None;
                 let mut file_done = false;
+                let writing = shared.writes.read().expect("write gate");
                 {
                     let mut fetch = shared.fetch.lock().expect("fetch lock");
                     for len in &lens {
@@ -468,6 +474,7 @@ async fn request(
                 }
                 let offset = first.expect("a batch has a group");
                 write_group(shared, planned.file, offset, buf).map_err(RequestError::Local)?;
+                drop(writing);
                 *shared.fetched.lock().expect("fetched lock").entry(provider).or_default() += total;
                 let (done, total) = shared.fetch.lock().expect("fetch lock").progress();
                 (shared.report)(&Progress::Bytes { done, total });
@@ -509,6 +516,7 @@ type Dirty = (usize, PathBuf, PathBuf, Option<Arc<std::fs::File>>);
 /// Makes written groups durable: snapshot the bitfields, sync the partial files, then replace
 /// the bitfields; then the files completed since go into place, after one `syncfs`.
 fn checkpoint(shared: &Shared) -> Result<(), ReceiveError> {
+    let _gate = shared.writes.write().expect("write gate");
     let (dirty, complete): (Vec<Dirty>, Vec<usize>) = {
         let mut slots = shared.slots.lock().expect("slot lock");
         let complete = slots.iter().enumerate().filter(|(_, s)| s.complete && !s.done).map(|(i, _)| i).collect();

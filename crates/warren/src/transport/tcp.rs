@@ -94,6 +94,18 @@ const PUNCH_FIRST_BYTE: Duration = Duration::from_secs(2);
 /// Wait after a refused connect (a RST from the peer's NAT) before the next.
 const PUNCH_RETRY: Duration = Duration::from_millis(100);
 
+/// The wait before connecting again: [`PUNCH_RETRY`] to three times it, at random. Two routers
+/// that answer unsolicited SYNs with a RST let the punch through only when one side's SYN
+/// arrives while the other side's own SYN is out; with a fixed period the two sides can stay
+/// in step outside that window for the whole attempt (the NAT matrix's kernel pair failed so
+/// once in CI), and jitter breaks the step.
+fn punch_retry() -> Duration {
+    let mut byte = [0u8; 1];
+    // Jitter only: a failing random source means the fixed period.
+    let _ = getrandom::fill(&mut byte);
+    PUNCH_RETRY + PUNCH_RETRY * 2 * u32::from(byte[0]) / 255
+}
+
 /// What the answerer of a TCP hole punch makes of the stream it opened.
 pub(crate) enum Punched {
     /// The offerer's Noise message came: an incoming connection, for the node to accept.
@@ -137,7 +149,7 @@ impl TcpTransport {
                         Ok(Err(error)) => last = error,
                         Err(_) => break,
                     }
-                    tokio::time::sleep(PUNCH_RETRY).await;
+                    tokio::time::sleep(punch_retry()).await;
                 }
                 Err(last)
             });
