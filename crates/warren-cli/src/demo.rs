@@ -541,6 +541,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 story.bytes / 1024,
                 if story.punched { "relayed, then direct once the hole was punched" } else { "through the relay" }
             ));
+            say(format!(
+                "    the path went direct mid-transfer: {} KiB of groups had been served, {} KiB followed directly",
+                story.served_at_punch / 1024,
+                story.served_total.saturating_sub(story.served_at_punch) / 1024
+            ));
             Ok(story)
         }
         Err(error) => {
@@ -600,6 +605,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     "fetched": story.fetched,
                     "resume_ms": ms(story.resume),
                     "punched": story.punched,
+                    "served_at_punch": story.served_at_punch,
                 }),
                 Err(error) => serde_json::json!({ "error": error }),
             },

@@ -329,3 +329,45 @@ async fn traversal_in_a_manifest_and_a_symlink_in_the_destination_are_refused() 
     receiver.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Unmounts the small filesystem when the test ends, whatever happens.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_clear_error_and_nothing_is_left_under_the_final_name() {
+    // A 1 MiB filesystem of its own (needs root, as the simulator's tests do), a 3 MiB file.
+    let dir = temp("full-disk");
+    let small = dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "warren-full-disk"])
+        .arg(&small)
+        .status()
+        .expect("running mount");
+    assert!(status.success(), "mounting a 1 MiB tmpfs needs root (the suite runs as root, like CI)");
+    let mounted = Mounted(small.clone());
+    let src = dir.join("big.bin");
+    std::fs::write(&src, bytes(9, 3 << 20)).unwrap();
+    let (sender, addr) = node().await;
+    let provider = Provider::new();
+    provider.register(&sender).unwrap();
+    let (_, hash) = provider.add_paths(std::slice::from_ref(&src)).await.unwrap();
+    let (receiver, _) = node().await;
+    receiver.discovered("test", sender.id(), [addr], Default::default());
+
+    let error = receive(&receiver, hash, &[sender.id()], options(&small), |_| {}).await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, ReceiveError::Io { .. }), "{message}");
+    assert!(message.contains("no space left on the device"), "{message}");
+    assert!(!small.join("big.bin").exists(), "nothing under the final name");
+    sender.shutdown().await;
+    receiver.shutdown().await;
+    drop(mounted);
+    std::fs::remove_dir_all(dir).unwrap();
+}
