@@ -27,12 +27,16 @@ pub struct TransferStory {
     pub fetched: u64,
     /// How long the second receive took.
     pub resume: Duration,
-    /// Did the sender see a hole punched to the receiver (the transfer then moved from the
-    /// relay to the direct path)?
-    pub punched: bool,
-    /// Bytes the sender had served when the hole was punched (checked to be some, not all).
-    pub served_at_punch: u64,
-    /// Bytes the sender served in all, over both receives.
+    /// The switch from relayed to direct, which a story always has (it fails without one).
+    pub punch: Punch,
+}
+
+/// When the sender saw the hole punched to the receiver, in group bytes served.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Punch {
+    /// Served (through the relay) when the hole was punched.
+    pub served_at: u64,
+    /// Served in all, over both receives: more than `served_at`.
     pub served_total: u64,
 }
 
@@ -162,7 +166,7 @@ pub fn across_nats(dir: &Path, large: usize, kill: bool) -> anyhow::Result<Trans
                     },
                 }
             }
-            let punch = served_at_punch.map(|at| (at, provider.stats().bytes));
+            let punch = served_at_punch.map(|served_at| Punch { served_at, served_total: provider.stats().bytes });
             p2p.shutdown().await;
             anyhow::Ok(punch)
         }
@@ -183,17 +187,7 @@ pub fn across_nats(dir: &Path, large: usize, kill: bool) -> anyhow::Result<Trans
         let kept = done["kept"].as_u64().unwrap_or(0);
         anyhow::ensure!(!kill || kept > 0, "the second receive kept nothing of the first");
         let fetched = done["fetched"].as_u64().unwrap_or(0);
-        Ok(TransferStory {
-            files,
-            bytes,
-            killed_at,
-            kept,
-            fetched,
-            resume,
-            punched: false,
-            served_at_punch: 0,
-            served_total: 0,
-        })
+        Ok(TransferStory { files, bytes, killed_at, kept, fetched, resume, punch: Punch::default() })
     })();
     let _ = stop_tx.send(true);
     let punch = sender.join().map_err(|_| anyhow::anyhow!("the sender panicked"))??;
@@ -204,9 +198,14 @@ pub fn across_nats(dir: &Path, large: usize, kill: bool) -> anyhow::Result<Trans
     // always goes through the relay; what is checked is that group bytes were still to be
     // served, over the direct path, after the punch. (How many went through the relay first is
     // a race with the punch, printed, not asserted.)
-    let (at, total) = punch.context("the hole was never punched: the transfer stayed relayed")?;
-    anyhow::ensure!(at < total, "the path went direct only after the transfer ({at} of {total} bytes served)");
-    Ok(TransferStory { punched: true, served_at_punch: at, served_total: total, ..story })
+    let punch = punch.context("the hole was never punched: the transfer stayed relayed")?;
+    anyhow::ensure!(
+        punch.served_at < punch.served_total,
+        "the path went direct only after the transfer ({} of {} bytes served)",
+        punch.served_at,
+        punch.served_total
+    );
+    Ok(TransferStory { punch, ..story })
 }
 
 /// Runs a relay of a new identity in `host` at `ip` (the matrix's relay port) until `stop`

@@ -164,8 +164,8 @@ struct Shared {
     report: Report,
     fetched: Mutex<HashMap<RemoteIdentity, u64>>,
     /// Held shared while a batch goes from verified to written, and exclusively by a
-    /// checkpoint: a checkpoint never syncs or places a file with a verified batch still
-    /// being written, and two checkpoints never run at once.
+    /// checkpoint while it snapshots the bitfields and the complete files: what it then syncs
+    /// or places never has a verified batch still being written.
     writes: std::sync::RwLock<()>,
     /// Held by a checkpoint from start to end: two never run at once.
     checkpointing: Mutex<()>,
