@@ -137,6 +137,7 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
             "bytes": summary.total,
             "kept": summary.kept,
             "fetched": fetched,
+            "asked_again": summary.asked_again,
             "secs": secs,
         }));
     } else {
@@ -154,7 +155,8 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Progress as a bar on a terminal, JSON lines with `--json`, a line a second otherwise.
+/// Progress as a bar on a terminal, JSON lines with `--json` (at most 20 a second), a line a
+/// second otherwise.
 #[derive(Clone)]
 struct Reporter {
     json: bool,
@@ -181,7 +183,7 @@ impl Reporter {
     fn report(&self, progress: &Progress) {
         if let Progress::Bytes { .. } = progress {
             let mut last = self.last.lock().expect("reporter lock");
-            if self.bar.is_none() && last.elapsed() < Duration::from_millis(if self.json { 200 } else { 1000 }) {
+            if self.bar.is_none() && last.elapsed() < Duration::from_millis(if self.json { 50 } else { 1000 }) {
                 return;
             }
             *last = Instant::now();

@@ -641,7 +641,7 @@ impl Relay {
         let identity = Arc::new(identity);
         let me = identity.to_remote_identity();
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            quic::endpoint_config(),
+            quic::endpoint_config_for(&identity),
             Some(quic::server_config(&identity)),
             Arc::new(RelaySocket { inner, shared: shared.clone() }),
             Arc::new(TokioRuntime),

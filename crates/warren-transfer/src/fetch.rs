@@ -89,6 +89,8 @@ struct FileFetch {
     verified: Bitfield,
     /// Groups some request is fetching.
     claimed: Bitfield,
+    /// Groups a failed request had asked for and not brought (counted once each).
+    requeued: Bitfield,
     /// Is a request for the outboard in flight?
     outboard_claimed: bool,
     verified_count: u64,
@@ -121,6 +123,9 @@ pub struct Fetch<P> {
     next_id: u64,
     verified_bytes: u64,
     total_bytes: u64,
+    /// Bytes of the groups put back in the queue by failed requests, each group once: what
+    /// is asked for again, so the most a provider may have sent twice.
+    requeued_bytes: u64,
 }
 
 impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
@@ -145,6 +150,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
                     outboard,
                     verified: Bitfield::new(groups),
                     claimed: Bitfield::new(groups),
+                    requeued: Bitfield::new(groups),
                     outboard_claimed: false,
                     verified_count: 0,
                     cursor: 0,
@@ -161,6 +167,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
             next_id: 0,
             verified_bytes: 0,
             total_bytes: manifest.total_size(),
+            requeued_bytes: 0,
         }
     }
 
@@ -343,6 +350,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
                     for index in groups {
                         state.claimed.set(index, false);
                         state.cursor = state.cursor.min(index);
+                        if !state.requeued.get(index) {
+                            state.requeued.set(index, true);
+                            let range = group_range(state.size, index);
+                            self.requeued_bytes += range.end - range.start;
+                        }
                     }
                 }
             }
@@ -394,6 +406,18 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
     /// Verified bytes and total bytes.
     pub fn progress(&self) -> (u64, u64) {
         (self.verified_bytes, self.total_bytes)
+    }
+
+    /// Bytes of the groups that failed requests had asked for and not brought, each group
+    /// counted once however often it failed: asked for again, so the most a provider can have
+    /// sent twice.
+    pub fn requeued(&self) -> u64 {
+        self.requeued_bytes
+    }
+
+    /// Peers given up so far.
+    pub fn removed_count(&self) -> usize {
+        self.removed.len()
     }
 }
 

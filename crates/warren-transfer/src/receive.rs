@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use warren::{P2P, RemoteIdentity};
@@ -40,6 +40,13 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Failed requests after which a provider is given up (a wrong byte gives it up at once).
 pub const MAX_FAILURES: u32 = 3;
+/// How long the last provider left, once it has answered, is asked again after its requests
+/// start failing: a sender killed and started again (same identity, same address) comes back
+/// within it and the receive goes on. With other providers still there it is given up after
+/// [`MAX_FAILURES`], and they take over.
+pub const RETURN_PATIENCE: Duration = Duration::from_secs(30);
+/// The longest wait between two requests to a failing provider.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The folder under the destination that holds transfers in progress.
 pub const PARTIAL_DIR: &str = ".warren-partial";
 
@@ -89,6 +96,9 @@ pub struct Summary {
     pub kept: u64,
     /// Group bytes fetched in this run, by provider.
     pub fetched: HashMap<RemoteIdentity, u64>,
+    /// Group bytes asked for again in this run after a request for them failed (a provider
+    /// left, a stream broke): the most any provider sent twice.
+    pub asked_again: u64,
 }
 
 /// Why a receive failed. What verified stays under [`PARTIAL_DIR`] for the next run.
@@ -169,6 +179,8 @@ struct Shared {
     writes: std::sync::RwLock<()>,
     /// Held by a checkpoint from start to end: two never run at once.
     checkpointing: Mutex<()>,
+    /// Providers this receive started with.
+    providers: usize,
 }
 
 /// Receives the content `hash` names from `providers` into `options.out`, resuming what an
@@ -211,6 +223,7 @@ pub async fn receive(
         fetched: Mutex::default(),
         writes: std::sync::RwLock::new(()),
         checkpointing: Mutex::new(()),
+        providers: providers.len(),
     });
     let total = shared.manifest.total_size();
     (shared.report)(&Progress::Started { files: shared.manifest.entries.len(), total, kept });
@@ -244,7 +257,12 @@ pub async fn receive(
     while let Some(joined) = workers.join_next().await {
         let Ok((provider, result)) = joined else { continue };
         match result {
-            Ok(()) => {}
+            Ok(()) => {
+                // Done: a loop still waiting on a provider that went away has nothing to wait for.
+                if shared.fetch.lock().expect("fetch lock").is_done() {
+                    workers.abort_all();
+                }
+            }
             Err(WorkError::Local(error)) => {
                 fatal = Some(error);
                 workers.abort_all();
@@ -273,7 +291,8 @@ pub async fn receive(
     let _ = std::fs::remove_dir_all(&state);
     let _ = std::fs::remove_dir(out.join(PARTIAL_DIR));
     let fetched = shared.fetched.lock().expect("fetched lock").clone();
-    Ok(Summary { files: shared.manifest.entries.len(), total, kept, fetched })
+    let asked_again = shared.fetch.lock().expect("fetch lock").requeued();
+    Ok(Summary { files: shared.manifest.entries.len(), total, kept, fetched, asked_again })
 }
 
 /// The manifest: kept from an earlier run, or fetched from the first provider that has it.
@@ -350,6 +369,10 @@ enum WorkError {
 /// One request loop for `provider`, until nothing is left or it is given up.
 async fn work(p2p: &P2P, shared: &Shared, provider: RemoteIdentity) -> Result<(), WorkError> {
     let mut failures = 0;
+    // Whether this provider has answered a request, and since when it has been failing.
+    let mut answered = false;
+    let mut failing_since = None;
+    let mut retry_at = None;
     loop {
         let changed = shared.changed.notified();
         let planned = {
@@ -358,8 +381,22 @@ async fn work(p2p: &P2P, shared: &Shared, provider: RemoteIdentity) -> Result<()
             if fetch.is_done() || fetch.is_removed(&provider) {
                 return Ok(());
             }
-            fetch.next_request(&provider)
+            match retry_at {
+                // Backing off; woken early to look again when something changes.
+                Some(at) if tokio::time::Instant::now() < at => None,
+                _ => {
+                    retry_at = None;
+                    fetch.next_request(&provider)
+                }
+            }
         };
+        if let Some(at) = retry_at {
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = changed => {}
+            }
+            continue;
+        }
         let Some(planned) = planned else {
             // Others hold what is left: wait until something changes (a failure frees it).
             let _ = tokio::time::timeout(Duration::from_millis(200), changed).await;
@@ -370,7 +407,11 @@ async fn work(p2p: &P2P, shared: &Shared, provider: RemoteIdentity) -> Result<()
         // every waiting loop looks again (asking is cheap: the plan keeps cursors).
         shared.changed.notify_waiters();
         match result {
-            Ok(()) => failures = 0,
+            Ok(()) => {
+                failures = 0;
+                answered = true;
+                failing_since = None;
+            }
             Err(RequestError::Local(error)) => {
                 shared.fetch.lock().expect("fetch lock").on_failed(planned.id);
                 return Err(WorkError::Local(error));
@@ -381,14 +422,23 @@ async fn work(p2p: &P2P, shared: &Shared, provider: RemoteIdentity) -> Result<()
                 return Err(WorkError::Provider(error.to_string()));
             }
             Err(RequestError::Failed(reason)) => {
-                shared.fetch.lock().expect("fetch lock").on_failed(planned.id);
+                let mut fetch = shared.fetch.lock().expect("fetch lock");
+                fetch.on_failed(planned.id);
                 failures += 1;
-                if failures >= MAX_FAILURES {
-                    shared.fetch.lock().expect("fetch lock").remove_peer(&provider);
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                // The last provider left, which had answered, is waited for (it may be
+                // restarting); any other is given up after a few failures.
+                let last = shared.providers.saturating_sub(fetch.removed_count()) <= 1;
+                let waited_for = answered && last && since.elapsed() < RETURN_PATIENCE;
+                if failures >= MAX_FAILURES && !waited_for {
+                    fetch.remove_peer(&provider);
+                    drop(fetch);
                     shared.changed.notify_waiters();
                     return Err(WorkError::Provider(reason));
                 }
-                tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+                drop(fetch);
+                let backoff = Duration::from_millis(100u64 << failures.min(8)).min(MAX_BACKOFF);
+                retry_at = Some(tokio::time::Instant::now() + backoff);
             }
         }
     }

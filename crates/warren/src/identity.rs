@@ -86,6 +86,14 @@ impl Identity {
         Zeroizing::new(*hasher.finalize().as_bytes())
     }
 
+    /// A secret derived from this identity's key alone, for `purpose` (BLAKE3's key
+    /// derivation): the same after a restart, unknown to anyone without the key. QUIC's
+    /// stateless-reset key is one, so that a node restarted with its identity can reset the
+    /// connections its earlier run left open at its peers (RFC 9000, section 10.3).
+    pub fn derive_secret(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(purpose, &self.to_secret_bytes()[..]))
+    }
+
     /// Loads the identity stored in `data_dir`, or creates and stores a new one if there is
     /// none.
     ///

@@ -124,6 +124,50 @@ fn peers_get_different_ranges_and_one_leaving_loses_nothing() {
 }
 
 #[test]
+fn what_failed_requests_did_not_bring_is_counted_once_as_asked_again() {
+    let (manifest, datas) = content(&[64 * GROUP + 100]);
+    let config = Config { groups_per_request: 8, requests_per_peer: 2, ..Config::default() };
+    let mut fetch = Fetch::new(&manifest, config);
+    let outboard = fetch.next_request(&1).unwrap();
+    let Answer::Outboard(cvs) = answer(&datas, &outboard) else { unreachable!() };
+    fetch.on_outboard(&1, outboard.id, cvs).unwrap();
+    fetch.on_failed(999); // an unknown id changes nothing
+    assert_eq!(fetch.requeued(), 0);
+    let groups_of = |planned: &Planned| -> Vec<u64> {
+        let Request::Groups { ranges, .. } = &planned.request else { unreachable!() };
+        ranges.iter().flat_map(|&(s, e)| s..e).collect()
+    };
+    let mut failed = std::collections::BTreeSet::new();
+    // A request brings 3 of its 8 groups, then breaks: 5 groups go back.
+    let first = fetch.next_request(&1).unwrap();
+    let Answer::Groups(groups) = answer(&datas, &first) else { unreachable!() };
+    for group in &groups[..3] {
+        fetch.on_group(&1, first.id, group).unwrap();
+    }
+    fetch.on_failed(first.id);
+    failed.extend(&groups_of(&first)[3..]);
+    assert_eq!(fetch.requeued(), 5 * GROUP);
+    // Asked again, from the first group not brought, and failing again (a provider still
+    // away): the groups that failed before count once.
+    let again = fetch.next_request(&1).unwrap();
+    assert_eq!(groups_of(&again)[0], groups_of(&first)[3]);
+    fetch.on_failed(again.id);
+    failed.extend(groups_of(&again));
+    assert_eq!(fetch.requeued(), failed.len() as u64 * GROUP);
+    assert!(failed.len() < 5 + 8, "some counted once though they failed twice");
+    // A peer removed with requests in flight: what they asked for, each group once.
+    let a = fetch.next_request(&2).unwrap();
+    let b = fetch.next_request(&2).unwrap();
+    fetch.remove_peer(&2);
+    failed.extend(groups_of(&a).into_iter().chain(groups_of(&b)));
+    assert_eq!(fetch.requeued(), failed.len() as u64 * GROUP);
+    // And all of it is fetched in the end, each byte once more.
+    let (_, fetched) = run(&mut fetch, &datas, &[1]);
+    assert_eq!(3 * GROUP + fetched, manifest.total_size());
+    assert!(fetch.is_done());
+}
+
+#[test]
 fn a_lying_peer_is_caught_within_one_group_and_nothing_it_sent_is_accepted() {
     let (manifest, datas) = content(&[64 * GROUP]);
     let mut fetch = Fetch::new(&manifest, Config { groups_per_request: 16, requests_per_peer: 1, ..Config::default() });

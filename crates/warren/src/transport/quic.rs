@@ -128,7 +128,27 @@ pub fn transport_config_for(kind: PathKind) -> TransportConfig {
 /// quinn's black-hole detection fall back to 1200 bytes, slower than the default 1452, so they
 /// are not enabled. See docs/benchmarks.md.)
 pub fn endpoint_config() -> quinn::EndpointConfig {
-    let mut config = quinn::EndpointConfig::default();
+    endpoint_config_with(quinn::EndpointConfig::default())
+}
+
+/// [`endpoint_config`] with its stateless-reset key and its connection-ID check key derived
+/// from `identity`: a node killed and started again with the same identity recognises the
+/// connection IDs its earlier run handed out and answers its peers' packets on those dead
+/// connections with a stateless reset they accept (RFC 9000, section 10.3), so they learn at
+/// once that the connection is gone, instead of after the 30 s idle timeout, and dial again.
+/// With quinn's random keys the new run drops those packets as "invalid CID" and the peers
+/// wait out the timeout.
+pub fn endpoint_config_for(identity: &Identity) -> quinn::EndpointConfig {
+    let secret = identity.derive_secret("warren 2026 quic stateless reset key");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret[..]);
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    let cid_secret = identity.derive_secret("warren 2026 quic connection id key");
+    let cid_key = u64::from_le_bytes(cid_secret[..8].try_into().expect("8 bytes"));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    endpoint_config_with(config)
+}
+
+fn endpoint_config_with(mut config: quinn::EndpointConfig) -> quinn::EndpointConfig {
     // Relay frames and hole punches share the socket; they start with a byte whose QUIC fixed
     // bit is clear, which only greased QUIC packets could have (see `wire::frame`).
     config.grease_quic_bit(false);
@@ -280,7 +300,7 @@ impl QuicTransport {
         let udp = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
         let paths = Paths::new(identity.to_remote_identity(), udp, raw, on_path).map_err(bind_err)?;
         let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
-            endpoint_config(),
+            endpoint_config_for(identity),
             Some(node_server_config(identity, &gate, PathKind::Local)),
             Arc::new(PathSocket(paths.clone())),
             runtime,
