@@ -240,21 +240,36 @@ pub async fn receive(
             workers.spawn(async move { (provider, work(&p2p, &shared, provider).await) });
         }
     }
-    // Stopped with the receive, even when its future is dropped.
-    let checkpoints = AbortOnDrop({
+    // Stopped with the receive, even when its future is dropped. It ends only with an error,
+    // which stops the receive at once. Each checkpoint syncs files, so it runs on a blocking
+    // thread, not on one of the runtime's.
+    let mut checkpoints = AbortOnDrop({
         let shared = shared.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(CHECKPOINT_EVERY).await;
-                checkpoint(&shared)?;
+                if let Err(error) = checkpoint_blocking(&shared).await {
+                    return error;
+                }
             }
-            #[allow(unreachable_code)]
-            Ok::<(), ReceiveError>(())
         })
     });
+    let mut checkpoints_running = true;
     let mut reasons: Vec<String> = Vec::new();
     let mut fatal = None;
-    while let Some(joined) = workers.join_next().await {
+    loop {
+        let joined = tokio::select! {
+            joined = workers.join_next() => joined,
+            ended = &mut checkpoints.0, if checkpoints_running => {
+                checkpoints_running = false;
+                if let Ok(error) = ended {
+                    fatal = Some(error);
+                    workers.abort_all();
+                }
+                continue;
+            }
+        };
+        let Some(joined) = joined else { break };
         let Ok((provider, result)) = joined else { continue };
         match result {
             Ok(()) => {
@@ -264,7 +279,7 @@ pub async fn receive(
                 }
             }
             Err(WorkError::Local(error)) => {
-                fatal = Some(error);
+                fatal.get_or_insert(error);
                 workers.abort_all();
             }
             Err(WorkError::Provider(reason)) => {
@@ -276,7 +291,7 @@ pub async fn receive(
         }
     }
     drop(checkpoints);
-    let saved = checkpoint(&shared);
+    let saved = checkpoint_blocking(&shared).await;
     if let Some(error) = fatal {
         return Err(error);
     }
@@ -583,6 +598,17 @@ fn start_writeback(handle: &std::fs::File, offset: u64, len: u64) {
 
 /// A partial file written since the last checkpoint: its index, paths and handle.
 type Dirty = (usize, PathBuf, PathBuf, Option<Arc<std::fs::File>>);
+
+/// [`checkpoint`] on a blocking thread (it syncs files).
+async fn checkpoint_blocking(shared: &Arc<Shared>) -> Result<(), ReceiveError> {
+    let shared = shared.clone();
+    match tokio::task::spawn_blocking(move || checkpoint(&shared)).await {
+        Ok(result) => result,
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime is shutting down: the next run resumes from the checkpoint before.
+        Err(_) => Ok(()),
+    }
+}
 
 /// Makes written groups durable: snapshot the bitfields, sync the partial files, then replace
 /// the bitfields; then the files completed since go into place, after one `syncfs`.

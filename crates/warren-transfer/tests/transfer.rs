@@ -2,7 +2,7 @@
 //! is caught within one chunk group and nothing it sent reaches a final name; a receive from
 //! two providers keeps going when one leaves; an interrupted receive resumes and fetches again
 //! at most the groups in flight; hostile paths and a symbolic link in the destination are
-//! refused.
+//! refused; a disk error, at a checkpoint or a write, stops the receive at once.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -98,6 +98,8 @@ struct Hostile {
     corrupt: Option<u64>,
     /// Stop answering (drop the stream) after this many group bytes.
     stop_after: Option<u64>,
+    /// Go silent (keep the stream, send nothing more) after this many group bytes.
+    stall_after: Option<u64>,
     sent: Arc<AtomicU64>,
 }
 
@@ -111,6 +113,7 @@ impl Hostile {
             data: Arc::new(data),
             corrupt: None,
             stop_after: None,
+            stall_after: None,
             sent: Arc::default(),
         }
     }
@@ -153,6 +156,9 @@ impl Hostile {
             let sent = self.sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
             if self.stop_after.is_some_and(|limit| sent >= limit) {
                 return; // the stream is dropped mid-answer
+            }
+            if self.stall_after.is_some_and(|limit| sent >= limit) {
+                std::future::pending::<()>().await; // silent, the stream kept open
             }
             if stream.write_all(piece).await.is_err() {
                 return;
@@ -369,5 +375,54 @@ async fn a_full_disk_is_a_clear_error_and_nothing_is_left_under_the_final_name()
     sender.shutdown().await;
     receiver.shutdown().await;
     drop(mounted);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_that_fails_stops_the_receive_at_once() {
+    // The provider goes silent after 2 MiB of 8, keeping its streams open: only a stall
+    // (20 s) or the failing checkpoint can end the receive.
+    let dir = temp("checkpoint-fails");
+    let mut silent = Hostile::new("big.bin", bytes(10, 8 << 20));
+    silent.stall_after = Some(2 << 20);
+    let (sender, addr) = hostile_node(&silent).await;
+    let (receiver, _) = node().await;
+    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let out = dir.join("out");
+    let started = Arc::new(tokio::sync::Notify::new());
+    let signal = started.clone();
+    let receiving = {
+        let (receiver, out, hash, provider) = (receiver.clone(), out.clone(), silent.hash(), sender.id());
+        tokio::spawn(async move {
+            receive(&receiver, hash, &[provider], options(&out), move |p| {
+                if matches!(p, warren_transfer::Progress::Bytes { done, .. } if *done > 0) {
+                    signal.notify_one();
+                }
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    // The bitfield's path becomes a folder that is not empty: the checkpoint's atomic
+    // replace of it fails (EISDIR/ENOTEMPTY, for root as for anyone).
+    let state = std::fs::read_dir(out.join(PARTIAL_DIR)).unwrap().next().unwrap().unwrap().path();
+    let bits = state.join("0.bits");
+    // (A checkpoint may have written it already, and may again in between.)
+    while std::fs::create_dir(&bits).is_err() {
+        let _ = std::fs::remove_file(&bits);
+    }
+    std::fs::create_dir(bits.join("in-the-way")).unwrap();
+    let failing = std::time::Instant::now();
+    let error =
+        tokio::time::timeout(std::time::Duration::from_secs(60), receiving).await.unwrap().unwrap().unwrap_err();
+    let took = failing.elapsed();
+    let message = error.to_string();
+    assert!(matches!(error, ReceiveError::Io { .. }), "{message}");
+    assert!(message.contains("0.bits"), "the error names the file: {message}");
+    // A checkpoint runs every second; without it, the stall (20 s) would end the receive.
+    assert!(took < std::time::Duration::from_secs(10), "the receive went on {took:?} after the checkpoint failed");
+    assert!(!out.join("big.bin").exists());
+    sender.shutdown().await;
+    receiver.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
