@@ -169,9 +169,17 @@ fn ten_megabytes_start_relayed_and_end_direct(a: NatKind, b: NatKind, links: Pai
         let (hash, count) = send(&p2p, a, &data).await?;
         anyhow::ensure!(count == LEN as u64, "the sink counted {count} bytes");
         anyhow::ensure!(hash == *blake3::hash(&data).as_bytes(), "the sink's hash differs: corrupted");
-        let path = p2p.open_connection(&a).map(|c| c.path());
-        anyhow::ensure!(matches!(path, Some(Path::Direct { .. })), "ended on {path:?}");
-        Ok(())
+        // The punch races the transfer: a transfer that ends first may end relayed (once in a
+        // fresh-clone CI run, kernel NATs). What must hold is that the path goes direct.
+        let deadline = Instant::now() + HANG;
+        loop {
+            let path = p2p.open_connection(&a).map(|c| c.path());
+            if matches!(path, Some(Path::Direct { .. })) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "still on {path:?} {HANG:?} after the transfer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
     let changed = run.events.iter().position(|e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }));
     assert!(changed.is_some(), "{a:?} x {b:?}: no PathChanged to direct: {:?}", run.events);
