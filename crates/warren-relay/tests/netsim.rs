@@ -165,6 +165,7 @@ fn ten_megabytes_across_two_kernel_nats_start_relayed_and_end_direct() {
 fn ten_megabytes_start_relayed_and_end_direct(a: NatKind, b: NatKind, links: PairLinks) {
     const LEN: usize = 10 * 1024 * 1024;
     let run = run_pair(a, b, links, None, |p2p, a, _| async move {
+        let mut events = p2p.subscribe();
         let data = pseudo_random(LEN, 42);
         let (hash, count) = send(&p2p, a, &data).await?;
         anyhow::ensure!(count == LEN as u64, "the sink counted {count} bytes");
@@ -177,7 +178,13 @@ fn ten_megabytes_start_relayed_and_end_direct(a: NatKind, b: NatKind, links: Pai
             if matches!(path, Some(Path::Direct { .. })) {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "still on {path:?} {HANG:?} after the transfer");
+            if Instant::now() >= deadline {
+                let mut seen = Vec::new();
+                while let Ok(event) = events.try_recv() {
+                    seen.push(event);
+                }
+                anyhow::bail!("still on {path:?} {HANG:?} after the transfer; the events: {seen:?}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });

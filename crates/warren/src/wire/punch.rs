@@ -11,8 +11,10 @@ use warren_proto::{Decode, Encode};
 use super::control;
 
 /// The protocol of the signalling stream. Version 2: challenges and responses authenticated
-/// with a key of the connection (see [`super::frame`]) replaced version 1's nonces.
-pub const PROTOCOL: &str = "warren/punch/2";
+/// with a key of the connection (see [`super::frame`]) replaced version 1's nonces. Version
+/// 3: the responder says [`Message::Opened`] and the initiator punches on it, where version 2
+/// waited half a round trip plus a margin.
+pub const PROTOCOL: &str = "warren/punch/3";
 
 /// A node's NAT, as far as its relay can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode, serde::Serialize)]
@@ -91,13 +93,15 @@ pub enum Message {
         #[proto(default)]
         nat: NatInfo,
     },
-    /// "Start punching in half a round trip."
+    /// The initiator's opens are out: "open, then start punching".
     Sync,
     /// The sender's schedule is over.
     Finished {
         /// Whether it found a direct path.
         ok: bool,
     },
+    /// The responder's opens are out (version 3): the initiator starts punching.
+    Opened,
 }
 
 /// Fuzzing: `data` as a signalling message body. Never panics; what decodes re-encodes.
