@@ -112,10 +112,7 @@ where
         let started = Instant::now();
         let result = dialler(p2p.clone(), a_id, faults).await;
         let elapsed = started.elapsed();
-        let mut seen = Vec::new();
-        while let Ok(event) = events.try_recv() {
-            seen.push(event);
-        }
+        let seen = received(&mut events);
         p2p.shutdown().await;
         result.map(|()| (seen, elapsed))
     });
@@ -126,6 +123,11 @@ where
     let relay_stats = relay_task.join().unwrap();
     let (events, elapsed) = outcome.unwrap();
     Run { relay_stats, events, elapsed }
+}
+
+/// The events `events` holds now, without waiting.
+fn received(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<Event> {
+    std::iter::from_fn(|| events.try_recv().ok()).collect()
 }
 
 fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
@@ -172,20 +174,19 @@ fn ten_megabytes_start_relayed_and_end_direct(a: NatKind, b: NatKind, links: Pai
         anyhow::ensure!(hash == *blake3::hash(&data).as_bytes(), "the sink's hash differs: corrupted");
         // The punch races the transfer: a transfer that ends first may end relayed (once in a
         // fresh-clone CI run, kernel NATs). What must hold is that the path goes direct.
-        let deadline = Instant::now() + HANG;
+        // Checked after each event (a path change is one) until the deadline.
+        let deadline = tokio::time::Instant::now() + HANG;
+        let mut seen = Vec::new();
         loop {
             let path = p2p.open_connection(&a).map(|c| c.path());
             if matches!(path, Some(Path::Direct { .. })) {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                let mut seen = Vec::new();
-                while let Ok(event) = events.try_recv() {
-                    seen.push(event);
-                }
-                anyhow::bail!("still on {path:?} {HANG:?} after the transfer; the events: {seen:?}");
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Ok(event)) => seen.push(event),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                _ => anyhow::bail!("still on {path:?} {HANG:?} after the transfer; the events: {seen:?}"),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
     let changed = run.events.iter().position(|e| matches!(e, Event::PathChanged { path: Path::Direct { .. }, .. }));

@@ -302,8 +302,6 @@ pub struct PunchSession {
     report: Option<Attempt>,
     reported: bool,
     their_ok: Option<bool>,
-    /// The initiator heard the responder's `Opened`.
-    their_opened: bool,
     error: Option<PunchError>,
 }
 
@@ -354,7 +352,6 @@ impl PunchSession {
             report: None,
             reported: false,
             their_ok: None,
-            their_opened: false,
             error: None,
         }
     }
@@ -418,16 +415,10 @@ impl PunchSession {
                 self.outbox.push_back(Message::Opened);
                 self.phase = Phase::Punching { start: now, round: 0 };
             }
-            (Phase::AwaitOpened { .. }, Message::Opened) => {
-                self.their_opened = true;
-                self.phase = Phase::Punching { start: now, round: 0 };
-            }
-            // After a path was found without it (the responder's punch validated first): late.
-            (Phase::Finishing { .. } | Phase::Done, Message::Opened)
-                if self.role == Role::Initiator && !self.their_opened =>
-            {
-                self.their_opened = true;
-            }
+            (Phase::AwaitOpened { .. }, Message::Opened) => self.phase = Phase::Punching { start: now, round: 0 },
+            // After a path was found without it (the responder's punch validated first): late,
+            // and nothing is left for it to start.
+            (Phase::Finishing { .. } | Phase::Done, Message::Opened) if self.role == Role::Initiator => {}
             (_, Message::Finished { ok }) if self.their_ok.is_none() => {
                 self.their_ok = Some(ok);
                 if matches!(self.phase, Phase::Finishing { .. }) {
@@ -1111,15 +1102,17 @@ mod tests {
         // The initiator before its answer, and twice.
         let mut i = PunchSession::initiator(now, Candidates::default(), false, [1; 32]);
         assert_eq!(i.handle_message(now, Message::Opened), Err(PunchError::Unexpected("opened")));
-        let mut i = PunchSession::initiator(now, Candidates::default(), false, [1; 32]);
-        let answer = Message::Answer { candidates: vec![], reflexive: None, nat: NatInfo::default() };
-        i.handle_message(now, answer).unwrap();
+        let answered = || {
+            let mut i = PunchSession::initiator(now, Candidates::default(), false, [1; 32]);
+            let answer = Message::Answer { candidates: vec![], reflexive: None, nat: NatInfo::default() };
+            i.handle_message(now, answer).unwrap();
+            i
+        };
+        let mut i = answered();
         i.handle_message(now, Message::Opened).unwrap();
         assert_eq!(i.handle_message(now, Message::Opened), Err(PunchError::Unexpected("opened")));
         // An initiator whose responder never says `Opened` gives up.
-        let mut i = PunchSession::initiator(now, Candidates::default(), false, [1; 32]);
-        let answer = Message::Answer { candidates: vec![], reflexive: None, nat: NatInfo::default() };
-        i.handle_message(now, answer).unwrap();
+        let mut i = answered();
         i.handle_timeout(now + SIGNAL_TIMEOUT);
         assert_eq!(i.outcome(), Some(Err(PunchError::Timeout(SIGNAL_TIMEOUT))));
         let mut i = PunchSession::initiator(now, Candidates::default(), false, [1; 32]);
