@@ -10,9 +10,10 @@
 //! dropped, its ranges go to the others, and the others keep going.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::manifest::Manifest;
-use crate::tree::{Hash, Outboard, VerifyError, group_count, group_range};
+use crate::tree::{Checked, Hash, Outboard, VerifyError, group_count, group_range};
 use crate::wire::{MAX_GROUPS_PER_REQUEST, Request};
 
 /// How requests are cut.
@@ -84,7 +85,7 @@ pub enum FetchError {
 struct FileFetch {
     hash: Hash,
     size: u64,
-    outboard: Option<Outboard>,
+    outboard: Option<Arc<Outboard>>,
     /// Verified groups.
     verified: Bitfield,
     /// Groups some request is fetching.
@@ -142,8 +143,9 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
             .map(|entry| {
                 let groups = group_count(entry.size);
                 // A file of one group is checked against its hash: it has no outboard to fetch.
-                let outboard =
-                    (groups == 1).then(|| Outboard::verified(entry.size, entry.hash, Vec::new()).ok()).flatten();
+                let outboard = (groups == 1)
+                    .then(|| Outboard::verified(entry.size, entry.hash, Vec::new()).ok().map(Arc::new))
+                    .flatten();
                 FileFetch {
                     hash: entry.hash,
                     size: entry.size,
@@ -175,12 +177,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
     /// checked again against the file's hash).
     pub fn set_outboard(&mut self, file: usize, cvs: Vec<[u8; 32]>) -> Result<(), VerifyError> {
         let state = &mut self.files[file];
-        state.outboard = Some(Outboard::verified(state.size, state.hash, cvs)?);
+        state.outboard = Some(Arc::new(Outboard::verified(state.size, state.hash, cvs)?));
         Ok(())
     }
 
     /// File `file`'s outboard, once verified.
-    pub fn outboard(&self, file: usize) -> Option<&Outboard> {
+    pub fn outboard(&self, file: usize) -> Option<&Arc<Outboard>> {
         self.files[file].outboard.as_ref()
     }
 
@@ -302,41 +304,57 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
     }
 
     /// The next group of request `id` came: checked, then accepted for writing, or refused
-    /// (and the peer dropped).
+    /// (and the peer dropped). [`Fetch::next_groups`] and [`Fetch::on_checked`] do the same
+    /// with the hashing left to the caller.
     pub fn on_group(&mut self, peer: &P, id: u64, data: &[u8]) -> Result<Accepted, FetchError> {
-        let (file, index) = match self.in_flight.get_mut(&id) {
-            Some(InFlight { peer: owner, file, groups: Some(groups), .. }) if owner == peer => {
-                let Some(index) = groups.front().copied() else {
-                    return Err(FetchError::Unexpected { id, index: u64::MAX });
-                };
-                (*file, index)
-            }
+        let (outboard, index) = match self.next_groups(id, 1) {
+            Some((outboard, groups)) if self.in_flight[&id].peer == *peer => (outboard, groups[0]),
             _ => return Err(FetchError::Unexpected { id, index: u64::MAX }),
         };
-        let state = &self.files[file];
-        let outboard = state.outboard.as_ref().expect("groups are asked for after the outboard");
-        if let Err(error) = outboard.verify_group(index, data) {
-            self.remove_peer(peer);
-            return Err(error.into());
-        }
-        let offset = group_range(state.size, index).start;
-        if let Some(InFlight { groups: Some(groups), .. }) = self.in_flight.get_mut(&id) {
-            groups.pop_front();
-            if groups.is_empty() {
-                self.finish(id);
+        match outboard.verify_group(index, data) {
+            Ok(checked) => self.on_checked(peer, id, checked),
+            Err(error) => {
+                self.remove_peer(peer);
+                Err(error.into())
             }
         }
-        let file_done = self.verify_done(file, index);
-        Ok(Accepted { file, offset, file_done })
     }
 
-    /// The byte lengths of the next `most` groups request `id` should bring (none when it is
-    /// complete or unknown).
-    pub fn next_group_lens(&self, id: u64, most: usize) -> Vec<u64> {
-        let Some(flight) = self.in_flight.get(&id) else { return Vec::new() };
-        let size = self.files[flight.file].size;
-        let groups = flight.groups.iter().flatten().take(most);
-        groups.map(|&i| group_range(size, i).end - group_range(size, i).start).collect()
+    /// The next group of request `id` came and verified (against the outboard
+    /// [`Fetch::next_groups`] gave): accepted for writing, unless it is not the group this
+    /// request waits for from `peer`.
+    pub fn on_checked(&mut self, peer: &P, id: u64, checked: Checked) -> Result<Accepted, FetchError> {
+        let unexpected = FetchError::Unexpected { id, index: checked.index() };
+        let Some(InFlight { peer: owner, file, groups: Some(groups), .. }) = self.in_flight.get_mut(&id) else {
+            return Err(unexpected);
+        };
+        let file = *file;
+        let state = &self.files[file];
+        if owner != peer || groups.front() != Some(&checked.index()) || checked.root() != state.hash {
+            return Err(unexpected);
+        }
+        let range = group_range(state.size, checked.index());
+        if checked.len() != range.end - range.start {
+            return Err(unexpected);
+        }
+        groups.pop_front();
+        if groups.is_empty() {
+            self.finish(id);
+        }
+        let file_done = self.verify_done(file, checked.index());
+        Ok(Accepted { file, offset: range.start, file_done })
+    }
+
+    /// The outboard to check request `id`'s next `most` groups against, and those groups in
+    /// order (none when it is complete or unknown).
+    pub fn next_groups(&self, id: u64, most: usize) -> Option<(Arc<Outboard>, Vec<u64>)> {
+        let flight = self.in_flight.get(&id)?;
+        let groups: Vec<u64> = flight.groups.iter().flatten().take(most).copied().collect();
+        if groups.is_empty() {
+            return None;
+        }
+        let outboard = self.files[flight.file].outboard.clone().expect("groups are asked for after the outboard");
+        Some((outboard, groups))
     }
 
     /// Request `id` failed (the stream broke, the peer refused, a timeout): what it had not

@@ -503,52 +503,72 @@ async fn request(
             if len != want {
                 return Err(RequestError::Failed(format!("an answer of {len} bytes where {want} were asked for")));
             }
-            // Read up to a batch of groups at once, check them under one lock, write them in
-            // one call (a request's groups are contiguous).
+            // Read up to a batch of groups at once, hash them with no lock held (the other
+            // request loops and the runtime go on meanwhile), accept them under one lock, and
+            // write them in one call (a request's groups are contiguous).
             let mut buf = vec![0u8; (BATCH * crate::tree::GROUP) as usize];
             loop {
-                let lens = shared.fetch.lock().expect("fetch lock").next_group_lens(planned.id, BATCH as usize);
-                if lens.is_empty() {
-                    return Ok(());
-                }
+                let next = shared.fetch.lock().expect("fetch lock").next_groups(planned.id, BATCH as usize);
+                let Some((outboard, groups)) = next else { return Ok(()) };
+                let lens: Vec<u64> = groups
+                    .iter()
+                    .map(|&i| {
+                        let range = group_range(entry.size, i);
+                        range.end - range.start
+                    })
+                    .collect();
                 let total: u64 = lens.iter().sum();
                 let buf = &mut buf[..total as usize];
                 read_exact(&mut stream, buf).await.map_err(RequestError::Failed)?;
+                let mut checked = Vec::with_capacity(groups.len());
+                let mut lie = None;
                 let mut at = 0usize;
+                for (&index, &len) in groups.iter().zip(&lens) {
+                    match outboard.verify_group(index, &buf[at..at + len as usize]) {
+                        Ok(proof) => checked.push(proof),
+                        Err(error) => {
+                            lie = Some(FetchError::from(error));
+                            break;
+                        }
+                    }
+                    at += len as usize;
+                }
+                let writing = shared.writes.read().expect("write gate");
                 let mut first = None;
                 let mut file_done = false;
-                let writing = shared.writes.read().expect("write gate");
+                let mut written = 0usize;
                 {
                     let mut fetch = shared.fetch.lock().expect("fetch lock");
-                    for len in &lens {
-                        let group = &buf[at..at + *len as usize];
-                        match fetch.on_group(&provider, planned.id, group) {
+                    for proof in checked {
+                        match fetch.on_checked(&provider, planned.id, proof) {
                             Ok(accepted) => {
                                 first.get_or_insert(accepted.offset);
                                 file_done |= accepted.file_done;
+                                written += proof.len() as usize;
                             }
+                            // The request was taken back meanwhile (its provider given up
+                            // by another loop): nothing more of it is accepted.
                             Err(error) => {
-                                drop(fetch);
-                                // What verified before the lie is kept.
-                                if let Some(offset) = first {
-                                    write_group(shared, planned.file, offset, &buf[..at])
-                                        .map_err(RequestError::Local)?;
-                                }
-                                return Err(RequestError::Lied(error));
+                                lie.get_or_insert(error);
+                                break;
                             }
                         }
-                        at += *len as usize;
                     }
                 }
-                let offset = first.expect("a batch has a group");
-                write_group(shared, planned.file, offset, buf).map_err(RequestError::Local)?;
+                // What verified before a lie is kept.
+                if let Some(offset) = first {
+                    write_group(shared, planned.file, offset, &buf[..written]).map_err(RequestError::Local)?;
+                }
                 drop(writing);
-                *shared.fetched.lock().expect("fetched lock").entry(provider).or_default() += total;
-                let (done, total) = shared.fetch.lock().expect("fetch lock").progress();
-                (shared.report)(&Progress::Bytes { done, total });
+                *shared.fetched.lock().expect("fetched lock").entry(provider).or_default() += written as u64;
                 if file_done {
                     shared.slots.lock().expect("slot lock")[planned.file].complete = true;
                 }
+                if let Some(error) = lie {
+                    return Err(RequestError::Lied(error));
+                }
+                let (done, total) = shared.fetch.lock().expect("fetch lock").progress();
+                (shared.report)(&Progress::Bytes { done, total });
             }
         }
         Request::Manifest { .. } => unreachable!("the fetch never plans a manifest request"),

@@ -132,8 +132,9 @@ impl Outboard {
         group_count(self.size)
     }
 
-    /// Checks group `index`'s bytes.
-    pub fn verify_group(&self, index: u64, data: &[u8]) -> Result<(), VerifyError> {
+    /// Checks group `index`'s bytes: the proof that they verified, which a
+    /// [`Fetch`](crate::fetch::Fetch) takes.
+    pub fn verify_group(&self, index: u64, data: &[u8]) -> Result<Checked, VerifyError> {
         let range = group_range(self.size, index);
         if index >= self.groups() || data.len() as u64 != range.end - range.start {
             return Err(VerifyError::WrongGroupLength { index, want: range.end - range.start, got: data.len() as u64 });
@@ -143,7 +144,43 @@ impl Outboard {
         } else {
             group_cv(data, index) == self.cvs[index as usize]
         };
-        if ok { Ok(()) } else { Err(VerifyError::WrongGroup { index }) }
+        if ok {
+            Ok(Checked { root: self.root, index, len: data.len() as u64 })
+        } else {
+            Err(VerifyError::WrongGroup { index })
+        }
+    }
+}
+
+/// Group `index` of the file `root` names, `len` bytes, verified: only
+/// [`Outboard::verify_group`] makes one, so whoever holds one need not hash the bytes again.
+/// The check can thus run outside any lock the state machine is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    root: Hash,
+    index: u64,
+    len: u64,
+}
+
+impl Checked {
+    /// The file's root hash.
+    pub fn root(&self) -> Hash {
+        self.root
+    }
+
+    /// The group.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+
+    /// Its length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Is the group empty (the one group of an empty file)?
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
