@@ -57,6 +57,9 @@ pub enum TunnelError {
     Stream(String),
 }
 
+/// What a non-member is told, whether or not this node is in the library.
+pub const NOT_A_MEMBER: &str = "not a member of this library";
+
 #[derive(Debug)]
 enum State {
     AwaitHello,
@@ -145,6 +148,13 @@ impl Handshake {
         }
     }
 
+    /// The peer sent bytes that are no message.
+    pub fn handle_invalid(&mut self, why: String) {
+        if !matches!(self.state, State::Open(_) | State::Failed(_)) {
+            self.fail(TunnelError::Protocol(why), true);
+        }
+    }
+
     /// The stream closed or failed before the proof was done.
     pub fn handle_closed(&mut self, why: String) {
         if !matches!(self.state, State::Open(_) | State::Failed(_)) {
@@ -155,7 +165,16 @@ impl Handshake {
     fn fail(&mut self, error: TunnelError, tell: bool) {
         if tell {
             let reason = match &error {
-                TunnelError::NotAMember { reason, .. } => format!("not a member: {reason}"),
+                // Only a credential the library really signed earns details; anything else
+                // gets the words an acceptor outside the library uses, so a stranger cannot
+                // learn which libraries this node is in.
+                TunnelError::NotAMember {
+                    reason: reason @ (CertError::Expired { .. } | CertError::Revoked(_)),
+                    ..
+                } => {
+                    format!("not a member: {reason}")
+                }
+                TunnelError::NotAMember { .. } => NOT_A_MEMBER.to_string(),
                 other => other.to_string(),
             };
             self.out.push_back(TunnelMessage::Refused { reason });

@@ -12,9 +12,12 @@
 
 pub mod cert;
 pub mod code;
+pub mod frame;
 pub mod handshake;
+pub mod pair;
 pub mod pairing;
 pub mod revocation;
+pub mod tunnel;
 pub mod wire;
 pub mod words;
 
@@ -23,6 +26,7 @@ pub use code::Code;
 pub use handshake::{Handshake, Membership, TunnelError};
 pub use pairing::{Invite, PairError, Pairing};
 pub use revocation::{RevocationList, Revocations};
+pub use tunnel::{Libraries, MemoryLibraries, OpenError, Tunnel};
 
 /// Now, in Unix seconds (what the state machines are fed).
 pub fn unix_now() -> u64 {

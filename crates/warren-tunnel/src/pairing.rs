@@ -217,6 +217,13 @@ impl Pairing {
         State::Failed(error)
     }
 
+    /// The peer sent bytes that are no message.
+    pub fn handle_invalid(&mut self, why: String) {
+        if !matches!(self.state, State::Failed(_) | State::Granted(_)) {
+            self.state = self.fail(PairError::Protocol(why));
+        }
+    }
+
     /// The stream ended before the exchange did.
     pub fn handle_closed(&mut self, why: String) {
         if !matches!(self.state, State::Failed(_) | State::Granted(_) | State::Confirmed) {

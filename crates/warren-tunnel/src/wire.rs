@@ -20,6 +20,8 @@ pub const MAX_MESSAGE: u64 = 160 * 1024;
 /// the dialler's `Accept` (or `Refused`); application bytes only after that.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 #[proto(max_bytes = 163840)]
+// One message per step of a handshake, dropped at once: boxing the hello buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum TunnelMessage {
     /// "I am a member of this library, here is my proof and my revocation list."
     Hello {
