@@ -8,7 +8,8 @@
 //! - [`code`] and [`words`]: pairing codes (`42-amber-castle-otter`);
 //! - [`wire`]: the `warren/tunnel/1` and `warren/pair/1` messages, bounded;
 //! - [`handshake`] and [`pairing`]: the sans-IO state machines (no sockets, no clock);
-//! - [`tunnel`] and [`pair`]: the tokio drivers on a [`warren::P2P`] node.
+//! - [`tunnel`] and [`pair`]: the tokio drivers on a [`warren::P2P`] node;
+//! - [`store`]: libraries, certificates and revocations in SQLite in the data directory.
 
 pub mod cert;
 pub mod code;
@@ -17,6 +18,7 @@ pub mod handshake;
 pub mod pair;
 pub mod pairing;
 pub mod revocation;
+pub mod store;
 pub mod tunnel;
 pub mod wire;
 pub mod words;

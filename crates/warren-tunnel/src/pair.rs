@@ -149,6 +149,8 @@ pub struct Joined {
     pub inviter: RemoteIdentity,
     /// This node's role.
     pub role: Role,
+    /// The inviter's role (verified).
+    pub inviter_role: Role,
 }
 
 /// Tries each candidate (the devices that answer for the code's nameplate, honest or not)
@@ -191,11 +193,11 @@ pub fn verify_grant(grant: Grant, me: RemoteIdentity, inviter: RemoteIdentity, n
     }
     let bad = |e: crate::cert::CertError| PairError::BadGrant(e.to_string());
     let role = library.verify(&grant.credential, &me, now, revocations.revoked()).map_err(bad)?;
-    library.verify(&grant.inviter, &inviter, now, revocations.revoked()).map_err(bad)?;
+    let inviter_role = library.verify(&grant.inviter, &inviter, now, revocations.revoked()).map_err(bad)?;
     let issuer = grant.credential.cert.issuer;
     if issuer != inviter && issuer != library.key {
         return Err(PairError::BadGrant(format!("the credential was issued by {issuer}, not the inviter")));
     }
     let membership = Membership { library, credential: grant.credential, revocations };
-    Ok(Joined { membership, name: grant.name, inviter, role })
+    Ok(Joined { membership, name: grant.name, inviter, role, inviter_role })
 }
