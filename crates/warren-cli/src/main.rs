@@ -9,6 +9,7 @@ mod demo;
 mod demo_transfer;
 mod discover;
 mod ledbat_bench;
+mod library;
 mod nat_matrix;
 mod netsim;
 mod node;
@@ -76,6 +77,9 @@ enum Command {
     /// Plain uTP (BEP 29, no encryption) to test against other implementations.
     #[command(subcommand)]
     Utp(utp::UtpCommand),
+    /// Libraries: create one, pair a device into it by short code, list members, revoke.
+    #[command(subcommand)]
+    Library(library::LibraryCommand),
 }
 
 /// The data directory: `--data-dir`, else `$WARREN_DATA_DIR`, else `$XDG_DATA_HOME/warren`,
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(command) => bench::run(command).await,
             Command::Utp(command) => utp::run(command).await,
+            Command::Library(command) => library::run(command).await,
             // The simulator runs its own threads and runtimes; keep it off this runtime's
             // workers.
             Command::Netsim(command) => tokio::task::spawn_blocking(move || netsim::run(command)).await?,

@@ -241,7 +241,7 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// The ticket as a QR code of terminal half-blocks.
-fn print_qr(text: &str) {
+pub fn print_qr(text: &str) {
     match qrcode::QrCode::new(text.to_uppercase().as_bytes()) {
         Ok(code) => {
             let image = code

@@ -1,0 +1,303 @@
+//! `warren library …`: create libraries, pair devices into them by short code, list members,
+//! revoke. Kept in `libraries.sqlite` in the data directory (warren-tunnel's store).
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use warren::discovery::manual::{ManualDiscovery, ManualPeer};
+use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
+use warren::{Identity, P2P, RemoteIdentity};
+use warren_tunnel::pair::{self, Issue};
+use warren_tunnel::pairing::{INVITE_LIFETIME, PairError};
+use warren_tunnel::store::{LibraryRecord, Store};
+use warren_tunnel::{Code, unix_now};
+
+use crate::output::json_line;
+
+#[derive(Subcommand)]
+pub enum LibraryCommand {
+    /// Create a library (a new signing key; this device its first admin).
+    Create {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The libraries this device is in.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Invite a device: prints a code (and a QR code on a terminal) for `warren library join`
+    /// on the other device, and waits until it joined.
+    Invite {
+        /// The library (its name or id).
+        library: String,
+        /// Where to listen (QUIC).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// How long the code lasts, in seconds.
+        #[arg(long, default_value_t = INVITE_LIFETIME)]
+        expires: u64,
+        /// No mDNS (the joiner then needs --peer).
+        #[arg(long)]
+        no_mdns: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Join a library with the code another device's `warren library invite` printed.
+    Join {
+        /// The code, like 42-amber-castle-otter.
+        code: Code,
+        /// The inviting device, as ID@HOST:PORT, where mDNS cannot find it (repeatable).
+        #[arg(long = "peer", value_name = "ID@ADDR")]
+        peers: Vec<ManualPeer>,
+        /// Where to listen (QUIC).
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
+        /// How long to look for the inviting device on the LAN, in seconds.
+        #[arg(long, default_value_t = 15)]
+        wait: u64,
+        /// No mDNS: only the --peer devices.
+        #[arg(long)]
+        no_mdns: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The members this device certified or saw prove their membership.
+    Members {
+        /// The library (its name or id).
+        library: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Revoke a device: a new signed revocation list, handed to every member this device or
+    /// anyone holding the list opens a tunnel with.
+    Revoke {
+        /// The library (its name or id).
+        library: String,
+        /// The device's identity.
+        id: RemoteIdentity,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Args)]
+pub struct Common {
+    /// Where the identity and the libraries are kept [default: $WARREN_DATA_DIR, else
+    /// ~/.local/share/warren].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Common {
+    fn open(&self) -> anyhow::Result<(Identity, Arc<Store>)> {
+        let dir = crate::data_dir(self.data_dir.clone())?;
+        let identity = Identity::load_or_create(&dir)?;
+        Ok((identity, Arc::new(Store::open(&dir)?)))
+    }
+}
+
+fn describe(record: &LibraryRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": record.id.to_string(),
+        "name": record.name,
+        "key": record.membership.library.key.to_string(),
+        "role": record.role().to_string(),
+        "holds_key": record.holds_key,
+        "expires": record.membership.credential.cert.not_after,
+        "revocations_version": record.membership.revocations.version(),
+        "revoked": record.membership.revocations.revoked().len(),
+    })
+}
+
+pub async fn run(command: LibraryCommand) -> anyhow::Result<()> {
+    match command {
+        LibraryCommand::Create { name, common } => {
+            let (me, store) = common.open()?;
+            let record = store.create(&name, &me)?;
+            if common.json {
+                json_line(&describe(&record));
+            } else {
+                println!("created library {:?} ({}); this device is its admin", record.name, record.id);
+            }
+        }
+        LibraryCommand::List { common } => {
+            let (_, store) = common.open()?;
+            let all = store.list()?;
+            if common.json {
+                all.iter().for_each(|r| json_line(&describe(r)));
+            } else if all.is_empty() {
+                println!("no libraries yet: `warren library create NAME` or `warren library join CODE`");
+            }
+            for r in all.iter().filter(|_| !common.json) {
+                println!("{}  {:<20} {}", r.id, r.name, r.role());
+            }
+        }
+        LibraryCommand::Members { library, common } => {
+            let (_, store) = common.open()?;
+            let record = store.find(&library)?;
+            for m in store.members(&record)? {
+                if common.json {
+                    json_line(&serde_json::json!({
+                        "node": m.node.to_string(), "role": m.role.to_string(), "source": m.source,
+                        "revoked": m.revoked, "not_after": m.not_after, "seen": m.seen,
+                    }));
+                } else {
+                    let state = if m.revoked { "REVOKED" } else { "" };
+                    println!("{}  {:<6} {:<6} {state}", m.node, m.role, m.source);
+                }
+            }
+        }
+        LibraryCommand::Revoke { library, id, common } => {
+            let (me, store) = common.open()?;
+            let record = store.find(&library)?;
+            let version = store.revoke(&record, &me, id)?;
+            if common.json {
+                json_line(
+                    &serde_json::json!({ "revoked": id.to_string(), "library": record.id.to_string(), "version": version }),
+                );
+            } else {
+                println!(
+                    "revoked {id} from {:?} (revocation list version {version}); it reaches the other members as they open tunnels with this device or with any member that has it",
+                    record.name
+                );
+            }
+        }
+        LibraryCommand::Invite { library, listen, expires, no_mdns, common } => {
+            invite(library, listen, expires, no_mdns, common).await?;
+        }
+        LibraryCommand::Join { code, peers, listen, wait, no_mdns, common } => {
+            join(code, peers, listen, wait, no_mdns, common).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn invite(
+    library: String,
+    listen: SocketAddr,
+    expires: u64,
+    no_mdns: bool,
+    common: Common,
+) -> anyhow::Result<()> {
+    let (me, store) = common.open()?;
+    let record = store.find(&library)?;
+    if store.with_signer(&record, &me, |_| ()).is_err() {
+        bail!("this device is a member of {:?}, not an admin: only admins invite", record.name);
+    }
+    let p2p = P2P::new("warren", Identity::from_secret_bytes(&me.to_secret_bytes()));
+    let quic = p2p.listen_quic(listen).await?;
+    if !no_mdns {
+        MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
+    }
+    let issue: Arc<Issue> = {
+        let (store, record) = (store.clone(), record.clone());
+        Arc::new(move |joiner| store.grant(&record, &me, joiner).map_err(|e| e.to_string()))
+    };
+    let code = Code::generate();
+    let mut handle = pair::invite(&p2p, code, unix_now() + expires, issue).context("open the invite")?;
+    let addr = p2p.record().addrs.first().copied();
+    if common.json {
+        json_line(&serde_json::json!({
+            "event": "invite", "code": code.to_string(), "library": record.id.to_string(),
+            "inviter": p2p.id().to_string(), "addr": addr, "expires_in": expires,
+        }));
+    } else {
+        println!("invite to {:?}; on the other device run:\n\n  warren library join {code}\n", record.name);
+        if let Some(addr) = addr {
+            println!("(where mDNS does not reach: warren library join {code} --peer {}@{addr})\n", p2p.id());
+        }
+        if std::io::stdout().is_terminal() {
+            crate::transfer::print_qr(&code.to_string());
+        }
+        println!("the code works once, for {} minutes, and three wrong codes close it", expires / 60);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(expires);
+    let result = loop {
+        match tokio::time::timeout_at(deadline, handle.next()).await {
+            Err(_) => break Err(anyhow::anyhow!("{}", PairError::Expired)),
+            Ok(Ok(joiner)) => break Ok(joiner),
+            Ok(Err(e @ (PairError::TooManyAttempts | PairError::Expired | PairError::Used))) => break Err(e.into()),
+            Ok(Err(e)) => {
+                if common.json {
+                    json_line(&serde_json::json!({ "event": "attempt_failed", "error": e.to_string() }));
+                } else {
+                    eprintln!("a pairing attempt failed: {e}");
+                }
+            }
+        }
+    };
+    drop(handle);
+    p2p.shutdown().await;
+    let joiner = result?;
+    if common.json {
+        json_line(
+            &serde_json::json!({ "event": "joined", "node": joiner.to_string(), "library": record.id.to_string() }),
+        );
+    } else {
+        println!("{joiner} joined {:?} as a member", record.name);
+    }
+    Ok(())
+}
+
+async fn join(
+    code: Code,
+    peers: Vec<ManualPeer>,
+    listen: SocketAddr,
+    wait: u64,
+    no_mdns: bool,
+    common: Common,
+) -> anyhow::Result<()> {
+    let (me, store) = common.open()?;
+    let p2p = P2P::new("warren", me);
+    let quic = p2p.listen_quic(listen).await?;
+    let mut candidates: Vec<RemoteIdentity> = peers.iter().filter_map(|p| p.identity).collect();
+    if candidates.len() < peers.len() {
+        bail!("give each --peer with its identity (ID@ADDR): pairing checks who answers");
+    }
+    ManualDiscovery::spawn(&p2p, peers);
+    if !no_mdns {
+        let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
+        let rendezvous = Code::rendezvous(code.nameplate());
+        let started = Instant::now();
+        // Look for everyone answering for the nameplate (the honest inviter and anyone else).
+        while started.elapsed() < Duration::from_secs(wait) {
+            for found in mdns.peers_in_library(&rendezvous) {
+                if !candidates.contains(&found) {
+                    candidates.push(found);
+                }
+            }
+            if !candidates.is_empty() && started.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    if candidates.is_empty() {
+        p2p.shutdown().await;
+        bail!("{}", PairError::NotFound(code.nameplate()));
+    }
+    let joined = pair::join(&p2p, code, &candidates).await;
+    p2p.shutdown().await;
+    let joined = joined?;
+    let record = store.join(&joined)?;
+    if common.json {
+        let mut line = describe(&record);
+        line["event"] = "joined".into();
+        line["inviter"] = joined.inviter.to_string().into();
+        json_line(&line);
+    } else {
+        println!("joined {:?} ({}) as {}; invited by {}", record.name, record.id, record.role(), joined.inviter);
+    }
+    Ok(())
+}
