@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use warren::connection::Stream;
 use warren::{P2P, RemoteIdentity};
@@ -21,6 +22,9 @@ use crate::wire::{Grant, PAIR_PROTOCOL, PairMessage};
 
 /// How long one exchange may take.
 pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long an inviter waits, after sending the grant, for the joiner to close its side.
+const GRANT_LINGER: Duration = Duration::from_secs(5);
 
 /// Builds the grant for a joiner that proved the code.
 pub type Issue = dyn Fn(RemoteIdentity) -> Result<Grant, String> + Send + Sync;
@@ -119,6 +123,7 @@ async fn exchange(
             return Err(error.clone());
         }
         if let Some(grant) = pairing.take_grant() {
+            let _ = stream.finish();
             return Ok(Some(*grant));
         }
         if let (true, Some(issue)) = (pairing.is_confirmed(), issue) {
@@ -128,6 +133,11 @@ async fn exchange(
                 frame::write(stream, &message).await.map_err(|e| PairError::Stream(e.to_string()))?;
             }
             let _ = stream.finish();
+            // Hold the stream until the joiner, having read the grant, closes its side: a node
+            // that shuts down right after returning would otherwise drop the grant in flight.
+            let mut rest = [0u8; 64];
+            let drained = async { while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(GRANT_LINGER, drained).await;
             return Ok(None);
         }
         match frame::read::<_, PairMessage>(stream).await {
