@@ -553,6 +553,39 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
 
+    say("\n12. a library on the LAN: the desk invites by code, eve (a LAN neighbour) answers for the".into());
+    say("    code's number too, the laptop joins, opens a tunnel, is revoked, and is refused".into());
+    let json = args.json;
+    let library = match tokio::task::spawn_blocking(move || {
+        let say = |line: String| {
+            if !json {
+                println!("{line}");
+            }
+        };
+        crate::demo_library::run(&say)
+    })
+    .await?
+    {
+        Ok(story) => {
+            say(format!("    eve was tried first and failed: {}", story.eve_saw));
+            say(format!(
+                "    the laptop joined in {} ms (mDNS included); it lists the desk as {}",
+                ms(story.joined_in),
+                story.desk_source
+            ));
+            say(format!("    revoked, its next tunnel was refused: {}", story.refused));
+            say(format!(
+                "    the desk's handler was handed {} bytes in all: the {} of the member's tunnel, none after",
+                story.handler_bytes, story.member_bytes
+            ));
+            Ok(story)
+        }
+        Err(error) => {
+            say(format!("    NOT RUN: {error:#}"));
+            Err(format!("{error:#}"))
+        }
+    };
+
     let avg = |rtts: &[Duration]| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32);
     if args.json {
         json_line(&serde_json::json!({
@@ -606,6 +639,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     // `across_nats` fails unless the path went direct mid-transfer.
                     "punched": true,
                     "served_at_punch": story.punch.served_at,
+                }),
+                Err(error) => serde_json::json!({ "error": error }),
+            },
+            "library": match &library {
+                Ok(story) => serde_json::json!({
+                    "joined_ms": ms(story.joined_in),
+                    "eve_saw": story.eve_saw,
+                    "refused": story.refused,
+                    "handler_bytes": story.handler_bytes,
+                    "member_bytes": story.member_bytes,
+                    "desk_source": story.desk_source,
                 }),
                 Err(error) => serde_json::json!({ "error": error }),
             },
@@ -683,6 +727,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ),
             Err(error) => println!("  folder across NATs    not run: {error}"),
         }
+        match &library {
+            Ok(story) => println!(
+                "  library on the LAN    joined in {} ms past eve; revoked laptop refused, {} bytes after",
+                ms(story.joined_in),
+                story.handler_bytes - story.member_bytes
+            ),
+            Err(error) => println!("  library on the LAN    not run: {error}"),
+        }
     }
     // The simulator needs root; everything else ran. Say so plainly and fail.
     if let Err(error) = netsim {
@@ -693,6 +745,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     if let Err(error) = transfer {
         anyhow::bail!("the transfer chapter could not run: {error}");
+    }
+    match library {
+        Err(error) => anyhow::bail!("the library chapter could not run: {error}"),
+        Ok(story) => {
+            anyhow::ensure!(story.handler_bytes == story.member_bytes, "the handler saw bytes after the revocation");
+            anyhow::ensure!(
+                story.eve_saw.contains("did not match") || story.eve_saw.contains("refused"),
+                "eve's invite saw: {}",
+                story.eve_saw
+            );
+        }
     }
     match probing {
         Err(error) => anyhow::bail!("the router-probing chapter could not run: {error}"),

@@ -6,6 +6,7 @@ mod bench_discovery;
 mod bench_flood;
 mod bench_transfer;
 mod demo;
+mod demo_library;
 mod demo_transfer;
 mod discover;
 mod ledbat_bench;
