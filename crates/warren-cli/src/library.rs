@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use warren::discovery::manual::{ManualAddr, ManualDiscovery, ManualPeer};
+use warren::discovery::manual::{ManualDiscovery, ManualPeer};
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::{Identity, P2P, RemoteIdentity};
 use warren_tunnel::pair::{self, Issue};
@@ -264,13 +264,6 @@ async fn join(
     let mut candidates: Vec<RemoteIdentity> = peers.iter().filter_map(|p| p.identity).collect();
     if candidates.len() < peers.len() {
         bail!("give each --peer with its identity (ID@ADDR): pairing checks who answers");
-    }
-    // Vouch for the given addresses now: the manual hook dials in the background, and pairing
-    // must not race it to learn where the inviter is.
-    for peer in &peers {
-        if let (Some(id), ManualAddr::Socket(addr)) = (peer.identity, &peer.addr) {
-            p2p.discovered("pairing", id, [*addr], Default::default());
-        }
     }
     ManualDiscovery::spawn(&p2p, peers);
     if !no_mdns {

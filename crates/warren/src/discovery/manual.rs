@@ -181,6 +181,11 @@ impl ManualDiscovery {
         if targets.contains_key(&peer) || self.inner.hook.cancel.is_cancelled() {
             return false;
         }
+        // A known identity at a literal QUIC address is vouched for at once, so that a caller
+        // that connects right after adding it does not race the dialling task.
+        if let (Some(id), None, ManualAddr::Socket(addr)) = (peer.identity, peer.transport, &peer.addr) {
+            self.inner.p2p.discovered(SOURCE, id, [*addr], BTreeMap::new());
+        }
         let cancel = self.inner.hook.cancel.child_token();
         targets.insert(peer.clone(), cancel.clone());
         let p2p = self.inner.p2p.clone();
