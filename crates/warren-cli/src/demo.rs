@@ -556,16 +556,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     say("\n12. a library on the LAN: the desk invites by code, eve (a LAN neighbour) answers for the".into());
     say("    code's number too, the laptop joins, opens a tunnel, is revoked, and is refused".into());
     let json = args.json;
-    let library = match tokio::task::spawn_blocking(move || {
-        let say = |line: String| {
-            if !json {
-                println!("{line}");
-            }
-        };
-        crate::demo_library::run(&say)
-    })
-    .await?
-    {
+    let library = match quiet_unless_text(json, crate::demo_library::run).await? {
         Ok(story) => {
             say(format!("    eve was tried first and failed: {}", story.eve_saw));
             say(format!(
@@ -578,6 +569,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 "    the desk's handler was handed {} bytes in all: the {} of the member's tunnel, none after",
                 story.handler_bytes, story.member_bytes
             ));
+            Ok(story)
+        }
+        Err(error) => {
+            say(format!("    NOT RUN: {error:#}"));
+            Err(format!("{error:#}"))
+        }
+    };
+
+    say("\n13. pairing through a hostile relay, across two NATs: its operator's node answers for the".into());
+    say("    code's number first, and the relay flips bits for a while; only the desk can grant".into());
+    let relay_pairing = match quiet_unless_text(json, crate::demo_relay_pairing::run).await? {
+        Ok(story) => {
+            say(format!("    the operator's node was tried and failed: {}", story.mallory_saw));
             Ok(story)
         }
         Err(error) => {
@@ -650,6 +654,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     "handler_bytes": story.handler_bytes,
                     "member_bytes": story.member_bytes,
                     "desk_source": story.desk_source,
+                }),
+                Err(error) => serde_json::json!({ "error": error }),
+            },
+            "relay_pairing": match &relay_pairing {
+                Ok(story) => serde_json::json!({
+                    "joined_ms": ms(story.joined_in),
+                    "role": story.role,
+                    "tampered": story.tampered,
+                    "operator_saw": story.mallory_saw,
+                    "listed": story.listed.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "listed_after_close": story.listed_after.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 }),
                 Err(error) => serde_json::json!({ "error": error }),
             },
@@ -735,6 +750,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             ),
             Err(error) => println!("  library on the LAN    not run: {error}"),
         }
+        match &relay_pairing {
+            Ok(story) => println!(
+                "  pairing via relay     joined in {} ms past the operator's node; tampering refused with an error",
+                ms(story.joined_in)
+            ),
+            Err(error) => println!("  pairing via relay     not run: {error}"),
+        }
     }
     // The simulator needs root; everything else ran. Say so plainly and fail.
     if let Err(error) = netsim {
@@ -748,6 +770,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     match library {
         Err(error) => anyhow::bail!("the library chapter could not run: {error}"),
+        Ok(story) => story.check()?,
+    }
+    match relay_pairing {
+        Err(error) => anyhow::bail!("the relay pairing chapter could not run: {error}"),
         Ok(story) => story.check()?,
     }
     match probing {
@@ -776,4 +802,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs a simulated chapter on a blocking thread; its story lines are printed unless `json`.
+async fn quiet_unless_text<T: Send + 'static>(
+    json: bool,
+    chapter: fn(&dyn Fn(String)) -> anyhow::Result<T>,
+) -> Result<anyhow::Result<T>, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        chapter(&|line: String| {
+            if !json {
+                println!("{line}");
+            }
+        })
+    })
+    .await
 }

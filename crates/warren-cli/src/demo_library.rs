@@ -243,7 +243,8 @@ fn chapter(say: &dyn Fn(String), desk_dir: &Path, laptop_dir: &Path) -> anyhow::
     })
 }
 
-fn short(id: &RemoteIdentity) -> String {
+/// An identity's first characters, for the story's lines.
+pub(crate) fn short(id: &RemoteIdentity) -> String {
     id.to_string().chars().take(12).collect()
 }
 

@@ -18,6 +18,10 @@ use warren_tunnel::store::{LibraryRecord, Store};
 use warren_tunnel::{Code, unix_now};
 
 use crate::output::json_line;
+use crate::relay::UseRelay;
+
+/// How long to wait for the relay to register this device.
+const RELAY_WAIT: Duration = Duration::from_secs(15);
 
 #[derive(Subcommand)]
 pub enum LibraryCommand {
@@ -44,9 +48,13 @@ pub enum LibraryCommand {
         /// How long the code lasts, in seconds.
         #[arg(long, default_value_t = INVITE_LIFETIME)]
         expires: u64,
-        /// No mDNS (the joiner then needs --peer).
+        /// No mDNS (the joiner then needs --peer or --relay).
         #[arg(long)]
         no_mdns: bool,
+        /// Also announce the code's number at this relay, for a joiner that is not on this LAN
+        /// (`warren library join CODE --relay` with the same relay).
+        #[command(flatten)]
+        relay: UseRelay,
         #[command(flatten)]
         common: Common,
     },
@@ -63,9 +71,13 @@ pub enum LibraryCommand {
         /// How long to look for the inviting device on the LAN, in seconds.
         #[arg(long, default_value_t = 15)]
         wait: u64,
-        /// No mDNS: only the --peer devices.
+        /// No mDNS: only the --peer devices (and those the relay lists).
         #[arg(long)]
         no_mdns: bool,
+        /// Also ask this relay who answers for the code's number (the inviter used
+        /// `--relay` with the same relay); the pairing then goes through it, across NATs.
+        #[command(flatten)]
+        relay: UseRelay,
         #[command(flatten)]
         common: Common,
     },
@@ -173,11 +185,11 @@ pub async fn run(command: LibraryCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        LibraryCommand::Invite { library, listen, expires, no_mdns, common } => {
-            invite(library, listen, expires, no_mdns, common).await?;
+        LibraryCommand::Invite { library, listen, expires, no_mdns, relay, common } => {
+            invite(library, listen, expires, no_mdns, &relay, common).await?;
         }
-        LibraryCommand::Join { code, peers, listen, wait, no_mdns, common } => {
-            join(code, peers, listen, wait, no_mdns, common).await?;
+        LibraryCommand::Join { code, peers, listen, wait, no_mdns, relay, common } => {
+            join(code, peers, listen, wait, no_mdns, &relay, common).await?;
         }
     }
     Ok(())
@@ -188,6 +200,7 @@ async fn invite(
     listen: SocketAddr,
     expires: u64,
     no_mdns: bool,
+    relay: &UseRelay,
     common: Common,
 ) -> anyhow::Result<()> {
     let (me, store) = common.open()?;
@@ -206,6 +219,13 @@ async fn invite(
     };
     let code = Code::generate();
     let mut handle = pair::invite(&p2p, code, unix_now() + expires, issue).context("open the invite")?;
+    if relay.start(&p2p, &quic, || None).is_some()
+        && let Err(e) = handle.announce_at_relay(RELAY_WAIT).await
+    {
+        drop(handle);
+        p2p.shutdown().await;
+        bail!("could not announce the invite at the relay: {e}");
+    }
     let addr = p2p.record().addrs.first().copied();
     if common.json {
         json_line(&serde_json::json!({
@@ -214,7 +234,9 @@ async fn invite(
         }));
     } else {
         println!("invite to {:?}; on the other device run:\n\n  warren library join {code}\n", record.name);
-        if let Some(addr) = addr {
+        if let Some(config) = &relay.relay {
+            println!("(from anywhere: warren library join {code} --relay {}@{})\n", config.identity, config.addr);
+        } else if let Some(addr) = addr {
             println!("(where mDNS does not reach: warren library join {code} --peer {}@{addr})\n", p2p.id());
         }
         if std::io::stdout().is_terminal() {
@@ -256,6 +278,7 @@ async fn join(
     listen: SocketAddr,
     wait: u64,
     no_mdns: bool,
+    relay: &UseRelay,
     common: Common,
 ) -> anyhow::Result<()> {
     let (me, store) = common.open()?;
@@ -266,6 +289,16 @@ async fn join(
         bail!("give each --peer with its identity (ID@ADDR): pairing checks who answers");
     }
     ManualDiscovery::spawn(&p2p, peers);
+    if relay.start(&p2p, &quic, || None).is_some() {
+        // Whoever the relay lists is a candidate like any other: the PAKE decides.
+        match pair::find_at_relay(&p2p, code.nameplate(), RELAY_WAIT).await {
+            Ok(found) => candidates.extend(found.into_iter().filter(|id| !candidates.contains(id)).collect::<Vec<_>>()),
+            Err(e) => {
+                p2p.shutdown().await;
+                bail!("could not ask the relay who answers for code number {}: {e}", code.nameplate());
+            }
+        }
+    }
     if !no_mdns {
         let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
         let rendezvous = Code::rendezvous(code.nameplate());

@@ -7,6 +7,7 @@ mod bench_flood;
 mod bench_transfer;
 mod demo;
 mod demo_library;
+mod demo_relay_pairing;
 mod demo_transfer;
 mod discover;
 mod ledbat_bench;

@@ -68,3 +68,63 @@ fn a_device_joins_by_code_and_a_wrong_code_or_a_broken_store_is_a_clear_error() 
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+/// Kills the child when dropped (a failed assertion must not leave a relay running).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Pairing through a real `warren relay` on loopback: the inviter announces the code's number
+/// there, the joiner is given nothing but the code and the relay (no mDNS, no --peer).
+#[test]
+fn a_device_joins_through_the_relay_with_the_code_alone() {
+    let (r, a, b) = (temp("relay"), temp("ra"), temp("rb"));
+    let mut relay = Child(
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["relay", "--listen", "127.0.0.1:0", "--json", "--data-dir"])
+            .arg(&r)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut relay_lines = BufReader::new(relay.0.stdout.take().unwrap()).lines();
+    let started: serde_json::Value = serde_json::from_str(&relay_lines.next().unwrap().unwrap()).unwrap();
+    let at = format!("{}@{}", started["identity"].as_str().unwrap(), started["addr"].as_str().unwrap());
+    assert!(warren(&a, &["library", "create", "team"]).status.success());
+
+    let mut invite = Child(
+        Command::new(env!("CARGO_BIN_EXE_warren"))
+            .args(["library", "invite", "team", "--listen", "127.0.0.1:0", "--no-mdns", "--relay", &at, "--json"])
+            .arg("--data-dir")
+            .arg(&a)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(invite.0.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let code = first["code"].as_str().unwrap().to_string();
+    let out = warren(&b, &["library", "join", &code, "--relay", &at, "--no-mdns", "--listen", "127.0.0.1:0", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let joined: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((joined["name"].as_str(), joined["role"].as_str()), (Some("team"), Some("member")));
+    assert_eq!(joined["inviter"], first["inviter"]);
+    let done: serde_json::Value = serde_json::from_str(&lines.last().unwrap().unwrap()).unwrap();
+    assert!(invite.0.wait().unwrap().success());
+    assert_eq!(done["event"], "joined");
+
+    // With the invite closed, nobody answers for the number at the relay any more.
+    let out = warren(&b, &["library", "join", &code, "--relay", &at, "--no-mdns", "--listen", "127.0.0.1:0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no device answers for code number"), "{err}");
+    drop(relay);
+    for d in [r, a, b] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

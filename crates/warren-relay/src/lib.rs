@@ -5,6 +5,8 @@
 //!
 //! - reports the node's reflexive address (the address its packets arrive from),
 //! - answers lookups ("is this identity registered here?"),
+//! - keeps rendezvous announcements ("I answer for this pairing nameplate") for as long as the
+//!   announcer is registered, and lists them to whoever asks ([`rendezvous`]),
 //! - forwards data frames to the destination identity, rewriting the header to name the
 //!   source. The payload is a QUIC packet of the two peers' own end-to-end encrypted session:
 //!   the relay never has a key for it.
@@ -42,6 +44,10 @@ use warren::{Identity, RemoteIdentity};
 
 pub use warren::wire::control::{OVER_LIMIT, REFUSED};
 
+mod rendezvous;
+pub use rendezvous::MAX_KEYS as MAX_RENDEZVOUS_KEYS;
+use rendezvous::Rendezvous;
+
 /// Nodes served at once; further registrations are refused.
 pub const MAX_NODES: usize = 10_000;
 
@@ -63,8 +69,8 @@ pub const MAX_NODES_PER_IP: usize = 64;
 /// congested link would (before, each of 10,000 nodes could queue 1,024 frames: ~15 GB).
 pub const MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Lookups answered per registration per second at most (a burst of this many, refilled each
-/// second); more get no answer. "Is X online" is an oracle: this bounds how fast it is asked.
+/// Requests (lookups, rendezvous announcements and finds) answered per registration per second
+/// at most (a burst of this many, refilled each second); more get no answer. "Is X online" is an oracle: this bounds how fast it is asked.
 pub const LOOKUPS_PER_SECOND: u32 = 20;
 
 /// How long a node may take to send its registration after the handshake.
@@ -284,6 +290,10 @@ struct Shared {
     udp: OnceLock<Arc<dyn AsyncUdpSocket>>,
     /// Bytes in all TCP nodes' queues (at most [`MAX_QUEUED_BYTES`]).
     queued_bytes: AtomicU64,
+    /// Rendezvous announcements, by key and by registration.
+    rendezvous: Mutex<Rendezvous>,
+    /// A malicious operator's knob, for tests: flip a bit in every payload forwarded.
+    tamper: std::sync::atomic::AtomicBool,
 }
 
 /// Where to send a forwarded frame.
@@ -346,6 +356,7 @@ impl Shared {
     /// Ends a registration (if it is still the node's current one).
     fn unregister(&self, id: &RawIdentity, registration: u64) {
         self.closers.lock().expect("closer lock poisoned").remove(&registration);
+        self.rendezvous().forget(registration);
         let mut registry = self.registry();
         if registry.nodes.get(id).is_some_and(|n| n.registration == registration) {
             let node = registry.remove(id).expect("checked above");
@@ -368,6 +379,40 @@ impl Shared {
 
     fn online(&self, id: &RawIdentity) -> bool {
         self.registry().nodes.contains_key(id)
+    }
+
+    fn rendezvous(&self) -> std::sync::MutexGuard<'_, Rendezvous> {
+        self.rendezvous.lock().expect("rendezvous lock poisoned")
+    }
+
+    /// Answers one request of `node`'s registration `registration` (None: no answer, because
+    /// it is over its rate or not a request one answers after registering).
+    fn answer(
+        &self,
+        node: &RawIdentity,
+        registration: u64,
+        lookups: &mut Lookups,
+        request: Request,
+    ) -> Option<Response> {
+        if request.id().is_none() || !lookups.allow(self, Instant::now()) {
+            return None;
+        }
+        Some(match request {
+            Request::Register { .. } => return None,
+            Request::Lookup { id, peer } => Response::Lookup { id, online: self.online(peer.as_bytes()) },
+            Request::Announce { id, key } => {
+                Response::Announced { id, accepted: self.rendezvous().announce(key, *node, registration) }
+            }
+            Request::Withdraw { id, key } => {
+                self.rendezvous().withdraw(key, registration);
+                Response::Announced { id, accepted: true }
+            }
+            Request::Find { id, key } => {
+                let found = self.rendezvous().find(&key);
+                let peers = found.iter().filter_map(|raw| RemoteIdentity::from_bytes(raw).ok()).collect();
+                Response::Found { id, peers }
+            }
+        })
     }
 
     fn drop_frame(&self) -> Option<Forward> {
@@ -415,6 +460,10 @@ impl Shared {
         }
         drop(registry);
         frame::write_data_header(frame, &source);
+        if self.tamper.load(Ordering::Relaxed) && payload_len > 0 {
+            let last = frame.len() - 1;
+            frame[last] ^= 0x01;
+        }
         self.counters.forwarded_frames.fetch_add(1, Ordering::Relaxed);
         self.counters.forwarded_bytes.fetch_add(payload_len as u64, Ordering::Relaxed);
         Some(to)
@@ -636,6 +685,8 @@ impl Relay {
             closers: Mutex::default(),
             udp: OnceLock::new(),
             queued_bytes: AtomicU64::new(0),
+            rendezvous: Mutex::default(),
+            tamper: Default::default(),
         }));
         let _ = shared.0.udp.set(inner.clone());
         let identity = Arc::new(identity);
@@ -737,6 +788,13 @@ impl Relay {
         shared.counters.forwarded_frames.fetch_add(1, Ordering::Relaxed);
         shared.forward(dest, &frame::data(&from, payload), None);
         true
+    }
+
+    /// What a malicious relay operator can do, for tests of what nodes make of it: while `on`,
+    /// every payload forwarded has its last bit flipped.
+    #[doc(hidden)]
+    pub fn tamper_with_frames(&self, on: bool) {
+        self.shared.0.tamper.store(on, Ordering::Relaxed);
     }
 
     /// Counters so far.
@@ -846,12 +904,9 @@ async fn serve_quic(incoming: quinn::Incoming, shared: Arc<SharedHandle>, pendin
             tokio::select! {
                 stream = conn.accept_bi() => {
                     let Ok((mut send, mut recv)) = stream else { break };
-                    let Ok(Request::Lookup { id, peer }) = control::read::<_, Request>(&mut recv).await else { continue };
-                    if !lookups.allow(shared, Instant::now()) {
-                        continue;
-                    }
-                    let online = shared.online(peer.as_bytes());
-                    let _ = control::write(&mut send, &Response::Lookup { id, online }).await;
+                    let Ok(request) = control::read::<_, Request>(&mut recv).await else { continue };
+                    let Some(answer) = shared.answer(node.as_bytes(), registration, &mut lookups, request) else { continue };
+                    let _ = control::write(&mut send, &answer).await;
                     let _ = send.finish();
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
@@ -927,12 +982,11 @@ async fn serve_tcp(
                     }
                 }
                 Ok(Record::Control(body)) => {
-                    let Ok(Request::Lookup { id, peer }) = control::decode::<Request>(&body) else { continue };
-                    if !lookups.allow(shared, Instant::now()) {
+                    let Ok(request) = control::decode::<Request>(&body) else { continue };
+                    let Some(answer) = shared.answer(node.as_bytes(), registration, &mut lookups, request) else {
                         continue;
-                    }
-                    let online = shared.online(peer.as_bytes());
-                    let Ok(answer) = stream::control(&Response::Lookup { id, online }) else { continue };
+                    };
+                    let Ok(answer) = stream::control(&answer) else { continue };
                     if queue.send(answer).await.is_err() {
                         break;
                     }

@@ -108,6 +108,20 @@ async fn wait_for<T>(events: &mut broadcast::Receiver<Event>, mut pick: impl FnM
     .expect("event did not arrive")
 }
 
+/// The relay with identity `secret` again at `addr`, once the old one's port is free.
+async fn respawn(secret: &[u8; 32], addr: std::net::SocketAddr) -> Relay {
+    tokio::time::timeout(HANG, async {
+        loop {
+            match Relay::spawn(Identity::from_secret_bytes(secret), addr, RelayConfig::default()).await {
+                Ok(relay) => break relay,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("the old relay's port is free again after its shutdown")
+}
+
 /// Waits (at most HANG) until `done` holds: for state no event reports.
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let polled = tokio::time::timeout(HANG, async {
@@ -292,16 +306,7 @@ async fn relay_restart_keeps_direct_connections_and_relayed_ones_come_back() {
     // While the relay is down the direct connection carries on.
     warren::ping::ping(&a, b.id(), 3).await.unwrap();
     // Same identity, same address.
-    let second = tokio::time::timeout(HANG, async {
-        loop {
-            match Relay::spawn(Identity::from_secret_bytes(&secret), addr, RelayConfig::default()).await {
-                Ok(relay) => break relay,
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    })
-    .await
-    .expect("the old relay's port is free again after its shutdown");
+    let second = respawn(&secret, addr).await;
     wait_for(&mut c_events, |e| matches!(e, Event::RelayConnected { .. }).then_some(())).await;
     // c and d talk again through the new relay (d re-registers too).
     let again = tokio::time::timeout(HANG, async {
@@ -675,4 +680,64 @@ async fn lookups_are_rate_limited_per_registration() {
     assert_eq!(relay.stats().throttled_lookups, ASKED - answered);
     endpoint.close(0u32.into(), b"");
     relay.shutdown().await;
+}
+
+/// Rendezvous: a node announces a key (over QUIC), another finds it (over TCP: the answer is
+/// matched by id on the record stream); a relay restart forgets it and the announcer renews it
+/// at its next registration; a withdrawal or the announcer leaving takes it away. Bounded: a
+/// node announces at most `MAX_RENDEZVOUS_KEYS` keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendezvous_announcements_are_found_renewed_and_go_with_their_announcer() {
+    let identity = Identity::generate();
+    let secret = identity.to_secret_bytes();
+    let first = Relay::spawn(identity, "127.0.0.1:0".parse().unwrap(), RelayConfig::default()).await.unwrap();
+    let addr = first.local_addr();
+    let (a, ca) = node(&first, None).await;
+    let (_b, cb) = node_over(Identity::generate(), &first, None, true, RelayTransport::Tcp).await;
+    ca.wait_registered(HANG).await.unwrap();
+    cb.wait_registered(HANG).await.unwrap();
+    let key = [42u8; 16];
+    assert_eq!(cb.find(key).await.unwrap(), vec![]);
+    ca.announce(key).await.unwrap();
+    assert_eq!(cb.find(key).await.unwrap(), vec![a.id()]);
+    // Over its limit a node is refused, and what it holds is unchanged.
+    for n in 1..warren_relay::MAX_RENDEZVOUS_KEYS as u8 {
+        ca.announce([n; 16]).await.unwrap();
+    }
+    assert!(matches!(ca.announce([200; 16]).await, Err(RelayError::Refused(_))));
+    assert_eq!(cb.find([200; 16]).await.unwrap(), vec![]);
+    ca.withdraw([200; 16]);
+
+    // The relay restarts: it forgot everything, and the announcer tells it again.
+    first.shutdown().await;
+    let second = respawn(&secret, addr).await;
+    let renewed = tokio::time::timeout(HANG, async {
+        loop {
+            if let Ok(found) = cb.find(key).await
+                && found == vec![a.id()]
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    renewed.await.expect("the announcement was not renewed after the relay restarted");
+
+    // Withdrawn, it is gone; announced again and the announcer leaves, it is gone too.
+    ca.withdraw(key);
+    let gone = async |cb: &RelayClient| {
+        for _ in 0..100 {
+            if cb.find(key).await.is_ok_and(|found| found.is_empty()) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(gone(&cb).await, "still listed after the withdrawal");
+    ca.announce(key).await.unwrap();
+    assert_eq!(cb.find(key).await.unwrap(), vec![a.id()]);
+    a.shutdown().await;
+    assert!(gone(&cb).await, "still listed after the announcer left");
+    second.shutdown().await;
 }

@@ -1,6 +1,9 @@
 //! Pairing on a [`warren::P2P`] node: [`invite`] opens an invite (serves `warren/pair/1` and
-//! announces the code's rendezvous library on the LAN), [`join`] tries the devices that answer
-//! for the code's nameplate until one proves the code, and checks what it grants.
+//! announces the code's rendezvous library on the LAN; [`InviteHandle::announce_at_relay`]
+//! announces it at the node's relay too), [`join`] tries the devices that answer for the
+//! code's nameplate (found on the LAN, or at the relay with [`find_at_relay`]) until one
+//! proves the code, and checks what it grants. Neither the LAN nor the relay is trusted with
+//! anything: whoever answers for a nameplate is only a candidate, and the PAKE decides.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,7 @@ pub struct InviteHandle {
     p2p: P2P,
     code: Code,
     events: mpsc::UnboundedReceiver<Result<RemoteIdentity, PairError>>,
+    at_relay: Option<warren::relay::client::RelayClient>,
 }
 
 impl InviteHandle {
@@ -48,12 +52,42 @@ impl InviteHandle {
     pub async fn next(&mut self) -> Result<RemoteIdentity, PairError> {
         self.events.recv().await.unwrap_or(Err(PairError::Stream("the invite was closed".into())))
     }
+
+    /// Announces the code's nameplate at the node's relay too, so that a joiner that is not
+    /// on this LAN finds this device there ([`find_at_relay`]); renewed whenever the node
+    /// registers again, withdrawn when the invite closes. Waits up to `timeout` for the node
+    /// to be registered.
+    pub async fn announce_at_relay(&mut self, timeout: Duration) -> Result<(), PairError> {
+        let relay = self.p2p.relay().ok_or_else(|| PairError::Relay("this node has no relay".into()))?;
+        relay.wait_registered(timeout).await.map_err(|e| PairError::Relay(e.to_string()))?;
+        self.at_relay = Some(relay.clone());
+        relay.announce(rendezvous_key(self.code.nameplate())).await.map_err(|e| PairError::Relay(e.to_string()))
+    }
+}
+
+/// The key a nameplate is announced under: at a relay, the bytes of its LAN rendezvous UUID.
+fn rendezvous_key(nameplate: u16) -> warren::wire::control::RendezvousKey {
+    *Code::rendezvous(nameplate).as_bytes()
+}
+
+/// The devices the node's relay lists as answering for `nameplate` (candidates for [`join`]:
+/// anyone may announce any nameplate, the relay may list whom it likes, and the PAKE decides).
+/// Waits up to `timeout` for the node to be registered.
+pub async fn find_at_relay(p2p: &P2P, nameplate: u16, timeout: Duration) -> Result<Vec<RemoteIdentity>, PairError> {
+    let relay = p2p.relay().ok_or_else(|| PairError::Relay("this node has no relay".into()))?;
+    relay.wait_registered(timeout).await.map_err(|e| PairError::Relay(e.to_string()))?;
+    let mut found = relay.find(rendezvous_key(nameplate)).await.map_err(|e| PairError::Relay(e.to_string()))?;
+    found.retain(|peer| *peer != p2p.id());
+    Ok(found)
 }
 
 impl Drop for InviteHandle {
     fn drop(&mut self) {
         self.p2p.unregister_protocol(PAIR_PROTOCOL);
         self.p2p.remove_library(&Code::rendezvous(self.code.nameplate()));
+        if let Some(relay) = &self.at_relay {
+            relay.withdraw(rendezvous_key(self.code.nameplate()));
+        }
     }
 }
 
@@ -99,7 +133,7 @@ pub fn invite(
         }
     })?;
     p2p.add_library(Code::rendezvous(code.nameplate()));
-    Ok(InviteHandle { p2p: p2p.clone(), code, events: rx })
+    Ok(InviteHandle { p2p: p2p.clone(), code, events: rx, at_relay: None })
 }
 
 /// Runs one exchange; the inviter issues the grant once confirmed, the joiner returns it.

@@ -52,6 +52,9 @@ pub enum PairError {
     /// Nobody answered for the nameplate.
     #[error("no device answers for code number {0}")]
     NotFound(u16),
+    /// The relay could not be asked (not registered, refused, unreachable).
+    #[error("the relay: {0}")]
+    Relay(String),
 }
 
 /// An open invite: its code, expiry and attempts.

@@ -26,7 +26,7 @@ pub enum ConnectError {
         remote: RemoteIdentity,
     },
     /// Every known address was tried and failed.
-    #[error("could not reach {remote}: {}", attempts.iter().map(|(a, e)| format!("{a}: {e}")).collect::<Vec<_>>().join("; "))]
+    #[error("could not reach {remote}: {}", attempts.iter().map(|(a, e)| format!("{}: {e}", where_to(a))).collect::<Vec<_>>().join("; "))]
     Unreachable {
         /// The peer.
         remote: RemoteIdentity,
@@ -34,7 +34,7 @@ pub enum ConnectError {
         attempts: Vec<(SocketAddr, ConnectError)>,
     },
     /// The transport could not connect or the handshake failed.
-    #[error("connecting to {addr} failed: {error}")]
+    #[error("connecting {} failed: {error}", towards(addr))]
     Transport {
         /// The address dialled.
         addr: SocketAddr,
@@ -214,4 +214,14 @@ impl StreamError {
         };
         io::Error::new(kind, self)
     }
+}
+
+/// How an address dialled reads in an error: a relay placeholder is "through the relay", not
+/// the reserved address that stands for it.
+fn towards(addr: &SocketAddr) -> String {
+    if crate::state::path_table::is_placeholder(*addr) { "through the relay".into() } else { format!("to {addr}") }
+}
+
+fn where_to(addr: &SocketAddr) -> String {
+    if crate::state::path_table::is_placeholder(*addr) { "through the relay".into() } else { addr.to_string() }
 }

@@ -1,6 +1,6 @@
 //! The node's side of a relay: register, keep the registration, reconnect with backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use crate::transport::paths::{Paths, RelayEgress, RelayRoute};
 use crate::transport::quic::HANDSHAKE_TIMEOUT;
 use crate::transport::quic::QuicTransport;
 use crate::transport::tls;
-use crate::wire::control::{self, Request, Response};
+use crate::wire::control::{self, RendezvousKey, Request, Response};
 use crate::wire::record::{self as stream, Record};
 use crate::{Identity, RemoteIdentity};
 
@@ -148,8 +148,10 @@ struct ClientInner {
     /// Registration and lookups (sans-IO); `status` mirrors its registration for watchers.
     relay: Mutex<RelayState>,
     status: watch::Sender<RelayStatus>,
-    /// Lookups over TCP waiting for their answers, by request id.
-    waiting: Mutex<HashMap<u64, oneshot::Sender<bool>>>,
+    /// Requests over TCP waiting for their answers, by request id.
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Response>>>,
+    /// The rendezvous keys this node answers for: announced at each registration.
+    announced: Mutex<BTreeSet<RendezvousKey>>,
     cancel: CancellationToken,
     tasks: TaskTracker,
     last_error: Mutex<Option<RelayError>>,
@@ -177,6 +179,7 @@ impl RelayClient {
                 relay: Mutex::new(RelayState::new(std::time::Instant::now())),
                 status,
                 waiting: Mutex::default(),
+                announced: Mutex::default(),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 node_tasks: tasks.clone(),
@@ -284,6 +287,16 @@ impl RelayClient {
                         addr: config.addr,
                         observed,
                     });
+                    // What this node answers for, again: the relay forgot it with the last link.
+                    let keys: Vec<RendezvousKey> = self.announced().iter().copied().collect();
+                    for key in keys {
+                        let client = self.clone();
+                        self.spawn(async move {
+                            if let Err(error) = client.ask_announce(key).await {
+                                tracing::info!(%error, "rendezvous announcement not renewed");
+                            }
+                        });
+                    }
                     if !link.is_tcp() {
                         // The mapping test (the relay's second port), beside the registration.
                         let (paths, client) = (transport.paths().clone(), self.clone());
@@ -323,8 +336,61 @@ impl RelayClient {
         }
     }
 
-    /// Asks the relay whether it serves `peer` (the request carries an id its answer echoes).
+    fn announced(&self) -> std::sync::MutexGuard<'_, BTreeSet<RendezvousKey>> {
+        self.inner.announced.lock().expect("rendezvous lock poisoned")
+    }
+
+    /// Asks the relay whether it serves `peer`.
     async fn lookup(&self, peer: RemoteIdentity) -> Result<bool, String> {
+        match self.ask(|id| Request::Lookup { id, peer }).await? {
+            Response::Lookup { online, .. } => Ok(online),
+            other => Err(format!("unexpected answer from the relay: {other:?}")),
+        }
+    }
+
+    /// Announces that this node answers for `key` (a pairing nameplate's, say), now and at
+    /// each registration after, until [`withdraw`](Self::withdraw): a peer that asks the relay
+    /// for the key ([`find`](Self::find)) learns this node's identity. Err if the relay does
+    /// not list it now (not registered, over the relay's limits); it is still renewed at the
+    /// next registration.
+    pub async fn announce(&self, key: RendezvousKey) -> Result<(), RelayError> {
+        self.announced().insert(key);
+        self.ask_announce(key).await
+    }
+
+    async fn ask_announce(&self, key: RendezvousKey) -> Result<(), RelayError> {
+        match self.ask(|id| Request::Announce { id, key }).await.map_err(RelayError::Failed)? {
+            Response::Announced { accepted: true, .. } => Ok(()),
+            Response::Announced { accepted: false, .. } => {
+                Err(RelayError::Refused("the relay lists no more nodes for this key, or for this node".into()))
+            }
+            other => Err(RelayError::Failed(format!("unexpected answer from the relay: {other:?}"))),
+        }
+    }
+
+    /// Stops answering for `key` (the relay is told in the background; it forgets anyway when
+    /// the registration ends).
+    pub fn withdraw(&self, key: RendezvousKey) {
+        if self.announced().remove(&key) {
+            let client = self.clone();
+            self.spawn(async move {
+                let _ = client.ask(|id| Request::Withdraw { id, key }).await;
+            });
+        }
+    }
+
+    /// The identities registered at the relay now that announced `key`, oldest first (at most
+    /// [`control::MAX_FOUND`]). Anyone may announce any key: these are candidates to check,
+    /// not proof of anything.
+    pub async fn find(&self, key: RendezvousKey) -> Result<Vec<RemoteIdentity>, RelayError> {
+        match self.ask(|id| Request::Find { id, key }).await.map_err(RelayError::Failed)? {
+            Response::Found { peers, .. } => Ok(peers),
+            other => Err(RelayError::Failed(format!("unexpected answer from the relay: {other:?}"))),
+        }
+    }
+
+    /// Sends the request `make` builds around a fresh id and waits for the answer with that id.
+    async fn ask(&self, make: impl FnOnce(u64) -> Request) -> Result<Response, String> {
         let link =
             self.inner.link.lock().expect("relay lock poisoned").clone().ok_or("not registered with the relay")?;
         let id = {
@@ -333,28 +399,27 @@ impl RelayClient {
             for expired in state.expire(now) {
                 self.inner.waiting.lock().expect("lookup lock poisoned").remove(&expired);
             }
-            state.lookup(now, peer).map_err(|e| e.to_string())?
+            state.lookup(now).map_err(|e| e.to_string())?
         };
         // However this ends (answered, failed, timed out, or the caller gave up and dropped
         // this future), nobody waits for the id any more.
         let _forget = ForgetLookup(self, id);
+        let request = make(id);
         match &link {
-            RelayLink::Quic(conn) => match request(conn, &Request::Lookup { id, peer }).await {
-                Ok(Response::Lookup { id: answered, online }) if answered == id => {
+            RelayLink::Quic(conn) => {
+                let answer = request_on(conn, &request).await?;
+                // Each request has a stream of its own: an answer with another id is a stray,
+                // counted, and this request fails.
+                if answer.id() == Some(id) {
                     self.state().answered(id);
-                    Ok(online)
-                }
-                // Each lookup has a stream of its own: an answer with another id is a stray,
-                // counted, and this lookup fails.
-                Ok(Response::Lookup { .. }) => {
+                    Ok(answer)
+                } else {
                     self.state().stray_answers += 1;
-                    Err("the relay answered another lookup".to_owned())
+                    Err("the relay answered another request".to_owned())
                 }
-                Ok(other) => Err(format!("unexpected answer from the relay: {other:?}")),
-                Err(error) => Err(error),
-            },
+            }
             RelayLink::Tcp(tcp) => {
-                let record = stream::control(&Request::Lookup { id, peer }).map_err(|e| e.to_string())?;
+                let record = stream::control(&request).map_err(|e| e.to_string())?;
                 let (tx, rx) = oneshot::channel();
                 self.inner.waiting.lock().expect("lookup lock poisoned").insert(id, tx);
                 match tcp.records.try_send(record) {
@@ -437,13 +502,14 @@ impl RelayClient {
                             Ok(Record::Control(body)) => {
                                 // Matched by id: an answer nobody waits for is dropped (and
                                 // counted as a stray).
-                                if let Ok(Response::Lookup { id, online }) = control::decode::<Response>(&body)
-                                    && client.state().answered(id).is_some()
+                                if let Ok(answer) = control::decode::<Response>(&body)
+                                    && let Some(id) = answer.id()
+                                    && client.state().answered(id)
                                 {
                                     let waiting =
                                         client.inner.waiting.lock().expect("lookup lock poisoned").remove(&id);
                                     if let Some(waiting) = waiting {
-                                        let _ = waiting.send(online);
+                                        let _ = waiting.send(answer);
                                     }
                                 }
                             }
@@ -521,7 +587,7 @@ async fn register_quic(
         conn.close(quinn::VarInt::from_u32(crate::transport::connection::codes::WRONG_IDENTITY), b"wrong identity");
         return Err(RelayError::Failed(format!("{} is not the relay {}", config.addr, config.identity)));
     }
-    let response = request(&conn, &Request::Register { token: config.token.clone() }).await.map_err(|e| {
+    let response = request_on(&conn, &Request::Register { token: config.token.clone() }).await.map_err(|e| {
         // A refusal closes the connection; its reason says why.
         match conn.close_reason() {
             Some(quinn::ConnectionError::ApplicationClosed(close))
@@ -600,7 +666,7 @@ impl Discovery for RelayClient {
 }
 
 /// Sends one request on a stream of its own and reads the answer.
-pub(crate) async fn request(conn: &quinn::Connection, request: &Request) -> Result<Response, String> {
+pub(crate) async fn request_on(conn: &quinn::Connection, request: &Request) -> Result<Response, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
         control::write(&mut send, request).await.map_err(|e| e.to_string())?;

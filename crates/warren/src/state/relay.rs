@@ -6,14 +6,13 @@
 //! said no: retried after [`MAX_BACKOFF`] only). Each failed attempt doubles the wait from
 //! [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`]; a registration resets it.
 //!
-//! Lookups: each gets an id the relay echoes in its answer, so answers may come in any order
-//! and an answer nobody asked for (or asked for long ago) is refused, never taken for another.
+//! Requests (lookups, rendezvous announcements and finds): each gets an id the relay echoes in
+//! its answer, so answers may come in any order and an answer nobody asked for (or asked for
+//! long ago) is refused, never taken for another.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-use crate::RemoteIdentity;
 
 /// First wait before reconnecting to a relay; it doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -62,7 +61,8 @@ pub struct RelayState {
     registration: Registration,
     backoff: Duration,
     next_attempt: Option<Instant>,
-    lookups: HashMap<u64, (RemoteIdentity, Instant)>,
+    /// Requests waiting for answers: their deadlines, by id.
+    lookups: HashMap<u64, Instant>,
     next_id: u64,
     /// Answers refused (unknown or expired id).
     pub stray_answers: u64,
@@ -128,8 +128,8 @@ impl RelayState {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// Starts a lookup of `peer`: the id to put in the request.
-    pub fn lookup(&mut self, now: Instant, peer: RemoteIdentity) -> Result<u64, LookupError> {
+    /// Starts a request (a lookup, an announcement, a find): the id to put in it.
+    pub fn lookup(&mut self, now: Instant) -> Result<u64, LookupError> {
         if !matches!(self.registration, Registration::Registered { .. }) {
             return Err(LookupError::NotRegistered);
         }
@@ -138,18 +138,18 @@ impl RelayState {
         }
         let id = self.next_id;
         self.next_id += 1;
-        self.lookups.insert(id, (peer, now + LOOKUP_TIMEOUT));
+        self.lookups.insert(id, now + LOOKUP_TIMEOUT);
         Ok(id)
     }
 
-    /// The relay answered lookup `id`: the peer asked about, or None (refused: nobody waits
-    /// for that id).
-    pub fn answered(&mut self, id: u64) -> Option<RemoteIdentity> {
-        let found = self.lookups.remove(&id).map(|(peer, _)| peer);
-        if found.is_none() {
+    /// The relay answered request `id`: true if one waits for it (false: a stray, refused and
+    /// counted).
+    pub fn answered(&mut self, id: u64) -> bool {
+        let waiting = self.lookups.remove(&id).is_some();
+        if !waiting {
             self.stray_answers += 1;
         }
-        found
+        waiting
     }
 
     /// Lookup `id` is over (answered, failed or given up): nobody waits for it.
@@ -160,7 +160,7 @@ impl RelayState {
     /// Lookups whose time ran out by `now` (they fail).
     pub fn expire(&mut self, now: Instant) -> Vec<u64> {
         let expired: Vec<u64> =
-            self.lookups.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(id, _)| *id).collect();
+            self.lookups.iter().filter(|(_, deadline)| **deadline <= now).map(|(id, _)| *id).collect();
         for id in &expired {
             self.lookups.remove(id);
         }
@@ -169,14 +169,13 @@ impl RelayState {
 
     /// When something is due: the next attempt or a lookup's deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.lookups.values().map(|(_, deadline)| *deadline).chain(self.next_attempt).min()
+        self.lookups.values().copied().chain(self.next_attempt).min()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Identity;
 
     #[test]
     fn backoff_doubles_to_its_ceiling_and_resets_on_registration() {
@@ -205,20 +204,19 @@ mod tests {
     fn answers_match_their_lookups_in_any_order_and_strays_are_refused() {
         let now = Instant::now();
         let mut state = RelayState::new(now);
-        let peers: Vec<_> = (0..3).map(|_| Identity::generate().to_remote_identity()).collect();
-        assert_eq!(state.lookup(now, peers[0]), Err(LookupError::NotRegistered));
+        assert_eq!(state.lookup(now), Err(LookupError::NotRegistered));
         state.registered("192.0.2.1:5".parse().unwrap());
-        let ids: Vec<_> = peers.iter().map(|p| state.lookup(now, *p).unwrap()).collect();
+        let ids: Vec<_> = (0..3).map(|_| state.lookup(now).unwrap()).collect();
         // Answered backwards; a stray and a duplicate are refused.
-        assert_eq!(state.answered(ids[2]), Some(peers[2]));
-        assert_eq!(state.answered(999), None);
-        assert_eq!(state.answered(ids[0]), Some(peers[0]));
-        assert_eq!(state.answered(ids[0]), None);
+        assert!(state.answered(ids[2]));
+        assert!(!state.answered(999));
+        assert!(state.answered(ids[0]));
+        assert!(!state.answered(ids[0]));
         assert_eq!(state.stray_answers, 2);
         // The third times out; its late answer is a stray.
         assert_eq!(state.poll_timeout(), Some(now + LOOKUP_TIMEOUT));
         assert_eq!(state.expire(now + LOOKUP_TIMEOUT), vec![ids[1]]);
-        assert_eq!(state.answered(ids[1]), None);
+        assert!(!state.answered(ids[1]));
     }
 
     #[test]
@@ -226,24 +224,22 @@ mod tests {
         let now = Instant::now();
         let mut state = RelayState::new(now);
         state.registered("192.0.2.1:5".parse().unwrap());
-        let peer = Identity::generate().to_remote_identity();
         for _ in 0..MAX_LOOKUPS {
-            state.lookup(now, peer).unwrap();
+            state.lookup(now).unwrap();
         }
-        assert_eq!(state.lookup(now, peer), Err(LookupError::Congested));
+        assert_eq!(state.lookup(now), Err(LookupError::Congested));
         assert_eq!(state.lost(now).len(), MAX_LOOKUPS);
-        assert_eq!(state.lookup(now, peer), Err(LookupError::NotRegistered));
+        assert_eq!(state.lookup(now), Err(LookupError::NotRegistered));
     }
 
     #[test]
     fn ids_are_never_reused_over_many_cycles() {
         let now = Instant::now();
         let mut state = RelayState::new(now);
-        let peer = Identity::generate().to_remote_identity();
         let mut seen = std::collections::HashSet::new();
         for cycle in 0..2000 {
             state.registered("192.0.2.1:5".parse().unwrap());
-            let id = state.lookup(now, peer).unwrap();
+            let id = state.lookup(now).unwrap();
             assert!(seen.insert(id));
             if cycle % 2 == 0 {
                 state.answered(id);

@@ -21,6 +21,14 @@ pub const MAX_MESSAGE: usize = 4096;
 /// Longest token a node may present.
 pub const MAX_TOKEN: usize = 256;
 
+/// Most nodes a relay lists as answering for one rendezvous key.
+pub const MAX_FOUND: usize = 8;
+
+/// A rendezvous key: what a node announces it answers for (a pairing nameplate's hash), so
+/// that a peer who knows only the nameplate learns which identities to try. Opaque to the
+/// relay.
+pub type RendezvousKey = [u8; 16];
+
 /// A node's request.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Request {
@@ -38,6 +46,40 @@ pub enum Request {
         /// The peer.
         peer: RemoteIdentity,
     },
+    /// "List me as answering for `key` while I am registered." Answered `Announced`.
+    Announce {
+        /// Echoed in the answer.
+        id: u64,
+        /// The key.
+        key: RendezvousKey,
+    },
+    /// "Stop listing me for `key`." Answered `Announced` (accepted: it is gone).
+    Withdraw {
+        /// Echoed in the answer.
+        id: u64,
+        /// The key.
+        key: RendezvousKey,
+    },
+    /// "Who answers for `key`?" Answered `Found`.
+    Find {
+        /// Echoed in the answer.
+        id: u64,
+        /// The key.
+        key: RendezvousKey,
+    },
+}
+
+impl Request {
+    /// The request's id (the registration has none).
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Request::Register { .. } => None,
+            Request::Lookup { id, .. }
+            | Request::Announce { id, .. }
+            | Request::Withdraw { id, .. }
+            | Request::Find { id, .. } => Some(*id),
+        }
+    }
 }
 
 /// The relay's answer.
@@ -62,6 +104,32 @@ pub enum Response {
         /// Whether the peer is registered now.
         online: bool,
     },
+    /// Answer to `Announce` and `Withdraw`.
+    Announced {
+        /// The request's id.
+        id: u64,
+        /// Whether the node is listed now (`Announce`) or no longer (`Withdraw`); an
+        /// announcement over the relay's limits is not.
+        accepted: bool,
+    },
+    /// Answer to `Find`: the nodes registered now that announced the key, oldest first.
+    Found {
+        /// The request's id.
+        id: u64,
+        /// Who announced it (anyone may: the answer is a list of candidates to check).
+        #[proto(max_len = 8)]
+        peers: Vec<RemoteIdentity>,
+    },
+}
+
+impl Response {
+    /// The id of the request this answers (registration answers have none).
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            Response::Registered { .. } | Response::Refused { .. } => None,
+            Response::Lookup { id, .. } | Response::Announced { id, .. } | Response::Found { id, .. } => Some(*id),
+        }
+    }
 }
 
 /// Why a control message could not be read or written.
@@ -117,11 +185,29 @@ mod tests {
     #[tokio::test]
     async fn round_trip_and_limits() {
         let peer = Identity::generate().to_remote_identity();
-        for request in [Request::Register { token: Some("t".into()) }, Request::Lookup { id: u64::MAX, peer }] {
+        let key = [7; 16];
+        for request in [
+            Request::Register { token: Some("t".into()) },
+            Request::Lookup { id: u64::MAX, peer },
+            Request::Announce { id: 1, key },
+            Request::Withdraw { id: 2, key },
+            Request::Find { id: 3, key },
+        ] {
             let mut buf = Vec::new();
             write(&mut buf, &request).await.unwrap();
             assert_eq!(read::<_, Request>(&mut &buf[..]).await.unwrap(), request);
         }
+        for response in
+            [Response::Announced { id: 1, accepted: true }, Response::Found { id: 3, peers: vec![peer; MAX_FOUND] }]
+        {
+            let mut buf = Vec::new();
+            write(&mut buf, &response).await.unwrap();
+            assert_eq!(read::<_, Response>(&mut &buf[..]).await.unwrap(), response);
+        }
+        // A relay listing more than MAX_FOUND candidates is malformed, not believed.
+        let mut buf = Vec::new();
+        let too_many = Response::Found { id: 3, peers: vec![peer; MAX_FOUND + 1] };
+        assert!(write(&mut buf, &too_many).await.is_err() || read::<_, Response>(&mut &buf[..]).await.is_err());
         // A length over the limit is refused before anything is allocated.
         let huge = [0xff, 0xff];
         assert!(matches!(read::<_, Request>(&mut &huge[..]).await, Err(ControlError::TooLarge(65535))));
