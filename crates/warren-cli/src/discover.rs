@@ -7,6 +7,8 @@ use clap::Args;
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::{Event, Identity, P2P};
 
+use warren_tunnel::{Libraries, Tunnel};
+
 use crate::output::json_line;
 
 #[derive(Args)]
@@ -14,9 +16,21 @@ pub struct DiscoverArgs {
     /// Stop after this many seconds [default: run until Ctrl-C].
     #[arg(long)]
     timeout: Option<f64>,
-    /// One JSON object per line: `{"event":"appeared"|"left", …}`.
+    /// One JSON object per line: `{"event":"appeared"|"left"|"proved"|"not_proved", …}`.
     #[arg(long)]
     json: bool,
+    /// The data directory whose libraries (`warren library`) to check claims against: a peer
+    /// announcing one of them is asked to prove it in a library tunnel [default:
+    /// $WARREN_DATA_DIR, else ~/.local/share/warren].
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
+}
+
+/// What a peer's claim to a library came to.
+struct Proof {
+    peer: warren::RemoteIdentity,
+    library: uuid::Uuid,
+    outcome: Result<String, String>,
 }
 
 pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
@@ -25,8 +39,17 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
         Some(secs) => anyhow::bail!("--timeout {secs}: give a number of seconds"),
         None => None,
     };
-    // A throwaway identity: browsing is all this does, and it must be a node to take part.
-    let p2p = P2P::new("warren", Identity::generate());
+    // With libraries to check, this device's identity (a member proves itself to members);
+    // otherwise a throwaway one: browsing is all this does, and it must be a node to take part.
+    let dir = crate::data_dir(args.data_dir)?;
+    let store = crate::library::existing_store(&dir)?;
+    let identity = match &store {
+        Some(_) => Identity::load_or_create(&dir)?,
+        None => Identity::generate(),
+    };
+    let p2p = P2P::new("warren", identity);
+    let (proofs, mut proved) = tokio::sync::mpsc::unbounded_channel::<Proof>();
+    let mut asked = std::collections::BTreeSet::new();
     let mut events = p2p.subscribe();
     let quic = p2p.listen_quic("0.0.0.0:0".parse()?).await?;
     let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
@@ -41,6 +64,10 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => break,
             _ = tokio::time::sleep(wait) => break,
             event = events.recv() => event,
+            Some(proof) = proved.recv() => {
+                print_proof(&proof, args.json);
+                continue;
+            }
         };
         match event {
             Ok(Event::PeerDiscovered { remote, source, addrs, metadata })
@@ -48,6 +75,19 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
             {
                 let first = *seen.entry(remote).or_insert_with(Instant::now);
                 let libraries = mdns_libraries(&mdns, &remote);
+                if let Some(store) = &store {
+                    // Each claim to a library this device is in is checked once, in a tunnel.
+                    for library in mdns.libraries_of(&remote) {
+                        if store.membership(library.as_bytes()).is_some() && asked.insert((remote, library)) {
+                            let (p2p, store, proofs) = (p2p.clone(), store.clone(), proofs.clone());
+                            tokio::spawn(async move {
+                                let opened = Tunnel::open(&p2p, &*store, *library.as_bytes(), remote).await;
+                                let outcome = opened.map(|t| t.role().to_string()).map_err(|e| e.to_string());
+                                let _ = proofs.send(Proof { peer: remote, library, outcome });
+                            });
+                        }
+                    }
+                }
                 let get = |key: &str| metadata.get(key).cloned().unwrap_or_default();
                 if args.json {
                     json_line(&serde_json::json!({
@@ -90,6 +130,20 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     }
     p2p.shutdown().await;
     Ok(())
+}
+
+fn print_proof(proof: &Proof, json: bool) {
+    let (peer, library) = (proof.peer, proof.library);
+    match (&proof.outcome, json) {
+        (Ok(role), true) => json_line(&serde_json::json!({
+            "event": "proved", "identity": peer, "library": library.to_string(), "role": role,
+        })),
+        (Err(error), true) => json_line(&serde_json::json!({
+            "event": "not_proved", "identity": peer, "library": library.to_string(), "error": error,
+        })),
+        (Ok(role), false) => println!("  {peer}  proved it is {role} of library {library}"),
+        (Err(error), false) => println!("  {peer}  claims library {library} but did not prove it: {error}"),
+    }
 }
 
 /// The libraries `remote` announces, as strings.

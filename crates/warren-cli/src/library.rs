@@ -334,3 +334,36 @@ async fn join(
     }
     Ok(())
 }
+
+/// The data directory's library store, if it has one (a node that never used libraries gets
+/// no file); a broken file is an error naming it.
+pub fn existing_store(dir: &std::path::Path) -> anyhow::Result<Option<Arc<Store>>> {
+    if !dir.join(warren_tunnel::store::FILE).exists() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Store::open(dir)?)))
+}
+
+/// Announces the store's libraries (as claims, like any announcement) and serves the library
+/// tunnel from it, so that members can prove they are members to each other. The command-line
+/// node serves the proof only: it says who proved what and closes the stream (an application
+/// passes a handler of its own to `warren_tunnel::tunnel::serve`). Returns the libraries.
+pub fn serve_libraries(p2p: &P2P, store: Arc<Store>, json: bool) -> anyhow::Result<Vec<LibraryRecord>> {
+    let records = store.list()?;
+    for record in &records {
+        p2p.add_library(record.id);
+    }
+    warren_tunnel::tunnel::serve(p2p, store, move |mut tunnel: warren_tunnel::Tunnel| async move {
+        let (peer, role) = (tunnel.peer(), tunnel.role());
+        let library = uuid::Uuid::from_bytes(tunnel.library());
+        if json {
+            json_line(&serde_json::json!({
+                "event": "LibraryProved", "peer": peer.to_string(), "library": library.to_string(), "role": role.to_string(),
+            }));
+        } else {
+            println!("library tunnel: {peer} proved it is {role} of {library}");
+        }
+        let _ = tunnel.stream.finish();
+    })?;
+    Ok(records)
+}

@@ -44,7 +44,8 @@ pub struct NodeArgs {
     /// A contact, by identity (repeatable): recognised and answered in contacts-only mode.
     #[arg(long = "contact", value_name = "ID")]
     contacts: Vec<warren::RemoteIdentity>,
-    /// A library this node takes part in, announced on the LAN (repeatable).
+    /// A library UUID to announce on the LAN (repeatable): a bare claim, proved by nothing.
+    /// The libraries joined with `warren library` are announced, and proved, without it.
     #[arg(long = "library", value_name = "UUID")]
     libraries: Vec<uuid::Uuid>,
     #[command(flatten)]
@@ -140,6 +141,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     });
     for library in &args.libraries {
         p2p.add_library(*library);
+    }
+    // The libraries this device joined (`warren library`): announced, and proved in tunnels.
+    if let Some(store) = crate::library::existing_store(&dir)? {
+        let records = crate::library::serve_libraries(&p2p, store, args.json)?;
+        if !args.json && !records.is_empty() {
+            let names: Vec<String> = records.iter().map(|r| format!("{} ({})", r.name, r.role())).collect();
+            println!("  member of {}: it proves so in library tunnels", names.join(", "));
+        }
     }
     for contact in &args.contacts {
         p2p.add_contact(*contact);

@@ -40,6 +40,15 @@ fn printed_by(lines: &[Value], host: &str) -> Vec<String> {
     lines.iter().filter(|l| l["host"] == host).filter_map(|l| l["line"].as_str().map(str::to_owned)).collect()
 }
 
+/// The identity `warren node` on `host` printed.
+fn node_id(lines: &[Value], host: &str) -> String {
+    let printed = printed_by(lines, host);
+    printed
+        .iter()
+        .find_map(|l| l.strip_prefix("warren node ").map(str::to_owned))
+        .unwrap_or_else(|| panic!("{host}'s identity line: {printed:?}"))
+}
+
 /// Every pinging host printed its round trips (three at least) and exited 0.
 fn assert_pings(lines: &[Value], summary: &Value, pingers: &[&str]) {
     for host in pingers {
@@ -248,17 +257,31 @@ fn contacts_only_scenario() {
     let (lines, summary) = run_scenario("contacts-only");
     assert_pings(&lines, &summary, &[]);
     let of = |host: &str| printed_by(&lines, host);
-    let id_of = |host: &str| {
-        of(host)
-            .iter()
-            .find_map(|l| l.strip_prefix("warren node ").map(str::to_owned))
-            .expect("the node's identity line")
-    };
-    let (alice, bob) = (id_of("alice"), id_of("bob"));
+    let (alice, bob) = (node_id(&lines, "alice"), node_id(&lines, "bob"));
     assert!(of("alice").iter().any(|l| l.starts_with(&format!("discovered {bob} via mdns"))), "{:?}", of("alice"));
     assert!(of("bob").iter().any(|l| l.starts_with(&format!("discovered {alice} via mdns"))), "{:?}", of("bob"));
     let stranger = of("stranger");
     assert!(!stranger.iter().any(|l| l.starts_with("+ ")), "the stranger found somebody: {stranger:?}");
+    assert!(!stranger.iter().any(|l| l.contains("9f1e2d3c")), "the stranger saw alice's library: {stranger:?}");
+}
+
+/// Libraries from the command line on a simulated LAN: the laptop joins the desk's library by
+/// code over mDNS; its `warren discover` then shows the desk's claim to the library proved (in
+/// a library tunnel, as admin) and eve's claim to the same UUID not proved.
+#[test]
+fn library_lan_scenario() {
+    let (lines, summary) = run_scenario("library-lan");
+    assert_pings(&lines, &summary, &[]);
+    let of = |host: &str| printed_by(&lines, host);
+    let (desk, eve) = (node_id(&lines, "desk"), node_id(&lines, "eve"));
+    let laptop = of("laptop");
+    assert!(laptop.iter().any(|l| l.starts_with("joined \"photos\"") && l.contains(&desk)), "{laptop:?}");
+    let line_of = |who: &str, what: &str| laptop.iter().any(|l| l.trim_start().starts_with(who) && l.contains(what));
+    assert!(line_of(&desk, "proved it is admin of library"), "{laptop:?}");
+    assert!(line_of(&eve, "did not prove it"), "{laptop:?}");
+    assert!(!line_of(&eve, "proved it is"), "{laptop:?}");
+    // The desk saw the laptop prove its membership too.
+    assert!(of("desk").iter().any(|l| l.contains("proved it is member of")), "{:?}", of("desk"));
 }
 
 #[test]
