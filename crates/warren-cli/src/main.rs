@@ -12,6 +12,7 @@ mod demo_transfer;
 mod discover;
 mod ledbat_bench;
 mod library;
+mod library_send;
 mod nat_matrix;
 mod netsim;
 mod node;
