@@ -7,8 +7,7 @@ use clap::Args;
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::{Event, Identity, P2P};
 
-use warren_tunnel::{Libraries, Tunnel};
-
+use crate::library::{ClaimChecker, Proof};
 use crate::output::json_line;
 
 #[derive(Args)]
@@ -26,13 +25,6 @@ pub struct DiscoverArgs {
     data_dir: Option<std::path::PathBuf>,
 }
 
-/// What a peer's claim to a library came to.
-struct Proof {
-    peer: warren::RemoteIdentity,
-    library: uuid::Uuid,
-    outcome: Result<String, String>,
-}
-
 pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     let deadline = match args.timeout {
         Some(secs) if secs.is_finite() && secs >= 0.0 => Some(Instant::now() + Duration::from_secs_f64(secs)),
@@ -48,8 +40,8 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
         None => Identity::generate(),
     };
     let p2p = P2P::new("warren", identity);
-    let (proofs, mut proved) = tokio::sync::mpsc::unbounded_channel::<Proof>();
-    let mut asked = std::collections::BTreeSet::new();
+    let (proofs, mut proved) = tokio::sync::mpsc::unbounded_channel();
+    let checker = store.map(|store| ClaimChecker::new(&p2p, store, proofs));
     let mut events = p2p.subscribe();
     let quic = p2p.listen_quic("0.0.0.0:0".parse()?).await?;
     let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
@@ -65,7 +57,7 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(wait) => break,
             event = events.recv() => event,
             Some(proof) = proved.recv() => {
-                print_proof(&proof, args.json);
+                Proof::print(&proof, args.json);
                 continue;
             }
         };
@@ -75,18 +67,9 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
             {
                 let first = *seen.entry(remote).or_insert_with(Instant::now);
                 let libraries = mdns_libraries(&mdns, &remote);
-                if let Some(store) = &store {
+                if let Some(checker) = &checker {
                     // Each claim to a library this device is in is checked once, in a tunnel.
-                    for library in mdns.libraries_of(&remote) {
-                        if store.membership(library.as_bytes()).is_some() && asked.insert((remote, library)) {
-                            let (p2p, store, proofs) = (p2p.clone(), store.clone(), proofs.clone());
-                            tokio::spawn(async move {
-                                let opened = Tunnel::open(&p2p, &*store, *library.as_bytes(), remote).await;
-                                let outcome = opened.map(|t| t.role().to_string()).map_err(|e| e.to_string());
-                                let _ = proofs.send(Proof { peer: remote, library, outcome });
-                            });
-                        }
-                    }
+                    checker.check(remote, &mdns.libraries_of(&remote));
                 }
                 let get = |key: &str| metadata.get(key).cloned().unwrap_or_default();
                 if args.json {
@@ -130,20 +113,6 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     }
     p2p.shutdown().await;
     Ok(())
-}
-
-fn print_proof(proof: &Proof, json: bool) {
-    let (peer, library) = (proof.peer, proof.library);
-    match (&proof.outcome, json) {
-        (Ok(role), true) => json_line(&serde_json::json!({
-            "event": "proved", "identity": peer, "library": library.to_string(), "role": role,
-        })),
-        (Err(error), true) => json_line(&serde_json::json!({
-            "event": "not_proved", "identity": peer, "library": library.to_string(), "error": error,
-        })),
-        (Ok(role), false) => println!("  {peer}  proved it is {role} of library {library}"),
-        (Err(error), false) => println!("  {peer}  claims library {library} but did not prove it: {error}"),
-    }
 }
 
 /// The libraries `remote` announces, as strings.

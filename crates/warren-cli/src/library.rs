@@ -367,3 +367,67 @@ pub fn serve_libraries(p2p: &P2P, store: Arc<Store>, json: bool) -> anyhow::Resu
     })?;
     Ok(records)
 }
+
+/// What a peer's claim to a library came to.
+pub struct Proof {
+    /// The peer.
+    pub peer: RemoteIdentity,
+    /// The library it claimed.
+    pub library: uuid::Uuid,
+    /// Its verified role, or why the proof failed.
+    pub outcome: Result<String, String>,
+}
+
+impl Proof {
+    /// Prints the outcome as a line of text, or JSON (`proved` / `not_proved`).
+    pub fn print(&self, json: bool) {
+        let (peer, library) = (self.peer, self.library);
+        match (&self.outcome, json) {
+            (Ok(role), true) => json_line(&serde_json::json!({
+                "event": "proved", "identity": peer, "library": library.to_string(), "role": role,
+            })),
+            (Err(error), true) => json_line(&serde_json::json!({
+                "event": "not_proved", "identity": peer, "library": library.to_string(), "error": error,
+            })),
+            (Ok(role), false) => println!("  {peer}  proved it is {role} of library {library}"),
+            (Err(error), false) => println!("  {peer}  claims library {library} but did not prove it: {error}"),
+        }
+    }
+}
+
+/// Checks peers' claims to this device's libraries: each claim once, in a library tunnel (which
+/// also hands each side the other's newer revocation list, so a revocation spreads to every
+/// member that meets another). Outcomes go to the channel given.
+pub struct ClaimChecker {
+    p2p: P2P,
+    store: Arc<Store>,
+    asked: std::sync::Mutex<std::collections::BTreeSet<(RemoteIdentity, uuid::Uuid)>>,
+    done: tokio::sync::mpsc::UnboundedSender<Proof>,
+}
+
+impl ClaimChecker {
+    /// A checker on `p2p` for the libraries in `store`; outcomes to `done`.
+    pub fn new(p2p: &P2P, store: Arc<Store>, done: tokio::sync::mpsc::UnboundedSender<Proof>) -> Self {
+        Self { p2p: p2p.clone(), store, asked: Default::default(), done }
+    }
+
+    /// `remote` claims `claimed`: asks it to prove each one this device is in (once each).
+    pub fn check(&self, remote: RemoteIdentity, claimed: &[uuid::Uuid]) {
+        use warren_tunnel::Libraries;
+        for &library in claimed {
+            let mine = self.store.membership(library.as_bytes()).is_some();
+            if !mine || !self.asked.lock().expect("claims lock").insert((remote, library)) {
+                continue;
+            }
+            let (p2p, store, done) = (self.p2p.clone(), self.store.clone(), self.done.clone());
+            self.p2p.spawn(async move {
+                let opened = warren_tunnel::Tunnel::open(&p2p, &*store, *library.as_bytes(), remote).await;
+                let outcome = opened.map(|mut t| {
+                    let _ = t.stream.finish();
+                    t.role().to_string()
+                });
+                let _ = done.send(Proof { peer: remote, library, outcome: outcome.map_err(|e| e.to_string()) });
+            });
+        }
+    }
+}

@@ -142,24 +142,29 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     for library in &args.libraries {
         p2p.add_library(*library);
     }
-    // The libraries this device joined (`warren library`): announced, and proved in tunnels.
+    // The libraries this device joined (`warren library`): announced, proved in tunnels, and
+    // each LAN peer claiming one is asked to prove it (swapping revocation lists as it does).
+    let (proofs, mut proved) = tokio::sync::mpsc::unbounded_channel();
+    let mut checker = None;
     if let Some(store) = crate::library::existing_store(&dir)? {
-        let records = crate::library::serve_libraries(&p2p, store, args.json)?;
+        let records = crate::library::serve_libraries(&p2p, store.clone(), args.json)?;
         if !args.json && !records.is_empty() {
             let names: Vec<String> = records.iter().map(|r| format!("{} ({})", r.name, r.role())).collect();
             println!("  member of {}: it proves so in library tunnels", names.join(", "));
         }
+        checker = Some(crate::library::ClaimChecker::new(&p2p, store, proofs));
     }
     for contact in &args.contacts {
         p2p.add_contact(*contact);
     }
-    MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), args.discovery.into());
+    let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), args.discovery.into());
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
+            Some(proof) = proved.recv() => proof.print(args.json),
             event = events.recv() => match event {
                 Ok(event) => {
                     // Printed first: the greeting ping's result must never come out before
@@ -167,6 +172,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
                     if args.json { json_line(&event) } else { println!("{}", describe(&event)) }
                     if let Event::PeerConnected { remote, .. } = &event {
                         spawn_greeting_ping(&p2p, *remote, args.json);
+                    }
+                    if let (Event::PeerDiscovered { remote, source, .. }, Some(checker)) = (&event, &checker)
+                        && *source == warren::discovery::mdns::SOURCE
+                    {
+                        checker.check(*remote, &mdns.libraries_of(remote));
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {

@@ -439,3 +439,20 @@ fn ledbat_bench_smoke() {
     assert!(total >= 0.8, "two flows fill the link together: {report}");
     assert_eq!(report["goals"].as_array().unwrap().len(), 6, "{report}");
 }
+
+/// A revocation reaches a member that was offline when it was made: the laptop's node meets the
+/// desk's on the LAN, their tunnel hands it the newer list, and it refuses the revoked tablet as
+/// the desk does. (Without the desk's node, the laptop proves the tablet a member: checked by
+/// hand with the desk's node removed from the scenario.)
+#[test]
+fn library_revocation_scenario() {
+    let (lines, summary) = run_scenario("library-revocation");
+    assert_pings(&lines, &summary, &[]);
+    let desk = node_id(&lines, "desk");
+    let tablet = printed_by(&lines, "tablet");
+    let refusals: Vec<&String> =
+        tablet.iter().filter(|l| l.contains("did not prove it") && l.contains("is revoked")).collect();
+    assert_eq!(refusals.len(), 2, "both the desk and the laptop refuse the tablet: {tablet:?}");
+    assert!(refusals.iter().any(|l| l.trim_start().starts_with(&desk)), "{tablet:?}");
+    assert!(!tablet.iter().any(|l| l.contains("proved it is")), "{tablet:?}");
+}
