@@ -240,7 +240,7 @@ async fn invite(
             println!("(where mDNS does not reach: warren library join {code} --peer {}@{addr})\n", p2p.id());
         }
         if std::io::stdout().is_terminal() {
-            crate::transfer::print_qr(&code.to_string());
+            crate::transfer_ui::print_qr(&code.to_string());
         }
         println!("the code works once, for {} minutes, and three wrong codes close it", expires / 60);
     }

@@ -22,7 +22,7 @@ use warren_tunnel::store::{LibraryRecord, Store};
 use warren_tunnel::{Tunnel, tunnel};
 
 use crate::output::json_line;
-use crate::transfer::human;
+use crate::transfer_ui::human;
 
 /// An offer's size on the wire: root hash, byte count, file count.
 pub const OFFER_LEN: usize = 32 + 8 + 4;
@@ -233,7 +233,7 @@ pub async fn receive(
             human(offer.bytes)
         );
     }
-    let received = crate::transfer::fetch(p2p, offer.hash, &[from], out, json).await;
+    let received = crate::transfer_ui::fetch(p2p, offer.hash, &[from], out, json).await;
     let answer = match &received {
         Ok(summary) => format!("ok {} file(s), {}, verified", summary.files, human(summary.total)),
         Err(error) => format!("error: {error:#}"),

@@ -22,6 +22,7 @@ mod probe;
 mod relay;
 mod sink;
 mod transfer;
+mod transfer_ui;
 mod utp;
 
 use std::path::PathBuf;

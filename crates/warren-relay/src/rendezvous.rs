@@ -69,9 +69,16 @@ impl Rendezvous {
         }
     }
 
-    /// Who answers for `key`, oldest first.
+    /// Who answers for `key`, oldest first, each once (a node that registered again is listed
+    /// under both registrations until the old one ends).
     pub(crate) fn find(&self, key: &RendezvousKey) -> Vec<RawIdentity> {
-        self.by_key.get(key).map(|listed| listed.iter().map(|(node, _)| *node).collect()).unwrap_or_default()
+        let mut found: Vec<RawIdentity> = Vec::new();
+        for (node, _) in self.by_key.get(key).into_iter().flatten() {
+            if !found.contains(node) {
+                found.push(*node);
+            }
+        }
+        found
     }
 
     /// Entries held (for tests of the bounds).
@@ -103,6 +110,7 @@ mod tests {
         // A node that re-registered: its old registration's entries go, the new one's stay.
         assert!(table.announce(key, [3; 32], 3));
         assert!(table.announce(key, [3; 32], 4));
+        assert_eq!(table.find(&key), vec![[3; 32]], "listed once while both registrations live");
         table.forget(3);
         assert_eq!(table.find(&key), vec![[3; 32]]);
     }
