@@ -662,6 +662,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                     "joined_ms": ms(story.joined_in),
                     "role": story.role,
                     "tampered": story.tampered,
+                    "hidden": story.hidden,
                     "operator_saw": story.mallory_saw,
                     "listed": story.listed.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "listed_after_close": story.listed_after.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -7,7 +7,7 @@ use clap::Args;
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::{Event, Identity, P2P};
 
-use crate::library::{ClaimChecker, Proof};
+use crate::library::{Ask, ClaimChecker, Proof};
 use crate::output::json_line;
 
 #[derive(Args)]
@@ -19,8 +19,9 @@ pub struct DiscoverArgs {
     #[arg(long)]
     json: bool,
     /// The data directory whose libraries (`warren library`) to check claims against: a peer
-    /// announcing one of them is asked to prove it in a library tunnel [default:
-    /// $WARREN_DATA_DIR, else ~/.local/share/warren].
+    /// announcing one of them is asked to prove it in a library tunnel, to which this device
+    /// shows its own membership certificate first [default: $WARREN_DATA_DIR, else
+    /// ~/.local/share/warren].
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
 }
@@ -41,7 +42,7 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     };
     let p2p = P2P::new("warren", identity);
     let (proofs, mut proved) = tokio::sync::mpsc::unbounded_channel();
-    let checker = store.map(|store| ClaimChecker::new(&p2p, store, proofs));
+    let checker = store.map(|store| ClaimChecker::new(&p2p, store, Ask::Anyone, proofs));
     let mut events = p2p.subscribe();
     let quic = p2p.listen_quic("0.0.0.0:0".parse()?).await?;
     let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);

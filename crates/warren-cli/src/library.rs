@@ -68,7 +68,7 @@ pub enum LibraryCommand {
         /// Where to listen (QUIC).
         #[arg(long, default_value = "0.0.0.0:0")]
         listen: SocketAddr,
-        /// How long to look for the inviting device on the LAN, in seconds.
+        /// How long to look for the inviting device (on the LAN, at the relay), in seconds.
         #[arg(long, default_value_t = 15)]
         wait: u64,
         /// No mDNS: only the --peer devices (and those the relay lists).
@@ -290,13 +290,23 @@ async fn join(
     }
     ManualDiscovery::spawn(&p2p, peers);
     if relay.start(&p2p, &quic, || None).is_some() {
-        // Whoever the relay lists is a candidate like any other: the PAKE decides.
-        match pair::find_at_relay(&p2p, code.nameplate(), RELAY_WAIT).await {
-            Ok(found) => candidates.extend(found.into_iter().filter(|id| !candidates.contains(id)).collect::<Vec<_>>()),
-            Err(e) => {
-                p2p.shutdown().await;
-                bail!("could not ask the relay who answers for code number {}: {e}", code.nameplate());
+        // Whoever the relay lists is a candidate like any other: the PAKE decides. Asked again
+        // (every 500 ms, up to --wait) while it lists nobody: the inviter may be announcing.
+        let started = Instant::now();
+        loop {
+            match pair::find_at_relay(&p2p, code.nameplate(), RELAY_WAIT).await {
+                Ok(found) => {
+                    candidates.extend(found.into_iter().filter(|id| !candidates.contains(id)).collect::<Vec<_>>())
+                }
+                Err(e) => {
+                    p2p.shutdown().await;
+                    bail!("could not ask the relay who answers for code number {}: {e}", code.nameplate());
+                }
             }
+            if !candidates.is_empty() || started.elapsed() >= Duration::from_secs(wait) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     if !no_mdns {
@@ -395,37 +405,104 @@ impl Proof {
     }
 }
 
-/// Checks peers' claims to this device's libraries: each claim once, in a library tunnel (which
-/// also hands each side the other's newer revocation list, so a revocation spreads to every
-/// member that meets another). Outcomes go to the channel given.
+/// Whom a [`ClaimChecker`] asks to prove a claim. The side that opens a tunnel presents its
+/// credential first, so whoever it asks learns this device's certificate (role, expiry, issuer)
+/// and the library's revocation list, even a non-member repeating an announced UUID.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// Every claimer (`warren discover`: the user asked to check).
+    Anyone,
+    /// Only devices this device already knows as members, not revoked (`warren node` in the
+    /// background: it spreads revocations among members without showing its credential to
+    /// strangers).
+    KnownMembers,
+}
+
+/// Claims a checker remembers at most (a neighbour cycling identities cannot grow it further).
+pub const MAX_CHECKS: usize = 4096;
+
+/// Proofs a checker runs at once.
+pub const CONCURRENT_CHECKS: usize = 8;
+
+/// How long after a failed proof the same claim may be checked again.
+pub const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Where one claim's check stands.
+enum Check {
+    Running,
+    Proved,
+    Failed(Instant),
+}
+
+type Claims = std::collections::HashMap<(RemoteIdentity, uuid::Uuid), Check>;
+
+/// Checks peers' claims to this device's libraries, in library tunnels (which also hand each
+/// side the other's newer revocation list, so a revocation spreads to every member that meets
+/// another): a proved claim once, a failed one again after [`RETRY_AFTER`], at most
+/// [`CONCURRENT_CHECKS`] at a time and [`MAX_CHECKS`] remembered. Outcomes go to the channel
+/// given.
 pub struct ClaimChecker {
     p2p: P2P,
     store: Arc<Store>,
-    asked: std::sync::Mutex<std::collections::BTreeSet<(RemoteIdentity, uuid::Uuid)>>,
+    ask: Ask,
+    claims: Arc<std::sync::Mutex<Claims>>,
+    running: Arc<tokio::sync::Semaphore>,
     done: tokio::sync::mpsc::UnboundedSender<Proof>,
 }
 
 impl ClaimChecker {
-    /// A checker on `p2p` for the libraries in `store`; outcomes to `done`.
-    pub fn new(p2p: &P2P, store: Arc<Store>, done: tokio::sync::mpsc::UnboundedSender<Proof>) -> Self {
-        Self { p2p: p2p.clone(), store, asked: Default::default(), done }
+    /// A checker on `p2p` for the libraries in `store`, asking `ask`; outcomes to `done`.
+    pub fn new(p2p: &P2P, store: Arc<Store>, ask: Ask, done: tokio::sync::mpsc::UnboundedSender<Proof>) -> Self {
+        Self {
+            p2p: p2p.clone(),
+            store,
+            ask,
+            claims: Default::default(),
+            running: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CHECKS)),
+            done,
+        }
     }
 
-    /// `remote` claims `claimed`: asks it to prove each one this device is in (once each).
+    /// Whether `remote` is a member of `library` this device knows of (certified or proved
+    /// before, not revoked).
+    fn known(&self, remote: RemoteIdentity, library: uuid::Uuid) -> bool {
+        let Ok(record) = self.store.find(&library.to_string()) else { return false };
+        let members = self.store.members(&record).unwrap_or_default();
+        members.iter().any(|m| m.node == remote && !m.revoked)
+    }
+
+    /// `remote` claims `claimed`: asks it to prove each one this device is in.
     pub fn check(&self, remote: RemoteIdentity, claimed: &[uuid::Uuid]) {
         use warren_tunnel::Libraries;
         for &library in claimed {
-            let mine = self.store.membership(library.as_bytes()).is_some();
-            if !mine || !self.asked.lock().expect("claims lock").insert((remote, library)) {
+            if self.store.membership(library.as_bytes()).is_none()
+                || (self.ask == Ask::KnownMembers && !self.known(remote, library))
+            {
                 continue;
             }
+            {
+                let mut claims = self.claims.lock().expect("claims lock");
+                let due = match claims.get(&(remote, library)) {
+                    Some(Check::Running | Check::Proved) => false,
+                    Some(Check::Failed(at)) => at.elapsed() >= RETRY_AFTER,
+                    None => claims.len() < MAX_CHECKS,
+                };
+                if !due {
+                    continue;
+                }
+                claims.insert((remote, library), Check::Running);
+            }
             let (p2p, store, done) = (self.p2p.clone(), self.store.clone(), self.done.clone());
+            let (claims, running) = (self.claims.clone(), self.running.clone());
             self.p2p.spawn(async move {
+                let Ok(_permit) = running.acquire_owned().await else { return };
                 let opened = warren_tunnel::Tunnel::open(&p2p, &*store, *library.as_bytes(), remote).await;
                 let outcome = opened.map(|mut t| {
                     let _ = t.stream.finish();
                     t.role().to_string()
                 });
+                let check = if outcome.is_ok() { Check::Proved } else { Check::Failed(Instant::now()) };
+                claims.lock().expect("claims lock").insert((remote, library), check);
                 let _ = done.send(Proof { peer: remote, library, outcome: outcome.map_err(|e| e.to_string()) });
             });
         }

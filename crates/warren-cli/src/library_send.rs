@@ -188,7 +188,7 @@ pub async fn receive(
     mdns: bool,
     json: bool,
 ) -> anyhow::Result<warren_transfer::Summary> {
-    let (offers, mut offered) = tokio::sync::mpsc::channel::<(Tunnel, Offer)>(4);
+    let (offers, mut offered) = tokio::sync::mpsc::channel::<(Tunnel, Offer)>(1);
     let library = *record.id.as_bytes();
     tunnel::serve(p2p, store, move |mut tunnel: Tunnel| {
         let offers = offers.clone();
@@ -202,9 +202,9 @@ pub async fn receive(
             match tokio::time::timeout(OFFER_TIMEOUT, tunnel.stream.read_exact(&mut bytes)).await {
                 Ok(Ok(_)) => {
                     let offer = Offer::decode(&bytes);
-                    if let Err(tokio::sync::mpsc::error::TrySendError::Full((mut tunnel, _))) =
-                        offers.try_send((tunnel, offer))
-                    {
+                    // One offer is taken; any other gets an answer at once, never a wait.
+                    if let Err(refused) = offers.try_send((tunnel, offer)) {
+                        let (mut tunnel, _) = refused.into_inner();
                         let _ = tunnel.stream.write_all(b"busy: receiving from another member").await;
                         let _ = tunnel.stream.finish();
                     }
@@ -219,6 +219,7 @@ pub async fn receive(
     p2p.add_library(record.id);
     let _mdns = mdns.then(|| MdnsDiscovery::spawn(p2p, port, DiscoveryMode::Enabled));
     let (mut tunnel, offer) = offered.recv().await.context("the tunnel stopped")?;
+    offered.close();
     let from = tunnel.peer();
     if json {
         json_line(&serde_json::json!({

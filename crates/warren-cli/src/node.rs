@@ -143,7 +143,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         p2p.add_library(*library);
     }
     // The libraries this device joined (`warren library`): announced, proved in tunnels, and
-    // each LAN peer claiming one is asked to prove it (swapping revocation lists as it does).
+    // each known member met on the LAN is asked to prove it is one still (swapping revocation
+    // lists as it does; strangers claiming a library are not dialled).
     let (proofs, mut proved) = tokio::sync::mpsc::unbounded_channel();
     let mut checker = None;
     if let Some(store) = crate::library::existing_store(&dir)? {
@@ -152,7 +153,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             let names: Vec<String> = records.iter().map(|r| format!("{} ({})", r.name, r.role())).collect();
             println!("  member of {}: it proves so in library tunnels", names.join(", "));
         }
-        checker = Some(crate::library::ClaimChecker::new(&p2p, store, proofs));
+        checker = Some(crate::library::ClaimChecker::new(&p2p, store, crate::library::Ask::KnownMembers, proofs));
     }
     for contact in &args.contacts {
         p2p.add_contact(*contact);

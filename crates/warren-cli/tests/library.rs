@@ -126,7 +126,8 @@ fn a_device_joins_through_the_relay_with_the_code_alone() {
     assert_eq!(done["event"], "joined");
 
     // With the invite closed, nobody answers for the number at the relay any more.
-    let out = warren(&b, &["library", "join", &code, "--relay", &at, "--no-mdns", "--listen", "127.0.0.1:0"]);
+    let args = ["library", "join", &code, "--relay", &at, "--no-mdns", "--listen", "127.0.0.1:0", "--wait", "1"];
+    let out = warren(&b, &args);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no device answers for code number"), "{err}");

@@ -292,8 +292,16 @@ impl RelayClient {
                     for key in keys {
                         let client = self.clone();
                         self.spawn(async move {
+                            // Withdrawn meanwhile: not announced again (a withdrawal that
+                            // overtakes this renewal is sent again once it is answered).
+                            if !client.announced().contains(&key) {
+                                return;
+                            }
                             if let Err(error) = client.ask_announce(key).await {
                                 tracing::info!(%error, "rendezvous announcement not renewed");
+                            }
+                            if !client.announced().contains(&key) {
+                                client.send_withdrawal(key).await;
                             }
                         });
                     }
@@ -355,7 +363,13 @@ impl RelayClient {
     /// next registration.
     pub async fn announce(&self, key: RendezvousKey) -> Result<(), RelayError> {
         self.announced().insert(key);
-        self.ask_announce(key).await
+        let announced = self.ask_announce(key).await;
+        if !self.announced().contains(&key) {
+            // Withdrawn while the announcement was on its way: the withdrawal may have got
+            // there first.
+            self.send_withdrawal(key).await;
+        }
+        announced
     }
 
     async fn ask_announce(&self, key: RendezvousKey) -> Result<(), RelayError> {
@@ -373,9 +387,19 @@ impl RelayClient {
     pub fn withdraw(&self, key: RendezvousKey) {
         if self.announced().remove(&key) {
             let client = self.clone();
-            self.spawn(async move {
-                let _ = client.ask(|id| Request::Withdraw { id, key }).await;
-            });
+            self.spawn(async move { client.send_withdrawal(key).await });
+        }
+    }
+
+    /// Tells the relay to forget `key`, a few times if it does not answer (a relay over its
+    /// request rate drops requests without a word); the relay forgets it anyway with the
+    /// registration.
+    async fn send_withdrawal(&self, key: RendezvousKey) {
+        for attempt in 0..3u32 {
+            if self.ask(|id| Request::Withdraw { id, key }).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
         }
     }
 
