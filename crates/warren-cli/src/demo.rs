@@ -426,108 +426,79 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     say("   reaches a public node by identity over 50 ms each way with 1 % loss".into());
     let netsim_bytes = args.netsim_bytes;
     let netsim = tokio::task::spawn_blocking(move || across_nat(netsim_bytes)).await?;
-    let netsim = match netsim {
-        Ok(story) => {
-            say(format!(
-                "   connected in {} ms; the public node sees it at {} (the NAT's address)",
-                ms(story.connect),
-                story.seen_at
-            ));
-            say(format!("   5 round trips: {:?} ms", story.rtts.iter().map(|d| ms(*d)).collect::<Vec<_>>()));
-            say(format!(
-                "   {} KiB sent in {} ms through the lossy path ({} packets lost on the way, resent by QUIC)",
-                story.bytes / 1024,
-                ms(story.transfer),
-                story.lost
-            ));
-            Ok(story)
-        }
-        Err(error) => {
-            say(format!("   NOT RUN: {error:#}"));
-            Err(format!("{error:#}"))
-        }
-    };
+    let netsim = outcome(&say, "   ", netsim, |story| {
+        say(format!(
+            "   connected in {} ms; the public node sees it at {} (the NAT's address)",
+            ms(story.connect),
+            story.seen_at
+        ));
+        say(format!("   5 round trips: {:?} ms", story.rtts.iter().map(|d| ms(*d)).collect::<Vec<_>>()));
+        say(format!(
+            "   {} KiB sent in {} ms through the lossy path ({} packets lost on the way, resent by QUIC)",
+            story.bytes / 1024,
+            ms(story.transfer),
+            story.lost
+        ));
+    });
 
     say("\n8. on a simulated LAN (one switch): a laptop finds a desk node over mDNS, no address given".into());
-    let lan = match tokio::task::spawn_blocking(on_lan).await? {
-        Ok(story) => {
-            say(format!(
-                "   found \"{}\" at {} {} ms after starting, then pinged it by identity alone: {:?} ms",
-                story.name,
-                story.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
-                ms(story.found_in),
-                story.rtts.iter().map(|d| ms(*d)).collect::<Vec<_>>()
-            ));
-            Ok(story)
-        }
-        Err(error) => {
-            say(format!("   NOT RUN: {error:#}"));
-            Err(format!("{error:#}"))
-        }
-    };
+    let lan = outcome(&say, "   ", tokio::task::spawn_blocking(on_lan).await?, |story| {
+        say(format!(
+            "   found \"{}\" at {} {} ms after starting, then pinged it by identity alone: {:?} ms",
+            story.name,
+            story.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "),
+            ms(story.found_in),
+            story.rtts.iter().map(|d| ms(*d)).collect::<Vec<_>>()
+        ));
+    });
 
     say("\n9. across NATs by identity alone: a relay on the simulated internet; alice behind a".into());
     say("   port-restricted home NAT, bob behind a full-cone one, carol behind a symmetric NAT".into());
-    let nats = match tokio::task::spawn_blocking(across_nats).await? {
-        Ok(dials) => {
-            for NatDial { from, to, dialled } in &dials {
-                let punched = match dialled.punch {
-                    Some((addr, punch_ms)) => format!(
-                        "hole punched in {punch_ms} ms ({}, {} datagrams): now direct to {addr}",
-                        dialled.method.map_or("found by the peer", |m| m.name()),
-                        dialled.packets
-                    ),
-                    None => format!("no hole after {} rounds of punches: stays relayed", dialled.rounds),
-                };
-                say(format!(
-                    "   {from} -> {to}: first byte after {} ms through the relay; {punched}",
-                    ms(dialled.ttfb)
-                ));
-            }
-            Ok(dials)
+    let nats = outcome(&say, "   ", tokio::task::spawn_blocking(across_nats).await?, |dials| {
+        for NatDial { from, to, dialled } in dials {
+            let punched = match dialled.punch {
+                Some((addr, punch_ms)) => format!(
+                    "hole punched in {punch_ms} ms ({}, {} datagrams): now direct to {addr}",
+                    dialled.method.map_or("found by the peer", |m| m.name()),
+                    dialled.packets
+                ),
+                None => format!("no hole after {} rounds of punches: stays relayed", dialled.rounds),
+            };
+            say(format!("   {from} -> {to}: first byte after {} ms through the relay; {punched}", ms(dialled.ttfb)));
         }
-        Err(error) => {
-            say(format!("   NOT RUN: {error:#}"));
-            Err(format!("{error:#}"))
-        }
-    };
+    });
 
     say("\n10. router probing: three homes behind a full-cone, a port-restricted and a symmetric NAT run".into());
     say("    the RFC 5780 tests against a probe server with two addresses and submit their reports".into());
-    let probing = match tokio::task::spawn_blocking(probe_routers).await? {
-        Ok((probed, catalog)) => {
-            for p in &probed {
-                let name = |b: Option<warren_probe::report::Behaviour>| b.map_or("not measured", |b| b.name());
-                say(format!(
-                    "    {:<16} mapping {}, filtering {}, hairpinning {}, port {}",
-                    p.name,
-                    name(p.found.findings.mapping),
-                    name(p.found.findings.filtering),
-                    if p.found.findings.hairpin == Some(true) { "yes" } else { "no" },
-                    if p.found.findings.port_preserved == Some(true) { "kept" } else { "changed" },
-                ));
-            }
-            say(format!("    the server's catalogue now counts {} reports", catalog.reports));
-            Ok((probed, catalog))
+    let probing = outcome(&say, "    ", tokio::task::spawn_blocking(probe_routers).await?, |(probed, catalog)| {
+        for p in probed {
+            let name = |b: Option<warren_probe::report::Behaviour>| b.map_or("not measured", |b| b.name());
+            say(format!(
+                "    {:<16} mapping {}, filtering {}, hairpinning {}, port {}",
+                p.name,
+                name(p.found.findings.mapping),
+                name(p.found.findings.filtering),
+                if p.found.findings.hairpin == Some(true) { "yes" } else { "no" },
+                if p.found.findings.port_preserved == Some(true) { "kept" } else { "changed" },
+            ));
         }
-        Err(error) => {
-            say(format!("    NOT RUN: {error:#}"));
-            Err(format!("{error:#}"))
-        }
-    };
+        say(format!("    the server's catalogue now counts {} reports", catalog.reports));
+    });
 
     say("\n11. a folder across the NATs, resumed: alice sends 4 files (16 MiB) from behind her".into());
     say("    port-restricted NAT; bob's `warren receive` is killed with SIGKILL a third of the way".into());
     say("    and started again (1 % loss on every link)".into());
-    let transfer = match tokio::task::spawn_blocking(|| {
-        let dir = crate::demo_transfer::scratch();
-        let story = crate::demo_transfer::across_nats(&dir, 12 << 20, true);
-        let _ = std::fs::remove_dir_all(&dir);
-        story
-    })
-    .await?
-    {
-        Ok(story) => {
+    let transfer = outcome(
+        &say,
+        "    ",
+        tokio::task::spawn_blocking(|| {
+            let dir = crate::demo_transfer::scratch();
+            let story = crate::demo_transfer::across_nats(&dir, 12 << 20, true);
+            let _ = std::fs::remove_dir_all(&dir);
+            story
+        })
+        .await?,
+        |story| {
             say(format!(
                 "    killed at {} KiB verified; the second run found {} KiB verified on disk, fetched the other {} KiB in {} ms,",
                 story.killed_at / 1024,
@@ -545,50 +516,32 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 story.punch.served_at / 1024,
                 (story.punch.served_total - story.punch.served_at) / 1024
             ));
-            Ok(story)
-        }
-        Err(error) => {
-            say(format!("    NOT RUN: {error:#}"));
-            Err(format!("{error:#}"))
-        }
-    };
+        },
+    );
 
     say("\n12. a library on the LAN: the desk invites by code, eve (a LAN neighbour) answers for the".into());
     say("    code's number too, the laptop joins, opens a tunnel, is revoked, and is refused".into());
     let json = args.json;
-    let library = match quiet_unless_text(json, crate::demo_library::run).await? {
-        Ok(story) => {
-            say(format!("    eve was tried first and failed: {}", story.eve_saw));
-            say(format!(
-                "    the laptop joined in {} ms (mDNS included); it lists the desk as {}",
-                ms(story.joined_in),
-                story.desk_source
-            ));
-            say(format!("    revoked, its next tunnel was refused: {}", story.refused));
-            say(format!(
-                "    the desk's handler was handed {} bytes in all: the {} of the member's tunnel, none after",
-                story.handler_bytes, story.member_bytes
-            ));
-            Ok(story)
-        }
-        Err(error) => {
-            say(format!("    NOT RUN: {error:#}"));
-            Err(format!("{error:#}"))
-        }
-    };
+    let library = outcome(&say, "    ", quiet_unless_text(json, crate::demo_library::run).await?, |story| {
+        say(format!("    eve was tried first and failed: {}", story.eve_saw));
+        say(format!(
+            "    the laptop joined in {} ms (mDNS included); it lists the desk as {}",
+            ms(story.joined_in),
+            story.desk_source
+        ));
+        say(format!("    revoked, its next tunnel was refused: {}", story.refused));
+        say(format!(
+            "    the desk's handler was handed {} bytes in all: the {} of the member's tunnel, none after",
+            story.handler_bytes, story.member_bytes
+        ));
+    });
 
     say("\n13. pairing through a hostile relay, across two NATs: its operator's node answers for the".into());
     say("    code's number first, and the relay flips bits for a while; only the desk can grant".into());
-    let relay_pairing = match quiet_unless_text(json, crate::demo_relay_pairing::run).await? {
-        Ok(story) => {
+    let relay_pairing =
+        outcome(&say, "    ", quiet_unless_text(json, crate::demo_relay_pairing::run).await?, |story| {
             say(format!("    the operator's node was tried and failed: {}", story.mallory_saw));
-            Ok(story)
-        }
-        Err(error) => {
-            say(format!("    NOT RUN: {error:#}"));
-            Err(format!("{error:#}"))
-        }
-    };
+        });
 
     let avg = |rtts: &[Duration]| ms(rtts.iter().sum::<Duration>() / rtts.len() as u32);
     if args.json {
@@ -818,4 +771,19 @@ async fn quiet_unless_text<T: Send + 'static>(
         })
     })
     .await
+}
+
+/// What a chapter came to: told by `tell` if it ran; else said as NOT RUN (after `indent`) and
+/// kept as the reason, for the summary and the exit status.
+fn outcome<T>(say: &dyn Fn(String), indent: &str, ran: anyhow::Result<T>, tell: impl FnOnce(&T)) -> Result<T, String> {
+    match ran {
+        Ok(story) => {
+            tell(&story);
+            Ok(story)
+        }
+        Err(error) => {
+            say(format!("{indent}NOT RUN: {error:#}"));
+            Err(format!("{error:#}"))
+        }
+    }
 }

@@ -141,12 +141,7 @@ fn chapter(say: &dyn Fn(String), desk_dir: &Path, laptop_dir: &Path) -> anyhow::
     let (eve_ready_tx, eve_ready) = std::sync::mpsc::channel();
     let eve_task = eve.spawn(move || async move {
         let (p2p, _mdns) = node("eve", eve_ip, Identity::generate()).await?;
-        let fake: Code = format!("{}-acid-acid-acid", code.nameplate()).parse().map_err(|e| anyhow!("{e}"))?;
-        let fake = if fake.password() == code.password() {
-            format!("{}-acorn-acorn-acorn", code.nameplate()).parse().map_err(|e| anyhow!("{e}"))?
-        } else {
-            fake
-        };
+        let fake = other_code(code)?;
         let nothing: Arc<Issue> = Arc::new(|_| Err("eve has no library to grant".into()));
         let mut invite = pair::invite(&p2p, fake, unix_now() + 600, nothing)?;
         let _ = eve_ready_tx.send(p2p.id());
@@ -241,6 +236,16 @@ fn chapter(say: &dyn Fn(String), desk_dir: &Path, laptop_dir: &Path) -> anyhow::
         handler_bytes: handler_bytes.load(Ordering::SeqCst),
         desk_source,
     })
+}
+
+/// A code with `code`'s nameplate and other words: what an attacker who saw the nameplate
+/// announced, but not the words, answers with.
+pub(crate) fn other_code(code: Code) -> anyhow::Result<Code> {
+    let fake: Code = format!("{}-acid-acid-acid", code.nameplate()).parse().map_err(|e| anyhow!("{e}"))?;
+    if fake != code {
+        return Ok(fake);
+    }
+    format!("{}-acorn-acorn-acorn", code.nameplate()).parse().map_err(|e| anyhow!("{e}"))
 }
 
 /// An identity's first characters, for the story's lines.

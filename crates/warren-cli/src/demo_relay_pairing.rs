@@ -22,7 +22,7 @@ use warren_tunnel::pair::{self as pairing, Issue};
 use warren_tunnel::store::Store;
 use warren_tunnel::{Code, unix_now};
 
-use crate::demo_library::short;
+use crate::demo_library::{other_code, short};
 
 const RELAY_PORT: u16 = 3478;
 const WAIT: Duration = Duration::from_secs(30);
@@ -300,15 +300,6 @@ fn desk_and_laptop(
         joined_in,
         listed_after,
     })
-}
-
-/// A code with `code`'s nameplate and other words: what the operator's node guesses.
-fn other_code(code: Code) -> anyhow::Result<Code> {
-    let fake: Code = format!("{}-acid-acid-acid", code.nameplate()).parse().map_err(|e| anyhow!("{e}"))?;
-    if fake != code {
-        return Ok(fake);
-    }
-    format!("{}-acorn-acorn-acorn", code.nameplate()).parse().map_err(|e| anyhow!("{e}"))
 }
 
 fn name(id: &RemoteIdentity, mallory: RemoteIdentity, desk: RemoteIdentity) -> String {

@@ -67,11 +67,12 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
                 if source == warren::discovery::mdns::SOURCE =>
             {
                 let first = *seen.entry(remote).or_insert_with(Instant::now);
-                let libraries = mdns_libraries(&mdns, &remote);
+                let claimed = mdns.libraries_of(&remote);
                 if let Some(checker) = &checker {
-                    // Each claim to a library this device is in is checked once, in a tunnel.
-                    checker.check(remote, &mdns.libraries_of(&remote));
+                    // Each claim to a library this device is in is checked in a tunnel.
+                    checker.check(remote, &claimed);
                 }
+                let libraries: Vec<String> = claimed.iter().map(ToString::to_string).collect();
                 let get = |key: &str| metadata.get(key).cloned().unwrap_or_default();
                 if args.json {
                     json_line(&serde_json::json!({
@@ -114,9 +115,4 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<()> {
     }
     p2p.shutdown().await;
     Ok(())
-}
-
-/// The libraries `remote` announces, as strings.
-fn mdns_libraries(mdns: &MdnsDiscovery, remote: &warren::RemoteIdentity) -> Vec<String> {
-    mdns.libraries_of(remote).iter().map(|l| l.to_string()).collect()
 }

@@ -284,11 +284,7 @@ async fn join(
     let (me, store) = common.open()?;
     let p2p = P2P::new("warren", me);
     let quic = p2p.listen_quic(listen).await?;
-    let mut candidates: Vec<RemoteIdentity> = peers.iter().filter_map(|p| p.identity).collect();
-    if candidates.len() < peers.len() {
-        bail!("give each --peer with its identity (ID@ADDR): pairing checks who answers");
-    }
-    ManualDiscovery::spawn(&p2p, peers);
+    let mut candidates = peer_candidates(&p2p, peers)?;
     if relay.start(&p2p, &quic, || None).is_some() {
         // Whoever the relay lists is a candidate like any other: the PAKE decides. Asked again
         // (every 500 ms, up to --wait) while it lists nobody: the inviter may be announcing.
@@ -311,20 +307,10 @@ async fn join(
     }
     if !no_mdns {
         let mdns = MdnsDiscovery::spawn(&p2p, quic.local_addr().port(), DiscoveryMode::Enabled);
+        // Everyone answering for the nameplate (the honest inviter and anyone else).
         let rendezvous = Code::rendezvous(code.nameplate());
-        let started = Instant::now();
-        // Look for everyone answering for the nameplate (the honest inviter and anyone else).
-        while started.elapsed() < Duration::from_secs(wait) {
-            for found in mdns.peers_in_library(&rendezvous) {
-                if !candidates.contains(&found) {
-                    candidates.push(found);
-                }
-            }
-            if !candidates.is_empty() && started.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let look = Duration::from_secs(wait);
+        lan_candidates(&p2p, &mdns, &rendezvous, look, Some(Duration::from_secs(2)), &mut candidates).await;
     }
     if candidates.is_empty() {
         p2p.shutdown().await;
@@ -343,6 +329,43 @@ async fn join(
         println!("joined {:?} ({}) as {}; invited by {}", record.name, record.id, record.role(), joined.inviter);
     }
     Ok(())
+}
+
+/// The `--peer` devices as candidates (each must come with its identity: who answers is checked,
+/// in the PAKE or the tunnel), handed to manual discovery.
+pub fn peer_candidates(p2p: &P2P, peers: Vec<ManualPeer>) -> anyhow::Result<Vec<RemoteIdentity>> {
+    let candidates: Vec<RemoteIdentity> = peers.iter().filter_map(|p| p.identity).collect();
+    if candidates.len() < peers.len() {
+        bail!("give each --peer with its identity (ID@ADDR): who answers is checked");
+    }
+    ManualDiscovery::spawn(p2p, peers);
+    Ok(candidates)
+}
+
+/// Adds to `candidates` the devices that announce `library` on the LAN (claims: each is checked
+/// after), looking for up to `look`; with `settle`, stops once some are known and `settle` has
+/// passed. mDNS reports no event per library, so its table is read every 200 ms.
+pub async fn lan_candidates(
+    p2p: &P2P,
+    mdns: &MdnsDiscovery,
+    library: &uuid::Uuid,
+    look: Duration,
+    settle: Option<Duration>,
+    candidates: &mut Vec<RemoteIdentity>,
+) {
+    let started = Instant::now();
+    loop {
+        for found in mdns.peers_in_library(library) {
+            if !candidates.contains(&found) && found != p2p.id() {
+                candidates.push(found);
+            }
+        }
+        let settled = settle.is_some_and(|settle| !candidates.is_empty() && started.elapsed() > settle);
+        if settled || started.elapsed() >= look {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The data directory's library store, if it has one (a node that never used libraries gets

@@ -11,11 +11,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warren::discovery::manual::{ManualDiscovery, ManualPeer};
+use warren::discovery::manual::ManualPeer;
 use warren::discovery::mdns::{DiscoveryMode, MdnsDiscovery};
 use warren::{Identity, P2P, RemoteIdentity};
 use warren_tunnel::store::{LibraryRecord, Store};
@@ -106,24 +106,12 @@ pub async fn send(
     reach: Reach,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut candidates: Vec<RemoteIdentity> = reach.peers.iter().filter_map(|p| p.identity).collect();
-    if candidates.len() < reach.peers.len() {
-        bail!("give each --peer with its identity (ID@ADDR): the tunnel checks who answers");
-    }
-    ManualDiscovery::spawn(p2p, reach.peers);
+    let mut candidates = crate::library::peer_candidates(p2p, reach.peers)?;
     p2p.add_library(record.id);
     if reach.mdns {
+        // Every member that shows up in the window (claims only: each is checked in its tunnel).
         let mdns = MdnsDiscovery::spawn(p2p, port, DiscoveryMode::Enabled);
-        let started = Instant::now();
-        while started.elapsed() < reach.wait {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // Claims only: each is checked in its tunnel.
-        for found in mdns.peers_in_library(&record.id) {
-            if !candidates.contains(&found) && found != p2p.id() {
-                candidates.push(found);
-            }
-        }
+        crate::library::lan_candidates(p2p, &mdns, &record.id, reach.wait, None, &mut candidates).await;
     }
     if candidates.is_empty() {
         bail!("no member of {:?} is online (none announced it on the LAN, no --peer given)", record.name);

@@ -58,11 +58,17 @@ impl InviteHandle {
     /// registers again, withdrawn when the invite closes. Waits up to `timeout` for the node
     /// to be registered.
     pub async fn announce_at_relay(&mut self, timeout: Duration) -> Result<(), PairError> {
-        let relay = self.p2p.relay().ok_or_else(|| PairError::Relay("this node has no relay".into()))?;
-        relay.wait_registered(timeout).await.map_err(|e| PairError::Relay(e.to_string()))?;
+        let relay = registered_relay(&self.p2p, timeout).await?;
         self.at_relay = Some(relay.clone());
         relay.announce(rendezvous_key(self.code.nameplate())).await.map_err(|e| PairError::Relay(e.to_string()))
     }
+}
+
+/// The node's relay client, once registered (waiting up to `timeout`).
+async fn registered_relay(p2p: &P2P, timeout: Duration) -> Result<warren::relay::client::RelayClient, PairError> {
+    let relay = p2p.relay().ok_or_else(|| PairError::Relay("this node has no relay".into()))?;
+    relay.wait_registered(timeout).await.map_err(|e| PairError::Relay(e.to_string()))?;
+    Ok(relay)
 }
 
 /// The key a nameplate is announced under: at a relay, the bytes of its LAN rendezvous UUID.
@@ -74,8 +80,7 @@ fn rendezvous_key(nameplate: u16) -> warren::wire::control::RendezvousKey {
 /// anyone may announce any nameplate, the relay may list whom it likes, and the PAKE decides).
 /// Waits up to `timeout` for the node to be registered.
 pub async fn find_at_relay(p2p: &P2P, nameplate: u16, timeout: Duration) -> Result<Vec<RemoteIdentity>, PairError> {
-    let relay = p2p.relay().ok_or_else(|| PairError::Relay("this node has no relay".into()))?;
-    relay.wait_registered(timeout).await.map_err(|e| PairError::Relay(e.to_string()))?;
+    let relay = registered_relay(p2p, timeout).await?;
     let mut found = relay.find(rendezvous_key(nameplate)).await.map_err(|e| PairError::Relay(e.to_string()))?;
     found.retain(|peer| *peer != p2p.id());
     Ok(found)
