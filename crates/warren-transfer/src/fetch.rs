@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::manifest::Manifest;
 use crate::tree::{Checked, Hash, Outboard, VerifyError, group_count, group_range};
-use crate::wire::{MAX_GROUPS_PER_REQUEST, Request};
+use crate::wire::{MAX_FILES_PER_REQUEST, MAX_GROUPS_PER_REQUEST, Request};
 
 /// How requests are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +25,16 @@ pub struct Config {
     pub requests_per_peer: usize,
     /// Group bytes in flight per peer (a request is started while under it).
     pub bytes_per_peer: u64,
+    /// Files of one group each asked for in one request (at most
+    /// [`MAX_FILES_PER_REQUEST`], and no more bytes than `groups_per_request` groups).
+    pub files_per_request: usize,
 }
 
 impl Default for Config {
-    /// 64 groups (1 MiB) per request, 4 MiB in flight per peer, in up to 32 requests (small
-    /// files take one request each).
+    /// 64 groups (1 MiB) per request, 4 MiB in flight per peer, in up to 32 requests; small
+    /// files (one group each) go 64 to a request.
     fn default() -> Self {
-        Self { groups_per_request: 64, requests_per_peer: 32, bytes_per_peer: 4 << 20 }
+        Self { groups_per_request: 64, requests_per_peer: 32, bytes_per_peer: 4 << 20, files_per_request: 64 }
     }
 }
 
@@ -48,10 +51,36 @@ impl Config {
 pub struct Planned {
     /// Its id, for the answers.
     pub id: u64,
-    /// The file (index in the manifest).
+    /// The file (index in the manifest); the first of them for a request of several files.
     pub file: usize,
+    /// The group bytes asked for (the answer's exact length; 0 for an outboard).
+    pub bytes: u64,
     /// What to send.
     pub request: Request,
+}
+
+/// A group a request is waiting for next, with what to check it against.
+#[derive(Debug, Clone)]
+pub struct Due {
+    /// The file.
+    pub file: usize,
+    /// The group.
+    pub index: u64,
+    /// The file's outboard.
+    pub outboard: Arc<Outboard>,
+}
+
+impl Due {
+    /// The group's length.
+    pub fn len(&self) -> u64 {
+        let range = group_range(self.outboard.size(), self.index);
+        range.end - range.start
+    }
+
+    /// An empty group (the one group of an empty file)?
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A group that passed its check: write `data` at `offset` of file `file`.
@@ -102,11 +131,13 @@ struct FileFetch {
 #[derive(Debug)]
 struct InFlight<P> {
     peer: P,
+    /// The file of an outboard request; the first file of a request for groups.
     file: usize,
     /// Group bytes asked for.
     bytes: u64,
-    /// `None` for an outboard request; else the groups still to come, in order.
-    groups: Option<std::collections::VecDeque<u64>>,
+    /// `None` for an outboard request; else the groups still to come, in order, as (file,
+    /// group): one file's, or the one group of each of several small files.
+    groups: Option<std::collections::VecDeque<(usize, u64)>>,
 }
 
 /// The receiver's state.
@@ -136,6 +167,7 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
             groups_per_request: config.groups_per_request.clamp(1, MAX_GROUPS_PER_REQUEST),
             requests_per_peer: config.requests_per_peer.max(1),
             bytes_per_peer: config.bytes_per_peer.max(1),
+            files_per_request: config.files_per_request.clamp(1, MAX_FILES_PER_REQUEST),
         };
         let files = manifest
             .entries
@@ -262,28 +294,70 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
                 end += 1;
             }
             state.cursor = end;
+            if state.verified.len() == 1 && self.config.files_per_request > 1 {
+                return Some(self.start_small(peer, file));
+            }
             let request = Request::Groups { hash: state.hash, ranges: vec![(start, end)] };
-            return Some(self.start(peer, file, Some((start..end).collect()), request));
+            return Some(self.start(peer, file, Some((start..end).map(|i| (file, i)).collect()), request));
         }
         None
+    }
+
+    /// A request for small file `file` (one group, just claimed) and the free small files
+    /// after it, up to [`Config::files_per_request`] and a request's worth of bytes. The
+    /// search looks at a bounded number of files past it.
+    fn start_small(&mut self, peer: &P, file: usize) -> Planned {
+        let budget = self.config.groups_per_request * crate::tree::GROUP;
+        let mut picked = vec![file];
+        let mut bytes = self.files[file].size;
+        let last = self.files.len().min(file + 1 + 4 * self.config.files_per_request);
+        for other in file + 1..last {
+            if picked.len() >= self.config.files_per_request {
+                break;
+            }
+            let state = &mut self.files[other];
+            if state.verified.len() != 1 || state.verified.get(0) || state.claimed.get(0) {
+                continue;
+            }
+            if bytes + state.size > budget {
+                break;
+            }
+            state.claimed.set(0, true);
+            state.cursor = 1;
+            bytes += state.size;
+            picked.push(other);
+        }
+        let groups = picked.iter().map(|&f| (f, 0)).collect();
+        let request = if picked.len() == 1 {
+            Request::Groups { hash: self.files[file].hash, ranges: vec![(0, 1)] }
+        } else {
+            Request::Files { hashes: picked.iter().map(|&f| self.files[f].hash).collect() }
+        };
+        self.start(peer, file, Some(groups), request)
     }
 
     fn start(
         &mut self,
         peer: &P,
         file: usize,
-        groups: Option<std::collections::VecDeque<u64>>,
+        groups: Option<std::collections::VecDeque<(usize, u64)>>,
         request: Request,
     ) -> Planned {
         let id = self.next_id;
         self.next_id += 1;
-        let size = self.files[file].size;
-        let bytes = groups.iter().flatten().map(|&i| group_range(size, i).end - group_range(size, i).start).sum();
+        let bytes = groups
+            .iter()
+            .flatten()
+            .map(|&(f, i)| {
+                let range = group_range(self.files[f].size, i);
+                range.end - range.start
+            })
+            .sum();
         self.in_flight.insert(id, InFlight { peer: peer.clone(), file, bytes, groups });
         let count = self.per_peer.entry(peer.clone()).or_default();
         count.0 += 1;
         count.1 += bytes;
-        Planned { id, file, request }
+        Planned { id, file, bytes, request }
     }
 
     /// The outboard request `id` was answered with `cvs`.
@@ -307,11 +381,11 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
     /// (and the peer dropped). [`Fetch::next_groups`] and [`Fetch::on_checked`] do the same
     /// with the hashing left to the caller.
     pub fn on_group(&mut self, peer: &P, id: u64, data: &[u8]) -> Result<Accepted, FetchError> {
-        let (outboard, index) = match self.next_groups(id, 1) {
-            Some((outboard, groups)) if self.in_flight[&id].peer == *peer => (outboard, groups[0]),
+        let due = match self.next_groups(id, 1).pop() {
+            Some(due) if self.in_flight[&id].peer == *peer => due,
             _ => return Err(FetchError::Unexpected { id, index: u64::MAX }),
         };
-        match outboard.verify_group(index, data) {
+        match due.outboard.verify_group(due.index, data) {
             Ok(checked) => self.on_checked(peer, id, checked),
             Err(error) => {
                 self.remove_peer(peer);
@@ -325,12 +399,12 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
     /// request waits for from `peer`.
     pub fn on_checked(&mut self, peer: &P, id: u64, checked: Checked) -> Result<Accepted, FetchError> {
         let unexpected = FetchError::Unexpected { id, index: checked.index() };
-        let Some(InFlight { peer: owner, file, groups: Some(groups), .. }) = self.in_flight.get_mut(&id) else {
+        let Some(InFlight { peer: owner, groups: Some(groups), .. }) = self.in_flight.get_mut(&id) else {
             return Err(unexpected);
         };
-        let file = *file;
+        let Some(&(file, index)) = groups.front() else { return Err(unexpected) };
         let state = &self.files[file];
-        if owner != peer || groups.front() != Some(&checked.index()) || checked.root() != state.hash {
+        if owner != peer || index != checked.index() || checked.root() != state.hash {
             return Err(unexpected);
         }
         let range = group_range(state.size, checked.index());
@@ -345,27 +419,33 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
         Ok(Accepted { file, offset: range.start, file_done })
     }
 
-    /// The outboard to check request `id`'s next `most` groups against, and those groups in
-    /// order (none when it is complete or unknown).
-    pub fn next_groups(&self, id: u64, most: usize) -> Option<(Arc<Outboard>, Vec<u64>)> {
-        let flight = self.in_flight.get(&id)?;
-        let groups: Vec<u64> = flight.groups.iter().flatten().take(most).copied().collect();
-        if groups.is_empty() {
-            return None;
-        }
-        let outboard = self.files[flight.file].outboard.clone().expect("groups are asked for after the outboard");
-        Some((outboard, groups))
+    /// Request `id`'s next `most` groups, in order, each with the outboard to check it
+    /// against (none when it is complete or unknown).
+    pub fn next_groups(&self, id: u64, most: usize) -> Vec<Due> {
+        let Some(flight) = self.in_flight.get(&id) else { return Vec::new() };
+        flight
+            .groups
+            .iter()
+            .flatten()
+            .take(most)
+            .map(|&(file, index)| Due {
+                file,
+                index,
+                outboard: self.files[file].outboard.clone().expect("groups are asked for after the outboard"),
+            })
+            .collect()
     }
 
     /// Request `id` failed (the stream broke, the peer refused, a timeout): what it had not
     /// brought goes back in the queue.
     pub fn on_failed(&mut self, id: u64) {
         if let Some(flight) = self.finish(id) {
-            let state = &mut self.files[flight.file];
             match flight.groups {
-                None => state.outboard_claimed = false,
+                None => self.files[flight.file].outboard_claimed = false,
                 Some(groups) => {
-                    for index in groups {
+                    for (file, index) in groups {
+                        let state = &mut self.files[file];
+                        self.file_cursor = self.file_cursor.min(file);
                         state.claimed.set(index, false);
                         state.cursor = state.cursor.min(index);
                         if !state.requeued.get(index) {

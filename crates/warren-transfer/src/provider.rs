@@ -192,6 +192,22 @@ impl Provider {
                 }
                 self.send_groups(&mut stream, &file, &ranges).await
             }
+            Request::Files { hashes } => {
+                let mut files = Vec::with_capacity(hashes.len());
+                for hash in &hashes {
+                    match self.file(hash) {
+                        Some(file) if file.outboard.groups() == 1 => files.push(file),
+                        Some(_) => {
+                            return self.refuse(&mut stream, "a file of more than one group asked for whole").await;
+                        }
+                        None => return self.refuse(&mut stream, "no such file here").await,
+                    }
+                }
+                if files.is_empty() {
+                    return self.refuse(&mut stream, "no files asked for").await;
+                }
+                self.send_files(&mut stream, &files).await
+            }
         };
         match result {
             Ok(()) => self.inner.stats.lock().expect("stats lock").served += 1,
@@ -238,6 +254,32 @@ impl Provider {
                 at += n as u64;
             }
         }
+        Ok(())
+    }
+
+    /// Sends small files whole, back to back (each at most one group, so at most
+    /// [`crate::wire::MAX_FILES_PER_REQUEST`] groups in all): all are read first, so a file that
+    /// changed since it was hashed is refused before a byte is sent.
+    async fn send_files(&self, stream: &mut Stream, files: &[Arc<Shared>]) -> std::io::Result<()> {
+        let len: u64 = files.iter().map(|f| f.outboard.size()).sum();
+        let mut bytes = bytes::BytesMut::zeroed(len as usize);
+        let mut at = 0usize;
+        for file in files {
+            let size = file.outboard.size() as usize;
+            let handle = std::fs::File::open(&file.path)?;
+            if handle.metadata()?.len() != size as u64 {
+                let reason = format!("{} changed since it was added", file.path.display());
+                warren::wire::control::write(stream, &Response::Refused { reason })
+                    .await
+                    .map_err(std::io::Error::other)?;
+                return Ok(());
+            }
+            handle.read_exact_at(&mut bytes[at..at + size], 0)?;
+            at += size;
+        }
+        warren::wire::control::write(stream, &Response::Ok { len }).await.map_err(std::io::Error::other)?;
+        stream.send_mut().write_chunk(bytes.freeze()).await?;
+        self.inner.stats.lock().expect("stats lock").bytes += len;
         Ok(())
     }
 }

@@ -5,13 +5,15 @@
 //! Manifest { hash }            -> Ok { len } + the manifest's encoding
 //! Outboard { hash }            -> Ok { len } + 32 bytes per group of the file (none for one group)
 //! Groups { hash, ranges }      -> Ok { len } + the groups' bytes, range by range, in order
+//! Files { hashes }             -> Ok { len } + each small file's bytes, in order
 //! anything it cannot serve     -> Refused { reason }
 //! ```
 //!
 //! Messages use warren's control framing (a two-byte length, at most 4 KiB). A request asks for
-//! at most [`MAX_RANGES`] ranges and [`MAX_GROUPS_PER_REQUEST`] groups; the receiver knows every
-//! length from the manifest and the outboard, so a sender cannot make it read more than it
-//! asked for.
+//! at most [`MAX_RANGES`] ranges and [`MAX_GROUPS_PER_REQUEST`] groups, or at most
+//! [`MAX_FILES_PER_REQUEST`] files of one group each (16 KiB at most: a small file is checked
+//! against its hash alone, so it needs no outboard); the receiver knows every length from the
+//! manifest and the outboard, so a sender cannot make it read more than it asked for.
 
 use crate::tree::Hash;
 
@@ -21,6 +23,8 @@ pub const PROTOCOL: &str = "warren/transfer/1";
 pub const MAX_RANGES: usize = 64;
 /// Most groups one request asks for (16 MiB).
 pub const MAX_GROUPS_PER_REQUEST: u64 = 1024;
+/// Most small files one request asks for (1 MiB at most).
+pub const MAX_FILES_PER_REQUEST: usize = 64;
 
 /// A receiver's request.
 #[derive(Debug, Clone, PartialEq, Eq, warren_proto::Encode, warren_proto::Decode)]
@@ -43,6 +47,13 @@ pub enum Request {
         /// The ranges.
         #[proto(max_len = 64)]
         ranges: Vec<(u64, u64)>,
+    },
+    /// Whole small files (one group each: at most 16 KiB), by hash, in this order. Ten thousand
+    /// small files cost 157 requests, not ten thousand.
+    Files {
+        /// The files' hashes.
+        #[proto(max_len = 64)]
+        hashes: Vec<Hash>,
     },
 }
 
@@ -111,6 +122,9 @@ pub fn fuzz_wire(data: &[u8]) {
     if let Ok(request) = warren::wire::control::decode::<Request>(data) {
         let again = warren_proto::encode_to_vec(&request).expect("a decoded request encodes");
         assert_eq!(warren::wire::control::decode::<Request>(&again).expect("and decodes again"), request);
+        if let Request::Files { hashes } = &request {
+            assert!(hashes.len() <= MAX_FILES_PER_REQUEST);
+        }
         if let Request::Groups { ranges, .. } = &request {
             for groups in [0, 1, 1 << 20, u64::MAX] {
                 if let Ok(total) = check_ranges(ranges, groups) {
@@ -152,6 +166,12 @@ mod tests {
         }
         // A hostile list of ranges over the field limit does not decode.
         let too_many = Request::Groups { hash: [0; 32], ranges: vec![(0, 1); MAX_RANGES + 1] };
+        assert!(warren_proto::encode_to_vec(&too_many).is_err());
+        let files = Request::Files { hashes: vec![[3; 32]; MAX_FILES_PER_REQUEST] };
+        let bytes = warren_proto::encode_to_vec(&files).unwrap();
+        assert!(bytes.len() <= 4096, "the most files fit one control message: {} bytes", bytes.len());
+        assert_eq!(warren::wire::control::decode::<Request>(&bytes).unwrap(), files);
+        let too_many = Request::Files { hashes: vec![[3; 32]; MAX_FILES_PER_REQUEST + 1] };
         assert!(warren_proto::encode_to_vec(&too_many).is_err());
     }
 }

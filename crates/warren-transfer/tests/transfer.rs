@@ -150,6 +150,8 @@ impl Hostile {
                 }
                 body
             }
+            // It serves one file of several groups: never asked for small files whole.
+            Request::Files { .. } => return,
         };
         let _ = warren::wire::control::write(&mut stream, &Response::Ok { len: body.len() as u64 }).await;
         for piece in body.chunks(GROUP as usize) {
@@ -331,6 +333,51 @@ async fn traversal_in_a_manifest_and_a_symlink_in_the_destination_are_refused() 
     std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
     let refused = provider.add_paths(&[dir.join("link")]).await.unwrap_err();
     assert!(refused.to_string().contains("symbolic link"), "{refused}");
+    sender.shutdown().await;
+    receiver.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Asks `provider` for `request` on a raw stream: what it answered, and the bytes after it.
+async fn ask_raw(receiver: &P2P, provider: RemoteIdentity, request: &Request) -> (Response, Vec<u8>) {
+    let mut stream = receiver.connect(provider, PROTOCOL).await.unwrap();
+    warren::wire::control::write(&mut stream, request).await.unwrap();
+    let response = warren::wire::control::read::<_, Response>(&mut stream).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await.unwrap();
+    (response, rest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_files_are_sent_whole_by_hash_and_nothing_else_is() {
+    let dir = temp("files");
+    let src = dir.join("src").join("album");
+    let files = folder(&src);
+    let (sender, addr) = node().await;
+    let provider = Provider::new();
+    provider.register(&sender).unwrap();
+    let (manifest, _) = provider.add_paths(std::slice::from_ref(&src)).await.unwrap();
+    let (receiver, _) = node().await;
+    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let hash_of = |path: &str| manifest.entries.iter().find(|e| e.path == format!("album/{path}")).unwrap().hash;
+    let data_of = |path: &str| files.iter().find(|(p, _)| p == path).unwrap().1.clone();
+    // Three small files, one of them twice, in the order asked.
+    let asked = ["run.sh", "docs/a.txt", "one-group", "run.sh"];
+    let request = Request::Files { hashes: asked.iter().map(|p| hash_of(p)).collect() };
+    let (response, bytes) = ask_raw(&receiver, sender.id(), &request).await;
+    let want: Vec<u8> = asked.iter().flat_map(|p| data_of(p)).collect();
+    assert_eq!(response, Response::Ok { len: want.len() as u64 });
+    assert_eq!(bytes, want);
+    // A file of several groups is not sent whole, nor is a file it does not have, nor nothing.
+    for (hashes, why) in [
+        (vec![hash_of("run.sh"), hash_of("docs/deep/b.bin")], "more than one group"),
+        (vec![hash_of("run.sh"), [7; 32]], "no such file"),
+        (Vec::new(), "no files"),
+    ] {
+        let (response, bytes) = ask_raw(&receiver, sender.id(), &Request::Files { hashes }).await;
+        assert!(matches!(&response, Response::Refused { reason } if reason.contains(why)), "{response:?}");
+        assert!(bytes.is_empty());
+    }
     sender.shutdown().await;
     receiver.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();

@@ -13,7 +13,8 @@ fn content(sizes: &[u64]) -> (Manifest, Vec<Vec<u8>>) {
         .iter()
         .enumerate()
         .map(|(f, data)| Entry {
-            path: format!("f{f}"),
+            // Padded: the manifest sorts its entries by path, and the tests index them as made.
+            path: format!("f{f:04}"),
             size: data.len() as u64,
             mode: 0o644,
             hash: *blake3::hash(data).as_bytes(),
@@ -39,6 +40,14 @@ fn answer(datas: &[Vec<u8>], planned: &Planned) -> Answer {
                 .map(|i| {
                     let r = group_range(data.len() as u64, i);
                     data[r.start as usize..r.end as usize].to_vec()
+                })
+                .collect(),
+        ),
+        Request::Files { hashes } => Answer::Groups(
+            hashes
+                .iter()
+                .map(|hash| {
+                    datas.iter().find(|d| blake3::hash(d).as_bytes() == hash).expect("a file asked for").clone()
                 })
                 .collect(),
         ),
@@ -244,4 +253,62 @@ fn a_bitfield_keeps_its_bits_and_ignores_the_outside() {
     let again = Bitfield::from_words(130, bits.words().to_vec()).unwrap();
     assert_eq!(again, bits);
     assert!(Bitfield::from_words(130, vec![0; 2]).is_none());
+}
+
+#[test]
+fn small_files_go_many_to_a_request_within_the_limits() {
+    // 200 files of one group each (some empty, one exactly a group), with a large file among
+    // them: the small ones go 64 to a request, never with more than a request's bytes.
+    let mut sizes: Vec<u64> = (0..200).map(|i| [0, 1, 4096, GROUP][i % 4]).collect();
+    sizes.insert(50, 3 * GROUP);
+    let (manifest, datas) = content(&sizes);
+    let mut fetch = Fetch::new(&manifest, Config { groups_per_request: 32, ..Config::default() });
+    let mut requests = Vec::new();
+    while let Some(p) = fetch.next_request(&1) {
+        requests.push(p);
+    }
+    for p in &requests {
+        if let Request::Files { hashes } = &p.request {
+            assert!(hashes.len() <= MAX_FILES_PER_REQUEST && hashes.len() > 1);
+            assert!(p.bytes <= 32 * GROUP, "{} bytes in one request", p.bytes);
+        }
+    }
+    let files: usize =
+        requests.iter().map(|p| if let Request::Files { hashes } = &p.request { hashes.len() } else { 0 }).sum();
+    assert!(files > 100, "most small files were batched in the first requests: {files}");
+    // Every file arrives, each byte once.
+    let mut fetch = Fetch::new(&manifest, Config::default());
+    let (out, fetched) = run(&mut fetch, &datas, &[1, 2]);
+    assert_eq!(out, datas);
+    assert_eq!(fetched, manifest.total_size());
+}
+
+#[test]
+fn a_lie_in_a_batch_of_small_files_keeps_the_files_before_it_and_gives_the_rest_to_others() {
+    let (manifest, datas) = content(&[4096; 10]);
+    let mut fetch = Fetch::new(&manifest, Config::default());
+    let p = fetch.next_request(&9).unwrap();
+    let Request::Files { hashes } = &p.request else { panic!("one request for the ten: {:?}", p.request) };
+    assert_eq!(hashes.len(), 10);
+    assert_eq!(p.bytes, 10 * 4096);
+    // The liar sends files 0 and 1, then file 3's bytes where file 2's belong.
+    let Answer::Groups(mut files) = answer(&datas, &p) else { unreachable!() };
+    files.swap(2, 3);
+    fetch.on_group(&9, p.id, &files[0]).unwrap();
+    let accepted = fetch.on_group(&9, p.id, &files[1]).unwrap();
+    assert_eq!((accepted.file, accepted.offset, accepted.file_done), (1, 0, true));
+    let error = fetch.on_group(&9, p.id, &files[2]).unwrap_err();
+    assert!(matches!(error, FetchError::Verify(VerifyError::WrongGroup { index: 0 })), "{error}");
+    assert!(fetch.file_done(0) && fetch.file_done(1) && !fetch.file_done(2));
+    assert_eq!(fetch.in_flight(&9), 0, "the liar holds nothing");
+    // An honest peer brings the other eight, in one request.
+    let q = fetch.next_request(&1).unwrap();
+    let Request::Files { hashes } = &q.request else { panic!("{:?}", q.request) };
+    assert_eq!(hashes.len(), 8);
+    assert!(fetch.next_request(&1).is_none(), "nothing else is left to ask for");
+    let Answer::Groups(files) = answer(&datas, &q) else { unreachable!() };
+    for file in &files {
+        fetch.on_group(&1, q.id, file).unwrap();
+    }
+    assert!(fetch.is_done());
 }
