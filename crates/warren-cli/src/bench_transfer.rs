@@ -47,6 +47,28 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// CPU seconds this process has used so far, user and system, over all its threads. Both nodes
+/// of the bench run in it, so a phase's difference is what the phase cost both ends (work the
+/// kernel does in its own threads, like page-cache writeback, is not in it).
+fn cpu_secs() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given and reads nothing else.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return f64::NAN;
+    }
+    // SAFETY: filled by the successful call above (and zeroed before it).
+    let usage = unsafe { usage.assume_init() };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Runs `phase`, returning its result and the CPU seconds per GiB of `bytes` it cost.
+async fn costed<T>(bytes: u64, phase: impl std::future::Future<Output = T>) -> (T, f64) {
+    let before = cpu_secs();
+    let result = phase.await;
+    (result, (cpu_secs() - before) / (bytes as f64 / (1u64 << 30) as f64))
+}
+
 fn gbps(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
 }
@@ -163,15 +185,21 @@ async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
 
     let out = dir.join("out");
     let (mut raw, mut file, mut raw_small, mut files) = (vec![], vec![], vec![], vec![]);
+    let (mut raw_cpu, mut file_cpu) = (vec![], vec![]);
     for round in 1..=args.rounds {
         progress(&format!("round {round}/{}: raw stream, 1 file, raw stream, {} files", args.rounds, args.files));
-        raw.push(gbps(args.bytes, raw_round(&provider_node, &receiver, args.bytes).await?));
-        file.push(gbps(args.bytes, transfer_round(&receiver, &provider_node, big_hash, &out).await?));
+        let (took, cpu) = costed(args.bytes, raw_round(&provider_node, &receiver, args.bytes)).await;
+        raw.push(gbps(args.bytes, took?));
+        raw_cpu.push(cpu);
+        let (took, cpu) = costed(args.bytes, transfer_round(&receiver, &provider_node, big_hash, &out)).await;
+        file.push(gbps(args.bytes, took?));
+        file_cpu.push(cpu);
         raw_small.push(gbps(small_bytes, raw_round(&provider_node, &receiver, small_bytes).await?));
         let took = transfer_round(&receiver, &provider_node, small_hash, &out).await?;
         files.push(args.files as f64 / took.as_secs_f64());
     }
     let (raw, file, raw_small, files_per_sec) = (median(raw), median(file), median(raw_small), median(files));
+    let (raw_cpu, file_cpu) = (median(raw_cpu), median(file_cpu));
     let small_gbps = files_per_sec * args.file_size as f64 * 8.0 / 1e9;
     let report = serde_json::json!({
         "bytes": args.bytes,
@@ -179,6 +207,11 @@ async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
         "raw_stream_gbps": raw,
         "transfer_gbps": file,
         "transfer_vs_raw": file / raw,
+        // Both ends share the machine's cores: where they are all busy, the throughput ratio
+        // follows this one.
+        "raw_stream_cpu_secs_per_gib": raw_cpu,
+        "transfer_cpu_secs_per_gib": file_cpu,
+        "raw_vs_transfer_cpu": raw_cpu / file_cpu,
         "hash_gbps": args.bytes as f64 * 8.0 / hash_secs / 1e9,
         "small_files": args.files,
         "small_file_bytes": args.file_size,
@@ -201,6 +234,10 @@ async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
             args.files,
             args.file_size,
             small_gbps / raw_small
+        );
+        println!(
+            "  CPU per GiB          transfer {file_cpu:5.2} s   raw stream {raw_cpu:5.2} s   ratio {:.3} (both ends, all threads)",
+            raw_cpu / file_cpu
         );
         println!("  hashing (sender)     {:6.2} Gbit/s", args.bytes as f64 * 8.0 / hash_secs / 1e9);
     }
