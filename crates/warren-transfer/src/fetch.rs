@@ -443,9 +443,10 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
             match flight.groups {
                 None => self.files[flight.file].outboard_claimed = false,
                 Some(groups) => {
+                    // All in `flight.file` or after it (a request for small files names its
+                    // first file there): the file cursor goes back to it once, below.
                     for (file, index) in groups {
                         let state = &mut self.files[file];
-                        self.file_cursor = self.file_cursor.min(file);
                         state.claimed.set(index, false);
                         state.cursor = state.cursor.min(index);
                         if !state.requeued.get(index) {

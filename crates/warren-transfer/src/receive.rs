@@ -168,7 +168,9 @@ struct Slot {
     direct: Option<Arc<std::fs::File>>,
     /// The file system refused `O_DIRECT` for this file: the page cache it is.
     no_direct: bool,
-    /// The partial file is known to hold exactly the file's bytes (a small file, written whole).
+    /// The partial file is known to hold exactly the file's bytes: a file under [`DIRECT_MIN`]
+    /// that completed in this run (every group written through its handle, the last one ending
+    /// at its size), so placing it needs no `set_len`.
     sized: bool,
     /// A bitfield file may exist (written by a checkpoint, or left by an earlier run).
     bits_saved: bool,
@@ -530,7 +532,7 @@ async fn request(
             // contiguous, or several small files' whole). A large file's batch is written with
             // `O_DIRECT`, which waits for the disk: that part runs on a blocking thread, so the
             // runtime's threads keep serving the network.
-            let direct = entry.size >= DIRECT_MIN;
+            let direct = is_large(entry);
             if buf.len < (BATCH * crate::tree::GROUP) as usize {
                 *buf = AlignedBuf::new((BATCH * crate::tree::GROUP) as usize);
             }
@@ -605,8 +607,7 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
         at += len;
     }
     let writing = shared.writes.read().expect("write gate");
-    // Runs to write: (file, offset in the file, start in `data`, length, completes the file).
-    let mut runs: Vec<(usize, u64, usize, usize, bool)> = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     let mut written = 0u64;
     {
         let mut fetch = shared.fetch.lock().expect("fetch lock");
@@ -615,11 +616,17 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
                 Ok(accepted) => {
                     let len = proof.len() as usize;
                     match runs.last_mut() {
-                        Some(run) if run.0 == accepted.file => {
-                            run.3 += len;
-                            run.4 |= accepted.file_done;
+                        Some(run) if run.file == accepted.file => {
+                            run.len += len;
+                            run.completes |= accepted.file_done;
                         }
-                        _ => runs.push((accepted.file, accepted.offset, written as usize, len, accepted.file_done)),
+                        _ => runs.push(Run {
+                            file: accepted.file,
+                            offset: accepted.offset,
+                            start: written as usize,
+                            len,
+                            completes: accepted.file_done,
+                        }),
                     }
                     written += len as u64;
                 }
@@ -632,17 +639,17 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
             }
         }
     }
-    for &(file, offset, start, len, done) in &runs {
-        let direct = shared.manifest.entries[file].size >= DIRECT_MIN;
-        write_group(shared, file, offset, &data[start..start + len], direct)?;
-        if done {
+    for run in &runs {
+        let large = is_large(&shared.manifest.entries[run.file]);
+        write_group(shared, run.file, run.offset, &data[run.start..run.start + run.len], large)?;
+        if run.completes {
             let mut slots = shared.slots.lock().expect("slot lock");
-            let slot = &mut slots[file];
+            let slot = &mut slots[run.file];
             slot.complete = true;
             // A small file is written whole, in one call: nothing more goes through its
             // handle, and ten thousand of them do not hold ten thousand descriptors until the
             // checkpoint places them.
-            if shared.manifest.entries[file].size < DIRECT_MIN {
+            if !large {
                 slot.handle = None;
                 slot.direct = None;
                 slot.sized = true;
@@ -654,6 +661,23 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
     // thread (the receive is done) does not lose the count.
     *shared.fetched.lock().expect("fetched lock").entry(batch.provider).or_default() += written;
     Ok(Taken { lie })
+}
+
+/// Groups of one file accepted together, to be written in one call.
+struct Run {
+    file: usize,
+    /// Where in the file.
+    offset: u64,
+    /// Where in the batch's bytes.
+    start: usize,
+    len: usize,
+    /// The last of the file's groups is among them.
+    completes: bool,
+}
+
+/// Is this file written with `O_DIRECT` (and its batches on a blocking thread)?
+fn is_large(entry: &crate::manifest::Entry) -> bool {
+    entry.size >= DIRECT_MIN
 }
 
 /// A buffer whose bytes start at a [`DIRECT_ALIGN`]-aligned address, as `O_DIRECT` needs.

@@ -16,7 +16,7 @@ use warren_transfer::manifest::Entry;
 use warren_transfer::receive::{PARTIAL_DIR, ReceiveError};
 use warren_transfer::tree::group_range;
 use warren_transfer::wire::{PROTOCOL, Request, Response};
-use warren_transfer::{Config, GROUP, Manifest, Outboard, Provider, ReceiveOptions, receive};
+use warren_transfer::{Config, GROUP, Hash, Manifest, Outboard, Provider, ReceiveOptions, receive};
 
 fn temp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("warren-transfer-{name}-{}", std::process::id()));
@@ -30,6 +30,33 @@ async fn node() -> (P2P, SocketAddr) {
     let p2p = P2P::builder("warren-test", Identity::generate()).listen_quic(lo).spawn().await.unwrap();
     let addr = p2p.record().addrs[0];
     (p2p, addr)
+}
+
+/// A node that knows where each of `peers` listens.
+async fn knowing(peers: &[(&P2P, SocketAddr)]) -> P2P {
+    let (p2p, _) = node().await;
+    for (peer, addr) in peers {
+        p2p.discovered("test", peer.id(), [*addr], Default::default());
+    }
+    p2p
+}
+
+/// A node serving `paths` through a [`Provider`], and a receiver that knows its address.
+struct Serving {
+    sender: P2P,
+    provider: Provider,
+    manifest: Manifest,
+    hash: Hash,
+    receiver: P2P,
+}
+
+async fn serving(paths: &[PathBuf]) -> Serving {
+    let (sender, addr) = node().await;
+    let provider = Provider::new();
+    provider.register(&sender).unwrap();
+    let (manifest, hash) = provider.add_paths(paths).await.unwrap();
+    let receiver = knowing(&[(&sender, addr)]).await;
+    Serving { sender, provider, manifest, hash, receiver }
 }
 
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
@@ -63,15 +90,10 @@ async fn a_folder_arrives_whole_verified_and_with_its_modes() {
     let dir = temp("folder");
     let src = dir.join("src").join("album");
     let files = folder(&src);
-    let (sender, addr) = node().await;
-    let provider = Provider::new();
-    provider.register(&sender).unwrap();
-    let (manifest, hash) = provider.add_paths(std::slice::from_ref(&src)).await.unwrap();
+    let Serving { sender, manifest, hash, receiver, .. } = serving(std::slice::from_ref(&src)).await;
     assert_eq!(manifest.entries.len(), files.len());
     assert!(manifest.entries.iter().all(|e| e.path.starts_with("album/")), "named by the folder");
 
-    let (receiver, _) = node().await;
-    receiver.discovered("test", sender.id(), [addr], Default::default());
     let out = dir.join("out");
     let summary = receive(&receiver, hash, &[sender.id()], options(&out), |_| {}).await.unwrap();
     assert_eq!((summary.files, summary.kept), (files.len(), 0));
@@ -182,8 +204,7 @@ async fn a_lying_provider_is_caught_within_one_group_and_nothing_reaches_the_fin
     let mut liar = Hostile::new("file.bin", bytes(5, 40 * GROUP as usize));
     liar.corrupt = Some(9);
     let (sender, addr) = hostile_node(&liar).await;
-    let (receiver, _) = node().await;
-    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let receiver = knowing(&[(&sender, addr)]).await;
     let out = dir.join("out");
     let config = Config { groups_per_request: 8, requests_per_peer: 1, ..Config::default() };
     let error = receive(&receiver, liar.hash(), &[sender.id()], ReceiveOptions { out: out.clone(), config }, |_| {})
@@ -213,9 +234,7 @@ async fn two_providers_share_the_work_and_one_leaving_loses_nothing() {
     leaving.stop_after = Some(2 * 1024 * 1024);
     let (a, a_addr) = hostile_node(&honest).await;
     let (b, b_addr) = hostile_node(&leaving).await;
-    let (receiver, _) = node().await;
-    receiver.discovered("test", a.id(), [a_addr], Default::default());
-    receiver.discovered("test", b.id(), [b_addr], Default::default());
+    let receiver = knowing(&[(&a, a_addr), (&b, b_addr)]).await;
     let out = dir.join("out");
     let failed = Arc::new(std::sync::Mutex::new(Vec::<RemoteIdentity>::new()));
     let seen = failed.clone();
@@ -246,12 +265,7 @@ async fn an_interrupted_receive_resumes_and_fetches_again_at_most_what_was_in_fl
     let src = dir.join("big.bin");
     let data = bytes(7, 3000 * GROUP as usize);
     std::fs::write(&src, &data).unwrap();
-    let (sender, addr) = node().await;
-    let provider = Provider::new();
-    provider.register(&sender).unwrap();
-    let (_, hash) = provider.add_paths(&[src]).await.unwrap();
-    let (receiver, _) = node().await;
-    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let Serving { sender, provider, hash, receiver, .. } = serving(&[src]).await;
     let out = dir.join("out");
     let config = Config::default();
 
@@ -306,8 +320,7 @@ async fn traversal_in_a_manifest_and_a_symlink_in_the_destination_are_refused() 
     // A provider whose manifest (hashing right) names a path out of the destination.
     let evil = Hostile::new("../escaped", bytes(8, 10));
     let (sender, addr) = hostile_node(&evil).await;
-    let (receiver, _) = node().await;
-    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let receiver = knowing(&[(&sender, addr)]).await;
     let out = dir.join("out");
     let error = receive(&receiver, evil.hash(), &[sender.id()], options(&out), |_| {}).await.unwrap_err();
     assert!(error.to_string().contains("refused path"), "{error}");
@@ -353,12 +366,7 @@ async fn small_files_are_sent_whole_by_hash_and_nothing_else_is() {
     let dir = temp("files");
     let src = dir.join("src").join("album");
     let files = folder(&src);
-    let (sender, addr) = node().await;
-    let provider = Provider::new();
-    provider.register(&sender).unwrap();
-    let (manifest, _) = provider.add_paths(std::slice::from_ref(&src)).await.unwrap();
-    let (receiver, _) = node().await;
-    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let Serving { sender, manifest, receiver, .. } = serving(std::slice::from_ref(&src)).await;
     let hash_of = |path: &str| manifest.entries.iter().find(|e| e.path == format!("album/{path}")).unwrap().hash;
     let data_of = |path: &str| files.iter().find(|(p, _)| p == path).unwrap().1.clone();
     // Three small files, one of them twice, in the order asked.
@@ -407,12 +415,7 @@ async fn a_full_disk_is_a_clear_error_and_nothing_is_left_under_the_final_name()
     let mounted = Mounted(small.clone());
     let src = dir.join("big.bin");
     std::fs::write(&src, bytes(9, 3 << 20)).unwrap();
-    let (sender, addr) = node().await;
-    let provider = Provider::new();
-    provider.register(&sender).unwrap();
-    let (_, hash) = provider.add_paths(std::slice::from_ref(&src)).await.unwrap();
-    let (receiver, _) = node().await;
-    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let Serving { sender, hash, receiver, .. } = serving(std::slice::from_ref(&src)).await;
 
     let error = receive(&receiver, hash, &[sender.id()], options(&small), |_| {}).await.unwrap_err();
     let message = error.to_string();
@@ -433,8 +436,7 @@ async fn a_checkpoint_that_fails_stops_the_receive_at_once() {
     let mut silent = Hostile::new("big.bin", bytes(10, 8 << 20));
     silent.stall_after = Some(2 << 20);
     let (sender, addr) = hostile_node(&silent).await;
-    let (receiver, _) = node().await;
-    receiver.discovered("test", sender.id(), [addr], Default::default());
+    let receiver = knowing(&[(&sender, addr)]).await;
     let out = dir.join("out");
     let started = Arc::new(tokio::sync::Notify::new());
     let signal = started.clone();
