@@ -224,6 +224,22 @@ impl<P: Ord + Clone + std::fmt::Debug> Fetch<P> {
         self.verify_done(file, index)
     }
 
+    /// Group `index` of `file` was accepted but could not be written (a full disk, an I/O
+    /// error): it is not verified after all, so no bitfield names it, and it is free to ask
+    /// for again.
+    pub fn unverify(&mut self, file: usize, index: u64) {
+        let state = &mut self.files[file];
+        if !state.verified.get(index) {
+            return;
+        }
+        state.verified.set(index, false);
+        state.verified_count -= 1;
+        state.cursor = state.cursor.min(index);
+        let range = group_range(state.size, index);
+        self.verified_bytes -= range.end - range.start;
+        self.file_cursor = self.file_cursor.min(file);
+    }
+
     /// Is group `index` of `file` verified?
     pub fn is_verified(&self, file: usize, index: u64) -> bool {
         self.files[file].verified.get(index)

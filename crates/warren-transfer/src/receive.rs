@@ -199,6 +199,71 @@ struct Shared {
     made: Mutex<std::collections::HashSet<PathBuf>>,
     /// Providers this receive started with.
     providers: usize,
+    /// The receive has ended (its last checkpoint ran, or its future was dropped): a batch
+    /// still being checked on a blocking thread is neither accepted nor written. Set under the
+    /// write gate, so no batch is half-way through when it is.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Slot {
+    /// File `index`'s place: its state files in `state`, its final path.
+    fn new(state: &Path, index: usize, final_path: PathBuf) -> Self {
+        Self {
+            part: state.join(format!("{index}.part")),
+            bits: state.join(format!("{index}.bits")),
+            outboard: state.join(format!("{index}.outboard")),
+            final_path,
+            handle: None,
+            direct: None,
+            no_direct: false,
+            sized: false,
+            bits_saved: false,
+            dirty: false,
+            complete: false,
+            done: false,
+        }
+    }
+}
+
+impl Shared {
+    fn new(
+        manifest: Manifest,
+        fetch: Fetch<RemoteIdentity>,
+        slots: Vec<Slot>,
+        out: &Path,
+        report: Report,
+        providers: usize,
+    ) -> Self {
+        Self {
+            fetch: Mutex::new(fetch),
+            slots: Mutex::new(slots),
+            manifest,
+            out: out.to_owned(),
+            changed: tokio::sync::Notify::new(),
+            report,
+            fetched: Mutex::default(),
+            writes: std::sync::RwLock::new(()),
+            checkpointing: Mutex::new(()),
+            made: Mutex::default(),
+            providers,
+            closed: Default::default(),
+        }
+    }
+
+    /// Ends the receive for batches still on blocking threads (see [`Shared::closed`]).
+    fn close(&self) {
+        let _gate = self.writes.write().expect("write gate");
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Closes the receive when its future ends, however it ends.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// Receives the content `hash` names from `providers` into `options.out`, resuming what an
@@ -216,38 +281,15 @@ pub async fn receive(
     std::fs::create_dir_all(&state).map_err(io(&state))?;
     let manifest = manifest(p2p, hash, providers, &state).await?;
     let mut fetch = Fetch::new(&manifest, options.config);
-    let mut slots = Vec::new();
-    for (index, entry) in manifest.entries.iter().enumerate() {
-        let final_path = out.join(&entry.path);
-        slots.push(Slot {
-            part: state.join(format!("{index}.part")),
-            bits: state.join(format!("{index}.bits")),
-            outboard: state.join(format!("{index}.outboard")),
-            final_path,
-            handle: None,
-            direct: None,
-            no_direct: false,
-            sized: false,
-            bits_saved: false,
-            dirty: false,
-            complete: false,
-            done: false,
-        });
-    }
+    let mut slots: Vec<Slot> = manifest
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| Slot::new(&state, index, out.join(&entry.path)))
+        .collect();
     let kept = resume(&manifest, &mut fetch, &mut slots)?;
-    let shared = Arc::new(Shared {
-        fetch: Mutex::new(fetch),
-        slots: Mutex::new(slots),
-        manifest,
-        out: out.clone(),
-        changed: tokio::sync::Notify::new(),
-        report: Arc::new(report),
-        fetched: Mutex::default(),
-        writes: std::sync::RwLock::new(()),
-        checkpointing: Mutex::new(()),
-        made: Mutex::default(),
-        providers: providers.len(),
-    });
+    let shared = Arc::new(Shared::new(manifest, fetch, slots, &out, Arc::new(report), providers.len()));
+    let _close = CloseOnDrop(shared.clone());
     let total = shared.manifest.total_size();
     (shared.report)(&Progress::Started { files: shared.manifest.entries.len(), total, kept });
     // Files that were complete (or empty) go into place at the first checkpoint.
@@ -271,7 +313,7 @@ pub async fn receive(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(CHECKPOINT_EVERY).await;
-                if let Err(error) = checkpoint_blocking(&shared).await {
+                if let Err(error) = checkpoint_blocking(&shared, false).await {
                     return error;
                 }
             }
@@ -293,7 +335,12 @@ pub async fn receive(
             }
         };
         let Some(joined) = joined else { break };
-        let Ok((provider, result)) = joined else { continue };
+        let (provider, result) = match joined {
+            Ok(joined) => joined,
+            // A request loop that panicked would leave its requests in flight for ever.
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => continue,
+        };
         match result {
             Ok(()) => {
                 // Done: a loop still waiting on a provider that went away has nothing to wait for.
@@ -314,7 +361,7 @@ pub async fn receive(
         }
     }
     drop(checkpoints);
-    let saved = checkpoint_blocking(&shared).await;
+    let saved = checkpoint_blocking(&shared, true).await;
     if let Some(error) = fatal {
         return Err(error);
     }
@@ -562,10 +609,7 @@ async fn request(
                 } else {
                     take_batch(shared, &batch, &buf.bytes()[..total as usize])
                 };
-                let Taken { lie } = taken.map_err(RequestError::Local)?;
-                if let Some(error) = lie {
-                    return Err(RequestError::Lied(error));
-                }
+                taken?;
                 let (done, total) = shared.fetch.lock().expect("fetch lock").progress();
                 (shared.report)(&Progress::Bytes { done, total });
             }
@@ -581,17 +625,12 @@ struct Batch {
     dues: Vec<Due>,
 }
 
-/// What became of a batch.
-struct Taken {
-    /// Why the rest was not taken: a group that did not verify, or a request taken back.
-    lie: Option<FetchError>,
-}
-
 /// Checks a batch's groups (`data`, back to back), accepts those that verify, in order up to the
 /// first that does not, and writes them, each file's run in one call; a file they complete is
-/// marked for the next checkpoint, and the bytes are counted for their provider. What verified
-/// before a lie is kept.
-fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, ReceiveError> {
+/// marked for the next checkpoint, and the bytes written are counted for their provider. What
+/// verified before a lie is kept. Groups accepted but not written (the disk refused them) are
+/// unverified again, so no bitfield names bytes that are not on disk.
+fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<(), RequestError> {
     let mut checked = Vec::with_capacity(batch.dues.len());
     let mut lie = None;
     let mut at = 0usize;
@@ -607,8 +646,11 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
         at += len;
     }
     let writing = shared.writes.read().expect("write gate");
+    if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(RequestError::Failed("the receive has ended".into()));
+    }
     let mut runs: Vec<Run> = Vec::new();
-    let mut written = 0u64;
+    let mut accepted_len = 0usize;
     {
         let mut fetch = shared.fetch.lock().expect("fetch lock");
         for proof in checked {
@@ -623,12 +665,12 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
                         _ => runs.push(Run {
                             file: accepted.file,
                             offset: accepted.offset,
-                            start: written as usize,
+                            start: accepted_len,
                             len,
                             completes: accepted.file_done,
                         }),
                     }
-                    written += len as u64;
+                    accepted_len += len;
                 }
                 // The request was taken back meanwhile (its provider given up by another
                 // loop): nothing more of it is accepted.
@@ -639,9 +681,16 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
             }
         }
     }
-    for run in &runs {
+    let mut written = 0u64;
+    let mut failed = None;
+    for (n, run) in runs.iter().enumerate() {
         let large = is_large(&shared.manifest.entries[run.file]);
-        write_group(shared, run.file, run.offset, &data[run.start..run.start + run.len], large)?;
+        if let Err(error) = write_group(shared, run.file, run.offset, &data[run.start..run.start + run.len], large) {
+            unaccept(shared, &runs[n..]);
+            failed = Some(error);
+            break;
+        }
+        written += run.len as u64;
         if run.completes {
             let mut slots = shared.slots.lock().expect("slot lock");
             let slot = &mut slots[run.file];
@@ -656,11 +705,31 @@ fn take_batch(shared: &Shared, batch: &Batch, data: &[u8]) -> Result<Taken, Rece
             }
         }
     }
-    drop(writing);
-    // Counted here, with the write: a request loop stopped while this runs on a blocking
-    // thread (the receive is done) does not lose the count.
+    // Counted with the write, under the gate: a request loop stopped while this runs on a
+    // blocking thread (the receive is done) does not lose the count, and the last checkpoint,
+    // which closes the receive, sees it.
     *shared.fetched.lock().expect("fetched lock").entry(batch.provider).or_default() += written;
-    Ok(Taken { lie })
+    drop(writing);
+    match (failed, lie) {
+        (Some(error), _) => Err(RequestError::Local(error)),
+        (None, Some(lie)) => Err(RequestError::Lied(lie)),
+        (None, None) => Ok(()),
+    }
+}
+
+/// Takes back runs accepted but not written: their groups are not verified after all, and a
+/// file one of them completed (perhaps with another request loop's groups) is not complete.
+fn unaccept(shared: &Shared, runs: &[Run]) {
+    let mut fetch = shared.fetch.lock().expect("fetch lock");
+    let mut slots = shared.slots.lock().expect("slot lock");
+    for run in runs {
+        let first = run.offset / crate::tree::GROUP;
+        let end = (run.offset + run.len as u64).div_ceil(crate::tree::GROUP);
+        for index in first..end {
+            fetch.unverify(run.file, index);
+        }
+        slots[run.file].complete = false;
+    }
 }
 
 /// Groups of one file accepted together, to be written in one call.
@@ -783,9 +852,9 @@ fn start_writeback(handle: &std::fs::File, offset: u64, len: u64) {
 type Dirty = (usize, PathBuf, PathBuf, Option<Arc<std::fs::File>>);
 
 /// [`checkpoint`] on a blocking thread (it syncs files).
-async fn checkpoint_blocking(shared: &Arc<Shared>) -> Result<(), ReceiveError> {
+async fn checkpoint_blocking(shared: &Arc<Shared>, last: bool) -> Result<(), ReceiveError> {
     let shared = shared.clone();
-    match tokio::task::spawn_blocking(move || checkpoint(&shared)).await {
+    match tokio::task::spawn_blocking(move || checkpoint(&shared, last)).await {
         Ok(result) => result,
         Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
         // The runtime is shutting down: the next run resumes from the checkpoint before.
@@ -794,13 +863,17 @@ async fn checkpoint_blocking(shared: &Arc<Shared>) -> Result<(), ReceiveError> {
 }
 
 /// Makes written groups durable: snapshot the bitfields, sync the partial files, then replace
-/// the bitfields; then the files completed since go into place, after one `syncfs`.
-fn checkpoint(shared: &Shared) -> Result<(), ReceiveError> {
+/// the bitfields; then the files completed since go into place, after one `syncfs`. The `last`
+/// one closes the receive first: nothing is accepted or written after it.
+fn checkpoint(shared: &Shared, last: bool) -> Result<(), ReceiveError> {
     // One checkpoint at a time.
     let _serial = shared.checkpointing.lock().expect("checkpoint lock");
     // The gate is held only while the bitfields are snapshotted: every group they name is
     // written by then, and the syncs below run while the receive goes on writing.
     let gate = shared.writes.write().expect("write gate");
+    if last {
+        shared.closed.store(true, std::sync::atomic::Ordering::Release);
+    }
     let (dirty, complete): (Vec<Dirty>, Vec<usize>) = {
         let mut slots = shared.slots.lock().expect("slot lock");
         let complete = slots.iter().enumerate().filter(|(_, s)| s.complete && !s.done).map(|(i, _)| i).collect();
@@ -850,6 +923,9 @@ fn place(shared: &Shared, files: &[usize]) -> Result<(), ReceiveError> {
             }
             slot.direct = None;
             if slot.sized {
+                // A handle another request loop opened to write its part of the file after the
+                // file's last group (the file is whole either way) is not kept open.
+                slot.handle = None;
                 to_rename.push(file);
                 continue;
             }
@@ -922,7 +998,8 @@ fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
         return Ok(());
     }
     let error = std::io::Error::last_os_error();
-    if error.raw_os_error() != Some(libc::EINVAL) {
+    // No such call (ENOSYS: an old kernel, a sandbox), or no such flag for this file system.
+    if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
         return Err(error);
     }
     if std::fs::symlink_metadata(to).is_ok() {
@@ -1038,9 +1115,12 @@ fn resume(manifest: &Manifest, fetch: &mut Fetch<RemoteIdentity>, slots: &mut [S
     Ok(fetch.progress().0)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, synced, renamed over it.
+/// Writes `bytes` to `path` atomically: a temporary file beside it (its own: `N.bits` and
+/// `N.outboard` do not share one), synced, renamed over it.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReceiveError> {
-    let temp = path.with_extension("tmp");
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".tmp");
+    let temp = PathBuf::from(temp);
     let result = (|| {
         let mut file = std::fs::File::create(&temp)?;
         std::io::Write::write_all(&mut file, bytes)?;
@@ -1053,4 +1133,96 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReceiveError> {
 /// Lowercase hex.
 pub fn hex(hash: &Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Entry;
+
+    /// A receive's shared state for `datas` (no network), each file's partial file in `state`
+    /// unless `unwritable` names it: that one's partial file is under a plain file, so the disk
+    /// refuses it (ENOTDIR).
+    fn shared(datas: &[Vec<u8>], state: &Path, unwritable: usize) -> Shared {
+        let entries = datas
+            .iter()
+            .enumerate()
+            .map(|(f, data)| Entry {
+                path: format!("f{f}"),
+                size: data.len() as u64,
+                mode: 0o644,
+                hash: *blake3::hash(data).as_bytes(),
+            })
+            .collect();
+        let manifest = Manifest::new(entries).unwrap();
+        std::fs::write(state.join("plain"), b"").unwrap();
+        let slots = (0..datas.len())
+            .map(|f| {
+                let mut slot = Slot::new(state, f, state.join(format!("f{f}")));
+                if f == unwritable {
+                    slot.part = state.join("plain").join(format!("{f}.part"));
+                }
+                slot
+            })
+            .collect();
+        let fetch = Fetch::new(&manifest, Config::default());
+        Shared::new(manifest, fetch, slots, state, Arc::new(|_| {}), 1)
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("warren-receive-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The one request the fetch plans for `provider` (small files: all of them), as a batch.
+    fn batch(shared: &Shared, provider: RemoteIdentity) -> Batch {
+        let mut fetch = shared.fetch.lock().unwrap();
+        let planned = fetch.next_request(&provider).unwrap();
+        assert!(matches!(planned.request, Request::Files { .. }), "{:?}", planned.request);
+        let dues = fetch.next_groups(planned.id, BATCH as usize);
+        Batch { provider, id: planned.id, dues }
+    }
+
+    #[test]
+    fn groups_the_disk_refused_are_not_verified_and_the_ones_before_are_kept() {
+        let dir = temp("refused");
+        let datas: Vec<Vec<u8>> = [100usize, 200, 300].iter().map(|&n| vec![n as u8; n]).collect();
+        let shared = shared(&datas, &dir, 1);
+        let provider = warren::Identity::generate().to_remote_identity();
+        let batch = batch(&shared, provider);
+        let data: Vec<u8> = datas.concat();
+
+        let result = take_batch(&shared, &batch, &data);
+        assert!(matches!(result, Err(RequestError::Local(ReceiveError::Io { .. }))));
+        let fetch = shared.fetch.lock().unwrap();
+        // The first file was written: verified, complete, counted. The one the disk refused
+        // and the one after it are not verified, so no bitfield can name them.
+        assert!(fetch.file_done(0));
+        assert!(!fetch.is_verified(1, 0) && !fetch.is_verified(2, 0));
+        assert_eq!(fetch.progress().0, 100);
+        let slots = shared.slots.lock().unwrap();
+        assert!(slots[0].complete && !slots[1].complete && !slots[2].complete);
+        assert_eq!(std::fs::read(&slots[0].part).unwrap(), datas[0]);
+        assert!(!slots[2].part.exists(), "nothing written after the refused file");
+        assert_eq!(shared.fetched.lock().unwrap()[&provider], 100, "only what was written is counted");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_batch_checked_after_the_receive_ended_is_neither_accepted_nor_written() {
+        let dir = temp("closed");
+        let datas: Vec<Vec<u8>> = [100usize, 200].iter().map(|&n| vec![n as u8; n]).collect();
+        let shared = shared(&datas, &dir, usize::MAX);
+        let provider = warren::Identity::generate().to_remote_identity();
+        let batch = batch(&shared, provider);
+        shared.close();
+
+        let result = take_batch(&shared, &batch, &datas.concat());
+        assert!(matches!(result, Err(RequestError::Failed(_))));
+        assert_eq!(shared.fetch.lock().unwrap().progress().0, 0);
+        assert!(shared.slots.lock().unwrap().iter().all(|s| !s.part.exists()));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -401,7 +401,7 @@ impl Drop for Mounted {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_a_clear_error_and_nothing_is_left_under_the_final_name() {
+async fn a_full_disk_is_a_clear_error_nothing_is_left_under_the_final_name_and_the_next_run_resumes() {
     // A 1 MiB filesystem of its own (needs root, as the simulator's tests do), a 3 MiB file.
     let dir = temp("full-disk");
     let small = dir.join("small");
@@ -422,6 +422,17 @@ async fn a_full_disk_is_a_clear_error_and_nothing_is_left_under_the_final_name()
     assert!(matches!(error, ReceiveError::Io { .. }), "{message}");
     assert!(message.contains("no space left on the device"), "{message}");
     assert!(!small.join("big.bin").exists(), "nothing under the final name");
+    // Room is made and the same receive runs again: it resumes from what the failed run
+    // saved, and what it saved names only groups that reached the disk (the bytes match).
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,size=16m"])
+        .arg(&small)
+        .status()
+        .expect("running mount");
+    assert!(status.success());
+    let summary = receive(&receiver, hash, &[sender.id()], options(&small), |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(small.join("big.bin")).unwrap(), std::fs::read(&src).unwrap());
+    assert!(summary.kept > 0, "what reached the disk before it filled was kept");
     sender.shutdown().await;
     receiver.shutdown().await;
     drop(mounted);

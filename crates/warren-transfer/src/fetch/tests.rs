@@ -312,3 +312,30 @@ fn a_lie_in_a_batch_of_small_files_keeps_the_files_before_it_and_gives_the_rest_
     }
     assert!(fetch.is_done());
 }
+
+#[test]
+fn groups_that_could_not_be_written_are_unverified_and_asked_for_again() {
+    let (manifest, datas) = content(&[40 * GROUP, 100, 200]);
+    let mut fetch = Fetch::new(&manifest, Config { groups_per_request: 8, ..Config::default() });
+    let outboard = fetch.next_request(&1).unwrap();
+    let Answer::Outboard(cvs) = answer(&datas, &outboard) else { unreachable!() };
+    fetch.on_outboard(&1, outboard.id, cvs).unwrap();
+    let p = fetch.next_request(&1).unwrap();
+    let Answer::Groups(groups) = answer(&datas, &p) else { unreachable!() };
+    for group in &groups {
+        fetch.on_group(&1, p.id, group).unwrap();
+    }
+    assert_eq!(fetch.progress().0, 8 * GROUP);
+    // The disk refused groups 3 to 7: only 0 to 2 stay verified, and the bitfield says so.
+    for index in 3..8 {
+        fetch.unverify(0, index);
+    }
+    fetch.unverify(0, 3); // twice changes nothing
+    assert_eq!(fetch.progress().0, 3 * GROUP);
+    assert_eq!(fetch.verified_bits(0)[0], 0b111);
+    // Everything else is fetched, the unwritten groups among it, each once.
+    let (out, fetched) = run(&mut fetch, &datas, &[1]);
+    assert_eq!(fetched, manifest.total_size() - 3 * GROUP);
+    assert_eq!(out[0][3 * GROUP as usize..], datas[0][3 * GROUP as usize..]);
+    assert!(fetch.is_done());
+}
