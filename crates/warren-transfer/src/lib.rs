@@ -4,7 +4,7 @@
 //! Layers, bottom up (docs/transfer.md has the design):
 //! - [`tree`]: content addressing by BLAKE3 and the 16 KiB chunk groups each verified alone;
 //! - [`manifest`] and [`ticket`]: what a transfer carries and how a receiver names it;
-//! - [`wire`]: the `warren/transfer/1` requests and answers, bounded;
+//! - [`wire`]: the `warren/transfer/2` requests and answers, bounded;
 //! - [`fetch`]: the receiver's plan as a sans-IO state machine (which peer fetches what, what
 //!   is verified, what goes back in the queue);
 //! - [`provider`] and [`receive`]: the tokio drivers on a [`warren::P2P`] node, with the files

@@ -1,5 +1,5 @@
 //! The sender's side: files and folders added to a [`Provider`] are hashed once (outboards in
-//! memory, the bytes read from disk on each request) and served on `warren/transfer/1` to any
+//! memory, the bytes read from disk on each request) and served on `warren/transfer/2` (and 1) to any
 //! peer that names their hash, many at once, within bounds.
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use warren::{P2P, RemoteIdentity, Stream};
 
 use crate::manifest::{Entry, Manifest, ManifestError, check_path};
 use crate::tree::{Hash, Outboard, OutboardBuilder, group_range};
-use crate::wire::{PROTOCOL, Request, Response, check_ranges};
+use crate::wire::{PROTOCOL, PROTOCOL_V1, Request, Response, check_ranges};
 
 /// Requests served at once, over all peers.
 pub const MAX_CONCURRENT: usize = 64;
@@ -113,13 +113,17 @@ impl Provider {
         Self::default()
     }
 
-    /// Serves this provider's content on `p2p` ([`PROTOCOL`]).
+    /// Serves this provider's content on `p2p` ([`PROTOCOL`], and [`PROTOCOL_V1`] for receivers
+    /// of the first version).
     pub fn register(&self, p2p: &P2P) -> Result<(), warren::RegisterError> {
-        let this = self.clone();
-        p2p.register_protocol(PROTOCOL, move |stream| {
-            let this = this.clone();
-            async move { this.serve(stream).await }
-        })
+        for name in [PROTOCOL, PROTOCOL_V1] {
+            let this = self.clone();
+            p2p.register_protocol(name, move |stream| {
+                let this = this.clone();
+                async move { this.serve(stream).await }
+            })?;
+        }
+        Ok(())
     }
 
     /// Adds files and folders (each by its own name; a folder with everything under it) and
@@ -190,13 +194,20 @@ impl Provider {
                 if let Err(error) = check_ranges(&ranges, file.outboard.groups()) {
                     return self.refuse(&mut stream, &error.to_string()).await;
                 }
-                self.send_groups(&mut stream, &file, &ranges).await
+                let handle = match open_unchanged(&file) {
+                    Ok(handle) => handle,
+                    Err(reason) => return self.refuse(&mut stream, &reason).await,
+                };
+                self.send_groups(&mut stream, &file, &handle, &ranges).await
             }
             Request::Files { hashes } => {
                 let mut files = Vec::with_capacity(hashes.len());
                 for hash in &hashes {
                     match self.file(hash) {
-                        Some(file) if file.outboard.groups() == 1 => files.push(file),
+                        Some(file) if file.outboard.groups() == 1 => match open_unchanged(&file) {
+                            Ok(handle) => files.push((file, handle)),
+                            Err(reason) => return self.refuse(&mut stream, &reason).await,
+                        },
                         Some(_) => {
                             return self.refuse(&mut stream, "a file of more than one group asked for whole").await;
                         }
@@ -226,20 +237,19 @@ impl Provider {
         let _ = stream.finish();
     }
 
-    async fn send_groups(&self, stream: &mut Stream, file: &Shared, ranges: &[(u64, u64)]) -> std::io::Result<()> {
+    async fn send_groups(
+        &self,
+        stream: &mut Stream,
+        file: &Shared,
+        handle: &std::fs::File,
+        ranges: &[(u64, u64)],
+    ) -> std::io::Result<()> {
         let size = file.outboard.size();
         let spans: Vec<(u64, u64)> = ranges
             .iter()
             .map(|&(start, end)| (group_range(size, start).start, group_range(size, end - 1).end))
             .collect();
         let len: u64 = spans.iter().map(|(s, e)| e - s).sum();
-        let handle = std::fs::File::open(&file.path)?;
-        // The file changed since it was hashed: say so rather than send what will not verify.
-        if handle.metadata()?.len() != size {
-            let reason = format!("{} changed since it was added", file.path.display());
-            warren::wire::control::write(stream, &Response::Refused { reason }).await.map_err(std::io::Error::other)?;
-            return Ok(());
-        }
         warren::wire::control::write(stream, &Response::Ok { len }).await.map_err(std::io::Error::other)?;
         for (start, end) in spans {
             let mut at = start;
@@ -258,22 +268,13 @@ impl Provider {
     }
 
     /// Sends small files whole, back to back (each at most one group, so at most
-    /// [`crate::wire::MAX_FILES_PER_REQUEST`] groups in all): all are read first, so a file that
-    /// changed since it was hashed is refused before a byte is sent.
-    async fn send_files(&self, stream: &mut Stream, files: &[Arc<Shared>]) -> std::io::Result<()> {
-        let len: u64 = files.iter().map(|f| f.outboard.size()).sum();
+    /// [`crate::wire::MAX_FILES_PER_REQUEST`] groups in all), opened by [`open_unchanged`].
+    async fn send_files(&self, stream: &mut Stream, files: &[(Arc<Shared>, std::fs::File)]) -> std::io::Result<()> {
+        let len: u64 = files.iter().map(|(f, _)| f.outboard.size()).sum();
         let mut bytes = bytes::BytesMut::zeroed(len as usize);
         let mut at = 0usize;
-        for file in files {
+        for (file, handle) in files {
             let size = file.outboard.size() as usize;
-            let handle = std::fs::File::open(&file.path)?;
-            if handle.metadata()?.len() != size as u64 {
-                let reason = format!("{} changed since it was added", file.path.display());
-                warren::wire::control::write(stream, &Response::Refused { reason })
-                    .await
-                    .map_err(std::io::Error::other)?;
-                return Ok(());
-            }
             handle.read_exact_at(&mut bytes[at..at + size], 0)?;
             at += size;
         }
@@ -281,6 +282,18 @@ impl Provider {
         stream.send_mut().write_chunk(bytes.freeze()).await?;
         self.inner.stats.lock().expect("stats lock").bytes += len;
         Ok(())
+    }
+}
+
+/// Opens a file to serve, or says why not: it cannot be read, or it changed since it was
+/// hashed (its length differs), and what it would send would not verify.
+fn open_unchanged(file: &Shared) -> Result<std::fs::File, String> {
+    let path = file.path.display();
+    let handle = std::fs::File::open(&file.path).map_err(|e| format!("{path} cannot be read: {e}"))?;
+    match handle.metadata() {
+        Ok(meta) if meta.len() == file.outboard.size() => Ok(handle),
+        Ok(_) => Err(format!("{path} changed since it was added")),
+        Err(e) => Err(format!("{path} cannot be read: {e}")),
     }
 }
 

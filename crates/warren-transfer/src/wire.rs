@@ -1,5 +1,8 @@
-//! The `warren/transfer/1` protocol: one request per stream, answered by a header and then raw
-//! bytes whose length the header states.
+//! The `warren/transfer/2` protocol: one request per stream, answered by a header and then raw
+//! bytes whose length the header states. Version 2 added `Files`; a provider also answers on
+//! [`PROTOCOL_V1`], whose receivers never ask for it (the other requests encode as before). A
+//! receiver of this version asks on version 2 only: a provider of version 1 answers that it
+//! does not speak it, a clear error rather than a stream dropped at the first `Files`.
 //!
 //! ```text
 //! Manifest { hash }            -> Ok { len } + the manifest's encoding
@@ -18,7 +21,10 @@
 use crate::tree::Hash;
 
 /// The protocol name.
-pub const PROTOCOL: &str = "warren/transfer/1";
+pub const PROTOCOL: &str = "warren/transfer/2";
+/// The first version's name, still served (everything but `Files`, which its receivers never
+/// ask for).
+pub const PROTOCOL_V1: &str = "warren/transfer/1";
 /// Most ranges in one request.
 pub const MAX_RANGES: usize = 64;
 /// Most groups one request asks for (16 MiB).

@@ -15,7 +15,7 @@ use warren::{Identity, P2P, RemoteIdentity, Stream};
 use warren_transfer::manifest::Entry;
 use warren_transfer::receive::{PARTIAL_DIR, ReceiveError};
 use warren_transfer::tree::group_range;
-use warren_transfer::wire::{PROTOCOL, Request, Response};
+use warren_transfer::wire::{PROTOCOL, PROTOCOL_V1, Request, Response};
 use warren_transfer::{Config, GROUP, Hash, Manifest, Outboard, Provider, ReceiveOptions, receive};
 
 fn temp(name: &str) -> PathBuf {
@@ -145,8 +145,12 @@ impl Hostile {
     }
 
     fn register(&self, p2p: &P2P) {
+        self.register_as(p2p, PROTOCOL);
+    }
+
+    fn register_as(&self, p2p: &P2P, protocol: &str) {
         let this = self.clone();
-        p2p.register_protocol(PROTOCOL, move |stream| {
+        p2p.register_protocol(protocol, move |stream| {
             let this = this.clone();
             async move { this.serve(stream).await }
         })
@@ -353,7 +357,16 @@ async fn traversal_in_a_manifest_and_a_symlink_in_the_destination_are_refused() 
 
 /// Asks `provider` for `request` on a raw stream: what it answered, and the bytes after it.
 async fn ask_raw(receiver: &P2P, provider: RemoteIdentity, request: &Request) -> (Response, Vec<u8>) {
-    let mut stream = receiver.connect(provider, PROTOCOL).await.unwrap();
+    ask_raw_on(receiver, provider, PROTOCOL, request).await
+}
+
+async fn ask_raw_on(
+    receiver: &P2P,
+    provider: RemoteIdentity,
+    protocol: &str,
+    request: &Request,
+) -> (Response, Vec<u8>) {
+    let mut stream = receiver.connect(provider, protocol).await.unwrap();
     warren::wire::control::write(&mut stream, request).await.unwrap();
     let response = warren::wire::control::read::<_, Response>(&mut stream).await.unwrap();
     let mut rest = Vec::new();
@@ -483,6 +496,62 @@ async fn a_checkpoint_that_fails_stops_the_receive_at_once() {
     assert!(took < std::time::Duration::from_secs(10), "the receive went on {took:?} after the checkpoint failed");
     assert!(!out.join("big.bin").exists());
     sender.shutdown().await;
+    receiver.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_changed_or_gone_since_it_was_added_is_refused_not_served() {
+    let dir = temp("changed");
+    let src = dir.join("src").join("album");
+    folder(&src);
+    let Serving { sender, provider, manifest, receiver, .. } = serving(std::slice::from_ref(&src)).await;
+    let hash_of = |path: &str| manifest.entries.iter().find(|e| e.path == format!("album/{path}")).unwrap().hash;
+    std::fs::write(src.join("run.sh"), b"shorter now").unwrap();
+    std::fs::remove_file(src.join("docs/deep/b.bin")).unwrap();
+    for (request, why) in [
+        (Request::Files { hashes: vec![hash_of("docs/a.txt"), hash_of("run.sh")] }, "changed since it was added"),
+        (Request::Groups { hash: hash_of("run.sh"), ranges: vec![(0, 1)] }, "changed since it was added"),
+        (Request::Groups { hash: hash_of("docs/deep/b.bin"), ranges: vec![(0, 2)] }, "cannot be read"),
+    ] {
+        let (response, bytes) = ask_raw(&receiver, sender.id(), &request).await;
+        assert!(matches!(&response, Response::Refused { reason } if reason.contains(why)), "{response:?}");
+        assert!(bytes.is_empty());
+    }
+    let stats = provider.stats();
+    assert_eq!((stats.served, stats.refused, stats.bytes), (0, 3, 0), "{stats:?}");
+    sender.shutdown().await;
+    receiver.shutdown().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_version_receiver_is_served_and_a_first_version_provider_is_a_clear_error() {
+    let dir = temp("versions");
+    let src = dir.join("src").join("album");
+    let files = folder(&src);
+    let Serving { sender, manifest, receiver, .. } = serving(std::slice::from_ref(&src)).await;
+    // A receiver of version 1 asks for the manifest and groups on its protocol's name.
+    let hash = manifest.hash();
+    let (response, encoded) = ask_raw_on(&receiver, sender.id(), PROTOCOL_V1, &Request::Manifest { hash }).await;
+    assert_eq!(response, Response::Ok { len: encoded.len() as u64 });
+    assert_eq!(Manifest::from_bytes(&encoded, &hash).unwrap(), manifest);
+    let entry = manifest.entries.iter().find(|e| e.path == "album/run.sh").unwrap();
+    let request = Request::Groups { hash: entry.hash, ranges: vec![(0, 1)] };
+    let (_, sent) = ask_raw_on(&receiver, sender.id(), PROTOCOL_V1, &request).await;
+    assert_eq!(sent, files.iter().find(|(p, _)| p == "run.sh").unwrap().1);
+    sender.shutdown().await;
+
+    // A provider of version 1 only: this receiver says why it cannot fetch from it.
+    let old = Hostile::new("file.bin", bytes(11, 100));
+    let (p2p, addr) = node().await;
+    old.register_as(&p2p, PROTOCOL_V1);
+    receiver.discovered("test", p2p.id(), [addr], Default::default());
+    let error = receive(&receiver, old.hash(), &[p2p.id()], options(&dir.join("out")), |_| {}).await.unwrap_err();
+    assert!(matches!(&error, ReceiveError::Unavailable { .. }), "{error}");
+    println!("from a version-1 provider: {error}");
+    assert!(error.to_string().contains(PROTOCOL), "names the protocol it lacks: {error}");
+    p2p.shutdown().await;
     receiver.shutdown().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
