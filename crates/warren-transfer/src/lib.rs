@@ -11,6 +11,7 @@
 //!   on disk.
 
 pub mod fetch;
+pub mod folders;
 pub mod manifest;
 pub mod provider;
 pub mod receive;

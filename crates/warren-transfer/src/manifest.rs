@@ -18,6 +18,9 @@ pub const MAX_PATH: usize = 4096;
 pub const MAX_DEPTH: usize = 64;
 /// Largest encoded manifest.
 pub const MAX_MANIFEST_BYTES: usize = 16 << 20;
+/// The folder a receiver keeps transfers in progress in, under its destination: no entry may
+/// name it (a manifest could otherwise write over another transfer's state, or its own).
+pub const RESERVED_DIR: &str = ".warren-partial";
 
 /// One file.
 #[derive(Debug, Clone, PartialEq, Eq, warren_proto::Encode, warren_proto::Decode)]
@@ -89,6 +92,9 @@ pub fn check_path(path: &str) -> Result<(), ManifestError> {
     }
     if path.contains('\0') || path.contains('\\') {
         return bad("contains NUL or a backslash");
+    }
+    if path.split('/').next() == Some(RESERVED_DIR) {
+        return bad("is under the receiver's folder for transfers in progress");
     }
     let mut depth = 0;
     for component in path.split('/') {
@@ -217,12 +223,14 @@ mod tests {
             "C:/x",
             "a/c:",
             "nul\0byte",
+            ".warren-partial",
+            ".warren-partial/0123/0.bits",
         ] {
             assert!(check_path(path).is_err(), "{path:?} accepted");
         }
         assert!(check_path(&"a/".repeat(MAX_DEPTH)).is_err());
         assert!(check_path(&"x".repeat(MAX_PATH + 1)).is_err());
-        for path in ["a", "a/b/c.txt", ".hidden", "a/..b", "...", "ünïcode/ファイル"] {
+        for path in ["a", "a/b/c.txt", ".hidden", "a/..b", "...", "a/.warren-partial", ".warren-partial2", "ünïcode/ファイル"] {
             check_path(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
         }
     }

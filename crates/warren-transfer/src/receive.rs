@@ -27,6 +27,7 @@ use tokio::io::AsyncReadExt;
 use warren::{P2P, RemoteIdentity};
 
 use crate::fetch::{Config, Due, Fetch, FetchError};
+use crate::folders::{FolderError, Folders};
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
 use crate::tree::{Hash, group_count, group_range};
 use crate::wire::{PROTOCOL, Request, Response};
@@ -54,7 +55,7 @@ pub const RETURN_PATIENCE: Duration = Duration::from_secs(30);
 /// The longest wait between two requests to a failing provider.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The folder under the destination that holds transfers in progress.
-pub const PARTIAL_DIR: &str = ".warren-partial";
+pub const PARTIAL_DIR: &str = crate::manifest::RESERVED_DIR;
 
 /// What a receive reports as it goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +133,15 @@ pub enum ReceiveError {
     },
 }
 
+impl From<FolderError> for ReceiveError {
+    fn from(error: FolderError) -> Self {
+        match error {
+            FolderError::InTheWay(path) => Self::InTheWay(path),
+            FolderError::Io { path, error } => Self::Io { path, error },
+        }
+    }
+}
+
 fn describe_io(error: &std::io::Error) -> String {
     match error.raw_os_error() {
         Some(libc::ENOSPC) => {
@@ -185,7 +195,6 @@ struct Shared {
     fetch: Mutex<Fetch<RemoteIdentity>>,
     slots: Mutex<Vec<Slot>>,
     manifest: Manifest,
-    out: PathBuf,
     changed: tokio::sync::Notify,
     report: Report,
     fetched: Mutex<HashMap<RemoteIdentity, u64>>,
@@ -195,8 +204,8 @@ struct Shared {
     writes: std::sync::RwLock<()>,
     /// Held by a checkpoint from start to end: two never run at once.
     checkpointing: Mutex<()>,
-    /// Folders under the destination already checked or made.
-    made: Mutex<std::collections::HashSet<PathBuf>>,
+    /// The folders under the destination, held open.
+    folders: Folders,
     /// Providers this receive started with.
     providers: usize,
     /// The receive has ended (its last checkpoint ran, or its future was dropped): a batch
@@ -230,7 +239,7 @@ impl Shared {
         manifest: Manifest,
         fetch: Fetch<RemoteIdentity>,
         slots: Vec<Slot>,
-        out: &Path,
+        folders: Folders,
         report: Report,
         providers: usize,
     ) -> Self {
@@ -238,13 +247,12 @@ impl Shared {
             fetch: Mutex::new(fetch),
             slots: Mutex::new(slots),
             manifest,
-            out: out.to_owned(),
             changed: tokio::sync::Notify::new(),
             report,
             fetched: Mutex::default(),
             writes: std::sync::RwLock::new(()),
             checkpointing: Mutex::new(()),
-            made: Mutex::default(),
+            folders,
             providers,
             closed: Default::default(),
         }
@@ -288,7 +296,8 @@ pub async fn receive(
         .map(|(index, entry)| Slot::new(&state, index, out.join(&entry.path)))
         .collect();
     let kept = resume(&manifest, &mut fetch, &mut slots)?;
-    let shared = Arc::new(Shared::new(manifest, fetch, slots, &out, Arc::new(report), providers.len()));
+    let folders = Folders::open(&out)?;
+    let shared = Arc::new(Shared::new(manifest, fetch, slots, folders, Arc::new(report), providers.len()));
     let _close = CloseOnDrop(shared.clone());
     let total = shared.manifest.total_size();
     (shared.report)(&Progress::Started { files: shared.manifest.entries.len(), total, kept });
@@ -952,20 +961,12 @@ fn place(shared: &Shared, files: &[usize]) -> Result<(), ReceiveError> {
     }
     for file in to_rename {
         let entry = &shared.manifest.entries[file];
-        let (part, final_path) = {
-            let slots = shared.slots.lock().expect("slot lock");
-            (slots[file].part.clone(), slots[file].final_path.clone())
-        };
-        make_parents(&shared.out, &entry.path, &shared.made)?;
-        match rename_new(&part, &final_path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(ReceiveError::InTheWay(final_path));
-            }
-            Err(error) => return Err(ReceiveError::Io { path: final_path, error }),
-        }
+        let part = shared.slots.lock().expect("slot lock")[file].part.clone();
+        // The mode is set while the file is still ours alone, then it goes into place through
+        // its folder's descriptor.
         let mode = std::fs::Permissions::from_mode(0o644 | (entry.mode & 0o111));
-        std::fs::set_permissions(&final_path, mode).map_err(io(&final_path))?;
+        std::fs::set_permissions(&part, mode).map_err(io(&part))?;
+        shared.folders.place(&part, &entry.path)?;
         shared.slots.lock().expect("slot lock")[file].done = true;
     }
     for &file in files {
@@ -982,30 +983,6 @@ fn place(shared: &Shared, files: &[usize]) -> Result<(), ReceiveError> {
         (shared.report)(&Progress::FileDone { path: entry.path.clone(), size: entry.size });
     }
     Ok(())
-}
-
-/// Renames `from` to `to` unless something is at `to` (`ErrorKind::AlreadyExists`), in one
-/// atomic step where the file system allows it (`renameat2(RENAME_NOREPLACE)`), else looking
-/// first.
-fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |path: &Path| std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other);
-    let (old, new) = (c(from)?, c(to)?);
-    // SAFETY: both paths are NUL-terminated strings that live for the call.
-    let rc =
-        unsafe { libc::renameat2(libc::AT_FDCWD, old.as_ptr(), libc::AT_FDCWD, new.as_ptr(), libc::RENAME_NOREPLACE) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let error = std::io::Error::last_os_error();
-    // No such call (ENOSYS: an old kernel, a sandbox), or no such flag for this file system.
-    if !matches!(error.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) {
-        return Err(error);
-    }
-    if std::fs::symlink_metadata(to).is_ok() {
-        return Err(std::io::ErrorKind::AlreadyExists.into());
-    }
-    std::fs::rename(from, to)
 }
 
 /// Flushes the whole filesystem that holds `dir` (one call for any number of files).
@@ -1028,35 +1005,6 @@ fn already_there(path: &Path, entry: &crate::manifest::Entry) -> Result<bool, Re
     }
     let outboard = crate::provider::hash_file(path, entry.size).map_err(io(path))?;
     if outboard.root() == entry.hash { Ok(true) } else { Err(ReceiveError::InTheWay(path.to_owned())) }
-}
-
-/// Creates the folders of `path` under `out`, refusing any component that is a symbolic link
-/// or not a folder: nothing is written outside `out`. The folders checked or made are
-/// remembered in `made` for the rest of the receive (ten thousand files in ten folders look at
-/// ten folders).
-fn make_parents(out: &Path, path: &str, made: &Mutex<std::collections::HashSet<PathBuf>>) -> Result<(), ReceiveError> {
-    let Some((parent, _)) = path.rsplit_once('/') else { return Ok(()) };
-    let full = out.join(parent);
-    if made.lock().expect("made lock").contains(&full) {
-        return Ok(());
-    }
-    let mut dir = out.to_owned();
-    for component in parent.split('/') {
-        dir.push(component);
-        if made.lock().expect("made lock").contains(&dir) {
-            continue;
-        }
-        match std::fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(ReceiveError::InTheWay(dir)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir(&dir).map_err(io(&dir))?;
-            }
-            Err(error) => return Err(ReceiveError::Io { path: dir, error }),
-        }
-        made.lock().expect("made lock").insert(dir.clone());
-    }
-    Ok(())
 }
 
 /// Takes back what an earlier run left: outboards, bitfields, and the groups past the bitfield
@@ -1166,7 +1114,7 @@ mod tests {
             })
             .collect();
         let fetch = Fetch::new(&manifest, Config::default());
-        Shared::new(manifest, fetch, slots, state, Arc::new(|_| {}), 1)
+        Shared::new(manifest, fetch, slots, Folders::open(state).unwrap(), Arc::new(|_| {}), 1)
     }
 
     fn temp(name: &str) -> PathBuf {
