@@ -230,7 +230,9 @@ mod tests {
         }
         assert!(check_path(&"a/".repeat(MAX_DEPTH)).is_err());
         assert!(check_path(&"x".repeat(MAX_PATH + 1)).is_err());
-        for path in ["a", "a/b/c.txt", ".hidden", "a/..b", "...", "a/.warren-partial", ".warren-partial2", "ünïcode/ファイル"] {
+        for path in
+            ["a", "a/b/c.txt", ".hidden", "a/..b", "...", "a/.warren-partial", ".warren-partial2", "ünïcode/ファイル"]
+        {
             check_path(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
         }
     }
