@@ -301,10 +301,16 @@ pub async fn receive(
     let _close = CloseOnDrop(shared.clone());
     let total = shared.manifest.total_size();
     (shared.report)(&Progress::Started { files: shared.manifest.entries.len(), total, kept });
-    // Files that were complete (or empty) go into place at the first checkpoint.
-    for index in 0..shared.manifest.entries.len() {
+    // Files that were complete (or empty) go into place at the first checkpoint; the ones
+    // already in place are done.
+    for (index, entry) in shared.manifest.entries.iter().enumerate() {
         if shared.fetch.lock().expect("fetch lock").file_done(index) {
-            shared.slots.lock().expect("slot lock")[index].complete = true;
+            let mut slots = shared.slots.lock().expect("slot lock");
+            slots[index].complete = true;
+            if slots[index].done {
+                drop(slots);
+                (shared.report)(&Progress::FileDone { path: entry.path.clone(), size: entry.size });
+            }
         }
     }
     let mut workers = tokio::task::JoinSet::new();
@@ -926,10 +932,6 @@ fn place(shared: &Shared, files: &[usize]) -> Result<(), ReceiveError> {
         for &file in files {
             let slot = &mut slots[file];
             let entry = &shared.manifest.entries[file];
-            if already_there(&slot.final_path, entry)? {
-                slot.done = true;
-                continue;
-            }
             slot.direct = None;
             if slot.sized {
                 // A handle another request loop opened to write its part of the file after the
@@ -957,16 +959,29 @@ fn place(shared: &Shared, files: &[usize]) -> Result<(), ReceiveError> {
     if !to_rename.is_empty() {
         let state =
             shared.slots.lock().expect("slot lock")[to_rename[0]].part.parent().expect("in a folder").to_owned();
+        let started = Instant::now();
         syncfs(&state)?;
+        tracing::debug!(files = to_rename.len(), took = ?started.elapsed(), "synced the files to place");
     }
     for file in to_rename {
         let entry = &shared.manifest.entries[file];
-        let part = shared.slots.lock().expect("slot lock")[file].part.clone();
+        let (part, final_path) = {
+            let slots = shared.slots.lock().expect("slot lock");
+            (slots[file].part.clone(), slots[file].final_path.clone())
+        };
         // The mode is set while the file is still ours alone, then it goes into place through
         // its folder's descriptor.
         let mode = std::fs::Permissions::from_mode(0o644 | (entry.mode & 0o111));
         std::fs::set_permissions(&part, mode).map_err(io(&part))?;
-        shared.folders.place(&part, &entry.path)?;
+        match shared.folders.place(&part, &entry.path) {
+            Ok(()) => {}
+            // Something is at the final name (looked at only then, not before every rename):
+            // this very file is taken as received, anything else is in the way.
+            Err(FolderError::InTheWay(_)) if already_there(&final_path, entry)? => {
+                let _ = std::fs::remove_file(&part);
+            }
+            Err(error) => return Err(error.into()),
+        }
         shared.slots.lock().expect("slot lock")[file].done = true;
     }
     for &file in files {
@@ -1015,6 +1030,7 @@ fn resume(manifest: &Manifest, fetch: &mut Fetch<RemoteIdentity>, slots: &mut [S
             for index in 0..group_count(entry.size) {
                 fetch.mark_verified(file, index);
             }
+            slot.done = true;
             continue;
         }
         if group_count(entry.size) > 1 {
@@ -1155,6 +1171,28 @@ mod tests {
         assert_eq!(std::fs::read(&slots[0].part).unwrap(), datas[0]);
         assert!(!slots[2].part.exists(), "nothing written after the refused file");
         assert_eq!(shared.fetched.lock().unwrap()[&provider], 100, "only what was written is counted");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_at_the_final_name_is_taken_as_received_when_it_is_this_file_and_refused_otherwise() {
+        let dir = temp("in-place");
+        let datas: Vec<Vec<u8>> = [100usize, 200].iter().map(|&n| vec![n as u8; n]).collect();
+        let shared = shared(&datas, &dir, usize::MAX);
+        let provider = warren::Identity::generate().to_remote_identity();
+        let batch = batch(&shared, provider);
+        assert!(take_batch(&shared, &batch, &datas.concat()).is_ok());
+        // Meanwhile the same first file, and another second one, appear at the final names.
+        std::fs::write(dir.join("f0"), &datas[0]).unwrap();
+        std::fs::write(dir.join("f1"), b"someone else's").unwrap();
+        place(&shared, &[0]).unwrap();
+        let error = place(&shared, &[1]).unwrap_err();
+        assert!(matches!(&error, ReceiveError::InTheWay(path) if path.ends_with("f1")), "{error}");
+        assert_eq!(std::fs::read(dir.join("f1")).unwrap(), b"someone else's", "not overwritten");
+        let slots = shared.slots.lock().unwrap();
+        assert!(slots[0].done && !slots[0].part.exists(), "taken as received, its partial file gone");
+        assert!(!slots[1].done && slots[1].part.exists(), "kept for a later run");
+        drop(slots);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
