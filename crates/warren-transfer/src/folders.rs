@@ -170,13 +170,7 @@ fn rename_new(old: &CString, dir: RawFd, new: &CString) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("warren-folders-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::testing::temp;
 
     #[test]
     fn a_folder_swapped_for_a_link_after_it_was_opened_gets_nothing() {

@@ -15,6 +15,8 @@ pub mod folders;
 pub mod manifest;
 pub mod provider;
 pub mod receive;
+#[cfg(test)]
+mod testing;
 pub mod ticket;
 pub mod tree;
 pub mod wire;

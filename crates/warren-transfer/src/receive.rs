@@ -1103,6 +1103,7 @@ pub fn hex(hash: &Hash) -> String {
 mod tests {
     use super::*;
     use crate::manifest::Entry;
+    use crate::testing::temp;
 
     /// A receive's shared state for `datas` (no network), each file's partial file in `state`
     /// unless `unwritable` names it: that one's partial file is under a plain file, so the disk
@@ -1133,11 +1134,15 @@ mod tests {
         Shared::new(manifest, fetch, slots, Folders::open(state).unwrap(), Arc::new(|_| {}), 1)
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("warren-receive-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A folder for test `name`, files of these `sizes` (each byte its size), their shared
+    /// state there (file `unwritable`'s partial file refused), and the batch that asks for all.
+    fn ready(name: &str, sizes: &[usize], unwritable: usize) -> (PathBuf, Vec<Vec<u8>>, Shared, RemoteIdentity, Batch) {
+        let dir = temp(name);
+        let datas: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![n as u8; n]).collect();
+        let shared = shared(&datas, &dir, unwritable);
+        let provider = warren::Identity::generate().to_remote_identity();
+        let batch = batch(&shared, provider);
+        (dir, datas, shared, provider, batch)
     }
 
     /// The one request the fetch plans for `provider` (small files: all of them), as a batch.
@@ -1151,11 +1156,7 @@ mod tests {
 
     #[test]
     fn groups_the_disk_refused_are_not_verified_and_the_ones_before_are_kept() {
-        let dir = temp("refused");
-        let datas: Vec<Vec<u8>> = [100usize, 200, 300].iter().map(|&n| vec![n as u8; n]).collect();
-        let shared = shared(&datas, &dir, 1);
-        let provider = warren::Identity::generate().to_remote_identity();
-        let batch = batch(&shared, provider);
+        let (dir, datas, shared, provider, batch) = ready("refused", &[100, 200, 300], 1);
         let data: Vec<u8> = datas.concat();
 
         let result = take_batch(&shared, &batch, &data);
@@ -1176,11 +1177,7 @@ mod tests {
 
     #[test]
     fn a_file_at_the_final_name_is_taken_as_received_when_it_is_this_file_and_refused_otherwise() {
-        let dir = temp("in-place");
-        let datas: Vec<Vec<u8>> = [100usize, 200].iter().map(|&n| vec![n as u8; n]).collect();
-        let shared = shared(&datas, &dir, usize::MAX);
-        let provider = warren::Identity::generate().to_remote_identity();
-        let batch = batch(&shared, provider);
+        let (dir, datas, shared, _, batch) = ready("in-place", &[100, 200], usize::MAX);
         assert!(take_batch(&shared, &batch, &datas.concat()).is_ok());
         // Meanwhile the same first file, and another second one, appear at the final names.
         std::fs::write(dir.join("f0"), &datas[0]).unwrap();
@@ -1198,11 +1195,7 @@ mod tests {
 
     #[test]
     fn a_batch_checked_after_the_receive_ended_is_neither_accepted_nor_written() {
-        let dir = temp("closed");
-        let datas: Vec<Vec<u8>> = [100usize, 200].iter().map(|&n| vec![n as u8; n]).collect();
-        let shared = shared(&datas, &dir, usize::MAX);
-        let provider = warren::Identity::generate().to_remote_identity();
-        let batch = batch(&shared, provider);
+        let (dir, datas, shared, _, batch) = ready("closed", &[100, 200], usize::MAX);
         shared.close();
 
         let result = take_batch(&shared, &batch, &datas.concat());
