@@ -87,6 +87,100 @@ fn write_file(path: &Path, len: u64, seed: u64) -> std::io::Result<()> {
     std::io::Write::flush(&mut file)
 }
 
+/// CPU seconds the calling thread has used so far, user and system.
+fn thread_cpu_secs() -> f64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the struct it is given and reads nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return f64::NAN;
+    }
+    now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
+}
+
+/// The work that no transfer of a file can leave out, in CPU seconds per GiB, measured on this
+/// machine, on one thread, with nothing else running, each part done the cheapest way there is:
+/// the sender gets the file's bytes from the page cache (mapped with `MAP_POPULATE`: no copy,
+/// cheaper than the `pread` a sender must use, since a mapped file that shrinks kills its
+/// reader), the receiver checks every 16 KiB group against its hash and writes the bytes into
+/// the folder the transfer writes to (256 KiB at a time, straight from the mapping, with
+/// `O_DIRECT` where the file system takes it) and syncs them. Left out, so the figure is a floor:
+/// the stream's own work (the raw stream does it too), the receiver's copy out of the stream,
+/// requests, checkpoints.
+struct Floor {
+    read: f64,
+    hash: f64,
+    write: f64,
+}
+
+impl Floor {
+    fn total(&self) -> f64 {
+        self.read + self.hash + self.write
+    }
+}
+
+fn floor(path: &Path, dir: &Path) -> std::io::Result<Floor> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const PIECE: usize = 256 * 1024;
+    let source = std::fs::File::open(path)?;
+    let size = source.metadata()?.len() as usize;
+    let out_path = dir.join("floor.bin");
+    let open =
+        |flags| std::fs::OpenOptions::new().create(true).truncate(true).write(true).custom_flags(flags).open(&out_path);
+    let (out, direct) = match open(libc::O_DIRECT) {
+        Ok(out) => (out, true),
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => (open(0)?, false),
+        Err(error) => return Err(error),
+    };
+    // The receiver's tail under 4 KiB goes through the page cache.
+    let buffered = std::fs::OpenOptions::new().write(true).open(&out_path)?;
+    let t0 = thread_cpu_secs();
+    // SAFETY: a private read-only mapping of a file this bench wrote and nobody changes while
+    // it runs; it is unmapped below, and nothing refers to it after that.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_POPULATE,
+            source.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut read = thread_cpu_secs() - t0;
+    // SAFETY: the mapping is `size` bytes long, readable, and lives until the munmap below.
+    let bytes = unsafe { std::slice::from_raw_parts(map.cast::<u8>(), size) };
+    let (mut hash, mut write) = (0.0, 0.0);
+    let mut sink = 0u8;
+    for (p, piece) in bytes.chunks(PIECE).enumerate() {
+        let at = (p * PIECE) as u64;
+        let t1 = thread_cpu_secs();
+        for (i, group) in piece.chunks(warren_transfer::GROUP as usize).enumerate() {
+            sink ^= warren_transfer::tree::group_cv(group, at / warren_transfer::GROUP + i as u64)[0];
+        }
+        let t2 = thread_cpu_secs();
+        let aligned = if direct { piece.len() / 4096 * 4096 } else { 0 };
+        out.write_all_at(&piece[..aligned], at)?;
+        buffered.write_all_at(&piece[aligned..], at + aligned as u64)?;
+        (hash, write) = (hash + t2 - t1, write + thread_cpu_secs() - t2);
+    }
+    let t3 = thread_cpu_secs();
+    buffered.sync_all()?;
+    write += thread_cpu_secs() - t3;
+    std::hint::black_box(sink);
+    let t4 = thread_cpu_secs();
+    // SAFETY: the mapping made above; `bytes` is not used after this.
+    unsafe { libc::munmap(map, size) };
+    read += thread_cpu_secs() - t4;
+    drop((out, buffered));
+    std::fs::remove_file(&out_path)?;
+    let per_gib = (1u64 << 30) as f64 / size as f64;
+    Ok(Floor { read: read * per_gib, hash: hash * per_gib, write: write * per_gib })
+}
+
 /// Sends `bytes` over a raw stream from `from` to `to`'s sink.
 async fn raw_round(from: &P2P, to: &P2P, bytes: u64) -> anyhow::Result<Duration> {
     let mut halves = from.connect(to.id(), SINK).await?.into_split();
@@ -186,6 +280,7 @@ async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
     let out = dir.join("out");
     let (mut raw, mut file, mut raw_small, mut files) = (vec![], vec![], vec![], vec![]);
     let (mut raw_cpu, mut file_cpu) = (vec![], vec![]);
+    let (mut floor_read, mut floor_hash, mut floor_write) = (vec![], vec![], vec![]);
     for round in 1..=args.rounds {
         progress(&format!("round {round}/{}: raw stream, 1 file, raw stream, {} files", args.rounds, args.files));
         let (took, cpu) = costed(args.bytes, raw_round(&provider_node, &receiver, args.bytes)).await;
@@ -197,10 +292,28 @@ async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
         raw_small.push(gbps(small_bytes, raw_round(&provider_node, &receiver, small_bytes).await?));
         let took = transfer_round(&receiver, &provider_node, small_hash, &out).await?;
         files.push(args.files as f64 / took.as_secs_f64());
+        let measured = tokio::task::spawn_blocking({
+            let (big, dir) = (big.clone(), dir.to_owned());
+            move || floor(&big, &dir)
+        })
+        .await??;
+        floor_read.push(measured.read);
+        floor_hash.push(measured.hash);
+        floor_write.push(measured.write);
     }
+    let floor = Floor { read: median(floor_read), hash: median(floor_hash), write: median(floor_write) };
     let (raw, file, raw_small, files_per_sec) = (median(raw), median(file), median(raw_small), median(files));
     let (raw_cpu, file_cpu) = (median(raw_cpu), median(file_cpu));
     let small_gbps = files_per_sec * args.file_size as f64 * 8.0 / 1e9;
+    // How busy the raw stream kept the machine's cores (1.0: all of them, all the time).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let raw_secs_per_gib = (1u64 << 30) as f64 * 8.0 / (raw * 1e9);
+    let raw_busy = raw_cpu / (raw_secs_per_gib * cores);
+    // With both ends on these cores, a transfer costs at least the raw stream's CPU plus the
+    // floor's, and cannot keep more than all of the cores busy: its rate is at most
+    // cores / (raw + floor) per second, and the raw stream's is raw_busy × cores / raw. The
+    // ratio of the two is the best any transfer could reach against the raw stream here.
+    let bound = raw_cpu / (raw_cpu + floor.total()) / raw_busy;
     let report = serde_json::json!({
         "bytes": args.bytes,
         "rounds": args.rounds,
@@ -212,6 +325,10 @@ async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
         "raw_stream_cpu_secs_per_gib": raw_cpu,
         "transfer_cpu_secs_per_gib": file_cpu,
         "raw_vs_transfer_cpu": raw_cpu / file_cpu,
+        "raw_stream_busy": raw_busy,
+        "cores": cores,
+        "floor_cpu_secs_per_gib": { "read": floor.read, "hash": floor.hash, "write": floor.write, "total": floor.total() },
+        "bound_vs_raw": bound,
         "hash_gbps": args.bytes as f64 * 8.0 / hash_secs / 1e9,
         "small_files": args.files,
         "small_file_bytes": args.file_size,
@@ -240,6 +357,15 @@ async fn bench(args: &TransferArgs, dir: &Path) -> anyhow::Result<()> {
             raw_cpu / file_cpu
         );
         println!("  hashing (sender)     {:6.2} Gbit/s", args.bytes as f64 * 8.0 / hash_secs / 1e9);
+        println!(
+            "  floor per GiB        read {:.2} s + check {:.2} s + write {:.2} s = {:.2} s; raw stream kept {:.0} % of {cores} cores busy",
+            floor.read,
+            floor.hash,
+            floor.write,
+            floor.total(),
+            raw_busy * 100.0
+        );
+        println!("  best ratio possible  {bound:.3} (raw stream's CPU / (raw + floor), for all cores busy)");
     }
     provider_node.shutdown().await;
     receiver.shutdown().await;

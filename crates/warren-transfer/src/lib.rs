@@ -10,6 +10,7 @@
 //! - [`provider`] and [`receive`]: the tokio drivers on a [`warren::P2P`] node, with the files
 //!   on disk.
 
+pub mod aligned;
 pub mod fetch;
 pub mod folders;
 pub mod manifest;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use warren::{P2P, RemoteIdentity};
 
+use crate::aligned::{AlignedBuf, DIRECT_ALIGN};
 use crate::fetch::{Config, Due, Fetch, FetchError};
 use crate::folders::{FolderError, Folders};
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, ManifestError};
@@ -36,10 +37,6 @@ use crate::wire::{PROTOCOL, Request, Response};
 const BATCH: u64 = 16;
 /// Files at least this large are written with `O_DIRECT` where the file system allows it.
 pub const DIRECT_MIN: u64 = 1 << 20;
-/// What `O_DIRECT` needs aligned: offsets, lengths and buffer addresses (4 KiB covers every
-/// logical block size up to it; a file system that wants more refuses, and the write falls
-/// back to the page cache).
-const DIRECT_ALIGN: usize = 4096;
 
 /// How often written groups are made durable.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -595,7 +592,7 @@ async fn request(
             // `O_DIRECT`, which waits for the disk: that part runs on a blocking thread, so the
             // runtime's threads keep serving the network.
             let direct = is_large(entry);
-            if buf.len < (BATCH * crate::tree::GROUP) as usize {
+            if buf.len() < (BATCH * crate::tree::GROUP) as usize {
                 *buf = AlignedBuf::new((BATCH * crate::tree::GROUP) as usize);
             }
             loop {
@@ -762,30 +759,6 @@ struct Run {
 /// Is this file written with `O_DIRECT` (and its batches on a blocking thread)?
 fn is_large(entry: &crate::manifest::Entry) -> bool {
     entry.size >= DIRECT_MIN
-}
-
-/// A buffer whose bytes start at a [`DIRECT_ALIGN`]-aligned address, as `O_DIRECT` needs.
-#[derive(Default)]
-struct AlignedBuf {
-    storage: Vec<u8>,
-    start: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> Self {
-        let storage = vec![0u8; len + DIRECT_ALIGN];
-        let start = (DIRECT_ALIGN - storage.as_ptr().addr() % DIRECT_ALIGN) % DIRECT_ALIGN;
-        Self { storage, start, len }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.storage[self.start..self.start + self.len]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.storage[self.start..self.start + self.len]
-    }
 }
 
 /// Opens a partial file for writing (and reading back on resume), creating it.
