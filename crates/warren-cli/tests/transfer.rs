@@ -229,4 +229,14 @@ fn bench_transfer_smoke() {
     for key in ["raw_stream_gbps", "transfer_gbps", "transfer_vs_raw", "small_files_per_sec", "small_transfer_vs_raw"] {
         assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {report}");
     }
+    // The floor was measured (each part costs something) and adds up; the bound it gives is a
+    // ratio that costs, not a placeholder.
+    let floor = &report["floor_cpu_secs_per_gib"];
+    let parts: Vec<f64> = ["read", "hash", "write"].iter().map(|k| floor[k].as_f64().unwrap()).collect();
+    assert!(parts.iter().all(|&v| v > 0.0), "{floor}");
+    assert!((parts.iter().sum::<f64>() - floor["total"].as_f64().unwrap()).abs() < 1e-9, "{floor}");
+    let (raw, busy) =
+        (report["raw_stream_cpu_secs_per_gib"].as_f64().unwrap(), report["raw_stream_busy"].as_f64().unwrap());
+    let bound = report["bound_vs_raw"].as_f64().unwrap();
+    assert!(busy > 0.0 && (bound - raw / (raw + parts.iter().sum::<f64>()) / busy).abs() < 1e-9, "{report}");
 }
