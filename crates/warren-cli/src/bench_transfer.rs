@@ -121,6 +121,7 @@ impl Floor {
 fn floor(path: &Path, dir: &Path) -> std::io::Result<Floor> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    use warren_transfer::DIRECT_ALIGN;
     const PIECE: usize = 256 * 1024;
     let source = std::fs::File::open(path)?;
     let size = source.metadata()?.len() as usize;
@@ -162,7 +163,7 @@ fn floor(path: &Path, dir: &Path) -> std::io::Result<Floor> {
             sink ^= warren_transfer::tree::group_cv(group, at / warren_transfer::GROUP + i as u64)[0];
         }
         let t2 = thread_cpu_secs();
-        let aligned = if direct { piece.len() / 4096 * 4096 } else { 0 };
+        let aligned = if direct { piece.len() / DIRECT_ALIGN * DIRECT_ALIGN } else { 0 };
         out.write_all_at(&piece[..aligned], at)?;
         buffered.write_all_at(&piece[aligned..], at + aligned as u64)?;
         (hash, write) = (hash + t2 - t1, write + thread_cpu_secs() - t2);

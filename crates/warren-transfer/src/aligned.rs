@@ -27,11 +27,6 @@ impl AlignedBuf {
         self.len
     }
 
-    /// Whether it holds no bytes (the default one).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Its bytes.
     pub fn bytes(&self) -> &[u8] {
         &self.storage[self.start..self.start + self.len]
@@ -55,6 +50,6 @@ mod tests {
             assert_eq!(buf.bytes_mut().len(), len);
             assert_eq!(buf.len(), len);
         }
-        assert!(AlignedBuf::default().is_empty());
+        assert_eq!(AlignedBuf::default().len(), 0);
     }
 }

@@ -10,7 +10,7 @@
 //! - [`provider`] and [`receive`]: the tokio drivers on a [`warren::P2P`] node, with the files
 //!   on disk.
 
-pub mod aligned;
+mod aligned;
 pub mod fetch;
 pub mod folders;
 pub mod manifest;
@@ -22,6 +22,7 @@ pub mod ticket;
 pub mod tree;
 pub mod wire;
 
+pub use aligned::DIRECT_ALIGN;
 pub use fetch::{Config, Fetch};
 pub use manifest::{Entry, Manifest};
 pub use provider::Provider;
